@@ -1,0 +1,62 @@
+"""CrowdCompute: map Python functions over many worker processes.
+
+    from crowdcompute import connect, map, run, disconnect
+
+    await connect()                       # embedded foreman and workers
+    squares = await map(lambda x: x * x, range(10))
+    await disconnect()
+
+Importing this package imports no Jupyter package; ``%load_ext crowdcompute``
+loads the Jupyter layer from ``crowdcompute_jupyter``.
+"""
+
+from __future__ import annotations
+
+from .api import connect, disconnect, map, run, status, submit
+from .client import CrowdComputeClient
+from .errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    CrowdComputeError,
+    ForemanUnavailableError,
+    JobCancelledError,
+    ProtocolError,
+    SerializationError,
+    TaskError,
+    TaskTimeoutError,
+    UntrustedPayloadError,
+    WorkerCrashedError,
+)
+from .job import Job, JobState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ConnectionLostError",
+    "CrowdComputeClient",
+    "CrowdComputeError",
+    "ForemanUnavailableError",
+    "Job",
+    "JobCancelledError",
+    "JobState",
+    "ProtocolError",
+    "SerializationError",
+    "TaskError",
+    "TaskTimeoutError",
+    "UntrustedPayloadError",
+    "WorkerCrashedError",
+    "connect",
+    "disconnect",
+    "map",
+    "run",
+    "status",
+    "submit",
+]
+
+
+def load_ipython_extension(ipython):  # pragma: no cover - exercised through IPython
+    """``%load_ext crowdcompute``: load the Jupyter layer."""
+    from crowdcompute_jupyter import load_ipython_extension as load
+
+    load(ipython)

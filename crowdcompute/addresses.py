@@ -1,0 +1,123 @@
+"""Foreman addresses and connection files.
+
+A foreman started without ``--token`` generates one and writes it, with its
+URL, to ``$CROWDCOMPUTE_HOME/foreman-PORT.json`` (default ``~/.crowdcompute``,
+mode 0600). A client or worker of the same user that connects to a loopback
+address without a token reads it from there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = [
+    "DEFAULT_PORT",
+    "Address",
+    "crowdcompute_home",
+    "connection_file_path",
+    "generate_token",
+    "is_loopback",
+    "parse_address",
+    "read_connection_file",
+    "write_connection_file",
+]
+
+DEFAULT_PORT = 9000
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a foreman listens."""
+
+    host: str
+    port: int
+    secure: bool = False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'wss' if self.secure else 'ws'}://{host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def parse_address(host: str | None, port: int | None = None) -> Address:
+    """Return the Address for ``host`` (a name, ``ws://h:p`` or ``wss://h:p``) and ``port``.
+
+    Raises ValueError when the address cannot be understood.
+    """
+    host = (host or "127.0.0.1").strip()
+    secure = False
+    if "://" in host:
+        parts = urlsplit(host)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f"unsupported address {host!r}: use ws://HOST:PORT or wss://HOST:PORT")
+        secure = parts.scheme == "wss"
+        if not parts.hostname:
+            raise ValueError(f"address {host!r} names no host")
+        try:
+            url_port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"address {host!r} has an invalid port") from exc
+        return Address(parts.hostname, port or url_port or DEFAULT_PORT, secure)
+    if host.count(":") == 1:  # host:port
+        name, _, text = host.partition(":")
+        if not text.isdigit():
+            raise ValueError(f"address {host!r} has an invalid port")
+        return Address(name, port or int(text), secure)
+    return Address(host, port or DEFAULT_PORT, secure)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8 or ::1."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def crowdcompute_home() -> Path:
+    """The folder for connection files and journals: ``$CROWDCOMPUTE_HOME`` or ``~/.crowdcompute``."""
+    return Path(os.environ.get("CROWDCOMPUTE_HOME") or Path.home() / ".crowdcompute")
+
+
+def connection_file_path(port: int) -> Path:
+    return crowdcompute_home() / f"foreman-{port}.json"
+
+
+def generate_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def write_connection_file(port: int, url: str, token: str) -> Path:
+    """Write ``url`` and ``token`` to the port's connection file, readable by this user only."""
+    path = connection_file_path(port)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "token": token, "pid": os.getpid()}, f)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def read_connection_file(port: int) -> dict | None:
+    """The port's connection file as a dict, or None when there is none we can read."""
+    try:
+        data = json.loads(connection_file_path(port).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("token"), str):
+        return None
+    return data

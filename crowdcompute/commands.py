@@ -1,0 +1,89 @@
+"""``crowdcompute local`` and ``crowdcompute status``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from .client import CrowdComputeClient
+from .errors import CrowdComputeError
+from .local import LocalCluster
+from .processes import install_stop_handlers
+
+__all__ = ["run_local", "show_status", "status_tables"]
+
+#: How often ``crowdcompute local`` checks that its foreman is still alive, in seconds.
+LOCAL_WATCH_INTERVAL = 0.5
+
+
+def run_local(workers: int, port: int) -> int:
+    """Run a foreman and ``workers`` workers until Ctrl-C or SIGTERM; exit 0."""
+    if workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    cluster = LocalCluster(workers, port=port, token=None, log_level="warning", show_workers=True)
+
+    async def serve() -> int:
+        stop = asyncio.Event()
+        install_stop_handlers(stop)
+        try:
+            address = await cluster.start()
+        except CrowdComputeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"foreman listening on {address.url}", flush=True)
+        print(f"connect with: await crowdcompute.connect({address.url!r}); Ctrl-C stops", flush=True)
+        while not stop.is_set():
+            if cluster.foreman is None or cluster.foreman.poll() is not None:
+                print("error: the foreman exited", file=sys.stderr)
+                return 1
+            try:
+                await asyncio.wait_for(stop.wait(), LOCAL_WATCH_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+        return 0
+
+    try:
+        return asyncio.run(serve())
+    finally:
+        cluster.stop()
+
+
+async def show_status(url: str | None, token: str | None, cafile: str | None) -> int:
+    """Print the foreman's workers and jobs as tables; exit 1 if it cannot be reached."""
+    url = url or os.environ.get("CROWDCOMPUTE_ADDRESS") or "ws://127.0.0.1:9000"
+    token = token or os.environ.get("CROWDCOMPUTE_TOKEN")
+    try:
+        async with CrowdComputeClient(url, token=token, cafile=cafile) as client:
+            status = await client.status()
+    except CrowdComputeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    console = Console()
+    for table in status_tables(status, url):
+        console.print(table)
+    return 0
+
+
+def status_tables(status: dict, url: str) -> list[Table]:
+    """The status as rich tables: workers, then jobs."""
+    workers = status.get("workers", [])
+    slots = sum(w["slots"] for w in workers)
+    busy = sum(w["busy"] for w in workers)
+    table = Table(title=f"foreman {url}: {len(workers)} workers, {busy}/{slots} slots busy", title_justify="left")
+    for column in ("worker", "slots", "busy", "tasks done"):
+        table.add_column(column, justify="left" if column == "worker" else "right")
+    for w in workers:
+        table.add_row(w["name"], str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)))
+    jobs = Table(title=f"{len(status.get('jobs', []))} jobs", title_justify="left")
+    for column in ("job", "name", "progress", "failed", "state"):
+        jobs.add_column(column, justify="right" if column in ("progress", "failed") else "left")
+    for job in status.get("jobs", []):
+        done = job["completed"] + job["failed"]
+        percent = f" ({100 * done / job['total']:.0f}%)" if job["total"] else ""
+        jobs.add_row(job["id"][:12], job.get("name", ""), f"{done}/{job['total']}{percent}", str(job["failed"]), job["state"])
+    return [table, jobs]

@@ -1,0 +1,160 @@
+"""The one exception tree of CrowdCompute.
+
+    CrowdComputeError
+    ├── ProtocolError             a frame or message that does not decode
+    ├── AuthenticationError       the foreman refused the token
+    ├── ForemanUnavailableError   no foreman answered ``connect`` in time
+    ├── ConnectionLostError       the foreman could not be reached again
+    ├── SerializationError        a function or argument cannot be serialized
+    ├── JobCancelledError         the job was cancelled
+    ├── TaskError                 the user's function raised on a worker
+    │   ├── TaskTimeoutError      a task ran past its timeout (also TimeoutError)
+    │   └── WorkerCrashedError    a task kept killing its process
+    └── UntrustedPayloadError     a result held more than plain data
+
+Library errors (websockets, pickle, OS) are translated into these at one seam
+each, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConnectionLostError",
+    "CrowdComputeError",
+    "ForemanUnavailableError",
+    "JobCancelledError",
+    "ProtocolError",
+    "SerializationError",
+    "TaskError",
+    "TaskTimeoutError",
+    "UntrustedPayloadError",
+    "WorkerCrashedError",
+]
+
+
+class CrowdComputeError(Exception):
+    """Base class of every error CrowdCompute raises."""
+
+
+class ProtocolError(CrowdComputeError):
+    """Raised when a frame or message does not decode; the text says why."""
+
+
+class AuthenticationError(CrowdComputeError):
+    """Raised when the foreman refuses the token a client or worker offered."""
+
+
+class ForemanUnavailableError(CrowdComputeError, ConnectionError):
+    """Raised when ``connect`` finds no foreman that answers within ``timeout``.
+
+    ``address`` is the URL that was tried.
+    """
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(address, reason)
+        self.address = address
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"no foreman answered at {self.address}: {self.reason}. "
+            "Start one with `crowdcompute foreman` (or `crowdcompute local`), "
+            "or call connect() with no address for an embedded one."
+        )
+
+
+class ConnectionLostError(CrowdComputeError, ConnectionError):
+    """Raised when an established connection to the foreman is lost for good."""
+
+
+class SerializationError(CrowdComputeError, TypeError):
+    """Raised in the caller, before anything is sent, when an object cannot be pickled.
+
+    ``what`` names the offending object (``"function square"``, ``"item 3"``).
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(what, reason)
+        self.what = what
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot serialize {self.what}: {self.reason}"
+
+
+class JobCancelledError(CrowdComputeError):
+    """Raised when waiting on a job that was cancelled (Ctrl-C included)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} was cancelled"
+
+
+class TaskError(CrowdComputeError):
+    """Raised when the user's function raised on a worker.
+
+    ``index`` is the item's position in the input, ``exc_type`` the remote
+    exception's type name, ``message`` its text and ``remote_traceback`` the
+    remote traceback as text. ``str()`` shows the remote traceback.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        index: int | None = None,
+        exc_type: str = "Exception",
+        remote_traceback: str = "",
+        item_repr: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+        self.exc_type = exc_type
+        self.remote_traceback = remote_traceback
+        self.item_repr = item_repr
+
+    def _headline(self) -> str:
+        where = f"item {self.index}" if self.index is not None else "the task"
+        if self.item_repr is not None:
+            where += f" ({self.item_repr})"
+        return f"{self.exc_type} in {where}: {self.message}"
+
+    def __str__(self) -> str:
+        text = self._headline()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+    def _render_traceback_(self) -> list[str]:
+        """How IPython shows this error: the remote traceback, not ours."""
+        lines = [f"\x1b[31m{type(self).__name__}\x1b[0m: {self._headline()}"]
+        if self.remote_traceback:
+            lines.append("Remote traceback:")
+            lines.extend(self.remote_traceback.rstrip().splitlines())
+        return lines
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """Raised when a task ran past its ``timeout`` and was stopped."""
+
+
+class WorkerCrashedError(TaskError):
+    """Raised when a task's executions kept killing their process.
+
+    ``attempts`` is how many times it was tried; ``cause`` says how the
+    process died (exit code, signal, out of memory).
+    """
+
+    def __init__(self, message: str = "", *, attempts: int = 0, cause: str = "", **kwargs) -> None:
+        super().__init__(message, exc_type="WorkerCrashedError", **kwargs)
+        self.attempts = attempts
+        self.cause = cause
+
+
+class UntrustedPayloadError(CrowdComputeError):
+    """Raised when, with ``trust_workers=False``, a result held more than plain data."""

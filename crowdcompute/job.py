@@ -1,0 +1,235 @@
+"""A submitted job: counters, ordered results, completion order, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import sys
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
+
+from .errors import CrowdComputeError, JobCancelledError, TaskError
+from .serialization import build_failed_task_error, build_task_error, loads
+
+if TYPE_CHECKING:
+    from .client import CrowdComputeClient
+
+__all__ = ["Job", "JobState", "WAKE_INTERVAL"]
+
+#: Waits wake this often (seconds) so that an interrupt is noticed promptly.
+WAKE_INTERVAL = 0.2
+
+_MISSING = object()
+
+
+class JobState(enum.Enum):
+    RUNNING = "running"  # accepted; outcomes still to come
+    DONE = "done"  # every item has an outcome and none failed
+    FAILED = "failed"  # every item has an outcome; some failed
+    CANCELLED = "cancelled"  # cancelled before it finished
+    LOST = "lost"  # the connection to the foreman was lost
+
+
+class Job:
+    """A job on the foreman. ``await job`` gives its results in input order.
+
+    Attributes: ``id``, ``total`` (items), ``completed`` and ``failed`` (items
+    with an outcome so far), ``done``, ``state``. Listeners added with
+    :meth:`add_listener` are called with the job after every change.
+    """
+
+    def __init__(
+        self,
+        client: CrowdComputeClient,
+        job_id: str,
+        items: Sequence[Any],
+        *,
+        name: str = "",
+        trusted: bool = True,
+        call: bool = False,
+    ) -> None:
+        self.id = job_id
+        self.name = name
+        self.total = len(items)
+        self.completed = 0
+        self.failed = 0
+        self.state = JobState.RUNNING
+        self.started = time.monotonic()
+        self.finished: float | None = None
+        self._client = client
+        self._items = items  # kept to show the input of a failed item
+        self._trusted = trusted
+        self._call = call  # one call of run(): errors name no item
+        self._results: list[Any] = [_MISSING] * self.total
+        self._errors: dict[int, TaskError] = {}
+        self._fatal: CrowdComputeError | None = None
+        self._finished = asyncio.get_running_loop().create_future()
+        self._arrivals: list[asyncio.Queue] = []
+        self._listeners: list[Callable[[Job], None]] = []
+        self._output_listeners: list[Callable[[int, str, str], None]] = []
+        if self.total == 0:
+            self._end(JobState.DONE)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.state.value} {self.completed + self.failed}/{self.total}>"
+
+    @property
+    def done(self) -> bool:
+        return self.state is not JobState.RUNNING
+
+    @property
+    def errors(self) -> dict[int, TaskError]:
+        """The failed items so far, by input index."""
+        return dict(self._errors)
+
+    # --- waiting -------------------------------------------------------------
+
+    def __await__(self):
+        return self.result().__await__()
+
+    async def result(self, return_exceptions: bool = False) -> list[Any]:
+        """The results in input order once every item has an outcome.
+
+        Raises the error of the first failed item (a TaskError) unless
+        ``return_exceptions``, in which case errors stand in the list;
+        JobCancelledError or ConnectionLostError when the job cannot finish.
+        """
+        while not self._finished.done():
+            await asyncio.wait([self._finished], timeout=WAKE_INTERVAL)
+        if self._fatal is not None:
+            raise self._fatal
+        if self._errors and not return_exceptions:
+            raise self._errors[min(self._errors)]
+        return [self._errors[i] if r is _MISSING else r for i, r in enumerate(self._results)]
+
+    async def as_completed(self) -> AsyncIterator[tuple[int, Any]]:
+        """Yield ``(index, result)`` as items finish; a failed item raises its TaskError."""
+        queue: asyncio.Queue = asyncio.Queue()
+        for index, value in enumerate(self._results):  # what arrived before we started
+            if value is not _MISSING:
+                queue.put_nowait((index, value))
+        for index in sorted(self._errors):
+            queue.put_nowait((index, self._errors[index]))
+        if self.done:
+            queue.put_nowait(None)
+        self._arrivals.append(queue)
+        try:
+            while True:
+                try:
+                    entry = await asyncio.wait_for(queue.get(), WAKE_INTERVAL)
+                except asyncio.TimeoutError:
+                    continue
+                if entry is None:
+                    if self._fatal is not None:
+                        raise self._fatal
+                    return
+                index, value = entry
+                if isinstance(value, TaskError) and index in self._errors:
+                    raise value
+                yield index, value
+        finally:
+            self._arrivals.remove(queue)
+
+    def cancel(self) -> None:
+        """Cancel the job: the foreman drops its queued tasks and workers stop running ones."""
+        if self.done:
+            return
+        self._client._cancel_job(self.id)
+        self._fatal = JobCancelledError(self.id)
+        self._end(JobState.CANCELLED)
+
+    # --- listeners -------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback(job)`` after every change of counters or state."""
+        self._listeners.append(callback)
+
+    def add_output_listener(self, callback: Callable[[int, str, str], None]) -> None:
+        """Call ``callback(index, stream, text)`` for text tasks print (replaces the default echo)."""
+        self._output_listeners.append(callback)
+
+    # --- fed by the client -------------------------------------------------------
+
+    def _deliver(self, first_index: int, payload: bytes) -> None:
+        if self.done:
+            return
+        outcomes = loads(payload)
+        for offset, (ok, value) in enumerate(outcomes):
+            index = first_index + offset
+            if self._results[index] is not _MISSING or index in self._errors:
+                continue  # a duplicate: each result reaches the user once
+            if ok:
+                self._results[index] = value
+                self.completed += 1
+            else:
+                value = build_task_error(value, *self._where(index), trusted=self._trusted)
+                self._errors[index] = value
+                self.failed += 1
+            self._announce(index, value)
+        self._changed()
+
+    def _fail_task(self, first_index: int, count: int, error: str, reason: str, attempts: int) -> None:
+        if self.done:
+            return
+        for index in range(first_index, first_index + count):
+            if self._results[index] is _MISSING and index not in self._errors:
+                failure = build_failed_task_error(error, reason, self._where(index)[0], attempts)
+                self._errors[index] = failure
+                self.failed += 1
+                self._announce(index, failure)
+        self._changed()
+
+    def _output(self, index: int, stream: str, text: str) -> None:
+        if not self._output_listeners:
+            target = sys.stderr if stream == "stderr" else sys.stdout
+            target.write(text)
+            target.flush()
+        for callback in self._output_listeners:
+            callback(index, stream, text)
+
+    def _lose(self, error: CrowdComputeError) -> None:
+        if self.done:
+            return
+        self._fatal = error
+        self._end(JobState.LOST)
+
+    def _where(self, index: int) -> tuple[int | None, Any]:
+        """How an error names the failed item: its index and input (none for run())."""
+        if self._call:
+            return None, None
+        try:
+            return index, self._items[index]
+        except Exception:
+            return index, None
+
+    def _announce(self, index: int, value: Any) -> None:
+        for queue in self._arrivals:
+            queue.put_nowait((index, value))
+
+    def _changed(self) -> None:
+        if self.completed + self.failed >= self.total:
+            self._end(JobState.FAILED if self.failed else JobState.DONE)
+            return
+        self._notify()
+
+    def _end(self, state: JobState) -> None:
+        self.state = state
+        self.finished = time.monotonic()
+        if not self._finished.done():
+            self._finished.set_result(None)
+        for queue in self._arrivals:
+            queue.put_nowait(None)
+        self._client_forget()
+        self._notify()
+
+    def _client_forget(self) -> None:
+        forget = getattr(self._client, "_forget_job", None)
+        if forget is not None:
+            forget(self.id)
+
+    def _notify(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback(self)
+            except Exception:  # a broken progress display must not break the job
+                self._listeners.remove(callback)

@@ -1,0 +1,121 @@
+"""A foreman and workers on loopback, as child processes of this one.
+
+Used by ``connect()`` with no address (the embedded cluster), by
+``crowdcompute local`` and by ``crowdcompute demo``. Each child reads its
+stdin from a pipe held by this process: when this process exits or is
+killed, the pipe closes and the children stop, so none is left behind. They
+run in their own session, so a Ctrl-C or kernel interrupt aimed at this
+process does not reach them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import subprocess
+import sys
+import weakref
+
+from .addresses import Address, generate_token, parse_address
+from .errors import CrowdComputeError
+
+__all__ = ["LocalCluster", "STOP_TIMEOUT"]
+
+#: Seconds the children get to exit cleanly before they are killed.
+STOP_TIMEOUT = 5.0
+
+_running: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+
+
+class LocalCluster:
+    """One foreman and ``workers`` single-process worker agents on 127.0.0.1.
+
+    With ``token=None`` the foreman generates (or reuses) one and writes its
+    connection file, which the workers read; otherwise the token stays private.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        *,
+        port: int = 0,
+        token: str | None = "",
+        log_level: str = "warning",
+        show_workers: bool = False,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"a local cluster needs at least one worker, not {workers}")
+        self.workers = workers
+        self.port = port
+        self.token = generate_token() if token == "" else token
+        self.log_level = log_level
+        self.show_workers = show_workers
+        self.address: Address | None = None
+        self.foreman: subprocess.Popen | None = None
+        self.agents: list[subprocess.Popen] = []
+
+    @property
+    def slots(self) -> int:
+        return self.workers
+
+    async def start(self, timeout: float = 30.0) -> Address:
+        """Start the foreman, wait for its address, start the workers; return the address.
+
+        Raises CrowdComputeError if the foreman does not start within ``timeout``.
+        """
+        _running.add(self)
+        command = ["-m", "foreman", "--port", str(self.port), "--journal", "none", "--log-level", self.log_level]
+        if self.token is not None:
+            command += ["--token", self.token]
+        self.foreman = self._spawn(command, stdout=subprocess.PIPE)
+        loop = asyncio.get_running_loop()
+        try:
+            line = await asyncio.wait_for(loop.run_in_executor(None, self.foreman.stdout.readline), timeout)
+        except asyncio.TimeoutError:
+            raise CrowdComputeError(f"the local foreman did not start within {timeout:g} s") from None
+        text = line.decode(errors="replace").strip()
+        if not text.startswith("foreman listening on "):
+            code = self.foreman.poll()
+            raise CrowdComputeError(f"the local foreman did not start (exit code {code}): {text or 'no output'}")
+        self.address = parse_address(text.rsplit(" ", 1)[1])
+        for n in range(self.workers):
+            command = ["-m", "worker", self.address.url, "--procs", "1", "--name", f"local-{n + 1}"]
+            command += ["--log-level", self.log_level]
+            if self.token is not None:
+                command += ["--token", self.token]
+            self.agents.append(self._spawn(command, stdout=None if self.show_workers else subprocess.DEVNULL))
+        return self.address
+
+    def _spawn(self, args: list[str], stdout) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, *args, "--exit-with-parent"],
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        """Stop the workers and the foreman (blocking, at most about STOP_TIMEOUT s)."""
+        processes = [*self.agents, *([self.foreman] if self.foreman else [])]
+        for process in processes:
+            if process.stdin is not None and not process.stdin.closed:
+                try:
+                    process.stdin.close()  # the child's parent watch stops it
+                except OSError:
+                    pass
+        for process in processes:
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        self.agents, self.foreman = [], None
+        _running.discard(self)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for cluster in list(_running):
+        cluster.stop()

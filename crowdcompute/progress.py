@@ -1,0 +1,147 @@
+"""Progress of a job: one model, several renderers.
+
+:class:`ProgressModel` holds the counts and derives rate and time left. A
+renderer draws it: :class:`RichProgress` on a terminal here, the ipywidgets
+widget in ``crowdcompute_jupyter``. :func:`show_progress` picks one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .job import Job
+
+__all__ = ["ProgressModel", "Renderer", "RichProgress", "in_jupyter_kernel", "show_progress"]
+
+
+@dataclass
+class ProgressModel:
+    """Counts of one job, and what follows from them."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    state: str = "running"
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> ProgressModel:
+        model = cls(job.total, started=job.started)
+        model.update(job)
+        return model
+
+    def update(self, job: Job) -> None:
+        self.done = job.completed
+        self.failed = job.failed
+        self.state = job.state.value
+        self.ended = job.finished
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        """Items per second so far."""
+        elapsed = self.elapsed
+        return (self.done + self.failed) / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def time_left(self) -> float | None:
+        """Seconds until the job ends at the current rate, or None if unknown."""
+        remaining = self.total - self.done - self.failed
+        if remaining <= 0:
+            return 0.0
+        rate = self.rate
+        return remaining / rate if rate > 0 else None
+
+    def summary(self) -> str:
+        """One line: counts, time and rate."""
+        failed = f", {self.failed} failed" if self.failed else ""
+        return (
+            f"{self.done + self.failed}/{self.total} items{failed} in {self.elapsed:.2f} s "
+            f"({self.rate:,.1f} items/s) - {self.state}"
+        )
+
+
+class Renderer(Protocol):
+    def close(self) -> None: ...
+
+
+class RichProgress:
+    """A rich progress bar on the terminal, following a job until it ends."""
+
+    def __init__(self, job: Job, console: Any = None) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.model = ProgressModel.of(job)
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(job.name or "map", total=job.total, failed="", rate="")
+        self._progress.start()
+        job.add_listener(self._update)
+        self._update(job)
+
+    def _update(self, job: Job) -> None:
+        self.model.update(job)
+        failed = f"[red]{self.model.failed} failed" if self.model.failed else ""
+        self._progress.update(
+            self._task,
+            completed=self.model.done + self.model.failed,
+            failed=failed,
+            rate=f"{self.model.rate:,.0f} items/s",
+        )
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def in_jupyter_kernel() -> bool:
+    """True when running inside an IPython kernel (without importing IPython)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None or "ipykernel" not in sys.modules:
+        return False
+    shell = ipython.get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show_progress(job: Job, progress: Any) -> Renderer | None:
+    """Start the renderer ``progress`` asks for; None shows nothing.
+
+    ``progress=None``: the widget in a Jupyter kernel, a rich bar on an
+    interactive terminal, nothing otherwise. ``True``: the best available.
+    ``"rich"``/``"widget"``: that one. ``False``: nothing.
+    """
+    if progress is False or job.done:
+        return None
+    if progress in (None, True, "widget") and in_jupyter_kernel():
+        try:
+            from crowdcompute_jupyter.widget import ProgressWidget
+        except ImportError:
+            ProgressWidget = None
+        if ProgressWidget is not None:
+            return ProgressWidget(job)
+    if progress in (True, "rich") or (progress is None and sys.stdout.isatty() and not in_jupyter_kernel()):
+        return RichProgress(job)
+    return None

@@ -1,0 +1,234 @@
+"""Turning functions, inputs and outcomes into bytes and back.
+
+Clients serialize with cloudpickle so that lambdas, closures and functions
+defined in a notebook travel. Workers run a chunk of items and report one
+outcome per item: ``(True, value)`` or ``(False, error)`` where ``error`` is a
+dict with the remote exception's type name, message and traceback text.
+The foreman never calls anything here.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import pickle
+import traceback
+from typing import Any, Callable, Iterable
+
+import cloudpickle
+
+from .errors import SerializationError, TaskError, TaskTimeoutError, WorkerCrashedError
+
+__all__ = [
+    "PICKLE_PROTOCOL",
+    "Apply",
+    "build_task_error",
+    "dumps_function",
+    "dumps_items",
+    "loads",
+    "run_items",
+]
+
+PICKLE_PROTOCOL = 5
+#: Longest repr of a failing input that an error message shows.
+ITEM_REPR_LIMIT = 80
+
+
+class Apply:
+    """Calls ``func(*args, **kwargs)`` for an item ``(args, kwargs)``: how ``run`` travels."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+
+    def __call__(self, call: tuple[tuple, dict]) -> Any:
+        args, kwargs = call
+        return self.func(*args, **kwargs)
+
+    @property
+    def __name__(self) -> str:  # so that errors name the user's function
+        return getattr(self.func, "__name__", repr(self.func))
+
+
+def _describe(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"function {name}" if name else f"{type(obj).__name__} object"
+
+
+def dumps_function(func: Callable) -> bytes:
+    """Pickle ``func`` with cloudpickle; raise SerializationError naming what failed."""
+    if not callable(func):
+        raise SerializationError(repr(func)[:ITEM_REPR_LIMIT], "it is not callable")
+    try:
+        return cloudpickle.dumps(func, protocol=PICKLE_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(_describe(func), _explain_function(func, exc)) from exc
+
+
+def _explain_function(func: Callable, exc: Exception) -> str:
+    """Find the global or closure variable of ``func`` that does not pickle."""
+    target = func.func if isinstance(func, Apply) else func
+    try:
+        found = inspect.getclosurevars(target)
+        names = {**found.globals, **found.nonlocals}
+    except (TypeError, ValueError):
+        names = {}
+    for name, value in names.items():
+        if inspect.ismodule(value):
+            continue
+        try:
+            cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        except Exception as inner:
+            return (
+                f"it uses {name!r} ({type(value).__name__}), which cannot be pickled "
+                f"({type(inner).__name__}: {inner}); create it inside the function instead"
+            )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def dumps_items(items: list, first_index: int = 0) -> bytes:
+    """Pickle a chunk of items; raise SerializationError naming the first bad item."""
+    try:
+        return cloudpickle.dumps(items, protocol=PICKLE_PROTOCOL)
+    except Exception as exc:
+        for offset, item in enumerate(items):
+            try:
+                cloudpickle.dumps(item, protocol=PICKLE_PROTOCOL)
+            except Exception as inner:
+                what = f"item {first_index + offset} ({_short_repr(item)})"
+                raise SerializationError(what, f"{type(inner).__name__}: {inner}") from inner
+        raise SerializationError(f"items {first_index}..", f"{type(exc).__name__}: {exc}") from exc
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def _short_repr(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= ITEM_REPR_LIMIT else text[: ITEM_REPR_LIMIT - 3] + "..."
+
+
+# --- on the worker -----------------------------------------------------------
+
+
+def describe_exception(exc: BaseException) -> dict:
+    """The remote exception as plain data, plus a pickle of it when it pickles."""
+    try:
+        pickled = cloudpickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+    except Exception:
+        pickled = None
+    return {
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "exception": pickled,
+    }
+
+
+def run_items(
+    func: Callable, items: Iterable, on_item: Callable[[int], None] | None = None
+) -> tuple[bytes, int]:
+    """Call ``func`` on each item; return (pickled outcomes, number that raised)."""
+    outcomes: list[tuple[bool, Any]] = []
+    failed = 0
+    for offset, item in enumerate(items):
+        if on_item is not None:
+            on_item(offset)
+        try:
+            outcomes.append((True, func(item)))
+        except Exception as exc:  # the user's error travels back; KeyboardInterrupt does not
+            exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
+            outcomes.append((False, describe_exception(exc)))
+            failed += 1
+    try:
+        return cloudpickle.dumps(outcomes, protocol=PICKLE_PROTOCOL), failed
+    except Exception:
+        return _dumps_each(outcomes, failed)
+
+
+def _dumps_each(outcomes: list[tuple[bool, Any]], failed: int) -> tuple[bytes, int]:
+    """Pickle outcomes one by one, turning results that do not pickle into errors."""
+    safe: list[tuple[bool, Any]] = []
+    for ok, value in outcomes:
+        if ok:
+            try:
+                cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+            except Exception as exc:
+                error = SerializationError(f"the result ({type(value).__name__})", f"{type(exc).__name__}: {exc}")
+                safe.append((False, describe_exception(error)))
+                failed += 1
+                continue
+        safe.append((ok, value))
+    return cloudpickle.dumps(safe, protocol=PICKLE_PROTOCOL), failed
+
+
+# --- back on the client --------------------------------------------------------
+
+
+def build_task_error(error: dict, index: int | None, item: Any = None, trusted: bool = True) -> TaskError:
+    """A TaskError for a remote failure, also an instance of the original type when safe.
+
+    The original type is rebuilt when it is a builtin exception, or when the
+    remote exception unpickles (``trusted`` results only) into a class that can
+    be mixed with TaskError. Otherwise a plain TaskError carries its name.
+    """
+    type_name = str(error.get("type", "Exception"))
+    message = str(error.get("message", ""))
+    tb_text = str(error.get("traceback", ""))
+    original: type | None = None
+    builtin = getattr(builtins, type_name, None)
+    if error.get("module") == "builtins" and isinstance(builtin, type) and issubclass(builtin, Exception):
+        original = builtin
+    elif trusted and error.get("exception"):
+        try:
+            original = type(pickle.loads(error["exception"]))
+        except Exception:
+            original = None
+    kwargs = dict(
+        index=index,
+        exc_type=type_name,
+        remote_traceback=tb_text,
+        item_repr=None if item is None else _short_repr(item),
+    )
+    if original is not None and not issubclass(original, TaskError):
+        cls = _mixed_class(original)
+        if cls is not None:
+            try:
+                return cls(message, **kwargs)
+            except Exception:
+                pass
+    return TaskError(message, **kwargs)
+
+
+_MIXED: dict[type, type | None] = {}
+
+
+def _mixed_class(original: type) -> type | None:
+    """A class deriving from TaskError and ``original``, or None if they cannot mix."""
+    if original not in _MIXED:
+        try:
+            _MIXED[original] = type(
+                original.__name__,
+                (TaskError, original),
+                {"__module__": "crowdcompute.remote", "__init__": TaskError.__init__, "__str__": TaskError.__str__},
+            )
+        except TypeError:  # incompatible layouts (e.g. some C exception types)
+            _MIXED[original] = None
+    return _MIXED[original]
+
+
+def build_failed_task_error(error: str, reason: str, index: int | None, attempts: int) -> TaskError:
+    """The error for each item of a task that timed out or kept crashing."""
+    if error == "timeout":
+        return TaskTimeoutError(reason, index=index, exc_type="TaskTimeoutError")
+    what = "the task" if index is None else f"the task holding item {index}"
+    return WorkerCrashedError(
+        f"{what} killed its process {attempts} times; last cause: {reason}",
+        attempts=attempts,
+        cause=reason,
+        index=index,
+    )

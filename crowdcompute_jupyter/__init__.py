@@ -1,0 +1,12 @@
+"""The Jupyter layer of CrowdCompute: magics and a live progress widget."""
+
+from __future__ import annotations
+
+__all__ = ["load_ipython_extension"]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext crowdcompute_jupyter``: register the magics."""
+    from .magics import CrowdComputeMagics
+
+    ipython.register_magics(CrowdComputeMagics(ipython))

@@ -1,0 +1,104 @@
+"""``crowdcompute foreman`` / ``python -m foreman``: run a foreman until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+import sys
+
+from crowdcompute.addresses import (
+    DEFAULT_PORT,
+    generate_token,
+    is_loopback,
+    read_connection_file,
+    write_connection_file,
+)
+from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
+
+from .server import ForemanServer
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("crowdcompute.foreman")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crowdcompute foreman",
+        description="Accept jobs from clients and hand their tasks to workers.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind; 0 picks a free one (default: 9000)")
+    parser.add_argument("--token", help="client token (default: reuse or generate one and write a connection file)")
+    parser.add_argument("--worker-token", help="worker token (default: the client token)")
+    parser.add_argument("--journal", default=None, help="SQLite journal path, or 'none'")
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a silent worker keeps its tasks (default: 10)",
+    )
+    parser.add_argument("--certfile", help="TLS certificate (serves wss://)")
+    parser.add_argument("--keyfile", help="TLS private key")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
+    parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if bool(args.certfile) != bool(args.keyfile):
+        print("error: --certfile and --keyfile go together", file=sys.stderr)
+        return 2
+    if args.heartbeat_timeout <= 0:
+        print("error: --heartbeat-timeout must be positive", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+    try:
+        return asyncio.run(_serve(args))
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
+    if args.exit_with_parent:
+        stop_with_parent(stop)
+    token = args.token
+    write_file = token is None
+    if token is None:
+        previous = read_connection_file(args.port) if args.port else None
+        token = previous["token"] if previous else generate_token()
+    ssl_context = None
+    if args.certfile:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.certfile, args.keyfile)
+    server = ForemanServer(
+        args.host,
+        args.port,
+        token=token,
+        worker_token=args.worker_token,
+        heartbeat_timeout=args.heartbeat_timeout,
+        ssl_context=ssl_context,
+    )
+    address = await server.start()
+    if write_file:
+        path = write_connection_file(address.port, address.url, token)
+        log.info("connection file: %s", path)
+    if not is_loopback(args.host) and ssl_context is None:
+        print(
+            f"warning: the foreman listens on {args.host}:{address.port} without TLS: tokens, code "
+            "and data cross the network in clear text, and anyone who learns the token can run "
+            "code on every worker. Use --certfile/--keyfile, or bind 127.0.0.1.",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(f"foreman listening on {address.url}", flush=True)
+    await stop.wait()
+    log.info("stopping")
+    await server.stop()
+    return 0

@@ -1,0 +1,112 @@
+"""Plain records the scheduler keeps: jobs, tasks, workers, and the actions it returns."""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from crowdcompute.protocol import Message
+
+__all__ = ["Close", "Job", "JobState", "Send", "Task", "TaskState", "Worker"]
+
+
+@dataclass(frozen=True)
+class Send:
+    """Action: send ``message`` to the connection ``to``."""
+
+    to: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class Close:
+    """Action: close the connection ``to`` with a websocket close code and reason."""
+
+    to: str
+    code: int
+    reason: str
+
+
+class TaskState(enum.Enum):
+    QUEUED = "queued"  # waiting for a worker slot
+    RUNNING = "running"  # leased to a worker (possibly still in its prefetch queue)
+    DONE = "done"  # its outcome went to the client
+
+
+class JobState(enum.Enum):
+    RUNNING = "running"  # accepted; tasks queued or running
+    DONE = "done"  # every task's outcome went to the client
+    CANCELLED = "cancelled"  # the client cancelled it or went away
+
+
+@dataclass
+class Task:
+    """One chunk of a job. ``attempt`` grows with every lease, fencing late results."""
+
+    task_id: int
+    first_index: int
+    count: int
+    payload: bytes | None
+    state: TaskState = TaskState.QUEUED
+    attempt: int = 0
+    worker: str | None = None
+    crashes: int = 0
+    retries_used: int = 0
+
+
+@dataclass
+class Job:
+    """A client's job: its function, its tasks and their progress."""
+
+    job_id: str
+    client: str
+    function: bytes
+    total_tasks: int
+    total_items: int
+    task_timeout: float | None
+    retries: int
+    name: str = ""
+    tasks: dict[int, Task] = field(default_factory=dict)
+    queue: deque[int] = field(default_factory=deque)
+    workers: set[str] = field(default_factory=set)  # workers holding the function
+    finished_tasks: int = 0
+    completed_items: int = 0
+    failed_items: int = 0
+    state: JobState = JobState.RUNNING
+
+    @property
+    def all_finished(self) -> bool:
+        return self.finished_tasks == self.total_tasks
+
+    def summary(self) -> dict:
+        """The job as the status reply shows it."""
+        return {
+            "id": self.job_id,
+            "name": self.name,
+            "total": self.total_items,
+            "completed": self.completed_items,
+            "failed": self.failed_items,
+            "state": self.state.value,
+        }
+
+
+@dataclass
+class Worker:
+    """A connected worker agent with ``slots`` task processes."""
+
+    worker_id: str
+    name: str
+    slots: int
+    running: set[tuple[str, int]] = field(default_factory=set)  # (job_id, task_id) leased
+    jobs: set[str] = field(default_factory=set)  # jobs whose function it holds
+    tasks_done: int = 0
+
+    @property
+    def capacity(self) -> int:
+        """Tasks it may hold at once: its slots plus a little prefetch, so no slot idles."""
+        return self.slots + max(1, self.slots // 2)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.running)

@@ -1,0 +1,215 @@
+"""The worker agent: holds the connection to the foreman and feeds its task processes.
+
+It connects (retrying with exponential backoff until the foreman answers),
+caches each job's function, queues the tasks it is leased, runs each in a
+free slot's process, and reports outcomes, printed output and crashes. When
+the foreman releases a job, its queued tasks are dropped and its running
+tasks' processes are killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from websockets.exceptions import ConnectionClosed
+
+from crowdcompute import protocol as p
+from crowdcompute.addresses import Address, read_connection_file
+from crowdcompute.dialing import dial
+from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
+
+from .pool import Finished, Lost, Slot, process_context
+
+__all__ = ["RECONNECT_DELAY_MAX", "WorkerAgent"]
+
+log = logging.getLogger("crowdcompute.worker")
+
+#: First and largest delay between attempts to reach the foreman, in seconds.
+RECONNECT_DELAY_MIN = 0.1
+RECONNECT_DELAY_MAX = 5.0
+
+
+class WorkerAgent:
+    """A worker with ``procs`` task processes, serving the foreman at ``address``."""
+
+    def __init__(
+        self,
+        address: Address,
+        *,
+        token: str | None,
+        procs: int,
+        name: str | None = None,
+        cafile: str | None = None,
+        heartbeat_interval: float = 5.0,
+    ) -> None:
+        self.address = address
+        self.token = token
+        self.procs = procs
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.cafile = cafile
+        self.heartbeat_interval = heartbeat_interval
+        ctx = process_context()
+        self.slots = [Slot(ctx, i) for i in range(procs)]
+        self._threads = ThreadPoolExecutor(max_workers=procs, thread_name_prefix="slot")
+        self._functions: dict[str, bytes] = {}
+        self._running: dict[int, str] = {}  # slot index -> job id of its task
+        self._queue: asyncio.Queue[p.AssignTask] = asyncio.Queue()
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve the foreman until ``stop`` is set; reconnect whenever the connection drops.
+
+        Raises AuthenticationError when the foreman refuses the token.
+        """
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._threads, slot.start) for slot in self.slots))
+        delay = RECONNECT_DELAY_MIN
+        try:
+            while not stop.is_set():
+                try:
+                    hello = self._hello()
+                    websocket, _ = await dial(
+                        self.address, hello, cafile=self.cafile, ping_interval=self.heartbeat_interval
+                    )
+                except AuthenticationError:
+                    raise
+                except ForemanUnavailableError as exc:
+                    log.debug("foreman not reachable: %s", exc)
+                    await _wait(stop, delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, RECONNECT_DELAY_MAX)
+                    continue
+                delay = RECONNECT_DELAY_MIN
+                print(f"worker {self.name} connected to {self.address.url}", flush=True)
+                await self._serve(websocket, stop)
+                if not stop.is_set():
+                    log.warning("lost the foreman at %s; reconnecting", self.address.url)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for slot in self.slots:
+            slot.kill()
+        await asyncio.gather(*(loop.run_in_executor(self._threads, slot.close) for slot in self.slots))
+        self._threads.shutdown(wait=False)
+
+    def _hello(self) -> p.Hello:
+        """The Hello to send; with no token, the one in the foreman's connection file."""
+        token = self.token
+        if token is None and self.address.loopback:
+            found = read_connection_file(self.address.port)
+            token = found["token"] if found else None
+        if token is None:
+            # The foreman may not have written its file yet: keep trying like an absent foreman.
+            raise ForemanUnavailableError(self.address.url, "no token given and no connection file found")
+        python = ".".join(map(str, sys.version_info[:3]))
+        return p.Hello("worker", token, p.PROTOCOL_VERSION, name=self.name, slots=self.procs, python=python)
+
+    async def _serve(self, websocket, stop: asyncio.Event) -> None:
+        """One connection's life: read assignments, run them, send outcomes."""
+        self._reset()
+        tasks = [asyncio.create_task(self._run_slot(slot)) for slot in self.slots]
+        tasks.append(asyncio.create_task(self._send_frames(websocket)))
+        reader = asyncio.create_task(self._read_frames(websocket))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, stopper, *tasks):
+                task.cancel()
+            await asyncio.gather(reader, stopper, *tasks, return_exceptions=True)
+            self._release_all()
+            await websocket.close()
+
+    def _reset(self) -> None:
+        self._functions.clear()
+        self._queue = asyncio.Queue()
+        self._outbox = asyncio.Queue()
+
+    async def _read_frames(self, websocket) -> None:
+        try:
+            async for frame in websocket:
+                try:
+                    msg = p.decode(frame)
+                except CrowdComputeError as exc:
+                    log.error("bad frame from the foreman: %s", exc)
+                    return
+                if isinstance(msg, p.JobFunction):
+                    self._functions[msg.job_id] = msg.function
+                elif isinstance(msg, p.AssignTask):
+                    self._queue.put_nowait(msg)
+                elif isinstance(msg, p.ReleaseJob):
+                    self._release(msg.job_id)
+                else:
+                    log.warning("ignored unexpected %s from the foreman", msg.TYPE)
+        except ConnectionClosed:
+            pass
+
+    def _release(self, job_id: str) -> None:
+        """Forget a job: its queued tasks are skipped, its running ones killed."""
+        self._functions.pop(job_id, None)
+        for slot in self.slots:
+            if self._running.get(slot.index) == job_id:
+                slot.kill()
+            slot.forget(job_id)
+
+    def _release_all(self) -> None:
+        for job_id in list(self._functions) + list(self._running.values()):
+            self._release(job_id)
+
+    async def _run_slot(self, slot: Slot) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            task = await self._queue.get()
+            function = self._functions.get(task.job_id)
+            if function is None:
+                continue  # released while it waited here
+
+            def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
+                message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
+                loop.call_soon_threadsafe(self._outbox.put_nowait, p.encode(message))
+
+            self._running[slot.index] = task.job_id
+            try:
+                outcome = await loop.run_in_executor(
+                    self._threads,
+                    slot.execute,
+                    task.job_id,
+                    task.first_index,
+                    task.count,
+                    function,
+                    task.payload,
+                    task.task_timeout,
+                    on_output,
+                )
+            finally:
+                self._running.pop(slot.index, None)
+            if isinstance(outcome, Finished):
+                reply: p.Message = p.TaskDone(task.job_id, task.task_id, task.attempt, outcome.failed, outcome.payload)
+            elif isinstance(outcome, Lost) and outcome.error != "cancelled":
+                log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
+                reply = p.TaskCrashed(task.job_id, task.task_id, task.attempt, outcome.error, outcome.reason)
+            else:
+                continue
+            self._outbox.put_nowait(p.encode(reply))
+
+    async def _send_frames(self, websocket) -> None:
+        while True:
+            frame = await self._outbox.get()
+            try:
+                await websocket.send(frame)
+            except ConnectionClosed:
+                return
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
