@@ -1,0 +1,3 @@
+from crowdcompute.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The async SDK against a real foreman and real workers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import crowdcompute
+from crowdcompute import CrowdComputeClient, SerializationError, TaskError
+from helpers import arun
+
+
+def test_map_keeps_input_order_and_chunks(cluster):
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            assert await cc.map(lambda x: x * 2, range(1000)) == [x * 2 for x in range(1000)]
+            assert await cc.map(lambda x: x, [], chunksize=3) == []
+            assert await cc.map(str.upper, iter(["a", "b"]), chunksize=1) == ["A", "B"]
+
+    arun(main())
+
+
+def test_error_in_user_code_is_a_task_error_and_other_items_survive(cluster):
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            job = await cc.submit(lambda x: 10 // x, [5, 2, 0, 1], chunksize=1)
+            with pytest.raises(ZeroDivisionError) as caught:
+                await job
+            error = caught.value
+            assert isinstance(error, TaskError)
+            assert error.index == 2 and error.exc_type == "ZeroDivisionError"
+            assert "ZeroDivisionError" in error.remote_traceback
+            assert "Remote traceback" in str(error)
+            results = await job.result(return_exceptions=True)
+            assert results[:2] == [2, 5] and results[3] == 10
+            assert job.completed == 3 and job.failed == 1
+
+    arun(main())
+
+
+def test_unpicklable_function_and_item_fail_before_sending(cluster):
+    lock = threading.Lock()
+
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            with pytest.raises(SerializationError, match="'lock'"):
+                await cc.map(lambda x: lock, [1])
+            with pytest.raises(SerializationError, match="item 1"):
+                await cc.map(lambda x: x, [1, lock])
+            status = await cc.status()
+            assert status["jobs"] == []  # nothing reached the foreman
+
+    arun(main())
+
+
+def test_run_passes_args_and_kwargs(cluster):
+    def power(base, *, exponent):
+        return base**exponent
+
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            assert await cc.run(power, 3, exponent=4) == 81
+            with pytest.raises(TaskError) as caught:
+                await cc.run(power, "x", exponent=2)
+            assert caught.value.index is None
+
+    arun(main())
+
+
+def test_as_completed_yields_every_index_once(cluster):
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            job = await cc.submit(lambda x: x * x, range(50), chunksize=7)
+            seen = {index: value async for index, value in job.as_completed()}
+            assert seen == {x: x * x for x in range(50)}
+            assert job.done and job.completed == 50
+
+    arun(main())
+
+
+def test_module_functions_use_the_default_client(cluster):
+    async def main():
+        await crowdcompute.connect(cluster.url, token=cluster.token)
+        try:
+            assert await crowdcompute.map(abs, [-1, -2]) == [1, 2]
+            assert await crowdcompute.run(max, 1, 5) == 5
+        finally:
+            await crowdcompute.disconnect()
+            await crowdcompute.disconnect()  # idempotent
+        with pytest.raises(crowdcompute.CrowdComputeError, match="connect"):
+            await crowdcompute.map(abs, [1])
+
+    arun(main())
+
+
+def test_embedded_cluster_starts_and_stops_with_the_client():
+    async def main():
+        async with CrowdComputeClient(workers=2) as cc:
+            assert await cc.map(lambda x: x + 1, range(10)) == list(range(1, 11))
+            status = await cc.status()
+            assert len(status["workers"]) <= 2
+
+    arun(main(), timeout=60)
+
+
+def test_printed_output_comes_back(cluster, capsys):
+    def talk(x):
+        print(f"item says {x}")
+        return x
+
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            job = await cc.submit(talk, range(3), chunksize=1)
+            heard = []
+            job.add_output_listener(lambda index, stream, text: heard.append((index, text)))
+            await job
+            return heard
+
+    heard = arun(main())
+    assert sorted(heard) == [(i, f"item says {i}\n") for i in range(3)]
