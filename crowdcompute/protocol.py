@@ -42,6 +42,10 @@ __all__ = [
     "TaskOutput",
     "StatusRequest",
     "StatusReply",
+    "AttachJob",
+    "JobAttached",
+    "CollectJob",
+    "WorkerDraining",
     "RequestError",
     "JobFunction",
     "AssignTask",
@@ -219,6 +223,26 @@ class CancelJob(Message):
 
 
 @message
+class AttachJob(Message):
+    """Follow a job submitted earlier (after a reconnect, or from another process).
+
+    The foreman answers JobAttached, then sends every outcome it holds for the
+    job, then new ones as they come. The client drops any it already has.
+    """
+
+    TYPE: ClassVar[str] = "attach_job"
+    job_id: str
+
+
+@message
+class CollectJob(Message):
+    """The client holds every outcome of the job: the foreman may free them."""
+
+    TYPE: ClassVar[str] = "collect_job"
+    job_id: str
+
+
+@message
 class StatusRequest(Message):
     """Ask the foreman for its workers, slots and jobs."""
 
@@ -234,6 +258,18 @@ class JobAccepted(Message):
 
     TYPE: ClassVar[str] = "job_accepted"
     job_id: str
+
+
+@message
+class JobAttached(Message):
+    """The job the client attached to: its size and state (``running``, ``done``...)."""
+
+    TYPE: ClassVar[str] = "job_attached"
+    job_id: str
+    total_items: int
+    total_tasks: int
+    state: str
+    name: str = ""
 
 
 @message
@@ -342,6 +378,13 @@ class TaskDone(Message):
     attempt: int
     failed: int
     payload: bytes
+
+
+@message
+class WorkerDraining(Message):
+    """The worker is stopping: give it no more tasks; it finishes or hands back the rest."""
+
+    TYPE: ClassVar[str] = "worker_draining"
 
 
 @message

@@ -10,6 +10,7 @@ import sys
 
 from crowdcompute.addresses import (
     DEFAULT_PORT,
+    crowdcompute_home,
     generate_token,
     is_loopback,
     read_connection_file,
@@ -17,6 +18,8 @@ from crowdcompute.addresses import (
 )
 from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
 
+from .journal import Journal
+from .scheduler import RESULT_TTL
 from .server import ForemanServer
 
 __all__ = ["build_parser", "main"]
@@ -33,7 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind; 0 picks a free one (default: 9000)")
     parser.add_argument("--token", help="client token (default: reuse or generate one and write a connection file)")
     parser.add_argument("--worker-token", help="worker token (default: the client token)")
-    parser.add_argument("--journal", default=None, help="SQLite journal path, or 'none'")
+    parser.add_argument(
+        "--journal",
+        default=None,
+        help="SQLite journal that lets a restarted foreman resume its jobs, or 'none' "
+        "(default: $CROWDCOMPUTE_HOME/journal-PORT.sqlite3)",
+    )
+    parser.add_argument(
+        "--result-ttl",
+        type=float,
+        default=RESULT_TTL,
+        help=f"seconds a finished job's results stay available to attach (default: {RESULT_TTL:g})",
+    )
     parser.add_argument(
         "--heartbeat-timeout",
         type=float,
@@ -63,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _journal(option: str | None):
+    """None for 'none'; a Journal at the path given; else one named after the bound port."""
+    if option is not None and option.lower() == "none":
+        return None
+    if option is not None:
+        return Journal(option)
+    return lambda port: Journal(crowdcompute_home() / f"journal-{port}.sqlite3")
+
+
 async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     install_stop_handlers(stop)
@@ -84,6 +107,8 @@ async def _serve(args: argparse.Namespace) -> int:
         worker_token=args.worker_token,
         heartbeat_timeout=args.heartbeat_timeout,
         ssl_context=ssl_context,
+        journal=_journal(args.journal),
+        result_ttl=args.result_ttl,
     )
     address = await server.start()
     if write_file:

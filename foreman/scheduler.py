@@ -1,58 +1,97 @@
 """The foreman's decisions, as a pure state machine.
 
 Each public method is an event (a worker joined, a task finished, ...) and
-returns the list of actions (:class:`Send`, :class:`Close`) the server must
-carry out. Nothing here awaits, touches a socket or reads a payload: payloads
-are opaque bytes passed from client to worker and back.
+returns the list of actions the server must carry out, in order: frames to
+send (:class:`Send`), journal records (``Save*``, :class:`DeleteJob`) and
+replays from the journal (:class:`Replay`). Nothing here awaits, touches a
+socket or a file, or reads a payload: payloads are opaque bytes passed from
+client to worker and back. Time comes from an injected clock.
 
-Work is shared fairly: when a slot frees up, jobs with queued tasks take turns
-(round robin), and the worker with the most free room is served first. Each
-worker holds a little more than its slots (``Worker.capacity``) so that no
-slot idles while the next task is on the wire.
+Work is shared fairly: jobs with queued tasks take turns (round robin), and
+the worker with the most free room is served first. Each worker holds a
+little more than its slots (``Worker.capacity``) so no slot idles.
+
+Every lease is (task, attempt, worker): an outcome is accepted only from the
+current holder, so a late result from a frozen worker is dropped. Jobs
+outlive their client's connection: a client that comes back (or any client
+holding the token) attaches by job id and gets every outcome; a job's
+outcomes are freed once its client collected them, or after ``result_ttl``.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from typing import Union
+from typing import Callable, Union
 
 from crowdcompute import protocol as p
 
-from .state import Close, Job, JobState, Send, Task, TaskState, Worker
+from .state import (
+    Close,
+    DeleteJob,
+    Job,
+    JobState,
+    Replay,
+    SaveJob,
+    SaveJobState,
+    SaveResult,
+    SaveTask,
+    Send,
+    Task,
+    TaskState,
+    Worker,
+)
 
-__all__ = ["ALLOWED_FAILURES", "Action", "Scheduler"]
+__all__ = ["ALLOWED_FAILURES", "RESULT_TTL", "Action", "Scheduler"]
 
 #: How many times a task may kill its process before it fails with WorkerCrashedError.
 ALLOWED_FAILURES = 3
-#: How many finished jobs the status keeps showing.
-FINISHED_JOBS_SHOWN = 20
+#: Seconds a finished job's outcomes are kept for ``attach`` before they are purged.
+RESULT_TTL = 24 * 3600.0
+#: How many ended jobs the status keeps showing.
+ENDED_JOBS_SHOWN = 20
 
-Action = Union[Send, Close]
+Action = Union[Send, Close, Replay, SaveJob, SaveTask, SaveResult, SaveJobState, DeleteJob]
 
 
 class Scheduler:
-    """Jobs, tasks and workers; events in, actions out."""
+    """Jobs, tasks and workers; events in, actions out.
 
-    def __init__(self, allowed_failures: int = ALLOWED_FAILURES) -> None:
+    ``journaled``: a journal keeps every outcome, so the scheduler does not
+    hold them in memory and replays them from the journal on attach.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_failures: int = ALLOWED_FAILURES,
+        result_ttl: float = RESULT_TTL,
+        journaled: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.allowed_failures = allowed_failures
+        self.result_ttl = result_ttl
+        self.journaled = journaled
+        self.clock = clock
         self.jobs: dict[str, Job] = {}
+        self.ended: dict[str, dict] = {}  # job id -> summary of collected or cancelled jobs
         self.workers: dict[str, Worker] = {}
-        self.clients: dict[str, set[str]] = {}  # client id -> its job ids
+        self.clients: set[str] = set()
         self._ready: deque[str] = deque()  # job ids with queued tasks, in turn order
-        self._finished: deque[dict] = deque(maxlen=FINISHED_JOBS_SHOWN)
 
     # --- connections -------------------------------------------------------
 
     def add_client(self, client_id: str) -> list[Action]:
-        self.clients[client_id] = set()
+        self.clients.add(client_id)
         return []
 
     def remove_client(self, client_id: str) -> list[Action]:
-        """A client went away: its jobs are cancelled (nobody would collect them)."""
-        actions: list[Action] = []
-        for job_id in list(self.clients.pop(client_id, ())):
-            actions += self._cancel(self.jobs[job_id])
-        return actions + self._assign()
+        """A client went away: its jobs go on, waiting for it (or anyone) to attach."""
+        self.clients.discard(client_id)
+        for job in self.jobs.values():
+            if job.client == client_id:
+                job.client = None
+        return []
 
     def add_worker(self, worker_id: str, name: str, slots: int) -> list[Action]:
         self.workers[worker_id] = Worker(worker_id, name, slots)
@@ -66,20 +105,35 @@ class Scheduler:
         actions: list[Action] = []
         for job_id, task_id in sorted(worker.running):
             job = self.jobs.get(job_id)
-            if job is None:  # failed by an earlier task of this loop
+            if job is None or job.state is not JobState.RUNNING:
                 continue
-            job.workers.discard(worker_id)
-            actions += self._crashed(job, job.tasks[task_id], f"worker {worker.name} disconnected")
+            task = job.tasks[task_id]
+            task.worker = None
+            if worker.draining:  # handed back on purpose: not the task's fault
+                self._enqueue(job, task, front=True)
+            else:
+                actions += self._crashed(job, task, f"worker {worker.name} disconnected")
         for job_id in worker.jobs:
             if job_id in self.jobs:
                 self.jobs[job_id].workers.discard(worker_id)
         return actions + self._assign()
 
+    def worker_draining(self, worker_id: str) -> list[Action]:
+        """The worker is stopping: it gets nothing new."""
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.draining = True
+        return []
+
     # --- client events -----------------------------------------------------
 
     def submit_job(self, client_id: str, msg: p.SubmitJob) -> list[Action]:
-        if msg.job_id in self.jobs:
-            return [Send(client_id, p.RequestError(msg.job_id, "a job with this id already exists"))]
+        job = self.jobs.get(msg.job_id)
+        if job is not None:  # sent again after a reconnect: follow it, nothing new
+            job.client = client_id
+            return [Send(client_id, p.JobAccepted(job.job_id))] if job.accepted else []
+        if msg.job_id in self.ended:
+            return [Send(client_id, p.RequestError(msg.job_id, "a job with this id already ended"))]
         job = Job(
             job_id=msg.job_id,
             client=client_id,
@@ -89,30 +143,72 @@ class Scheduler:
             task_timeout=msg.task_timeout,
             retries=msg.retries,
             name=msg.name,
+            created_at=self.clock(),
         )
         self.jobs[job.job_id] = job
-        self.clients[client_id].add(job.job_id)
-        actions: list[Action] = [Send(client_id, p.JobAccepted(job.job_id))]
-        if job.all_finished:  # an empty map
+        actions: list[Action] = [SaveJob(job)]
+        if job.all_received:  # an empty map
+            actions += self._accept(job)
             actions += self._finish(job)
         return actions
 
     def submit_task(self, client_id: str, msg: p.SubmitTask) -> list[Action]:
         job = self.jobs.get(msg.job_id)
-        if job is None or job.client != client_id:
-            return [Send(client_id, p.RequestError(msg.job_id, "no such job for this client"))]
-        if msg.task_id in job.tasks or msg.task_id >= job.total_tasks:
-            return [Send(client_id, p.RequestError(msg.job_id, f"task {msg.task_id} is a duplicate or out of range"))]
+        if job is None:
+            return [Send(client_id, p.RequestError(msg.job_id, "no such job: submit_job must come first"))]
+        if msg.task_id in job.tasks:
+            return []  # sent again after a reconnect
+        if msg.task_id >= job.total_tasks or msg.first_index + msg.count > job.total_items:
+            return [Send(client_id, p.RequestError(msg.job_id, f"task {msg.task_id} is out of the job's range"))]
         task = Task(msg.task_id, msg.first_index, msg.count, msg.payload)
         job.tasks[task.task_id] = task
         self._enqueue(job, task)
-        return self._assign()
+        actions: list[Action] = [SaveTask(job.job_id, task)]
+        if job.all_received:
+            actions += self._accept(job)
+        return actions + self._assign()
 
     def cancel_job(self, client_id: str, job_id: str) -> list[Action]:
         job = self.jobs.get(job_id)
-        if job is None or job.client != client_id:
-            return []  # already finished or cancelled: cancelling is idempotent
-        return self._cancel(job) + self._assign()
+        if job is None or job.state is not JobState.RUNNING:
+            return []  # already ended: cancelling is idempotent
+        job.state = JobState.CANCELLED
+        job.finished_at = self.clock()
+        for task in job.tasks.values():
+            if task.state is TaskState.RUNNING:
+                self._unlease(job, task)
+        if job.job_id in self._ready:
+            self._ready.remove(job.job_id)
+        return [self._save_state(job), *self._release(job), *self._archive(job), *self._assign()]
+
+    def attach_job(self, client_id: str, job_id: str) -> list[Action]:
+        """Follow a job: its size and state, then every outcome so far, then the rest."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            summary = self.ended.get(job_id)
+            if summary is None:
+                return [Send(client_id, p.RequestError(job_id, "no such job on this foreman (or it was purged)"))]
+            if summary["state"] == JobState.CANCELLED.value:
+                return [Send(client_id, p.JobAttached(job_id, summary["total"], summary["tasks"], "cancelled"))]
+            if not self.journaled:
+                reason = "its results were already collected (a foreman with a journal keeps them)"
+                return [Send(client_id, p.RequestError(job_id, reason))]
+            attached = p.JobAttached(job_id, summary["total"], summary["tasks"], summary["state"], summary["name"])
+            return [Send(client_id, attached), Replay(client_id, job_id)]
+        job.client = client_id
+        actions: list[Action] = [
+            Send(client_id, p.JobAttached(job_id, job.total_items, job.total_tasks, job.state.value, job.name))
+        ]
+        if self.journaled:
+            return actions + [Replay(client_id, job_id)]
+        return actions + [Send(client_id, outcome) for outcome in job.results.values()]
+
+    def collect_job(self, client_id: str, job_id: str) -> list[Action]:
+        """The client holds every outcome: free them (the journal keeps them for the TTL)."""
+        job = self.jobs.get(job_id)
+        if job is None or job.state is JobState.RUNNING:
+            return []
+        return self._archive(job)
 
     # --- worker events -----------------------------------------------------
 
@@ -129,7 +225,7 @@ class Scheduler:
         job.failed_items += msg.failed
         self.workers[worker_id].tasks_done += 1
         result = p.TaskResult(job.job_id, task.task_id, task.first_index, task.count, msg.failed, msg.payload)
-        return [Send(job.client, result)] + self._complete(job, task) + self._assign()
+        return self._outcome(job, task, result) + self._assign()
 
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
         job, task = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
@@ -143,14 +239,45 @@ class Scheduler:
     def task_output(self, worker_id: str, msg: p.TaskOutput) -> list[Action]:
         job = self.jobs.get(msg.job_id)
         task = job.tasks.get(msg.task_id) if job else None
-        if task is None or task.worker != worker_id:
+        if task is None or task.worker != worker_id or job.client is None:
             return []
         return [Send(job.client, msg)]
+
+    # --- time --------------------------------------------------------------
+
+    def expire(self) -> list[Action]:
+        """Purge jobs that ended more than ``result_ttl`` seconds ago."""
+        cutoff = self.clock() - self.result_ttl
+        actions: list[Action] = []
+        for job in [j for j in self.jobs.values() if j.finished_at is not None and j.finished_at < cutoff]:
+            actions += self._archive(job)
+        for job_id in [k for k, s in self.ended.items() if s["finished_at"] < cutoff]:
+            del self.ended[job_id]
+            actions.append(DeleteJob(job_id))
+        return actions
+
+    # --- restart -----------------------------------------------------------
+
+    def restore(self, jobs: list[Job], ended: list[dict]) -> list[Action]:
+        """Take back jobs from the journal after a restart: unfinished tasks queue again."""
+        actions: list[Action] = []
+        for summary in ended:
+            self.ended[summary["id"]] = summary
+        for job in jobs:
+            job.client = None
+            self.jobs[job.job_id] = job
+            for task in job.tasks.values():
+                if task.state is not TaskState.DONE:
+                    self._enqueue(job, task)
+            if job.all_received and job.all_finished:  # stopped between its last outcome and its end
+                actions += self._finish(job)
+        return actions
 
     # --- queries -----------------------------------------------------------
 
     def status(self) -> dict:
         """Workers, slots and jobs as plain JSON data."""
+        ended = sorted(self.ended.values(), key=lambda s: -s["finished_at"])[:ENDED_JOBS_SHOWN]
         return {
             "workers": [
                 {
@@ -158,10 +285,11 @@ class Scheduler:
                     "slots": w.slots,
                     "busy": min(len(w.running), w.slots),
                     "tasks_done": w.tasks_done,
+                    "draining": w.draining,
                 }
                 for w in self.workers.values()
             ],
-            "jobs": [job.summary() for job in self.jobs.values()] + list(self._finished),
+            "jobs": [job.summary() for job in self.jobs.values()] + [_public(s) for s in ended],
             "clients": len(self.clients),
         }
 
@@ -178,6 +306,10 @@ class Scheduler:
         if task is None or task.state is not TaskState.RUNNING or task.worker != worker_id or task.attempt != attempt:
             return job, None  # type: ignore[return-value]
         return job, task
+
+    def _accept(self, job: Job) -> list[Action]:
+        job.accepted = True
+        return [Send(job.client, p.JobAccepted(job.job_id))] if job.client else []
 
     def _enqueue(self, job: Job, task: Task, front: bool = False) -> None:
         task.state = TaskState.QUEUED
@@ -205,42 +337,49 @@ class Scheduler:
 
     def _fail(self, job: Job, task: Task, error: str, reason: str) -> list[Action]:
         job.failed_items += task.count
-        failed = p.TaskFailed(
-            job.job_id, task.task_id, task.first_index, task.count, error, reason, attempts=task.attempt
-        )
-        return [Send(job.client, failed)] + self._complete(job, task)
+        failed = p.TaskFailed(job.job_id, task.task_id, task.first_index, task.count, error, reason, task.attempt)
+        return self._outcome(job, task, failed)
 
-    def _complete(self, job: Job, task: Task) -> list[Action]:
+    def _outcome(self, job: Job, task: Task, outcome: p.TaskResult | p.TaskFailed) -> list[Action]:
+        """Record a task's final outcome, pass it to the client, and end the job if it was the last."""
         task.state = TaskState.DONE
         task.payload = None  # the input is no longer needed
         job.finished_tasks += 1
-        return self._finish(job) if job.all_finished else []
+        if not self.journaled:
+            job.results[task.task_id] = outcome
+        actions: list[Action] = [SaveResult(job.job_id, task.task_id, outcome)]
+        if job.client is not None:
+            actions.append(Send(job.client, outcome))
+        if job.all_finished and job.all_received:
+            actions += self._finish(job)
+        return actions
 
     def _finish(self, job: Job) -> list[Action]:
         job.state = JobState.DONE
-        return self._drop(job)
+        job.finished_at = self.clock()
+        return [self._save_state(job), *self._release(job)]
 
-    def _cancel(self, job: Job) -> list[Action]:
-        job.state = JobState.CANCELLED
-        for task in job.tasks.values():
-            if task.state is TaskState.RUNNING:
-                self._unlease(job, task)
-        return self._drop(job)
+    def _save_state(self, job: Job) -> SaveJobState:
+        return SaveJobState(job.job_id, job.state.value, job.finished_at, job.completed_items, job.failed_items)
 
-    def _drop(self, job: Job) -> list[Action]:
-        """Forget a finished or cancelled job; its workers drop its function and tasks."""
-        del self.jobs[job.job_id]
-        self.clients.get(job.client, set()).discard(job.job_id)
-        if job.job_id in self._ready:
-            self._ready.remove(job.job_id)
-        self._finished.appendleft(job.summary())
+    def _release(self, job: Job) -> list[Action]:
+        """Workers drop the job's function and stop its running tasks."""
         actions: list[Action] = []
         for worker_id in sorted(job.workers):
             worker = self.workers.get(worker_id)
             if worker is not None:
                 worker.jobs.discard(job.job_id)
                 actions.append(Send(worker_id, p.ReleaseJob(job.job_id)))
+        job.workers.clear()
         return actions
+
+    def _archive(self, job: Job) -> list[Action]:
+        """Forget an ended job's tasks and outcomes; keep its summary until the TTL."""
+        del self.jobs[job.job_id]
+        summary = job.summary()
+        summary.update(tasks=job.total_tasks, finished_at=job.finished_at or self.clock())
+        self.ended[job.job_id] = summary
+        return []
 
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns."""
@@ -264,18 +403,12 @@ class Scheduler:
             task.worker = worker.worker_id
             worker.running.add((job.job_id, task.task_id))
             assert task.payload is not None
-            actions.append(
-                Send(
-                    worker.worker_id,
-                    p.AssignTask(
-                        job.job_id,
-                        task.task_id,
-                        task.attempt,
-                        task.first_index,
-                        task.count,
-                        task.payload,
-                        job.task_timeout,
-                    ),
-                )
+            assign = p.AssignTask(
+                job.job_id, task.task_id, task.attempt, task.first_index, task.count, task.payload, job.task_timeout
             )
+            actions.append(Send(worker.worker_id, assign))
         return actions
+
+
+def _public(summary: dict) -> dict:
+    return {k: summary[k] for k in ("id", "name", "total", "completed", "failed", "state")}

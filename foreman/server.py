@@ -13,6 +13,7 @@ import itertools
 import logging
 import ssl
 from dataclasses import dataclass, field
+from typing import Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -21,8 +22,9 @@ from crowdcompute import protocol as p
 from crowdcompute.addresses import Address
 from crowdcompute.errors import ProtocolError
 
+from .journal import Journal
 from .scheduler import Action, Scheduler
-from .state import Close, Send
+from .state import Close, Replay, Send
 
 __all__ = ["AUTH_TIMEOUT", "AUTH_FAILURE_DELAY", "MAX_FRAME_SIZE", "ForemanServer"]
 
@@ -40,8 +42,11 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 
-_CLIENT_MESSAGES = (p.SubmitJob, p.SubmitTask, p.CancelJob, p.StatusRequest)
-_WORKER_MESSAGES = (p.TaskDone, p.TaskCrashed, p.TaskOutput)
+#: Seconds between purges of jobs older than the result TTL.
+EXPIRE_INTERVAL = 60.0
+
+_CLIENT_MESSAGES = (p.SubmitJob, p.SubmitTask, p.CancelJob, p.StatusRequest, p.AttachJob, p.CollectJob)
+_WORKER_MESSAGES = (p.TaskDone, p.TaskCrashed, p.TaskOutput, p.WorkerDraining)
 
 
 @dataclass
@@ -68,8 +73,10 @@ class ForemanServer:
         worker_token: str | None = None,
         heartbeat_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
-        scheduler: Scheduler | None = None,
+        journal: Journal | Callable[[int], Journal] | None = None,
+        result_ttl: float | None = None,
     ) -> None:
+        """``journal``: a Journal, or a function of the bound port that opens one."""
         if not token:
             raise ValueError("the foreman never runs without a token")
         self.host = host
@@ -78,17 +85,21 @@ class ForemanServer:
         self.worker_token = worker_token or token
         self.heartbeat_timeout = heartbeat_timeout
         self.ssl_context = ssl_context
-        self.scheduler = scheduler or Scheduler()
+        self._open_journal = journal
+        self.journal: Journal | None = None
+        options = {} if result_ttl is None else {"result_ttl": result_ttl}
+        self.scheduler = Scheduler(journaled=journal is not None, **options)
         self._peers: dict[str, _Peer] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
+        self._expiry: asyncio.Task | None = None
 
     @property
     def address(self) -> Address:
         return Address(self.host, self.port, self.ssl_context is not None)
 
     async def start(self) -> Address:
-        """Start listening; return the address with the real port."""
+        """Start listening, resume what the journal holds; return the address with the real port."""
         self._server = await serve(
             self._handle,
             self.host,
@@ -96,18 +107,39 @@ class ForemanServer:
             ssl=self.ssl_context,
             compression=None,  # payloads are pickles: compression costs CPU and buys little
             max_size=MAX_FRAME_SIZE,
-            ping_interval=self.heartbeat_timeout / 2,
-            ping_timeout=self.heartbeat_timeout / 2,
+            # A peer that answers no ping within the heartbeat timeout is dropped,
+            # and a dropped worker's tasks go to others.
+            ping_interval=self.heartbeat_timeout / 3,
+            ping_timeout=self.heartbeat_timeout * 2 / 3,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        # No handler has run yet (none could without awaiting): restoring now
+        # happens before any peer is served.
+        journal = self._open_journal
+        self.journal = journal(self.port) if callable(journal) else journal
+        if self.journal is not None:
+            jobs, ended = self.journal.load()
+            self._execute(self.scheduler.restore(jobs, ended))
+            if jobs:
+                log.info("resumed %d unfinished jobs from %s", len(jobs), self.journal.path)
+        self._expiry = asyncio.create_task(self._expire_regularly())
         return self.address
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self.journal is not None:
+            self.journal.close()
+
+    async def _expire_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_INTERVAL)
+            self._execute(self.scheduler.expire())
 
     # --- connections -------------------------------------------------------
 
@@ -218,6 +250,12 @@ class ForemanServer:
             return s.cancel_job(peer.conn_id, msg.job_id)
         if isinstance(msg, p.StatusRequest):
             return [Send(peer.conn_id, p.StatusReply(s.status()))]
+        if isinstance(msg, p.AttachJob):
+            return s.attach_job(peer.conn_id, msg.job_id)
+        if isinstance(msg, p.CollectJob):
+            return s.collect_job(peer.conn_id, msg.job_id)
+        if isinstance(msg, p.WorkerDraining):
+            return s.worker_draining(peer.conn_id)
         if isinstance(msg, p.TaskDone):
             return s.task_done(peer.conn_id, msg)
         if isinstance(msg, p.TaskCrashed):
@@ -231,14 +269,24 @@ class ForemanServer:
         peer.outbox.put_nowait(Close(peer.conn_id, code, reason[:120]))
 
     def _execute(self, actions: list[Action]) -> None:
+        """Carry out the scheduler's actions in order; commit the journal once at the end."""
         for action in actions:
-            peer = self._peers.get(action.to)
-            if peer is None:
-                continue  # the connection went away; the scheduler learns it in its finally
-            if isinstance(action, Send):
-                peer.outbox.put_nowait(p.encode(action.message))
-            else:
-                peer.outbox.put_nowait(action)
+            if isinstance(action, (Send, Close, Replay)):
+                peer = self._peers.get(action.to)
+                if peer is None:
+                    continue  # the connection went away; the scheduler learns it in its finally
+                if isinstance(action, Send):
+                    peer.outbox.put_nowait(p.encode(action.message))
+                elif isinstance(action, Replay):
+                    if self.journal is not None:
+                        for frame in self.journal.outcome_frames(action.job_id):
+                            peer.outbox.put_nowait(frame)
+                else:
+                    peer.outbox.put_nowait(action)
+            elif self.journal is not None:
+                self.journal.apply(action)
+        if self.journal is not None:
+            self.journal.commit()
 
     async def _send_frames(self, peer: _Peer) -> None:
         """Write the peer's queued frames in order; a slow peer delays only itself."""

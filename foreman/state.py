@@ -8,7 +8,21 @@ from dataclasses import dataclass, field
 
 from crowdcompute.protocol import Message
 
-__all__ = ["Close", "Job", "JobState", "Send", "Task", "TaskState", "Worker"]
+__all__ = [
+    "Close",
+    "DeleteJob",
+    "Job",
+    "JobState",
+    "Replay",
+    "SaveJob",
+    "SaveJobState",
+    "SaveResult",
+    "SaveTask",
+    "Send",
+    "Task",
+    "TaskState",
+    "Worker",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,51 @@ class Close:
     reason: str
 
 
+@dataclass(frozen=True)
+class Replay:
+    """Action: send ``to`` every outcome the journal holds for ``job_id``."""
+
+    to: str
+    job_id: str
+
+
+# Journal records: actions the server applies to the journal, in order.
+
+
+@dataclass(frozen=True)
+class SaveJob:
+    job: Job
+
+
+@dataclass(frozen=True)
+class SaveTask:
+    job_id: str
+    task: Task
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """A task's outcome (TaskResult or TaskFailed); its input is no longer needed."""
+
+    job_id: str
+    task_id: int
+    message: Message
+
+
+@dataclass(frozen=True)
+class SaveJobState:
+    job_id: str
+    state: str
+    finished_at: float | None
+    completed: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    job_id: str
+
+
 class TaskState(enum.Enum):
     QUEUED = "queued"  # waiting for a worker slot
     RUNNING = "running"  # leased to a worker (possibly still in its prefetch queue)
@@ -36,8 +95,8 @@ class TaskState(enum.Enum):
 
 class JobState(enum.Enum):
     RUNNING = "running"  # accepted; tasks queued or running
-    DONE = "done"  # every task's outcome went to the client
-    CANCELLED = "cancelled"  # the client cancelled it or went away
+    DONE = "done"  # every task has an outcome
+    CANCELLED = "cancelled"  # the client cancelled it
 
 
 @dataclass
@@ -60,7 +119,7 @@ class Job:
     """A client's job: its function, its tasks and their progress."""
 
     job_id: str
-    client: str
+    client: str | None  # the connection following it; None while its client is away
     function: bytes
     total_tasks: int
     total_items: int
@@ -74,6 +133,14 @@ class Job:
     completed_items: int = 0
     failed_items: int = 0
     state: JobState = JobState.RUNNING
+    accepted: bool = False  # JobAccepted went out (all tasks received and journaled)
+    results: dict[int, Message] = field(default_factory=dict)  # task id -> outcome, if kept
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def all_received(self) -> bool:
+        return len(self.tasks) == self.total_tasks
 
     @property
     def all_finished(self) -> bool:
@@ -101,10 +168,13 @@ class Worker:
     running: set[tuple[str, int]] = field(default_factory=set)  # (job_id, task_id) leased
     jobs: set[str] = field(default_factory=set)  # jobs whose function it holds
     tasks_done: int = 0
+    draining: bool = False  # stopping: it gets no new tasks
 
     @property
     def capacity(self) -> int:
         """Tasks it may hold at once: its slots plus a little prefetch, so no slot idles."""
+        if self.draining:
+            return 0
         return self.slots + max(1, self.slots // 2)
 
     @property
