@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 import typing
 from dataclasses import dataclass
@@ -119,6 +120,14 @@ def _type_check(hint: Any) -> Callable[[Any], bool]:
         inner_ok = _type_check(inner[0])
         return lambda v: v is None or inner_ok(v)
     raise TypeError(f"unsupported field type {hint!r}")
+
+
+def _finite_number(text: str) -> float:
+    """Parse a JSON number; NaN and infinities are not JSON and no field may hold one."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 def _require(condition: bool, sentence: str) -> None:
@@ -435,8 +444,10 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
     if end > len(view):
         raise ProtocolError(f"header says {head_size} bytes but the frame is truncated")
     try:
-        header = json.loads(bytes(view[_LENGTH.size : end]))
-    except (UnicodeDecodeError, ValueError) as exc:
+        header = json.loads(
+            bytes(view[_LENGTH.size : end]), parse_float=_finite_number, parse_constant=_finite_number
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         raise ProtocolError(f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
