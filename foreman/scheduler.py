@@ -103,7 +103,8 @@ class Scheduler:
         if worker is None:
             return []
         actions: list[Action] = []
-        for job_id, task_id in sorted(worker.running):
+        # Highest task first: each goes to the front of its queue, so they end up in input order.
+        for job_id, task_id in sorted(worker.running, reverse=True):
             job = self.jobs.get(job_id)
             if job is None or job.state is not JobState.RUNNING:
                 continue

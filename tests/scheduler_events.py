@@ -1,0 +1,91 @@
+"""Events and expected actions for the scheduler tests, so each test reads as a story.
+
+Inputs and outputs are made from their ids (``task_input("j1", 0)``), so a
+test can write the exact AssignTask or TaskResult it expects.
+"""
+
+from __future__ import annotations
+
+from crowdcompute import protocol as p
+from foreman.scheduler import Scheduler
+from foreman.state import Send
+
+__all__ = [
+    "Clock", "assign", "done", "function", "leased", "make", "records", "result", "sent", "started", "submit",
+    "task_input", "task_output",
+]
+
+
+class Clock:
+    """Time the test sets by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(**options) -> Scheduler:
+    return Scheduler(clock=Clock(), **options)
+
+
+def started(*slots: int, **options) -> Scheduler:
+    """A scheduler with client "c1" and workers "w1", "w2"... (named "one", "two"...) of ``slots``."""
+    s = make(**options)
+    s.add_client("c1")
+    for n, count in enumerate(slots):
+        s.add_worker(f"w{n + 1}", ("one", "two", "three")[n], count)
+    return s
+
+
+def sent(actions: list) -> list[tuple[str, p.Message]]:
+    """The frames among ``actions``, as (connection, message), in order."""
+    return [(a.to, a.message) for a in actions if isinstance(a, Send)]
+
+
+def records(actions: list, kind: type) -> list:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def function(job_id: str) -> bytes:
+    return f"function of {job_id}".encode()
+
+
+def task_input(job_id: str, task_id: int) -> bytes:
+    return f"input {job_id}/{task_id}".encode()
+
+
+def task_output(job_id: str, task_id: int, attempt: int) -> bytes:
+    return f"output {job_id}/{task_id}@{attempt}".encode()
+
+
+def submit(s: Scheduler, client: str, job_id: str, tasks: int = 1, *, items_per_task: int = 1,
+           retries: int = 0, task_timeout: float | None = None) -> list:
+    """A client's SubmitJob then its SubmitTasks; all the actions they caused."""
+    total = tasks * items_per_task
+    actions = s.submit_job(client, p.SubmitJob(job_id, function(job_id), tasks, total, task_timeout, retries, "f"))
+    for task_id in range(tasks):
+        first = task_id * items_per_task
+        actions += s.submit_task(client, p.SubmitTask(job_id, task_id, first, items_per_task, task_input(job_id, task_id)))
+    return actions
+
+
+def assign(job_id: str, task_id: int, attempt: int = 1, *, items_per_task: int = 1,
+           task_timeout: float | None = None) -> p.AssignTask:
+    first = task_id * items_per_task
+    return p.AssignTask(job_id, task_id, attempt, first, items_per_task, task_input(job_id, task_id), task_timeout)
+
+
+def done(job_id: str, task_id: int, attempt: int = 1, failed: int = 0) -> p.TaskDone:
+    return p.TaskDone(job_id, task_id, attempt, failed, task_output(job_id, task_id, attempt))
+
+
+def result(job_id: str, task_id: int, attempt: int = 1, failed: int = 0, *, items_per_task: int = 1) -> p.TaskResult:
+    first = task_id * items_per_task
+    return p.TaskResult(job_id, task_id, first, items_per_task, failed, task_output(job_id, task_id, attempt))
+
+
+def leased(actions: list) -> list[tuple[str, str, int, int]]:
+    """The leases among ``actions``: (worker, job, task, attempt)."""
+    return [(to, m.job_id, m.task_id, m.attempt) for to, m in sent(actions) if isinstance(m, p.AssignTask)]

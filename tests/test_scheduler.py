@@ -1,0 +1,371 @@
+"""Pure tests of the foreman's scheduler: feed events, compare the actions it returns.
+
+Like dask's worker-state-machine tests: no sockets, no processes, no sleeps.
+Time is an injected clock. Frames to send are compared exactly, in order;
+journal records are checked where they matter. Randomized interleavings are
+in test_scheduler_interleavings.py.
+"""
+
+from __future__ import annotations
+
+from crowdcompute import protocol as p
+from foreman.scheduler import ALLOWED_FAILURES, Scheduler
+from foreman.state import Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
+from scheduler_events import (
+    Clock,
+    assign,
+    done,
+    function,
+    leased,
+    make,
+    records,
+    result,
+    sent,
+    started,
+    submit,
+)
+
+
+# --- assignment --------------------------------------------------------------------
+
+
+def test_worker_gets_its_slots_plus_prefetch_and_a_freed_place_is_refilled():
+    s = make()
+    s.add_client("c1")
+    assert s.add_worker("w1", "one", 2) == []  # nothing queued yet
+    actions = submit(s, "c1", "j1", tasks=5)
+    # 2 slots + 1 prefetched; JobAccepted once every task is in.
+    assert sent(actions) == [
+        ("w1", p.JobFunction("j1", function("j1"))),
+        ("w1", assign("j1", 0)),
+        ("w1", assign("j1", 1)),
+        ("w1", assign("j1", 2)),
+        ("c1", p.JobAccepted("j1")),
+    ]
+    assert [r.task.task_id for r in records(actions, SaveTask)] == [0, 1, 2, 3, 4]
+    assert sent(s.task_done("w1", done("j1", 1))) == [("c1", result("j1", 1)), ("w1", assign("j1", 3))]
+
+
+def test_tasks_queued_before_any_worker_go_to_the_first_that_joins():
+    s = make()
+    s.add_client("c1")
+    assert sent(submit(s, "c1", "j1", tasks=2)) == [("c1", p.JobAccepted("j1"))]
+    assert sent(s.add_worker("w1", "one", 4)) == [
+        ("w1", p.JobFunction("j1", function("j1"))),
+        ("w1", assign("j1", 0)),
+        ("w1", assign("j1", 1)),
+    ]
+
+
+def test_worker_with_the_most_free_room_is_served_first():
+    s = make()
+    s.add_client("c1")
+    s.add_worker("small", "small", 1)  # capacity 2
+    s.add_worker("big", "big", 4)  # capacity 6
+    got = [worker for worker, *_ in leased(submit(s, "c1", "j1", tasks=8))]
+    assert got[:4] == ["big"] * 4  # big has more room until it is down to small's
+    assert got.count("big") == 6 and got.count("small") == 2
+    assert s.status()["workers"] == [
+        {"name": "small", "slots": 1, "busy": 1, "tasks_done": 0, "draining": False},
+        {"name": "big", "slots": 4, "busy": 4, "tasks_done": 0, "draining": False},
+    ]
+
+
+def test_two_jobs_take_turns():
+    s = make()
+    s.add_client("c1")
+    s.add_client("c2")
+    submit(s, "c1", "a", tasks=6)
+    submit(s, "c2", "b", tasks=6)
+    got = [(job, task) for _, job, task, _ in leased(s.add_worker("w1", "one", 4))]
+    assert got == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+def test_a_job_that_arrives_late_gets_every_other_freed_slot():
+    s = started(2)
+    submit(s, "c1", "a", tasks=20)  # a holds all 3 places
+    submit(s, "c1", "b", tasks=20)
+    running = {("a", 0): 1, ("a", 1): 1, ("a", 2): 1}
+    jobs = []
+    for _ in range(10):
+        job, task = next(iter(running))
+        del running[(job, task)]
+        (lease,) = leased(s.task_done("w1", done(job, task)))
+        running[(lease[1], lease[2])] = 1
+        jobs.append(lease[1])
+    assert jobs.count("a") == jobs.count("b") == 5, jobs
+
+
+def test_function_is_sent_once_per_worker_per_job():
+    # Run a 10-task job to the end on two workers, collecting every frame.
+    s = started(1, 1)
+    frames = sent(submit(s, "c1", "j1", tasks=10))
+    pending = [(to, m) for to, m in frames if isinstance(m, p.AssignTask)]
+    while pending:
+        to, m = pending.pop(0)
+        new = sent(s.task_done(to, done(m.job_id, m.task_id, m.attempt)))
+        frames += new
+        pending += [(w, a) for w, a in new if isinstance(a, p.AssignTask)]
+    functions = [(to, m.job_id) for to, m in frames if isinstance(m, p.JobFunction)]
+    assert sorted(functions) == [("w1", "j1"), ("w2", "j1")]
+    for worker in ("w1", "w2"):  # the function comes before the worker's first task of the job
+        mine = [m for to, m in frames if to == worker]
+        assert isinstance(mine[0], p.JobFunction)
+    assert sum(isinstance(m, p.TaskResult) for _, m in frames) == 10
+    # The job ended: both workers drop its function, and a new job sends its own.
+    assert [(to, m) for to, m in frames if isinstance(m, p.ReleaseJob)] == [
+        ("w1", p.ReleaseJob("j1")),
+        ("w2", p.ReleaseJob("j1")),
+    ]
+    assert ("w1", p.JobFunction("j2", function("j2"))) in sent(submit(s, "c1", "j2"))
+
+
+def test_a_worker_that_joins_again_gets_the_function_again():
+    s = started(1)
+    submit(s, "c1", "j1", tasks=3)
+    s.remove_worker("w1")
+    assert sent(s.add_worker("w2", "one", 1))[0] == ("w2", p.JobFunction("j1", function("j1")))
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+def test_results_go_to_the_client_that_owns_the_job_with_the_payload_untouched():
+    s = make()
+    s.add_client("c1")
+    s.add_client("c2")
+    s.add_worker("w1", "one", 4)
+    submit(s, "c1", "a", tasks=1, items_per_task=5)
+    submit(s, "c2", "b", tasks=1, items_per_task=5)
+    msg = done("b", 0, failed=2)
+    actions = s.task_done("w1", msg)
+    assert sent(actions) == [("c2", result("b", 0, failed=2, items_per_task=5)), ("w1", p.ReleaseJob("b"))]
+    assert sent(actions)[0][1].payload is msg.payload  # passed through, not copied
+    (saved,) = records(actions, SaveResult)
+    assert (saved.job_id, saved.task_id) == ("b", 0)
+    summary = {j["id"]: j for j in s.status()["jobs"]}["b"]
+    assert (summary["completed"], summary["failed"], summary["state"]) == (3, 2, "done")
+
+
+def test_the_last_outcome_ends_the_job_and_releases_its_workers():
+    s = started(1, 1)
+    submit(s, "c1", "j1", tasks=2)
+    assert sent(s.task_done("w1", done("j1", 0))) == [("c1", result("j1", 0))]
+    actions = s.task_done("w2", done("j1", 1))
+    assert sent(actions) == [("c1", result("j1", 1)), ("w1", p.ReleaseJob("j1")), ("w2", p.ReleaseJob("j1"))]
+    (state,) = records(actions, SaveJobState)
+    assert (state.job_id, state.state, state.completed, state.failed) == ("j1", "done", 2, 0)
+
+
+def test_late_and_duplicate_results_are_dropped():
+    s = started(1)
+    submit(s, "c1", "j1", tasks=1)  # leased to w1, attempt 1
+    s.remove_worker("w1")  # w1 froze and was dropped
+    assert leased(s.add_worker("w2", "two", 1)) == [("w2", "j1", 0, 2)]
+    assert s.task_done("w1", done("j1", 0, attempt=1)) == []  # the old lease, from the old worker
+    assert s.task_done("w2", done("j1", 0, attempt=1)) == []  # the old attempt number
+    assert s.task_crashed("w1", p.TaskCrashed("j1", 0, 1, "crashed", "late")) == []
+    assert sent(s.task_done("w2", done("j1", 0, attempt=2)))[0] == ("c1", result("j1", 0, attempt=2))
+    assert s.task_done("w2", done("j1", 0, attempt=2)) == []  # the same result twice
+    assert s.task_done("w2", done("nope", 0)) == []  # a job it never had
+    assert s.status()["jobs"][0]["completed"] == 1
+
+
+def test_output_goes_to_the_client_only_from_the_lease_holder():
+    s = started(1, 1)
+    submit(s, "c1", "j1", tasks=1)
+    line = p.TaskOutput("j1", 0, 0, "stdout", "hello\n")
+    assert s.task_output("w1", line) == [Send("c1", line)]
+    assert s.task_output("w2", line) == []
+
+
+# --- failures --------------------------------------------------------------------------
+
+
+def test_removing_a_worker_requeues_its_tasks_in_front_with_a_new_attempt():
+    s = make()
+    s.add_client("c1")
+    s.add_worker("w1", "one", 1)  # capacity 2: tasks 0 and 1
+    submit(s, "c1", "j1", tasks=4)
+    assert s.remove_worker("w1") == []  # nobody to take them yet
+    assert leased(s.add_worker("w2", "two", 2)) == [
+        ("w2", "j1", 0, 2),
+        ("w2", "j1", 1, 2),
+        ("w2", "j1", 2, 1),
+    ]
+    assert s.remove_worker("w1") == []  # removing twice is harmless
+
+
+def test_a_worker_that_leaves_hands_its_tasks_to_the_others_at_once():
+    s = started(1, 1)
+    submit(s, "c1", "j1", tasks=3)  # w1: 0, 2; w2: 1 (w2 has one free place)
+    assert leased(s.remove_worker("w1")) == [("w2", "j1", 0, 2)]
+
+
+def test_crashes_up_to_allowed_failures_then_task_failed():
+    s = started(1)
+    submit(s, "c1", "j1", tasks=1)
+    for attempt in range(1, ALLOWED_FAILURES):
+        actions = s.task_crashed("w1", p.TaskCrashed("j1", 0, attempt, "crashed", "killed by SIGSEGV"))
+        assert sent(actions) == [("w1", assign("j1", 0, attempt + 1))]
+    actions = s.task_crashed("w1", p.TaskCrashed("j1", 0, ALLOWED_FAILURES, "crashed", "killed by SIGKILL"))
+    failed = p.TaskFailed("j1", 0, 0, 1, "crashed", "killed by SIGKILL", ALLOWED_FAILURES)
+    assert sent(actions) == [("c1", failed), ("w1", p.ReleaseJob("j1"))]
+    summary = s.status()["jobs"][0]
+    assert (summary["completed"], summary["failed"], summary["state"]) == (0, 1, "done")
+
+
+def test_worker_disconnects_count_as_crashes():
+    s = started(1, allowed_failures=2)
+    submit(s, "c1", "j1", tasks=1)
+    assert leased(s.remove_worker("w1")) == []
+    s.add_worker("w2", "two", 1)
+    actions = s.remove_worker("w2")
+    assert sent(actions) == [("c1", p.TaskFailed("j1", 0, 0, 1, "crashed", "worker two disconnected", 2))]
+
+
+def test_a_draining_worker_gets_nothing_new_and_hands_back_without_a_crash():
+    s = started(1, allowed_failures=1)
+    submit(s, "c1", "j1", tasks=3)  # w1 holds 0 and 1
+    assert s.worker_draining("w1") == []
+    assert leased(s.task_done("w1", done("j1", 0))) == []  # its freed place is not refilled
+    assert s.remove_worker("w1") == []  # task 1 goes back, not counted as a crash
+    assert leased(s.add_worker("w2", "two", 2)) == [("w2", "j1", 1, 2), ("w2", "j1", 2, 1)]
+
+
+def test_timeout_fails_the_task_at_once():
+    s = started(1)
+    submit(s, "c1", "j1", tasks=2, task_timeout=0.5)
+    actions = s.task_crashed("w1", p.TaskCrashed("j1", 0, 1, "timeout", "ran past 0.5 s"))
+    assert sent(actions) == [("c1", p.TaskFailed("j1", 0, 0, 1, "timeout", "ran past 0.5 s", 1))]  # not run again
+
+
+def test_the_task_timeout_travels_with_each_assignment():
+    s = started(1)
+    frames = sent(submit(s, "c1", "j1", tasks=1, task_timeout=2.5))
+    assert [m for _, m in frames if isinstance(m, p.AssignTask)] == [assign("j1", 0, task_timeout=2.5)]
+
+
+def test_tasks_with_failed_items_are_retried_then_forwarded():
+    s = started(1)
+    submit(s, "c1", "j1", tasks=3, items_per_task=4, retries=1)  # w1 holds 0 and 1
+    actions = s.task_done("w1", done("j1", 0, failed=2))
+    assert sent(actions) == [("w1", assign("j1", 0, 2, items_per_task=4))]  # in front of task 2
+    actions = s.task_done("w1", done("j1", 0, attempt=2, failed=1))  # retries used up: forward it
+    assert sent(actions) == [("c1", result("j1", 0, 2, failed=1, items_per_task=4)),
+                             ("w1", assign("j1", 2, items_per_task=4))]
+    summary = s.status()["jobs"][0]
+    assert (summary["completed"], summary["failed"]) == (3, 1)
+
+
+def test_without_retries_failed_items_are_forwarded_at_once():
+    s = started(1)
+    submit(s, "c1", "j1", tasks=1, items_per_task=3)
+    assert sent(s.task_done("w1", done("j1", 0, failed=3)))[0] == ("c1", result("j1", 0, failed=3, items_per_task=3))
+
+
+# --- cancel, clients -----------------------------------------------------------------------
+
+
+def test_cancel_releases_the_workers_and_frees_their_places():
+    s = started(1, 1)
+    submit(s, "c1", "j1", tasks=10)  # all four places taken
+    submit(s, "c1", "j2", tasks=4)  # queued behind
+    actions = s.cancel_job("c1", "j1")
+    frames = sent(actions)
+    assert frames[:2] == [("w1", p.ReleaseJob("j1")), ("w2", p.ReleaseJob("j1"))]
+    assert sorted(lease[1:] for lease in leased(actions)) == [("j2", 0, 1), ("j2", 1, 1), ("j2", 2, 1), ("j2", 3, 1)]
+    (state,) = records(actions, SaveJobState)
+    assert state.state == "cancelled"
+    assert s.task_done("w1", done("j1", 0)) == []  # a result that was on the wire
+    assert s.cancel_job("c1", "j1") == []  # idempotent
+    assert {j["id"]: j["state"] for j in s.status()["jobs"]} == {"j2": "running", "j1": "cancelled"}
+    assert sent(s.submit_job("c1", p.SubmitJob("j1", b"f", 1, 1))) == [
+        ("c1", p.RequestError("j1", "a job with this id already ended"))
+    ]
+
+
+def test_a_client_that_leaves_does_not_stop_its_job_and_gets_it_back_on_attach():
+    # Jobs outlive their client's connection (durable jobs): nothing is cancelled,
+    # outcomes are kept, and attaching replays them.
+    s = started(1)
+    submit(s, "c1", "j1", tasks=2)
+    assert s.remove_client("c1") == []
+    assert sent(s.task_done("w1", done("j1", 0))) == []  # nobody to send it to
+    s.add_client("c2")
+    actions = s.attach_job("c2", "j1")
+    assert sent(actions) == [("c2", p.JobAttached("j1", 2, 2, "running", "f")), ("c2", result("j1", 0))]
+    assert sent(s.task_done("w1", done("j1", 1))) == [("c2", result("j1", 1)), ("w1", p.ReleaseJob("j1"))]
+
+
+def test_attach_with_a_journal_replays_from_it():
+    s = make(journaled=True)
+    s.add_client("c1")
+    submit(s, "c1", "j1", tasks=1)
+    assert s.attach_job("c1", "j1")[-1] == Replay("c1", "j1")
+    assert sent(s.attach_job("c1", "nope"))[0][1].TYPE == "request_error"
+
+
+def test_a_job_resubmitted_after_a_reconnect_is_followed_not_duplicated():
+    s = started(1)
+    first = submit(s, "c1", "j1", tasks=2)
+    s.remove_client("c1")
+    s.add_client("c1b")
+    again = submit(s, "c1b", "j1", tasks=2)
+    assert sent(again) == [("c1b", p.JobAccepted("j1"))]
+    assert records(again, SaveTask) == [] and len(records(first, SaveTask)) == 2
+    assert sent(s.task_done("w1", done("j1", 0)))[0] == ("c1b", result("j1", 0))
+
+
+def test_collected_jobs_are_forgotten_and_ended_ones_expire():
+    clock = Clock()
+    s = Scheduler(clock=clock, result_ttl=60)
+    s.add_client("c1")
+    s.add_worker("w1", "one", 1)
+    submit(s, "c1", "j1", tasks=1)
+    s.task_done("w1", done("j1", 0))
+    assert s.collect_job("c1", "j1") == []
+    assert "j1" not in s.jobs and s.status()["jobs"][0]["state"] == "done"
+    clock.now += 61
+    assert [a.job_id for a in s.expire()] == ["j1"]
+    assert s.status()["jobs"] == []
+
+
+def test_bad_submissions_are_answered_with_a_reason():
+    s = make()
+    s.add_client("c1")
+    (to, error), = sent(s.submit_task("c1", p.SubmitTask("nope", 0, 0, 1, b"x")))
+    assert to == "c1" and isinstance(error, p.RequestError) and "submit_job" in error.reason
+    s.submit_job("c1", p.SubmitJob("j1", b"f", 1, 2))
+    (_, error), = sent(s.submit_task("c1", p.SubmitTask("j1", 1, 0, 1, b"x")))
+    assert "out of the job's range" in error.reason
+    (_, error), = sent(s.submit_task("c1", p.SubmitTask("j1", 0, 1, 2, b"x")))
+    assert "out of the job's range" in error.reason
+
+
+# --- empty job, status -------------------------------------------------------------------------
+
+
+def test_an_empty_job_is_accepted_and_done_at_once():
+    s = started(1)
+    actions = s.submit_job("c1", p.SubmitJob("j0", b"f", 0, 0))
+    assert [type(a) for a in actions] == [SaveJob, Send, SaveJobState]
+    assert sent(actions) == [("c1", p.JobAccepted("j0"))]  # no worker hears of it
+    assert records(actions, SaveJobState)[0].state == "done"
+    assert s.status()["jobs"] == [
+        {"id": "j0", "name": "", "total": 0, "completed": 0, "failed": 0, "state": "done"}
+    ]
+
+
+def test_status_has_the_documented_shape():
+    s = started(2)
+    submit(s, "c1", "j1", tasks=4, items_per_task=5)
+    s.task_done("w1", done("j1", 0, failed=1))
+    status = s.status()
+    assert set(status) >= {"workers", "jobs"}
+    (worker,) = status["workers"]
+    assert {"name": "one", "slots": 2, "busy": 2}.items() <= worker.items()
+    (job,) = status["jobs"]
+    assert {"id": "j1", "total": 20, "completed": 4, "failed": 1, "state": "running"}.items() <= job.items()
+    assert s.total_slots == 2
+    p.decode(p.encode(p.StatusReply(status)))  # it travels as plain JSON
