@@ -12,7 +12,7 @@ loads the Jupyter layer from ``crowdcompute_jupyter``.
 
 from __future__ import annotations
 
-from .api import connect, disconnect, map, run, status, submit
+from .api import attach, connect, disconnect, map, run, status, submit
 from .client import CrowdComputeClient
 from .errors import (
     AuthenticationError,
@@ -46,6 +46,7 @@ __all__ = [
     "TaskTimeoutError",
     "UntrustedPayloadError",
     "WorkerCrashedError",
+    "attach",
     "connect",
     "disconnect",
     "map",

@@ -8,7 +8,7 @@ from .client import CrowdComputeClient
 from .errors import CrowdComputeError
 from .job import Job
 
-__all__ = ["connect", "default_client", "disconnect", "map", "run", "status", "submit"]
+__all__ = ["attach", "connect", "default_client", "disconnect", "map", "run", "status", "submit"]
 
 _default: CrowdComputeClient | None = None
 
@@ -88,6 +88,11 @@ async def submit(
 ) -> Job:
     """Send a job and return its Job once the foreman accepted it."""
     return await default_client().submit(func, iterable, chunksize=chunksize, timeout=timeout, retries=retries)
+
+
+async def attach(job_id: str) -> Job:
+    """The Job of a job submitted earlier (by this or another process holding the token)."""
+    return await default_client().attach(job_id)
 
 
 async def status() -> dict:

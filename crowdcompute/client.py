@@ -9,13 +9,11 @@ import uuid
 from collections import deque
 from typing import Any, Callable, Iterable
 
-from websockets.exceptions import ConnectionClosed
-
 from . import protocol as p
 from .addresses import Address, parse_address, read_connection_file
-from .dialing import dial
-from .errors import ConnectionLostError, CrowdComputeError, ProtocolError
+from .errors import ConnectionLostError, CrowdComputeError
 from .job import Job
+from .link import Link
 from .local import LocalCluster
 from .progress import show_progress
 from .serialization import Apply, dumps_function, dumps_items
@@ -39,7 +37,9 @@ class CrowdComputeClient:
 
     With no ``host`` it uses ``$CROWDCOMPUTE_ADDRESS`` (and
     ``$CROWDCOMPUTE_TOKEN``) if set, else it starts an embedded foreman with
-    ``workers`` worker processes that :meth:`disconnect` stops.
+    ``workers`` worker processes that :meth:`disconnect` stops. A dropped
+    connection is redialed for ``reconnect_timeout`` seconds and its jobs go
+    on; after that they raise ConnectionLostError.
     """
 
     def __init__(
@@ -65,18 +65,17 @@ class CrowdComputeClient:
         self.address: Address | None = None
         self.slots = 0  # task slots on the foreman when we connected
         self.cluster: LocalCluster | None = None
-        self._websocket = None
-        self._reader: asyncio.Task | None = None
-        self._sender: asyncio.Task | None = None
-        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._link: Link | None = None
         self._jobs: dict[str, Job] = {}
+        self._submissions: dict[str, list[p.Message]] = {}  # sent, not yet accepted
         self._accepting: dict[str, asyncio.Future] = {}
+        self._attaching: dict[str, asyncio.Future] = {}
         self._status_waiters: deque[asyncio.Future] = deque()
-        self._closing = False
 
     @property
     def connected(self) -> bool:
-        return self._websocket is not None and not self._closing
+        """Connected, or reconnecting within the budget."""
+        return self._link is not None and self._link.usable
 
     async def __aenter__(self) -> CrowdComputeClient:
         await self.connect()
@@ -110,32 +109,32 @@ class CrowdComputeClient:
             found = read_connection_file(self.address.port)
             token = found["token"] if found else None
         hello = p.Hello("client", token or "", p.PROTOCOL_VERSION, name=f"client-{os.getpid()}")
+        self._link = Link(
+            self.address,
+            hello,
+            timeout=self.timeout,
+            reconnect_timeout=self.reconnect_timeout,
+            cafile=self.cafile,
+            on_message=self._dispatch,
+            on_reconnect=self._reattach,
+            on_lost=self._connection_lost,
+        )
         try:
-            self._websocket, welcome = await dial(self.address, hello, timeout=self.timeout, cafile=self.cafile)
+            welcome = await self._link.open()
         except BaseException:
             if self.cluster is not None:
                 self.cluster.stop()
             raise
         self.slots = welcome.slots
-        self._closing = False
-        self._outbox = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read_frames())
-        self._sender = asyncio.create_task(self._send_frames())
         return self
 
     async def disconnect(self) -> None:
-        """Close the connection and stop an embedded cluster; idempotent."""
-        if self._websocket is not None and not self._closing:
-            self._closing = True
-            self._outbox.put_nowait(None)  # flush queued frames (a cancel, say) first
-            try:
-                await asyncio.wait_for(asyncio.shield(self._sender), self.timeout)
-            except (asyncio.TimeoutError, Exception):
-                pass
-            await self._websocket.close()
-            if self._reader is not None:
-                await asyncio.gather(self._reader, return_exceptions=True)
-        self._websocket = None
+        """Close the connection and stop an embedded cluster; idempotent.
+
+        Jobs still running go on on the foreman; ``attach`` collects them later.
+        """
+        if self._link is not None:
+            await self._link.close()
         if self.cluster is not None:
             cluster, self.cluster = self.cluster, None
             await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
@@ -151,7 +150,7 @@ class CrowdComputeClient:
         timeout: float | None = None,
         retries: int | None = None,
     ) -> Job:
-        """Send a job; return its Job once the foreman has accepted it.
+        """Send a job; return its Job once the foreman has accepted (and journaled) it.
 
         Raises SerializationError (before sending anything) when the function
         or an item cannot be pickled.
@@ -170,8 +169,11 @@ class CrowdComputeClient:
     ) -> list[Any]:
         """``func`` applied to every item, as a list in input order.
 
-        ``progress``: None picks a widget in Jupyter, a rich bar on a terminal,
-        nothing otherwise; True or "rich" forces the bar; False hides it.
+        ``timeout`` limits each task (each item when ``chunksize`` is left
+        automatic: a timeout makes every item its own task). ``retries``: how
+        often a task whose function raised runs again. ``progress``: None picks
+        a widget in Jupyter, a rich bar on a terminal, nothing otherwise; True
+        or "rich" forces the bar; False hides it.
         Raises TaskError (the first failed item), SerializationError,
         JobCancelledError, ConnectionLostError.
         """
@@ -196,12 +198,29 @@ class CrowdComputeClient:
             raise
         return result
 
+    async def attach(self, job_id: str) -> Job:
+        """The Job of a job submitted earlier, from any process holding the client token.
+
+        Raises CrowdComputeError when the foreman has no such job (or no longer its results).
+        """
+        self._require_connection()
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        waiter = asyncio.get_running_loop().create_future()
+        self._attaching[job_id] = waiter
+        self._link.send(p.AttachJob(job_id))
+        try:
+            return await asyncio.wait_for(waiter, self.timeout)
+        finally:
+            self._attaching.pop(job_id, None)
+
     async def status(self) -> dict:
         """The foreman's workers, slots and jobs as a dict."""
         self._require_connection()
         waiter = asyncio.get_running_loop().create_future()
         self._status_waiters.append(waiter)
-        self._outbox.put_nowait(p.encode(p.StatusRequest()))
+        self._link.send(p.StatusRequest())
         return await asyncio.wait_for(waiter, self.timeout)
 
     async def _submit(
@@ -223,22 +242,23 @@ class CrowdComputeClient:
             raise ValueError(f"retries must not be negative, not {retries}")
         function = dumps_function(func)
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
-        size = chunksize or chunk_size(len(items), max(self.slots, self.cluster.slots if self.cluster else 0))
+        slots = max(self.slots, self.cluster.slots if self.cluster else 0)
+        size = chunksize or (1 if timeout is not None else chunk_size(len(items), slots))
         chunks = [
             (start, min(size, len(items) - start), dumps_items(list(items[start : start + size]), start))
             for start in range(0, len(items), size)
         ]
         job_id = uuid.uuid4().hex
         name = getattr(func, "__name__", "") or ""
+        messages: list[p.Message] = [p.SubmitJob(job_id, function, len(chunks), len(items), timeout, retries or 0, name)]
+        messages += [p.SubmitTask(job_id, n, start, count, payload) for n, (start, count, payload) in enumerate(chunks)]
         job = Job(self, job_id, items, name=name, call=call)
         accepted = asyncio.get_running_loop().create_future()
         self._jobs[job_id] = job
         self._accepting[job_id] = accepted
-        self._outbox.put_nowait(
-            p.encode(p.SubmitJob(job_id, function, len(chunks), len(items), timeout, retries or 0, name))
-        )
-        for task_id, (start, count, payload) in enumerate(chunks):
-            self._outbox.put_nowait(p.encode(p.SubmitTask(job_id, task_id, start, count, payload)))
+        self._submissions[job_id] = messages
+        for msg in messages:
+            self._link.send(msg)
         try:
             await accepted
         except BaseException:
@@ -246,16 +266,18 @@ class CrowdComputeClient:
             raise
         finally:
             self._accepting.pop(job_id, None)
+            self._submissions.pop(job_id, None)
         if job.done:  # an empty job ends before anyone tracks it
             self._jobs.pop(job_id, None)
         return job
 
     def _cancel_job(self, job_id: str) -> None:
         if self.connected:
-            self._outbox.put_nowait(p.encode(p.CancelJob(job_id)))
+            self._link.send(p.CancelJob(job_id))
 
-    def _forget_job(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+    def _forget_job(self, job_id: str, collected: bool = False) -> None:
+        if self._jobs.pop(job_id, None) is not None and collected and self.connected:
+            self._link.send(p.CollectJob(job_id))
 
     def _require_connection(self) -> None:
         if not self.connected:
@@ -263,69 +285,64 @@ class CrowdComputeClient:
 
     # --- frames --------------------------------------------------------------
 
-    async def _send_frames(self) -> None:
-        while True:
-            frame = await self._outbox.get()
-            if frame is None:
-                return
-            try:
-                await self._websocket.send(frame)
-            except ConnectionClosed:
-                return
-
-    async def _read_frames(self) -> None:
-        error: CrowdComputeError | None = None
-        try:
-            async for frame in self._websocket:
-                self._dispatch(p.decode(frame))
-        except ConnectionClosed:
-            pass
-        except ProtocolError as exc:
-            error = exc
-            await self._websocket.close(1002, str(exc)[:120])
-        finally:
-            if not self._closing:
-                self._connection_lost(error)
-
     def _dispatch(self, msg: p.Message) -> None:
+        job = self._jobs.get(getattr(msg, "job_id", ""))
         if isinstance(msg, p.TaskResult):
-            job = self._jobs.get(msg.job_id)
             if job is not None:
                 job._deliver(msg.first_index, msg.payload)
         elif isinstance(msg, p.TaskOutput):
-            job = self._jobs.get(msg.job_id)
             if job is not None:
                 job._output(msg.index, msg.stream, msg.text)
         elif isinstance(msg, p.TaskFailed):
-            job = self._jobs.get(msg.job_id)
             if job is not None:
                 job._fail_task(msg.first_index, msg.count, msg.error, msg.reason, msg.attempts)
         elif isinstance(msg, p.JobAccepted):
-            waiter = self._accepting.get(msg.job_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            _resolve(self._accepting.get(msg.job_id), None)
+        elif isinstance(msg, p.JobAttached):
+            self._attached(msg)
         elif isinstance(msg, p.RequestError):
-            waiter = self._accepting.get(msg.job_id)
+            error = CrowdComputeError(f"the foreman refused a request for job {msg.job_id}: {msg.reason}")
+            waiter = self._accepting.get(msg.job_id) or self._attaching.get(msg.job_id)
             if waiter is not None and not waiter.done():
-                waiter.set_exception(CrowdComputeError(f"the foreman refused job {msg.job_id}: {msg.reason}"))
+                waiter.set_exception(error)
+            elif job is not None:
+                job._lose(error)
             else:
-                log.warning("foreman: %s (job %s)", msg.reason, msg.job_id)
+                log.warning("%s", error)
         elif isinstance(msg, p.StatusReply):
             if self._status_waiters:
-                waiter = self._status_waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(msg.status)
+                _resolve(self._status_waiters.popleft(), msg.status)
         else:
             log.warning("ignored unexpected %s from the foreman", msg.TYPE)
 
-    def _connection_lost(self, error: CrowdComputeError | None) -> None:
-        self._closing = True
-        url = self.address.url if self.address else "the foreman"
-        reason = f" ({error})" if error else ""
-        lost = ConnectionLostError(f"lost the connection to the foreman at {url}{reason}")
-        for waiter in [*self._accepting.values(), *self._status_waiters]:
+    def _attached(self, msg: p.JobAttached) -> None:
+        job = self._jobs.get(msg.job_id)
+        if job is None:
+            job = Job(self, msg.job_id, None, total=msg.total_items, name=msg.name)
+            if not job.done:
+                self._jobs[job.id] = job
+        if msg.state == "cancelled":
+            job._cancelled_elsewhere()
+        _resolve(self._attaching.get(msg.job_id), job)
+
+    def _reattach(self) -> None:
+        """Back after a drop: send unaccepted jobs again, follow the others by id."""
+        for job_id in list(self._jobs):
+            messages = self._submissions.get(job_id)
+            if messages is not None:
+                for msg in messages:  # the foreman ignores what it already has
+                    self._link.send(msg)
+            else:
+                self._link.send(p.AttachJob(job_id))
+
+    def _connection_lost(self, lost: ConnectionLostError) -> None:
+        for waiter in [*self._accepting.values(), *self._attaching.values(), *self._status_waiters]:
             if not waiter.done():
                 waiter.set_exception(lost)
         for job in list(self._jobs.values()):
             job._lose(lost)
-        self._outbox.put_nowait(None)
+
+
+def _resolve(waiter: asyncio.Future | None, value: Any) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(value)

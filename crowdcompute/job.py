@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import sys
 import time
@@ -20,6 +21,12 @@ __all__ = ["Job", "JobState", "WAKE_INTERVAL"]
 WAKE_INTERVAL = 0.2
 
 _MISSING = object()
+
+
+def _echo(stream: str, text: str) -> None:
+    target = sys.stderr if stream == "stderr" else sys.stdout
+    target.write(text)
+    target.flush()
 
 
 class JobState(enum.Enum):
@@ -42,22 +49,23 @@ class Job:
         self,
         client: CrowdComputeClient,
         job_id: str,
-        items: Sequence[Any],
+        items: Sequence[Any] | None,
         *,
+        total: int | None = None,
         name: str = "",
         trusted: bool = True,
         call: bool = False,
     ) -> None:
         self.id = job_id
         self.name = name
-        self.total = len(items)
+        self.total = len(items) if items is not None else (total or 0)
         self.completed = 0
         self.failed = 0
         self.state = JobState.RUNNING
         self.started = time.monotonic()
         self.finished: float | None = None
         self._client = client
-        self._items = items  # kept to show the input of a failed item
+        self._items = items  # kept to show the input of a failed item (None after attach)
         self._trusted = trusted
         self._call = call  # one call of run(): errors name no item
         self._results: list[Any] = [_MISSING] * self.total
@@ -67,6 +75,9 @@ class Job:
         self._arrivals: list[asyncio.Queue] = []
         self._listeners: list[Callable[[Job], None]] = []
         self._output_listeners: list[Callable[[int, str, str], None]] = []
+        # The submitter's context: printing remote output in it puts the text in the
+        # notebook cell that started the job (ipykernel tracks the cell in a contextvar).
+        self._context = contextvars.copy_context()
         if self.total == 0:
             self._end(JobState.DONE)
 
@@ -181,11 +192,15 @@ class Job:
 
     def _output(self, index: int, stream: str, text: str) -> None:
         if not self._output_listeners:
-            target = sys.stderr if stream == "stderr" else sys.stdout
-            target.write(text)
-            target.flush()
+            self._context.run(_echo, stream, text)
         for callback in self._output_listeners:
             callback(index, stream, text)
+
+    def _cancelled_elsewhere(self) -> None:
+        """The foreman says the job was cancelled (by another client, say)."""
+        if not self.done:
+            self._fatal = JobCancelledError(self.id)
+            self._end(JobState.CANCELLED)
 
     def _lose(self, error: CrowdComputeError) -> None:
         if self.done:
@@ -197,6 +212,8 @@ class Job:
         """How an error names the failed item: its index and input (none for run())."""
         if self._call:
             return None, None
+        if self._items is None:
+            return index, None
         try:
             return index, self._items[index]
         except Exception:
@@ -225,7 +242,7 @@ class Job:
     def _client_forget(self) -> None:
         forget = getattr(self._client, "_forget_job", None)
         if forget is not None:
-            forget(self.id)
+            forget(self.id, collected=self.state in (JobState.DONE, JobState.FAILED))
 
     def _notify(self) -> None:
         for callback in list(self._listeners):

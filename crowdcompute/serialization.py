@@ -12,7 +12,10 @@ from __future__ import annotations
 import builtins
 import inspect
 import pickle
+import sys
+import sysconfig
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import cloudpickle
@@ -55,13 +58,44 @@ def _describe(obj: Any) -> str:
 
 
 def dumps_function(func: Callable) -> bytes:
-    """Pickle ``func`` with cloudpickle; raise SerializationError naming what failed."""
+    """Pickle ``func`` with cloudpickle; raise SerializationError naming what failed.
+
+    A function from one of the user's own modules (a script or project file
+    that workers may not have) travels by value, like one from ``__main__``;
+    functions from installed packages travel by reference.
+    """
     if not callable(func):
         raise SerializationError(repr(func)[:ITEM_REPR_LIMIT], "it is not callable")
+    module = _own_module(func.func if isinstance(func, Apply) else func)
+    if module is not None:
+        cloudpickle.register_pickle_by_value(module)
     try:
         return cloudpickle.dumps(func, protocol=PICKLE_PROTOCOL)
     except Exception as exc:
         raise SerializationError(_describe(func), _explain_function(func, exc)) from exc
+    finally:
+        if module is not None:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+_INSTALLED = tuple(
+    {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+#: Our own packages are on every worker: they always travel by reference.
+_OURS = ("crowdcompute", "crowdcompute_jupyter", "foreman", "worker")
+
+
+def _own_module(func: Callable):
+    """The module of ``func`` if it is the user's own (not installed, not ours), else None."""
+    name = getattr(func, "__module__", None)
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    path = getattr(module, "__file__", None)
+    if module is None or name == "__main__" or path is None or name.split(".")[0] in _OURS:
+        return None
+    resolved = Path(path).resolve()
+    if any(resolved.is_relative_to(root) for root in _INSTALLED):
+        return None
+    return module
 
 
 def _explain_function(func: Callable, exc: Exception) -> str:

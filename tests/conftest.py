@@ -146,11 +146,11 @@ def _describe(process: psutil.Process) -> str:
 
 @pytest.fixture
 def start_foreman(crowd_home):
-    """Factory: start ``crowdcompute foreman --port 0 ARGS``; stopped after the test."""
+    """Factory: start ``crowdcompute foreman --port PORT ARGS`` (port 0 by default); stopped after the test."""
     started: list[Proc] = []
 
-    def start(*args: str) -> Foreman:
-        proc = spawn("foreman", "--port", "0", *args)
+    def start(*args: str, port: int = 0) -> Foreman:
+        proc = spawn("foreman", "--port", str(port), *args)
         started.append(proc)
         line = proc.wait_for_line("foreman listening on ")
         url = line.rsplit(" ", 1)[1]

@@ -33,6 +33,8 @@ log = logging.getLogger("crowdcompute.worker")
 #: First and largest delay between attempts to reach the foreman, in seconds.
 RECONNECT_DELAY_MIN = 0.1
 RECONNECT_DELAY_MAX = 5.0
+#: Seconds a stopping worker lets its running tasks finish before it hands them back.
+DRAIN_TIMEOUT = 10.0
 
 
 class WorkerAgent:
@@ -61,6 +63,8 @@ class WorkerAgent:
         self._running: dict[int, str] = {}  # slot index -> job id of its task
         self._queue: asyncio.Queue[p.AssignTask] = asyncio.Queue()
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._draining = False
+        self._idle = asyncio.Event()  # set while no slot runs a task
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve the foreman until ``stop`` is set; reconnect whenever the connection drops.
@@ -120,6 +124,8 @@ class WorkerAgent:
         stopper = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set() and not reader.done():
+                await self._drain(reader)
         finally:
             for task in (reader, stopper, *tasks):
                 task.cancel()
@@ -127,10 +133,27 @@ class WorkerAgent:
             self._release_all()
             await websocket.close()
 
+    async def _drain(self, reader: asyncio.Task) -> None:
+        """Stopping: take nothing new, let running tasks finish and report, hand back the rest.
+
+        Queued tasks go back to the foreman when the connection closes.
+        """
+        self._draining = True
+        self._outbox.put_nowait(p.encode(p.WorkerDraining()))
+        idle = asyncio.create_task(self._idle.wait())
+        await asyncio.wait([idle, reader], timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        if not reader.done():
+            flushed = asyncio.create_task(self._outbox.join())
+            await asyncio.wait([flushed, reader], timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+            flushed.cancel()
+
     def _reset(self) -> None:
         self._functions.clear()
         self._queue = asyncio.Queue()
         self._outbox = asyncio.Queue()
+        self._draining = False
+        self._idle.set()
 
     async def _read_frames(self, websocket) -> None:
         try:
@@ -168,14 +191,15 @@ class WorkerAgent:
         while True:
             task = await self._queue.get()
             function = self._functions.get(task.job_id)
-            if function is None:
-                continue  # released while it waited here
+            if function is None or self._draining:
+                continue  # released while it waited here, or handed back when we close
 
             def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
                 message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
                 loop.call_soon_threadsafe(self._outbox.put_nowait, p.encode(message))
 
             self._running[slot.index] = task.job_id
+            self._idle.clear()
             try:
                 outcome = await loop.run_in_executor(
                     self._threads,
@@ -190,6 +214,8 @@ class WorkerAgent:
                 )
             finally:
                 self._running.pop(slot.index, None)
+                if not self._running:
+                    self._idle.set()
             if isinstance(outcome, Finished):
                 reply: p.Message = p.TaskDone(task.job_id, task.task_id, task.attempt, outcome.failed, outcome.payload)
             elif isinstance(outcome, Lost) and outcome.error != "cancelled":
@@ -206,6 +232,8 @@ class WorkerAgent:
                 await websocket.send(frame)
             except ConnectionClosed:
                 return
+            finally:
+                self._outbox.task_done()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -1,0 +1,169 @@
+"""A client's connection to the foreman that survives drops.
+
+Frames go out through one queue and one writer, in order. When the
+connection drops, the link redials with exponential backoff and jitter for
+``reconnect_timeout`` seconds; once back, it tells its owner (who re-attaches
+its jobs) and resumes writing what was queued meanwhile. After the budget,
+or if the foreman now refuses the token, the owner learns it is lost for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from typing import Callable
+
+from websockets.exceptions import ConnectionClosed
+
+from . import protocol as p
+from .addresses import Address
+from .dialing import dial
+from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
+
+__all__ = ["Link", "RECONNECT_DELAY_MAX"]
+
+log = logging.getLogger("crowdcompute.client")
+
+#: First and largest pause between attempts to reach the foreman again, in seconds.
+RECONNECT_DELAY_MIN = 0.05
+RECONNECT_DELAY_MAX = 2.0
+
+
+class Link:
+    """Frames to and from one foreman, across reconnects."""
+
+    def __init__(
+        self,
+        address: Address,
+        hello: p.Hello,
+        *,
+        timeout: float,
+        reconnect_timeout: float,
+        cafile: str | None,
+        on_message: Callable[[p.Message], None],
+        on_reconnect: Callable[[], None],
+        on_lost: Callable[[ConnectionLostError], None],
+    ) -> None:
+        self.address = address
+        self.hello = hello
+        self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.cafile = cafile
+        self.welcome: p.Welcome | None = None
+        self._on_message = on_message
+        self._on_reconnect = on_reconnect
+        self._on_lost = on_lost
+        self._websocket = None
+        self._frames: deque[bytes] = deque()  # waiting to go out, in order
+        self._queued = asyncio.Event()  # set when _frames is not empty
+        self._drained = asyncio.Event()  # set when _frames is empty
+        self._drained.set()
+        self._tasks: list[asyncio.Task] = []
+        self._recovery: asyncio.Task | None = None
+        self.closed = False
+        self.lost = False
+
+    @property
+    def usable(self) -> bool:
+        """Open, or trying to reopen: frames sent now will go out."""
+        return not self.closed and not self.lost
+
+    async def open(self) -> p.Welcome:
+        """Dial the foreman. Raises ForemanUnavailableError, AuthenticationError."""
+        self._websocket, self.welcome = await dial(self.address, self.hello, timeout=self.timeout, cafile=self.cafile)
+        self._start()
+        return self.welcome
+
+    def send(self, msg: p.Message) -> None:
+        """Queue a message; it goes out in order, after a reconnect if need be."""
+        self._frames.append(p.encode(msg))
+        self._queued.set()
+        self._drained.clear()
+
+    async def close(self) -> None:
+        """Send what is queued (within ``timeout``), then close; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._recovery is not None:
+            self._recovery.cancel()
+        if self._websocket is not None and not self.lost:
+            try:
+                await asyncio.wait_for(self._drained.wait(), self.timeout)
+            except asyncio.TimeoutError:
+                pass
+            await self._websocket.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _start(self) -> None:
+        self._tasks = [asyncio.create_task(self._read_frames()), asyncio.create_task(self._send_frames())]
+
+    async def _send_frames(self) -> None:
+        websocket = self._websocket
+        while True:
+            if not self._frames:
+                self._queued.clear()
+                self._drained.set()
+                await self._queued.wait()
+                continue
+            try:
+                await websocket.send(self._frames[0])
+            except ConnectionClosed:
+                return  # the frame stays first in line for the next connection
+            self._frames.popleft()
+
+    async def _read_frames(self) -> None:
+        websocket = self._websocket
+        try:
+            async for frame in websocket:
+                self._on_message(p.decode(frame))
+        except ConnectionClosed:
+            pass
+        except ProtocolError as exc:
+            log.error("bad frame from the foreman: %s", exc)
+            await websocket.close(1002, str(exc)[:120])
+        if not self.closed:
+            self._recovery = asyncio.create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Redial until the budget runs out; then tell the owner the link is lost."""
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        delay = RECONNECT_DELAY_MIN
+        reason = "the connection dropped"
+        log.warning("lost the foreman at %s; reconnecting for up to %g s", self.address.url, self.reconnect_timeout)
+        while not self.closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                self._websocket, self.welcome = await dial(
+                    self.address, self.hello, timeout=min(self.timeout, remaining), cafile=self.cafile
+                )
+            except AuthenticationError as exc:
+                reason = str(exc)
+                break
+            except CrowdComputeError as exc:
+                reason = str(exc)
+                await asyncio.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - loop.time())))
+                delay = min(delay * 2, RECONNECT_DELAY_MAX)
+                continue
+            log.warning("reconnected to the foreman at %s", self.address.url)
+            self._start()
+            self._on_reconnect()
+            return
+        if not self.closed:
+            self.lost = True
+            self._on_lost(
+                ConnectionLostError(
+                    f"lost the connection to the foreman at {self.address.url} and could not reconnect "
+                    f"within reconnect_timeout={self.reconnect_timeout:g} s ({reason})"
+                )
+            )
