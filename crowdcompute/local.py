@@ -42,7 +42,9 @@ class LocalCluster:
         token: str | None = "",
         log_level: str = "warning",
         show_workers: bool = False,
+        journal: str = "none",
     ) -> None:
+        """``journal``: the foreman's --journal ("none": an embedded cluster lives and dies with its client)."""
         if workers < 1:
             raise ValueError(f"a local cluster needs at least one worker, not {workers}")
         self.workers = workers
@@ -50,6 +52,7 @@ class LocalCluster:
         self.token = generate_token() if token == "" else token
         self.log_level = log_level
         self.show_workers = show_workers
+        self.journal = journal
         self.address: Address | None = None
         self.foreman: subprocess.Popen | None = None
         self.agents: list[subprocess.Popen] = []
@@ -64,7 +67,7 @@ class LocalCluster:
         Raises CrowdComputeError if the foreman does not start within ``timeout``.
         """
         _running.add(self)
-        command = ["-m", "foreman", "--port", str(self.port), "--journal", "none", "--log-level", self.log_level]
+        command = ["-m", "foreman", "--port", str(self.port), "--journal", self.journal, "--log-level", self.log_level]
         if self.token is not None:
             command += ["--token", self.token]
         self.foreman = self._spawn(command, stdout=subprocess.PIPE)

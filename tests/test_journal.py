@@ -1,0 +1,94 @@
+"""The journal: what a foreman killed at any moment finds again when it restarts."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from crowdcompute import protocol as p
+from foreman.journal import Journal
+from foreman.scheduler import Scheduler
+from foreman.state import Replay, Send
+
+
+def apply(journal: Journal, actions) -> list:
+    """Apply the scheduler's records to the journal, as the server does; return the rest."""
+    rest = []
+    for action in actions:
+        if isinstance(action, (Send, Replay)):
+            rest.append(action)
+        else:
+            journal.apply(action)
+    journal.commit()
+    return rest
+
+
+def start_job(scheduler: Scheduler, journal: Journal, tasks: int) -> None:
+    scheduler.add_client("c1")
+    apply(journal, scheduler.submit_job("c1", p.SubmitJob("j1", b"FUNC", tasks, tasks)))
+    for n in range(tasks):
+        apply(journal, scheduler.submit_task("c1", p.SubmitTask("j1", n, n, 1, b"IN%d" % n)))
+
+
+def test_a_restarted_foreman_resumes_unfinished_tasks_and_replays_outcomes(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    first = Scheduler(journaled=True)
+    start_job(first, journal, tasks=3)
+    actions = apply(journal, first.add_worker("w1", "one", 1))
+    assigned = [a.message for a in actions if isinstance(a.message, p.AssignTask)]
+    done = assigned[0]
+    apply(journal, first.task_done("w1", p.TaskDone("j1", done.task_id, done.attempt, 0, b"OUT")))
+    # The foreman dies here: no close, no goodbye.
+    journal._db.close()
+
+    journal = Journal(path)
+    second = Scheduler(journaled=True)
+    jobs, ended = journal.load()
+    assert ended == [] and [job.job_id for job in jobs] == ["j1"]
+    assert apply(journal, second.restore(jobs, ended)) == []
+    job = second.jobs["j1"]
+    assert job.accepted and job.finished_tasks == 1 and job.completed_items == 1
+    actions = apply(journal, second.add_worker("w2", "two", 4))
+    reassigned = sorted(a.message.task_id for a in actions if isinstance(a.message, p.AssignTask))
+    assert reassigned == sorted({0, 1, 2} - {done.task_id})
+    frames = list(journal.outcome_frames("j1"))
+    assert [p.decode(f).payload for f in frames] == [b"OUT"]
+    assert apply(journal, second.attach_job("c9", "j1"))[-1] == Replay("c9", "j1")
+    journal.close()
+
+
+def test_an_outcome_frees_the_stored_input_and_a_purge_removes_everything(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    clock = [1000.0]
+    scheduler = Scheduler(journaled=True, result_ttl=60, clock=lambda: clock[0])
+    start_job(scheduler, journal, tasks=1)
+    (assign,) = [a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)]
+    apply(journal, scheduler.task_done("w1", p.TaskDone("j1", 0, assign.attempt, 0, b"OUT")))
+    db = sqlite3.connect(tmp_path / "j.sqlite3")
+    assert db.execute("SELECT payload FROM tasks").fetchall() == [(None,)]
+    assert db.execute("SELECT state FROM jobs").fetchall() == [("done",)]
+    clock[0] += 61
+    apply(journal, scheduler.expire())  # finished and uncollected: archived first
+    apply(journal, scheduler.expire())
+    for table in ("jobs", "tasks", "outcomes"):
+        assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,)
+    db.close()
+    journal.close()
+
+
+def test_ended_jobs_come_back_as_summaries_that_can_be_replayed(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    scheduler = Scheduler(journaled=True)
+    start_job(scheduler, journal, tasks=1)
+    (assign,) = [a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)]
+    apply(journal, scheduler.task_done("w1", p.TaskDone("j1", 0, assign.attempt, 0, b"OUT")))
+    journal.close()
+
+    journal = Journal(path)
+    restarted = Scheduler(journaled=True)
+    restarted.restore(*journal.load())
+    actions = restarted.attach_job("c2", "j1")
+    assert actions[0] == Send("c2", p.JobAttached("j1", 1, 1, "done", ""))
+    assert actions[1] == Replay("c2", "j1")
+    journal.close()
