@@ -36,6 +36,10 @@ __all__ = [
 class CrowdComputeError(Exception):
     """Base class of every error CrowdCompute raises."""
 
+    def _render_traceback_(self) -> list[str]:
+        """How IPython shows this error: one line, since the text says what to do."""
+        return [f"\x1b[31m{type(self).__name__}\x1b[0m: {self}"]
+
 
 class ProtocolError(CrowdComputeError):
     """Raised when a frame or message does not decode; the text says why."""

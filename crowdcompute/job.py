@@ -23,7 +23,12 @@ WAKE_INTERVAL = 0.2
 _MISSING = object()
 
 
-def _echo(stream: str, text: str) -> None:
+def _echo(stream: str, text: str, index: int | None) -> None:
+    """Print a task's text here; with an ``index``, each line starts with ``[index]``."""
+    if index is not None and index >= 0:
+        text = "".join(f"[{index}] {line}" for line in text.splitlines(True))
+        if not text.endswith("\n"):
+            text += "\n"  # the next item's text starts on a line of its own
     target = sys.stderr if stream == "stderr" else sys.stdout
     target.write(text)
     target.flush()
@@ -156,7 +161,12 @@ class Job:
         self._listeners.append(callback)
 
     def add_output_listener(self, callback: Callable[[int, str, str], None]) -> None:
-        """Call ``callback(index, stream, text)`` for text tasks print (replaces the default echo)."""
+        """Call ``callback(index, stream, text)`` for text tasks print.
+
+        It replaces the default echo, which prints the text in the context
+        that submitted the job (so in the notebook cell that started it), each
+        line marked ``[index]`` when the job has several items.
+        """
         self._output_listeners.append(callback)
 
     # --- fed by the client -------------------------------------------------------
@@ -192,7 +202,8 @@ class Job:
 
     def _output(self, index: int, stream: str, text: str) -> None:
         if not self._output_listeners:
-            self._context.run(_echo, stream, text)
+            marked = None if self._call or self.total < 2 else index  # which item said it, when that helps
+            self._context.run(_echo, stream, text, marked)
         for callback in self._output_listeners:
             callback(index, stream, text)
 

@@ -1,0 +1,96 @@
+"""What ``%crowdconnect`` and ``%crowdstatus`` show: the foreman, its workers and jobs.
+
+:class:`StatusView` renders as HTML tables in a notebook and as text tables
+(the ones ``crowdcompute status`` prints) in a terminal.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from typing import Any
+
+__all__ = ["StatusView"]
+
+#: Width of the text rendering, in characters.
+TEXT_WIDTH = 100
+
+
+def _table(caption: str, headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    if not rows:
+        body = f'<tr><td colspan="{len(headers)}"><i>none</i></td></tr>'
+    return (
+        f'<table style="margin: 0.3em 0"><caption style="text-align: left"><b>{html.escape(caption)}</b></caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+class StatusView:
+    """A foreman's status (the dict ``client.status()`` returns) at ``url``."""
+
+    def __init__(self, url: str, status: dict, heading: str = "") -> None:
+        self.url = url
+        self.status = status
+        self.heading = heading
+
+    @property
+    def workers(self) -> list[dict]:
+        return list(self.status.get("workers", []))
+
+    @property
+    def jobs(self) -> list[dict]:
+        return list(self.status.get("jobs", []))
+
+    @property
+    def slots(self) -> int:
+        return sum(w.get("slots", 0) for w in self.workers)
+
+    def summary(self) -> str:
+        """One line: the foreman, its workers, slots and running jobs."""
+        running = sum(1 for j in self.jobs if j.get("state") == "running")
+        busy = sum(w.get("busy", 0) for w in self.workers)
+        return (
+            f"foreman {self.url}: {len(self.workers)} workers, {self.slots} slots ({busy} busy), "
+            f"{running} running jobs"
+        )
+
+    def _repr_html_(self) -> str:
+        workers = [[w["name"], w.get("slots", 0), w.get("busy", 0), w.get("tasks_done", 0)] for w in self.workers]
+        jobs = []
+        for job in self.jobs:
+            done = job.get("completed", 0) + job.get("failed", 0)
+            total = job.get("total", 0)
+            percent = f" ({100 * done / total:.0f}%)" if total else ""
+            jobs.append([job["id"][:12], job.get("name", ""), f"{done}/{total}{percent}", job.get("failed", 0), job.get("state", "")])
+        heading = f"<p>{html.escape(self.heading)}</p>" if self.heading else ""
+        return (
+            f"<div>{heading}<p><b>{html.escape(self.summary())}</b></p>"
+            + _table("workers", ["worker", "slots", "busy", "tasks done"], workers)
+            + _table("jobs", ["job", "name", "progress", "failed", "state"], jobs)
+            + "</div>"
+        )
+
+    def text(self) -> str:
+        """The status as text tables."""
+        from rich.console import Console
+
+        from crowdcompute.commands import status_tables
+
+        buffer = io.StringIO()
+        # force_jupyter=False: in a kernel rich would otherwise display() the tables itself.
+        console = Console(file=buffer, width=TEXT_WIDTH, color_system=None, force_terminal=False, force_jupyter=False)
+        if self.heading:
+            console.print(self.heading, markup=False)
+        console.print(self.summary(), markup=False)
+        for table in status_tables(self.status, self.url):
+            table.title = None  # the summary line says it, without wrapping to the table's width
+            console.print(table)
+        return buffer.getvalue().rstrip("\n")
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(self.text())

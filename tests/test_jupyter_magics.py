@@ -1,0 +1,175 @@
+"""The magics through a real IPython shell, against a real foreman and real workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from traitlets.config import Config
+
+from crowdcompute import SerializationError, TaskError
+
+
+@pytest.fixture
+def shell(crowd_home, tmp_path, monkeypatch):
+    """A fresh IPython shell with ``%load_ext crowdcompute``; disconnected afterwards.
+
+    Tests ask for ``cluster`` before ``shell`` so that the shell disconnects
+    before the foreman stops: outside a kernel no event loop runs between
+    cells, so the client could not answer the foreman's closing handshake.
+    """
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    config = Config()
+    config.HistoryManager.enabled = False  # no history database, no saving thread
+    shell = InteractiveShell.instance(config=config)
+    shell.run_line_magic("load_ext", "crowdcompute")
+    yield shell
+    with capture_output():
+        shell.run_line_magic("crowddisconnect", "")
+    InteractiveShell.clear_instance()
+
+
+def magics(shell):
+    return shell.magics_manager.registry["CrowdComputeMagics"]
+
+
+def run(shell, code: str):
+    """Run a cell as a user would; return (result, everything it printed)."""
+    with capture_output() as captured:
+        result = shell.run_cell(code)
+    shown = [output.data.get("text/plain", "") for output in captured.outputs]
+    return result, captured.stdout + captured.stderr + "\n".join(shown)
+
+
+def connect(cluster, shell) -> str:
+    result, text = run(shell, f"%crowdconnect {cluster.url} --token {cluster.token}")
+    assert result.success, text
+    return text
+
+
+def test_importing_crowdcompute_loads_no_jupyter_package():
+    code = (
+        "import asyncio, crowdcompute, crowdcompute_jupyter.magics\n"
+        "assert not hasattr(asyncio, '_nest_patched'), 'nest_asyncio2 was applied at import'\n"
+        "print('ok')\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, crowdcompute; print(sorted(m for m in sys.modules "
+         "if m.split('.')[0] in ('IPython', 'ipywidgets', 'ipykernel', 'nest_asyncio', 'nest_asyncio2')))"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]", f"importing crowdcompute imported {loaded.stdout.strip()}"
+    lazy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert lazy.returncode == 0 and lazy.stdout.strip() == "ok", lazy.stderr
+
+
+def test_crowdmap_maps_the_cells_function_with_a_widget(cluster, shell):
+    shown = connect(cluster, shell)
+    assert f"Connected to {cluster.url}" in shown and "1 workers, 2 slots" in shown
+
+    result, text = run(shell, "%%crowdmap range(100, 140) -o r\ndef f(x):\n    if x % 10 == 0:\n        print('tens', x)\n    return x * 2\n")
+    assert result.success, text
+    assert result.result is None and shell.user_ns["r"] == [x * 2 for x in range(100, 140)]
+    widget = magics(shell).last_progress
+    assert (widget.bar.value, widget.bar.max, widget.bar.bar_style, widget.state) == (40, 40, "success", "done")
+    assert "40/40" in widget.label.value and "items/s" in widget.label.value
+    assert sorted(re.findall(r"\[(\d+)\] tens (\d+)", text)) == [("0", "100"), ("10", "110"), ("20", "120"), ("30", "130")], text
+
+    # No -o: the cell's value. The last top-level def is mapped unless -f names another.
+    cell = "def helper(x):\n    return x + 1\n\ndef twice(x):\n    return helper(x) * 2\n"
+    result, text = run(shell, "%%crowdmap [1, 2, 3]\n" + cell)
+    assert result.result == [4, 6, 8], text
+    result, text = run(shell, '%%crowdmap ["a b", "c"] -f helper --chunksize 1 --timeout 30\ndef helper(x):\n    return x + "!"\n')
+    assert result.result == ["a b!", "c!"], text
+
+    # Top-level await uses the connection the magic made.
+    result, text = run(shell, "import crowdcompute\nawait crowdcompute.map(lambda x: -x, range(3), progress=False)")
+    assert result.result == [0, -1, -2], text
+
+    result, text = run(shell, "%crowdstatus")
+    assert result.success and "w1" in text and "2 slots" in text, text
+    result, text = run(shell, "%crowddisconnect")
+    assert "disconnected" in text
+    result, text = run(shell, "%crowdstatus")
+    assert isinstance(result.error_in_exec, Exception) and "not connected" in text
+
+
+def test_a_failing_item_turns_the_widget_red_and_keeps_the_others(cluster, shell):
+    connect(cluster, shell)
+    result, text = run(shell, "%%crowdmap [1, 0, 2, 0] --chunksize 1 -o q\ndef inverse(x):\n    return 1 / x\n")
+    error = result.error_in_exec
+    assert isinstance(error, TaskError) and isinstance(error, ZeroDivisionError)
+    assert error.index == 1
+    assert "2 of 4 items failed; item 1 is shown below" in text
+    assert "item 1 (0)" in text and "Remote traceback" in text and "in inverse" in text
+    assert "crowdcompute_jupyter" not in text, f"our internals leaked into the traceback:\n{text}"
+    widget = magics(shell).last_progress
+    assert (widget.bar.value, widget.bar.max, widget.bar.bar_style, widget.state) == (4, 4, "danger", "failed")
+    assert "2 failed" in widget.label.value
+    job = magics(shell).last_job
+    assert (job.completed, job.failed, sorted(job.errors)) == (2, 2, [1, 3])
+    q = shell.user_ns["q"]
+    assert q[0] == 1.0 and q[2] == 0.5 and isinstance(q[1], ZeroDivisionError)
+
+
+def test_crowdcompute_runs_the_cell_on_a_worker_with_only_what_it_reads(cluster, shell):
+    connect(cluster, shell)
+    shell.user_ns.update(data=[1, 2, 3], lock=threading.Lock())  # lock does not pickle: it must not be sent
+    cell = "import os\nprint('running in', os.getpid())\ntotal = sum(data)\ntotal * 2\n"
+    result, text = run(shell, "%%crowdcompute\n" + cell)
+    assert result.result == 12, text
+    pid = int(re.search(r"running in (\d+)", text).group(1))
+    assert pid != os.getpid()
+    assert "total" not in shell.user_ns  # what the cell assigns stays on the worker
+
+    result, text = run(shell, "%%crowdcompute -o answer\nlen(data)")
+    assert result.success and result.result is None and shell.user_ns["answer"] == 3, text
+
+    result, text = run(shell, "%%crowdcompute\nwith lock:\n    pass\n")
+    assert isinstance(result.error_in_exec, SerializationError)
+    assert "the variable 'lock'" in text and "Traceback" not in text, text
+
+    result, text = run(shell, "%%crowdcompute\nx = 1\ny = x / 0\n")
+    error = result.error_in_exec
+    assert isinstance(error, ZeroDivisionError) and error.index is None
+    assert "y = x / 0" in text and "Remote traceback" in text, text
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("%%crowdmap range(3)\ndef f(x):\n    return x\n", "not connected: run %crowdconnect first"),
+        ("%%crowdmap range(3)\nx = 1\n", "the cell defines no function"),
+        ("%%crowdmap undefined_name + 1\ndef f(x):\n    return x\n", "cannot evaluate ITERABLE `undefined_name + 1`: NameError"),
+        ("%%crowdmap 42\ndef f(x):\n    return x\n", "ITERABLE `42` gives no items to map over: TypeError"),
+        ("%%crowdmap range(3) -f nope\ndef f(x):\n    return x\n", "no function named 'nope'"),
+        ("%%crowdmap\ndef f(x):\n    return x\n", "%%crowdmap needs an ITERABLE"),
+        ("%%crowdmap range(3) --chunk 2\ndef f(x):\n    return x\n", "unrecognized arguments: --chunk"),
+        ("%%crowdmap range(3) --chunksize many\ndef f(x):\n    return x\n", "invalid int value: 'many'"),
+        ("%%crowdmap range(3) -o 1x\ndef f(x):\n    return x\n", "-o needs a Python variable name"),
+        ("%crowdstatus", "not connected"),
+        ("%crowdconnect --workers 0", "--workers must be at least 1"),
+        ("%%crowdcompute\nprint(1)\n", "not connected"),
+    ],
+)
+def test_bad_input_says_what_to_do_in_one_line(shell, code, message):
+    result, text = run(shell, code)
+    assert not result.success
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("UsageError: ") and message in lines[0], text
+
+
+def test_magics_explain_themselves(shell):
+    for name, words in [("crowdmap", ["ITERABLE", "-o NAME", "-f FUNC", "--chunksize N", "--timeout S"]),
+                        ("crowdconnect", ["--token", "--workers", "url"]),
+                        ("crowdcompute", ["-o NAME", "worker"])]:
+        magic = shell.find_cell_magic(name) or shell.find_line_magic(name)
+        assert all(word in magic.__doc__ for word in words), magic.__doc__
+    assert shell.find_line_magic("crowdstatus").__doc__ and shell.find_line_magic("crowddisconnect").__doc__
