@@ -8,5 +8,7 @@ __all__ = ["load_ipython_extension"]
 def load_ipython_extension(ipython) -> None:
     """``%load_ext crowdcompute_jupyter``: register the magics."""
     from .magics import CrowdComputeMagics
+    from .runner import shorten_interrupted_awaits
 
     ipython.register_magics(CrowdComputeMagics(ipython))
+    shorten_interrupted_awaits(ipython)

@@ -173,3 +173,9 @@ def test_magics_explain_themselves(shell):
         magic = shell.find_cell_magic(name) or shell.find_line_magic(name)
         assert all(word in magic.__doc__ for word in words), magic.__doc__
     assert shell.find_line_magic("crowdstatus").__doc__ and shell.find_line_magic("crowddisconnect").__doc__
+
+
+def test_a_cancelled_error_from_elsewhere_keeps_its_traceback(shell):
+    result, text = run(shell, "import asyncio\ndef stop():\n    raise asyncio.CancelledError('mine')\nstop()")
+    assert isinstance(result.error_in_exec, BaseException)
+    assert "Traceback (most recent call last)" in text and "mine" in text and "CrowdCompute cancelled" not in text, text
