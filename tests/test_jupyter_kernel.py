@@ -97,6 +97,13 @@ class Kernel:
         return cell
 
 
+@pytest.fixture(autouse=True)
+def private_jupyter_dirs(tmp_path, monkeypatch):
+    """Kernels keep their history and connection files in the test's folder, not in the user's."""
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
+
+
 @pytest.fixture
 def kernel(crowd_home):
     """A python3 kernel whose environment has this test's $CROWDCOMPUTE_HOME; shut down after."""
