@@ -93,8 +93,11 @@ def test_crowdmap_maps_the_cells_function_with_a_widget(cluster, shell):
     result, text = run(shell, "import crowdcompute\nawait crowdcompute.map(lambda x: -x, range(3), progress=False)")
     assert result.result == [0, -1, -2], text
 
-    result, text = run(shell, "%crowdstatus")
-    assert result.success and "w1" in text and "2 slots" in text, text
+    with capture_output() as captured:
+        shell.run_line_magic("crowdstatus", "")
+    (shown,) = captured.outputs
+    assert "w1" in shown.data["text/plain"] and "2 slots" in shown.data["text/plain"], shown.data["text/plain"]
+    assert "<table" in shown.data["text/html"] and "<td>w1</td>" in shown.data["text/html"]
     result, text = run(shell, "%crowddisconnect")
     assert "disconnected" in text
     result, text = run(shell, "%crowdstatus")
