@@ -12,11 +12,13 @@ from typing import Any, Callable, Iterable
 from . import protocol as p
 from .addresses import Address, parse_address, read_connection_file
 from .errors import ConnectionLostError, CrowdComputeError
+from .feed import Feed
 from .job import Job
 from .link import Link
 from .local import LocalCluster
+from .runtime import runtime_fields
 from .progress import show_progress
-from .serialization import Apply, dumps_function, dumps_items
+from .serialization import Apply, SerializationError, dumps_chunks, dumps_function
 
 __all__ = ["CrowdComputeClient", "chunk_size"]
 
@@ -24,6 +26,8 @@ log = logging.getLogger("crowdcompute.client")
 
 #: Chunks per slot when ``chunksize`` is automatic, as in multiprocessing.Pool.
 CHUNKS_PER_SLOT = 4
+#: Bytes of a frame kept for its header when sizing payloads against the foreman's limit.
+FRAME_HEADER_ROOM = 64 * 1024
 
 
 def chunk_size(items: int, slots: int) -> int:
@@ -67,7 +71,7 @@ class CrowdComputeClient:
         self.cluster: LocalCluster | None = None
         self._link: Link | None = None
         self._jobs: dict[str, Job] = {}
-        self._submissions: dict[str, list[p.Message]] = {}  # sent, not yet accepted
+        self._feeds: dict[str, Feed] = {}  # jobs whose tasks we send
         self._accepting: dict[str, asyncio.Future] = {}
         self._attaching: dict[str, asyncio.Future] = {}
         self._status_waiters: deque[asyncio.Future] = deque()
@@ -108,7 +112,7 @@ class CrowdComputeClient:
         if token is None and self.address.loopback:
             found = read_connection_file(self.address.port)
             token = found["token"] if found else None
-        hello = p.Hello("client", token or "", p.PROTOCOL_VERSION, name=f"client-{os.getpid()}")
+        hello = p.Hello("client", token or "", p.PROTOCOL_VERSION, name=f"client-{os.getpid()}", **runtime_fields())
         self._link = Link(
             self.address,
             hello,
@@ -240,35 +244,44 @@ class CrowdComputeClient:
             raise ValueError(f"timeout must be positive, not {timeout}")
         if retries is not None and retries < 0:
             raise ValueError(f"retries must not be negative, not {retries}")
+        welcome = self._link.welcome
+        limit = (welcome.max_frame_size or 2**31) - FRAME_HEADER_ROOM
         function = dumps_function(func)
+        if len(function) > limit:
+            raise SerializationError(
+                getattr(func, "__name__", "the function"),
+                f"it pickles to {len(function):,} bytes with what it refers to, over the foreman's limit of "
+                f"{limit:,}; load big data inside the function instead of capturing it",
+            )
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
         size = chunksize or (1 if timeout is not None else chunk_size(len(items), slots))
-        chunks = [
-            (start, min(size, len(items) - start), dumps_items(list(items[start : start + size]), start))
-            for start in range(0, len(items), size)
-        ]
+        chunks = dumps_chunks(items, size, limit)
         job_id = uuid.uuid4().hex
         name = getattr(func, "__name__", "") or ""
-        messages: list[p.Message] = [p.SubmitJob(job_id, function, len(chunks), len(items), timeout, retries or 0, name)]
-        messages += [p.SubmitTask(job_id, n, start, count, payload) for n, (start, count, payload) in enumerate(chunks)]
+        feed = Feed(
+            p.SubmitJob(job_id, function, len(chunks), len(items), timeout, retries or 0, name),
+            [p.SubmitTask(job_id, n, start, count, payload) for n, (start, count, payload) in enumerate(chunks)],
+            self._link.send,
+            max_queued_tasks=welcome.max_queued_tasks or len(chunks),
+            max_queued_bytes=welcome.max_queued_bytes or 2**62,
+        )
         job = Job(self, job_id, items, name=name, call=call)
         accepted = asyncio.get_running_loop().create_future()
         self._jobs[job_id] = job
+        self._feeds[job_id] = feed
         self._accepting[job_id] = accepted
-        self._submissions[job_id] = messages
-        for msg in messages:
-            self._link.send(msg)
+        feed.start()
         try:
             await accepted
         except BaseException:
             self._jobs.pop(job_id, None)
+            self._feeds.pop(job_id, None)
             raise
         finally:
             self._accepting.pop(job_id, None)
-            self._submissions.pop(job_id, None)
         if job.done:  # an empty job ends before anyone tracks it
-            self._jobs.pop(job_id, None)
+            self._forget_job(job_id)
         return job
 
     def _cancel_job(self, job_id: str) -> None:
@@ -276,6 +289,7 @@ class CrowdComputeClient:
             self._link.send(p.CancelJob(job_id))
 
     def _forget_job(self, job_id: str, collected: bool = False) -> None:
+        self._feeds.pop(job_id, None)
         if self._jobs.pop(job_id, None) is not None and collected and self.connected:
             self._link.send(p.CollectJob(job_id))
 
@@ -286,7 +300,10 @@ class CrowdComputeClient:
     # --- frames --------------------------------------------------------------
 
     def _dispatch(self, msg: p.Message) -> None:
-        job = self._jobs.get(getattr(msg, "job_id", ""))
+        job_id = getattr(msg, "job_id", "")
+        job = self._jobs.get(job_id)
+        if isinstance(msg, (p.TaskResult, p.TaskFailed)) and job_id in self._feeds:
+            self._feeds[job_id].finished(msg.task_id)
         if isinstance(msg, p.TaskResult):
             if job is not None:
                 job._deliver(msg.first_index, msg.payload)
@@ -326,12 +343,11 @@ class CrowdComputeClient:
         _resolve(self._attaching.get(msg.job_id), job)
 
     def _reattach(self) -> None:
-        """Back after a drop: send unaccepted jobs again, follow the others by id."""
+        """Back after a drop: our jobs and their outstanding tasks again, then follow them."""
         for job_id in list(self._jobs):
-            messages = self._submissions.get(job_id)
-            if messages is not None:
-                for msg in messages:  # the foreman ignores what it already has
-                    self._link.send(msg)
+            feed = self._feeds.get(job_id)
+            if feed is not None:
+                feed.resend()  # the foreman ignores what it already has
             else:
                 self._link.send(p.AttachJob(job_id))
 

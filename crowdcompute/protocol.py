@@ -149,6 +149,7 @@ class Hello(Message):
     name: str = ""
     slots: int = 0
     python: str = ""
+    cloudpickle: str = ""
 
     def validate(self) -> None:
         _require(self.role in ROLES, f"role must be one of {ROLES}, not {self.role!r}")
@@ -164,6 +165,9 @@ class Welcome(Message):
     session_id: str
     workers: int = 0
     slots: int = 0
+    max_frame_size: int = 0  # largest frame the foreman accepts from this peer
+    max_queued_tasks: int = 0  # tasks of one job a client may have sent without their outcome
+    max_queued_bytes: int = 0  # input bytes of one job a client may have sent without their outcome
 
 
 @message

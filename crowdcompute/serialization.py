@@ -16,7 +16,7 @@ import sys
 import sysconfig
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import cloudpickle
 
@@ -26,6 +26,7 @@ __all__ = [
     "PICKLE_PROTOCOL",
     "Apply",
     "build_task_error",
+    "dumps_chunks",
     "dumps_function",
     "dumps_items",
     "loads",
@@ -131,6 +132,38 @@ def dumps_items(items: list, first_index: int = 0) -> bytes:
                 what = f"item {first_index + offset} ({_short_repr(item)})"
                 raise SerializationError(what, f"{type(inner).__name__}: {inner}") from inner
         raise SerializationError(f"items {first_index}..", f"{type(exc).__name__}: {exc}") from exc
+
+
+def dumps_chunks(items: Sequence, size: int, limit: int) -> list[tuple[int, int, bytes]]:
+    """Pickle ``items`` in chunks of ``size``: (first index, count, payload) each.
+
+    A chunk whose pickle exceeds ``limit`` bytes is split; a single item over
+    the limit raises SerializationError saying which and how large.
+    """
+    chunks: list[tuple[int, int, bytes]] = []
+    for start in range(0, len(items), size):
+        _dump_range(items, start, min(size, len(items) - start), limit, chunks)
+    return chunks
+
+
+def _dump_range(items: Sequence, start: int, count: int, limit: int, out: list) -> None:
+    payload = dumps_items(list(items[start : start + count]), start)
+    if len(payload) <= limit:
+        out.append((start, count, payload))
+        return
+    if count == 1:
+        raise SerializationError(
+            f"item {start} ({_short_repr(items[start])})",
+            f"it pickles to {_megabytes(len(payload))}, over the foreman's limit of {_megabytes(limit)} "
+            "per task (its max frame size); send a path or a smaller piece instead",
+        )
+    half = count // 2
+    _dump_range(items, start, half, limit, out)
+    _dump_range(items, start + half, count - half, limit, out)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
 
 
 def loads(data: bytes) -> Any:

@@ -131,9 +131,21 @@ class Journal:
 
     def outcome_frames(self, job_id: str) -> Iterator[bytes]:
         """Every stored outcome of a job, as the frames to send."""
-        rows = self._db.execute("SELECT frame FROM outcomes WHERE job_id = ? ORDER BY task_id", (job_id,))
-        for (frame,) in rows:
-            yield frame
+        for task_id in self.outcome_ids(job_id):
+            frame = self.outcome_frame(job_id, task_id)
+            if frame is not None:
+                yield frame
+
+    def outcome_ids(self, job_id: str) -> list[int]:
+        """The task ids of a job that have a stored outcome."""
+        rows = self._db.execute("SELECT task_id FROM outcomes WHERE job_id = ? ORDER BY task_id", (job_id,))
+        return [task_id for (task_id,) in rows]
+
+    def outcome_frame(self, job_id: str, task_id: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT frame FROM outcomes WHERE job_id = ? AND task_id = ?", (job_id, task_id)
+        ).fetchone()
+        return row[0] if row else None
 
     def load(self) -> tuple[list[Job], list[dict]]:
         """Jobs to resume (running), and summaries of ended ones, as a restarted foreman needs them."""

@@ -29,6 +29,7 @@ from crowdcompute import protocol as p
 from .state import (
     Close,
     DeleteJob,
+    Note,
     Job,
     JobState,
     Replay,
@@ -42,7 +43,7 @@ from .state import (
     Worker,
 )
 
-__all__ = ["ALLOWED_FAILURES", "RESULT_TTL", "Action", "Scheduler"]
+__all__ = ["ALLOWED_FAILURES", "MAX_QUEUED_BYTES", "MAX_QUEUED_TASKS", "RESULT_TTL", "Action", "Scheduler"]
 
 #: How many times a task may kill its process before it fails with WorkerCrashedError.
 ALLOWED_FAILURES = 3
@@ -50,8 +51,15 @@ ALLOWED_FAILURES = 3
 RESULT_TTL = 24 * 3600.0
 #: How many ended jobs the status keeps showing.
 ENDED_JOBS_SHOWN = 20
+#: Tasks of one job a client may have sent without their outcome yet (its window).
+MAX_QUEUED_TASKS = 4096
+#: Input bytes of one job a client may have sent without their outcome yet.
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
 
-Action = Union[Send, Close, Replay, SaveJob, SaveTask, SaveResult, SaveJobState, DeleteJob]
+Action = Union[Send, Close, Note, Replay, SaveJob, SaveTask, SaveResult, SaveJobState, DeleteJob]
+
+# Websocket close code for a peer that broke a limit it was told about.
+CLOSE_POLICY = 1008
 
 
 class Scheduler:
@@ -68,8 +76,12 @@ class Scheduler:
         result_ttl: float = RESULT_TTL,
         journaled: bool = False,
         clock: Callable[[], float] = time.time,
+        max_queued_tasks: int = MAX_QUEUED_TASKS,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self.allowed_failures = allowed_failures
+        self.max_queued_tasks = max_queued_tasks
+        self.max_queued_bytes = max_queued_bytes
         self.result_ttl = result_ttl
         self.journaled = journaled
         self.clock = clock
@@ -147,9 +159,9 @@ class Scheduler:
             created_at=self.clock(),
         )
         self.jobs[job.job_id] = job
-        actions: list[Action] = [SaveJob(job)]
+        # Accepted once journaled; its tasks stream in within the client's window.
+        actions: list[Action] = [SaveJob(job), *self._accept(job)]
         if job.all_received:  # an empty map
-            actions += self._accept(job)
             actions += self._finish(job)
         return actions
 
@@ -161,13 +173,18 @@ class Scheduler:
             return []  # sent again after a reconnect
         if msg.task_id >= job.total_tasks or msg.first_index + msg.count > job.total_items:
             return [Send(client_id, p.RequestError(msg.job_id, f"task {msg.task_id} is out of the job's range"))]
+        queued = len(job.tasks) - job.finished_tasks
+        if queued >= self.max_queued_tasks or (queued and job.queued_bytes + len(msg.payload) > self.max_queued_bytes):
+            reason = (
+                f"job {job.job_id} already has {queued} tasks ({job.queued_bytes} bytes) without an outcome; "
+                f"the limits are {self.max_queued_tasks} tasks and {self.max_queued_bytes} bytes"
+            )
+            return [Note(f"closed client {client_id}: {reason}"), Close(client_id, CLOSE_POLICY, reason[:120])]
         task = Task(msg.task_id, msg.first_index, msg.count, msg.payload)
         job.tasks[task.task_id] = task
+        job.queued_bytes += len(msg.payload)
         self._enqueue(job, task)
-        actions: list[Action] = [SaveTask(job.job_id, task)]
-        if job.all_received:
-            actions += self._accept(job)
-        return actions + self._assign()
+        return [SaveTask(job.job_id, task), *self._assign()]
 
     def cancel_job(self, client_id: str, job_id: str) -> list[Action]:
         job = self.jobs.get(job_id)
@@ -215,8 +232,8 @@ class Scheduler:
 
     def task_done(self, worker_id: str, msg: p.TaskDone) -> list[Action]:
         job, task = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
-        if task is None:
-            return []  # a late result from an old lease: its task went elsewhere
+        if task is None:  # a late, replayed or forged result: its task is not leased to this worker
+            return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
         self._unlease(job, task)
         if msg.failed and task.retries_used < job.retries:
             task.retries_used += 1
@@ -231,7 +248,7 @@ class Scheduler:
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
         job, task = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if task is None:
-            return []
+            return [self._rejected(worker_id, "crash report", msg.job_id, msg.task_id, msg.attempt)]
         self._unlease(job, task)
         if msg.error == "timeout":
             return self._fail(job, task, "timeout", msg.reason) + self._assign()
@@ -269,6 +286,7 @@ class Scheduler:
             self.jobs[job.job_id] = job
             for task in job.tasks.values():
                 if task.state is not TaskState.DONE:
+                    job.queued_bytes += len(task.payload or b"")
                     self._enqueue(job, task)
             if job.all_received and job.all_finished:  # stopped between its last outcome and its end
                 actions += self._finish(job)
@@ -308,6 +326,11 @@ class Scheduler:
             return job, None  # type: ignore[return-value]
         return job, task
 
+    def _rejected(self, worker_id: str, what: str, job_id: str, task_id: int, attempt: int) -> Note:
+        worker = self.workers.get(worker_id)
+        name = worker.name if worker else worker_id
+        return Note(f"dropped a {what} from worker {name} for job {job_id} task {task_id} attempt {attempt}: not its lease")
+
     def _accept(self, job: Job) -> list[Action]:
         job.accepted = True
         return [Send(job.client, p.JobAccepted(job.job_id))] if job.client else []
@@ -344,6 +367,7 @@ class Scheduler:
     def _outcome(self, job: Job, task: Task, outcome: p.TaskResult | p.TaskFailed) -> list[Action]:
         """Record a task's final outcome, pass it to the client, and end the job if it was the last."""
         task.state = TaskState.DONE
+        job.queued_bytes -= len(task.payload or b"")
         task.payload = None  # the input is no longer needed
         job.finished_tasks += 1
         if not self.journaled:

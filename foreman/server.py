@@ -21,12 +21,21 @@ from websockets.exceptions import ConnectionClosed
 from crowdcompute import protocol as p
 from crowdcompute.addresses import Address
 from crowdcompute.errors import ProtocolError
+from crowdcompute.runtime import runtime_mismatch
 
 from .journal import Journal
 from .scheduler import Action, Scheduler
-from .state import Close, Replay, Send
+from .state import Close, Note, Replay, Send
 
-__all__ = ["AUTH_TIMEOUT", "AUTH_FAILURE_DELAY", "MAX_FRAME_SIZE", "ForemanServer"]
+__all__ = [
+    "AUTH_FAILURE_DELAY",
+    "AUTH_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "MAX_FRAME_SIZE",
+    "MAX_HELLO_SIZE",
+    "MAX_OUTBOX_BYTES",
+    "ForemanServer",
+]
 
 log = logging.getLogger("crowdcompute.foreman")
 
@@ -34,13 +43,21 @@ log = logging.getLogger("crowdcompute.foreman")
 AUTH_TIMEOUT = 10.0
 #: Seconds a refused authentication waits before its answer, to slow guessing.
 AUTH_FAILURE_DELAY = 0.2
-#: Largest frame the foreman accepts, in bytes.
-MAX_FRAME_SIZE = 512 * 1024 * 1024
+#: Largest first frame (the Hello) the foreman reads from a connection, in bytes.
+MAX_HELLO_SIZE = 64 * 1024
+#: Largest frame the foreman accepts from an authenticated client or worker, in bytes.
+MAX_FRAME_SIZE = 256 * 1024 * 1024
+#: Open connections the foreman serves at once; more are closed with 1013 (try again later).
+MAX_CONNECTIONS = 4096
+#: Bytes queued for one peer that is not reading; past this it is disconnected
+#: (a client reconnects and attaches; nothing is lost).
+MAX_OUTBOX_BYTES = 512 * 1024 * 1024
 
 # Websocket close codes (RFC 6455).
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
 
 #: Seconds between purges of jobs older than the result TTL.
 EXPIRE_INTERVAL = 60.0
@@ -59,6 +76,7 @@ class _Peer:
     websocket: ServerConnection
     slots: int = 0
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0  # in the outbox, not yet written
 
 
 class ForemanServer:
@@ -75,6 +93,8 @@ class ForemanServer:
         ssl_context: ssl.SSLContext | None = None,
         journal: Journal | Callable[[int], Journal] | None = None,
         result_ttl: float | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         """``journal``: a Journal, or a function of the bound port that opens one."""
         if not token:
@@ -85,6 +105,9 @@ class ForemanServer:
         self.worker_token = worker_token or token
         self.heartbeat_timeout = heartbeat_timeout
         self.ssl_context = ssl_context
+        self.max_frame_size = max_frame_size
+        self.max_connections = max_connections
+        self._connections = 0
         self._open_journal = journal
         self.journal: Journal | None = None
         options = {} if result_ttl is None else {"result_ttl": result_ttl}
@@ -106,7 +129,7 @@ class ForemanServer:
             self.port,
             ssl=self.ssl_context,
             compression=None,  # payloads are pickles: compression costs CPU and buys little
-            max_size=MAX_FRAME_SIZE,
+            max_size=MAX_HELLO_SIZE,  # raised to max_frame_size once the peer authenticated
             # A peer that answers no ping within the heartbeat timeout is dropped,
             # and a dropped worker's tasks go to others.
             ping_interval=self.heartbeat_timeout / 3,
@@ -144,9 +167,21 @@ class ForemanServer:
     # --- connections -------------------------------------------------------
 
     async def _handle(self, websocket: ServerConnection) -> None:
+        if self._connections >= self.max_connections:
+            log.warning("refused %s: already %d connections", _where(websocket), self._connections)
+            await websocket.close(CLOSE_TRY_AGAIN_LATER, f"the foreman serves at most {self.max_connections} connections")
+            return
+        self._connections += 1
+        try:
+            await self._serve_peer(websocket)
+        finally:
+            self._connections -= 1
+
+    async def _serve_peer(self, websocket: ServerConnection) -> None:
         peer = await self._authenticate(websocket)
         if peer is None:
             return
+        websocket.protocol.max_message_size = self.max_frame_size
         sender = asyncio.create_task(self._send_frames(peer))
         self._peers[peer.conn_id] = peer
         peer.outbox.put_nowait(
@@ -156,6 +191,9 @@ class ForemanServer:
                     peer.conn_id,
                     workers=len(self.scheduler.workers),
                     slots=self.scheduler.total_slots,
+                    max_frame_size=self.max_frame_size,
+                    max_queued_tasks=self.scheduler.max_queued_tasks,
+                    max_queued_bytes=self.scheduler.max_queued_bytes,
                 )
             )
         )
@@ -206,6 +244,11 @@ class ForemanServer:
             log.warning("refused %s %s: wrong or missing %s token", hello.role, _where(websocket), hello.role)
             await asyncio.sleep(AUTH_FAILURE_DELAY)
             await self._refuse(websocket, "auth", f"the foreman refused this {hello.role} token", CLOSE_POLICY)
+            return None
+        mismatch = runtime_mismatch(hello.role, hello.python, hello.cloudpickle)
+        if mismatch is not None:
+            log.warning("refused %s %s: %s", hello.role, _where(websocket), mismatch)
+            await self._refuse(websocket, "version", mismatch, CLOSE_POLICY)
             return None
         conn_id = f"{hello.role[0]}{next(self._ids)}"
         name = hello.name or conn_id
@@ -271,22 +314,30 @@ class ForemanServer:
     def _execute(self, actions: list[Action]) -> None:
         """Carry out the scheduler's actions in order; commit the journal once at the end."""
         for action in actions:
-            if isinstance(action, (Send, Close, Replay)):
+            if isinstance(action, Note):
+                log.warning("%s", action.text)
+            elif isinstance(action, (Send, Close, Replay)):
                 peer = self._peers.get(action.to)
                 if peer is None:
                     continue  # the connection went away; the scheduler learns it in its finally
                 if isinstance(action, Send):
-                    peer.outbox.put_nowait(p.encode(action.message))
-                elif isinstance(action, Replay):
-                    if self.journal is not None:
-                        for frame in self.journal.outcome_frames(action.job_id):
-                            peer.outbox.put_nowait(frame)
-                else:
+                    self._queue_frame(peer, p.encode(action.message))
+                else:  # a Close, or a Replay the sender streams from the journal
                     peer.outbox.put_nowait(action)
             elif self.journal is not None:
                 self.journal.apply(action)
         if self.journal is not None:
             self.journal.commit()
+
+    def _queue_frame(self, peer: _Peer, frame: bytes) -> None:
+        if peer.queued_bytes + len(frame) > MAX_OUTBOX_BYTES and peer.queued_bytes:
+            reason = f"{peer.queued_bytes} bytes wait for this {peer.role} to read them"
+            log.warning("closed %s %s: %s", peer.role, peer.name, reason)
+            # Now, not after the backlog: a client comes back and attaches; nothing is lost.
+            asyncio.create_task(peer.websocket.close(CLOSE_POLICY, reason))
+            return
+        peer.queued_bytes += len(frame)
+        peer.outbox.put_nowait(frame)
 
     async def _send_frames(self, peer: _Peer) -> None:
         """Write the peer's queued frames in order; a slow peer delays only itself."""
@@ -298,10 +349,22 @@ class ForemanServer:
             try:
                 if isinstance(item, Close):
                     await websocket.close(item.code, item.reason)
+                elif isinstance(item, Replay):
+                    await self._replay(websocket, item.job_id)
                 else:
+                    peer.queued_bytes -= len(item)
                     await websocket.send(item)
             except ConnectionClosed:
                 pass  # the reader sees it too and cleans up
+
+    async def _replay(self, websocket: ServerConnection, job_id: str) -> None:
+        """Send a job's stored outcomes one by one, so a big job never sits in memory whole."""
+        if self.journal is None:
+            return
+        for task_id in self.journal.outcome_ids(job_id):
+            frame = self.journal.outcome_frame(job_id, task_id)
+            if frame is not None:
+                await websocket.send(frame)
 
 
 def _where(websocket: ServerConnection) -> str:

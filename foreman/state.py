@@ -11,6 +11,7 @@ from crowdcompute.protocol import Message
 __all__ = [
     "Close",
     "DeleteJob",
+    "Note",
     "Job",
     "JobState",
     "Replay",
@@ -40,6 +41,13 @@ class Close:
     to: str
     code: int
     reason: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Action: log ``text`` (a dropped result, a refused request)."""
+
+    text: str
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,7 @@ class Job:
     results: dict[int, Message] = field(default_factory=dict)  # task id -> outcome, if kept
     created_at: float = 0.0
     finished_at: float | None = None
+    queued_bytes: int = 0  # input bytes of received tasks without an outcome yet
 
     @property
     def all_received(self) -> bool:

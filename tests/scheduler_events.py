@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from crowdcompute import protocol as p
 from foreman.scheduler import Scheduler
-from foreman.state import Send
+from foreman.state import Note, Send
 
 __all__ = [
     "Clock", "assign", "done", "function", "leased", "make", "records", "result", "sent", "started", "submit",
@@ -89,3 +89,8 @@ def result(job_id: str, task_id: int, attempt: int = 1, failed: int = 0, *, item
 def leased(actions: list) -> list[tuple[str, str, int, int]]:
     """The leases among ``actions``: (worker, job, task, attempt)."""
     return [(to, m.job_id, m.task_id, m.attempt) for to, m in sent(actions) if isinstance(m, p.AssignTask)]
+
+
+def dropped(actions: list) -> bool:
+    """True when the scheduler only logged the message away (a late, replayed or forged answer)."""
+    return len(actions) == 1 and isinstance(actions[0], Note) and "not its lease" in actions[0].text

@@ -10,6 +10,7 @@ from websockets.exceptions import ConnectionClosed
 
 from crowdcompute import AuthenticationError, CrowdComputeClient, ForemanUnavailableError
 from crowdcompute import protocol as p
+from crowdcompute.runtime import runtime_fields
 from helpers import arun
 
 
@@ -42,7 +43,7 @@ def test_undecodable_frame_closes_only_that_connection(cluster, frame, code):
     async def main():
         async with CrowdComputeClient(cluster.url, token=cluster.token) as good:
             async with ws_connect(cluster.url) as bad:
-                hello = p.Hello("client", cluster.token, p.PROTOCOL_VERSION)
+                hello = p.Hello("client", cluster.token, p.PROTOCOL_VERSION, **runtime_fields())
                 await bad.send(p.encode(hello))
                 assert isinstance(p.decode(await bad.recv()), p.Welcome)
                 await bad.send(frame)
@@ -69,7 +70,7 @@ def test_protocol_version_mismatch_names_both_versions(cluster):
 def test_a_client_may_not_send_worker_messages(cluster):
     async def main():
         async with ws_connect(cluster.url) as ws:
-            await ws.send(p.encode(p.Hello("client", cluster.token, p.PROTOCOL_VERSION)))
+            await ws.send(p.encode(p.Hello("client", cluster.token, p.PROTOCOL_VERSION, **runtime_fields())))
             p.decode(await ws.recv())
             await ws.send(p.encode(p.TaskDone("j", 0, 1, 0, b"")))
             with pytest.raises(ConnectionClosed) as closed:

@@ -12,6 +12,7 @@ from crowdcompute import protocol as p
 from foreman.scheduler import ALLOWED_FAILURES, Scheduler
 from foreman.state import Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
 from scheduler_events import (
+    dropped,
     Clock,
     assign,
     done,
@@ -34,13 +35,13 @@ def test_worker_gets_its_slots_plus_prefetch_and_a_freed_place_is_refilled():
     s.add_client("c1")
     assert s.add_worker("w1", "one", 2) == []  # nothing queued yet
     actions = submit(s, "c1", "j1", tasks=5)
-    # 2 slots + 1 prefetched; JobAccepted once every task is in.
+    # 2 slots + 1 prefetched.
     assert sent(actions) == [
+        ("c1", p.JobAccepted("j1")),  # once journaled; its tasks stream in after
         ("w1", p.JobFunction("j1", function("j1"))),
         ("w1", assign("j1", 0)),
         ("w1", assign("j1", 1)),
         ("w1", assign("j1", 2)),
-        ("c1", p.JobAccepted("j1")),
     ]
     assert [r.task.task_id for r in records(actions, SaveTask)] == [0, 1, 2, 3, 4]
     assert sent(s.task_done("w1", done("j1", 1))) == [("c1", result("j1", 1)), ("w1", assign("j1", 3))]
@@ -162,12 +163,12 @@ def test_late_and_duplicate_results_are_dropped():
     submit(s, "c1", "j1", tasks=1)  # leased to w1, attempt 1
     s.remove_worker("w1")  # w1 froze and was dropped
     assert leased(s.add_worker("w2", "two", 1)) == [("w2", "j1", 0, 2)]
-    assert s.task_done("w1", done("j1", 0, attempt=1)) == []  # the old lease, from the old worker
-    assert s.task_done("w2", done("j1", 0, attempt=1)) == []  # the old attempt number
-    assert s.task_crashed("w1", p.TaskCrashed("j1", 0, 1, "crashed", "late")) == []
+    assert dropped(s.task_done("w1", done("j1", 0, attempt=1)))  # the old lease, from the old worker
+    assert dropped(s.task_done("w2", done("j1", 0, attempt=1)))  # the old attempt number
+    assert dropped(s.task_crashed("w1", p.TaskCrashed("j1", 0, 1, "crashed", "late")))
     assert sent(s.task_done("w2", done("j1", 0, attempt=2)))[0] == ("c1", result("j1", 0, attempt=2))
-    assert s.task_done("w2", done("j1", 0, attempt=2)) == []  # the same result twice
-    assert s.task_done("w2", done("nope", 0)) == []  # a job it never had
+    assert dropped(s.task_done("w2", done("j1", 0, attempt=2)))  # the same result twice
+    assert dropped(s.task_done("w2", done("nope", 0)))  # a job it never had
     assert s.status()["jobs"][0]["completed"] == 1
 
 
@@ -277,7 +278,7 @@ def test_cancel_releases_the_workers_and_frees_their_places():
     assert sorted(lease[1:] for lease in leased(actions)) == [("j2", 0, 1), ("j2", 1, 1), ("j2", 2, 1), ("j2", 3, 1)]
     (state,) = records(actions, SaveJobState)
     assert state.state == "cancelled"
-    assert s.task_done("w1", done("j1", 0)) == []  # a result that was on the wire
+    assert dropped(s.task_done("w1", done("j1", 0)))  # a result that was on the wire
     assert s.cancel_job("c1", "j1") == []  # idempotent
     assert {j["id"]: j["state"] for j in s.status()["jobs"]} == {"j2": "running", "j1": "cancelled"}
     assert sent(s.submit_job("c1", p.SubmitJob("j1", b"f", 1, 1))) == [

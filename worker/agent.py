@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import socket
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from websockets.exceptions import ConnectionClosed
@@ -22,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from crowdcompute import protocol as p
 from crowdcompute.addresses import Address, read_connection_file
 from crowdcompute.dialing import dial
+from crowdcompute.runtime import runtime_fields
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 
 from .pool import Finished, Lost, Slot, process_context
@@ -112,8 +112,7 @@ class WorkerAgent:
         if token is None:
             # The foreman may not have written its file yet: keep trying like an absent foreman.
             raise ForemanUnavailableError(self.address.url, "no token given and no connection file found")
-        python = ".".join(map(str, sys.version_info[:3]))
-        return p.Hello("worker", token, p.PROTOCOL_VERSION, name=self.name, slots=self.procs, python=python)
+        return p.Hello("worker", token, p.PROTOCOL_VERSION, name=self.name, slots=self.procs, **runtime_fields())
 
     async def _serve(self, websocket, stop: asyncio.Event) -> None:
         """One connection's life: read assignments, run them, send outcomes."""
