@@ -30,6 +30,7 @@ async def connect(
     reconnect_timeout: float = 60,
     task_timeout: float | None = None,
     cafile: str | None = None,
+    trust_workers: bool = True,
 ) -> CrowdComputeClient:
     """Connect to a foreman and make it the default for map, run, submit.
 
@@ -37,6 +38,7 @@ async def connect(
     ``$CROWDCOMPUTE_ADDRESS`` (+ ``$CROWDCOMPUTE_TOKEN``) if set, else an
     embedded foreman with ``workers`` worker processes (default: CPU count),
     stopped by ``disconnect()``. A previous default client is disconnected.
+    ``trust_workers=False`` decodes results as plain data only.
 
     Raises ForemanUnavailableError, AuthenticationError.
     """
@@ -50,6 +52,7 @@ async def connect(
         reconnect_timeout=reconnect_timeout,
         task_timeout=task_timeout,
         cafile=cafile,
+        trust_workers=trust_workers,
     )
     await client.connect()
     previous, _default = _default, client
@@ -66,10 +69,17 @@ async def map(
     timeout: float | None = None,
     retries: int | None = None,
     progress: Any = None,
+    trust_workers: bool | None = None,
 ) -> list[Any]:
     """``func`` over ``iterable`` on the cluster; results in input order (see CrowdComputeClient.map)."""
     return await default_client().map(
-        func, iterable, chunksize=chunksize, timeout=timeout, retries=retries, progress=progress
+        func,
+        iterable,
+        chunksize=chunksize,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+        trust_workers=trust_workers,
     )
 
 
@@ -85,9 +95,12 @@ async def submit(
     chunksize: int | None = None,
     timeout: float | None = None,
     retries: int | None = None,
+    trust_workers: bool | None = None,
 ) -> Job:
     """Send a job and return its Job once the foreman accepted it."""
-    return await default_client().submit(func, iterable, chunksize=chunksize, timeout=timeout, retries=retries)
+    return await default_client().submit(
+        func, iterable, chunksize=chunksize, timeout=timeout, retries=retries, trust_workers=trust_workers
+    )
 
 
 async def attach(job_id: str) -> Job:

@@ -43,7 +43,10 @@ class CrowdComputeClient:
     ``$CROWDCOMPUTE_TOKEN``) if set, else it starts an embedded foreman with
     ``workers`` worker processes that :meth:`disconnect` stops. A dropped
     connection is redialed for ``reconnect_timeout`` seconds and its jobs go
-    on; after that they raise ConnectionLostError.
+    on; after that they raise ConnectionLostError. With
+    ``trust_workers=False`` results are decoded as plain data only (builtin
+    containers and scalars, numpy arrays); anything else raises
+    UntrustedPayloadError, and remote exceptions stay TaskErrors with text.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class CrowdComputeClient:
         reconnect_timeout: float = 60,
         task_timeout: float | None = None,
         cafile: str | None = None,
+        trust_workers: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -66,6 +70,7 @@ class CrowdComputeClient:
         self.reconnect_timeout = reconnect_timeout
         self.task_timeout = task_timeout
         self.cafile = cafile
+        self.trust_workers = trust_workers
         self.address: Address | None = None
         self.slots = 0  # task slots on the foreman when we connected
         self.cluster: LocalCluster | None = None
@@ -153,13 +158,16 @@ class CrowdComputeClient:
         chunksize: int | None = None,
         timeout: float | None = None,
         retries: int | None = None,
+        trust_workers: bool | None = None,
     ) -> Job:
         """Send a job; return its Job once the foreman has accepted (and journaled) it.
 
         Raises SerializationError (before sending anything) when the function
         or an item cannot be pickled.
         """
-        return await self._submit(func, iterable, chunksize=chunksize, timeout=timeout, retries=retries)
+        return await self._submit(
+            func, iterable, chunksize=chunksize, timeout=timeout, retries=retries, trust_workers=trust_workers
+        )
 
     async def map(
         self,
@@ -170,6 +178,7 @@ class CrowdComputeClient:
         timeout: float | None = None,
         retries: int | None = None,
         progress: Any = None,
+        trust_workers: bool | None = None,
     ) -> list[Any]:
         """``func`` applied to every item, as a list in input order.
 
@@ -181,7 +190,9 @@ class CrowdComputeClient:
         Raises TaskError (the first failed item), SerializationError,
         JobCancelledError, ConnectionLostError.
         """
-        job = await self._submit(func, iterable, chunksize=chunksize, timeout=timeout, retries=retries)
+        job = await self._submit(
+            func, iterable, chunksize=chunksize, timeout=timeout, retries=retries, trust_workers=trust_workers
+        )
         display = show_progress(job, progress)
         try:
             return await job
@@ -236,6 +247,7 @@ class CrowdComputeClient:
         timeout: float | None,
         retries: int | None = None,
         call: bool = False,
+        trust_workers: bool | None = None,
     ) -> Job:
         self._require_connection()
         if chunksize is not None and chunksize < 1:
@@ -266,7 +278,8 @@ class CrowdComputeClient:
             max_queued_tasks=welcome.max_queued_tasks or len(chunks),
             max_queued_bytes=welcome.max_queued_bytes or 2**62,
         )
-        job = Job(self, job_id, items, name=name, call=call)
+        trusted = self.trust_workers if trust_workers is None else trust_workers
+        job = Job(self, job_id, items, name=name, call=call, trusted=trusted)
         accepted = asyncio.get_running_loop().create_future()
         self._jobs[job_id] = job
         self._feeds[job_id] = feed
@@ -306,7 +319,7 @@ class CrowdComputeClient:
             self._feeds[job_id].finished(msg.task_id)
         if isinstance(msg, p.TaskResult):
             if job is not None:
-                job._deliver(msg.first_index, msg.payload)
+                job._deliver(msg.first_index, msg.count, msg.payload)
         elif isinstance(msg, p.TaskOutput):
             if job is not None:
                 job._output(msg.index, msg.stream, msg.text)
@@ -335,7 +348,7 @@ class CrowdComputeClient:
     def _attached(self, msg: p.JobAttached) -> None:
         job = self._jobs.get(msg.job_id)
         if job is None:
-            job = Job(self, msg.job_id, None, total=msg.total_items, name=msg.name)
+            job = Job(self, msg.job_id, None, total=msg.total_items, name=msg.name, trusted=self.trust_workers)
             if not job.done:
                 self._jobs[job.id] = job
         if msg.state == "cancelled":

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
-from .errors import CrowdComputeError, JobCancelledError, TaskError
-from .serialization import build_failed_task_error, build_task_error, loads
+from .errors import CrowdComputeError, JobCancelledError
+from .serialization import build_failed_task_error, build_task_error, decode_outcomes
 
 if TYPE_CHECKING:
     from .client import CrowdComputeClient
@@ -74,7 +74,7 @@ class Job:
         self._trusted = trusted
         self._call = call  # one call of run(): errors name no item
         self._results: list[Any] = [_MISSING] * self.total
-        self._errors: dict[int, TaskError] = {}
+        self._errors: dict[int, CrowdComputeError] = {}  # TaskError, or UntrustedPayloadError
         self._fatal: CrowdComputeError | None = None
         self._finished = asyncio.get_running_loop().create_future()
         self._arrivals: list[asyncio.Queue] = []
@@ -94,7 +94,7 @@ class Job:
         return self.state is not JobState.RUNNING
 
     @property
-    def errors(self) -> dict[int, TaskError]:
+    def errors(self) -> dict[int, CrowdComputeError]:
         """The failed items so far, by input index."""
         return dict(self._errors)
 
@@ -140,7 +140,7 @@ class Job:
                         raise self._fatal
                     return
                 index, value = entry
-                if isinstance(value, TaskError) and index in self._errors:
+                if isinstance(value, CrowdComputeError) and index in self._errors:
                     raise value
                 yield index, value
         finally:
@@ -171,11 +171,10 @@ class Job:
 
     # --- fed by the client -------------------------------------------------------
 
-    def _deliver(self, first_index: int, payload: bytes) -> None:
-        if self.done:
+    def _deliver(self, first_index: int, count: int, payload: bytes) -> None:
+        if self.done or first_index < 0 or first_index + count > self.total:
             return
-        outcomes = loads(payload)
-        for offset, (ok, value) in enumerate(outcomes):
+        for offset, (ok, value) in enumerate(decode_outcomes(payload, count, self._trusted)):
             index = first_index + offset
             if self._results[index] is not _MISSING or index in self._errors:
                 continue  # a duplicate: each result reaches the user once
@@ -183,14 +182,16 @@ class Job:
                 self._results[index] = value
                 self.completed += 1
             else:
-                value = build_task_error(value, *self._where(index), trusted=self._trusted)
+                if isinstance(value, dict):  # the user's exception, as plain data
+                    value = build_task_error(value, *self._where(index), trusted=self._trusted)
+                value.index = index if not self._call else None
                 self._errors[index] = value
                 self.failed += 1
             self._announce(index, value)
         self._changed()
 
     def _fail_task(self, first_index: int, count: int, error: str, reason: str, attempts: int) -> None:
-        if self.done:
+        if self.done or first_index < 0 or first_index + count > self.total:
             return
         for index in range(first_index, first_index + count):
             if self._results[index] is _MISSING and index not in self._errors:

@@ -20,12 +20,20 @@ from typing import Any, Callable, Iterable, Sequence
 
 import cloudpickle
 
-from .errors import SerializationError, TaskError, TaskTimeoutError, WorkerCrashedError
+from .errors import (
+    CrowdComputeError,
+    SerializationError,
+    TaskError,
+    TaskTimeoutError,
+    UntrustedPayloadError,
+    WorkerCrashedError,
+)
 
 __all__ = [
     "PICKLE_PROTOCOL",
     "Apply",
     "build_task_error",
+    "decode_outcomes",
     "dumps_chunks",
     "dumps_function",
     "dumps_items",
@@ -234,6 +242,53 @@ def _dumps_each(outcomes: list[tuple[bool, Any]], failed: int) -> tuple[bytes, i
 
 
 # --- back on the client --------------------------------------------------------
+
+#: What a result may hold when workers are not trusted: plain data and numpy arrays.
+_PLAIN = {("builtins", name) for name in (
+    "list", "dict", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes", "bytearray", "bool",
+    "slice", "range",
+)} | {
+    (module, name)
+    for module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+    for name in ("ndarray", "dtype", "_reconstruct", "_frombuffer", "scalar")
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: anything that would import or call other code is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PLAIN:
+            return super().find_class(module, name)
+        raise UntrustedPayloadError(
+            f"a worker's result refers to {module}.{name}, which is not plain data; with trust_workers=False "
+            "results may hold only builtin containers and scalars and numpy arrays"
+        )
+
+
+def decode_outcomes(payload: bytes, count: int, trusted: bool = True) -> list[tuple[bool, Any]]:
+    """A task's ``count`` outcomes; never raises. A payload that cannot be decoded
+    (or, untrusted, holds more than plain data) becomes an error for each item."""
+    try:
+        if trusted:
+            outcomes = pickle.loads(payload)
+        else:
+            import io
+
+            outcomes = _PlainUnpickler(io.BytesIO(payload)).load()
+        if (
+            not isinstance(outcomes, list)
+            or len(outcomes) != count
+            or not all(isinstance(o, tuple) and len(o) == 2 for o in outcomes)
+        ):
+            raise UntrustedPayloadError(f"a worker sent a result that is not {count} outcomes")
+    except CrowdComputeError as exc:
+        reason = str(exc)
+    except Exception as exc:  # e.g. a class this process cannot import
+        reason = f"cannot decode a worker's result here: {type(exc).__name__}: {exc}"
+    else:
+        return outcomes
+    return [(False, UntrustedPayloadError(reason)) for _ in range(count)]
 
 
 def build_task_error(error: dict, index: int | None, item: Any = None, trusted: bool = True) -> TaskError:

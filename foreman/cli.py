@@ -20,7 +20,7 @@ from crowdcompute.processes import configure_logging, install_stop_handlers, sto
 
 from .journal import Journal
 from .scheduler import RESULT_TTL
-from .server import ForemanServer
+from .server import MAX_FRAME_SIZE, ForemanServer
 
 __all__ = ["build_parser", "main"]
 
@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds a silent worker keeps its tasks (default: 10)",
     )
+    parser.add_argument(
+        "--max-frame-size",
+        type=int,
+        default=MAX_FRAME_SIZE,
+        help=f"largest frame (one task's input or outcome) accepted, in bytes (default: {MAX_FRAME_SIZE})",
+    )
     parser.add_argument("--certfile", help="TLS certificate (serves wss://)")
     parser.add_argument("--keyfile", help="TLS private key")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
@@ -65,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if bool(args.certfile) != bool(args.keyfile):
         print("error: --certfile and --keyfile go together", file=sys.stderr)
+        return 2
+    if args.max_frame_size < 1024 * 1024:
+        print("error: --max-frame-size must be at least 1 MiB", file=sys.stderr)
         return 2
     if args.heartbeat_timeout <= 0:
         print("error: --heartbeat-timeout must be positive", file=sys.stderr)
@@ -109,6 +118,7 @@ async def _serve(args: argparse.Namespace) -> int:
         ssl_context=ssl_context,
         journal=_journal(args.journal),
         result_ttl=args.result_ttl,
+        max_frame_size=args.max_frame_size,
     )
     address = await server.start()
     if write_file:
