@@ -69,7 +69,7 @@ class LocalCluster:
         _running.add(self)
         command = ["-m", "foreman", "--port", str(self.port), "--journal", self.journal, "--log-level", self.log_level]
         if self.token is not None:
-            command += ["--token", self.token]
+            command.append(f"--token={self.token}")  # "=": a token may start with "-"
         self.foreman = self._spawn(command, stdout=subprocess.PIPE)
         loop = asyncio.get_running_loop()
         try:
@@ -85,7 +85,7 @@ class LocalCluster:
             command = ["-m", "worker", self.address.url, "--procs", "1", "--name", f"local-{n + 1}"]
             command += ["--log-level", self.log_level]
             if self.token is not None:
-                command += ["--token", self.token]
+                command.append(f"--token={self.token}")
             self.agents.append(self._spawn(command, stdout=None if self.show_workers else subprocess.DEVNULL))
         return self.address
 

@@ -14,6 +14,8 @@ from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
 from crowdcompute import SerializationError, TaskError
+from crowdcompute.local import LocalCluster
+from helpers import arun
 
 
 @pytest.fixture
@@ -182,3 +184,16 @@ def test_a_cancelled_error_from_elsewhere_keeps_its_traceback(shell):
     result, text = run(shell, "import asyncio\ndef stop():\n    raise asyncio.CancelledError('mine')\nstop()")
     assert isinstance(result.error_in_exec, BaseException)
     assert "Traceback (most recent call last)" in text and "mine" in text and "CrowdCompute cancelled" not in text, text
+
+
+def test_the_embedded_cluster_starts_whatever_its_token(crowd_home):
+    # Generated tokens are URL-safe base64: one in 32 starts with "-", which the
+    # foreman's and workers' option parsers once took for an option.
+    async def start_and_stop() -> None:
+        cluster = LocalCluster(1, token="-starts-with-a-dash")
+        try:
+            await cluster.start(timeout=30)
+        finally:
+            cluster.stop()
+
+    arun(start_and_stop(), timeout=40)
