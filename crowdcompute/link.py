@@ -64,6 +64,7 @@ class Link:
         self._recovery: asyncio.Task | None = None
         self.closed = False
         self.lost = False
+        self._dormant = False  # the foreman closed us for being idle: redial on the next send
 
     @property
     def usable(self) -> bool:
@@ -81,6 +82,9 @@ class Link:
         self._frames.append(p.encode(msg))
         self._queued.set()
         self._drained.clear()
+        if self._dormant and not self.closed:
+            self._dormant = False
+            self._recovery = asyncio.create_task(self._recover(waking=True))
 
     async def close(self) -> None:
         """Send what is queued (within ``timeout``), then close; idempotent."""
@@ -126,10 +130,17 @@ class Link:
         except ProtocolError as exc:
             log.error("bad frame from the foreman: %s", exc)
             await websocket.close(1002, str(exc)[:120])
-        if not self.closed:
-            self._recovery = asyncio.create_task(self._recover())
+        if self.closed:
+            return
+        if websocket.close_code == 1000 and websocket.close_reason == "idle":
+            for task in self._tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
+            self._dormant = True  # nothing to follow: come back when there is something to send
+            return
+        self._recovery = asyncio.create_task(self._recover())
 
-    async def _recover(self) -> None:
+    async def _recover(self, waking: bool = False) -> None:
         """Redial until the budget runs out; then tell the owner the link is lost."""
         for task in self._tasks:
             if task is not asyncio.current_task():
@@ -138,7 +149,8 @@ class Link:
         deadline = loop.time() + self.reconnect_timeout
         delay = RECONNECT_DELAY_MIN
         reason = "the connection dropped"
-        log.warning("lost the foreman at %s; reconnecting for up to %g s", self.address.url, self.reconnect_timeout)
+        if not waking:
+            log.warning("lost the foreman at %s; reconnecting for up to %g s", self.address.url, self.reconnect_timeout)
         while not self.closed:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -155,7 +167,8 @@ class Link:
                 await asyncio.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - loop.time())))
                 delay = min(delay * 2, RECONNECT_DELAY_MAX)
                 continue
-            log.warning("reconnected to the foreman at %s", self.address.url)
+            if not waking:
+                log.warning("reconnected to the foreman at %s", self.address.url)
             self._start()
             self._on_reconnect()
             return

@@ -20,7 +20,7 @@ from crowdcompute.processes import configure_logging, install_stop_handlers, sto
 
 from .journal import Journal
 from .scheduler import RESULT_TTL
-from .server import MAX_FRAME_SIZE, ForemanServer
+from .server import IDLE_TIMEOUT, MAX_FRAME_SIZE, ForemanServer
 
 __all__ = ["build_parser", "main"]
 
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=MAX_FRAME_SIZE,
         help=f"largest frame (one task's input or outcome) accepted, in bytes (default: {MAX_FRAME_SIZE})",
     )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_TIMEOUT,
+        help=f"seconds a client with no running job may stay silent before it is closed (default: {IDLE_TIMEOUT:g})",
+    )
     parser.add_argument("--certfile", help="TLS certificate (serves wss://)")
     parser.add_argument("--keyfile", help="TLS private key")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
@@ -74,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.max_frame_size < 1024 * 1024:
         print("error: --max-frame-size must be at least 1 MiB", file=sys.stderr)
+        return 2
+    if args.idle_timeout <= 0:
+        print("error: --idle-timeout must be positive", file=sys.stderr)
         return 2
     if args.heartbeat_timeout <= 0:
         print("error: --heartbeat-timeout must be positive", file=sys.stderr)
@@ -119,6 +128,7 @@ async def _serve(args: argparse.Namespace) -> int:
         journal=_journal(args.journal),
         result_ttl=args.result_ttl,
         max_frame_size=args.max_frame_size,
+        idle_timeout=args.idle_timeout,
     )
     address = await server.start()
     if write_file:

@@ -55,6 +55,8 @@ ENDED_JOBS_SHOWN = 20
 MAX_QUEUED_TASKS = 4096
 #: Input bytes of one job a client may have sent without their outcome yet.
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
+#: Input bytes waiting on the foreman over all jobs; past this, new jobs are refused until it drains.
+MAX_QUEUED_BYTES_TOTAL = 2 * 1024 * 1024 * 1024
 
 Action = Union[Send, Close, Note, Replay, SaveJob, SaveTask, SaveResult, SaveJobState, DeleteJob]
 
@@ -78,10 +80,12 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         max_queued_tasks: int = MAX_QUEUED_TASKS,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
+        max_queued_bytes_total: int = MAX_QUEUED_BYTES_TOTAL,
     ) -> None:
         self.allowed_failures = allowed_failures
         self.max_queued_tasks = max_queued_tasks
         self.max_queued_bytes = max_queued_bytes
+        self.max_queued_bytes_total = max_queued_bytes_total
         self.result_ttl = result_ttl
         self.journaled = journaled
         self.clock = clock
@@ -147,6 +151,13 @@ class Scheduler:
             return [Send(client_id, p.JobAccepted(job.job_id))] if job.accepted else []
         if msg.job_id in self.ended:
             return [Send(client_id, p.RequestError(msg.job_id, "a job with this id already ended"))]
+        queued = self.queued_bytes
+        if queued >= self.max_queued_bytes_total:
+            reason = (
+                f"the foreman is full: {queued:,} bytes of input wait for workers (its limit is "
+                f"{self.max_queued_bytes_total:,}); try again when running jobs have progressed"
+            )
+            return [Send(client_id, p.RequestError(msg.job_id, reason))]
         job = Job(
             job_id=msg.job_id,
             client=client_id,
@@ -311,6 +322,15 @@ class Scheduler:
             "jobs": [job.summary() for job in self.jobs.values()] + [_public(s) for s in ended],
             "clients": len(self.clients),
         }
+
+    @property
+    def queued_bytes(self) -> int:
+        """Input bytes of every job waiting for an outcome."""
+        return sum(job.queued_bytes for job in self.jobs.values())
+
+    def busy_clients(self) -> set[str]:
+        """Clients following a running job (never closed for being idle)."""
+        return {job.client for job in self.jobs.values() if job.client and job.state is JobState.RUNNING}
 
     @property
     def total_slots(self) -> int:

@@ -59,8 +59,10 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 
-#: Seconds between purges of jobs older than the result TTL.
+#: Seconds between purges of jobs older than the result TTL (and idle checks).
 EXPIRE_INTERVAL = 60.0
+#: Seconds a client with no running job may stay silent before it is closed (1000, "idle").
+IDLE_TIMEOUT = 3600.0
 
 _CLIENT_MESSAGES = (p.SubmitJob, p.SubmitTask, p.CancelJob, p.StatusRequest, p.AttachJob, p.CollectJob)
 _WORKER_MESSAGES = (p.TaskDone, p.TaskCrashed, p.TaskOutput, p.WorkerDraining)
@@ -75,6 +77,7 @@ class _Peer:
     name: str
     websocket: ServerConnection
     slots: int = 0
+    last_seen: float = 0.0  # loop time of its last frame
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0  # in the outbox, not yet written
 
@@ -95,6 +98,7 @@ class ForemanServer:
         result_ttl: float | None = None,
         max_frame_size: int = MAX_FRAME_SIZE,
         max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         """``journal``: a Journal, or a function of the bound port that opens one."""
         if not token:
@@ -107,6 +111,7 @@ class ForemanServer:
         self.ssl_context = ssl_context
         self.max_frame_size = max_frame_size
         self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self._connections = 0
         self._open_journal = journal
         self.journal: Journal | None = None
@@ -160,9 +165,16 @@ class ForemanServer:
             self.journal.close()
 
     async def _expire_regularly(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(EXPIRE_INTERVAL)
+            await asyncio.sleep(min(EXPIRE_INTERVAL, self.idle_timeout / 2))
             self._execute(self.scheduler.expire())
+            busy = self.scheduler.busy_clients()
+            for peer in list(self._peers.values()):
+                idle = loop.time() - peer.last_seen
+                if peer.role == "client" and peer.conn_id not in busy and idle > self.idle_timeout:
+                    log.info("closed idle client %s (silent for %.0f s)", peer.name, idle)
+                    peer.outbox.put_nowait(Close(peer.conn_id, 1000, "idle"))
 
     # --- connections -------------------------------------------------------
 
@@ -268,8 +280,11 @@ class ForemanServer:
 
     async def _read_frames(self, peer: _Peer) -> None:
         allowed = _CLIENT_MESSAGES if peer.role == "client" else _WORKER_MESSAGES
+        loop = asyncio.get_running_loop()
+        peer.last_seen = loop.time()
         try:
             async for frame in peer.websocket:
+                peer.last_seen = loop.time()
                 try:
                     msg = p.decode(frame)
                 except ProtocolError as exc:

@@ -287,3 +287,28 @@ def test_a_runtime_mismatch_is_refused_naming_both(cluster):
             assert "Python 2.7" in reply.reason and f"Python {mine}" in reply.reason
 
     arun(main())
+
+
+def test_an_idle_client_is_closed_and_comes_back_when_it_has_work(start_foreman, start_worker):
+    foreman = start_foreman("--idle-timeout", "0.5")
+    start_worker(foreman.url, "--procs", "1")
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            await wait_until(
+                lambda: any("closed idle client" in line for line in foreman.proc.lines), 15, "the idle client stayed"
+            )
+            assert await cc.map(lambda x: x * 3, [1, 2]) == [3, 6]
+
+    arun(main())
+
+
+def test_a_full_foreman_refuses_new_jobs_with_a_reason():
+    from foreman.scheduler import Scheduler
+
+    s = Scheduler(max_queued_bytes_total=10)
+    s.add_client("c1")
+    s.submit_job("c1", p.SubmitJob("j1", b"f", 2, 2))
+    s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"x" * 20))
+    (refusal,) = s.submit_job("c1", p.SubmitJob("j2", b"f", 1, 1))
+    assert isinstance(refusal.message, p.RequestError) and "the foreman is full" in refusal.message.reason
