@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from typing import Any, Callable, Iterable
@@ -258,6 +259,7 @@ class CrowdComputeClient:
             raise ValueError(f"retries must not be negative, not {retries}")
         welcome = self._link.welcome
         limit = (welcome.max_frame_size or 2**31) - FRAME_HEADER_ROOM
+        started = time.perf_counter()
         function = dumps_function(func)
         if len(function) > limit:
             raise SerializationError(
@@ -280,6 +282,8 @@ class CrowdComputeClient:
         )
         trusted = self.trust_workers if trust_workers is None else trust_workers
         job = Job(self, job_id, items, name=name, call=call, trusted=trusted)
+        job.slots = slots
+        job.serialize_seconds = time.perf_counter() - started
         accepted = asyncio.get_running_loop().create_future()
         self._jobs[job_id] = job
         self._feeds[job_id] = feed
@@ -315,10 +319,12 @@ class CrowdComputeClient:
     def _dispatch(self, msg: p.Message) -> None:
         job_id = getattr(msg, "job_id", "")
         job = self._jobs.get(job_id)
-        if isinstance(msg, (p.TaskResult, p.TaskFailed)) and job_id in self._feeds:
-            self._feeds[job_id].finished(msg.task_id)
+        feed = self._feeds.get(job_id)
+        if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
+            feed.finished(msg.task_id)
         if isinstance(msg, p.TaskResult):
             if job is not None:
+                job._timed(msg, feed.sent_at.get(msg.task_id) if feed else None)
                 job._deliver(msg.first_index, msg.count, msg.payload)
         elif isinstance(msg, p.TaskOutput):
             if job is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .client import CrowdComputeClient
-from .progress import ProgressModel
+from .progress import ProgressModel, RichProgress
 
 __all__ = ["count_primes", "run_demo"]
 
@@ -36,14 +36,11 @@ async def run_demo(workers: int | None, items: int) -> int:
     async with CrowdComputeClient(workers=workers) as client:
         ready = time.monotonic() - started
         job = await client.submit(count_primes, range(items))
-        from .progress import show_progress
-
-        bar = show_progress(job, "rich")
+        bar = RichProgress(job, summary=False)
         try:
             counts = await job
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         model = ProgressModel.of(job)
         slots = client.cluster.slots if client.cluster else client.slots
     print(
@@ -51,4 +48,7 @@ async def run_demo(workers: int | None, items: int) -> int:
         f"({model.rate:,.1f} items/s; cluster ready in {ready:.2f} s)"
     )
     print(f"found {sum(counts):,} primes below {items * SPAN:,}")
+    print(f"stats: {job.stats.summary()}")
+    for hint in job.stats.hints():
+        print(f"hint: {hint}")
     return 0

@@ -10,6 +10,7 @@ attaches, so a foreman that lost the job (no journal) gets it back.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from . import protocol as p
@@ -37,6 +38,7 @@ class Feed:
         self.sent = 0  # tasks[:sent] went out
         self._finished: set[int] = set()
         self._queued_bytes = 0
+        self.sent_at: dict[int, float] = {}  # task id -> monotonic time it was first sent
 
     @property
     def complete(self) -> bool:
@@ -74,5 +76,6 @@ class Feed:
             if queued and self._queued_bytes + len(task.payload) > self.max_queued_bytes:
                 return
             self._send(task)
+            self.sent_at[task.task_id] = time.monotonic()
             self._queued_bytes += len(task.payload)
             self.sent += 1

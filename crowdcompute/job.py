@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 from .errors import CrowdComputeError, JobCancelledError
 from .serialization import build_failed_task_error, build_task_error, decode_outcomes
+from .stats import JobStats, TaskTiming
 
 if TYPE_CHECKING:
     from .client import CrowdComputeClient
@@ -73,6 +74,11 @@ class Job:
         self._items = items  # kept to show the input of a failed item (None after attach)
         self._trusted = trusted
         self._call = call  # one call of run(): errors name no item
+        self.slots = 0  # slots on the foreman when it was submitted (for stats)
+        self.serialize_seconds = 0.0
+        self.decode_seconds = 0.0
+        self.timings: list[TaskTiming] = []
+        self._timed_tasks: set[int] = set()
         self._results: list[Any] = [_MISSING] * self.total
         self._errors: dict[int, CrowdComputeError] = {}  # TaskError, or UntrustedPayloadError
         self._fatal: CrowdComputeError | None = None
@@ -92,6 +98,11 @@ class Job:
     @property
     def done(self) -> bool:
         return self.state is not JobState.RUNNING
+
+    @property
+    def stats(self) -> JobStats:
+        """Where the job's time went so far: per worker, per task; ``.summary()``, ``.hints()``."""
+        return JobStats.of(self)
 
     @property
     def errors(self) -> dict[int, CrowdComputeError]:
@@ -171,10 +182,32 @@ class Job:
 
     # --- fed by the client -------------------------------------------------------
 
+    def _timed(self, msg, sent_at: float | None) -> None:
+        """Keep a TaskResult's timing for the stats (once per task, replays aside)."""
+        if msg.task_id in self._timed_tasks:
+            return
+        self._timed_tasks.add(msg.task_id)
+        now = time.monotonic()
+        self.timings.append(
+            TaskTiming(
+                msg.task_id,
+                msg.count,
+                msg.worker,
+                msg.seconds,
+                msg.queued,
+                msg.attempts,
+                None if sent_at is None else now - sent_at,
+                now,
+            )
+        )
+
     def _deliver(self, first_index: int, count: int, payload: bytes) -> None:
         if self.done or first_index < 0 or first_index + count > self.total:
             return
-        for offset, (ok, value) in enumerate(decode_outcomes(payload, count, self._trusted)):
+        started = time.perf_counter()
+        outcomes = decode_outcomes(payload, count, self._trusted)
+        self.decode_seconds += time.perf_counter() - started
+        for offset, (ok, value) in enumerate(outcomes):
             index = first_index + offset
             if self._results[index] is not _MISSING or index in self._errors:
                 continue  # a duplicate: each result reaches the user once

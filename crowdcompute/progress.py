@@ -76,7 +76,7 @@ class Renderer(Protocol):
 class RichProgress:
     """A rich progress bar on the terminal, following a job until it ends."""
 
-    def __init__(self, job: Job, console: Any = None) -> None:
+    def __init__(self, job: Job, console: Any = None, summary: bool = True) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -87,6 +87,8 @@ class RichProgress:
         )
 
         self.model = ProgressModel.of(job)
+        self._job = job
+        self._summary = summary
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -115,6 +117,12 @@ class RichProgress:
 
     def close(self) -> None:
         self._progress.stop()
+        if self._summary and self._job.done:
+            stats = self._job.stats
+            console = self._progress.console
+            console.print(f"[dim]{stats.summary()}[/dim]", highlight=False)
+            for hint in stats.hints():
+                console.print(f"[yellow]hint:[/yellow] {hint}", highlight=False)
 
 
 def in_jupyter_kernel() -> bool:

@@ -296,6 +296,10 @@ class TaskResult(Message):
     count: int
     failed: int
     payload: bytes
+    worker: str = ""  # who ran it, for the job's stats
+    seconds: float = 0.0  # time the worker spent running it
+    queued: float = 0.0  # time it waited on the foreman for a slot
+    attempts: int = 1  # leases it took (more than 1: it was reassigned or retried)
 
 
 @message
@@ -391,6 +395,7 @@ class TaskDone(Message):
     attempt: int
     failed: int
     payload: bytes
+    seconds: float = 0.0  # time spent running the task
 
 
 @message

@@ -191,7 +191,7 @@ class Scheduler:
                 f"the limits are {self.max_queued_tasks} tasks and {self.max_queued_bytes} bytes"
             )
             return [Note(f"closed client {client_id}: {reason}"), Close(client_id, CLOSE_POLICY, reason[:120])]
-        task = Task(msg.task_id, msg.first_index, msg.count, msg.payload)
+        task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, received_at=self.clock())
         job.tasks[task.task_id] = task
         job.queued_bytes += len(msg.payload)
         self._enqueue(job, task)
@@ -253,7 +253,18 @@ class Scheduler:
         job.completed_items += task.count - msg.failed
         job.failed_items += msg.failed
         self.workers[worker_id].tasks_done += 1
-        result = p.TaskResult(job.job_id, task.task_id, task.first_index, task.count, msg.failed, msg.payload)
+        result = p.TaskResult(
+            job.job_id,
+            task.task_id,
+            task.first_index,
+            task.count,
+            msg.failed,
+            msg.payload,
+            worker=self.workers[worker_id].name,
+            seconds=msg.seconds,
+            queued=max(0.0, task.assigned_at - task.received_at),
+            attempts=task.attempt,
+        )
         return self._outcome(job, task, result) + self._assign()
 
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
@@ -446,6 +457,7 @@ class Scheduler:
             task.state = TaskState.RUNNING
             task.attempt += 1
             task.worker = worker.worker_id
+            task.assigned_at = self.clock()
             worker.running.add((job.job_id, task.task_id))
             assert task.payload is not None
             assign = p.AssignTask(

@@ -120,6 +120,8 @@ class Task:
     worker: str | None = None
     crashes: int = 0
     retries_used: int = 0
+    received_at: float = 0.0  # when the client's task arrived
+    assigned_at: float = 0.0  # when its current lease began
 
 
 @dataclass

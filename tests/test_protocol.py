@@ -129,7 +129,7 @@ def test_payloads_follow_the_header_as_raw_bytes():
     header, rest = split(data)
     assert rest == RAW  # byte for byte, after the header: no base64, no escaping
     assert header == {"type": "task_done", "job_id": "job-1", "task_id": 2, "attempt": 4, "failed": 0,
-                      "sizes": [len(RAW)]}
+                      "seconds": 0.0, "sizes": [len(RAW)]}
     assert len(data) == 4 + len(json.dumps(header, separators=(",", ":"))) + len(RAW)
 
 

@@ -370,3 +370,18 @@ def test_status_has_the_documented_shape():
     assert {"id": "j1", "total": 20, "completed": 4, "failed": 1, "state": "running"}.items() <= job.items()
     assert s.total_slots == 2
     p.decode(p.encode(p.StatusReply(status)))  # it travels as plain JSON
+
+
+def test_a_result_carries_who_ran_it_how_long_it_queued_and_its_attempts():
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    submit(s, "c1", "j1", tasks=1)
+    clock.now += 2.5  # no worker for a while
+    s.add_worker("w1", "one", 1)
+    s.remove_worker("w1")  # reassigned once
+    clock.now += 1.0
+    s.add_worker("w2", "two", 1)
+    (to, msg), *_ = [(a.to, a.message) for a in s.task_done("w2", p.TaskDone("j1", 0, 2, 0, b"out", seconds=0.7))
+                     if isinstance(a, Send)]
+    assert (to, msg.worker, msg.seconds, msg.queued, msg.attempts) == ("c1", "two", 0.7, 3.5, 2)

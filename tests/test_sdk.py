@@ -119,3 +119,19 @@ def test_printed_output_comes_back(cluster, capsys):
 
     heard = arun(main())
     assert sorted(heard) == [(i, f"item says {i}\n") for i in range(3)]
+
+
+def test_job_stats_explain_where_the_time_went(cluster):
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            job = await cc.submit(lambda x: x + 1, range(40), chunksize=1)
+            await job
+            stats = job.stats
+            assert stats.items == 40 and len(stats.tasks) == 40
+            assert sum(w.items for w in stats.workers.values()) == 40
+            assert list(stats.workers) == ["w1"]
+            assert all(t.round_trip is not None and t.round_trip >= t.seconds for t in stats.tasks)
+            assert "40/40 items in 40 tasks on 1 workers" in stats.summary()
+            assert any("larger chunksize" in hint for hint in stats.hints())  # 40 trivial tasks
+
+    arun(main())

@@ -216,7 +216,9 @@ class WorkerAgent:
                 if not self._running:
                     self._idle.set()
             if isinstance(outcome, Finished):
-                reply: p.Message = p.TaskDone(task.job_id, task.task_id, task.attempt, outcome.failed, outcome.payload)
+                reply: p.Message = p.TaskDone(
+                    task.job_id, task.task_id, task.attempt, outcome.failed, outcome.payload, outcome.seconds
+                )
             elif isinstance(outcome, Lost) and outcome.error != "cancelled":
                 log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
                 reply = p.TaskCrashed(task.job_id, task.task_id, task.attempt, outcome.error, outcome.reason)

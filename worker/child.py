@@ -5,7 +5,7 @@ It talks to its worker agent over a ``multiprocessing`` pipe:
     agent -> child   ("run", job_id, first_index, count, function_bytes | None) + payload bytes
                      ("forget", job_id)
     child -> agent   ("output", index, stream, text)      while the task runs
-                     ("done", failed) + outcome bytes      when it ends
+                     ("done", failed, seconds) + outcome bytes   when it ends
 
 A crash here (segfault, ``os._exit``, out of memory) kills this process only;
 the agent notices, reports it and starts a fresh one. If the agent dies, this
@@ -110,10 +110,12 @@ def main(conn: Connection) -> None:
             items, func = [None] * count, RuntimeError(f"cannot load the task's input here: {exc!r}")
         if isinstance(func, BaseException):
             func = _raiser(func)
+        started = time.perf_counter()
         result, failed = run_items(func, items, on_item)
+        seconds = time.perf_counter() - started
         for output in outputs:
             output.flush()
-        conn.send(("done", failed))
+        conn.send(("done", failed, seconds))
         conn.send_bytes(result)
 
 

@@ -28,6 +28,7 @@ class Finished:
 
     failed: int
     payload: bytes
+    seconds: float = 0.0  # time the user's function took, measured in the task process
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class Slot:
                 if message[0] == "output":
                     on_output(*message[1:])
                 else:
-                    return Finished(message[1], conn.recv_bytes())
+                    return Finished(message[1], conn.recv_bytes(), message[2])
         except (EOFError, OSError, BrokenPipeError):
             return self._lost()
 
