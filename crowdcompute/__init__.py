@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .api import attach, connect, disconnect, map, run, status, submit
 from .client import CrowdComputeClient
+from .executor import Executor
 from .errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -21,6 +22,7 @@ from .errors import (
     ForemanUnavailableError,
     JobCancelledError,
     ProtocolError,
+    QuorumError,
     SerializationError,
     TaskError,
     TaskTimeoutError,
@@ -36,11 +38,13 @@ __all__ = [
     "ConnectionLostError",
     "CrowdComputeClient",
     "CrowdComputeError",
+    "Executor",
     "ForemanUnavailableError",
     "Job",
     "JobCancelledError",
     "JobState",
     "ProtocolError",
+    "QuorumError",
     "SerializationError",
     "TaskError",
     "TaskTimeoutError",

@@ -70,6 +70,7 @@ async def map(
     retries: int | None = None,
     progress: Any = None,
     trust_workers: bool | None = None,
+    redundancy: int = 1,
 ) -> list[Any]:
     """``func`` over ``iterable`` on the cluster; results in input order (see CrowdComputeClient.map)."""
     return await default_client().map(
@@ -80,6 +81,7 @@ async def map(
         retries=retries,
         progress=progress,
         trust_workers=trust_workers,
+        redundancy=redundancy,
     )
 
 
@@ -96,10 +98,17 @@ async def submit(
     timeout: float | None = None,
     retries: int | None = None,
     trust_workers: bool | None = None,
+    redundancy: int = 1,
 ) -> Job:
     """Send a job and return its Job once the foreman accepted it."""
     return await default_client().submit(
-        func, iterable, chunksize=chunksize, timeout=timeout, retries=retries, trust_workers=trust_workers
+        func,
+        iterable,
+        chunksize=chunksize,
+        timeout=timeout,
+        retries=retries,
+        trust_workers=trust_workers,
+        redundancy=redundancy,
     )
 
 

@@ -160,6 +160,7 @@ class CrowdComputeClient:
         timeout: float | None = None,
         retries: int | None = None,
         trust_workers: bool | None = None,
+        redundancy: int = 1,
     ) -> Job:
         """Send a job; return its Job once the foreman has accepted (and journaled) it.
 
@@ -167,7 +168,13 @@ class CrowdComputeClient:
         or an item cannot be pickled.
         """
         return await self._submit(
-            func, iterable, chunksize=chunksize, timeout=timeout, retries=retries, trust_workers=trust_workers
+            func,
+            iterable,
+            chunksize=chunksize,
+            timeout=timeout,
+            retries=retries,
+            trust_workers=trust_workers,
+            redundancy=redundancy,
         )
 
     async def map(
@@ -180,19 +187,29 @@ class CrowdComputeClient:
         retries: int | None = None,
         progress: Any = None,
         trust_workers: bool | None = None,
+        redundancy: int = 1,
     ) -> list[Any]:
         """``func`` applied to every item, as a list in input order.
 
         ``timeout`` limits each task (each item when ``chunksize`` is left
         automatic: a timeout makes every item its own task). ``retries``: how
-        often a task whose function raised runs again. ``progress``: None picks
+        often a task whose function raised runs again. ``redundancy=k`` runs
+        each task on k distinct workers and accepts the outcome a majority
+        agrees on (QuorumError if none does); workers that keep disagreeing
+        are quarantined. ``progress``: None picks
         a widget in Jupyter, a rich bar on a terminal, nothing otherwise; True
         or "rich" forces the bar; False hides it.
         Raises TaskError (the first failed item), SerializationError,
         JobCancelledError, ConnectionLostError.
         """
         job = await self._submit(
-            func, iterable, chunksize=chunksize, timeout=timeout, retries=retries, trust_workers=trust_workers
+            func,
+            iterable,
+            chunksize=chunksize,
+            timeout=timeout,
+            retries=retries,
+            trust_workers=trust_workers,
+            redundancy=redundancy,
         )
         display = show_progress(job, progress)
         try:
@@ -249,6 +266,7 @@ class CrowdComputeClient:
         retries: int | None = None,
         call: bool = False,
         trust_workers: bool | None = None,
+        redundancy: int = 1,
     ) -> Job:
         self._require_connection()
         if chunksize is not None and chunksize < 1:
@@ -257,6 +275,8 @@ class CrowdComputeClient:
             raise ValueError(f"timeout must be positive, not {timeout}")
         if retries is not None and retries < 0:
             raise ValueError(f"retries must not be negative, not {retries}")
+        if not 1 <= redundancy <= p.MAX_REDUNDANCY:
+            raise ValueError(f"redundancy must be 1 to {p.MAX_REDUNDANCY}, not {redundancy}")
         welcome = self._link.welcome
         limit = (welcome.max_frame_size or 2**31) - FRAME_HEADER_ROOM
         started = time.perf_counter()
@@ -274,7 +294,7 @@ class CrowdComputeClient:
         job_id = uuid.uuid4().hex
         name = getattr(func, "__name__", "") or ""
         feed = Feed(
-            p.SubmitJob(job_id, function, len(chunks), len(items), timeout, retries or 0, name),
+            p.SubmitJob(job_id, function, len(chunks), len(items), timeout, retries or 0, name, redundancy),
             [p.SubmitTask(job_id, n, start, count, payload) for n, (start, count, payload) in enumerate(chunks)],
             self._link.send,
             max_queued_tasks=welcome.max_queued_tasks or len(chunks),

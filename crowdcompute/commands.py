@@ -75,10 +75,13 @@ def status_tables(status: dict, url: str) -> list[Table]:
     slots = sum(w["slots"] for w in workers)
     busy = sum(w["busy"] for w in workers)
     table = Table(title=f"foreman {url}: {len(workers)} workers, {busy}/{slots} slots busy", title_justify="left")
-    for column in ("worker", "slots", "busy", "tasks done"):
-        table.add_column(column, justify="left" if column == "worker" else "right")
+    for column in ("worker", "slots", "busy", "tasks done", "state"):
+        table.add_column(column, justify="left" if column in ("worker", "state") else "right")
     for w in workers:
-        table.add_row(w["name"], str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)))
+        state = "quarantined" if w.get("quarantined") else "draining" if w.get("draining") else "ok"
+        if w.get("agreed") or w.get("disagreed"):
+            state += f" (agreed {w.get('agreed', 0)}, disagreed {w.get('disagreed', 0)})"
+        table.add_row(w["name"], str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)), state)
     jobs = Table(title=f"{len(status.get('jobs', []))} jobs", title_justify="left")
     for column in ("job", "name", "progress", "failed", "state"):
         jobs.add_column(column, justify="right" if column in ("progress", "failed") else "left")

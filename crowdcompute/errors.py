@@ -9,7 +9,8 @@
     ├── JobCancelledError         the job was cancelled
     ├── TaskError                 the user's function raised on a worker
     │   ├── TaskTimeoutError      a task ran past its timeout (also TimeoutError)
-    │   └── WorkerCrashedError    a task kept killing its process
+    │   ├── WorkerCrashedError    a task kept killing its process
+    │   └── QuorumError           redundant runs of a task never agreed
     └── UntrustedPayloadError     a result held more than plain data
 
 Library errors (websockets, pickle, OS) are translated into these at one seam
@@ -25,6 +26,7 @@ __all__ = [
     "ForemanUnavailableError",
     "JobCancelledError",
     "ProtocolError",
+    "QuorumError",
     "SerializationError",
     "TaskError",
     "TaskTimeoutError",
@@ -158,6 +160,13 @@ class WorkerCrashedError(TaskError):
         super().__init__(message, exc_type="WorkerCrashedError", **kwargs)
         self.attempts = attempts
         self.cause = cause
+
+
+class QuorumError(TaskError):
+    """Raised when, with ``redundancy=k``, no majority of a task's runs agreed.
+
+    The message names the groups of workers that returned different outcomes.
+    """
 
 
 class UntrustedPayloadError(CrowdComputeError):

@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+#: Most runs of one task a job may ask for.
+MAX_REDUNDANCY = 9
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
 
@@ -198,9 +200,11 @@ class SubmitJob(Message):
     task_timeout: float | None = None
     retries: int = 0
     name: str = ""
+    redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
 
     def validate(self) -> None:
         _require(bool(self.job_id), "job_id must not be empty")
+        _require(1 <= self.redundancy <= MAX_REDUNDANCY, f"redundancy must be 1 to {MAX_REDUNDANCY}")
         _require(self.total_tasks >= 0, "total_tasks must not be negative")
         _require(self.total_items >= 0, "total_items must not be negative")
         _require(self.retries >= 0, "retries must not be negative")

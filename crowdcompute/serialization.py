@@ -22,6 +22,7 @@ import cloudpickle
 
 from .errors import (
     CrowdComputeError,
+    QuorumError,
     SerializationError,
     TaskError,
     TaskTimeoutError,
@@ -344,9 +345,11 @@ def _mixed_class(original: type) -> type | None:
 
 
 def build_failed_task_error(error: str, reason: str, index: int | None, attempts: int) -> TaskError:
-    """The error for each item of a task that timed out or kept crashing."""
+    """The error for each item of a task that timed out, kept crashing or found no majority."""
     if error == "timeout":
         return TaskTimeoutError(reason, index=index, exc_type="TaskTimeoutError")
+    if error == "disagreement":
+        return QuorumError(reason, index=index, exc_type="QuorumError")
     what = "the task" if index is None else f"the task holding item {index}"
     return WorkerCrashedError(
         f"{what} killed its process {attempts} times; last cause: {reason}",

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     task_timeout REAL,
     retries INTEGER NOT NULL,
     name TEXT NOT NULL,
+    redundancy INTEGER NOT NULL DEFAULT 1,
     state TEXT NOT NULL,
     created_at REAL NOT NULL,
     finished_at REAL,
@@ -86,7 +87,7 @@ class Journal:
             job = record.job
             db.execute(
                 "INSERT OR REPLACE INTO jobs (job_id, function, total_tasks, total_items, task_timeout, retries,"
-                " name, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " name, redundancy, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     job.function,
@@ -95,6 +96,7 @@ class Journal:
                     job.task_timeout,
                     job.retries,
                     job.name,
+                    job.redundancy,
                     job.state.value,
                     job.created_at,
                 ),
@@ -153,7 +155,7 @@ class Journal:
         ended: list[dict] = []
         rows = self._db.execute(
             "SELECT job_id, function, total_tasks, total_items, task_timeout, retries, name, state,"
-            " created_at, finished_at, completed, failed FROM jobs"
+            " created_at, finished_at, completed, failed, redundancy FROM jobs"
         ).fetchall()
         for row in rows:
             job_id, function, total_tasks, total_items, timeout, retries, name, state, created, finished = row[:10]
@@ -171,7 +173,10 @@ class Journal:
                     }
                 )
                 continue
-            job = Job(job_id, None, function, total_tasks, total_items, timeout, retries, name, created_at=created)
+            job = Job(
+                job_id, None, function, total_tasks, total_items, timeout, retries, name, redundancy=row[12],
+                created_at=created,
+            )
             for task_id, first_index, count, payload in self._db.execute(
                 "SELECT task_id, first_index, count, payload FROM tasks WHERE job_id = ?", (job_id,)
             ):

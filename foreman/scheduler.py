@@ -7,9 +7,11 @@ replays from the journal (:class:`Replay`). Nothing here awaits, touches a
 socket or a file, or reads a payload: payloads are opaque bytes passed from
 client to worker and back. Time comes from an injected clock.
 
-Work is shared fairly: jobs with queued tasks take turns (round robin), and
-the worker with the most free room is served first. Each worker holds a
-little more than its slots (``Worker.capacity``) so no slot idles.
+Work is shared fairly (see :mod:`foreman.assignment`): jobs with queued
+tasks take turns, the worker with the most free room is served first, and
+each worker holds a little more than its slots so no slot idles. A job with
+``redundancy=k`` runs each task on k distinct workers and accepts the
+outcome a majority agrees on (see :mod:`foreman.quorum`).
 
 Every lease is (task, attempt, worker): an outcome is accepted only from the
 current holder, so a late result from a frozen worker is dropped. Jobs
@@ -26,6 +28,8 @@ from typing import Callable, Union
 
 from crowdcompute import protocol as p
 
+from . import quorum
+from .assignment import assign, drop_leases, enqueue, unlease
 from .state import (
     Close,
     DeleteJob,
@@ -125,7 +129,9 @@ class Scheduler:
             if job is None or job.state is not JobState.RUNNING:
                 continue
             task = job.tasks[task_id]
-            task.worker = None
+            task.leases.pop(worker_id, None)
+            if task.state is TaskState.DONE:  # a redundant run no longer needed
+                continue
             if worker.draining:  # handed back on purpose: not the task's fault
                 self._enqueue(job, task, front=True)
             else:
@@ -167,6 +173,7 @@ class Scheduler:
             task_timeout=msg.task_timeout,
             retries=msg.retries,
             name=msg.name,
+            redundancy=msg.redundancy,
             created_at=self.clock(),
         )
         self.jobs[job.job_id] = job
@@ -194,7 +201,7 @@ class Scheduler:
         task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, received_at=self.clock())
         job.tasks[task.task_id] = task
         job.queued_bytes += len(msg.payload)
-        self._enqueue(job, task)
+        self._enqueue(job, task, replicas=job.redundancy)
         return [SaveTask(job.job_id, task), *self._assign()]
 
     def cancel_job(self, client_id: str, job_id: str) -> list[Action]:
@@ -203,9 +210,7 @@ class Scheduler:
             return []  # already ended: cancelling is idempotent
         job.state = JobState.CANCELLED
         job.finished_at = self.clock()
-        for task in job.tasks.values():
-            if task.state is TaskState.RUNNING:
-                self._unlease(job, task)
+        drop_leases(self.workers, job)
         if job.job_id in self._ready:
             self._ready.remove(job.job_id)
         return [self._save_state(job), *self._release(job), *self._archive(job), *self._assign()]
@@ -245,14 +250,22 @@ class Scheduler:
         job, task = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if task is None:  # a late, replayed or forged result: its task is not leased to this worker
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
-        self._unlease(job, task)
+        unlease(self.workers, job, task, worker_id)
+        if job.redundancy > 1:
+            return self._vote(job, task, worker_id, msg) + self._assign()
         if msg.failed and task.retries_used < job.retries:
             task.retries_used += 1
             self._enqueue(job, task, front=True)
             return self._assign()
+        return self._result(job, task, worker_id, msg) + self._assign()
+
+    def _result(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
+        """The task's accepted outcome goes to the client (and the journal)."""
         job.completed_items += task.count - msg.failed
         job.failed_items += msg.failed
-        self.workers[worker_id].tasks_done += 1
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.tasks_done += 1
         result = p.TaskResult(
             job.job_id,
             task.task_id,
@@ -260,18 +273,50 @@ class Scheduler:
             task.count,
             msg.failed,
             msg.payload,
-            worker=self.workers[worker_id].name,
+            worker=worker.name if worker else worker_id,
             seconds=msg.seconds,
             queued=max(0.0, task.assigned_at - task.received_at),
             attempts=task.attempt,
         )
-        return self._outcome(job, task, result) + self._assign()
+        return self._outcome(job, task, result)
+
+    def _vote(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
+        """A redundant run reported: accept the outcome once a majority agrees."""
+        ballot = quorum.digest(msg)
+        if task.state is TaskState.DONE:  # a late run: count its agreement, nothing more
+            if task.winner is None:  # the task failed: there is no majority to agree with
+                return []
+            note = quorum.tally(self.workers.get(worker_id), ballot == task.winner)
+            return [note] if note else []
+        task.votes.setdefault(ballot, []).append(worker_id)
+        task.ballots.setdefault(ballot, msg)
+        actions: list[Action] = []
+        if len(task.votes[ballot]) >= quorum.quorum(job.redundancy):
+            task.winner = ballot
+            for voted, voters in task.votes.items():
+                for voter in voters:
+                    note = quorum.tally(self.workers.get(voter), voted == ballot)
+                    if note:
+                        actions.append(note)
+            first = task.votes[ballot][0]
+            return actions + self._result(job, task, first, task.ballots[ballot])
+        if sum(len(v) for v in task.votes.values()) < job.redundancy:
+            return actions  # more runs to come
+        if task.rounds + 1 < quorum.ROUNDS:  # no majority: a fresh round on other workers
+            task.rounds += 1
+            task.votes.clear()
+            task.ballots.clear()
+            self._enqueue(job, task, replicas=job.redundancy)
+            return actions
+        return self._fail(job, task, "disagreement", quorum.disagreement(task, self.workers))
 
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
         job, task = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if task is None:
             return [self._rejected(worker_id, "crash report", msg.job_id, msg.task_id, msg.attempt)]
-        self._unlease(job, task)
+        unlease(self.workers, job, task, worker_id)
+        if task.state is TaskState.DONE:  # a redundant run no longer needed
+            return self._assign()
         if msg.error == "timeout":
             return self._fail(job, task, "timeout", msg.reason) + self._assign()
         return self._crashed(job, task, msg.reason) + self._assign()
@@ -279,7 +324,7 @@ class Scheduler:
     def task_output(self, worker_id: str, msg: p.TaskOutput) -> list[Action]:
         job = self.jobs.get(msg.job_id)
         task = job.tasks.get(msg.task_id) if job else None
-        if task is None or task.worker != worker_id or job.client is None:
+        if task is None or worker_id not in task.leases or job.client is None:
             return []
         return [Send(job.client, msg)]
 
@@ -309,7 +354,7 @@ class Scheduler:
             for task in job.tasks.values():
                 if task.state is not TaskState.DONE:
                     job.queued_bytes += len(task.payload or b"")
-                    self._enqueue(job, task)
+                    self._enqueue(job, task, replicas=job.redundancy)
             if job.all_received and job.all_finished:  # stopped between its last outcome and its end
                 actions += self._finish(job)
         return actions
@@ -327,6 +372,9 @@ class Scheduler:
                     "busy": min(len(w.running), w.slots),
                     "tasks_done": w.tasks_done,
                     "draining": w.draining,
+                    "agreed": w.agreed,
+                    "disagreed": w.disagreed,
+                    "quarantined": w.quarantined,
                 }
                 for w in self.workers.values()
             ],
@@ -350,10 +398,10 @@ class Scheduler:
     # --- internals ---------------------------------------------------------
 
     def _leased(self, worker_id: str, job_id: str, task_id: int, attempt: int) -> tuple[Job, Task | None]:
-        """The job and task if ``worker_id`` holds the current lease, else (job, None)."""
+        """The job and task if ``worker_id`` holds this lease, else (job, None)."""
         job = self.jobs.get(job_id)
         task = job.tasks.get(task_id) if job else None
-        if task is None or task.state is not TaskState.RUNNING or task.worker != worker_id or task.attempt != attempt:
+        if task is None or task.leases.get(worker_id) != attempt:
             return job, None  # type: ignore[return-value]
         return job, task
 
@@ -366,21 +414,8 @@ class Scheduler:
         job.accepted = True
         return [Send(job.client, p.JobAccepted(job.job_id))] if job.client else []
 
-    def _enqueue(self, job: Job, task: Task, front: bool = False) -> None:
-        task.state = TaskState.QUEUED
-        task.worker = None
-        if front:
-            job.queue.appendleft(task.task_id)
-        else:
-            job.queue.append(task.task_id)
-        if job.job_id not in self._ready:
-            self._ready.append(job.job_id)
-
-    def _unlease(self, job: Job, task: Task) -> None:
-        worker = self.workers.get(task.worker or "")
-        if worker is not None:
-            worker.running.discard((job.job_id, task.task_id))
-        task.worker = None
+    def _enqueue(self, job: Job, task: Task, front: bool = False, replicas: int = 1) -> None:
+        enqueue(self._ready, job, task, front=front, replicas=replicas)
 
     def _crashed(self, job: Job, task: Task, cause: str) -> list[Action]:
         """A task's process died: run it again, or fail it after allowed_failures."""
@@ -398,6 +433,10 @@ class Scheduler:
     def _outcome(self, job: Job, task: Task, outcome: p.TaskResult | p.TaskFailed) -> list[Action]:
         """Record a task's final outcome, pass it to the client, and end the job if it was the last."""
         task.state = TaskState.DONE
+        if job.redundancy > 1 and task.task_id in job.queue:  # replicas no longer needed
+            job.queue = deque(t for t in job.queue if t != task.task_id)
+            if not job.queue and job.job_id in self._ready:
+                self._ready.remove(job.job_id)
         job.queued_bytes -= len(task.payload or b"")
         task.payload = None  # the input is no longer needed
         job.finished_tasks += 1
@@ -413,6 +452,7 @@ class Scheduler:
     def _finish(self, job: Job) -> list[Action]:
         job.state = JobState.DONE
         job.finished_at = self.clock()
+        drop_leases(self.workers, job)
         return [self._save_state(job), *self._release(job)]
 
     def _save_state(self, job: Job) -> SaveJobState:
@@ -439,32 +479,7 @@ class Scheduler:
 
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns."""
-        actions: list[Action] = []
-        while self._ready:
-            worker = max(self.workers.values(), key=lambda w: w.free, default=None)
-            if worker is None or worker.free <= 0:
-                break
-            job = self.jobs[self._ready[0]]
-            task = job.tasks[job.queue.popleft()]
-            if job.queue:
-                self._ready.rotate(-1)
-            else:
-                self._ready.popleft()
-            if job.job_id not in worker.jobs:
-                worker.jobs.add(job.job_id)
-                job.workers.add(worker.worker_id)
-                actions.append(Send(worker.worker_id, p.JobFunction(job.job_id, job.function)))
-            task.state = TaskState.RUNNING
-            task.attempt += 1
-            task.worker = worker.worker_id
-            task.assigned_at = self.clock()
-            worker.running.add((job.job_id, task.task_id))
-            assert task.payload is not None
-            assign = p.AssignTask(
-                job.job_id, task.task_id, task.attempt, task.first_index, task.count, task.payload, job.task_timeout
-            )
-            actions.append(Send(worker.worker_id, assign))
-        return actions
+        return list(assign(self.workers, self.jobs, self._ready, self.clock()))
 
 
 def _public(summary: dict) -> dict:

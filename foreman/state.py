@@ -116,8 +116,13 @@ class Task:
     count: int
     payload: bytes | None
     state: TaskState = TaskState.QUEUED
-    attempt: int = 0
-    worker: str | None = None
+    attempt: int = 0  # grows with every lease, so each lease is unique
+    leases: dict[str, int] = field(default_factory=dict)  # worker id -> attempt it holds
+    tried: set[str] = field(default_factory=set)  # workers that ran or run it (replicas go elsewhere)
+    votes: dict[bytes, list[str]] = field(default_factory=dict)  # outcome digest -> workers (redundancy)
+    ballots: dict[bytes, Message] = field(default_factory=dict)  # outcome digest -> first TaskDone with it
+    winner: bytes | None = None  # the digest a majority agreed on
+    rounds: int = 0  # extra rounds of runs after a round without a majority
     crashes: int = 0
     retries_used: int = 0
     received_at: float = 0.0  # when the client's task arrived
@@ -136,6 +141,7 @@ class Job:
     task_timeout: float | None
     retries: int
     name: str = ""
+    redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
     tasks: dict[int, Task] = field(default_factory=dict)
     queue: deque[int] = field(default_factory=deque)
     workers: set[str] = field(default_factory=set)  # workers holding the function
@@ -180,11 +186,14 @@ class Worker:
     jobs: set[str] = field(default_factory=set)  # jobs whose function it holds
     tasks_done: int = 0
     draining: bool = False  # stopping: it gets no new tasks
+    agreed: int = 0  # redundant runs where it sided with the majority
+    disagreed: int = 0  # ... and where it did not
+    quarantined: bool = False  # kept disagreeing: it gets no new tasks
 
     @property
     def capacity(self) -> int:
         """Tasks it may hold at once: its slots plus a little prefetch, so no slot idles."""
-        if self.draining:
+        if self.draining or self.quarantined:
             return 0
         return self.slots + max(1, self.slots // 2)
 

@@ -27,6 +27,9 @@ from scheduler_events import (
 )
 
 
+NO_VOTES = {"agreed": 0, "disagreed": 0, "quarantined": False}
+
+
 # --- assignment --------------------------------------------------------------------
 
 
@@ -67,8 +70,8 @@ def test_worker_with_the_most_free_room_is_served_first():
     assert got[:4] == ["big"] * 4  # big has more room until it is down to small's
     assert got.count("big") == 6 and got.count("small") == 2
     assert s.status()["workers"] == [
-        {"name": "small", "slots": 1, "busy": 1, "tasks_done": 0, "draining": False},
-        {"name": "big", "slots": 4, "busy": 4, "tasks_done": 0, "draining": False},
+        {"name": "small", "slots": 1, "busy": 1, "tasks_done": 0, "draining": False, **NO_VOTES},
+        {"name": "big", "slots": 4, "busy": 4, "tasks_done": 0, "draining": False, **NO_VOTES},
     ]
 
 

@@ -1,0 +1,100 @@
+"""Leasing queued tasks to workers: who gets what next. Pure functions over the scheduler's records.
+
+Jobs with queued tasks take turns (round robin over ``ready``), and the
+worker with the most free room is served first. A queue entry is one
+replica of a task to run: a redundant job queues each task several times,
+and no worker gets two replicas of the same task.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from crowdcompute import protocol as p
+
+from .state import Job, Send, Task, TaskState, Worker
+
+__all__ = ["assign", "drop_leases", "enqueue", "unlease"]
+
+
+def enqueue(ready: deque[str], job: Job, task: Task, *, front: bool = False, replicas: int = 1) -> None:
+    """Queue ``replicas`` more runs of ``task``; its job takes its turn in ``ready``."""
+    if not task.leases:
+        task.state = TaskState.QUEUED
+    for _ in range(replicas):
+        if front:
+            job.queue.appendleft(task.task_id)
+        else:
+            job.queue.append(task.task_id)
+    if job.job_id not in ready:
+        ready.append(job.job_id)
+
+
+def unlease(workers: dict[str, Worker], job: Job, task: Task, worker_id: str) -> None:
+    """End ``worker_id``'s lease on ``task``."""
+    task.leases.pop(worker_id, None)
+    worker = workers.get(worker_id)
+    if worker is not None:
+        worker.running.discard((job.job_id, task.task_id))
+
+
+def drop_leases(workers: dict[str, Worker], job: Job) -> None:
+    """End every lease of the job (it ended: stragglers' results will be dropped)."""
+    for task in job.tasks.values():
+        for worker_id in list(task.leases):
+            unlease(workers, job, task, worker_id)
+
+
+def assign(workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], now: float) -> list[Send]:
+    """Lease queued tasks to free worker capacity; the frames to send."""
+    actions: list[Send] = []
+    stuck: set[str] = set()  # workers no queued replica may go to (they ran them all)
+    while ready:
+        candidates = [w for w in workers.values() if w.free > 0 and w.worker_id not in stuck]
+        if not candidates:
+            break
+        worker = max(candidates, key=lambda w: w.free)
+        for _ in range(len(ready)):
+            job = jobs[ready[0]]
+            task = _take(job, worker)
+            if job.queue:
+                ready.rotate(-1)
+            else:
+                ready.popleft()
+            if task is not None:
+                actions += _lease(job, task, worker, now)
+                break
+        else:
+            stuck.add(worker.worker_id)
+    return actions
+
+
+def _take(job: Job, worker: Worker) -> Task | None:
+    """The next queued replica of ``job`` that ``worker`` may run, removed from the queue."""
+    if job.redundancy == 1:
+        return job.tasks[job.queue.popleft()]
+    for position, task_id in enumerate(job.queue):
+        if worker.worker_id not in job.tasks[task_id].tried:
+            del job.queue[position]
+            return job.tasks[task_id]
+    return None
+
+
+def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
+    actions: list[Send] = []
+    if job.job_id not in worker.jobs:
+        worker.jobs.add(job.job_id)
+        job.workers.add(worker.worker_id)
+        actions.append(Send(worker.worker_id, p.JobFunction(job.job_id, job.function)))
+    task.state = TaskState.RUNNING
+    task.attempt += 1
+    task.leases[worker.worker_id] = task.attempt
+    task.tried.add(worker.worker_id)
+    task.assigned_at = now
+    worker.running.add((job.job_id, task.task_id))
+    assert task.payload is not None
+    assign = p.AssignTask(
+        job.job_id, task.task_id, task.attempt, task.first_index, task.count, task.payload, job.task_timeout
+    )
+    actions.append(Send(worker.worker_id, assign))
+    return actions

@@ -1,0 +1,60 @@
+"""Redundant execution: accept a task's outcome when a majority of its runs agree.
+
+Runs are compared by a digest of the outcome bytes the worker sent (the
+foreman hashes them; it never decodes them). Each worker's agreements and
+disagreements with the majority are counted, and one that keeps disagreeing
+is quarantined: it gets no more work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from crowdcompute import protocol as p
+
+from .state import Note, Task, Worker
+
+__all__ = ["QUARANTINE_AFTER", "ROUNDS", "digest", "disagreement", "quorum", "tally"]
+
+#: Rounds of k runs a task gets to reach a majority before it fails.
+ROUNDS = 2
+#: Disagreements with the majority after which a worker that disagreed more than it agreed is quarantined.
+QUARANTINE_AFTER = 3
+
+
+def digest(msg: p.TaskDone) -> bytes:
+    """What runs are compared by: the failed count and the outcome bytes."""
+    return hashlib.sha256(b"%d:" % msg.failed + msg.payload).digest()
+
+
+def quorum(redundancy: int) -> int:
+    """Agreeing runs needed: a strict majority."""
+    return redundancy // 2 + 1
+
+
+def tally(worker: Worker | None, agreed: bool) -> Note | None:
+    """Count a run against the majority; a Note when the worker is quarantined by it."""
+    if worker is None:
+        return None
+    if agreed:
+        worker.agreed += 1
+        return None
+    worker.disagreed += 1
+    if not worker.quarantined and worker.disagreed >= QUARANTINE_AFTER and worker.disagreed > worker.agreed:
+        worker.quarantined = True
+        return Note(
+            f"quarantined worker {worker.name}: it disagreed with the majority {worker.disagreed} times "
+            f"and agreed {worker.agreed} times; it gets no more work"
+        )
+    return None
+
+
+def disagreement(task: Task, workers: dict[str, Worker]) -> str:
+    """A sentence naming the groups of workers that returned different outcomes."""
+    groups = []
+    for voters in task.votes.values():
+        names = ", ".join(workers[w].name if w in workers else w for w in voters)
+        groups.append(f"[{names}]")
+    return f"{sum(len(v) for v in task.votes.values())} runs gave {len(task.votes)} different outcomes: " + " vs ".join(
+        groups
+    )

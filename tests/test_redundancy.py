@@ -1,0 +1,148 @@
+"""Redundant execution: a majority of runs on distinct workers decides; a rogue is quarantined."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+
+import pytest
+
+from crowdcompute import CrowdComputeClient, QuorumError
+from crowdcompute import protocol as p
+from crowdcompute.addresses import parse_address
+from crowdcompute.dialing import dial
+from crowdcompute.runtime import runtime_fields
+from foreman import quorum
+from foreman.state import Note, Send
+from helpers import arun, wait_until
+from scheduler_events import make
+
+
+def leases(actions) -> list[tuple[str, int, int]]:
+    return [(a.to, a.message.task_id, a.message.attempt) for a in actions if isinstance(a, Send) and isinstance(a.message, p.AssignTask)]
+
+
+def results(actions) -> list[p.TaskResult]:
+    return [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, p.TaskResult)]
+
+
+def redundant_job(s, tasks: int, redundancy: int = 3) -> list:
+    actions = s.submit_job("c1", p.SubmitJob("j1", b"f", tasks, tasks, redundancy=redundancy))
+    for n in range(tasks):
+        actions += s.submit_task("c1", p.SubmitTask("j1", n, n, 1, b"in%d" % n))
+    return actions
+
+
+def started_with(*names: str):
+    s = make()
+    s.add_client("c1")
+    for name in names:
+        s.add_worker(name, name, 1)
+    return s
+
+
+def test_each_task_runs_on_distinct_workers_and_the_majority_wins():
+    s = started_with("a", "b", "c")
+    first = leases(redundant_job(s, tasks=1))
+    assert sorted(w for w, _, _ in first) == ["a", "b", "c"]  # one replica each, never two on one worker
+    attempt = {w: n for w, _, n in first}
+    assert results(s.task_done("a", p.TaskDone("j1", 0, attempt["a"], 0, b"right"))) == []
+    assert results(s.task_done("c", p.TaskDone("j1", 0, attempt["c"], 0, b"wrong"))) == []
+    (accepted,) = results(s.task_done("b", p.TaskDone("j1", 0, attempt["b"], 0, b"right")))
+    assert accepted.payload == b"right" and accepted.worker == "a"
+    assert (s.workers["a"].agreed, s.workers["c"].disagreed) == (1, 1)
+
+
+def test_a_rogue_that_keeps_disagreeing_is_quarantined():
+    s = started_with("a", "b", "rogue")
+    actions = redundant_job(s, tasks=quorum.QUARANTINE_AFTER + 2)
+    notes = []
+    for _ in range(50):
+        pending = leases(actions)
+        if not pending:
+            break
+        actions = []
+        for worker, task_id, attempt in pending:
+            payload = b"lies" if worker == "rogue" else b"out%d" % task_id
+            answer = s.task_done(worker, p.TaskDone("j1", task_id, attempt, 0, payload))
+            notes += [a for a in answer if isinstance(a, Note) and "quarantined" in a.text]
+            actions += answer
+    assert s.workers["rogue"].quarantined and len(notes) == 1
+    assert "rogue" in notes[0].text
+    status = {w["name"]: w for w in s.status()["workers"]}
+    assert status["rogue"]["quarantined"] and status["rogue"]["disagreed"] >= quorum.QUARANTINE_AFTER
+    assert s.workers["rogue"].free <= 0
+
+
+def test_no_majority_after_the_rounds_fails_naming_the_workers():
+    s = started_with("a", "b", "c", "d", "e", "f")
+    actions = redundant_job(s, tasks=1)
+    failed = []
+    for _ in range(quorum.ROUNDS):
+        answers = []
+        for worker, task_id, attempt in leases(actions):
+            answers += s.task_done(worker, p.TaskDone("j1", task_id, attempt, 0, worker.encode()))
+        failed += [a.message for a in answers if isinstance(a, Send) and isinstance(a.message, p.TaskFailed)]
+        actions = answers
+    (failure,) = failed
+    assert failure.error == "disagreement" and "3 different outcomes" in failure.reason
+
+
+# --- end to end with a rogue built on the public protocol ----------------------------
+
+
+async def rogue_worker(url: str, token: str, stop: asyncio.Event) -> None:
+    """Answers every task with a well-formed but wrong outcome."""
+    hello = p.Hello("worker", token, p.PROTOCOL_VERSION, name="rogue", slots=1, **runtime_fields())
+    ws, _ = await dial(parse_address(url), hello)
+    try:
+        while not stop.is_set():
+            try:
+                msg = p.decode(await asyncio.wait_for(ws.recv(), 0.2))
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(msg, p.AssignTask):
+                lies = pickle.dumps([(True, -1)] * msg.count, protocol=5)
+                await ws.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, 0, lies)))
+    finally:
+        await ws.close()
+
+
+def test_a_rogue_worker_cannot_corrupt_a_redundant_job(foreman, start_worker):
+    for n in range(2):
+        start_worker(foreman.url, "--procs", "1", "--name", f"honest{n}")
+
+    async def main():
+        stop = asyncio.Event()
+        rogue = asyncio.create_task(rogue_worker(foreman.url, foreman.token, stop))
+        try:
+            async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+
+                async def three_workers():
+                    return len((await cc.status())["workers"]) == 3
+
+                await wait_until(three_workers, 20, "the rogue never joined")
+                assert await cc.map(lambda x: x * x, range(12), chunksize=1, redundancy=3) == [x * x for x in range(12)]
+                workers = {w["name"]: w for w in (await cc.status())["workers"]}
+                assert workers["rogue"]["quarantined"], workers
+                assert all(workers[f"honest{n}"]["disagreed"] == 0 for n in range(2))
+        finally:
+            stop.set()
+            await rogue
+
+    arun(main(), timeout=60)
+
+
+def test_redundancy_needs_enough_workers_or_says_so(cluster):
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            with pytest.raises(ValueError, match="redundancy"):
+                await cc.map(abs, [1], redundancy=0)
+
+    arun(main())
+
+
+def test_quorum_error_is_a_task_error():
+    from crowdcompute import TaskError
+
+    assert issubclass(QuorumError, TaskError)
