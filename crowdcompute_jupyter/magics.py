@@ -152,6 +152,7 @@ class CrowdComputeMagics(Magics):
             raise UsageError(f"-f {name}: no function named {name!r} (functions the cell defines: {known})")
         items = self._evaluate(expression)
         client = self._client()
+        self.last_job = self.last_progress = None
 
         async def map_items() -> list[Any]:
             job = await client.submit(func, items, chunksize=args.chunksize, timeout=args.timeout)
@@ -183,6 +184,7 @@ class CrowdComputeMagics(Magics):
         output = _output_name(args.output)
         inputs = {name: self.shell.user_ns[name] for name in sorted(names_read(cell)) if name in self.shell.user_ns}
         client = self._client()
+        self.last_job = None
 
         async def compute() -> Any:
             job = await client.submit(Apply(run_cell), [((cell, inputs), {})], chunksize=1, timeout=client.task_timeout)
