@@ -31,6 +31,7 @@ async def connect(
     task_timeout: float | None = None,
     cafile: str | None = None,
     trust_workers: bool = True,
+    serializer: str = "cloudpickle",
 ) -> CrowdComputeClient:
     """Connect to a foreman and make it the default for map, run, submit.
 
@@ -39,6 +40,7 @@ async def connect(
     embedded foreman with ``workers`` worker processes (default: CPU count),
     stopped by ``disconnect()``. A previous default client is disconnected.
     ``trust_workers=False`` decodes results as plain data only.
+    ``serializer``: the default of map and submit ("cloudpickle" or "portable").
 
     Raises ForemanUnavailableError, AuthenticationError.
     """
@@ -53,6 +55,7 @@ async def connect(
         task_timeout=task_timeout,
         cafile=cafile,
         trust_workers=trust_workers,
+        serializer=serializer,
     )
     await client.connect()
     previous, _default = _default, client
@@ -71,6 +74,7 @@ async def map(
     progress: Any = None,
     trust_workers: bool | None = None,
     redundancy: int = 1,
+    serializer: str | None = None,
 ) -> list[Any]:
     """``func`` over ``iterable`` on the cluster; results in input order (see CrowdComputeClient.map)."""
     return await default_client().map(
@@ -82,6 +86,7 @@ async def map(
         progress=progress,
         trust_workers=trust_workers,
         redundancy=redundancy,
+        serializer=serializer,
     )
 
 
@@ -99,6 +104,7 @@ async def submit(
     retries: int | None = None,
     trust_workers: bool | None = None,
     redundancy: int = 1,
+    serializer: str | None = None,
 ) -> Job:
     """Send a job and return its Job once the foreman accepted it."""
     return await default_client().submit(
@@ -109,6 +115,7 @@ async def submit(
         retries=retries,
         trust_workers=trust_workers,
         redundancy=redundancy,
+        serializer=serializer,
     )
 
 

@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from . import protocol as p
@@ -19,6 +20,7 @@ from .link import Link
 from .local import LocalCluster
 from .runtime import runtime_fields
 from .progress import show_progress
+from .portable import PORTABLE, dumps_portable_function, dumps_portable_items
 from .serialization import Apply, SerializationError, dumps_chunks, dumps_function
 
 __all__ = ["CrowdComputeClient", "chunk_size"]
@@ -29,6 +31,29 @@ log = logging.getLogger("crowdcompute.client")
 CHUNKS_PER_SLOT = 4
 #: Bytes of a frame kept for its header when sizing payloads against the foreman's limit.
 FRAME_HEADER_ROOM = 64 * 1024
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job runs; the keyword arguments of map and submit."""
+
+    chunksize: int | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    trust_workers: bool | None = None
+    redundancy: int = 1
+    serializer: str | None = None
+
+    def check(self) -> None:
+        """Raise ValueError for an option out of range, saying which."""
+        if self.chunksize is not None and self.chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {self.chunksize}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {self.timeout}")
+        if self.retries is not None and self.retries < 0:
+            raise ValueError(f"retries must not be negative, not {self.retries}")
+        if not 1 <= self.redundancy <= p.MAX_REDUNDANCY:
+            raise ValueError(f"redundancy must be 1 to {p.MAX_REDUNDANCY}, not {self.redundancy}")
 
 
 def chunk_size(items: int, slots: int) -> int:
@@ -62,6 +87,7 @@ class CrowdComputeClient:
         task_timeout: float | None = None,
         cafile: str | None = None,
         trust_workers: bool = True,
+        serializer: str = "cloudpickle",
     ) -> None:
         self.host = host
         self.port = port
@@ -72,6 +98,7 @@ class CrowdComputeClient:
         self.task_timeout = task_timeout
         self.cafile = cafile
         self.trust_workers = trust_workers
+        self.serializer = serializer  # the default of map and submit
         self.address: Address | None = None
         self.slots = 0  # task slots on the foreman when we connected
         self.cluster: LocalCluster | None = None
@@ -161,21 +188,16 @@ class CrowdComputeClient:
         retries: int | None = None,
         trust_workers: bool | None = None,
         redundancy: int = 1,
+        serializer: str | None = None,
     ) -> Job:
         """Send a job; return its Job once the foreman has accepted (and journaled) it.
 
-        Raises SerializationError (before sending anything) when the function
-        or an item cannot be pickled.
+        The options are those of :meth:`map`. Raises SerializationError
+        (before sending anything) when the function or an item cannot be
+        serialized.
         """
-        return await self._submit(
-            func,
-            iterable,
-            chunksize=chunksize,
-            timeout=timeout,
-            retries=retries,
-            trust_workers=trust_workers,
-            redundancy=redundancy,
-        )
+        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer)
+        return await self._submit(func, iterable, options)
 
     async def map(
         self,
@@ -188,6 +210,7 @@ class CrowdComputeClient:
         progress: Any = None,
         trust_workers: bool | None = None,
         redundancy: int = 1,
+        serializer: str | None = None,
     ) -> list[Any]:
         """``func`` applied to every item, as a list in input order.
 
@@ -196,21 +219,15 @@ class CrowdComputeClient:
         often a task whose function raised runs again. ``redundancy=k`` runs
         each task on k distinct workers and accepts the outcome a majority
         agrees on (QuorumError if none does); workers that keep disagreeing
-        are quarantined. ``progress``: None picks
-        a widget in Jupyter, a rich bar on a terminal, nothing otherwise; True
-        or "rich" forces the bar; False hides it.
+        are quarantined. ``serializer="portable"`` sends the function as
+        source and data as JSON, so workers of any Python version can run it.
+        ``progress``: None picks a widget in Jupyter, a rich bar on a
+        terminal, nothing otherwise; True or "rich" forces the bar; False hides it.
         Raises TaskError (the first failed item), SerializationError,
         JobCancelledError, ConnectionLostError.
         """
-        job = await self._submit(
-            func,
-            iterable,
-            chunksize=chunksize,
-            timeout=timeout,
-            retries=retries,
-            trust_workers=trust_workers,
-            redundancy=redundancy,
-        )
+        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer)
+        job = await self._submit(func, iterable, options)
         display = show_progress(job, progress)
         try:
             return await job
@@ -223,7 +240,8 @@ class CrowdComputeClient:
 
     async def run(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``func(*args, **kwargs)`` on one worker; its result. Raises TaskError if it raised."""
-        job = await self._submit(Apply(func), [(args, kwargs)], chunksize=1, timeout=self.task_timeout, call=True)
+        options = JobOptions(chunksize=1, timeout=self.task_timeout)
+        job = await self._submit(func, [(args, kwargs)], options, call=True)
         try:
             (result,) = await job
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -256,52 +274,53 @@ class CrowdComputeClient:
         self._link.send(p.StatusRequest())
         return await asyncio.wait_for(waiter, self.timeout)
 
-    async def _submit(
-        self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
-        *,
-        chunksize: int | None,
-        timeout: float | None,
-        retries: int | None = None,
-        call: bool = False,
-        trust_workers: bool | None = None,
-        redundancy: int = 1,
-    ) -> Job:
+    async def _submit(self, func: Callable, iterable: Iterable[Any], options: JobOptions, call: bool = False) -> Job:
+        """Serialize the job, send it within the foreman's window, and wait until it is accepted."""
         self._require_connection()
-        if chunksize is not None and chunksize < 1:
-            raise ValueError(f"chunksize must be at least 1, not {chunksize}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive, not {timeout}")
-        if retries is not None and retries < 0:
-            raise ValueError(f"retries must not be negative, not {retries}")
-        if not 1 <= redundancy <= p.MAX_REDUNDANCY:
-            raise ValueError(f"redundancy must be 1 to {p.MAX_REDUNDANCY}, not {redundancy}")
+        options.check()
+        serializer = options.serializer or self.serializer
+        if serializer not in p.SERIALIZERS:
+            raise ValueError(f"serializer must be one of {p.SERIALIZERS}, not {serializer!r}")
+        portable = serializer == PORTABLE
         welcome = self._link.welcome
         limit = (welcome.max_frame_size or 2**31) - FRAME_HEADER_ROOM
         started = time.perf_counter()
-        function = dumps_function(func)
+        if portable:
+            function = dumps_portable_function(func, call=call)
+        else:
+            function = dumps_function(Apply(func) if call else func)
         if len(function) > limit:
             raise SerializationError(
                 getattr(func, "__name__", "the function"),
-                f"it pickles to {len(function):,} bytes with what it refers to, over the foreman's limit of "
+                f"it serializes to {len(function):,} bytes with what it refers to, over the foreman's limit of "
                 f"{limit:,}; load big data inside the function instead of capturing it",
             )
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
-        size = chunksize or (1 if timeout is not None else chunk_size(len(items), slots))
-        chunks = dumps_chunks(items, size, limit)
+        size = options.chunksize or (1 if options.timeout is not None else chunk_size(len(items), slots))
+        chunks = dumps_chunks(items, size, limit, dumps_portable_items if portable else None)
         job_id = uuid.uuid4().hex
         name = getattr(func, "__name__", "") or ""
+        submit = p.SubmitJob(
+            job_id,
+            function,
+            len(chunks),
+            len(items),
+            options.timeout,
+            options.retries or 0,
+            name,
+            options.redundancy,
+            serializer,
+        )
         feed = Feed(
-            p.SubmitJob(job_id, function, len(chunks), len(items), timeout, retries or 0, name, redundancy),
+            submit,
             [p.SubmitTask(job_id, n, start, count, payload) for n, (start, count, payload) in enumerate(chunks)],
             self._link.send,
             max_queued_tasks=welcome.max_queued_tasks or len(chunks),
             max_queued_bytes=welcome.max_queued_bytes or 2**62,
         )
-        trusted = self.trust_workers if trust_workers is None else trust_workers
-        job = Job(self, job_id, items, name=name, call=call, trusted=trusted)
+        trusted = self.trust_workers if options.trust_workers is None else options.trust_workers
+        job = Job(self, job_id, items, name=name, call=call, trusted=trusted, portable=portable)
         job.slots = slots
         job.serialize_seconds = time.perf_counter() - started
         accepted = asyncio.get_running_loop().create_future()
@@ -374,7 +393,15 @@ class CrowdComputeClient:
     def _attached(self, msg: p.JobAttached) -> None:
         job = self._jobs.get(msg.job_id)
         if job is None:
-            job = Job(self, msg.job_id, None, total=msg.total_items, name=msg.name, trusted=self.trust_workers)
+            job = Job(
+                self,
+                msg.job_id,
+                None,
+                total=msg.total_items,
+                name=msg.name,
+                trusted=self.trust_workers,
+                portable=msg.serializer == PORTABLE,
+            )
             if not job.done:
                 self._jobs[job.id] = job
         if msg.state == "cancelled":

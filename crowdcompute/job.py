@@ -61,6 +61,7 @@ class Job:
         name: str = "",
         trusted: bool = True,
         call: bool = False,
+        portable: bool = False,
     ) -> None:
         self.id = job_id
         self.name = name
@@ -74,6 +75,7 @@ class Job:
         self._items = items  # kept to show the input of a failed item (None after attach)
         self._trusted = trusted
         self._call = call  # one call of run(): errors name no item
+        self._portable = portable  # outcomes are JSON
         self.slots = 0  # slots on the foreman when it was submitted (for stats)
         self.serialize_seconds = 0.0
         self.decode_seconds = 0.0
@@ -205,7 +207,7 @@ class Job:
         if self.done or first_index < 0 or first_index + count > self.total:
             return
         started = time.perf_counter()
-        outcomes = decode_outcomes(payload, count, self._trusted)
+        outcomes = decode_outcomes(payload, count, self._trusted, self._portable)
         self.decode_seconds += time.perf_counter() - started
         for offset, (ok, value) in enumerate(outcomes):
             index = first_index + offset

@@ -60,6 +60,9 @@ __all__ = [
 PROTOCOL_VERSION = 1
 #: Most runs of one task a job may ask for.
 MAX_REDUNDANCY = 9
+#: How a job's function, inputs and results travel: cloudpickle (same Python
+#: and cloudpickle on both ends) or portable (source text and JSON).
+SERIALIZERS = ("cloudpickle", "portable")
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
 
@@ -170,6 +173,7 @@ class Welcome(Message):
     max_frame_size: int = 0  # largest frame the foreman accepts from this peer
     max_queued_tasks: int = 0  # tasks of one job a client may have sent without their outcome
     max_queued_bytes: int = 0  # input bytes of one job a client may have sent without their outcome
+    notice: str = ""  # something the peer should tell its user (e.g. it gets only portable jobs)
 
 
 @message
@@ -201,9 +205,11 @@ class SubmitJob(Message):
     retries: int = 0
     name: str = ""
     redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
+    serializer: str = "cloudpickle"
 
     def validate(self) -> None:
         _require(bool(self.job_id), "job_id must not be empty")
+        _require(self.serializer in SERIALIZERS, f"serializer must be one of {SERIALIZERS}")
         _require(1 <= self.redundancy <= MAX_REDUNDANCY, f"redundancy must be 1 to {MAX_REDUNDANCY}")
         _require(self.total_tasks >= 0, "total_tasks must not be negative")
         _require(self.total_items >= 0, "total_items must not be negative")
@@ -287,6 +293,7 @@ class JobAttached(Message):
     total_tasks: int
     state: str
     name: str = ""
+    serializer: str = "cloudpickle"
 
 
 @message
@@ -362,6 +369,7 @@ class JobFunction(Message):
     TYPE: ClassVar[str] = "job_function"
     job_id: str
     function: bytes
+    serializer: str = "cloudpickle"
 
 
 @message

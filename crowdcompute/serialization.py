@@ -143,20 +143,22 @@ def dumps_items(items: list, first_index: int = 0) -> bytes:
         raise SerializationError(f"items {first_index}..", f"{type(exc).__name__}: {exc}") from exc
 
 
-def dumps_chunks(items: Sequence, size: int, limit: int) -> list[tuple[int, int, bytes]]:
-    """Pickle ``items`` in chunks of ``size``: (first index, count, payload) each.
+def dumps_chunks(
+    items: Sequence, size: int, limit: int, dump: Callable[[list, int], bytes] | None = None
+) -> list[tuple[int, int, bytes]]:
+    """Serialize ``items`` in chunks of ``size`` with ``dump`` (default: pickle): (first index, count, payload).
 
-    A chunk whose pickle exceeds ``limit`` bytes is split; a single item over
-    the limit raises SerializationError saying which and how large.
+    A chunk over ``limit`` bytes is split; a single item over the limit raises
+    SerializationError saying which and how large.
     """
     chunks: list[tuple[int, int, bytes]] = []
     for start in range(0, len(items), size):
-        _dump_range(items, start, min(size, len(items) - start), limit, chunks)
+        _dump_range(items, start, min(size, len(items) - start), limit, chunks, dump or dumps_items)
     return chunks
 
 
-def _dump_range(items: Sequence, start: int, count: int, limit: int, out: list) -> None:
-    payload = dumps_items(list(items[start : start + count]), start)
+def _dump_range(items: Sequence, start: int, count: int, limit: int, out: list, dump: Callable) -> None:
+    payload = dump(list(items[start : start + count]), start)
     if len(payload) <= limit:
         out.append((start, count, payload))
         return
@@ -167,8 +169,8 @@ def _dump_range(items: Sequence, start: int, count: int, limit: int, out: list) 
             "per task (its max frame size); send a path or a smaller piece instead",
         )
     half = count // 2
-    _dump_range(items, start, half, limit, out)
-    _dump_range(items, start + half, count - half, limit, out)
+    _dump_range(items, start, half, limit, out, dump)
+    _dump_range(items, start + half, count - half, limit, out, dump)
 
 
 def _megabytes(size: int) -> str:
@@ -267,11 +269,15 @@ class _PlainUnpickler(pickle.Unpickler):
         )
 
 
-def decode_outcomes(payload: bytes, count: int, trusted: bool = True) -> list[tuple[bool, Any]]:
+def decode_outcomes(payload: bytes, count: int, trusted: bool = True, portable: bool = False) -> list[tuple[bool, Any]]:
     """A task's ``count`` outcomes; never raises. A payload that cannot be decoded
     (or, untrusted, holds more than plain data) becomes an error for each item."""
     try:
-        if trusted:
+        if portable:  # JSON: plain data whoever sent it
+            from .portable import loads_portable_outcomes
+
+            outcomes = loads_portable_outcomes(payload)
+        elif trusted:
             outcomes = pickle.loads(payload)
         else:
             import io

@@ -71,6 +71,8 @@ def assign(workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], 
 
 def _take(job: Job, worker: Worker) -> Task | None:
     """The next queued replica of ``job`` that ``worker`` may run, removed from the queue."""
+    if worker.portable_only and job.serializer != "portable":
+        return None  # cloudpickle needs the client's Python and cloudpickle versions
     if job.redundancy == 1:
         return job.tasks[job.queue.popleft()]
     for position, task_id in enumerate(job.queue):
@@ -85,7 +87,7 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     if job.job_id not in worker.jobs:
         worker.jobs.add(job.job_id)
         job.workers.add(worker.worker_id)
-        actions.append(Send(worker.worker_id, p.JobFunction(job.job_id, job.function)))
+        actions.append(Send(worker.worker_id, p.JobFunction(job.job_id, job.function, job.serializer)))
     task.state = TaskState.RUNNING
     task.attempt += 1
     task.leases[worker.worker_id] = task.attempt

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     retries INTEGER NOT NULL,
     name TEXT NOT NULL,
     redundancy INTEGER NOT NULL DEFAULT 1,
+    serializer TEXT NOT NULL DEFAULT 'cloudpickle',
     state TEXT NOT NULL,
     created_at REAL NOT NULL,
     finished_at REAL,
@@ -87,7 +88,7 @@ class Journal:
             job = record.job
             db.execute(
                 "INSERT OR REPLACE INTO jobs (job_id, function, total_tasks, total_items, task_timeout, retries,"
-                " name, redundancy, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " name, redundancy, serializer, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     job.function,
@@ -97,6 +98,7 @@ class Journal:
                     job.retries,
                     job.name,
                     job.redundancy,
+                    job.serializer,
                     job.state.value,
                     job.created_at,
                 ),
@@ -155,7 +157,7 @@ class Journal:
         ended: list[dict] = []
         rows = self._db.execute(
             "SELECT job_id, function, total_tasks, total_items, task_timeout, retries, name, state,"
-            " created_at, finished_at, completed, failed, redundancy FROM jobs"
+            " created_at, finished_at, completed, failed, redundancy, serializer FROM jobs"
         ).fetchall()
         for row in rows:
             job_id, function, total_tasks, total_items, timeout, retries, name, state, created, finished = row[:10]
@@ -170,12 +172,13 @@ class Journal:
                         "state": state,
                         "tasks": total_tasks,
                         "finished_at": finished or created,
+                        "serializer": row[13],
                     }
                 )
                 continue
             job = Job(
                 job_id, None, function, total_tasks, total_items, timeout, retries, name, redundancy=row[12],
-                created_at=created,
+                serializer=row[13], created_at=created,
             )
             for task_id, first_index, count, payload in self._db.execute(
                 "SELECT task_id, first_index, count, payload FROM tasks WHERE job_id = ?", (job_id,)

@@ -97,24 +97,29 @@ class Scheduler:
         self.ended: dict[str, dict] = {}  # job id -> summary of collected or cancelled jobs
         self.workers: dict[str, Worker] = {}
         self.clients: set[str] = set()
+        self._mismatched: dict[str, str] = {}  # client id -> why it may submit portable jobs only
         self._ready: deque[str] = deque()  # job ids with queued tasks, in turn order
 
     # --- connections -------------------------------------------------------
 
-    def add_client(self, client_id: str) -> list[Action]:
+    def add_client(self, client_id: str, mismatch: str | None = None) -> list[Action]:
+        """``mismatch``: why the client's runtime differs from the workers' (it may submit portable jobs only)."""
         self.clients.add(client_id)
+        if mismatch:
+            self._mismatched[client_id] = mismatch
         return []
 
     def remove_client(self, client_id: str) -> list[Action]:
         """A client went away: its jobs go on, waiting for it (or anyone) to attach."""
         self.clients.discard(client_id)
+        self._mismatched.pop(client_id, None)
         for job in self.jobs.values():
             if job.client == client_id:
                 job.client = None
         return []
 
-    def add_worker(self, worker_id: str, name: str, slots: int) -> list[Action]:
-        self.workers[worker_id] = Worker(worker_id, name, slots)
+    def add_worker(self, worker_id: str, name: str, slots: int, portable_only: bool = False) -> list[Action]:
+        self.workers[worker_id] = Worker(worker_id, name, slots, portable_only=portable_only)
         return self._assign()
 
     def remove_worker(self, worker_id: str) -> list[Action]:
@@ -157,6 +162,9 @@ class Scheduler:
             return [Send(client_id, p.JobAccepted(job.job_id))] if job.accepted else []
         if msg.job_id in self.ended:
             return [Send(client_id, p.RequestError(msg.job_id, "a job with this id already ended"))]
+        if msg.serializer != "portable" and client_id in self._mismatched:
+            reason = f"{self._mismatched[client_id]}, or submit it with serializer='portable'"
+            return [Send(client_id, p.RequestError(msg.job_id, reason))]
         queued = self.queued_bytes
         if queued >= self.max_queued_bytes_total:
             reason = (
@@ -174,6 +182,7 @@ class Scheduler:
             retries=msg.retries,
             name=msg.name,
             redundancy=msg.redundancy,
+            serializer=msg.serializer,
             created_at=self.clock(),
         )
         self.jobs[job.job_id] = job
@@ -227,11 +236,16 @@ class Scheduler:
             if not self.journaled:
                 reason = "its results were already collected (a foreman with a journal keeps them)"
                 return [Send(client_id, p.RequestError(job_id, reason))]
-            attached = p.JobAttached(job_id, summary["total"], summary["tasks"], summary["state"], summary["name"])
+            attached = p.JobAttached(
+                job_id, summary["total"], summary["tasks"], summary["state"], summary["name"], summary["serializer"]
+            )
             return [Send(client_id, attached), Replay(client_id, job_id)]
         job.client = client_id
         actions: list[Action] = [
-            Send(client_id, p.JobAttached(job_id, job.total_items, job.total_tasks, job.state.value, job.name))
+            Send(
+                client_id,
+                p.JobAttached(job_id, job.total_items, job.total_tasks, job.state.value, job.name, job.serializer),
+            )
         ]
         if self.journaled:
             return actions + [Replay(client_id, job_id)]
@@ -375,6 +389,7 @@ class Scheduler:
                     "agreed": w.agreed,
                     "disagreed": w.disagreed,
                     "quarantined": w.quarantined,
+                    "portable_only": w.portable_only,
                 }
                 for w in self.workers.values()
             ],
@@ -473,7 +488,7 @@ class Scheduler:
         """Forget an ended job's tasks and outcomes; keep its summary until the TTL."""
         del self.jobs[job.job_id]
         summary = job.summary()
-        summary.update(tasks=job.total_tasks, finished_at=job.finished_at or self.clock())
+        summary.update(tasks=job.total_tasks, finished_at=job.finished_at or self.clock(), serializer=job.serializer)
         self.ended[job.job_id] = summary
         return []
 

@@ -77,6 +77,7 @@ class _Peer:
     name: str
     websocket: ServerConnection
     slots: int = 0
+    mismatch: str | None = None  # why its runtime cannot take or give cloudpickle jobs
     last_seen: float = 0.0  # loop time of its last frame
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0  # in the outbox, not yet written
@@ -206,6 +207,7 @@ class ForemanServer:
                     max_frame_size=self.max_frame_size,
                     max_queued_tasks=self.scheduler.max_queued_tasks,
                     max_queued_bytes=self.scheduler.max_queued_bytes,
+                    notice=f"{peer.mismatch}; it runs portable jobs only" if peer.mismatch else "",
                 )
             )
         )
@@ -257,14 +259,13 @@ class ForemanServer:
             await asyncio.sleep(AUTH_FAILURE_DELAY)
             await self._refuse(websocket, "auth", f"the foreman refused this {hello.role} token", CLOSE_POLICY)
             return None
-        mismatch = runtime_mismatch(hello.role, hello.python, hello.cloudpickle)
-        if mismatch is not None:
-            log.warning("refused %s %s: %s", hello.role, _where(websocket), mismatch)
-            await self._refuse(websocket, "version", mismatch, CLOSE_POLICY)
-            return None
         conn_id = f"{hello.role[0]}{next(self._ids)}"
         name = hello.name or conn_id
-        return _Peer(conn_id, hello.role, name, websocket, hello.slots)
+        # Another Python or cloudpickle: cloudpickle jobs cannot cross, portable ones can.
+        mismatch = runtime_mismatch(hello.role, hello.python, hello.cloudpickle)
+        if mismatch is not None:
+            log.warning("%s %s gets portable jobs only: %s", hello.role, name, mismatch)
+        return _Peer(conn_id, hello.role, name, websocket, hello.slots, mismatch=mismatch)
 
     async def _refuse(self, websocket: ServerConnection, code: str, reason: str, close_code: int) -> None:
         try:
@@ -275,8 +276,8 @@ class ForemanServer:
 
     def _joined(self, peer: _Peer) -> list[Action]:
         if peer.role == "worker":
-            return self.scheduler.add_worker(peer.conn_id, peer.name, max(1, peer.slots))
-        return self.scheduler.add_client(peer.conn_id)
+            return self.scheduler.add_worker(peer.conn_id, peer.name, max(1, peer.slots), bool(peer.mismatch))
+        return self.scheduler.add_client(peer.conn_id, peer.mismatch)
 
     async def _read_frames(self, peer: _Peer) -> None:
         allowed = _CLIENT_MESSAGES if peer.role == "client" else _WORKER_MESSAGES

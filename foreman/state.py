@@ -142,6 +142,7 @@ class Job:
     retries: int
     name: str = ""
     redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
+    serializer: str = "cloudpickle"  # "portable" jobs run on any worker
     tasks: dict[int, Task] = field(default_factory=dict)
     queue: deque[int] = field(default_factory=deque)
     workers: set[str] = field(default_factory=set)  # workers holding the function
@@ -189,6 +190,7 @@ class Worker:
     agreed: int = 0  # redundant runs where it sided with the majority
     disagreed: int = 0  # ... and where it did not
     quarantined: bool = False  # kept disagreeing: it gets no new tasks
+    portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
 
     @property
     def capacity(self) -> int:

@@ -276,15 +276,25 @@ def test_forged_results_are_dropped_and_logged(cluster):
     arun(main())
 
 
-def test_a_runtime_mismatch_is_refused_naming_both(cluster):
+def test_a_runtime_mismatch_gets_portable_jobs_only_naming_both(cluster):
+    mine = ".".join(map(str, sys.version_info[:2]))
+
     async def main():
         async with ws_connect(cluster.url) as ws:
             other = p.Hello("worker", cluster.token, p.PROTOCOL_VERSION, slots=1, python="2.7.18", cloudpickle="0.5")
             await ws.send(p.encode(other))
-            reply = p.decode(await ws.recv())
-            assert isinstance(reply, p.Refused) and reply.code == "version"
-            mine = ".".join(map(str, sys.version_info[:2]))
-            assert "Python 2.7" in reply.reason and f"Python {mine}" in reply.reason
+            welcome = p.decode(await ws.recv())
+            assert isinstance(welcome, p.Welcome) and "portable jobs only" in welcome.notice
+            assert "Python 2.7" in welcome.notice and f"Python {mine}" in welcome.notice
+        async with ws_connect(cluster.url) as ws:
+            other = p.Hello("client", cluster.token, p.PROTOCOL_VERSION, python="2.7.18", cloudpickle="0.5")
+            await ws.send(p.encode(other))
+            assert isinstance(p.decode(await ws.recv()), p.Welcome)
+            await ws.send(p.encode(p.SubmitJob("j", b"pickle", 1, 1)))
+            refusal = p.decode(await ws.recv())
+            assert isinstance(refusal, p.RequestError)
+            assert "Python 2.7" in refusal.reason and f"Python {mine}" in refusal.reason
+            assert "serializer='portable'" in refusal.reason
 
     arun(main())
 

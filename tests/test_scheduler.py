@@ -27,7 +27,7 @@ from scheduler_events import (
 )
 
 
-NO_VOTES = {"agreed": 0, "disagreed": 0, "quarantined": False}
+NO_VOTES = {"agreed": 0, "disagreed": 0, "quarantined": False, "portable_only": False}
 
 
 # --- assignment --------------------------------------------------------------------

@@ -59,7 +59,7 @@ class WorkerAgent:
         ctx = process_context()
         self.slots = [Slot(ctx, i) for i in range(procs)]
         self._threads = ThreadPoolExecutor(max_workers=procs, thread_name_prefix="slot")
-        self._functions: dict[str, bytes] = {}
+        self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
         self._running: dict[int, str] = {}  # slot index -> job id of its task
         self._queue: asyncio.Queue[p.AssignTask] = asyncio.Queue()
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
@@ -78,7 +78,7 @@ class WorkerAgent:
             while not stop.is_set():
                 try:
                     hello = self._hello()
-                    websocket, _ = await dial(
+                    websocket, welcome = await dial(
                         self.address, hello, cafile=self.cafile, ping_interval=self.heartbeat_interval
                     )
                 except AuthenticationError:
@@ -90,6 +90,8 @@ class WorkerAgent:
                     continue
                 delay = RECONNECT_DELAY_MIN
                 print(f"worker {self.name} connected to {self.address.url}", flush=True)
+                if welcome.notice:
+                    print(f"worker {self.name}: {welcome.notice}", flush=True)
                 await self._serve(websocket, stop)
                 if not stop.is_set():
                     log.warning("lost the foreman at %s; reconnecting", self.address.url)
@@ -163,7 +165,7 @@ class WorkerAgent:
                     log.error("bad frame from the foreman: %s", exc)
                     return
                 if isinstance(msg, p.JobFunction):
-                    self._functions[msg.job_id] = msg.function
+                    self._functions[msg.job_id] = (msg.function, msg.serializer)
                 elif isinstance(msg, p.AssignTask):
                     self._queue.put_nowait(msg)
                 elif isinstance(msg, p.ReleaseJob):
@@ -189,7 +191,7 @@ class WorkerAgent:
         loop = asyncio.get_running_loop()
         while True:
             task = await self._queue.get()
-            function = self._functions.get(task.job_id)
+            function = self._functions.get(task.job_id)  # (bytes, serializer)
             if function is None or self._draining:
                 continue  # released while it waited here, or handed back when we close
 

@@ -2,7 +2,7 @@
 
 It talks to its worker agent over a ``multiprocessing`` pipe:
 
-    agent -> child   ("run", job_id, first_index, count, function_bytes | None) + payload bytes
+    agent -> child   ("run", job_id, first_index, count, function_bytes | None, serializer) + payload bytes
                      ("forget", job_id)
     child -> agent   ("output", index, stream, text)      while the task runs
                      ("done", failed, seconds) + outcome bytes   when it ends
@@ -21,6 +21,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
+from crowdcompute.portable import PORTABLE, load_portable_function, run_portable
 from crowdcompute.serialization import loads, run_items
 
 __all__ = ["main"]
@@ -86,13 +87,14 @@ def main(conn: Connection) -> None:
         if header[0] == "forget":
             functions.pop(header[1], None)
             continue
-        _, job_id, first_index, count, function_bytes = header
+        _, job_id, first_index, count, function_bytes, serializer = header
+        portable = serializer == PORTABLE
         payload = conn.recv_bytes()
         if function_bytes is not None:
             while len(functions) >= CACHED_FUNCTIONS:
                 functions.pop(next(iter(functions)))
             try:
-                functions[job_id] = loads(function_bytes)
+                functions[job_id] = load_portable_function(function_bytes) if portable else loads(function_bytes)
             except Exception as exc:  # e.g. a module the function needs is missing here
                 functions[job_id] = RuntimeError(f"cannot load the job's function on this worker: {exc!r}")
         func = functions.get(job_id)
@@ -104,14 +106,17 @@ def main(conn: Connection) -> None:
                 output.flush()
                 output.index = first_index + offset
 
-        try:
-            items = loads(payload)
-        except Exception as exc:  # an input whose type this worker cannot import
-            items, func = [None] * count, RuntimeError(f"cannot load the task's input here: {exc!r}")
         if isinstance(func, BaseException):
             func = _raiser(func)
         started = time.perf_counter()
-        result, failed = run_items(func, items, on_item)
+        if portable:
+            result, failed = run_portable(func, payload, count, on_item)
+        else:
+            try:
+                items = loads(payload)
+            except Exception as exc:  # an input whose type this worker cannot import
+                items, func = [None] * count, _raiser(RuntimeError(f"cannot load the task's input here: {exc!r}"))
+            result, failed = run_items(func, items, on_item)
         seconds = time.perf_counter() - started
         for output in outputs:
             output.flush()

@@ -104,12 +104,15 @@ class Slot:
         job_id: str,
         first_index: int,
         count: int,
-        function: bytes,
+        function: tuple[bytes, str],
         payload: bytes,
         timeout: float | None,
         on_output: Callable[[int, str, str], None],
     ) -> Finished | Lost:
-        """Run one task in the child; blocking. Never raises for user errors or crashes."""
+        """Run one task in the child; blocking. Never raises for user errors or crashes.
+
+        ``function`` is (its bytes, its serializer: "cloudpickle" or "portable").
+        """
         with self._busy:
             return self._execute(job_id, first_index, count, function, payload, timeout, on_output)
 
@@ -118,7 +121,7 @@ class Slot:
         job_id: str,
         first_index: int,
         count: int,
-        function: bytes,
+        function: tuple[bytes, str],
         payload: bytes,
         timeout: float | None,
         on_output: Callable[[int, str, str], None],
@@ -132,7 +135,8 @@ class Slot:
                 conn.send(("forget", old))
             self._forget.clear()
             new = job_id not in self._jobs
-            conn.send(("run", job_id, first_index, count, function if new else None))
+            function_bytes, serializer = function
+            conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer))
             conn.send_bytes(payload)
             self._jobs.add(job_id)
             deadline = None if timeout is None else time.monotonic() + timeout
