@@ -227,7 +227,8 @@ class CrowdComputeClient:
         JobCancelledError, ConnectionLostError.
         """
         options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer)
-        job = await self._submit(func, iterable, options)
+        # No need to wait for the foreman's acceptance: a refusal fails the job, and we wait on it anyway.
+        job = await self._submit(func, iterable, options, wait_accepted=False)
         display = show_progress(job, progress)
         try:
             return await job
@@ -241,7 +242,7 @@ class CrowdComputeClient:
     async def run(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``func(*args, **kwargs)`` on one worker; its result. Raises TaskError if it raised."""
         options = JobOptions(chunksize=1, timeout=self.task_timeout)
-        job = await self._submit(func, [(args, kwargs)], options, call=True)
+        job = await self._submit(func, [(args, kwargs)], options, call=True, wait_accepted=False)
         try:
             (result,) = await job
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -274,8 +275,15 @@ class CrowdComputeClient:
         self._link.send(p.StatusRequest())
         return await asyncio.wait_for(waiter, self.timeout)
 
-    async def _submit(self, func: Callable, iterable: Iterable[Any], options: JobOptions, call: bool = False) -> Job:
-        """Serialize the job, send it within the foreman's window, and wait until it is accepted."""
+    async def _submit(
+        self,
+        func: Callable,
+        iterable: Iterable[Any],
+        options: JobOptions,
+        call: bool = False,
+        wait_accepted: bool = True,
+    ) -> Job:
+        """Serialize the job, send it within the foreman's window, and (``wait_accepted``) wait until it is accepted."""
         self._require_connection()
         options.check()
         serializer = options.serializer or self.serializer
@@ -323,9 +331,12 @@ class CrowdComputeClient:
         job = Job(self, job_id, items, name=name, call=call, trusted=trusted, portable=portable)
         job.slots = slots
         job.serialize_seconds = time.perf_counter() - started
-        accepted = asyncio.get_running_loop().create_future()
         self._jobs[job_id] = job
         self._feeds[job_id] = feed
+        if not wait_accepted:
+            feed.start()
+            return job
+        accepted = asyncio.get_running_loop().create_future()
         self._accepting[job_id] = accepted
         feed.start()
         try:

@@ -81,6 +81,7 @@ class Job:
         self.decode_seconds = 0.0
         self.timings: list[TaskTiming] = []
         self._timed_tasks: set[int] = set()
+        self._delivered: set[int] = set()  # first indexes of the tasks whose outcomes arrived
         self._results: list[Any] = [_MISSING] * self.total
         self._errors: dict[int, CrowdComputeError] = {}  # TaskError, or UntrustedPayloadError
         self._fatal: CrowdComputeError | None = None
@@ -207,16 +208,27 @@ class Job:
         if self.done or first_index < 0 or first_index + count > self.total:
             return
         started = time.perf_counter()
-        outcomes = decode_outcomes(payload, count, self._trusted, self._portable)
+        values, errors = decode_outcomes(payload, count, self._trusted, self._portable)
         self.decode_seconds += time.perf_counter() - started
-        for offset, (ok, value) in enumerate(outcomes):
+        if first_index in self._delivered:
+            return  # the same task again (a replay after a reconnect): each result reaches the user once
+        self._delivered.add(first_index)
+        end = first_index + count
+        results = self._results
+        if not errors and not self._arrivals:
+            results[first_index:end] = values  # the common case, without a loop per item
+            self.completed += count
+            self._changed()
+            return
+        for offset, value in enumerate(values):
             index = first_index + offset
-            if self._results[index] is not _MISSING or index in self._errors:
+            if results[index] is not _MISSING or index in self._errors:
                 continue  # a duplicate: each result reaches the user once
-            if ok:
-                self._results[index] = value
+            if offset not in errors:
+                results[index] = value
                 self.completed += 1
             else:
+                value = errors[offset]
                 if isinstance(value, dict):  # the user's exception, as plain data
                     value = build_task_error(value, *self._where(index), trusted=self._trusted)
                 value.index = index if not self._call else None

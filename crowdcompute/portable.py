@@ -119,10 +119,10 @@ def dumps_portable_items(items: Sequence, first_index: int = 0) -> bytes:
         raise
 
 
-def loads_portable_outcomes(payload: bytes) -> list[tuple[bool, Any]]:
-    """A portable task's outcomes: JSON ``[ok, value]`` pairs."""
+def loads_portable_outcomes(payload: bytes) -> tuple[list[Any], dict[int, Any]]:
+    """A portable task's ``(values, errors)``: JSON ``{"values": [...], "errors": {"offset": {...}}}``."""
     outcomes = json.loads(payload)
-    return [(bool(ok), value) for ok, value in outcomes]
+    return outcomes["values"], {int(offset): error for offset, error in outcomes["errors"].items()}
 
 
 # --- on the worker ---------------------------------------------------------------
@@ -151,24 +151,25 @@ def run_portable(
     func: Callable, payload: bytes, count: int, on_item: Callable[[int], None] | None = None
 ) -> tuple[bytes, int]:
     """Call ``func`` on each JSON item; return (JSON outcomes, number that failed)."""
-    outcomes: list[list[Any]] = []
-    failed = 0
+    values: list[Any] = []
+    errors: dict[int, dict] = {}
     try:
         items = json.loads(payload)
     except ValueError as exc:
         error = _describe(ValueError(f"the task's input is not JSON: {exc}"))
-        return json.dumps([[False, error]] * count).encode(), count
+        items, errors = [], {offset: error for offset in range(count)}
+        values = [None] * count
     for offset, item in enumerate(items):
         if on_item is not None:
             on_item(offset)
         try:
             value = func(item)
             json.dumps(value)  # a result that is not JSON fails here, as this item's error
-            outcomes.append([True, value])
+            values.append(value)
         except Exception as exc:
-            outcomes.append([False, _describe(exc)])
-            failed += 1
-    return json.dumps(outcomes).encode(), failed
+            values.append(None)
+            errors[offset] = _describe(exc)
+    return json.dumps({"values": values, "errors": errors}).encode(), len(errors)
 
 
 def _describe(exc: BaseException) -> dict:

@@ -1,10 +1,12 @@
 """Turning functions, inputs and outcomes into bytes and back.
 
 Clients serialize with cloudpickle so that lambdas, closures and functions
-defined in a notebook travel. Workers run a chunk of items and report one
-outcome per item: ``(True, value)`` or ``(False, error)`` where ``error`` is a
-dict with the remote exception's type name, message and traceback text.
-The foreman never calls anything here.
+defined in a notebook travel. Workers run a chunk of items and report its
+outcomes as ``(values, errors)``: a list with one value per item (None where
+the item failed) and a dict from the failed items' offsets to their errors,
+each a dict with the remote exception's type name, message and traceback
+text. A flat list of values is the cheapest thing to pickle and unpickle
+when every item succeeds. The foreman never calls anything here.
 """
 
 from __future__ import annotations
@@ -210,38 +212,43 @@ def describe_exception(exc: BaseException) -> dict:
 def run_items(
     func: Callable, items: Iterable, on_item: Callable[[int], None] | None = None
 ) -> tuple[bytes, int]:
-    """Call ``func`` on each item; return (pickled outcomes, number that raised)."""
-    outcomes: list[tuple[bool, Any]] = []
-    failed = 0
+    """Call ``func`` on each item; return (pickled ``(values, errors)``, number that raised)."""
+    values: list[Any] = []
+    errors: dict[int, dict] = {}
+    append = values.append
     for offset, item in enumerate(items):
         if on_item is not None:
             on_item(offset)
         try:
-            outcomes.append((True, func(item)))
+            append(func(item))
         except Exception as exc:  # the user's error travels back; KeyboardInterrupt does not
             exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
-            outcomes.append((False, describe_exception(exc)))
-            failed += 1
+            append(None)
+            errors[offset] = describe_exception(exc)
+    return dumps_outcomes(values, errors), len(errors)
+
+
+def dumps_outcomes(values: list, errors: dict[int, Any]) -> bytes:
+    """Pickle ``(values, errors)``: plain pickle when it can (fast), cloudpickle when it must;
+    a value that pickles with neither becomes its item's error."""
     try:
-        return cloudpickle.dumps(outcomes, protocol=PICKLE_PROTOCOL), failed
+        return pickle.dumps((values, errors), protocol=PICKLE_PROTOCOL)
     except Exception:
-        return _dumps_each(outcomes, failed)
-
-
-def _dumps_each(outcomes: list[tuple[bool, Any]], failed: int) -> tuple[bytes, int]:
-    """Pickle outcomes one by one, turning results that do not pickle into errors."""
-    safe: list[tuple[bool, Any]] = []
-    for ok, value in outcomes:
-        if ok:
-            try:
-                cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
-            except Exception as exc:
-                error = SerializationError(f"the result ({type(value).__name__})", f"{type(exc).__name__}: {exc}")
-                safe.append((False, describe_exception(error)))
-                failed += 1
-                continue
-        safe.append((ok, value))
-    return cloudpickle.dumps(safe, protocol=PICKLE_PROTOCOL), failed
+        pass
+    try:
+        return cloudpickle.dumps((values, errors), protocol=PICKLE_PROTOCOL)
+    except Exception:
+        pass
+    for offset, value in enumerate(values):
+        if offset in errors:
+            continue
+        try:
+            cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        except Exception as exc:
+            error = SerializationError(f"the result ({type(value).__name__})", f"{type(exc).__name__}: {exc}")
+            values[offset] = None
+            errors[offset] = describe_exception(error)
+    return cloudpickle.dumps((values, errors), protocol=PICKLE_PROTOCOL)
 
 
 # --- back on the client --------------------------------------------------------
@@ -269,9 +276,14 @@ class _PlainUnpickler(pickle.Unpickler):
         )
 
 
-def decode_outcomes(payload: bytes, count: int, trusted: bool = True, portable: bool = False) -> list[tuple[bool, Any]]:
-    """A task's ``count`` outcomes; never raises. A payload that cannot be decoded
-    (or, untrusted, holds more than plain data) becomes an error for each item."""
+def decode_outcomes(
+    payload: bytes, count: int, trusted: bool = True, portable: bool = False
+) -> tuple[list[Any], dict[int, Any]]:
+    """A task's ``(values, errors)`` for ``count`` items; never raises.
+
+    A payload that cannot be decoded (or, untrusted, holds more than plain
+    data, or has the wrong shape) becomes an UntrustedPayloadError for each item.
+    """
     try:
         if portable:  # JSON: plain data whoever sent it
             from .portable import loads_portable_outcomes
@@ -283,10 +295,13 @@ def decode_outcomes(payload: bytes, count: int, trusted: bool = True, portable: 
             import io
 
             outcomes = _PlainUnpickler(io.BytesIO(payload)).load()
-        if (
-            not isinstance(outcomes, list)
-            or len(outcomes) != count
-            or not all(isinstance(o, tuple) and len(o) == 2 for o in outcomes)
+        if not (
+            isinstance(outcomes, tuple)
+            and len(outcomes) == 2
+            and isinstance(outcomes[0], list)
+            and len(outcomes[0]) == count
+            and isinstance(outcomes[1], dict)
+            and all(isinstance(k, int) and 0 <= k < count for k in outcomes[1])
         ):
             raise UntrustedPayloadError(f"a worker sent a result that is not {count} outcomes")
     except CrowdComputeError as exc:
@@ -295,7 +310,7 @@ def decode_outcomes(payload: bytes, count: int, trusted: bool = True, portable: 
         reason = f"cannot decode a worker's result here: {type(exc).__name__}: {exc}"
     else:
         return outcomes
-    return [(False, UntrustedPayloadError(reason)) for _ in range(count)]
+    return [None] * count, {offset: UntrustedPayloadError(reason) for offset in range(count)}
 
 
 def build_task_error(error: dict, index: int | None, item: Any = None, trusted: bool = True) -> TaskError:

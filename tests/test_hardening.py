@@ -226,7 +226,7 @@ async def malicious_worker(url: str, token: str, payload: bytes, stop: asyncio.E
 @pytest.mark.parametrize("trusted", [False, True])
 def test_untrusted_results_never_run_code(foreman, tmp_path, trusted):
     marker = tmp_path / "pwned"
-    payload = pickle.dumps([(True, Evil(str(marker)))], protocol=5)
+    payload = pickle.dumps(([Evil(str(marker))], {}), protocol=5)
 
     async def main():
         stop = asyncio.Event()

@@ -102,7 +102,7 @@ async def rogue_worker(url: str, token: str, stop: asyncio.Event) -> None:
             except asyncio.TimeoutError:
                 continue
             if isinstance(msg, p.AssignTask):
-                lies = pickle.dumps([(True, -1)] * msg.count, protocol=5)
+                lies = pickle.dumps(([-1] * msg.count, {}), protocol=5)
                 await ws.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, 0, lies)))
     finally:
         await ws.close()

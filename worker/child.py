@@ -76,7 +76,7 @@ def _exit_when_orphaned() -> None:
 def main(conn: Connection) -> None:
     """Serve tasks from ``conn`` until it closes."""
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
-    outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
+    stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
     sys.stdout, sys.stderr = outputs  # type: ignore[assignment]
     functions: dict[str, Callable[[Any], Any] | BaseException] = {}
     while True:
@@ -102,9 +102,10 @@ def main(conn: Connection) -> None:
             func = RuntimeError(f"the worker lost the function of job {job_id}")
 
         def on_item(offset: int) -> None:
-            for output in outputs:
-                output.flush()
-                output.index = first_index + offset
+            if stdout._buffer or stderr._buffer:  # a partial line belongs to the item before
+                stdout.flush()
+                stderr.flush()
+            stdout.index = stderr.index = first_index + offset
 
         if isinstance(func, BaseException):
             func = _raiser(func)
