@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 import uuid
@@ -48,8 +49,8 @@ class JobOptions:
         """Raise ValueError for an option out of range, saying which."""
         if self.chunksize is not None and self.chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, not {self.chunksize}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"timeout must be positive, not {self.timeout}")
+        if self.timeout is not None and not (0 < self.timeout < math.inf):
+            raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout}")
         if self.retries is not None and self.retries < 0:
             raise ValueError(f"retries must not be negative, not {self.retries}")
         if not 1 <= self.redundancy <= p.MAX_REDUNDANCY:
@@ -397,7 +398,12 @@ class CrowdComputeClient:
                 log.warning("%s", error)
         elif isinstance(msg, p.StatusReply):
             if self._status_waiters:
-                _resolve(self._status_waiters.popleft(), msg.status)
+                waiter = self._status_waiters.popleft()
+                try:
+                    _resolve(waiter, msg.status)
+                except CrowdComputeError as exc:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
         else:
             log.warning("ignored unexpected %s from the foreman", msg.TYPE)
 

@@ -344,10 +344,29 @@ class TaskOutput(Message):
 
 @message
 class StatusReply(Message):
-    """The foreman's status: workers, slots and jobs (plain JSON)."""
+    """The foreman's status: workers, slots and jobs, as a JSON payload.
+
+    A payload, not a header field: with a thousand workers it outgrows the
+    header limit.
+    """
 
     TYPE: ClassVar[str] = "status_reply"
-    status: dict
+    body: bytes
+
+    @classmethod
+    def of(cls, status: dict) -> StatusReply:
+        return cls(json.dumps(status, separators=(",", ":")).encode())
+
+    @property
+    def status(self) -> dict:
+        """The status as a dict; raises ProtocolError when the body is not a JSON object."""
+        try:
+            value = json.loads(self.body)
+        except ValueError as exc:
+            raise ProtocolError(f"status_reply: body is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ProtocolError("status_reply: body must be a JSON object")
+        return value
 
 
 @message

@@ -350,6 +350,10 @@ class Scheduler:
         actions: list[Action] = []
         for job in [j for j in self.jobs.values() if j.finished_at is not None and j.finished_at < cutoff]:
             actions += self._archive(job)
+        # A job whose client went away before sending all its tasks can never finish.
+        for job in [j for j in self.jobs.values() if j.client is None and not j.all_received and j.created_at < cutoff]:
+            actions.append(Note(f"dropped job {job.job_id}: its client left before sending all its tasks"))
+            actions += self.cancel_job("", job.job_id)
         for job_id in [k for k, s in self.ended.items() if s["finished_at"] < cutoff]:
             del self.ended[job_id]
             actions.append(DeleteJob(job_id))

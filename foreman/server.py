@@ -308,7 +308,7 @@ class ForemanServer:
         if isinstance(msg, p.CancelJob):
             return s.cancel_job(peer.conn_id, msg.job_id)
         if isinstance(msg, p.StatusRequest):
-            return [Send(peer.conn_id, p.StatusReply(s.status()))]
+            return [Send(peer.conn_id, p.StatusReply.of(s.status()))]
         if isinstance(msg, p.AttachJob):
             return s.attach_job(peer.conn_id, msg.job_id)
         if isinstance(msg, p.CollectJob):

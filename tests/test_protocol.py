@@ -38,7 +38,7 @@ SAMPLES: dict[str, p.Message] = {
         p.TaskResult("job-1", 2, 20, 5, 1, RAW),
         p.TaskFailed("job-1", 2, 20, 5, "crashed", "killed by SIGKILL", attempts=3),
         p.TaskOutput("job-1", 2, 21, "stderr", "hello\nwörld\n"),
-        p.StatusReply({"workers": [{"name": "w", "slots": 2, "busy": 1}], "jobs": []}),
+        p.StatusReply.of({"workers": [{"name": "w", "slots": 2, "busy": 1}], "jobs": []}),
         p.RequestError("job-1", "no such job for this client"),
         p.JobFunction("job-1", RAW),
         p.AssignTask("job-1", 2, 4, 20, 5, RAW, task_timeout=0.5),
@@ -225,11 +225,11 @@ def test_wrong_field_types(field, value, type_name):
     assert_refused(frame(header, b"x"), "task_done", repr(field), "wrong type", type_name)
 
 
-def test_bool_is_not_a_float_and_a_string_is_not_a_dict():
+def test_bool_is_not_a_float_and_a_dict_is_not_a_string():
     header = {"type": "assign_task", "job_id": "j", "task_id": 0, "attempt": 1, "first_index": 0, "count": 1,
               "task_timeout": True, "sizes": [1]}
     assert_refused(frame(header, b"x"), "'task_timeout'", "bool")
-    assert_refused(frame({"type": "status_reply", "status": "all good"}), "'status'", "str")
+    assert_refused(frame({"type": "cancel_job", "job_id": {"all": "good"}}), "'job_id'", "dict")
     assert_refused(frame({"type": "hello", "role": "client", "token": "t", "protocol_version": "1"}),
                    "'protocol_version'", "str")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from crowdcompute import protocol as p
 from foreman.scheduler import ALLOWED_FAILURES, Scheduler
-from foreman.state import Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
+from foreman.state import Note, Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
 from scheduler_events import (
     dropped,
     Clock,
@@ -372,7 +372,7 @@ def test_status_has_the_documented_shape():
     (job,) = status["jobs"]
     assert {"id": "j1", "total": 20, "completed": 4, "failed": 1, "state": "running"}.items() <= job.items()
     assert s.total_slots == 2
-    p.decode(p.encode(p.StatusReply(status)))  # it travels as plain JSON
+    assert p.decode(p.encode(p.StatusReply.of(status))).status == status  # it travels as plain JSON
 
 
 def test_a_result_carries_who_ran_it_how_long_it_queued_and_its_attempts():
@@ -388,3 +388,18 @@ def test_a_result_carries_who_ran_it_how_long_it_queued_and_its_attempts():
     (to, msg), *_ = [(a.to, a.message) for a in s.task_done("w2", p.TaskDone("j1", 0, 2, 0, b"out", seconds=0.7))
                      if isinstance(a, Send)]
     assert (to, msg.worker, msg.seconds, msg.queued, msg.attempts) == ("c1", "two", 0.7, 3.5, 2)
+
+
+def test_a_job_whose_client_left_mid_submission_is_dropped_after_the_ttl():
+    clock = Clock()
+    s = make(clock=clock, result_ttl=60)
+    s.add_client("c1")
+    s.add_worker("w1", "one", 1)
+    s.submit_job("c1", p.SubmitJob("j1", b"f", 3, 3))
+    s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"x"))
+    s.remove_client("c1")
+    clock.now += 61
+    actions = s.expire()
+    assert any(isinstance(a, Note) and "left before sending all its tasks" in a.text for a in actions)
+    assert "j1" not in s.jobs and s.ended["j1"]["state"] == "cancelled"
+    assert s.workers["w1"].running == set()

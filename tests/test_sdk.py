@@ -135,3 +135,15 @@ def test_job_stats_explain_where_the_time_went(cluster):
             assert any("larger chunksize" in hint for hint in stats.hints())  # 40 trivial tasks
 
     arun(main())
+
+
+def test_bad_options_are_refused_before_anything_is_sent(cluster):
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            for options in ({"timeout": float("inf")}, {"timeout": float("nan")}, {"timeout": 0}, {"chunksize": 0},
+                            {"retries": -1}, {"redundancy": 10}, {"serializer": "yaml"}):
+                with pytest.raises(ValueError):
+                    await cc.map(abs, [1], **options)
+            assert (await cc.status())["jobs"] == []
+
+    arun(main())
