@@ -23,6 +23,7 @@ from crowdcompute.addresses import Address
 from crowdcompute.errors import ProtocolError
 from crowdcompute.runtime import runtime_mismatch
 
+from .http import StatusPages
 from .journal import Journal
 from .scheduler import Action, Scheduler
 from .state import Close, Note, Replay, Send
@@ -122,6 +123,8 @@ class ForemanServer:
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._expiry: asyncio.Task | None = None
+        # GET /, /api/status and /healthz on the same port (see foreman.http).
+        self.status_pages = StatusPages(self.scheduler, token, secure=ssl_context is not None)
 
     @property
     def address(self) -> Address:
@@ -140,6 +143,7 @@ class ForemanServer:
             # and a dropped worker's tasks go to others.
             ping_interval=self.heartbeat_timeout / 3,
             ping_timeout=self.heartbeat_timeout * 2 / 3,
+            process_request=self.status_pages.process_request,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         # No handler has run yet (none could without awaiting): restoring now
@@ -152,12 +156,14 @@ class ForemanServer:
             if jobs:
                 log.info("resumed %d unfinished jobs from %s", len(jobs), self.journal.path)
         self._expiry = asyncio.create_task(self._expire_regularly())
+        self.status_pages.start()
         return self.address
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
         if self._expiry is not None:
             self._expiry.cancel()
+        self.status_pages.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -1,0 +1,249 @@
+// CrowdCompute status page: polls api/status (relative, so the page works on the
+// foreman's own port and behind a proxy such as Jupyter's /crowdcompute/) and
+// draws workers, jobs and a throughput chart. Plain DOM, no library.
+"use strict";
+
+const POLL_MS = 1000;
+const HISTORY_SECONDS = 600;
+const MIN_SPAN_SECONDS = 60;
+const SVG = "http://www.w3.org/2000/svg";
+const CHART = { width: 800, height: 180, left: 46, right: 10, top: 10, bottom: 22 };
+
+// Items done per job at the previous poll, for items/s and time left.
+let previousJobs = new Map();
+let previousTime = null;
+const jobRates = new Map();
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    // Through the CSSOM: the page's Content-Security-Policy forbids style attributes.
+    else if (key === "width") node.style.width = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function svg(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+function formatRate(rate) {
+  if (!isFinite(rate) || rate <= 0) return "0";
+  if (rate >= 100) return rate.toFixed(0);
+  if (rate >= 10) return rate.toFixed(1);
+  return rate.toFixed(2);
+}
+
+function formatDuration(seconds) {
+  if (!isFinite(seconds) || seconds < 0) return "–";
+  if (seconds < 60) return `${Math.ceil(seconds)} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+  return `${Math.floor(seconds / 3600)} h ${Math.round((seconds % 3600) / 60)} min`;
+}
+
+function formatAge(seconds) {
+  return seconds < 120 ? `${Math.round(seconds)} s` : `${Math.round(seconds / 60)} min`;
+}
+
+function setConnection(state, text) {
+  const node = document.getElementById("connection");
+  node.dataset.state = state;
+  node.textContent = text;
+}
+
+function showProblem(text) {
+  const node = document.getElementById("problem");
+  node.hidden = !text;
+  node.textContent = text || "";
+}
+
+// --- rates ------------------------------------------------------------------
+
+function updateRates(status) {
+  const now = status.time;
+  const current = new Map();
+  for (const job of status.jobs) {
+    const done = job.completed + job.failed;
+    current.set(job.id, done);
+    if (previousTime !== null && previousJobs.has(job.id) && now > previousTime) {
+      const rate = (done - previousJobs.get(job.id)) / (now - previousTime);
+      const old = jobRates.get(job.id);
+      // Smooth over a few polls so the number does not jump with every chunk.
+      jobRates.set(job.id, old === undefined ? rate : 0.6 * old + 0.4 * rate);
+    }
+  }
+  for (const id of [...jobRates.keys()]) if (!current.has(id)) jobRates.delete(id);
+  previousJobs = current;
+  previousTime = now;
+}
+
+function throughputPoints(throughput) {
+  // Samples are [time, items finished so far]; a point is the rate between two samples.
+  const samples = throughput.samples || [];
+  const points = [];
+  for (let i = 1; i < samples.length; i++) {
+    const [t0, n0] = samples[i - 1];
+    const [t1, n1] = samples[i];
+    if (t1 > t0) points.push([t1, Math.max(0, (n1 - n0) / (t1 - t0))]);
+  }
+  return points;
+}
+
+// --- drawing ----------------------------------------------------------------
+
+function renderSummary(status, points) {
+  const busy = status.workers.reduce((sum, w) => sum + w.busy, 0);
+  const running = status.jobs.filter((job) => job.state === "running").length;
+  const latest = points.length ? points[points.length - 1][1] : 0;
+  document.getElementById("stat-workers").textContent = status.workers.length;
+  document.getElementById("stat-slots").textContent = `${busy}/${status.slots}`;
+  document.getElementById("stat-jobs").textContent = running;
+  document.getElementById("stat-rate").textContent = formatRate(latest);
+  document.getElementById("stat-clients").textContent = status.clients ?? "–";
+}
+
+function renderJobs(status) {
+  const body = document.querySelector("#jobs tbody");
+  const rows = status.jobs.map((job) => {
+    const done = job.completed + job.failed;
+    const total = Math.max(job.total, 0);
+    const share = (n) => (total ? (100 * n) / total : 100);
+    const state = job.state === "done" && job.failed ? "failed" : job.state;
+    const bar = el("div", {
+      class: "bar" + (job.state === "running" ? "" : " finished"),
+      role: "progressbar",
+      "aria-valuemin": "0",
+      "aria-valuemax": String(total),
+      "aria-valuenow": String(done),
+      "aria-label": `${job.name || "job"} progress`,
+    },
+      el("div", { class: "done", width: `${share(job.completed).toFixed(2)}%` }),
+      el("div", { class: "failed", width: `${share(job.failed).toFixed(2)}%` }),
+      el("span", { class: "label" }, `${Math.floor(share(done))}%`),
+    );
+    const rate = jobRates.get(job.id);
+    const running = job.state === "running";
+    const left = running && rate > 0 ? formatDuration((total - done) / rate) : "–";
+    return el("tr", { "data-job-id": job.id, "data-state": job.state },
+      el("td", {}, job.name || "job", el("span", { class: "id", title: job.id }, job.id.slice(0, 8))),
+      el("td", {}, el("span", { class: `badge ${state}` }, state)),
+      el("td", {}, bar),
+      el("td", { class: "count" }, `${done}/${total}`),
+      el("td", {}, String(job.failed)),
+      el("td", {}, running && rate !== undefined ? formatRate(rate) : "–"),
+      el("td", {}, left),
+    );
+  });
+  body.replaceChildren(...rows);
+  document.getElementById("no-jobs").hidden = rows.length > 0;
+}
+
+function renderWorkers(status) {
+  const body = document.querySelector("#workers tbody");
+  const rows = status.workers.map((worker) => {
+    const slots = el("span", { class: "slots", title: `${worker.busy} of ${worker.slots} slots busy` });
+    for (let i = 0; i < worker.slots; i++) slots.append(el("span", { class: i < worker.busy ? "slot busy" : "slot" }));
+    const tasks = el("td", { class: "tasks" });
+    for (const task of worker.tasks || []) {
+      const items = task.items === 1 ? "1 item" : `${task.items} items`;
+      tasks.append(el("span", { class: "chip", title: `job ${task.job}` }, `${task.name || "job"} #${task.task} · ${items}`));
+    }
+    if (!(worker.tasks || []).length) tasks.append(el("span", { class: "empty" }, "idle"));
+    const state = worker.draining ? "draining" : "up";
+    return el("tr", { "data-worker": worker.name },
+      el("td", {}, worker.name),
+      el("td", { class: "slot-cell" }, slots, `${worker.busy}/${worker.slots}`),
+      el("td", {}, String(worker.tasks_done ?? "–")),
+      tasks,
+      el("td", {}, el("span", { class: `badge ${state === "up" ? "done" : "draining"}` }, state)),
+    );
+  });
+  body.replaceChildren(...rows);
+  document.getElementById("no-workers").hidden = rows.length > 0;
+}
+
+function niceCeiling(value) {
+  if (value <= 0) return 1;
+  const power = Math.pow(10, Math.floor(Math.log10(value)));
+  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value) return step * power;
+  return 10 * power;
+}
+
+function renderChart(status, points) {
+  const chart = document.getElementById("chart");
+  const { width, height, left, right, top, bottom } = CHART;
+  const plotWidth = width - left - right;
+  const plotHeight = height - top - bottom;
+  const now = status.time;
+  // The window grows with the history, from one minute up to ten, so a young foreman's work shows.
+  const samples = (status.throughput && status.throughput.samples) || [];
+  const oldest = samples.length ? samples[0][0] : now;
+  const span = Math.min(HISTORY_SECONDS, Math.max(MIN_SPAN_SECONDS, now - oldest));
+  const visible = points.filter(([t]) => t >= now - span);
+  const top_ = niceCeiling(Math.max(0, ...visible.map(([, r]) => r)));
+  const x = (t) => left + plotWidth * (1 - (now - t) / span);
+  const y = (r) => top + plotHeight * (1 - r / top_);
+  const nodes = [];
+  for (const fraction of [0, 0.5, 1]) {
+    const value = top_ * fraction;
+    nodes.push(svg("line", { class: "grid", x1: left, x2: width - right, y1: y(value), y2: y(value) }));
+    nodes.push(svg("text", { class: "axis-label", x: left - 6, y: y(value) + 4, "text-anchor": "end" }, formatRate(value)));
+  }
+  for (const [seconds, label] of [[span, `-${formatAge(span)}`], [span / 2, `-${formatAge(span / 2)}`], [0, "now"]]) {
+    const anchor = seconds === 0 ? "end" : seconds === span ? "start" : "middle";
+    nodes.push(svg("text", { class: "axis-label", x: x(now - seconds), y: height - 6, "text-anchor": anchor }, label));
+  }
+  if (visible.length) {
+    const line = visible.map(([t, r]) => `${x(t).toFixed(1)},${y(r).toFixed(1)}`).join(" ");
+    const first = x(visible[0][0]).toFixed(1);
+    const last = x(visible[visible.length - 1][0]).toFixed(1);
+    nodes.push(svg("polygon", { class: "area", points: `${first},${y(0)} ${line} ${last},${y(0)}` }));
+    nodes.push(svg("polyline", { class: "line", points: line }));
+  }
+  chart.replaceChildren(...nodes);
+  chart.dataset.points = String(visible.length);
+  chart.dataset.maxRate = String(Math.max(0, ...visible.map(([, r]) => r)));
+}
+
+function render(status) {
+  updateRates(status);
+  const points = throughputPoints(status.throughput || {});
+  renderSummary(status, points);
+  renderChart(status, points);
+  renderJobs(status);
+  renderWorkers(status);
+  document.getElementById("updated").textContent = new Date(status.time * 1000).toLocaleTimeString();
+}
+
+// --- polling ----------------------------------------------------------------
+
+async function poll() {
+  try {
+    const response = await fetch("api/status", { cache: "no-store", credentials: "same-origin" });
+    if (response.status === 401 || response.status === 403) {
+      setConnection("denied", "not authenticated");
+      showProblem(await response.text());
+      return;
+    }
+    if (!response.ok) throw new Error(`HTTP ${response.status}: ${(await response.text()).slice(0, 300)}`);
+    const status = await response.json();
+    render(status);
+    showProblem("");
+    setConnection("live", "live");
+  } catch (error) {
+    setConnection("offline", "offline");
+    showProblem(`Cannot reach the foreman: ${error.message}`);
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+poll();
