@@ -12,3 +12,10 @@ def load_ipython_extension(ipython) -> None:
 
     ipython.register_magics(CrowdComputeMagics(ipython))
     shorten_interrupted_awaits(ipython)
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    """Jupyter Server extension: the status page under /crowdcompute/ and an optional shared cluster."""
+    from .server_extension import CrowdCompute
+
+    return [{"module": "crowdcompute_jupyter.server_extension", "app": CrowdCompute}]

@@ -1,0 +1,210 @@
+"""Jupyter server extension: the cluster's status page behind Jupyter's login, and a shared cluster.
+
+Enabled by ``jupyter-config/jupyter_server_config.d/crowdcompute_jupyter.json``
+(installed to ``etc/jupyter/jupyter_server_config.d/``). It serves the
+foreman's status page under ``BASE_URL/crowdcompute/``: a person logged in to
+Jupyter sees it; the foreman's token is added here, on the server side, and
+never reaches the browser. With
+
+    c.CrowdCompute.local_workers = 4      # in jupyter_server_config.py, or --CrowdCompute.local_workers=4
+
+the server starts one local foreman and that many workers when it starts,
+stops them when it stops, and exports ``CROWDCOMPUTE_ADDRESS`` and
+``CROWDCOMPUTE_TOKEN`` to the kernels it starts, so ``%crowdconnect`` (or
+``connect()``) with no address in any notebook uses that shared cluster.
+Without it, the page shows the foreman named by ``c.CrowdCompute.address``
+(default ``$CROWDCOMPUTE_ADDRESS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import threading
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.extension.application import ExtensionApp
+from tornado import httpclient, web
+from traitlets import Integer, Unicode
+
+from crowdcompute.addresses import Address, parse_address, read_connection_file
+from crowdcompute.local import LocalCluster
+
+__all__ = ["CrowdCompute", "StatusProxyHandler"]
+
+#: Seconds the shared cluster gets to start with the server.
+CLUSTER_START_TIMEOUT = 60.0
+#: Seconds a proxied request to the foreman may take.
+PROXY_TIMEOUT = 10.0
+#: Paths of the foreman's status page that the proxy passes on.
+PROXIED_FILES = {"", "index.html", "api/status", "static/index.html", "static/status.css", "static/status.js"}
+#: Headers of the foreman's answer that reach the browser.
+PROXIED_HEADERS = ("Content-Type", "Cache-Control", "Content-Security-Policy", "X-Content-Type-Options",
+                   "Referrer-Policy")
+
+
+class CrowdCompute(ExtensionApp):
+    """CrowdCompute in Jupyter Server: ``/crowdcompute/`` and an optional shared local cluster."""
+
+    name = "crowdcompute"
+    load_other_extensions = True
+
+    local_workers = Integer(
+        0,
+        config=True,
+        help="Start a local foreman and this many workers with the server, shared by all its "
+        "kernels (CROWDCOMPUTE_ADDRESS and CROWDCOMPUTE_TOKEN are set for them); 0 starts none.",
+    )
+    address = Unicode(
+        "",
+        config=True,
+        help="Foreman whose status page /crowdcompute/ shows when no local cluster is started "
+        "(default: $CROWDCOMPUTE_ADDRESS).",
+    )
+    token = Unicode(
+        "",
+        config=True,
+        help="Client token of that foreman (default: $CROWDCOMPUTE_TOKEN, or the connection "
+        "file of a foreman on this machine).",
+    )
+    cafile = Unicode("", config=True, help="CA bundle that signed a wss:// foreman's certificate.")
+
+    def initialize_settings(self) -> None:
+        self.cluster: LocalCluster | None = None
+        self.problem = ""
+        self._exported: dict[str, str] = {}
+        self.target: tuple[Address, str] | None = None
+        if self.local_workers > 0:
+            self._start_cluster()
+        else:
+            self._find_foreman()
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend([
+            (r"/crowdcompute", web.RedirectHandler, {"url": "crowdcompute/"}),
+            (r"/crowdcompute/(.*)", StatusProxyHandler, {"extension": self}),
+        ])
+
+    async def stop_extension(self) -> None:
+        """The server stops: so does the shared cluster."""
+        for name, value in self._exported.items():
+            if os.environ.get(name) == value:
+                del os.environ[name]
+        if self.cluster is not None:
+            cluster, self.cluster = self.cluster, None
+            self.log.info("CrowdCompute: stopping the shared cluster")
+            await asyncio.get_running_loop().run_in_executor(None, cluster.stop)
+
+    # --- the foreman -------------------------------------------------------------
+
+    def _start_cluster(self) -> None:
+        """Start the shared cluster now, before any kernel, and export its address for kernels."""
+        cluster = LocalCluster(self.local_workers)
+        outcome: dict[str, Any] = {}
+
+        def start() -> None:  # its own thread and loop: the server's loop does not run yet
+            try:
+                outcome["address"] = asyncio.run(cluster.start(timeout=CLUSTER_START_TIMEOUT))
+            except BaseException as exc:  # reported below, in the server's log
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=start, name="crowdcompute-cluster-start", daemon=True)
+        thread.start()
+        thread.join(CLUSTER_START_TIMEOUT + 5)
+        if "address" not in outcome:
+            cluster.stop()
+            error = outcome.get("error", f"no answer within {CLUSTER_START_TIMEOUT:g} s")
+            self.problem = f"the shared CrowdCompute cluster did not start: {error}"
+            self.log.error("CrowdCompute: %s", self.problem)
+            return
+        self.cluster = cluster
+        address: Address = outcome["address"]
+        self.target = (address, cluster.token)
+        self._exported = {"CROWDCOMPUTE_ADDRESS": address.url, "CROWDCOMPUTE_TOKEN": cluster.token}
+        previous = os.environ.get("CROWDCOMPUTE_ADDRESS")
+        if previous and previous != address.url:
+            self.log.warning("CrowdCompute: kernels get the shared cluster, not CROWDCOMPUTE_ADDRESS=%s", previous)
+        os.environ.update(self._exported)  # kernels inherit the server's environment
+        self.log.info(
+            "CrowdCompute: shared cluster of %d worker%s at %s; status page at %scrowdcompute/",
+            self.local_workers, "" if self.local_workers == 1 else "s", address.url, self.serverapp.base_url,
+        )
+
+    def _find_foreman(self) -> None:
+        url = self.address or os.environ.get("CROWDCOMPUTE_ADDRESS", "")
+        if not url:
+            self.problem = (
+                "no CrowdCompute foreman is configured for this Jupyter server. Start one with it "
+                "(c.CrowdCompute.local_workers = 4 in jupyter_server_config.py, or "
+                "--CrowdCompute.local_workers=4), or name one (c.CrowdCompute.address, or "
+                "CROWDCOMPUTE_ADDRESS and CROWDCOMPUTE_TOKEN in the server's environment)."
+            )
+            return
+        try:
+            address = parse_address(url)
+        except ValueError as exc:
+            self.problem = f"c.CrowdCompute.address: {exc}"
+            return
+        token = self.token or os.environ.get("CROWDCOMPUTE_TOKEN", "")
+        if not token and address.loopback:
+            found = read_connection_file(address.port)
+            token = found["token"] if found else ""
+        self.target = (address, token)
+
+    def http_url(self, path: str) -> str:
+        """The foreman's HTTP URL for ``path`` (it serves HTTP on its websocket port)."""
+        address, _ = self.target
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        return f"{'https' if address.secure else 'http'}://{host}:{address.port}/{path}"
+
+
+class StatusProxyHandler(JupyterHandler):
+    """``/crowdcompute/PATH``: the foreman's status page, for logged-in users only."""
+
+    auth_resource = "crowdcompute"
+
+    def initialize(self, extension: CrowdCompute) -> None:
+        self.extension = extension
+
+    @web.authenticated
+    @authorized
+    async def get(self, path: str) -> None:
+        extension = self.extension
+        if path not in PROXIED_FILES:
+            raise web.HTTPError(404)
+        if extension.target is None:
+            self._answer(503, f"CrowdCompute: {extension.problem}\n")
+            return
+        address, token = extension.target
+        context = None
+        if address.secure:
+            context = ssl.create_default_context(cafile=extension.cafile or None)
+        request = httpclient.HTTPRequest(
+            extension.http_url(path),
+            headers={"Authorization": f"Bearer {token}"},
+            request_timeout=PROXY_TIMEOUT,
+            follow_redirects=False,
+            ssl_options=context,
+        )
+        try:
+            response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
+        except OSError as exc:
+            self._answer(502, f"CrowdCompute: the foreman at {address.url} does not answer: {exc}\n")
+            return
+        if response.code == 599:  # tornado's code for no HTTP answer (refused, timeout)
+            self._answer(502, f"CrowdCompute: the foreman at {address.url} does not answer: {response.error}\n")
+            return
+        self.set_status(response.code)
+        for name in PROXIED_HEADERS:
+            if name in response.headers:
+                self.set_header(name, response.headers[name])
+        self.finish(response.body)
+
+    def _answer(self, status: int, text: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(text)
