@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import socket
-from concurrent.futures import ThreadPoolExecutor
 
 from websockets.exceptions import ConnectionClosed
 
@@ -58,7 +57,6 @@ class WorkerAgent:
         self.heartbeat_interval = heartbeat_interval
         ctx = process_context()
         self.slots = [Slot(ctx, i) for i in range(procs)]
-        self._threads = ThreadPoolExecutor(max_workers=procs, thread_name_prefix="slot")
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
         self._running: dict[int, str] = {}  # slot index -> job id of its task
         self._queue: asyncio.Queue[p.AssignTask] = asyncio.Queue()
@@ -72,7 +70,7 @@ class WorkerAgent:
         Raises AuthenticationError when the foreman refuses the token.
         """
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._threads, slot.start) for slot in self.slots))
+        await asyncio.gather(*(loop.run_in_executor(None, slot.start) for slot in self.slots))
         delay = RECONNECT_DELAY_MIN
         try:
             while not stop.is_set():
@@ -102,8 +100,7 @@ class WorkerAgent:
         loop = asyncio.get_running_loop()
         for slot in self.slots:
             slot.kill()
-        await asyncio.gather(*(loop.run_in_executor(self._threads, slot.close) for slot in self.slots))
-        self._threads.shutdown(wait=False)
+        await asyncio.gather(*(loop.run_in_executor(None, slot.close) for slot in self.slots))
 
     def _hello(self) -> p.Hello:
         """The Hello to send; with no token, the one in the foreman's connection file."""
@@ -188,7 +185,6 @@ class WorkerAgent:
             self._release(job_id)
 
     async def _run_slot(self, slot: Slot) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             task = await self._queue.get()
             function = self._functions.get(task.job_id)  # (bytes, serializer)
@@ -197,14 +193,12 @@ class WorkerAgent:
 
             def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
                 message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
-                loop.call_soon_threadsafe(self._outbox.put_nowait, p.encode(message))
+                self._outbox.put_nowait(p.encode(message))
 
             self._running[slot.index] = task.job_id
             self._idle.clear()
             try:
-                outcome = await loop.run_in_executor(
-                    self._threads,
-                    slot.execute,
+                outcome = await slot.execute(
                     task.job_id,
                     task.first_index,
                     task.count,

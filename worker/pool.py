@@ -1,16 +1,18 @@
 """Task processes: each slot owns one child process that runs user code.
 
-``Slot.execute`` is blocking and runs in a thread of the agent, one thread
-per slot, so the agent's event loop never waits on user code. A slot whose
-process dies (crash, timeout, cancel) starts a fresh one before its next task.
+``Slot.execute`` is a coroutine on the agent's event loop: it writes the
+task to the child's pipe and then waits for the pipe to become readable
+(``loop.add_reader``), so no thread sits between the agent and its
+children and a task costs one message each way. User code never runs in
+the agent. A slot whose process dies (crash, timeout, cancel) starts a
+fresh one before its next task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import signal
-import threading
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -68,20 +70,19 @@ class Slot:
     def __init__(self, ctx: multiprocessing.context.BaseContext, index: int) -> None:
         self.index = index
         self._ctx = ctx
-        self._lock = threading.Lock()  # guards the process handle between threads
-        self._busy = threading.Lock()  # one task at a time, even across reconnects
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn = None
         self._jobs: set[str] = set()  # jobs whose function the child holds
         self._forget: list[str] = []
         self._stopping = False  # set by kill(): the next loss is a cancel
+        self._timed_out = False
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
     def start(self) -> None:
-        """Start the child process (if it is not running)."""
+        """Start the child process (if it is not running); blocking, a few ms with forkserver."""
         if self._process is not None and self._process.is_alive():
             return
         parent, child_end = self._ctx.Pipe()
@@ -90,6 +91,8 @@ class Slot:
         )
         process.start()
         child_end.close()
+        if self._conn is not None:
+            self._conn.close()
         self._process, self._conn, self._jobs = process, parent, set()
         self._forget.clear()
 
@@ -99,7 +102,7 @@ class Slot:
             self._jobs.discard(job_id)
             self._forget.append(job_id)
 
-    def execute(
+    async def execute(
         self,
         job_id: str,
         first_index: int,
@@ -109,73 +112,82 @@ class Slot:
         timeout: float | None,
         on_output: Callable[[int, str, str], None],
     ) -> Finished | Lost:
-        """Run one task in the child; blocking. Never raises for user errors or crashes.
+        """Run one task in the child. Never raises for user errors or crashes.
 
         ``function`` is (its bytes, its serializer: "cloudpickle" or "portable").
         """
-        with self._busy:
-            return self._execute(job_id, first_index, count, function, payload, timeout, on_output)
-
-    def _execute(
-        self,
-        job_id: str,
-        first_index: int,
-        count: int,
-        function: tuple[bytes, str],
-        payload: bytes,
-        timeout: float | None,
-        on_output: Callable[[int, str, str], None],
-    ) -> Finished | Lost:
-        with self._lock:
-            self._stopping = False
-            self.start()
+        loop = asyncio.get_running_loop()
+        self._stopping = self._timed_out = False
+        self.start()
         conn = self._conn
+        outcome: asyncio.Future = loop.create_future()
+        timer = None
         try:
             for old in self._forget:
                 conn.send(("forget", old))
             self._forget.clear()
-            new = job_id not in self._jobs
             function_bytes, serializer = function
+            new = job_id not in self._jobs
             conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer))
             conn.send_bytes(payload)
             self._jobs.add(job_id)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if not conn.poll(wait):
-                    self._kill_process()
-                    return Lost("timeout", f"the task ran longer than its timeout of {timeout:g} s and was stopped")
+        except (OSError, EOFError):
+            return await self._lost()
+        loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output)
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._time_out)
+        try:
+            result = await outcome
+        except asyncio.CancelledError:
+            self.kill()  # nobody will read its outcome: a fresh process takes the next task
+            raise
+        finally:
+            loop.remove_reader(conn.fileno())
+            if timer is not None:
+                timer.cancel()
+        if result is None:
+            if self._timed_out:
+                return Lost("timeout", f"the task ran longer than its timeout of {timeout:g} s and was stopped")
+            return await self._lost()
+        return result
+
+    def _readable(self, conn, outcome: asyncio.Future, on_output: Callable[[int, str, str], None]) -> None:
+        """Read what the child sent: output lines, then the outcome (None: the pipe closed)."""
+        try:
+            while not outcome.done() and conn.poll():
                 message = conn.recv()
                 if message[0] == "output":
                     on_output(*message[1:])
                 else:
-                    return Finished(message[1], conn.recv_bytes(), message[2])
-        except (EOFError, OSError, BrokenPipeError):
-            return self._lost()
+                    outcome.set_result(Finished(message[1], conn.recv_bytes(), message[2]))
+        except (EOFError, OSError):
+            if not outcome.done():
+                outcome.set_result(None)
 
-    def _lost(self) -> Lost:
+    def _time_out(self) -> None:
+        self._timed_out = True
+        self._kill_process()
+
+    async def _lost(self) -> Lost:
         process = self._process
-        if process is not None:
-            process.join(CHILD_EXIT_GRACE)
+        if process is not None:  # reap it, off the loop: join may wait a moment
+            await asyncio.get_running_loop().run_in_executor(None, process.join, CHILD_EXIT_GRACE)
         if self._stopping:
             return Lost("cancelled", "the job was released")
         return Lost("crashed", describe_exit(process.exitcode if process else None))
 
     def kill(self) -> None:
-        """Stop the running task now (from any thread): its process is killed."""
-        with self._lock:
-            self._stopping = True
-            self._kill_process(wait=False)  # the executing thread reaps it
+        """Stop the running task now: its process is killed (the next task gets a fresh one)."""
+        self._stopping = True
+        self._kill_process()
 
-    def _kill_process(self, wait: bool = True) -> None:
+    def _kill_process(self) -> None:
         process = self._process
         if process is not None and process.is_alive():
             process.kill()
-            if wait:
-                process.join(CHILD_EXIT_GRACE)
 
     def close(self) -> None:
-        """Stop the child for good."""
+        """Stop the child for good (blocking, at most about 2 * CHILD_EXIT_GRACE)."""
         if self._conn is not None:
             self._conn.close()
         process = self._process
