@@ -157,13 +157,13 @@ function renderWorkers(status) {
       tasks.append(el("span", { class: "chip", title: `job ${task.job}` }, `${task.name || "job"} #${task.task} · ${items}`));
     }
     if (!(worker.tasks || []).length) tasks.append(el("span", { class: "empty" }, "idle"));
-    const state = worker.draining ? "draining" : "up";
+    const state = worker.quarantined ? "quarantined" : worker.draining ? "draining" : "up";
     return el("tr", { "data-worker": worker.name },
       el("td", {}, worker.name),
       el("td", { class: "slot-cell" }, slots, `${worker.busy}/${worker.slots}`),
       el("td", {}, String(worker.tasks_done ?? "–")),
       tasks,
-      el("td", {}, el("span", { class: `badge ${state === "up" ? "done" : "draining"}` }, state)),
+      el("td", {}, el("span", { class: `badge ${state === "up" ? "done" : state}` }, state)),
     );
   });
   body.replaceChildren(...rows);
