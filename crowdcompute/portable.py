@@ -121,7 +121,7 @@ def dumps_portable_items(items: Sequence, first_index: int = 0) -> bytes:
 
 def loads_portable_outcomes(payload: bytes) -> tuple[list[Any], dict[int, Any]]:
     """A portable task's ``(values, errors)``: JSON ``{"values": [...], "errors": {"offset": {...}}}``."""
-    outcomes = json.loads(payload)
+    outcomes = json.loads(bytes(payload))
     return outcomes["values"], {int(offset): error for offset, error in outcomes["errors"].items()}
 
 
@@ -130,7 +130,7 @@ def loads_portable_outcomes(payload: bytes) -> tuple[list[Any], dict[int, Any]]:
 
 def load_portable_function(document: bytes) -> Callable:
     """Rebuild a portable function: import its modules and names, then run its source."""
-    spec = json.loads(document)
+    spec = json.loads(bytes(document))
     namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "__crowdcompute_portable__"}
     for var, module in spec["modules"].items():
         namespace[var] = importlib.import_module(module)
@@ -154,7 +154,7 @@ def run_portable(
     values: list[Any] = []
     errors: dict[int, dict] = {}
     try:
-        items = json.loads(payload)
+        items = json.loads(bytes(payload))
     except ValueError as exc:
         error = _describe(ValueError(f"the task's input is not JSON: {exc}"))
         items, errors = [], {offset: error for offset in range(count)}

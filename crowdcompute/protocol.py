@@ -10,6 +10,7 @@ A frame is one binary websocket message::
 
 Every message is a dataclass with a ``TYPE`` tag. Its ``bytes`` fields travel
 as raw payloads after the header; every other field travels in the header.
+Decoded payloads are read-only memoryviews into the frame (no copy).
 ``encode`` and ``decode`` are pure; anything that does not decode raises one
 :class:`ProtocolError` whose text says what was wrong. The foreman reads only
 headers: payloads are opaque to it.
@@ -361,7 +362,7 @@ class StatusReply(Message):
     def status(self) -> dict:
         """The status as a dict; raises ProtocolError when the body is not a JSON object."""
         try:
-            value = json.loads(self.body)
+            value = json.loads(bytes(self.body))
         except ValueError as exc:
             raise ProtocolError(f"status_reply: body is not JSON: {exc}") from None
         if not isinstance(value, dict):
@@ -517,7 +518,8 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
         raise ProtocolError(f"{kind}: unknown fields {sorted(header)}")
     offset = end
     for name, size in zip(cls._payloads, sizes):
-        fields[name] = bytes(view[offset : offset + size])
+        # A view into the frame, not a copy: a 100 MB input crosses the foreman without being copied here.
+        fields[name] = view[offset : offset + size]
         offset += size
     try:
         msg = cls(**fields)

@@ -24,7 +24,9 @@ QUARANTINE_AFTER = 3
 
 def digest(msg: p.TaskDone) -> bytes:
     """What runs are compared by: the failed count and the outcome bytes."""
-    return hashlib.sha256(b"%d:" % msg.failed + msg.payload).digest()
+    digest = hashlib.sha256(b"%d:" % msg.failed)
+    digest.update(msg.payload)
+    return digest.digest()
 
 
 def quorum(redundancy: int) -> int:

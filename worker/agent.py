@@ -162,7 +162,7 @@ class WorkerAgent:
                     log.error("bad frame from the foreman: %s", exc)
                     return
                 if isinstance(msg, p.JobFunction):
-                    self._functions[msg.job_id] = (msg.function, msg.serializer)
+                    self._functions[msg.job_id] = (bytes(msg.function), msg.serializer)
                 elif isinstance(msg, p.AssignTask):
                     self._queue.put_nowait(msg)
                 elif isinstance(msg, p.ReleaseJob):
