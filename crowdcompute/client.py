@@ -343,6 +343,7 @@ class CrowdComputeClient:
         try:
             await accepted
         except BaseException:
+            self._cancel_job(job_id)  # it may be accepted anyway: nobody waits for it now
             self._jobs.pop(job_id, None)
             self._feeds.pop(job_id, None)
             raise

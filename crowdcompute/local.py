@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import subprocess
 import sys
 import weakref
@@ -20,6 +21,10 @@ from .addresses import Address, generate_token, parse_address
 from .errors import CrowdComputeError
 
 __all__ = ["LocalCluster", "STOP_TIMEOUT"]
+
+# How the cluster hands its token to its children (see foreman.cli and worker.cli).
+FOREMAN_TOKEN = "CROWDCOMPUTE_FOREMAN_TOKEN"
+WORKER_TOKEN = "CROWDCOMPUTE_WORKER_TOKEN"
 
 #: Seconds the children get to exit cleanly before they are killed.
 STOP_TIMEOUT = 5.0
@@ -68,8 +73,6 @@ class LocalCluster:
         """
         _running.add(self)
         command = ["-m", "foreman", "--port", str(self.port), "--journal", self.journal, "--log-level", self.log_level]
-        if self.token is not None:
-            command.append(f"--token={self.token}")  # "=": a token may start with "-"
         self.foreman = self._spawn(command, stdout=subprocess.PIPE)
         loop = asyncio.get_running_loop()
         try:
@@ -84,38 +87,54 @@ class LocalCluster:
         for n in range(self.workers):
             command = ["-m", "worker", self.address.url, "--procs", "1", "--name", f"local-{n + 1}"]
             command += ["--log-level", self.log_level]
-            if self.token is not None:
-                command.append(f"--token={self.token}")
             self.agents.append(self._spawn(command, stdout=None if self.show_workers else subprocess.DEVNULL))
         return self.address
 
     def _spawn(self, args: list[str], stdout) -> subprocess.Popen:
+        # The token goes in the environment, not the command line (ps shows that to every user).
+        env = {k: v for k, v in os.environ.items() if k not in (FOREMAN_TOKEN, WORKER_TOKEN)}
+        if self.token is not None:
+            env[FOREMAN_TOKEN] = env[WORKER_TOKEN] = self.token
         return subprocess.Popen(
             [sys.executable, *args, "--exit-with-parent"],
             stdin=subprocess.PIPE,
             stdout=stdout,
             start_new_session=True,
+            env=env,
         )
 
     def stop(self) -> None:
-        """Stop the workers and the foreman (blocking, at most about STOP_TIMEOUT s)."""
-        processes = [*self.agents, *([self.foreman] if self.foreman else [])]
-        for process in processes:
-            if process.stdin is not None and not process.stdin.closed:
-                try:
-                    process.stdin.close()  # the child's parent watch stops it
-                except OSError:
-                    pass
-        for process in processes:
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+        """Stop the workers, then the foreman (blocking, at most about 2 * STOP_TIMEOUT s).
+
+        Workers first, so that none of them sees its foreman vanish and tries to reconnect.
+        """
+        _close_stdin(self.agents)
+        _wait(self.agents)
+        foreman = [self.foreman] if self.foreman else []
+        _close_stdin(foreman)
+        _wait(foreman)
         self.agents, self.foreman = [], None
         _running.discard(self)
+
+
+def _close_stdin(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.stdin is not None and not process.stdin.closed:
+            try:
+                process.stdin.close()  # the child's parent watch stops it
+            except OSError:
+                pass
+
+
+def _wait(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 @atexit.register

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import ssl
 import sys
 
@@ -25,6 +26,9 @@ from .server import IDLE_TIMEOUT, MAX_FRAME_SIZE, ForemanServer
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("crowdcompute.foreman")
+
+#: Environment variable a parent process may use to give the foreman its client token.
+FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +113,9 @@ async def _serve(args: argparse.Namespace) -> int:
     install_stop_handlers(stop)
     if args.exit_with_parent:
         stop_with_parent(stop)
-    token = args.token
+    # A parent (the embedded cluster) hands its token over in the environment, not
+    # on the command line, where other users could read it with ps.
+    token = args.token or os.environ.get(FOREMAN_TOKEN_VARIABLE)
     write_file = token is None
     if token is None:
         previous = read_connection_file(args.port) if args.port else None

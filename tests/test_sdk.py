@@ -95,11 +95,16 @@ def test_module_functions_use_the_default_client(cluster):
 
 
 def test_embedded_cluster_starts_and_stops_with_the_client():
+    import psutil
+
     async def main():
         async with CrowdComputeClient(workers=2) as cc:
             assert await cc.map(lambda x: x + 1, range(10)) == list(range(1, 11))
             status = await cc.status()
             assert len(status["workers"]) <= 2
+            # The token never shows on a command line, where any local user could read it.
+            for process in [cc.cluster.foreman, *cc.cluster.agents]:
+                assert cc.cluster.token not in " ".join(psutil.Process(process.pid).cmdline())
 
     arun(main(), timeout=60)
 
