@@ -156,6 +156,7 @@ class CrowdComputeClient:
             on_message=self._dispatch,
             on_reconnect=self._reattach,
             on_lost=self._connection_lost,
+            busy=lambda: bool(self._jobs),
         )
         try:
             welcome = await self._link.open()

@@ -45,6 +45,7 @@ class Link:
         on_message: Callable[[p.Message], None],
         on_reconnect: Callable[[], None],
         on_lost: Callable[[ConnectionLostError], None],
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.address = address
         self.hello = hello
@@ -55,6 +56,7 @@ class Link:
         self._on_message = on_message
         self._on_reconnect = on_reconnect
         self._on_lost = on_lost
+        self._busy = busy  # the owner follows jobs: an idle close must not leave them waiting
         self._websocket = None
         self._frames: deque[bytes] = deque()  # waiting to go out, in order
         self._queued = asyncio.Event()  # set when _frames is not empty
@@ -136,7 +138,10 @@ class Link:
             for task in self._tasks:
                 if task is not asyncio.current_task():
                     task.cancel()
-            self._dormant = True  # nothing to follow: come back when there is something to send
+            if self._frames or self._busy():  # work crossed the foreman's close: come back now
+                self._recovery = asyncio.create_task(self._recover(waking=True))
+            else:
+                self._dormant = True  # nothing to follow: come back when there is something to send
             return
         self._recovery = asyncio.create_task(self._recover())
 

@@ -1,4 +1,5 @@
-"""The IPython magics: ``%crowdconnect``, ``%%crowdmap``, ``%%crowdcompute``, ``%crowdstatus``, ``%crowddisconnect``.
+"""The IPython magics: ``%crowdconnect``, ``%%crowdmap``, ``%%crowdcompute``, ``%crowdattach``,
+``%crowdstatus``, ``%crowddisconnect``.
 
 Each magic is synchronous: it builds a coroutine on the async SDK and runs
 it with :func:`crowdcompute_jupyter.runner.run_sync`, inside the kernel's
@@ -162,12 +163,48 @@ class CrowdComputeMagics(Magics):
 
         results = run_sync(map_items())
         job = self.last_job
+        if job is not None:
+            _print_stats(job)
         if output is not None:
             self.shell.user_ns[output] = results
         if job is not None and job.failed:
             first = min(job.errors)
             kept = f"the results, with errors in place, are in `{output}`" if output else "use -o NAME to keep the other results"
             print(f"{job.failed} of {job.total} items failed; item {first} is shown below; {kept}.")
+            raise job.errors[first]
+        return None if output is not None else results
+
+    @line_magic
+    @magic_arguments()
+    @argument("job_id", metavar="JOB_ID", help="the id of a job submitted earlier (job.id)")
+    @argument("-o", "--output", metavar="NAME", help="store the list of results in NAME")
+    def crowdattach(self, line: str) -> Any:
+        """Follow a job submitted earlier (before a kernel restart, say) and collect its results.
+
+        Shows a live progress bar while the job runs; the results come back as
+        a list in input order: the value of the line, or stored in NAME.
+        """
+        args = parse_argstring(self.crowdattach, line)
+        output = _output_name(args.output)
+        client = self._client()
+        self.last_job = self.last_progress = None
+
+        async def follow() -> list[Any]:
+            try:
+                job = await client.attach(args.job_id)
+            except CrowdComputeError as exc:
+                raise UsageError(f"cannot attach to job {args.job_id}: {exc}") from None
+            self.last_job = job
+            self.last_progress = make_progress(job)
+            return await watch_job(client, job, progress=self.last_progress)
+
+        results = run_sync(follow())
+        job = self.last_job
+        if output is not None:
+            self.shell.user_ns[output] = results
+        if job is not None and job.failed:
+            first = min(job.errors)
+            print(f"{job.failed} of {job.total} items failed; item {first} is shown below.")
             raise job.errors[first]
         return None if output is not None else results
 
@@ -242,6 +279,14 @@ class CrowdComputeMagics(Magics):
         from IPython.display import display
 
         display(view)
+
+
+def _print_stats(job: Job) -> None:
+    """One line on where the job's time went, and a hint when its chunks are badly sized."""
+    stats = job.stats
+    print(stats.summary())
+    for hint in stats.hints():
+        print(f"hint: {hint}")
 
 
 async def _wait_for_workers(client: CrowdComputeClient, expected: int) -> None:

@@ -39,10 +39,13 @@ class Proc:
         self._pump_thread.start()
 
     def _pump(self) -> None:
-        for raw in self.popen.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            self._queue.put(line)
+        try:
+            for raw in self.popen.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.lines.append(line)
+                self._queue.put(line)
+        except (ValueError, OSError):  # closed under us by close()
+            pass
         self._queue.put(None)
 
     def wait_for_line(self, prefix: str, timeout: float = START_TIMEOUT) -> str:
@@ -76,8 +79,8 @@ class Proc:
 
     def close(self) -> None:
         """Wait for the output pipe to drain (children may hold it a moment) and close it."""
-        self._pump_thread.join(timeout=5)
-        if not self._pump_thread.is_alive():
+        self._pump_thread.join(timeout=10)
+        if not self._pump_thread.is_alive():  # else a grandchild still holds the pipe: closing would block
             self.popen.stdout.close()
 
 

@@ -13,7 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
-from crowdcompute import SerializationError, TaskError
+from crowdcompute import CrowdComputeClient, SerializationError, TaskError
 from crowdcompute.local import LocalCluster
 from helpers import arun
 
@@ -197,3 +197,23 @@ def test_the_embedded_cluster_starts_whatever_its_token(crowd_home):
             cluster.stop()
 
     arun(start_and_stop(), timeout=40)
+
+
+def test_crowdattach_collects_a_job_submitted_elsewhere_and_crowdmap_says_where_time_went(cluster, shell):
+    connect(cluster, shell)
+    result, text = run(shell, "%%crowdmap range(6) -o r\ndef f(x):\n    return x + 1\n")
+    assert result.success and "6/6 items in" in text and "workers" in text, text  # the stats line
+
+    async def submit_elsewhere() -> str:
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as other:
+            job = await other.submit(lambda x: x * 7, range(5))
+            return job.id  # this process leaves; the job goes on
+
+    job_id = arun(submit_elsewhere())
+    result, text = run(shell, f"%crowdattach {job_id} -o seven")
+    assert result.success, text
+    assert shell.user_ns["seven"] == [0, 7, 14, 21, 28]
+    widget = magics(shell).last_progress
+    assert (widget.bar.value, widget.bar.max, widget.state) == (5, 5, "done")
+    result, text = run(shell, "%crowdattach no-such-job")
+    assert isinstance(result.error_in_exec, Exception) and "cannot attach to job no-such-job" in text

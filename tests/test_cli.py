@@ -1,0 +1,64 @@
+"""The command line: local, status, and the environment a shared cluster exports."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import psutil
+
+from conftest import spawn
+from crowdcompute import CrowdComputeClient
+from helpers import arun
+
+
+def test_local_runs_a_cluster_that_ctrl_c_stops_completely(crowd_home):
+    proc = spawn("local", "--workers", "2", "--port", "0")
+    try:
+        url = proc.wait_for_line("foreman listening on ").rsplit(" ", 1)[1]
+        for _ in range(2):
+            proc.wait_for_line("connected to")
+        port = int(url.rsplit(":", 1)[1])
+        token = json.loads((crowd_home / f"foreman-{port}.json").read_text())["token"]
+
+        async def main():
+            async with CrowdComputeClient("localhost", port) as cc:  # no token: the connection file
+                assert await cc.map(lambda x: x * 2, range(10)) == [x * 2 for x in range(10)]
+                assert len((await cc.status())["workers"]) == 2
+
+        arun(main())
+        status = spawn("status", url, "--token", token)
+        assert status.popen.wait(30) == 0, "\n".join(status.lines)
+        status.close()
+        table = "\n".join(status.lines)
+        assert "2 workers" in table and "local-1" in table and "local-2" in table
+        children = psutil.Process(proc.popen.pid).children(recursive=True)
+        proc.popen.send_signal(signal.SIGINT)
+        assert proc.popen.wait(30) == 0
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"left behind: {alive}"
+    finally:
+        proc.stop()
+
+
+def test_status_of_an_absent_foreman_says_so(crowd_home):
+    status = spawn("status", "ws://127.0.0.1:9", "--token", "x")
+    assert status.popen.wait(30) == 1
+    status.close()
+    assert any("no foreman answered" in line for line in status.lines), status.lines
+
+
+def test_connect_with_no_address_uses_the_exported_cluster(cluster, monkeypatch):
+    monkeypatch.setenv("CROWDCOMPUTE_ADDRESS", cluster.url)
+    monkeypatch.setenv("CROWDCOMPUTE_TOKEN", cluster.token)
+
+    async def main():
+        async with CrowdComputeClient() as cc:
+            assert cc.cluster is None  # no embedded cluster: the exported one
+            assert await cc.run(sum, [1, 2, 3]) == 6
+
+    arun(main())
+
+
+def test_foreman_sigterm_exits_zero(foreman):
+    assert foreman.proc.stop() == 0
