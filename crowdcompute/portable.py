@@ -16,10 +16,10 @@ import importlib
 import inspect
 import json
 import textwrap
-import traceback
 from typing import Any, Callable, Sequence
 
 from .errors import SerializationError
+from .serialization import describe_exception
 
 __all__ = [
     "PORTABLE",
@@ -156,7 +156,7 @@ def run_portable(
     try:
         items = json.loads(bytes(payload))
     except ValueError as exc:
-        error = _describe(ValueError(f"the task's input is not JSON: {exc}"))
+        error = describe_exception(ValueError(f"the task's input is not JSON: {exc}"), pickled=False)
         items, errors = [], {offset: error for offset in range(count)}
         values = [None] * count
     for offset, item in enumerate(items):
@@ -168,15 +168,5 @@ def run_portable(
             values.append(value)
         except Exception as exc:
             values.append(None)
-            errors[offset] = _describe(exc)
+            errors[offset] = describe_exception(exc, pickled=False)  # JSON: no pickle
     return json.dumps({"values": values, "errors": errors}).encode(), len(errors)
-
-
-def _describe(exc: BaseException) -> dict:
-    return {
-        "type": type(exc).__name__,
-        "module": type(exc).__module__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        "exception": None,
-    }

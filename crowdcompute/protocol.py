@@ -1,32 +1,21 @@
-"""The wire protocol between clients, the foreman and workers, without I/O.
+"""The messages clients, the foreman and workers exchange, without I/O.
 
-A frame is one binary websocket message::
-
-    +----------------+----------------------+-----------+-----------+---
-    | header length  | header (UTF-8 JSON)  | payload 1 | payload 2 | ...
-    | 4 bytes, big   | {"type": ..., ...,   |  raw bytes, never base64
-    | endian         |  "sizes": [n1, ...]} |
-    +----------------+----------------------+-----------+-----------+---
-
-Every message is a dataclass with a ``TYPE`` tag. Its ``bytes`` fields travel
-as raw payloads after the header; every other field travels in the header.
-Decoded payloads are read-only memoryviews into the frame (no copy).
-``encode`` and ``decode`` are pure; anything that does not decode raises one
-:class:`ProtocolError` whose text says what was wrong. The foreman reads only
-headers: payloads are opaque to it.
+Each message is a frozen dataclass with a ``TYPE`` tag; its ``bytes`` fields
+are raw payloads and the rest travels in a small JSON header (see
+:mod:`crowdcompute.framing`, whose ``encode`` and ``decode`` are re-exported
+here). Each message checks its own fields and raises one ProtocolError with a
+sentence that says what was wrong. The foreman reads only headers: payloads
+are opaque to it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import struct
-import typing
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import ClassVar
 
 from .errors import ProtocolError
+from .framing import _MESSAGES, MAX_HEADER_SIZE, Message, decode, encode, message  # noqa: F401 (re-exported)
+from .framing import require as _require
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -64,81 +53,7 @@ MAX_REDUNDANCY = 9
 #: How a job's function, inputs and results travel: cloudpickle (same Python
 #: and cloudpickle on both ends) or portable (source text and JSON).
 SERIALIZERS = ("cloudpickle", "portable")
-#: Largest JSON header a frame may carry; payloads are limited separately.
-MAX_HEADER_SIZE = 64 * 1024
-
-_LENGTH = struct.Struct("!I")
-_MESSAGES: dict[str, type[Message]] = {}
-
 ROLES = ("client", "worker")
-
-
-class Message:
-    """Base of every message: subclasses are dataclasses with a ``TYPE`` tag."""
-
-    TYPE: ClassVar[str]
-    _checks: ClassVar[dict[str, Callable[[Any], bool]]]
-    _payloads: ClassVar[tuple[str, ...]]
-
-    def validate(self) -> None:
-        """Check field values beyond their types; raise ProtocolError."""
-
-
-def message(cls: type) -> type:
-    """Class decorator: make ``cls`` a frozen dataclass and register its TYPE."""
-    cls = dataclass(frozen=True)(cls)
-    hints = typing.get_type_hints(cls)
-    checks = {}
-    payloads = []
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if hint is bytes:
-            payloads.append(f.name)
-        else:
-            checks[f.name] = _type_check(hint)
-    cls._checks = checks
-    cls._payloads = tuple(payloads)
-    if cls.TYPE in _MESSAGES:
-        raise RuntimeError(f"message type {cls.TYPE!r} defined twice")
-    _MESSAGES[cls.TYPE] = cls
-    return cls
-
-
-def _type_check(hint: Any) -> Callable[[Any], bool]:
-    """A predicate saying whether a decoded JSON value fits ``hint``."""
-    if hint is bool:
-        return lambda v: isinstance(v, bool)
-    if hint is int:
-        return lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if hint is float:
-        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    if hint is str:
-        return lambda v: isinstance(v, str)
-    if hint is dict or typing.get_origin(hint) is dict:
-        return lambda v: isinstance(v, dict)
-    if hint is list or typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        item_ok = (lambda v: True) if item is Any else _type_check(item)
-        return lambda v: isinstance(v, list) and all(item_ok(x) for x in v)
-    args = typing.get_args(hint)
-    if args and type(None) in args:  # X | None
-        inner = [a for a in args if a is not type(None)]
-        inner_ok = _type_check(inner[0])
-        return lambda v: v is None or inner_ok(v)
-    raise TypeError(f"unsupported field type {hint!r}")
-
-
-def _finite_number(text: str) -> float:
-    """Parse a JSON number; NaN and infinities are not JSON and no field may hold one."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not a finite number")
-    return value
-
-
-def _require(condition: bool, sentence: str) -> None:
-    if not condition:
-        raise ProtocolError(sentence)
 
 
 # --- handshake --------------------------------------------------------------
@@ -450,87 +365,3 @@ class TaskCrashed(Message):
 
     def validate(self) -> None:
         _require(self.error in ("crashed", "timeout"), f"unknown task error {self.error!r}")
-
-
-# --- encoding ---------------------------------------------------------------
-
-
-def encode(msg: Message) -> bytes:
-    """Return the frame for ``msg``: length, JSON header, raw payloads."""
-    header: dict[str, Any] = {"type": msg.TYPE}
-    payloads = []
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        if f.name in msg._payloads:
-            payloads.append(value)
-        else:
-            header[f.name] = value
-    if payloads:
-        header["sizes"] = [len(p) for p in payloads]
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join([_LENGTH.pack(len(head)), head, *payloads])
-
-
-def decode(frame: bytes | bytearray | memoryview | str) -> Message:
-    """Return the message in ``frame``; raise ProtocolError saying what was wrong."""
-    if isinstance(frame, str):
-        raise ProtocolError("expected a binary frame, got a text frame")
-    view = memoryview(frame)
-    if len(view) < _LENGTH.size:
-        raise ProtocolError(f"frame of {len(view)} bytes is too short to hold a header")
-    (head_size,) = _LENGTH.unpack_from(view)
-    if head_size > MAX_HEADER_SIZE:
-        raise ProtocolError(f"header of {head_size} bytes exceeds {MAX_HEADER_SIZE}")
-    end = _LENGTH.size + head_size
-    if end > len(view):
-        raise ProtocolError(f"header says {head_size} bytes but the frame is truncated")
-    try:
-        header = json.loads(
-            bytes(view[_LENGTH.size : end]), parse_float=_finite_number, parse_constant=_finite_number
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
-        raise ProtocolError(f"header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("header must be a JSON object")
-    kind = header.pop("type", None)
-    cls = _MESSAGES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ProtocolError(f"unknown message type {kind!r}")
-    sizes = header.pop("sizes", [])
-    if (
-        not isinstance(sizes, list)
-        or len(sizes) != len(cls._payloads)
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)
-    ):
-        raise ProtocolError(f"{kind}: 'sizes' must list {len(cls._payloads)} payload lengths")
-    if end + sum(sizes) != len(view):
-        raise ProtocolError(
-            f"{kind}: payloads should take {sum(sizes)} bytes but {len(view) - end} follow the header"
-        )
-    fields: dict[str, Any] = {}
-    for name, check in cls._checks.items():
-        if name in header:
-            value = header.pop(name)
-            if not check(value):
-                raise ProtocolError(f"{kind}: field {name!r} has the wrong type ({type(value).__name__})")
-            fields[name] = value
-    if header:
-        raise ProtocolError(f"{kind}: unknown fields {sorted(header)}")
-    offset = end
-    for name, size in zip(cls._payloads, sizes):
-        # A view into the frame, not a copy: a 100 MB input crosses the foreman without being copied here.
-        fields[name] = view[offset : offset + size]
-        offset += size
-    try:
-        msg = cls(**fields)
-    except TypeError as exc:
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in fields
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]
-        raise ProtocolError(f"{kind}: missing fields {missing}") from exc
-    msg.validate()
-    return msg

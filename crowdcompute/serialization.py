@@ -194,18 +194,18 @@ def _short_repr(obj: Any) -> str:
 # --- on the worker -----------------------------------------------------------
 
 
-def describe_exception(exc: BaseException) -> dict:
-    """The remote exception as plain data, plus a pickle of it when it pickles."""
+def describe_exception(exc: BaseException, pickled: bool = True) -> dict:
+    """The remote exception as plain data, plus a pickle of it when it pickles (and ``pickled``)."""
     try:
-        pickled = cloudpickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+        data = cloudpickle.dumps(exc, protocol=PICKLE_PROTOCOL) if pickled else None
     except Exception:
-        pickled = None
+        data = None
     return {
         "type": type(exc).__name__,
         "module": type(exc).__module__,
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        "exception": pickled,
+        "exception": data,
     }
 
 

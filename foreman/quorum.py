@@ -9,17 +9,58 @@ is quarantined: it gets no more work.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
 from crowdcompute import protocol as p
 
 from .state import Note, Task, Worker
 
-__all__ = ["QUARANTINE_AFTER", "ROUNDS", "digest", "disagreement", "quorum", "tally"]
+__all__ = ["QUARANTINE_AFTER", "ROUNDS", "Verdict", "digest", "disagreement", "quorum", "tally", "vote"]
 
 #: Rounds of k runs a task gets to reach a majority before it fails.
 ROUNDS = 2
 #: Disagreements with the majority after which a worker that disagreed more than it agreed is quarantined.
 QUARANTINE_AFTER = 3
+
+
+@dataclass
+class Verdict:
+    """What one more run of a redundant task decided."""
+
+    notes: list[Note] = field(default_factory=list)  # quarantines to log
+    accepted: p.TaskDone | None = None  # a majority agreed on this outcome
+    voter: str = ""  # the first worker that returned it
+    rerun: bool = False  # every run is in and no majority: run a fresh round
+    failure: str | None = None  # no majority after the last round: why
+
+
+def vote(task: Task, redundancy: int, worker_id: str, msg: p.TaskDone, workers: dict[str, Worker], done: bool) -> Verdict:
+    """Count ``msg`` as ``worker_id``'s run of ``task``; ``done``: the task already has its outcome."""
+    ballot = digest(msg)
+    verdict = Verdict()
+    if done:  # a late run: count its agreement with the majority, if there was one
+        note = tally(workers.get(worker_id), ballot == task.winner) if task.winner is not None else None
+        verdict.notes = [note] if note else []
+        return verdict
+    task.votes.setdefault(ballot, []).append(worker_id)
+    task.ballots.setdefault(ballot, msg)
+    if len(task.votes[ballot]) >= quorum(redundancy):
+        task.winner = ballot
+        for voted, voters in task.votes.items():
+            for voter in voters:
+                note = tally(workers.get(voter), voted == ballot)
+                if note:
+                    verdict.notes.append(note)
+        verdict.accepted, verdict.voter = task.ballots[ballot], task.votes[ballot][0]
+    elif sum(len(v) for v in task.votes.values()) >= redundancy:  # every run is in, no majority
+        if task.rounds + 1 < ROUNDS:
+            task.rounds += 1
+            task.votes.clear()
+            task.ballots.clear()
+            verdict.rerun = True
+        else:
+            verdict.failure = disagreement(task, workers)
+    return verdict
 
 
 def digest(msg: p.TaskDone) -> bytes:

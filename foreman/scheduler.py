@@ -7,17 +7,12 @@ replays from the journal (:class:`Replay`). Nothing here awaits, touches a
 socket or a file, or reads a payload: payloads are opaque bytes passed from
 client to worker and back. Time comes from an injected clock.
 
-Work is shared fairly (see :mod:`foreman.assignment`): jobs with queued
-tasks take turns, the worker with the most free room is served first, and
-each worker holds a little more than its slots so no slot idles. A job with
-``redundancy=k`` runs each task on k distinct workers and accepts the
-outcome a majority agrees on (see :mod:`foreman.quorum`).
-
-Every lease is (task, attempt, worker): an outcome is accepted only from the
-current holder, so a late result from a frozen worker is dropped. Jobs
-outlive their client's connection: a client that comes back (or any client
-holding the token) attaches by job id and gets every outcome; a job's
-outcomes are freed once its client collected them, or after ``result_ttl``.
+Who gets which task is :mod:`foreman.assignment`; redundant runs are
+counted by :mod:`foreman.quorum`; limits are in :mod:`foreman.limits`.
+Every lease is (task, attempt, worker): an outcome is accepted only from its
+holder, so a late result from a frozen worker is dropped. Jobs outlive their
+client's connection: any client holding the token attaches by job id and
+gets every outcome, until they are collected or ``result_ttl`` passes.
 """
 
 from __future__ import annotations
@@ -30,37 +25,18 @@ from crowdcompute import protocol as p
 
 from . import quorum
 from .assignment import assign, drop_leases, enqueue, unlease
-from .state import (
-    Close,
-    DeleteJob,
-    Note,
-    Job,
-    JobState,
-    Replay,
-    SaveJob,
-    SaveJobState,
-    SaveResult,
-    SaveTask,
-    Send,
-    Task,
-    TaskState,
-    Worker,
+from .limits import (
+    ALLOWED_FAILURES,
+    ENDED_JOBS_SHOWN,
+    MAX_QUEUED_BYTES,
+    MAX_QUEUED_BYTES_TOTAL,
+    MAX_QUEUED_TASKS,
+    RESULT_TTL,
 )
+from .state import Close, DeleteJob, Job, JobState, Note, Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
+from .state import Task, TaskState, Worker
 
 __all__ = ["ALLOWED_FAILURES", "MAX_QUEUED_BYTES", "MAX_QUEUED_TASKS", "RESULT_TTL", "Action", "Scheduler"]
-
-#: How many times a task may kill its process before it fails with WorkerCrashedError.
-ALLOWED_FAILURES = 3
-#: Seconds a finished job's outcomes are kept for ``attach`` before they are purged.
-RESULT_TTL = 24 * 3600.0
-#: How many ended jobs the status keeps showing.
-ENDED_JOBS_SHOWN = 20
-#: Tasks of one job a client may have sent without their outcome yet (its window).
-MAX_QUEUED_TASKS = 4096
-#: Input bytes of one job a client may have sent without their outcome yet.
-MAX_QUEUED_BYTES = 256 * 1024 * 1024
-#: Input bytes waiting on the foreman over all jobs; past this, new jobs are refused until it drains.
-MAX_QUEUED_BYTES_TOTAL = 2 * 1024 * 1024 * 1024
 
 Action = Union[Send, Close, Note, Replay, SaveJob, SaveTask, SaveResult, SaveJobState, DeleteJob]
 
@@ -296,33 +272,15 @@ class Scheduler:
 
     def _vote(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
         """A redundant run reported: accept the outcome once a majority agrees."""
-        ballot = quorum.digest(msg)
-        if task.state is TaskState.DONE:  # a late run: count its agreement, nothing more
-            if task.winner is None:  # the task failed: there is no majority to agree with
-                return []
-            note = quorum.tally(self.workers.get(worker_id), ballot == task.winner)
-            return [note] if note else []
-        task.votes.setdefault(ballot, []).append(worker_id)
-        task.ballots.setdefault(ballot, msg)
-        actions: list[Action] = []
-        if len(task.votes[ballot]) >= quorum.quorum(job.redundancy):
-            task.winner = ballot
-            for voted, voters in task.votes.items():
-                for voter in voters:
-                    note = quorum.tally(self.workers.get(voter), voted == ballot)
-                    if note:
-                        actions.append(note)
-            first = task.votes[ballot][0]
-            return actions + self._result(job, task, first, task.ballots[ballot])
-        if sum(len(v) for v in task.votes.values()) < job.redundancy:
-            return actions  # more runs to come
-        if task.rounds + 1 < quorum.ROUNDS:  # no majority: a fresh round on other workers
-            task.rounds += 1
-            task.votes.clear()
-            task.ballots.clear()
+        verdict = quorum.vote(task, job.redundancy, worker_id, msg, self.workers, done=task.state is TaskState.DONE)
+        actions: list[Action] = list(verdict.notes)
+        if verdict.accepted is not None:
+            return actions + self._result(job, task, verdict.voter, verdict.accepted)
+        if verdict.rerun:
             self._enqueue(job, task, replicas=job.redundancy)
-            return actions
-        return self._fail(job, task, "disagreement", quorum.disagreement(task, self.workers))
+        if verdict.failure is not None:
+            return actions + self._fail(job, task, "disagreement", verdict.failure)
+        return actions
 
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
         job, task = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
@@ -382,22 +340,10 @@ class Scheduler:
     def status(self) -> dict:
         """Workers, slots and jobs as plain JSON data."""
         ended = sorted(self.ended.values(), key=lambda s: -s["finished_at"])[:ENDED_JOBS_SHOWN]
+        public = ("id", "name", "total", "completed", "failed", "state")
         return {
-            "workers": [
-                {
-                    "name": w.name,
-                    "slots": w.slots,
-                    "busy": min(len(w.running), w.slots),
-                    "tasks_done": w.tasks_done,
-                    "draining": w.draining,
-                    "agreed": w.agreed,
-                    "disagreed": w.disagreed,
-                    "quarantined": w.quarantined,
-                    "portable_only": w.portable_only,
-                }
-                for w in self.workers.values()
-            ],
-            "jobs": [job.summary() for job in self.jobs.values()] + [_public(s) for s in ended],
+            "workers": [worker.summary() for worker in self.workers.values()],
+            "jobs": [job.summary() for job in self.jobs.values()] + [{k: s[k] for k in public} for s in ended],
             "clients": len(self.clients),
         }
 
@@ -500,6 +446,3 @@ class Scheduler:
         """Lease queued tasks to free worker capacity, jobs taking turns."""
         return list(assign(self.workers, self.jobs, self._ready, self.clock()))
 
-
-def _public(summary: dict) -> dict:
-    return {k: summary[k] for k in ("id", "name", "total", "completed", "failed", "state")}

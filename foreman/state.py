@@ -192,6 +192,20 @@ class Worker:
     quarantined: bool = False  # kept disagreeing: it gets no new tasks
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
 
+    def summary(self) -> dict:
+        """The worker as the status reply shows it."""
+        return {
+            "name": self.name,
+            "slots": self.slots,
+            "busy": min(len(self.running), self.slots),
+            "tasks_done": self.tasks_done,
+            "draining": self.draining,
+            "agreed": self.agreed,
+            "disagreed": self.disagreed,
+            "quarantined": self.quarantined,
+            "portable_only": self.portable_only,
+        }
+
     @property
     def capacity(self) -> int:
         """Tasks it may hold at once: its slots plus a little prefetch, so no slot idles."""

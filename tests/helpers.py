@@ -83,3 +83,27 @@ class Proxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+async def fake_worker(url: str, token: str, answer, stop: asyncio.Event, name: str = "fake") -> None:
+    """A worker built on the public protocol: answers each AssignTask with the bytes ``answer(task)`` returns.
+
+    For hostile workers in tests (wrong results, crafted pickles); runs until ``stop`` is set.
+    """
+    from crowdcompute import protocol as p
+    from crowdcompute.addresses import parse_address
+    from crowdcompute.dialing import dial
+    from crowdcompute.runtime import runtime_fields
+
+    hello = p.Hello("worker", token, p.PROTOCOL_VERSION, name=name, slots=1, **runtime_fields())
+    ws, _ = await dial(parse_address(url), hello)
+    try:
+        while not stop.is_set():
+            try:
+                msg = p.decode(await asyncio.wait_for(ws.recv(), 0.2))
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(msg, p.AssignTask):
+                await ws.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, 0, answer(msg))))
+    finally:
+        await ws.close()

@@ -21,9 +21,8 @@ from crowdcompute import (
 )
 from crowdcompute import protocol as p
 from crowdcompute.addresses import parse_address
-from crowdcompute.dialing import dial
 from crowdcompute.runtime import runtime_fields
-from helpers import arun, wait_until
+from helpers import arun, fake_worker, wait_until
 
 
 def hello(role: str, token: str) -> p.Hello:
@@ -208,21 +207,6 @@ class Evil:
         return (os.system, (f"touch {self.path}",))
 
 
-async def malicious_worker(url: str, token: str, payload: bytes, stop: asyncio.Event) -> None:
-    """A worker built on the public protocol that answers every task with ``payload``."""
-    ws, _ = await dial(parse_address(url), hello("worker", token))
-    try:
-        while not stop.is_set():
-            try:
-                msg = p.decode(await asyncio.wait_for(ws.recv(), 0.2))
-            except asyncio.TimeoutError:
-                continue
-            if isinstance(msg, p.AssignTask):
-                await ws.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, 0, payload)))
-    finally:
-        await ws.close()
-
-
 @pytest.mark.parametrize("trusted", [False, True])
 def test_untrusted_results_never_run_code(foreman, tmp_path, trusted):
     marker = tmp_path / "pwned"
@@ -230,7 +214,7 @@ def test_untrusted_results_never_run_code(foreman, tmp_path, trusted):
 
     async def main():
         stop = asyncio.Event()
-        worker = asyncio.create_task(malicious_worker(foreman.url, foreman.token, payload, stop))
+        worker = asyncio.create_task(fake_worker(foreman.url, foreman.token, lambda task: payload, stop))
         try:
             async with CrowdComputeClient(foreman.url, token=foreman.token, trust_workers=trusted) as cc:
                 job = await cc.submit(abs, [1], chunksize=1)

@@ -9,12 +9,9 @@ import pytest
 
 from crowdcompute import CrowdComputeClient, QuorumError
 from crowdcompute import protocol as p
-from crowdcompute.addresses import parse_address
-from crowdcompute.dialing import dial
-from crowdcompute.runtime import runtime_fields
 from foreman import quorum
 from foreman.state import Note, Send
-from helpers import arun, wait_until
+from helpers import arun, fake_worker, wait_until
 from scheduler_events import make
 
 
@@ -91,30 +88,14 @@ def test_no_majority_after_the_rounds_fails_naming_the_workers():
 # --- end to end with a rogue built on the public protocol ----------------------------
 
 
-async def rogue_worker(url: str, token: str, stop: asyncio.Event) -> None:
-    """Answers every task with a well-formed but wrong outcome."""
-    hello = p.Hello("worker", token, p.PROTOCOL_VERSION, name="rogue", slots=1, **runtime_fields())
-    ws, _ = await dial(parse_address(url), hello)
-    try:
-        while not stop.is_set():
-            try:
-                msg = p.decode(await asyncio.wait_for(ws.recv(), 0.2))
-            except asyncio.TimeoutError:
-                continue
-            if isinstance(msg, p.AssignTask):
-                lies = pickle.dumps(([-1] * msg.count, {}), protocol=5)
-                await ws.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, 0, lies)))
-    finally:
-        await ws.close()
-
-
 def test_a_rogue_worker_cannot_corrupt_a_redundant_job(foreman, start_worker):
     for n in range(2):
         start_worker(foreman.url, "--procs", "1", "--name", f"honest{n}")
 
     async def main():
         stop = asyncio.Event()
-        rogue = asyncio.create_task(rogue_worker(foreman.url, foreman.token, stop))
+        lies = lambda task: pickle.dumps(([-1] * task.count, {}), protocol=5)  # well-formed, wrong
+        rogue = asyncio.create_task(fake_worker(foreman.url, foreman.token, lies, stop, name="rogue"))
         try:
             async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
 
