@@ -321,6 +321,7 @@ class CrowdComputeClient:
             name,
             options.redundancy,
             serializer,
+            ack=wait_accepted,
         )
         feed = Feed(
             submit,

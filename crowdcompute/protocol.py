@@ -122,6 +122,7 @@ class SubmitJob(Message):
     name: str = ""
     redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
     serializer: str = "cloudpickle"
+    ack: bool = True  # answer JobAccepted (a client that waits on the results anyway needs none)
 
     def validate(self) -> None:
         _require(bool(self.job_id), "job_id must not be empty")

@@ -159,6 +159,7 @@ class Scheduler:
             name=msg.name,
             redundancy=msg.redundancy,
             serializer=msg.serializer,
+            ack=msg.ack,
             created_at=self.clock(),
         )
         self.jobs[job.job_id] = job
@@ -377,7 +378,7 @@ class Scheduler:
 
     def _accept(self, job: Job) -> list[Action]:
         job.accepted = True
-        return [Send(job.client, p.JobAccepted(job.job_id))] if job.client else []
+        return [Send(job.client, p.JobAccepted(job.job_id))] if job.client and job.ack else []
 
     def _enqueue(self, job: Job, task: Task, front: bool = False, replicas: int = 1) -> None:
         enqueue(self._ready, job, task, front=front, replicas=replicas)

@@ -143,6 +143,7 @@ class Job:
     name: str = ""
     redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
     serializer: str = "cloudpickle"  # "portable" jobs run on any worker
+    ack: bool = True  # the client wants JobAccepted
     tasks: dict[int, Task] = field(default_factory=dict)
     queue: deque[int] = field(default_factory=deque)
     workers: set[str] = field(default_factory=set)  # workers holding the function
