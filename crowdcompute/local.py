@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
+import socket
 import subprocess
 import sys
 import weakref
@@ -72,8 +73,23 @@ class LocalCluster:
         Raises CrowdComputeError if the foreman does not start within ``timeout``.
         """
         _running.add(self)
-        command = ["-m", "foreman", "--port", str(self.port), "--journal", self.journal, "--log-level", self.log_level]
-        self.foreman = self._spawn(command, stdout=subprocess.PIPE)
+        # Bind here and hand the listening socket to the foreman, so the workers can
+        # start now, in parallel: their connections wait in its backlog.
+        try:
+            listener = socket.create_server(("127.0.0.1", self.port))
+        except OSError as exc:
+            raise CrowdComputeError(f"cannot listen on 127.0.0.1:{self.port}: {exc.strerror or exc}") from None
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}"
+        command = ["-m", "foreman", "--fd", str(listener.fileno()), "--port", str(listener.getsockname()[1])]
+        command += ["--journal", self.journal, "--log-level", self.log_level]
+        try:
+            self.foreman = self._spawn(command, stdout=subprocess.PIPE, pass_fds=(listener.fileno(),))
+        finally:
+            listener.close()  # the foreman has its own copy
+        for n in range(self.workers):
+            command = ["-m", "worker", url, "--procs", "1", "--name", f"local-{n + 1}"]
+            command += ["--log-level", self.log_level]
+            self.agents.append(self._spawn(command, stdout=None if self.show_workers else subprocess.DEVNULL))
         loop = asyncio.get_running_loop()
         try:
             line = await asyncio.wait_for(loop.run_in_executor(None, self.foreman.stdout.readline), timeout)
@@ -84,13 +100,9 @@ class LocalCluster:
             code = self.foreman.poll()
             raise CrowdComputeError(f"the local foreman did not start (exit code {code}): {text or 'no output'}")
         self.address = parse_address(text.rsplit(" ", 1)[1])
-        for n in range(self.workers):
-            command = ["-m", "worker", self.address.url, "--procs", "1", "--name", f"local-{n + 1}"]
-            command += ["--log-level", self.log_level]
-            self.agents.append(self._spawn(command, stdout=None if self.show_workers else subprocess.DEVNULL))
         return self.address
 
-    def _spawn(self, args: list[str], stdout) -> subprocess.Popen:
+    def _spawn(self, args: list[str], stdout, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         # The token goes in the environment, not the command line (ps shows that to every user).
         env = {k: v for k, v in os.environ.items() if k not in (FOREMAN_TOKEN, WORKER_TOKEN)}
         if self.token is not None:
@@ -101,6 +113,7 @@ class LocalCluster:
             stdout=stdout,
             start_new_session=True,
             env=env,
+            pass_fds=pass_fds,
         )
 
     def stop(self) -> None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import ssl
 import sys
 
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keyfile", help="TLS private key")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    # A listening socket inherited from the parent (the embedded cluster binds it so
+    # that its workers can start at the same time as the foreman).
+    parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -135,6 +139,7 @@ async def _serve(args: argparse.Namespace) -> int:
         result_ttl=args.result_ttl,
         max_frame_size=args.max_frame_size,
         idle_timeout=args.idle_timeout,
+        sock=socket.socket(fileno=args.fd) if args.fd is not None else None,
     )
     address = await server.start()
     if write_file:

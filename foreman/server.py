@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import itertools
 import logging
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Callable
@@ -101,12 +102,14 @@ class ForemanServer:
         max_frame_size: int = MAX_FRAME_SIZE,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
+        sock: socket.socket | None = None,
     ) -> None:
         """``journal``: a Journal, or a function of the bound port that opens one."""
         if not token:
             raise ValueError("the foreman never runs without a token")
         self.host = host
         self.port = port
+        self.sock = sock  # already bound and listening (handed over by a parent), or None
         self.token = token
         self.worker_token = worker_token or token
         self.heartbeat_timeout = heartbeat_timeout
@@ -132,10 +135,10 @@ class ForemanServer:
 
     async def start(self) -> Address:
         """Start listening, resume what the journal holds; return the address with the real port."""
+        where = {"sock": self.sock} if self.sock is not None else {"host": self.host, "port": self.port}
         self._server = await serve(
             self._handle,
-            self.host,
-            self.port,
+            **where,
             ssl=self.ssl_context,
             compression=None,  # payloads are pickles: compression costs CPU and buys little
             max_size=MAX_HELLO_SIZE,  # raised to max_frame_size once the peer authenticated

@@ -70,7 +70,8 @@ class WorkerAgent:
         Raises AuthenticationError when the foreman refuses the token.
         """
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(None, slot.start) for slot in self.slots))
+        # Task processes start while we dial: a first task waits for them, not the connection.
+        self._started = asyncio.gather(*(loop.run_in_executor(None, slot.start) for slot in self.slots))
         delay = RECONNECT_DELAY_MIN
         try:
             while not stop.is_set():
@@ -98,6 +99,7 @@ class WorkerAgent:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        await asyncio.gather(self._started, return_exceptions=True)
         for slot in self.slots:
             slot.kill()
         await asyncio.gather(*(loop.run_in_executor(None, slot.close) for slot in self.slots))
@@ -185,6 +187,7 @@ class WorkerAgent:
             self._release(job_id)
 
     async def _run_slot(self, slot: Slot) -> None:
+        await asyncio.shield(self._started)
         while True:
             task = await self._queue.get()
             function = self._functions.get(task.job_id)  # (bytes, serializer)
