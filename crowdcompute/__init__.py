@@ -12,9 +12,9 @@ loads the Jupyter layer from ``crowdcompute_jupyter``.
 
 from __future__ import annotations
 
-from .api import attach, connect, disconnect, map, run, status, submit
-from .client import CrowdComputeClient
-from .executor import Executor
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -29,7 +29,30 @@ from .errors import (
     UntrustedPayloadError,
     WorkerCrashedError,
 )
-from .job import Job, JobState
+
+if TYPE_CHECKING:
+    from .api import attach, connect, disconnect, map, run, status, submit
+    from .client import CrowdComputeClient
+    from .executor import Executor
+    from .job import Job, JobState
+
+# The SDK loads on first use, so that the foreman, which imports
+# crowdcompute.protocol, never imports cloudpickle (it unpickles nothing).
+_LAZY = {
+    **{name: ".api" for name in ("attach", "connect", "disconnect", "map", "run", "status", "submit")},
+    "CrowdComputeClient": ".client",
+    "Executor": ".executor",
+    "Job": ".job",
+    "JobState": ".job",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'crowdcompute' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 __version__ = "0.1.0"
 

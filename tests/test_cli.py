@@ -62,3 +62,32 @@ def test_connect_with_no_address_uses_the_exported_cluster(cluster, monkeypatch)
 
 def test_foreman_sigterm_exits_zero(foreman):
     assert foreman.proc.stop() == 0
+
+
+def test_the_foreman_imports_no_cloudpickle():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy\n"
+        "import foreman.cli, foreman.server, foreman.scheduler, foreman.journal, foreman.http\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cloudpickle', 'pickle')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "cloudpickle" not in result.stdout, result.stdout
+
+
+def test_a_foreman_started_again_on_its_port_reuses_its_token(start_foreman):
+    first = start_foreman()
+    first.proc.stop()
+    again = start_foreman(port=first.port)
+    assert again.token == first.token
+
+
+def test_the_connection_file_is_for_this_user_only(foreman, crowd_home):
+    import stat
+
+    path = crowd_home / f"foreman-{foreman.port}.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["url"] == foreman.url
