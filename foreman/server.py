@@ -25,7 +25,7 @@ from crowdcompute.errors import ProtocolError
 from crowdcompute.runtime import runtime_mismatch
 
 from .http import StatusPages
-from .journal import Journal
+from .journal import Journal, read_outcome_frame, read_outcome_ids
 from .scheduler import Action, Scheduler
 from .state import Close, Note, Replay, Send
 
@@ -337,7 +337,12 @@ class ForemanServer:
         peer.outbox.put_nowait(Close(peer.conn_id, code, reason[:120]))
 
     def _execute(self, actions: list[Action]) -> None:
-        """Carry out the scheduler's actions in order; commit the journal once at the end."""
+        """Carry out the scheduler's actions in order; commit the journal once at the end.
+
+        A JobAccepted goes out only once the batch that journaled its job is
+        committed (the journal writes in its own thread): "accepted" means durable.
+        """
+        accepted: list[Send] = []
         for action in actions:
             if isinstance(action, Note):
                 log.warning("%s", action.text)
@@ -346,13 +351,26 @@ class ForemanServer:
                 if peer is None:
                     continue  # the connection went away; the scheduler learns it in its finally
                 if isinstance(action, Send):
-                    self._queue_frame(peer, p.encode(action.message))
+                    if self.journal is not None and isinstance(action.message, p.JobAccepted):
+                        accepted.append(action)
+                    else:
+                        self._queue_frame(peer, p.encode(action.message))
                 else:  # a Close, or a Replay the sender streams from the journal
                     peer.outbox.put_nowait(action)
             elif self.journal is not None:
                 self.journal.apply(action)
         if self.journal is not None:
-            self.journal.commit()
+            if accepted:
+                loop = asyncio.get_running_loop()
+                self.journal.commit(lambda: loop.call_soon_threadsafe(self._send_after_commit, accepted))
+            else:
+                self.journal.commit()
+
+    def _send_after_commit(self, sends: list[Send]) -> None:
+        for action in sends:
+            peer = self._peers.get(action.to)
+            if peer is not None:
+                self._queue_frame(peer, p.encode(action.message))
 
     def _queue_frame(self, peer: _Peer, frame: bytes) -> None:
         if peer.queued_bytes + len(frame) > MAX_OUTBOX_BYTES and peer.queued_bytes:
@@ -386,8 +404,8 @@ class ForemanServer:
         """Send a job's stored outcomes one by one, so a big job never sits in memory whole."""
         if self.journal is None:
             return
-        for task_id in self.journal.outcome_ids(job_id):
-            frame = self.journal.outcome_frame(job_id, task_id)
+        for task_id in await self.journal.call_async(read_outcome_ids, job_id):
+            frame = await self.journal.call_async(read_outcome_frame, job_id, task_id)
             if frame is not None:
                 await websocket.send(frame)
 
