@@ -11,6 +11,7 @@ commits once per batch (one incoming frame's worth).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import queue
 import sqlite3
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     first_index INTEGER NOT NULL,
     count INTEGER NOT NULL,
     payload BLOB,
+    payload_file TEXT,
     PRIMARY KEY (job_id, task_id)
 );
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -56,12 +58,17 @@ CREATE TABLE IF NOT EXISTS outcomes (
     task_id INTEGER NOT NULL,
     count INTEGER NOT NULL,
     failed INTEGER NOT NULL,
-    frame BLOB NOT NULL,
+    frame BLOB,
+    frame_file TEXT,
     PRIMARY KEY (job_id, task_id)
 );
 """
 
 Record = SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob
+
+#: Payloads larger than this (bytes) go to a file beside the journal, not into SQLite,
+#: which writes big blobs several times slower than a plain file.
+BLOB_FILE_THRESHOLD = 1024 * 1024
 
 
 class Journal:
@@ -77,6 +84,8 @@ class Journal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.blobs = self.path.with_name(self.path.name + ".blobs")  # big payloads, one file each
+        self.blobs.mkdir(mode=0o700, exist_ok=True)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._db: sqlite3.Connection | None = None
         self._dirty = False
@@ -121,7 +130,13 @@ class Journal:
                         db.execute("BEGIN")
                         self._dirty = True
                     for sql, params in arg:
-                        db.execute(sql, params)
+                        if sql == "file":  # written before the row that names it: no dangling name
+                            Path(params[0]).write_bytes(params[1])
+                        elif sql == "unlink":
+                            for found in self.blobs.glob(params[0]):
+                                found.unlink(missing_ok=True)
+                        else:
+                            db.execute(sql, params)
                 elif kind == "commit":
                     self._commit()
                     if arg is not None:
@@ -179,12 +194,12 @@ class Journal:
 
     def load(self) -> tuple[list[Job], list[dict]]:
         """Jobs to resume (running), and summaries of ended ones, as a restarted foreman needs them."""
-        return self.call(read_jobs)
+        return self.call(read_jobs, self.blobs)
 
     def outcome_frames(self, job_id: str) -> Iterator[bytes]:
         """Every stored outcome of a job, as the frames to send."""
         for task_id in self.call(read_outcome_ids, job_id):
-            frame = self.call(read_outcome_frame, job_id, task_id)
+            frame = self.call(read_outcome_frame, job_id, task_id, self.blobs)
             if frame is not None:
                 yield frame
 
@@ -192,7 +207,7 @@ class Journal:
 
     def apply(self, record: Record) -> None:
         """Queue one scheduler record (inside the open batch)."""
-        self._requests.put(("write", _statements(record)))
+        self._requests.put(("write", _statements(record, self.blobs)))
 
     def commit(self, then: Callable[[], None] | None = None) -> None:
         """End the batch; ``then()`` runs in the journal's thread once it is committed."""
@@ -208,8 +223,13 @@ def _settle(future: asyncio.Future, value, error) -> None:
         future.set_result(value)
 
 
-def _statements(record: Record) -> list[tuple[str, tuple]]:
-    """The SQL for one record, built now: the thread must not read objects the loop may change."""
+def _blob_name(job_id: str, task_id: int, kind: str) -> str:
+    # Job ids come from clients: hash them, never use them as file names.
+    return f"{hashlib.sha256(job_id.encode()).hexdigest()[:32]}-{task_id}.{kind}"
+
+
+def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple]]:
+    """The SQL (and blob files) for one record, built now: the thread must not read objects the loop may change."""
     if isinstance(record, SaveJob):
         job = record.job
         return [
@@ -233,22 +253,40 @@ def _statements(record: Record) -> list[tuple[str, tuple]]:
         ]
     if isinstance(record, SaveTask):
         task = record.task
-        return [
+        payload, name, ops = task.payload, None, []
+        if payload is not None and len(payload) > BLOB_FILE_THRESHOLD:
+            name = _blob_name(record.job_id, task.task_id, "in")
+            ops.append(("file", (str(blobs / name), payload)))
+            payload = None
+        ops.append(
             (
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?)",
-                (record.job_id, task.task_id, task.first_index, task.count, task.payload),
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
+                (record.job_id, task.task_id, task.first_index, task.count, payload, name),
             )
-        ]
+        )
+        return ops
     if isinstance(record, SaveResult):
         msg = record.message
         failed = msg.failed if isinstance(msg, p.TaskResult) else msg.count
-        return [
+        frame, name, ops = p.encode(msg), None, []
+        if len(frame) > BLOB_FILE_THRESHOLD:
+            name = _blob_name(record.job_id, record.task_id, "out")
+            ops.append(("file", (str(blobs / name), frame)))
+            frame = None
+        ops.append(
             (
-                "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?)",
-                (record.job_id, record.task_id, msg.count, failed, p.encode(msg)),
-            ),
-            ("UPDATE tasks SET payload = NULL WHERE job_id = ? AND task_id = ?", (record.job_id, record.task_id)),
-        ]
+                "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
+                (record.job_id, record.task_id, msg.count, failed, frame, name),
+            )
+        )
+        ops.append(
+            (
+                "UPDATE tasks SET payload = NULL, payload_file = NULL WHERE job_id = ? AND task_id = ?",
+                (record.job_id, record.task_id),
+            )
+        )
+        ops.append(("unlink", (_blob_name(record.job_id, record.task_id, "in"),)))
+        return ops
     if isinstance(record, SaveJobState):
         return [
             (
@@ -257,7 +295,9 @@ def _statements(record: Record) -> list[tuple[str, tuple]]:
             )
         ]
     if isinstance(record, DeleteJob):
-        return [(f"DELETE FROM {table} WHERE job_id = ?", (record.job_id,)) for table in ("outcomes", "tasks", "jobs")]
+        prefix = _blob_name(record.job_id, 0, "x").split("-")[0]
+        ops = [(f"DELETE FROM {table} WHERE job_id = ?", (record.job_id,)) for table in ("outcomes", "tasks", "jobs")]
+        return ops + [("unlink", (f"{prefix}-*",))]
     raise TypeError(f"not a journal record: {record!r}")
 
 
@@ -270,13 +310,25 @@ def read_outcome_ids(db: sqlite3.Connection, job_id: str) -> list[int]:
     return [task_id for (task_id,) in rows]
 
 
-def read_outcome_frame(db: sqlite3.Connection, job_id: str, task_id: int) -> bytes | None:
+def read_outcome_frame(db: sqlite3.Connection, job_id: str, task_id: int, blobs: Path) -> bytes | None:
     """One stored outcome, as the frame to send."""
-    row = db.execute("SELECT frame FROM outcomes WHERE job_id = ? AND task_id = ?", (job_id, task_id)).fetchone()
-    return row[0] if row else None
+    row = db.execute(
+        "SELECT frame, frame_file FROM outcomes WHERE job_id = ? AND task_id = ?", (job_id, task_id)
+    ).fetchone()
+    if row is None:
+        return None
+    return row[0] if row[1] is None else _read_blob(blobs / row[1])
 
 
-def read_jobs(db: sqlite3.Connection) -> tuple[list[Job], list[dict]]:
+def _read_blob(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        log.error("journal blob %s is missing", path)
+        return None
+
+
+def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict]]:
     """Jobs to resume (running), and summaries of ended ones, as a restarted foreman needs them."""
     running: list[Job] = []
     ended: list[dict] = []
@@ -305,10 +357,10 @@ def read_jobs(db: sqlite3.Connection) -> tuple[list[Job], list[dict]]:
             job_id, None, function, total_tasks, total_items, timeout, retries, name, redundancy=row[12],
             serializer=row[13], created_at=created,
         )
-        for task_id, first_index, count, payload in db.execute(
-            "SELECT task_id, first_index, count, payload FROM tasks WHERE job_id = ?", (job_id,)
+        for task_id, first_index, count, payload, name in db.execute(
+            "SELECT task_id, first_index, count, payload, payload_file FROM tasks WHERE job_id = ?", (job_id,)
         ):
-            job.tasks[task_id] = Task(task_id, first_index, count, payload)
+            job.tasks[task_id] = Task(task_id, first_index, count, payload if name is None else _read_blob(blobs / name))
         for task_id, count, failed in db.execute(
             "SELECT task_id, count, failed FROM outcomes WHERE job_id = ?", (job_id,)
         ):

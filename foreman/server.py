@@ -405,7 +405,7 @@ class ForemanServer:
         if self.journal is None:
             return
         for task_id in await self.journal.call_async(read_outcome_ids, job_id):
-            frame = await self.journal.call_async(read_outcome_frame, job_id, task_id)
+            frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
             if frame is not None:
                 await websocket.send(frame)
 

@@ -92,3 +92,38 @@ def test_ended_jobs_come_back_as_summaries_that_can_be_replayed(tmp_path):
     assert actions[0] == Send("c2", p.JobAttached("j1", 1, 1, "done", ""))
     assert actions[1] == Replay("c2", "j1")
     journal.close()
+
+
+def test_big_payloads_live_in_files_beside_the_journal_and_go_with_their_job(tmp_path):
+    from foreman.journal import BLOB_FILE_THRESHOLD
+
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    clock = [1000.0]
+    scheduler = Scheduler(journaled=True, result_ttl=60, clock=lambda: clock[0])
+    big = bytes(range(256)) * (BLOB_FILE_THRESHOLD // 256 + 1)
+    scheduler.add_client("c1")
+    apply(journal, scheduler.submit_job("c1", p.SubmitJob("../../evil", b"FUNC", 2, 2)))
+    for n in range(2):
+        apply(journal, scheduler.submit_task("c1", p.SubmitTask("../../evil", n, n, 1, big)))
+    assert sorted(f.suffix for f in journal.blobs.iterdir()) == [".in", ".in"]  # hashed names, never the job id
+    assert all(f.parent == journal.blobs for f in journal.blobs.iterdir())
+    (first, _) = [a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)]
+    apply(journal, scheduler.task_done("w1", p.TaskDone("../../evil", first.task_id, first.attempt, 0, big)))
+    assert sorted(f.suffix for f in journal.blobs.iterdir()) == [".in", ".out"]  # the finished input is gone
+    journal.close()
+
+    journal = Journal(path)
+    jobs, ended = journal.load()
+    (job,) = jobs
+    waiting = [t for t in job.tasks.values() if t.payload is not None]
+    assert len(waiting) == 1 and bytes(waiting[0].payload) == big
+    (frame,) = journal.outcome_frames("../../evil")
+    assert bytes(p.decode(frame).payload) == big
+    restarted = Scheduler(journaled=True, result_ttl=60, clock=lambda: clock[0])
+    apply(journal, restarted.restore(jobs, ended))
+    apply(journal, restarted.cancel_job("c1", "../../evil"))
+    clock[0] += 61
+    apply(journal, restarted.expire())
+    assert list(journal.blobs.iterdir()) == []
+    journal.close()
