@@ -61,3 +61,46 @@ def test_worker_waits_for_a_foreman_that_starts_later(start_foreman, start_worke
         worker.wait_for_line("connected to")
     finally:
         assert proc.stop() == 0
+
+
+EMBEDDED_THEN_WAIT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from crowdcompute import CrowdComputeClient
+
+    async def main():
+        cc = await CrowdComputeClient(workers=2).connect()
+        assert await cc.map(abs, [-1, -2]) == [1, 2]
+        print(" ".join(str(p.pid) for p in [cc.cluster.foreman, *cc.cluster.agents]), flush=True)
+        await asyncio.sleep(3600)  # killed before this ends
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_killed_client_leaves_no_embedded_process_behind(crowd_home):
+    import signal
+
+    import psutil
+
+    client = subprocess.Popen([sys.executable, "-c", EMBEDDED_THEN_WAIT], stdout=subprocess.PIPE, text=True)
+    try:
+        import select
+
+        ready, _, _ = select.select([client.stdout], [], [], 30)
+        assert ready, "the client did not start its embedded cluster within 30 s"
+        line = client.stdout.readline()
+        assert line.strip(), "the client printed no process ids"
+        pids = [int(pid) for pid in line.split()]
+        family = [psutil.Process(pid) for pid in pids]
+        family += [child for process in family for child in process.children(recursive=True)]
+        client.send_signal(signal.SIGKILL)
+        client.wait(10)
+        gone, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, f"still running after the client was killed: {[p.pid for p in alive]}"
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+        client.stdout.close()
