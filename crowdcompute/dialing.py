@@ -7,6 +7,7 @@ errors: ForemanUnavailableError, AuthenticationError or ProtocolError.
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -16,10 +17,30 @@ from . import protocol as p
 from .addresses import Address
 from .errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError, ProtocolError
 
-__all__ = ["MAX_FRAME_SIZE", "client_ssl_context", "dial"]
+__all__ = ["MAX_FRAME_SIZE", "Backoff", "client_ssl_context", "dial"]
 
 #: Largest frame a client or worker accepts from the foreman, in bytes.
 MAX_FRAME_SIZE = 512 * 1024 * 1024
+
+
+class Backoff:
+    """Pauses between attempts to reach a foreman: doubling up to ``largest``, with jitter
+    (each pause is 50-100% of the current delay) so that many peers do not redial in step."""
+
+    def __init__(self, first: float, largest: float) -> None:
+        self.first = first
+        self.largest = largest
+        self._delay = first
+
+    def next(self) -> float:
+        """The pause before the next attempt."""
+        pause = self._delay * random.uniform(0.5, 1.0)
+        self._delay = min(self._delay * 2, self.largest)
+        return pause
+
+    def reset(self) -> None:
+        """An attempt succeeded: the next failure starts again from ``first``."""
+        self._delay = self.first
 
 
 def client_ssl_context(cafile: str | None = None) -> ssl.SSLContext:

@@ -299,9 +299,7 @@ class Job:
         self._notify()
 
     def _client_forget(self) -> None:
-        forget = getattr(self._client, "_forget_job", None)
-        if forget is not None:
-            forget(self.id, collected=self.state in (JobState.DONE, JobState.FAILED))
+        self._client._forget_job(self.id, collected=self.state in (JobState.DONE, JobState.FAILED))
 
     def _notify(self) -> None:
         for callback in list(self._listeners):

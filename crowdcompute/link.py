@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from typing import Callable
 
@@ -19,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from . import protocol as p
 from .addresses import Address
-from .dialing import dial
+from .dialing import Backoff, dial
 from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
 
 __all__ = ["Link", "RECONNECT_DELAY_MAX"]
@@ -152,7 +151,7 @@ class Link:
                 task.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reconnect_timeout
-        delay = RECONNECT_DELAY_MIN
+        backoff = Backoff(RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX)
         reason = "the connection dropped"
         if not waking:
             log.warning("lost the foreman at %s; reconnecting for up to %g s", self.address.url, self.reconnect_timeout)
@@ -169,8 +168,7 @@ class Link:
                 break
             except CrowdComputeError as exc:
                 reason = str(exc)
-                await asyncio.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - loop.time())))
-                delay = min(delay * 2, RECONNECT_DELAY_MAX)
+                await asyncio.sleep(min(backoff.next(), max(0.0, deadline - loop.time())))
                 continue
             if not waking:
                 log.warning("reconnected to the foreman at %s", self.address.url)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 
-import pytest
 
 from crowdcompute import CrowdComputeClient, QuorumError
 from crowdcompute import protocol as p
@@ -112,15 +111,6 @@ def test_a_rogue_worker_cannot_corrupt_a_redundant_job(foreman, start_worker):
             await rogue
 
     arun(main(), timeout=60)
-
-
-def test_redundancy_needs_enough_workers_or_says_so(cluster):
-    async def main():
-        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
-            with pytest.raises(ValueError, match="redundancy"):
-                await cc.map(abs, [1], redundancy=0)
-
-    arun(main())
 
 
 def test_quorum_error_is_a_task_error():

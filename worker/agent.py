@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import socket
 
 from websockets.exceptions import ConnectionClosed
 
 from crowdcompute import protocol as p
 from crowdcompute.addresses import Address, read_connection_file
-from crowdcompute.dialing import dial
+from crowdcompute.dialing import Backoff, dial
 from crowdcompute.runtime import runtime_fields
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 
@@ -72,7 +71,7 @@ class WorkerAgent:
         loop = asyncio.get_running_loop()
         # Task processes start while we dial: a first task waits for them, not the connection.
         self._started = asyncio.gather(*(loop.run_in_executor(None, slot.start) for slot in self.slots))
-        delay = RECONNECT_DELAY_MIN
+        backoff = Backoff(RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX)
         try:
             while not stop.is_set():
                 try:
@@ -84,10 +83,9 @@ class WorkerAgent:
                     raise
                 except ForemanUnavailableError as exc:
                     log.debug("foreman not reachable: %s", exc)
-                    await _wait(stop, delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, RECONNECT_DELAY_MAX)
+                    await _wait(stop, backoff.next())
                     continue
-                delay = RECONNECT_DELAY_MIN
+                backoff.reset()
                 print(f"worker {self.name} connected to {self.address.url}", flush=True)
                 if welcome.notice:
                     print(f"worker {self.name}: {welcome.notice}", flush=True)
