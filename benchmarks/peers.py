@@ -17,8 +17,9 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from .workloads import WORKERS, apply_each, split
 

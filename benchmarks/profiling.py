@@ -129,8 +129,21 @@ def main(argv: list[str] | None = None) -> int:
         roles.update(processes_of(client))
         return [
             subprocess.Popen(
-                ["py-spy", "record", "--pid", str(pid), "--rate", str(RATE), "--duration", str(int(args.seconds)),
-                 "--format", "raw", "--nonblocking", "--output", str(out / f"{args.kind}-{role}.txt")],
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    str(RATE),
+                    "--duration",
+                    str(int(args.seconds)),
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(out / f"{args.kind}-{role}.txt"),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -116,7 +116,7 @@ def print_table(results: dict[str, dict], chosen: list[Workload], peers: list[Pe
             row.append(f"{peak / 2**20:.0f} MiB" if peak else "-")
         rows.append(row)
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"  # noqa: E731
     print(line(headers))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
@@ -175,8 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{time.monotonic() - started:.0f} s; load average before {before['load_average']}, after {after}\n")
     print_table(results, chosen, peers)
     if args.json:
-        report = {"machine": before, "load_average_after": after, "repeats": args.repeats,
-                  "skipped": skipped, "results": results}
+        report = {
+            "machine": before,
+            "load_average_after": after,
+            "repeats": args.repeats,
+            "skipped": skipped,
+            "results": results,
+        }
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)
     return 0

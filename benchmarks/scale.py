@@ -27,11 +27,12 @@ import sys
 import time
 
 from crowdcompute import CrowdComputeClient
-from crowdcompute import protocol as p
-from crowdcompute.addresses import parse_address
+from crowdcompute.codecs.pickled import loads
 from crowdcompute.dialing import dial
-from crowdcompute.runtime import runtime_fields
-from crowdcompute.serialization import loads, run_items
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.addresses import parse_address
+from crowdcompute.wire.runtime import runtime_fields
+from worker.execution import run_items
 
 from .rss import PeakRSS
 
@@ -51,8 +52,20 @@ def rss(pid: int) -> int:
 def start_foreman(token: str) -> tuple[subprocess.Popen, str]:
     """A foreman process on a free port; (process, url) once it listens."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "foreman", "--port", "0", "--journal", "none", "--token", token,
-         "--log-level", "warning", "--exit-with-parent"],
+        [
+            sys.executable,
+            "-m",
+            "foreman",
+            "--port",
+            "0",
+            "--journal",
+            "none",
+            "--token",
+            token,
+            "--log-level",
+            "warning",
+            "--exit-with-parent",
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
@@ -92,9 +105,7 @@ async def many_workers(count: int, tasks: int) -> None:
         done: collections.Counter[str] = collections.Counter()
         events = [asyncio.Event() for _ in range(count)]
         started = time.perf_counter()
-        workers = [
-            asyncio.create_task(simulated_worker(url, token, f"sim-{n}", done, events[n])) for n in range(count)
-        ]
+        workers = [asyncio.create_task(simulated_worker(url, token, f"sim-{n}", done, events[n])) for n in range(count)]
         # A worker is registered before its Welcome leaves the foreman, so every Welcome in
         # means every worker counted. (Not client.status(): with ~1,000 workers its JSON
         # header passes protocol.MAX_HEADER_SIZE and the client drops the reply.)
@@ -103,17 +114,22 @@ async def many_workers(count: int, tasks: int) -> None:
             connected = time.perf_counter() - started
             with_workers = rss(foreman.pid)
             print(f"{count} simulated workers connected in {connected:.1f} s")
-            print(f"foreman RSS idle {idle / MIB:.0f} MiB; with {count} workers {with_workers / MIB:.0f} MiB "
-                  f"(+{(with_workers - idle) / MIB:.0f} MiB, {(with_workers - idle) / count / 1024:.0f} KiB each)")
+            print(
+                f"foreman RSS idle {idle / MIB:.0f} MiB; with {count} workers {with_workers / MIB:.0f} MiB "
+                f"(+{(with_workers - idle) / MIB:.0f} MiB, {(with_workers - idle) / count / 1024:.0f} KiB each)"
+            )
             with PeakRSS(foreman.pid) as peak:
                 start = time.perf_counter()
-                results = await asyncio.wait_for(client.map(lambda x: x * 2, range(tasks), chunksize=1,
-                                                            progress=False), PHASE_TIMEOUT)
+                results = await asyncio.wait_for(
+                    client.map(lambda x: x * 2, range(tasks), chunksize=1, progress=False), PHASE_TIMEOUT
+                )
                 elapsed = time.perf_counter() - start
             if results != [x * 2 for x in range(tasks)]:
                 raise RuntimeError("the job over simulated workers returned wrong results")
-            print(f"job of {tasks} one-item tasks: {elapsed:.2f} s ({tasks / elapsed:.0f} tasks/s), "
-                  f"ran on {len(done)} of {count} workers; foreman peak RSS {peak.bytes / MIB:.0f} MiB")
+            print(
+                f"job of {tasks} one-item tasks: {elapsed:.2f} s ({tasks / elapsed:.0f} tasks/s), "
+                f"ran on {len(done)} of {count} workers; foreman peak RSS {peak.bytes / MIB:.0f} MiB"
+            )
         for worker in workers:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
@@ -129,14 +145,15 @@ async def long_map(items: int) -> None:
         before = rss(os.getpid())
         with PeakRSS(foreman) as foreman_peak, PeakRSS(os.getpid()) as client_peak:
             start = time.perf_counter()
-            results = await asyncio.wait_for(client.map(lambda x: x + 1, range(items), progress=False),
-                                             PHASE_TIMEOUT)
+            results = await asyncio.wait_for(client.map(lambda x: x + 1, range(items), progress=False), PHASE_TIMEOUT)
             elapsed = time.perf_counter() - start
         if len(results) != items or results[-1] != items:
             raise RuntimeError("the long map returned wrong results")
         del results
-    print(f"map of {items} items: {elapsed:.2f} s ({items / elapsed:,.0f} items/s); foreman peak RSS "
-          f"{foreman_peak.bytes / MIB:.0f} MiB; client RSS {before / MIB:.0f} -> peak {client_peak.bytes / MIB:.0f} MiB")
+    print(
+        f"map of {items} items: {elapsed:.2f} s ({items / elapsed:,.0f} items/s); foreman peak RSS "
+        f"{foreman_peak.bytes / MIB:.0f} MiB; client RSS {before / MIB:.0f} -> peak {client_peak.bytes / MIB:.0f} MiB"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["WORKLOADS", "Workload", "add_one", "apply_each", "echo", "sleep_10ms", "split"]
 
@@ -126,7 +127,7 @@ def big_bytes(peer) -> float:
     start = time.perf_counter()
     results = peer.map_items(echo, blobs)
     elapsed = time.perf_counter() - start
-    if len(results) != BLOBS or any(a != b for a, b in zip(results, blobs)):
+    if len(results) != BLOBS or any(a != b for a, b in zip(results, blobs, strict=False)):
         raise RuntimeError("big bytes: results differ")
     return BLOBS * BLOB_SIZE / elapsed / 1e6
 
@@ -139,7 +140,7 @@ def big_arrays(peer) -> float:
     start = time.perf_counter()
     results = peer.map_items(echo, arrays)
     elapsed = time.perf_counter() - start
-    if len(results) != BLOBS or not all(np.array_equal(a, b) for a, b in zip(results, arrays)):
+    if len(results) != BLOBS or not all(np.array_equal(a, b) for a, b in zip(results, arrays, strict=False)):
         raise RuntimeError("numpy arrays: results differ")
     return BLOBS * BLOB_SIZE / elapsed / 1e6
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .job import Job, JobState
 
 # The SDK loads on first use, so that the foreman, which imports
-# crowdcompute.protocol, never imports cloudpickle (it unpickles nothing).
+# crowdcompute.wire, never imports cloudpickle (it unpickles nothing).
 _LAZY = {
     **{name: ".api" for name in ("attach", "connect", "disconnect", "map", "run", "status", "submit")},
     "CrowdComputeClient": ".client",
@@ -53,6 +53,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(_LAZY[name], __name__), name)
     globals()[name] = value
     return value
+
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from .addresses import DEFAULT_PORT
+from .wire.addresses import DEFAULT_PORT
 
 __all__ = ["main"]
 
@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=text, add_help=False)
     local = commands.add_parser("local", help="one foreman and N workers in one command; Ctrl-C stops them all")
     local.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPU count)")
-    local.add_argument("--port", type=int, default=DEFAULT_PORT, help="foreman port; 0 picks a free one (default: 9000)")
+    local.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="foreman port; 0 picks a free one (default: 9000)"
+    )
     status = commands.add_parser("status", help="workers, slots, jobs and progress as a table")
     status.add_argument("url", nargs="?", help="the foreman (default: $CROWDCOMPUTE_ADDRESS or ws://127.0.0.1:9000)")
     status.add_argument("--token", help="client token (default: $CROWDCOMPUTE_TOKEN or the connection file)")

@@ -9,20 +9,22 @@ import os
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from . import protocol as p
-from .addresses import Address, parse_address, read_connection_file
-from .errors import ConnectionLostError, CrowdComputeError
+from .codecs.pickled import Apply, dumps_chunks, dumps_function
+from .codecs.portable import dumps_portable_function, dumps_portable_items
+from .errors import ConnectionLostError, CrowdComputeError, SerializationError
 from .feed import Feed
 from .job import Job
 from .link import Link
 from .local import LocalCluster
-from .runtime import runtime_fields
 from .progress import show_progress
-from .portable import PORTABLE, dumps_portable_function, dumps_portable_items
-from .serialization import Apply, SerializationError, dumps_chunks, dumps_function
+from .wire import messages as p
+from .wire.addresses import Address, parse_address, read_connection_file
+from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role, Serializer
+from .wire.runtime import runtime_fields
 
 __all__ = ["CrowdComputeClient", "chunk_size"]
 
@@ -130,9 +132,9 @@ class CrowdComputeClient:
         Raises ForemanUnavailableError, AuthenticationError.
         """
         host, token = self.host, self.token
-        if host is None and os.environ.get("CROWDCOMPUTE_ADDRESS"):
-            host = os.environ["CROWDCOMPUTE_ADDRESS"]
-            token = token or os.environ.get("CROWDCOMPUTE_TOKEN")
+        if host is None and os.environ.get(ADDRESS_VARIABLE):
+            host = os.environ[ADDRESS_VARIABLE]
+            token = token or os.environ.get(TOKEN_VARIABLE)
         if host is None and self.port is None:
             self.cluster = LocalCluster(workers=self.workers or os.cpu_count() or 1)
             try:
@@ -146,7 +148,7 @@ class CrowdComputeClient:
         if token is None and self.address.loopback:
             found = read_connection_file(self.address.port)
             token = found["token"] if found else None
-        hello = p.Hello("client", token or "", p.PROTOCOL_VERSION, name=f"client-{os.getpid()}", **runtime_fields())
+        hello = p.Hello(Role.CLIENT, token or "", p.PROTOCOL_VERSION, name=f"client-{os.getpid()}", **runtime_fields())
         self._link = Link(
             self.address,
             hello,
@@ -291,7 +293,7 @@ class CrowdComputeClient:
         serializer = options.serializer or self.serializer
         if serializer not in p.SERIALIZERS:
             raise ValueError(f"serializer must be one of {p.SERIALIZERS}, not {serializer!r}")
-        portable = serializer == PORTABLE
+        portable = serializer == Serializer.PORTABLE
         welcome = self._link.welcome
         limit = (welcome.max_frame_size or 2**31) - FRAME_HEADER_ROOM
         started = time.perf_counter()
@@ -420,7 +422,7 @@ class CrowdComputeClient:
                 total=msg.total_items,
                 name=msg.name,
                 trusted=self.trust_workers,
-                portable=msg.serializer == PORTABLE,
+                portable=msg.serializer == Serializer.PORTABLE,
             )
             if not job.done:
                 self._jobs[job.id] = job

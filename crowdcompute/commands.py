@@ -13,6 +13,7 @@ from .client import CrowdComputeClient
 from .errors import CrowdComputeError
 from .local import LocalCluster
 from .processes import install_stop_handlers
+from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY, TOKEN_VARIABLE
 
 __all__ = ["run_local", "show_status", "status_tables"]
 
@@ -35,7 +36,7 @@ def run_local(workers: int, port: int) -> int:
         except CrowdComputeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"foreman listening on {address.url}", flush=True)
+        print(f"{FOREMAN_READY}{address.url}", flush=True)
         print(f"connect with: await crowdcompute.connect({address.url!r}); Ctrl-C stops", flush=True)
         while not stop.is_set():
             if cluster.foreman is None or cluster.foreman.poll() is not None:
@@ -55,8 +56,8 @@ def run_local(workers: int, port: int) -> int:
 
 async def show_status(url: str | None, token: str | None, cafile: str | None) -> int:
     """Print the foreman's workers and jobs as tables; exit 1 if it cannot be reached."""
-    url = url or os.environ.get("CROWDCOMPUTE_ADDRESS") or "ws://127.0.0.1:9000"
-    token = token or os.environ.get("CROWDCOMPUTE_TOKEN")
+    url = url or os.environ.get(ADDRESS_VARIABLE) or DEFAULT_URL
+    token = token or os.environ.get(TOKEN_VARIABLE)
     try:
         async with CrowdComputeClient(url, token=token, cafile=cafile) as client:
             status = await client.status()
@@ -88,5 +89,7 @@ def status_tables(status: dict, url: str) -> list[Table]:
     for job in status.get("jobs", []):
         done = job["completed"] + job["failed"]
         percent = f" ({100 * done / job['total']:.0f}%)" if job["total"] else ""
-        jobs.add_row(job["id"][:12], job.get("name", ""), f"{done}/{job['total']}{percent}", str(job["failed"]), job["state"])
+        jobs.add_row(
+            job["id"][:12], job.get("name", ""), f"{done}/{job['total']}{percent}", str(job["failed"]), job["state"]
+        )
     return [table, jobs]

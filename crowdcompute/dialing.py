@@ -13,9 +13,9 @@ import ssl
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from . import protocol as p
-from .addresses import Address
 from .errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError, ProtocolError
+from .wire import messages as p
+from .wire.addresses import Address
 
 __all__ = ["MAX_FRAME_SIZE", "Backoff", "client_ssl_context", "dial"]
 
@@ -98,12 +98,10 @@ async def dial(
         await websocket.close()
         if reply.code == "auth":
             raise AuthenticationError(
-                f"{reply.reason} at {address.url}: pass the foreman's token "
-                "(token= / --token, or $CROWDCOMPUTE_TOKEN)"
+                f"{reply.reason} at {address.url}: pass the foreman's token (token= / --token, or $CROWDCOMPUTE_TOKEN)"
             )
         raise CrowdComputeError(f"the foreman at {address.url} refused the connection: {reply.reason}")
     if not isinstance(reply, p.Welcome):
         await websocket.close()
         raise ProtocolError(f"expected welcome from the foreman, got {reply.TYPE}")
     return websocket, reply
-

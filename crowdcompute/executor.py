@@ -24,12 +24,13 @@ import concurrent.futures
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from .client import CrowdComputeClient
+from .codecs.pickled import Apply
 from .errors import TaskError
 from .job import Job
-from .serialization import Apply
 
 __all__ = ["Executor"]
 
@@ -122,7 +123,7 @@ class Executor(concurrent.futures.Executor):
         if len(iterables) == 1:
             func, items = fn, list(iterables[0])
         else:  # Apply calls fn(*args) and keeps fn's name in errors
-            func, items = Apply(fn), [(args, {}) for args in zip(*iterables)]
+            func, items = Apply(fn), [(args, {}) for args in zip(*iterables, strict=False)]
         submitted = self._start(self._submit_job(func, items, chunksize=chunksize))
         try:
             job = submitted.result(_remaining(deadline))

@@ -11,9 +11,9 @@ attaches, so a foreman that lost the job (no journal) gets it back.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from . import protocol as p
+from .wire import messages as p
 
 __all__ = ["Feed"]
 

@@ -7,10 +7,12 @@ import contextvars
 import enum
 import sys
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from .codecs.outcomes import decode_outcomes
 from .errors import CrowdComputeError, JobCancelledError
-from .serialization import build_failed_task_error, build_task_error, decode_outcomes
+from .results import build_failed_task_error, build_task_error
 from .stats import JobStats, TaskTiming
 
 if TYPE_CHECKING:

@@ -25,7 +25,8 @@ import atexit
 import concurrent.futures
 import threading
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import joblib
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
@@ -82,8 +83,9 @@ class CrowdComputeBackend(AutoBatchingMixin, ParallelBackendBase):
     MIN_IDEAL_BATCH_DURATION = 0.2
     MAX_IDEAL_BATCH_DURATION = 2.0
 
-    def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None,
-                 **connect_kwargs: Any) -> None:
+    def __init__(
+        self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, **connect_kwargs: Any
+    ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self.connect_kwargs = connect_kwargs
         self._futures: weakref.WeakSet[concurrent.futures.Future] = weakref.WeakSet()
@@ -102,8 +104,14 @@ class CrowdComputeBackend(AutoBatchingMixin, ParallelBackendBase):
         slots = self.executor.slots()
         return max(1, slots + 1 + (n_jobs if n_jobs is not None else -1))
 
-    def configure(self, n_jobs: int = 1, parallel: Any = None, prefer: str | None = None,
-                  require: str | None = None, **backend_kwargs: Any) -> int:
+    def configure(
+        self,
+        n_jobs: int = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
         self.parallel = parallel
         return self.effective_n_jobs(n_jobs)
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol as p
-from .addresses import Address
 from .dialing import Backoff, dial
 from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
+from .wire import messages as p
+from .wire.addresses import Address
 
 __all__ = ["Link", "RECONNECT_DELAY_MAX"]
 

@@ -18,14 +18,12 @@ import subprocess
 import sys
 import weakref
 
-from .addresses import Address, generate_token, parse_address
 from .errors import CrowdComputeError
+from .wire.addresses import Address, generate_token, parse_address
+from .wire.constants import FOREMAN_READY, FOREMAN_TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
 
 __all__ = ["LocalCluster", "STOP_TIMEOUT"]
 
-# How the cluster hands its token to its children (see foreman.cli and worker.cli).
-FOREMAN_TOKEN = "CROWDCOMPUTE_FOREMAN_TOKEN"
-WORKER_TOKEN = "CROWDCOMPUTE_WORKER_TOKEN"
 
 #: Seconds the children get to exit cleanly before they are killed.
 STOP_TIMEOUT = 5.0
@@ -96,7 +94,7 @@ class LocalCluster:
         except asyncio.TimeoutError:
             raise CrowdComputeError(f"the local foreman did not start within {timeout:g} s") from None
         text = line.decode(errors="replace").strip()
-        if not text.startswith("foreman listening on "):
+        if not text.startswith(FOREMAN_READY):
             code = self.foreman.poll()
             raise CrowdComputeError(f"the local foreman did not start (exit code {code}): {text or 'no output'}")
         self.address = parse_address(text.rsplit(" ", 1)[1])
@@ -104,9 +102,9 @@ class LocalCluster:
 
     def _spawn(self, args: list[str], stdout, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         # The token goes in the environment, not the command line (ps shows that to every user).
-        env = {k: v for k, v in os.environ.items() if k not in (FOREMAN_TOKEN, WORKER_TOKEN)}
+        env = {k: v for k, v in os.environ.items() if k not in (FOREMAN_TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE)}
         if self.token is not None:
-            env[FOREMAN_TOKEN] = env[WORKER_TOKEN] = self.token
+            env[FOREMAN_TOKEN_VARIABLE] = env[WORKER_TOKEN_VARIABLE] = self.token
         return subprocess.Popen(
             [sys.executable, *args, "--exit-with-parent"],
             stdin=subprocess.PIPE,

@@ -22,9 +22,9 @@ from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_
 import crowdcompute
 from crowdcompute.api import default_client
 from crowdcompute.client import CrowdComputeClient
+from crowdcompute.codecs.pickled import PICKLE_PROTOCOL, Apply
 from crowdcompute.errors import CrowdComputeError, SerializationError, TaskError
 from crowdcompute.job import Job
-from crowdcompute.serialization import PICKLE_PROTOCOL, Apply
 
 from .arguments import split_expression
 from .cell import function_names, names_read, run_cell
@@ -72,8 +72,12 @@ class CrowdComputeMagics(Magics):
 
     @line_magic
     @magic_arguments()
-    @argument("url", nargs="?", help="foreman address, ws://HOST:PORT or wss://HOST:PORT; none: "
-              "$CROWDCOMPUTE_ADDRESS if set, else an embedded foreman and workers on this machine")
+    @argument(
+        "url",
+        nargs="?",
+        help="foreman address, ws://HOST:PORT or wss://HOST:PORT; none: "
+        "$CROWDCOMPUTE_ADDRESS if set, else an embedded foreman and workers on this machine",
+    )
     @argument("--token", metavar="T", help="the foreman's client token (a loopback foreman's is found by itself)")
     @argument("--workers", metavar="N", type=int, help="worker processes of the embedded cluster (default: CPU count)")
     def crowdconnect(self, line: str) -> None:
@@ -120,10 +124,18 @@ class CrowdComputeMagics(Magics):
     @cell_magic
     @magic_arguments()
     @kwds(usage=_CROWDMAP_USAGE)
-    @argument("iterable", nargs="*", metavar="ITERABLE",
-              help="a Python expression, evaluated in the notebook; it may contain spaces")
-    @argument("-o", "--output", metavar="NAME",
-              help="store the list of results in NAME (after a failure: with the errors in place)")
+    @argument(
+        "iterable",
+        nargs="*",
+        metavar="ITERABLE",
+        help="a Python expression, evaluated in the notebook; it may contain spaces",
+    )
+    @argument(
+        "-o",
+        "--output",
+        metavar="NAME",
+        help="store the list of results in NAME (after a failure: with the errors in place)",
+    )
     @argument("-f", "--function", metavar="FUNC", help="the function to map (default: the cell's last top-level def)")
     @argument("--chunksize", metavar="N", type=int, help="items per task (default: automatic)")
     @argument("--timeout", metavar="S", type=float, help="seconds a task may run before it is stopped")
@@ -169,7 +181,11 @@ class CrowdComputeMagics(Magics):
             self.shell.user_ns[output] = results
         if job is not None and job.failed:
             first = min(job.errors)
-            kept = f"the results, with errors in place, are in `{output}`" if output else "use -o NAME to keep the other results"
+            kept = (
+                f"the results, with errors in place, are in `{output}`"
+                if output
+                else "use -o NAME to keep the other results"
+            )
             print(f"{job.failed} of {job.total} items failed; item {first} is shown below; {kept}.")
             raise job.errors[first]
         return None if output is not None else results

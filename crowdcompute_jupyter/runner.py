@@ -31,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, Coroutine
+from typing import Any
 
 __all__ = ["Interrupted", "event_loop", "run_sync", "shorten_interrupted_awaits"]
 
@@ -127,11 +128,15 @@ def shorten_interrupted_awaits(shell: Any) -> None:
     if shell.custom_exceptions:
         return
 
-    def show(self: Any, etype: type, value: BaseException, tb: TracebackType | None, tb_offset: int | None = None) -> None:
+    def show(
+        self: Any, etype: type, value: BaseException, tb: TracebackType | None, tb_offset: int | None = None
+    ) -> None:
         # The handler displays the error itself (IPython ignores what it returns);
         # _showtraceback is the display hook that ipykernel turns into an error message.
         if _passes_through_crowdcompute(tb):
-            self._showtraceback(etype, value, [f"\x1b[31m{etype.__name__}\x1b[0m: interrupted; CrowdCompute cancelled the job"])
+            self._showtraceback(
+                etype, value, [f"\x1b[31m{etype.__name__}\x1b[0m: interrupted; CrowdCompute cancelled the job"]
+            )
         else:
             self.showtraceback((etype, value, tb), tb_offset=tb_offset)
 

@@ -30,8 +30,8 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado import httpclient, web
 from traitlets import Integer, Unicode
 
-from crowdcompute.addresses import Address, parse_address, read_connection_file
 from crowdcompute.local import LocalCluster
+from crowdcompute.wire.addresses import Address, parse_address, read_connection_file
 
 __all__ = ["CrowdCompute", "StatusProxyHandler"]
 
@@ -42,8 +42,13 @@ PROXY_TIMEOUT = 10.0
 #: Paths of the foreman's status page that the proxy passes on.
 PROXIED_FILES = {"", "index.html", "api/status", "static/index.html", "static/status.css", "static/status.js"}
 #: Headers of the foreman's answer that reach the browser.
-PROXIED_HEADERS = ("Content-Type", "Cache-Control", "Content-Security-Policy", "X-Content-Type-Options",
-                   "Referrer-Policy")
+PROXIED_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "Content-Security-Policy",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+)
 
 
 class CrowdCompute(ExtensionApp):
@@ -83,10 +88,12 @@ class CrowdCompute(ExtensionApp):
             self._find_foreman()
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend([
-            (r"/crowdcompute", web.RedirectHandler, {"url": "crowdcompute/"}),
-            (r"/crowdcompute/(.*)", StatusProxyHandler, {"extension": self}),
-        ])
+        self.handlers.extend(
+            [
+                (r"/crowdcompute", web.RedirectHandler, {"url": "crowdcompute/"}),
+                (r"/crowdcompute/(.*)", StatusProxyHandler, {"extension": self}),
+            ]
+        )
 
     async def stop_extension(self) -> None:
         """The server stops: so does the shared cluster."""
@@ -130,7 +137,10 @@ class CrowdCompute(ExtensionApp):
         os.environ.update(self._exported)  # kernels inherit the server's environment
         self.log.info(
             "CrowdCompute: shared cluster of %d worker%s at %s; status page at %scrowdcompute/",
-            self.local_workers, "" if self.local_workers == 1 else "s", address.url, self.serverapp.base_url,
+            self.local_workers,
+            "" if self.local_workers == 1 else "s",
+            address.url,
+            self.serverapp.base_url,
         )
 
     def _find_foreman(self) -> None:

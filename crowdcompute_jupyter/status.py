@@ -52,8 +52,7 @@ class StatusView:
         running = sum(1 for j in self.jobs if j.get("state") == "running")
         busy = sum(w.get("busy", 0) for w in self.workers)
         return (
-            f"foreman {self.url}: {len(self.workers)} workers, {self.slots} slots ({busy} busy), "
-            f"{running} running jobs"
+            f"foreman {self.url}: {len(self.workers)} workers, {self.slots} slots ({busy} busy), {running} running jobs"
         )
 
     def _repr_html_(self) -> str:
@@ -63,7 +62,15 @@ class StatusView:
             done = job.get("completed", 0) + job.get("failed", 0)
             total = job.get("total", 0)
             percent = f" ({100 * done / total:.0f}%)" if total else ""
-            jobs.append([job["id"][:12], job.get("name", ""), f"{done}/{total}{percent}", job.get("failed", 0), job.get("state", "")])
+            jobs.append(
+                [
+                    job["id"][:12],
+                    job.get("name", ""),
+                    f"{done}/{total}{percent}",
+                    job.get("failed", 0),
+                    job.get("state", ""),
+                ]
+            )
         heading = f"<p>{html.escape(self.heading)}</p>" if self.heading else ""
         return (
             f"<div>{heading}<p><b>{html.escape(self.summary())}</b></p>"

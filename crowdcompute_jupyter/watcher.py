@@ -38,7 +38,9 @@ def make_progress(job: Job) -> ProgressWidget | RichProgress:
     return ProgressWidget(job, display=False)
 
 
-async def watch_job(client: CrowdComputeClient, job: Job, *, progress: ProgressWidget | RichProgress | None) -> list[Any]:
+async def watch_job(
+    client: CrowdComputeClient, job: Job, *, progress: ProgressWidget | RichProgress | None
+) -> list[Any]:
     """Wait for ``job``; its results, errors in place.
 
     A cancellation of the waiting task (an interrupt) cancels the job on the

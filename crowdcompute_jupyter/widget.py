@@ -72,9 +72,11 @@ def describe_progress(model: ProgressModel) -> str:
         parts.append("time left unknown" if left is None else f"{_duration(left)} left")
     else:
         parts.append(f"{_duration(model.elapsed)}")
-        parts.append({"done": "done", "failed": "failed", "cancelled": "cancelled", "lost": "connection lost"}.get(
-            model.state, model.state
-        ))
+        parts.append(
+            {"done": "done", "failed": "failed", "cancelled": "cancelled", "lost": "connection lost"}.get(
+                model.state, model.state
+            )
+        )
     return " · ".join(parts)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from crowdcompute import protocol as p
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.constants import Serializer
 
 from .state import Job, Send, Task, TaskState, Worker
 
@@ -71,7 +72,7 @@ def assign(workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], 
 
 def _take(job: Job, worker: Worker) -> Task | None:
     """The next queued replica of ``job`` that ``worker`` may run, removed from the queue."""
-    if worker.portable_only and job.serializer != "portable":
+    if worker.portable_only and job.serializer != Serializer.PORTABLE:
         return None  # cloudpickle needs the client's Python and cloudpickle versions
     if job.redundancy == 1:
         return job.tasks[job.queue.popleft()]

@@ -10,7 +10,8 @@ import socket
 import ssl
 import sys
 
-from crowdcompute.addresses import (
+from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
+from crowdcompute.wire.addresses import (
     DEFAULT_PORT,
     crowdcompute_home,
     generate_token,
@@ -18,7 +19,7 @@ from crowdcompute.addresses import (
     read_connection_file,
     write_connection_file,
 )
-from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
+from crowdcompute.wire.constants import FOREMAN_READY, FOREMAN_TOKEN_VARIABLE
 
 from .journal import Journal
 from .scheduler import RESULT_TTL
@@ -28,9 +29,6 @@ __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("crowdcompute.foreman")
 
-#: Environment variable a parent process may use to give the foreman its client token.
-FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -38,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Accept jobs from clients and hand their tasks to workers.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind; 0 picks a free one (default: 9000)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port to bind; 0 picks a free one (default: 9000)"
+    )
     parser.add_argument("--token", help="client token (default: reuse or generate one and write a connection file)")
     parser.add_argument("--worker-token", help="worker token (default: the client token)")
     parser.add_argument(
@@ -153,7 +153,7 @@ async def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    print(f"foreman listening on {address.url}", flush=True)
+    print(f"{FOREMAN_READY}{address.url}", flush=True)
     await stop.wait()
     log.info("stopping")
     await server.stop()

@@ -32,6 +32,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from crowdcompute.wire.constants import AUTH_FAILURE_DELAY
+
 from .scheduler import Scheduler
 
 __all__ = ["HISTORY_SAMPLES", "SAMPLE_INTERVAL", "StatusPages", "Throughput", "cookie_name"]
@@ -41,7 +43,6 @@ SAMPLE_INTERVAL = 2.0
 #: Samples kept: ten minutes of history at SAMPLE_INTERVAL.
 HISTORY_SAMPLES = 300
 #: Seconds a request with a wrong token waits before its answer, to slow guessing.
-AUTH_FAILURE_DELAY = 0.2
 #: Files under foreman/static/ the page may load, with their content types.
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -90,8 +91,9 @@ class Throughput:
 class StatusPages:
     """Answers the foreman's HTTP requests from the scheduler's state."""
 
-    def __init__(self, scheduler: Scheduler, token: str, *, secure: bool = False,
-                 sample_interval: float = SAMPLE_INTERVAL) -> None:
+    def __init__(
+        self, scheduler: Scheduler, token: str, *, secure: bool = False, sample_interval: float = SAMPLE_INTERVAL
+    ) -> None:
         self.scheduler = scheduler
         self.token = token
         self.secure = secure
@@ -143,8 +145,11 @@ class StatusPages:
             return _text(HTTPStatus.SEE_OTHER, "authenticated\n", [("Location", path), ("Set-Cookie", cookie)])
         allowed = self._authorized(request, port)
         if allowed is None:
-            return _text(HTTPStatus.UNAUTHORIZED, "401 Unauthorized: " + _how_to_authenticate(port),
-                         [("WWW-Authenticate", 'Bearer realm="crowdcompute"')])
+            return _text(
+                HTTPStatus.UNAUTHORIZED,
+                "401 Unauthorized: " + _how_to_authenticate(port),
+                [("WWW-Authenticate", 'Bearer realm="crowdcompute"')],
+            )
         if not allowed:
             await asyncio.sleep(AUTH_FAILURE_DELAY)
             return _text(HTTPStatus.FORBIDDEN, "403 Forbidden: wrong token. " + _how_to_authenticate(port))
@@ -156,8 +161,8 @@ class StatusPages:
         if path == "/api/status":
             body = json.dumps(self.status(), separators=(",", ":")).encode()
             return _response(HTTPStatus.OK, body, "application/json")
-        if path.startswith("/static/") and path[len("/static/"):] in STATIC_FILES:
-            return _static(path[len("/static/"):])
+        if path.startswith("/static/") and path[len("/static/") :] in STATIC_FILES:
+            return _static(path[len("/static/") :])
         return _text(HTTPStatus.NOT_FOUND, f"404 Not Found: {path[:200]}\n")
 
     def _token_matches(self, given: str) -> bool:
@@ -181,19 +186,21 @@ class StatusPages:
         status = self.scheduler.status()
         scheduler = self.scheduler
         records = list(scheduler.workers.values())
-        for shown, worker in zip(status["workers"], records):
+        for shown, worker in zip(status["workers"], records, strict=False):
             if shown.get("name") != worker.name:
                 break  # not the same order: show no tasks rather than wrong ones
             tasks = []
             for job_id, task_id in sorted(worker.running):
                 job = scheduler.jobs.get(job_id)
                 task = job.tasks.get(task_id) if job else None
-                tasks.append({
-                    "job": job_id,
-                    "name": job.name if job else "",
-                    "task": task_id,
-                    "items": task.count if task else 0,
-                })
+                tasks.append(
+                    {
+                        "job": job_id,
+                        "name": job.name if job else "",
+                        "task": task_id,
+                        "items": task.count if task else 0,
+                    }
+                )
             shown["tasks"] = tasks
         status["slots"] = sum(w.get("slots", 0) for w in status["workers"])
         status["time"] = time.time()
@@ -205,7 +212,7 @@ def _how_to_authenticate(port: int) -> str:
     return (
         f"open this page once with ?token=TOKEN added to its address (for example "
         f"http://127.0.0.1:{port}/?token=TOKEN), where TOKEN is the foreman's client token: "
-        f"the --token it was started with, or the \"token\" in its connection file "
+        f'the --token it was started with, or the "token" in its connection file '
         f"$CROWDCOMPUTE_HOME/foreman-{port}.json (default folder ~/.crowdcompute). "
         "Programs may send 'Authorization: Bearer TOKEN' instead.\n"
     )
@@ -220,20 +227,23 @@ def _text(status: HTTPStatus, text: str, headers: list[tuple[str, str]] | None =
     return _response(status, text.encode(), "text/plain; charset=utf-8", headers)
 
 
-def _response(status: HTTPStatus, body: bytes, content_type: str,
-              headers: list[tuple[str, str]] | None = None) -> Response:
+def _response(
+    status: HTTPStatus, body: bytes, content_type: str, headers: list[tuple[str, str]] | None = None
+) -> Response:
     return Response(
         status.value,
         status.phrase,
-        Headers([
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-            ("X-Content-Type-Options", "nosniff"),
-            ("Referrer-Policy", "no-referrer"),
-            ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
-            ("Connection", "close"),
-            *(headers or []),
-        ]),
+        Headers(
+            [
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Referrer-Policy", "no-referrer"),
+                ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+                ("Connection", "close"),
+                *(headers or []),
+            ]
+        ),
         body,
     )

@@ -16,10 +16,10 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
-from crowdcompute import protocol as p
+from crowdcompute.wire import messages as p
 
 from .state import DeleteJob, Job, JobState, SaveJob, SaveJobState, SaveResult, SaveTask, Task, TaskState
 
@@ -354,13 +354,24 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
             )
             continue
         job = Job(
-            job_id, None, function, total_tasks, total_items, timeout, retries, name, redundancy=row[12],
-            serializer=row[13], created_at=created,
+            job_id,
+            None,
+            function,
+            total_tasks,
+            total_items,
+            timeout,
+            retries,
+            name,
+            redundancy=row[12],
+            serializer=row[13],
+            created_at=created,
         )
         for task_id, first_index, count, payload, name in db.execute(
             "SELECT task_id, first_index, count, payload, payload_file FROM tasks WHERE job_id = ?", (job_id,)
         ):
-            job.tasks[task_id] = Task(task_id, first_index, count, payload if name is None else _read_blob(blobs / name))
+            job.tasks[task_id] = Task(
+                task_id, first_index, count, payload if name is None else _read_blob(blobs / name)
+            )
         for task_id, count, failed in db.execute(
             "SELECT task_id, count, failed FROM outcomes WHERE job_id = ?", (job_id,)
         ):
@@ -374,4 +385,3 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
         job.accepted = job.all_received
         running.append(job)
     return running, ended
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from crowdcompute import protocol as p
+from crowdcompute.wire import messages as p
 
 from .state import Note, Task, Worker
 
@@ -34,7 +34,9 @@ class Verdict:
     failure: str | None = None  # no majority after the last round: why
 
 
-def vote(task: Task, redundancy: int, worker_id: str, msg: p.TaskDone, workers: dict[str, Worker], done: bool) -> Verdict:
+def vote(
+    task: Task, redundancy: int, worker_id: str, msg: p.TaskDone, workers: dict[str, Worker], done: bool
+) -> Verdict:
     """Count ``msg`` as ``worker_id``'s run of ``task``; ``done``: the task already has its outcome."""
     ballot = digest(msg)
     verdict = Verdict()

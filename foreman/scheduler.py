@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable, Union
+from collections.abc import Callable
 
-from crowdcompute import protocol as p
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.constants import CloseCode, ErrorKind, Serializer
 
 from . import quorum
 from .assignment import assign, drop_leases, enqueue, unlease
@@ -33,15 +34,26 @@ from .limits import (
     MAX_QUEUED_TASKS,
     RESULT_TTL,
 )
-from .state import Close, DeleteJob, Job, JobState, Note, Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
-from .state import Task, TaskState, Worker
+from .state import (
+    Close,
+    DeleteJob,
+    Job,
+    JobState,
+    Note,
+    Replay,
+    SaveJob,
+    SaveJobState,
+    SaveResult,
+    SaveTask,
+    Send,
+    Task,
+    TaskState,
+    Worker,
+)
 
 __all__ = ["ALLOWED_FAILURES", "MAX_QUEUED_BYTES", "MAX_QUEUED_TASKS", "RESULT_TTL", "Action", "Scheduler"]
 
-Action = Union[Send, Close, Note, Replay, SaveJob, SaveTask, SaveResult, SaveJobState, DeleteJob]
-
-# Websocket close code for a peer that broke a limit it was told about.
-CLOSE_POLICY = 1008
+Action = Send | Close | Note | Replay | SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob
 
 
 class Scheduler:
@@ -138,7 +150,7 @@ class Scheduler:
             return [Send(client_id, p.JobAccepted(job.job_id))] if job.accepted else []
         if msg.job_id in self.ended:
             return [Send(client_id, p.RequestError(msg.job_id, "a job with this id already ended"))]
-        if msg.serializer != "portable" and client_id in self._mismatched:
+        if msg.serializer != Serializer.PORTABLE and client_id in self._mismatched:
             reason = f"{self._mismatched[client_id]}, or submit it with serializer='portable'"
             return [Send(client_id, p.RequestError(msg.job_id, reason))]
         queued = self.queued_bytes
@@ -183,7 +195,7 @@ class Scheduler:
                 f"job {job.job_id} already has {queued} tasks ({job.queued_bytes} bytes) without an outcome; "
                 f"the limits are {self.max_queued_tasks} tasks and {self.max_queued_bytes} bytes"
             )
-            return [Note(f"closed client {client_id}: {reason}"), Close(client_id, CLOSE_POLICY, reason[:120])]
+            return [Note(f"closed client {client_id}: {reason}"), Close(client_id, CloseCode.POLICY, reason[:120])]
         task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, received_at=self.clock())
         job.tasks[task.task_id] = task
         job.queued_bytes += len(msg.payload)
@@ -280,7 +292,7 @@ class Scheduler:
         if verdict.rerun:
             self._enqueue(job, task, replicas=job.redundancy)
         if verdict.failure is not None:
-            return actions + self._fail(job, task, "disagreement", verdict.failure)
+            return actions + self._fail(job, task, ErrorKind.DISAGREEMENT, verdict.failure)
         return actions
 
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
@@ -290,8 +302,8 @@ class Scheduler:
         unlease(self.workers, job, task, worker_id)
         if task.state is TaskState.DONE:  # a redundant run no longer needed
             return self._assign()
-        if msg.error == "timeout":
-            return self._fail(job, task, "timeout", msg.reason) + self._assign()
+        if msg.error == ErrorKind.TIMEOUT:
+            return self._fail(job, task, ErrorKind.TIMEOUT, msg.reason) + self._assign()
         return self._crashed(job, task, msg.reason) + self._assign()
 
     def task_output(self, worker_id: str, msg: p.TaskOutput) -> list[Action]:
@@ -374,7 +386,9 @@ class Scheduler:
     def _rejected(self, worker_id: str, what: str, job_id: str, task_id: int, attempt: int) -> Note:
         worker = self.workers.get(worker_id)
         name = worker.name if worker else worker_id
-        return Note(f"dropped a {what} from worker {name} for job {job_id} task {task_id} attempt {attempt}: not its lease")
+        return Note(
+            f"dropped a {what} from worker {name} for job {job_id} task {task_id} attempt {attempt}: not its lease"
+        )
 
     def _accept(self, job: Job) -> list[Action]:
         job.accepted = True
@@ -387,7 +401,7 @@ class Scheduler:
         """A task's process died: run it again, or fail it after allowed_failures."""
         task.crashes += 1
         if task.crashes >= self.allowed_failures:
-            return self._fail(job, task, "crashed", cause)
+            return self._fail(job, task, ErrorKind.CRASHED, cause)
         self._enqueue(job, task, front=True)
         return []
 
@@ -446,4 +460,3 @@ class Scheduler:
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns."""
         return list(assign(self.workers, self.jobs, self._ready, self.clock()))
-

@@ -13,16 +13,17 @@ import itertools
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from crowdcompute import protocol as p
-from crowdcompute.addresses import Address
 from crowdcompute.errors import ProtocolError
-from crowdcompute.runtime import runtime_mismatch
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.addresses import Address
+from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CloseCode, Role
+from crowdcompute.wire.runtime import runtime_mismatch
 
 from .http import StatusPages
 from .journal import Journal, read_outcome_frame, read_outcome_ids
@@ -30,7 +31,6 @@ from .scheduler import Action, Scheduler
 from .state import Close, Note, Replay, Send
 
 __all__ = [
-    "AUTH_FAILURE_DELAY",
     "AUTH_TIMEOUT",
     "MAX_CONNECTIONS",
     "MAX_FRAME_SIZE",
@@ -43,8 +43,6 @@ log = logging.getLogger("crowdcompute.foreman")
 
 #: Seconds a new connection has to send its Hello.
 AUTH_TIMEOUT = 10.0
-#: Seconds a refused authentication waits before its answer, to slow guessing.
-AUTH_FAILURE_DELAY = 0.2
 #: Largest first frame (the Hello) the foreman reads from a connection, in bytes.
 MAX_HELLO_SIZE = 64 * 1024
 #: Largest frame the foreman accepts from an authenticated client or worker, in bytes.
@@ -54,12 +52,6 @@ MAX_CONNECTIONS = 4096
 #: Bytes queued for one peer that is not reading; past this it is disconnected
 #: (a client reconnects and attaches; nothing is lost).
 MAX_OUTBOX_BYTES = 512 * 1024 * 1024
-
-# Websocket close codes (RFC 6455).
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_UNSUPPORTED = 1003
-CLOSE_POLICY = 1008
-CLOSE_TRY_AGAIN_LATER = 1013
 
 #: Seconds between purges of jobs older than the result TTL (and idle checks).
 EXPIRE_INTERVAL = 60.0
@@ -182,7 +174,7 @@ class ForemanServer:
             busy = self.scheduler.busy_clients()
             for peer in list(self._peers.values()):
                 idle = loop.time() - peer.last_seen
-                if peer.role == "client" and peer.conn_id not in busy and idle > self.idle_timeout:
+                if peer.role == Role.CLIENT and peer.conn_id not in busy and idle > self.idle_timeout:
                     log.info("closed idle client %s (silent for %.0f s)", peer.name, idle)
                     peer.outbox.put_nowait(Close(peer.conn_id, 1000, "idle"))
 
@@ -191,7 +183,9 @@ class ForemanServer:
     async def _handle(self, websocket: ServerConnection) -> None:
         if self._connections >= self.max_connections:
             log.warning("refused %s: already %d connections", _where(websocket), self._connections)
-            await websocket.close(CLOSE_TRY_AGAIN_LATER, f"the foreman serves at most {self.max_connections} connections")
+            await websocket.close(
+                CloseCode.TRY_AGAIN_LATER, f"the foreman serves at most {self.max_connections} connections"
+            )
             return
         self._connections += 1
         try:
@@ -221,13 +215,13 @@ class ForemanServer:
             )
         )
         try:
-            if peer.role == "worker":
+            if peer.role == Role.WORKER:
                 log.info("worker %s connected from %s", peer.name, _where(websocket))
             self._execute(self._joined(peer))
             await self._read_frames(peer)
         finally:
             del self._peers[peer.conn_id]
-            if peer.role == "worker":
+            if peer.role == Role.WORKER:
                 log.info("worker %s disconnected", peer.name)
                 self._execute(self.scheduler.remove_worker(peer.conn_id))
             else:
@@ -241,7 +235,7 @@ class ForemanServer:
             frame = await asyncio.wait_for(websocket.recv(), AUTH_TIMEOUT)
         except asyncio.TimeoutError:
             log.warning("closed %s: no hello within %s s", _where(websocket), AUTH_TIMEOUT)
-            await websocket.close(CLOSE_POLICY, f"authenticate within {AUTH_TIMEOUT:g} seconds")
+            await websocket.close(CloseCode.POLICY, f"authenticate within {AUTH_TIMEOUT:g} seconds")
             return None
         except ConnectionClosed:
             return None
@@ -251,7 +245,7 @@ class ForemanServer:
                 raise ProtocolError(f"the first message must be hello, not {hello.TYPE}")
         except ProtocolError as exc:
             log.warning("refused %s: %s", _where(websocket), exc)
-            await self._refuse(websocket, "protocol", str(exc), CLOSE_PROTOCOL_ERROR)
+            await self._refuse(websocket, "protocol", str(exc), CloseCode.PROTOCOL_ERROR)
             return None
         if hello.protocol_version != p.PROTOCOL_VERSION:
             reason = (
@@ -260,13 +254,13 @@ class ForemanServer:
                 "install the same crowdcompute version on both sides"
             )
             log.warning("refused %s: %s", _where(websocket), reason)
-            await self._refuse(websocket, "version", reason, CLOSE_PROTOCOL_ERROR)
+            await self._refuse(websocket, "version", reason, CloseCode.PROTOCOL_ERROR)
             return None
-        expected = self.token if hello.role == "client" else self.worker_token
+        expected = self.token if hello.role == Role.CLIENT else self.worker_token
         if not hmac.compare_digest(hello.token.encode(), expected.encode()):
             log.warning("refused %s %s: wrong or missing %s token", hello.role, _where(websocket), hello.role)
             await asyncio.sleep(AUTH_FAILURE_DELAY)
-            await self._refuse(websocket, "auth", f"the foreman refused this {hello.role} token", CLOSE_POLICY)
+            await self._refuse(websocket, "auth", f"the foreman refused this {hello.role} token", CloseCode.POLICY)
             return None
         conn_id = f"{hello.role[0]}{next(self._ids)}"
         name = hello.name or conn_id
@@ -284,12 +278,12 @@ class ForemanServer:
             pass
 
     def _joined(self, peer: _Peer) -> list[Action]:
-        if peer.role == "worker":
+        if peer.role == Role.WORKER:
             return self.scheduler.add_worker(peer.conn_id, peer.name, max(1, peer.slots), bool(peer.mismatch))
         return self.scheduler.add_client(peer.conn_id, peer.mismatch)
 
     async def _read_frames(self, peer: _Peer) -> None:
-        allowed = _CLIENT_MESSAGES if peer.role == "client" else _WORKER_MESSAGES
+        allowed = _CLIENT_MESSAGES if peer.role == Role.CLIENT else _WORKER_MESSAGES
         loop = asyncio.get_running_loop()
         peer.last_seen = loop.time()
         try:
@@ -298,11 +292,11 @@ class ForemanServer:
                 try:
                     msg = p.decode(frame)
                 except ProtocolError as exc:
-                    code = CLOSE_UNSUPPORTED if isinstance(frame, str) else CLOSE_PROTOCOL_ERROR
+                    code = CloseCode.UNSUPPORTED if isinstance(frame, str) else CloseCode.PROTOCOL_ERROR
                     self._drop_peer(peer, code, str(exc))
                     return
                 if not isinstance(msg, allowed):
-                    self._drop_peer(peer, CLOSE_POLICY, f"a {peer.role} may not send {msg.TYPE}")
+                    self._drop_peer(peer, CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
                     return
                 self._execute(self._dispatch(peer, msg))
         except ConnectionClosed:
@@ -377,7 +371,7 @@ class ForemanServer:
             reason = f"{peer.queued_bytes} bytes wait for this {peer.role} to read them"
             log.warning("closed %s %s: %s", peer.role, peer.name, reason)
             # Now, not after the backlog: a client comes back and attaches; nothing is lost.
-            asyncio.create_task(peer.websocket.close(CLOSE_POLICY, reason))
+            asyncio.create_task(peer.websocket.close(CloseCode.POLICY, reason))
             return
         peer.queued_bytes += len(frame)
         peer.outbox.put_nowait(frame)

@@ -6,7 +6,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
-from crowdcompute.protocol import Message
+from crowdcompute.wire.messages import Message
 
 __all__ = [
     "Close",

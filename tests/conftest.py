@@ -60,7 +60,10 @@ class Proc:
             except queue.Empty:
                 break
             if line is None:
-                pytest.fail(f"process exited ({self.popen.poll()}) before printing {prefix!r}; output:\n" + "\n".join(self.lines))
+                pytest.fail(
+                    f"process exited ({self.popen.poll()}) before printing {prefix!r}; output:\n"
+                    + "\n".join(self.lines)
+                )
             if prefix in line:
                 return line
         pytest.fail(f"no line with {prefix!r} within {timeout} s; output so far:\n" + "\n".join(self.lines))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable
+from collections.abc import Awaitable
+from typing import Any
 
 #: Default limit for one test's async body, in seconds.
 ASYNC_TIMEOUT = 30.0
@@ -90,10 +91,10 @@ async def fake_worker(url: str, token: str, answer, stop: asyncio.Event, name: s
 
     For hostile workers in tests (wrong results, crafted pickles); runs until ``stop`` is set.
     """
-    from crowdcompute import protocol as p
-    from crowdcompute.addresses import parse_address
     from crowdcompute.dialing import dial
-    from crowdcompute.runtime import runtime_fields
+    from crowdcompute.wire import messages as p
+    from crowdcompute.wire.addresses import parse_address
+    from crowdcompute.wire.runtime import runtime_fields
 
     hello = p.Hello("worker", token, p.PROTOCOL_VERSION, name=name, slots=1, **runtime_fields())
     ws, _ = await dial(parse_address(url), hello)

@@ -21,10 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from websockets.sync.client import connect as ws_connect
-
 from conftest import Proc
 from http_client import http_request
+from websockets.sync.client import connect as ws_connect
 
 __all__ = ["JUPYTER_CONFIG", "JupyterServer", "jupyter_server"]
 
@@ -67,17 +66,29 @@ def jupyter_server(crowd_home, tmp_path):
 
     def start(*args: str, env: dict | None = None) -> JupyterServer:
         environ = {**os.environ, **(env or {})}
-        for name, folder in [("JUPYTER_CONFIG_DIR", "jconfig"), ("JUPYTER_RUNTIME_DIR", "jruntime"),
-                             ("IPYTHONDIR", "ipython")]:
+        for name, folder in [
+            ("JUPYTER_CONFIG_DIR", "jconfig"),
+            ("JUPYTER_RUNTIME_DIR", "jruntime"),
+            ("IPYTHONDIR", "ipython"),
+        ]:
             environ[name] = str(tmp_path / folder)
         environ["JUPYTER_CONFIG_PATH"] = str(JUPYTER_CONFIG)
         root = tmp_path / "jroot"
         root.mkdir(exist_ok=True)
         token = secrets.token_hex(16)
         popen = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
-             "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0", f"--IdentityProvider.token={token}",
-             f"--ServerApp.root_dir={root}", *args],
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                "--no-browser",
+                "--allow-root",
+                "--ServerApp.ip=127.0.0.1",
+                "--ServerApp.port=0",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+                *args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -112,13 +123,32 @@ def _wait_until_listening(url: str, proc: Proc) -> None:
 def _execute(ws, code: str) -> str:
     """Send an execute_request on the kernel's websocket; its stream and display text until idle."""
     msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex,
-                   "version": "5.3", "date": datetime.now(timezone.utc).isoformat()},
-        "parent_header": {}, "metadata": {}, "buffers": [], "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
+    ws.send(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "msg_type": "execute_request",
+                    "username": "test",
+                    "session": uuid.uuid4().hex,
+                    "version": "5.3",
+                    "date": datetime.now(timezone.utc).isoformat(),
+                },
+                "parent_header": {},
+                "metadata": {},
+                "buffers": [],
+                "channel": "shell",
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                    "stop_on_error": True,
+                },
+            }
+        )
+    )
     output: list[str] = []
     deadline = time.monotonic() + CELL_TIMEOUT
     while True:

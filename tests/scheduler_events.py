@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 
-from crowdcompute import protocol as p
+from crowdcompute.wire import messages as p
 from foreman.scheduler import Scheduler
 from foreman.state import Note, Send
 
 __all__ = [
-    "Clock", "assign", "done", "function", "leased", "make", "records", "result", "sent", "started", "submit",
-    "task_input", "task_output",
+    "Clock",
+    "assign",
+    "done",
+    "function",
+    "leased",
+    "make",
+    "records",
+    "result",
+    "sent",
+    "started",
+    "submit",
+    "task_input",
+    "task_output",
 ]
 
 
@@ -73,19 +84,30 @@ def task_output(job_id: str, task_id: int, attempt: int) -> bytes:
     return f"output {job_id}/{task_id}@{attempt}".encode()
 
 
-def submit(s: Scheduler, client: str, job_id: str, tasks: int = 1, *, items_per_task: int = 1,
-           retries: int = 0, task_timeout: float | None = None) -> list:
+def submit(
+    s: Scheduler,
+    client: str,
+    job_id: str,
+    tasks: int = 1,
+    *,
+    items_per_task: int = 1,
+    retries: int = 0,
+    task_timeout: float | None = None,
+) -> list:
     """A client's SubmitJob then its SubmitTasks; all the actions they caused."""
     total = tasks * items_per_task
     actions = s.submit_job(client, p.SubmitJob(job_id, function(job_id), tasks, total, task_timeout, retries, "f"))
     for task_id in range(tasks):
         first = task_id * items_per_task
-        actions += s.submit_task(client, p.SubmitTask(job_id, task_id, first, items_per_task, task_input(job_id, task_id)))
+        actions += s.submit_task(
+            client, p.SubmitTask(job_id, task_id, first, items_per_task, task_input(job_id, task_id))
+        )
     return actions
 
 
-def assign(job_id: str, task_id: int, attempt: int = 1, *, items_per_task: int = 1,
-           task_timeout: float | None = None) -> p.AssignTask:
+def assign(
+    job_id: str, task_id: int, attempt: int = 1, *, items_per_task: int = 1, task_timeout: float | None = None
+) -> p.AssignTask:
     first = task_id * items_per_task
     return p.AssignTask(job_id, task_id, attempt, first, items_per_task, task_input(job_id, task_id), task_timeout)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import arun
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from crowdcompute import AuthenticationError, CrowdComputeClient, ForemanUnavailableError
-from crowdcompute import protocol as p
-from crowdcompute.runtime import runtime_fields
-from helpers import arun
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.runtime import runtime_fields
 
 
 def test_wrong_token_is_refused_and_runs_nothing(cluster):

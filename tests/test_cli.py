@@ -6,10 +6,10 @@ import json
 import signal
 
 import psutil
-
 from conftest import spawn
-from crowdcompute import CrowdComputeClient
 from helpers import arun
+
+from crowdcompute import CrowdComputeClient
 
 
 def test_local_runs_a_cluster_that_ctrl_c_stops_completely(crowd_home):

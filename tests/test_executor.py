@@ -10,9 +10,9 @@ import threading
 import time
 
 import pytest
+from helpers import arun, wait_until
 
 from crowdcompute import CrowdComputeClient, Executor, TaskError
-from helpers import arun, wait_until
 
 #: Seconds any future in these tests may take.
 RESULT_TIMEOUT = 30.0
@@ -73,7 +73,9 @@ def test_map_timeout_and_cancel_stop_the_jobs_on_the_foreman(executor, cluster):
 
     async def all_cancelled():
         async with CrowdComputeClient(cluster.url, token=cluster.token) as client:
-            await wait_until(lambda: _all_cancelled(client), 10, "the foreman still runs the timed-out and cancelled jobs")
+            await wait_until(
+                lambda: _all_cancelled(client), 10, "the foreman still runs the timed-out and cancelled jobs"
+            )
 
     arun(all_cancelled())
     # The slots are free again: a new call runs at once.

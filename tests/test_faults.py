@@ -11,8 +11,8 @@ import textwrap
 
 import psutil
 import pytest
+from helpers import Proxy, arun, wait_until
 
-from conftest import spawn
 from crowdcompute import (
     ConnectionLostError,
     CrowdComputeClient,
@@ -20,7 +20,6 @@ from crowdcompute import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
-from helpers import Proxy, arun, wait_until
 
 
 def slow_square(x):
@@ -85,7 +84,9 @@ def _segfault_on_two(x):
     return x
 
 
-@pytest.mark.parametrize("func, bad, cause", [(_exit_on_three, 3, "exited with code 3"), (_segfault_on_two, 2, "SIGSEGV")])
+@pytest.mark.parametrize(
+    "func, bad, cause", [(_exit_on_three, 3, "exited with code 3"), (_segfault_on_two, 2, "SIGSEGV")]
+)
 def test_poison_task_fails_alone_and_the_worker_stays(cluster, func, bad, cause):
     async def main():
         async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
@@ -307,9 +308,7 @@ def test_chaos_random_worker_kills_every_result_exactly_once(foreman, start_work
             for job in jobs:
                 job.add_listener(lambda j: arrivals[j.id].append(j.completed))
             for round_ in range(3):
-                await wait_until(
-                    lambda: sum(j.completed for j in jobs) >= 6 * (round_ + 1), 30, "the cluster stalled"
-                )
+                await wait_until(lambda: sum(j.completed for j in jobs) >= 6 * (round_ + 1), 30, "the cluster stalled")
                 victim = workers.pop(rng.randrange(len(workers)))
                 victim.popen.kill()
                 workers.append(start_worker(foreman.url, "--procs", "1", "--name", f"r{round_}", wait=False))

@@ -8,10 +8,11 @@ import pickle
 import sys
 
 import pytest
+from conftest import spawn
+from helpers import arun, fake_worker, wait_until
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import spawn
 from crowdcompute import (
     AuthenticationError,
     CrowdComputeClient,
@@ -19,10 +20,9 @@ from crowdcompute import (
     SerializationError,
     UntrustedPayloadError,
 )
-from crowdcompute import protocol as p
-from crowdcompute.addresses import parse_address
-from crowdcompute.runtime import runtime_fields
-from helpers import arun, fake_worker, wait_until
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.addresses import parse_address
+from crowdcompute.wire.runtime import runtime_fields
 
 
 def hello(role: str, token: str) -> p.Hello:

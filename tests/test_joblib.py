@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from helpers import arun
 
 from crowdcompute import CrowdComputeClient
-from helpers import arun
 
 joblib = pytest.importorskip("joblib")
 import crowdcompute.joblib as crowd_joblib  # noqa: E402  (registers the backend)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from crowdcompute import protocol as p
+from crowdcompute.wire import messages as p
 from foreman.journal import Journal
 from foreman.scheduler import Scheduler
 from foreman.state import Replay, Send
@@ -62,7 +62,9 @@ def test_an_outcome_frees_the_stored_input_and_a_purge_removes_everything(tmp_pa
     clock = [1000.0]
     scheduler = Scheduler(journaled=True, result_ttl=60, clock=lambda: clock[0])
     start_job(scheduler, journal, tasks=1)
-    (assign,) = [a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)]
+    (assign,) = [
+        a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)
+    ]
     apply(journal, scheduler.task_done("w1", p.TaskDone("j1", 0, assign.attempt, 0, b"OUT")))
     db = sqlite3.connect(tmp_path / "j.sqlite3")
     assert db.execute("SELECT payload FROM tasks").fetchall() == [(None,)]
@@ -81,7 +83,9 @@ def test_ended_jobs_come_back_as_summaries_that_can_be_replayed(tmp_path):
     journal = Journal(path)
     scheduler = Scheduler(journaled=True)
     start_job(scheduler, journal, tasks=1)
-    (assign,) = [a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)]
+    (assign,) = [
+        a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)
+    ]
     apply(journal, scheduler.task_done("w1", p.TaskDone("j1", 0, assign.attempt, 0, b"OUT")))
     journal.close()
 
@@ -108,7 +112,9 @@ def test_big_payloads_live_in_files_beside_the_journal_and_go_with_their_job(tmp
         apply(journal, scheduler.submit_task("c1", p.SubmitTask("../../evil", n, n, 1, big)))
     assert sorted(f.suffix for f in journal.blobs.iterdir()) == [".in", ".in"]  # hashed names, never the job id
     assert all(f.parent == journal.blobs for f in journal.blobs.iterdir())
-    (first, _) = [a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)]
+    (first, _) = [
+        a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)
+    ]
     apply(journal, scheduler.task_done("w1", p.TaskDone("../../evil", first.task_id, first.attempt, 0, big)))
     assert sorted(f.suffix for f in journal.blobs.iterdir()) == [".in", ".out"]  # the finished input is gone
     journal.close()

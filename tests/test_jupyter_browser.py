@@ -18,10 +18,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import Proc
 from nbformat.v4 import new_code_cell, new_notebook
 from playwright.sync_api import expect, sync_playwright
-
-from conftest import Proc
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -45,12 +44,18 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def lab(crowd_home, tmp_path, monkeypatch):
     """JupyterLab on 127.0.0.1, a free port, a token of its own; its URL and token. Stopped after."""
-    for name, folder in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython")]:
+    for name, folder in [
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("IPYTHONDIR", "ipython"),
+    ]:
         monkeypatch.setenv(name, str(tmp_path / folder))
     # Lab settings: start the notebook's kernel without asking, and fetch no news.
     settings = tmp_path / "lab-settings"
-    for plugin, values in [("notebook-extension/tracker", {"autoStartDefaultKernel": True}),
-                           ("apputils-extension/notification", {"fetchNews": "false"})]:
+    for plugin, values in [
+        ("notebook-extension/tracker", {"autoStartDefaultKernel": True}),
+        ("apputils-extension/notification", {"fetchNews": "false"}),
+    ]:
         path = settings / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
@@ -60,9 +65,16 @@ def lab(crowd_home, tmp_path, monkeypatch):
     token = secrets.token_hex(16)
     popen = subprocess.Popen(
         [
-            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-            "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0", f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+            "--ServerApp.port=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ],
         stdout=subprocess.PIPE,
@@ -80,11 +92,15 @@ def lab(crowd_home, tmp_path, monkeypatch):
 
 def test_progress_widget_fills_up_in_a_real_browser(lab, tmp_path):
     url, token, root = lab
-    notebook = new_notebook(cells=[
-        new_code_cell("%load_ext crowdcompute\n%crowdconnect --workers 2"),
-        new_code_cell("%%crowdmap range(40) -o squares\ndef square(x):\n    import time\n    time.sleep(0.05)\n    return x * x"),
-        new_code_cell("print('sum of squares', sum(squares))"),
-    ])
+    notebook = new_notebook(
+        cells=[
+            new_code_cell("%load_ext crowdcompute\n%crowdconnect --workers 2"),
+            new_code_cell(
+                "%%crowdmap range(40) -o squares\ndef square(x):\n    import time\n    time.sleep(0.05)\n    return x * x"
+            ),
+            new_code_cell("print('sum of squares', sum(squares))"),
+        ]
+    )
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, root / "browser.ipynb")
 

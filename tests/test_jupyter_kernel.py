@@ -139,8 +139,7 @@ def test_a_cell_queued_behind_crowdmap_runs_and_the_widget_moves(cluster, kernel
 
     # Top-level await: same connection; its widget and its tasks' output land in its own cell.
     awaited = kernel.run(
-        "import crowdcompute\n"
-        "await crowdcompute.map(lambda x: print('awaited', x) or x + 1, range(4), chunksize=1)"
+        "import crowdcompute\nawait crowdcompute.map(lambda x: print('awaited', x) or x + 1, range(4), chunksize=1)"
     )
     assert awaited.result == "[1, 2, 3, 4]"
     assert sorted(re.findall(r"\[(\d)\] awaited", awaited.text)) == ["0", "1", "2", "3"], awaited.text

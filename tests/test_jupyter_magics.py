@@ -9,13 +9,13 @@ import sys
 import threading
 
 import pytest
+from helpers import arun
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
 from crowdcompute import CrowdComputeClient, SerializationError, TaskError
 from crowdcompute.local import LocalCluster
-from helpers import arun
 
 
 @pytest.fixture
@@ -62,9 +62,15 @@ def test_importing_crowdcompute_loads_no_jupyter_package():
         "print('ok')\n"
     )
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, crowdcompute; print(sorted(m for m in sys.modules "
-         "if m.split('.')[0] in ('IPython', 'ipywidgets', 'ipykernel', 'nest_asyncio', 'nest_asyncio2')))"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import sys, crowdcompute; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('IPython', 'ipywidgets', 'ipykernel', 'nest_asyncio', 'nest_asyncio2')))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "[]", f"importing crowdcompute imported {loaded.stdout.strip()}"
@@ -76,19 +82,29 @@ def test_crowdmap_maps_the_cells_function_with_a_widget(cluster, shell):
     shown = connect(cluster, shell)
     assert f"Connected to {cluster.url}" in shown and "1 workers, 2 slots" in shown
 
-    result, text = run(shell, "%%crowdmap range(100, 140) -o r\ndef f(x):\n    if x % 10 == 0:\n        print('tens', x)\n    return x * 2\n")
+    result, text = run(
+        shell,
+        "%%crowdmap range(100, 140) -o r\ndef f(x):\n    if x % 10 == 0:\n        print('tens', x)\n    return x * 2\n",
+    )
     assert result.success, text
     assert result.result is None and shell.user_ns["r"] == [x * 2 for x in range(100, 140)]
     widget = magics(shell).last_progress
     assert (widget.bar.value, widget.bar.max, widget.bar.bar_style, widget.state) == (40, 40, "success", "done")
     assert "40/40" in widget.label.value and "items/s" in widget.label.value
-    assert sorted(re.findall(r"\[(\d+)\] tens (\d+)", text)) == [("0", "100"), ("10", "110"), ("20", "120"), ("30", "130")], text
+    assert sorted(re.findall(r"\[(\d+)\] tens (\d+)", text)) == [
+        ("0", "100"),
+        ("10", "110"),
+        ("20", "120"),
+        ("30", "130"),
+    ], text
 
     # No -o: the cell's value. The last top-level def is mapped unless -f names another.
     cell = "def helper(x):\n    return x + 1\n\ndef twice(x):\n    return helper(x) * 2\n"
     result, text = run(shell, "%%crowdmap [1, 2, 3]\n" + cell)
     assert result.result == [4, 6, 8], text
-    result, text = run(shell, '%%crowdmap ["a b", "c"] -f helper --chunksize 1 --timeout 30\ndef helper(x):\n    return x + "!"\n')
+    result, text = run(
+        shell, '%%crowdmap ["a b", "c"] -f helper --chunksize 1 --timeout 30\ndef helper(x):\n    return x + "!"\n'
+    )
     assert result.result == ["a b!", "c!"], text
 
     # Top-level await uses the connection the magic made.
@@ -152,7 +168,10 @@ def test_crowdcompute_runs_the_cell_on_a_worker_with_only_what_it_reads(cluster,
     [
         ("%%crowdmap range(3)\ndef f(x):\n    return x\n", "not connected: run %crowdconnect first"),
         ("%%crowdmap range(3)\nx = 1\n", "the cell defines no function"),
-        ("%%crowdmap undefined_name + 1\ndef f(x):\n    return x\n", "cannot evaluate ITERABLE `undefined_name + 1`: NameError"),
+        (
+            "%%crowdmap undefined_name + 1\ndef f(x):\n    return x\n",
+            "cannot evaluate ITERABLE `undefined_name + 1`: NameError",
+        ),
         ("%%crowdmap 42\ndef f(x):\n    return x\n", "ITERABLE `42` gives no items to map over: TypeError"),
         ("%%crowdmap range(3) -f nope\ndef f(x):\n    return x\n", "no function named 'nope'"),
         ("%%crowdmap\ndef f(x):\n    return x\n", "%%crowdmap needs an ITERABLE"),
@@ -172,9 +191,11 @@ def test_bad_input_says_what_to_do_in_one_line(shell, code, message):
 
 
 def test_magics_explain_themselves(shell):
-    for name, words in [("crowdmap", ["ITERABLE", "-o NAME", "-f FUNC", "--chunksize N", "--timeout S"]),
-                        ("crowdconnect", ["--token", "--workers", "url"]),
-                        ("crowdcompute", ["-o NAME", "worker"])]:
+    for name, words in [
+        ("crowdmap", ["ITERABLE", "-o NAME", "-f FUNC", "--chunksize N", "--timeout S"]),
+        ("crowdconnect", ["--token", "--workers", "url"]),
+        ("crowdcompute", ["-o NAME", "worker"]),
+    ]:
         magic = shell.find_cell_magic(name) or shell.find_line_magic(name)
         assert all(word in magic.__doc__ for word in words), magic.__doc__
     assert shell.find_line_magic("crowdstatus").__doc__ and shell.find_line_magic("crowddisconnect").__doc__

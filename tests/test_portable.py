@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import portable_funcs as funcs
-from crowdcompute import CrowdComputeClient, SerializationError, TaskError
-from crowdcompute.portable import dumps_portable_function
+import pytest
 from helpers import arun
+
+from crowdcompute import CrowdComputeClient, SerializationError, TaskError
+from crowdcompute.codecs.portable import dumps_portable_function
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ registered message type, so a new type is tested the day it is added.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import struct
 import typing
@@ -17,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crowdcompute import protocol as p
 from crowdcompute.errors import CrowdComputeError, ProtocolError
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.constants import ErrorKind
 
 #: Every byte value, so a payload that base64 or text decoding would mangle shows.
 RAW = bytes(range(256)) * 3
@@ -62,7 +64,10 @@ def sample(cls: type[p.Message]) -> p.Message:
         hint = hints[f.name]
         base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
         base = typing.get_origin(base) or base
-        values[f.name] = _AUTO_VALUES[base] if base in _AUTO_VALUES else []
+        if isinstance(base, type) and issubclass(base, enum.Enum):
+            values[f.name] = next(iter(base))
+        else:
+            values[f.name] = _AUTO_VALUES[base] if base in _AUTO_VALUES else []
     return cls(**values)
 
 
@@ -116,8 +121,21 @@ def test_none_is_a_valid_optional_float():
 
 
 def test_int_is_accepted_where_a_float_is_expected():
-    msg = p.decode(frame({"type": "assign_task", "job_id": "j", "task_id": 0, "attempt": 1, "first_index": 0,
-                          "count": 1, "task_timeout": 3, "sizes": [1]}, b"x"))
+    msg = p.decode(
+        frame(
+            {
+                "type": "assign_task",
+                "job_id": "j",
+                "task_id": 0,
+                "attempt": 1,
+                "first_index": 0,
+                "count": 1,
+                "task_timeout": 3,
+                "sizes": [1],
+            },
+            b"x",
+        )
+    )
     assert msg.task_timeout == 3
 
 
@@ -128,8 +146,15 @@ def test_payloads_follow_the_header_as_raw_bytes():
     data = p.encode(p.TaskDone("job-1", 2, 4, 0, RAW))
     header, rest = split(data)
     assert rest == RAW  # byte for byte, after the header: no base64, no escaping
-    assert header == {"type": "task_done", "job_id": "job-1", "task_id": 2, "attempt": 4, "failed": 0,
-                      "seconds": 0.0, "sizes": [len(RAW)]}
+    assert header == {
+        "type": "task_done",
+        "job_id": "job-1",
+        "task_id": 2,
+        "attempt": 4,
+        "failed": 0,
+        "seconds": 0.0,
+        "sizes": [len(RAW)],
+    }
     assert len(data) == 4 + len(json.dumps(header, separators=(",", ":"))) + len(RAW)
 
 
@@ -191,8 +216,10 @@ def test_header_nested_too_deep_is_not_json_either():
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_non_finite_numbers_are_not_json(number):
     # Python's json reads these; a task_timeout of Infinity once reached a worker and hung its slot.
-    head = ('{"type":"assign_task","job_id":"j","task_id":0,"attempt":1,"first_index":0,"count":1,'
-            f'"task_timeout":{number},"sizes":[1]}}').encode()
+    head = (
+        '{"type":"assign_task","job_id":"j","task_id":0,"attempt":1,"first_index":0,"count":1,'
+        f'"task_timeout":{number},"sizes":[1]}}'
+    ).encode()
     assert_refused(frame(head, b"x"), "not valid JSON", "not a finite number")
 
 
@@ -226,12 +253,21 @@ def test_wrong_field_types(field, value, type_name):
 
 
 def test_bool_is_not_a_float_and_a_dict_is_not_a_string():
-    header = {"type": "assign_task", "job_id": "j", "task_id": 0, "attempt": 1, "first_index": 0, "count": 1,
-              "task_timeout": True, "sizes": [1]}
+    header = {
+        "type": "assign_task",
+        "job_id": "j",
+        "task_id": 0,
+        "attempt": 1,
+        "first_index": 0,
+        "count": 1,
+        "task_timeout": True,
+        "sizes": [1],
+    }
     assert_refused(frame(header, b"x"), "'task_timeout'", "bool")
     assert_refused(frame({"type": "cancel_job", "job_id": {"all": "good"}}), "'job_id'", "dict")
-    assert_refused(frame({"type": "hello", "role": "client", "token": "t", "protocol_version": "1"}),
-                   "'protocol_version'", "str")
+    assert_refused(
+        frame({"type": "hello", "role": "client", "token": "t", "protocol_version": "1"}), "'protocol_version'", "str"
+    )
 
 
 def test_missing_fields_are_named():
@@ -242,8 +278,13 @@ def test_missing_fields_are_named():
 
 
 def test_unknown_fields_are_named():
-    assert_refused(frame({"type": "cancel_job", "job_id": "j", "force": True, "zzz": 1}),
-                   "cancel_job", "unknown fields", "'force'", "'zzz'")
+    assert_refused(
+        frame({"type": "cancel_job", "job_id": "j", "force": True, "zzz": 1}),
+        "cancel_job",
+        "unknown fields",
+        "'force'",
+        "'zzz'",
+    )
 
 
 def test_payload_field_in_the_header_is_unknown():
@@ -284,16 +325,26 @@ def test_bytes_after_a_message_without_payloads():
         ({"type": "hello", "role": "worker", "token": "t", "protocol_version": 1, "slots": -2}, ["slots"]),
         ({"type": "submit_job", "job_id": "", "total_tasks": 1, "total_items": 1, "sizes": [0]}, ["job_id"]),
         ({"type": "submit_job", "job_id": "j", "total_tasks": -1, "total_items": 1, "sizes": [0]}, ["total_tasks"]),
-        ({"type": "submit_job", "job_id": "j", "total_tasks": 1, "total_items": 1, "retries": -1, "sizes": [0]},
-         ["retries"]),
-        ({"type": "submit_job", "job_id": "j", "total_tasks": 1, "total_items": 1, "task_timeout": 0, "sizes": [0]},
-         ["task_timeout"]),
-        ({"type": "submit_task", "job_id": "j", "task_id": 0, "first_index": 0, "count": 0, "sizes": [0]},
-         ["at least one item"]),
-        ({"type": "submit_task", "job_id": "j", "task_id": -1, "first_index": 0, "count": 1, "sizes": [0]},
-         ["task_id"]),
-        ({"type": "task_crashed", "job_id": "j", "task_id": 0, "attempt": 1, "error": "oops", "reason": ""},
-         ["'oops'"]),
+        (
+            {"type": "submit_job", "job_id": "j", "total_tasks": 1, "total_items": 1, "retries": -1, "sizes": [0]},
+            ["retries"],
+        ),
+        (
+            {"type": "submit_job", "job_id": "j", "total_tasks": 1, "total_items": 1, "task_timeout": 0, "sizes": [0]},
+            ["task_timeout"],
+        ),
+        (
+            {"type": "submit_task", "job_id": "j", "task_id": 0, "first_index": 0, "count": 0, "sizes": [0]},
+            ["at least one item"],
+        ),
+        (
+            {"type": "submit_task", "job_id": "j", "task_id": -1, "first_index": 0, "count": 1, "sizes": [0]},
+            ["task_id"],
+        ),
+        (
+            {"type": "task_crashed", "job_id": "j", "task_id": 0, "attempt": 1, "error": "oops", "reason": ""},
+            ["'oops'"],
+        ),
     ],
 )
 def test_values_out_of_range(msg_header, words):
@@ -380,3 +431,23 @@ def plausible_headers(draw) -> bytes:
 @given(plausible_headers())
 def test_plausible_headers_with_any_values(data):
     decode_or_refuse(data)
+
+
+def test_an_unknown_error_kind_is_refused_naming_the_field():
+    header = {
+        "type": "task_failed",
+        "job_id": "j",
+        "task_id": 0,
+        "first_index": 0,
+        "count": 1,
+        "error": "exploded",
+        "reason": "r",
+    }
+    with pytest.raises(ProtocolError) as caught:
+        p.decode(frame(header))
+    assert "'error'" in str(caught.value) and "'exploded'" in str(caught.value) and "'timeout'" in str(caught.value)
+
+
+def test_an_enum_field_decodes_to_its_member():
+    msg = p.decode(p.encode(p.TaskFailed("j", 0, 0, 1, ErrorKind.TIMEOUT, "slow")))
+    assert msg.error is ErrorKind.TIMEOUT

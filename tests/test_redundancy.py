@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import pickle
 
-
-from crowdcompute import CrowdComputeClient, QuorumError
-from crowdcompute import protocol as p
-from foreman import quorum
-from foreman.state import Note, Send
 from helpers import arun, fake_worker, wait_until
 from scheduler_events import make
 
+from crowdcompute import CrowdComputeClient, QuorumError
+from crowdcompute.wire import messages as p
+from foreman import quorum
+from foreman.state import Note, Send
+
 
 def leases(actions) -> list[tuple[str, int, int]]:
-    return [(a.to, a.message.task_id, a.message.attempt) for a in actions if isinstance(a, Send) and isinstance(a.message, p.AssignTask)]
+    return [
+        (a.to, a.message.task_id, a.message.attempt)
+        for a in actions
+        if isinstance(a, Send) and isinstance(a.message, p.AssignTask)
+    ]
 
 
 def results(actions) -> list[p.TaskResult]:

@@ -8,14 +8,11 @@ in test_scheduler_interleavings.py.
 
 from __future__ import annotations
 
-from crowdcompute import protocol as p
-from foreman.scheduler import ALLOWED_FAILURES, Scheduler
-from foreman.state import Note, Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
 from scheduler_events import (
-    dropped,
     Clock,
     assign,
     done,
+    dropped,
     function,
     leased,
     make,
@@ -26,6 +23,9 @@ from scheduler_events import (
     submit,
 )
 
+from crowdcompute.wire import messages as p
+from foreman.scheduler import ALLOWED_FAILURES, Scheduler
+from foreman.state import Note, Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
 
 NO_VOTES = {"agreed": 0, "disagreed": 0, "quarantined": False, "portable_only": False}
 
@@ -256,8 +256,10 @@ def test_tasks_with_failed_items_are_retried_then_forwarded():
     actions = s.task_done("w1", done("j1", 0, failed=2))
     assert sent(actions) == [("w1", assign("j1", 0, 2, items_per_task=4))]  # in front of task 2
     actions = s.task_done("w1", done("j1", 0, attempt=2, failed=1))  # retries used up: forward it
-    assert sent(actions) == [("c1", result("j1", 0, 2, failed=1, items_per_task=4)),
-                             ("w1", assign("j1", 2, items_per_task=4))]
+    assert sent(actions) == [
+        ("c1", result("j1", 0, 2, failed=1, items_per_task=4)),
+        ("w1", assign("j1", 2, items_per_task=4)),
+    ]
     summary = s.status()["jobs"][0]
     assert (summary["completed"], summary["failed"]) == (3, 1)
 
@@ -338,12 +340,12 @@ def test_collected_jobs_are_forgotten_and_ended_ones_expire():
 def test_bad_submissions_are_answered_with_a_reason():
     s = make()
     s.add_client("c1")
-    (to, error), = sent(s.submit_task("c1", p.SubmitTask("nope", 0, 0, 1, b"x")))
+    ((to, error),) = sent(s.submit_task("c1", p.SubmitTask("nope", 0, 0, 1, b"x")))
     assert to == "c1" and isinstance(error, p.RequestError) and "submit_job" in error.reason
     s.submit_job("c1", p.SubmitJob("j1", b"f", 1, 2))
-    (_, error), = sent(s.submit_task("c1", p.SubmitTask("j1", 1, 0, 1, b"x")))
+    ((_, error),) = sent(s.submit_task("c1", p.SubmitTask("j1", 1, 0, 1, b"x")))
     assert "out of the job's range" in error.reason
-    (_, error), = sent(s.submit_task("c1", p.SubmitTask("j1", 0, 1, 2, b"x")))
+    ((_, error),) = sent(s.submit_task("c1", p.SubmitTask("j1", 0, 1, 2, b"x")))
     assert "out of the job's range" in error.reason
 
 
@@ -356,9 +358,7 @@ def test_an_empty_job_is_accepted_and_done_at_once():
     assert [type(a) for a in actions] == [SaveJob, Send, SaveJobState]
     assert sent(actions) == [("c1", p.JobAccepted("j0"))]  # no worker hears of it
     assert records(actions, SaveJobState)[0].state == "done"
-    assert s.status()["jobs"] == [
-        {"id": "j0", "name": "", "total": 0, "completed": 0, "failed": 0, "state": "done"}
-    ]
+    assert s.status()["jobs"] == [{"id": "j0", "name": "", "total": 0, "completed": 0, "failed": 0, "state": "done"}]
 
 
 def test_status_has_the_documented_shape():
@@ -385,8 +385,11 @@ def test_a_result_carries_who_ran_it_how_long_it_queued_and_its_attempts():
     s.remove_worker("w1")  # reassigned once
     clock.now += 1.0
     s.add_worker("w2", "two", 1)
-    (to, msg), *_ = [(a.to, a.message) for a in s.task_done("w2", p.TaskDone("j1", 0, 2, 0, b"out", seconds=0.7))
-                     if isinstance(a, Send)]
+    (to, msg), *_ = [
+        (a.to, a.message)
+        for a in s.task_done("w2", p.TaskDone("j1", 0, 2, 0, b"out", seconds=0.7))
+        if isinstance(a, Send)
+    ]
     assert (to, msg.worker, msg.seconds, msg.queued, msg.attempts) == ("c1", "two", 0.7, 3.5, 2)
 
 

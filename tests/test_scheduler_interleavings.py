@@ -14,10 +14,10 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from crowdcompute import protocol as p
-from foreman.state import TaskState
 from scheduler_events import dropped, make, sent, submit
+
+from crowdcompute.wire import messages as p
+from foreman.state import TaskState
 
 
 def run_random_schedule(seed: int, allowed_failures: int = 3) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from helpers import arun
 
 import crowdcompute
 from crowdcompute import CrowdComputeClient, SerializationError, TaskError
-from helpers import arun
 
 
 def test_map_keeps_input_order_and_chunks(cluster):
@@ -145,8 +145,15 @@ def test_job_stats_explain_where_the_time_went(cluster):
 def test_bad_options_are_refused_before_anything_is_sent(cluster):
     async def main():
         async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
-            for options in ({"timeout": float("inf")}, {"timeout": float("nan")}, {"timeout": 0}, {"chunksize": 0},
-                            {"retries": -1}, {"redundancy": 10}, {"serializer": "yaml"}):
+            for options in (
+                {"timeout": float("inf")},
+                {"timeout": float("nan")},
+                {"timeout": 0},
+                {"chunksize": 0},
+                {"retries": -1},
+                {"redundancy": 10},
+                {"serializer": "yaml"},
+            ):
                 with pytest.raises(ValueError):
                     await cc.map(abs, [1], **options)
             assert (await cc.status())["jobs"] == []

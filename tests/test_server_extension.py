@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import psutil
 import pytest
-
+import tomllib
 from jupyter_servers import JUPYTER_CONFIG, jupyter_server  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +70,8 @@ def test_shared_cluster_behind_jupyter_login_used_by_kernels(jupyter_server):
 
     workers = wait_for(
         lambda: len(page_status(server)["workers"]) == 2 and page_status(server)["workers"],
-        CLUSTER_TIMEOUT, "the shared cluster's two workers never showed on /crowdcompute/api/status",
+        CLUSTER_TIMEOUT,
+        "the shared cluster's two workers never showed on /crowdcompute/api/status",
     )
     assert sorted((w["name"], w["slots"]) for w in workers) == [("local-1", 1), ("local-2", 1)]
 
@@ -90,8 +90,11 @@ def test_shared_cluster_behind_jupyter_login_used_by_kernels(jupyter_server):
 
     # The cluster stops with the server.
     assert server.proc.stop(timeout=20) == 0
-    wait_for(lambda: not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children),
-             CLUSTER_TIMEOUT, "the shared cluster outlived the Jupyter server")
+    wait_for(
+        lambda: not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children),
+        CLUSTER_TIMEOUT,
+        "the shared cluster outlived the Jupyter server",
+    )
 
 
 def test_page_of_a_foreman_named_by_the_environment(jupyter_server, cluster):

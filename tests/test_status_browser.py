@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from jupyter_servers import jupyter_server  # noqa: F401  (fixture)
 from playwright.sync_api import expect, sync_playwright
+from test_jupyter_browser import CHROMIUM, CHROMIUM_FLAGS
 
 from crowdcompute import Executor
-from jupyter_servers import jupyter_server  # noqa: F401  (fixture)
-from test_jupyter_browser import CHROMIUM, CHROMIUM_FLAGS
 
 #: Milliseconds for the page to show what the foreman reports (it polls every second).
 PAGE_TIMEOUT_MS = 15_000
@@ -86,11 +86,13 @@ def test_foreman_page_shows_the_workers_and_a_moving_job(browser, cluster, start
         expect(page.locator(BAR)).to_have_attribute("aria-valuenow", str(ITEMS))
         expect(page.locator("#jobs td.count")).to_have_text(f"{ITEMS}/{ITEMS}")
         filled = page.locator(f"{BAR} .done").evaluate(
-            "done => done.getBoundingClientRect().width / done.parentElement.getBoundingClientRect().width")
+            "done => done.getBoundingClientRect().width / done.parentElement.getBoundingClientRect().width"
+        )
         assert filled > 0.99  # drawn, not only labelled (the page's CSP allows no style attributes)
         # The chart samples every 2 s: it draws the job's throughput.
-        page.wait_for_function("() => Number(document.getElementById('chart').dataset.maxRate) > 0",
-                               timeout=RUN_TIMEOUT_MS)
+        page.wait_for_function(
+            "() => Number(document.getElementById('chart').dataset.maxRate) > 0", timeout=RUN_TIMEOUT_MS
+        )
         expect(page.locator("#chart polyline")).to_have_count(1)
         page.screenshot(path=str(tmp_path / "status-done.png"), full_page=True)
         # The first request had no token: its 401 is the only error the console may show.

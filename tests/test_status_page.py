@@ -11,11 +11,12 @@ import json
 import ssl
 
 import pytest
+from helpers import arun, wait_until
+from http_client import http_request
 
 from crowdcompute import CrowdComputeClient
 from foreman.http import Throughput, cookie_name
-from helpers import arun, wait_until
-from http_client import http_request
+
 
 def fetch(url: str, headers: dict | None = None, context: ssl.SSLContext | None = None) -> tuple[int, dict, bytes]:
     """GET ``url`` without following redirects: (status, headers, body), errors included."""
@@ -105,14 +106,19 @@ def test_api_status_shows_workers_their_tasks_jobs_and_throughput(cluster, start
             # A sample every 2 s: the history catches up with the finished items.
             await wait_until(
                 lambda: asyncio.to_thread(lambda: api_status(cluster)["throughput"]["samples"][-1][1] == 12),
-                10, "the throughput history never counted the job's 12 items",
+                10,
+                "the throughput history never counted the job's 12 items",
             )
 
     arun(body())
     status = api_status(cluster)
     (job,) = status["jobs"]
     assert {k: job[k] for k in ("total", "completed", "failed", "state")} == {
-        "total": 12, "completed": 12, "failed": 0, "state": "done"}
+        "total": 12,
+        "completed": 12,
+        "failed": 0,
+        "state": "done",
+    }
     samples = status["throughput"]["samples"]
     assert [n for _, n in samples] == sorted(n for _, n in samples)  # never goes back
     assert status["throughput"]["interval"] == 2.0

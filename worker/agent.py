@@ -16,11 +16,12 @@ import socket
 
 from websockets.exceptions import ConnectionClosed
 
-from crowdcompute import protocol as p
-from crowdcompute.addresses import Address, read_connection_file
 from crowdcompute.dialing import Backoff, dial
-from crowdcompute.runtime import runtime_fields
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.addresses import Address, read_connection_file
+from crowdcompute.wire.constants import Role
+from crowdcompute.wire.runtime import runtime_fields
 
 from .pool import Finished, Lost, Slot, process_context
 
@@ -111,7 +112,7 @@ class WorkerAgent:
         if token is None:
             # The foreman may not have written its file yet: keep trying like an absent foreman.
             raise ForemanUnavailableError(self.address.url, "no token given and no connection file found")
-        return p.Hello("worker", token, p.PROTOCOL_VERSION, name=self.name, slots=self.procs, **runtime_fields())
+        return p.Hello(Role.WORKER, token, p.PROTOCOL_VERSION, name=self.name, slots=self.procs, **runtime_fields())
 
     async def _serve(self, websocket, stop: asyncio.Event) -> None:
         """One connection's life: read assignments, run them, send outcomes."""

@@ -18,11 +18,15 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any
 
-from crowdcompute.portable import PORTABLE, load_portable_function, run_portable
-from crowdcompute.serialization import loads, run_items
+from crowdcompute.codecs.pickled import loads
+from crowdcompute.codecs.portable import load_portable_function
+from crowdcompute.wire.constants import Serializer
+
+from .execution import run_items, run_portable
 
 __all__ = ["main"]
 
@@ -88,7 +92,7 @@ def main(conn: Connection) -> None:
             functions.pop(header[1], None)
             continue
         _, job_id, first_index, count, function_bytes, serializer = header
-        portable = serializer == PORTABLE
+        portable = serializer == Serializer.PORTABLE
         payload = conn.recv_bytes()
         if function_bytes is not None:
             while len(functions) >= CACHED_FUNCTIONS:
@@ -101,7 +105,7 @@ def main(conn: Connection) -> None:
         if func is None:
             func = RuntimeError(f"the worker lost the function of job {job_id}")
 
-        def on_item(offset: int) -> None:
+        def on_item(offset: int, first_index: int = first_index) -> None:
             if stdout._buffer or stderr._buffer:  # a partial line belongs to the item before
                 stdout.flush()
                 stderr.flush()
@@ -130,4 +134,3 @@ def _raiser(exc: BaseException) -> Callable[[Any], Any]:
         raise exc
 
     return fail
-

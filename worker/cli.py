@@ -7,9 +7,10 @@ import asyncio
 import os
 import sys
 
-from crowdcompute.addresses import parse_address
 from crowdcompute.errors import AuthenticationError
 from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
+from crowdcompute.wire.addresses import parse_address
+from crowdcompute.wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
 
 from .agent import WorkerAgent
 
@@ -24,13 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "url",
         nargs="?",
-        default=os.environ.get("CROWDCOMPUTE_ADDRESS", "ws://127.0.0.1:9000"),
+        default=os.environ.get(ADDRESS_VARIABLE, DEFAULT_URL),
         help="the foreman, ws://HOST:PORT or wss://HOST:PORT (default: $CROWDCOMPUTE_ADDRESS or ws://127.0.0.1:9000)",
     )
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="task processes (default: CPU count)")
     parser.add_argument(
         "--token",
-        default=os.environ.get("CROWDCOMPUTE_WORKER_TOKEN") or os.environ.get("CROWDCOMPUTE_TOKEN"),
+        default=os.environ.get(WORKER_TOKEN_VARIABLE) or os.environ.get(TOKEN_VARIABLE),
         help="worker token (default: $CROWDCOMPUTE_WORKER_TOKEN, $CROWDCOMPUTE_TOKEN, or the "
         "foreman's connection file for a loopback address)",
     )

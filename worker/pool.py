@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import child
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .constants import DEFAULT_PORT, HOME_VARIABLE
+
 __all__ = [
     "DEFAULT_PORT",
     "Address",
@@ -27,8 +29,6 @@ __all__ = [
     "read_connection_file",
     "write_connection_file",
 ]
-
-DEFAULT_PORT = 9000
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def is_loopback(host: str) -> bool:
 
 def crowdcompute_home() -> Path:
     """The folder for connection files and journals: ``$CROWDCOMPUTE_HOME`` or ``~/.crowdcompute``."""
-    return Path(os.environ.get("CROWDCOMPUTE_HOME") or Path.home() / ".crowdcompute")
+    return Path(os.environ.get(HOME_VARIABLE) or Path.home() / ".crowdcompute")
 
 
 def connection_file_path(port: int) -> Path:

@@ -16,23 +16,16 @@ import importlib
 import inspect
 import json
 import textwrap
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from .errors import SerializationError
-from .serialization import describe_exception
+from ..errors import SerializationError
 
 __all__ = [
-    "PORTABLE",
     "dumps_portable_function",
     "dumps_portable_items",
     "load_portable_function",
-    "loads_portable_outcomes",
-    "run_portable",
 ]
-
-PORTABLE = "portable"
-CLOUDPICKLE = "cloudpickle"
-SERIALIZERS = (CLOUDPICKLE, PORTABLE)
 
 
 # --- on the client -------------------------------------------------------------
@@ -119,12 +112,6 @@ def dumps_portable_items(items: Sequence, first_index: int = 0) -> bytes:
         raise
 
 
-def loads_portable_outcomes(payload: bytes) -> tuple[list[Any], dict[int, Any]]:
-    """A portable task's ``(values, errors)``: JSON ``{"values": [...], "errors": {"offset": {...}}}``."""
-    outcomes = json.loads(bytes(payload))
-    return outcomes["values"], {int(offset): error for offset, error in outcomes["errors"].items()}
-
-
 # --- on the worker ---------------------------------------------------------------
 
 
@@ -145,28 +132,3 @@ def load_portable_function(document: bytes) -> Callable:
     if spec.get("call"):
         return lambda call: func(*call[0], **call[1])
     return func
-
-
-def run_portable(
-    func: Callable, payload: bytes, count: int, on_item: Callable[[int], None] | None = None
-) -> tuple[bytes, int]:
-    """Call ``func`` on each JSON item; return (JSON outcomes, number that failed)."""
-    values: list[Any] = []
-    errors: dict[int, dict] = {}
-    try:
-        items = json.loads(bytes(payload))
-    except ValueError as exc:
-        error = describe_exception(ValueError(f"the task's input is not JSON: {exc}"), pickled=False)
-        items, errors = [], {offset: error for offset in range(count)}
-        values = [None] * count
-    for offset, item in enumerate(items):
-        if on_item is not None:
-            on_item(offset)
-        try:
-            value = func(item)
-            json.dumps(value)  # a result that is not JSON fails here, as this item's error
-            values.append(value)
-        except Exception as exc:
-            values.append(None)
-            errors[offset] = describe_exception(exc, pickled=False)  # JSON: no pickle
-    return json.dumps({"values": values, "errors": errors}).encode(), len(errors)

@@ -2,7 +2,7 @@
 
 Each message is a frozen dataclass with a ``TYPE`` tag; its ``bytes`` fields
 are raw payloads and the rest travels in a small JSON header (see
-:mod:`crowdcompute.framing`, whose ``encode`` and ``decode`` are re-exported
+:mod:`crowdcompute.wire.framing`, whose ``encode`` and ``decode`` are re-exported
 here). Each message checks its own fields and raises one ProtocolError with a
 sentence that says what was wrong. The foreman reads only headers: payloads
 are opaque to it.
@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
+from .constants import ErrorKind, Role, Serializer
 from .framing import _MESSAGES, MAX_HEADER_SIZE, Message, decode, encode, message  # noqa: F401 (re-exported)
 from .framing import require as _require
 
@@ -52,8 +53,8 @@ PROTOCOL_VERSION = 1
 MAX_REDUNDANCY = 9
 #: How a job's function, inputs and results travel: cloudpickle (same Python
 #: and cloudpickle on both ends) or portable (source text and JSON).
-SERIALIZERS = ("cloudpickle", "portable")
-ROLES = ("client", "worker")
+SERIALIZERS = tuple(Serializer)
+ROLES = tuple(Role)
 
 
 # --- handshake --------------------------------------------------------------
@@ -64,7 +65,7 @@ class Hello(Message):
     """First message of every connection: who is calling, and with what token."""
 
     TYPE: ClassVar[str] = "hello"
-    role: str
+    role: Role
     token: str
     protocol_version: int
     name: str = ""
@@ -73,7 +74,6 @@ class Hello(Message):
     cloudpickle: str = ""
 
     def validate(self) -> None:
-        _require(self.role in ROLES, f"role must be one of {ROLES}, not {self.role!r}")
         _require(self.slots >= 0, "slots must not be negative")
 
 
@@ -121,12 +121,11 @@ class SubmitJob(Message):
     retries: int = 0
     name: str = ""
     redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
-    serializer: str = "cloudpickle"
+    serializer: Serializer = Serializer.CLOUDPICKLE
     ack: bool = True  # answer JobAccepted (a client that waits on the results anyway needs none)
 
     def validate(self) -> None:
         _require(bool(self.job_id), "job_id must not be empty")
-        _require(self.serializer in SERIALIZERS, f"serializer must be one of {SERIALIZERS}")
         _require(1 <= self.redundancy <= MAX_REDUNDANCY, f"redundancy must be 1 to {MAX_REDUNDANCY}")
         _require(self.total_tasks >= 0, "total_tasks must not be negative")
         _require(self.total_items >= 0, "total_items must not be negative")
@@ -210,7 +209,7 @@ class JobAttached(Message):
     total_tasks: int
     state: str
     name: str = ""
-    serializer: str = "cloudpickle"
+    serializer: Serializer = Serializer.CLOUDPICKLE
 
 
 @message
@@ -242,7 +241,7 @@ class TaskFailed(Message):
     task_id: int
     first_index: int
     count: int
-    error: str
+    error: ErrorKind
     reason: str
     attempts: int = 1
 
@@ -305,7 +304,7 @@ class JobFunction(Message):
     TYPE: ClassVar[str] = "job_function"
     job_id: str
     function: bytes
-    serializer: str = "cloudpickle"
+    serializer: Serializer = Serializer.CLOUDPICKLE
 
 
 @message
@@ -361,8 +360,11 @@ class TaskCrashed(Message):
     job_id: str
     task_id: int
     attempt: int
-    error: str
+    error: ErrorKind
     reason: str
 
     def validate(self) -> None:
-        _require(self.error in ("crashed", "timeout"), f"unknown task error {self.error!r}")
+        _require(
+            self.error in (ErrorKind.CRASHED, ErrorKind.TIMEOUT, ErrorKind.LIMIT),
+            f"a worker reports only crashes, timeouts and broken limits, not {self.error!r}",
+        )

@@ -13,20 +13,22 @@ A message is a frozen dataclass registered with :func:`message`: its
 in the header, type-checked on the way in. Decoded payloads are read-only
 memoryviews into the frame (no copy). ``encode`` and ``decode`` are pure;
 anything that does not decode raises one :class:`ProtocolError` whose text
-says what was wrong. The messages themselves are in :mod:`crowdcompute.protocol`.
+says what was wrong. The messages themselves are in :mod:`crowdcompute.wire.messages`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import struct
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = ["MAX_HEADER_SIZE", "Message", "decode", "encode", "message", "require"]
 
@@ -43,6 +45,7 @@ class Message:
     TYPE: ClassVar[str]
     _checks: ClassVar[dict[str, Callable[[Any], bool]]]
     _payloads: ClassVar[tuple[str, ...]]
+    _enums: ClassVar[dict[str, type[enum.Enum]]]
 
     def validate(self) -> None:
         """Check field values beyond their types; raise ProtocolError."""
@@ -61,6 +64,7 @@ def message(cls: type) -> type:
         else:
             checks[f.name] = _type_check(hint)
     cls._checks = checks
+    cls._enums = {name: hint for name, hint in hints.items() if isinstance(hint, type) and issubclass(hint, enum.Enum)}
     cls._payloads = tuple(payloads)
     if cls.TYPE in _MESSAGES:
         raise RuntimeError(f"message type {cls.TYPE!r} defined twice")
@@ -70,6 +74,9 @@ def message(cls: type) -> type:
 
 def _type_check(hint: Any) -> Callable[[Any], bool]:
     """A predicate saying whether a decoded JSON value fits ``hint``."""
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        values = {member.value for member in hint}
+        return lambda v: not isinstance(v, bool) and isinstance(v, (str, int)) and v in values
     if hint is bool:
         return lambda v: isinstance(v, bool)
     if hint is int:
@@ -90,6 +97,14 @@ def _type_check(hint: Any) -> Callable[[Any], bool]:
         inner_ok = _type_check(inner[0])
         return lambda v: v is None or inner_ok(v)
     raise TypeError(f"unsupported field type {hint!r}")
+
+
+def _wrong_field(kind: str, name: str, value: Any, enum_type: type[enum.Enum] | None) -> str:
+    """The sentence for a header field whose value does not fit its type."""
+    if enum_type is not None and isinstance(value, (str, int)) and not isinstance(value, bool):
+        allowed = ", ".join(repr(member.value) for member in enum_type)
+        return f"{kind}: field {name!r} has unknown value {value!r} (expected one of {allowed})"
+    return f"{kind}: field {name!r} has the wrong type ({type(value).__name__})"
 
 
 def _finite_number(text: str) -> float:
@@ -139,9 +154,7 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
     if end > len(view):
         raise ProtocolError(f"header says {head_size} bytes but the frame is truncated")
     try:
-        header = json.loads(
-            bytes(view[_LENGTH.size : end]), parse_float=_finite_number, parse_constant=_finite_number
-        )
+        header = json.loads(bytes(view[_LENGTH.size : end]), parse_float=_finite_number, parse_constant=_finite_number)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         raise ProtocolError(f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -158,20 +171,19 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
     ):
         raise ProtocolError(f"{kind}: 'sizes' must list {len(cls._payloads)} payload lengths")
     if end + sum(sizes) != len(view):
-        raise ProtocolError(
-            f"{kind}: payloads should take {sum(sizes)} bytes but {len(view) - end} follow the header"
-        )
+        raise ProtocolError(f"{kind}: payloads should take {sum(sizes)} bytes but {len(view) - end} follow the header")
     fields: dict[str, Any] = {}
     for name, check in cls._checks.items():
         if name in header:
             value = header.pop(name)
             if not check(value):
-                raise ProtocolError(f"{kind}: field {name!r} has the wrong type ({type(value).__name__})")
-            fields[name] = value
+                raise ProtocolError(_wrong_field(kind, name, value, cls._enums.get(name)))
+            enum_type = cls._enums.get(name)
+            fields[name] = value if enum_type is None else enum_type(value)
     if header:
         raise ProtocolError(f"{kind}: unknown fields {sorted(header)}")
     offset = end
-    for name, size in zip(cls._payloads, sizes):
+    for name, size in zip(cls._payloads, sizes, strict=True):
         # A view into the frame, not a copy: a 100 MB input crosses the foreman without being copied here.
         fields[name] = view[offset : offset + size]
         offset += size
@@ -181,9 +193,7 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
         missing = [
             f.name
             for f in dataclasses.fields(cls)
-            if f.name not in fields
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
+            if f.name not in fields and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         raise ProtocolError(f"{kind}: missing fields {missing}") from exc
     msg.validate()

@@ -1,0 +1,157 @@
+"""Functions and inputs pickled with cloudpickle, so that lambdas, closures and
+functions defined in a notebook travel.
+
+Used by the SDK to encode a job and by the worker to decode it; the outcome
+format both share is in :mod:`.outcomes`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import sys
+import sysconfig
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from ..errors import SerializationError
+from .outcomes import ITEM_REPR_LIMIT, PICKLE_PROTOCOL, short_repr
+
+__all__ = ["PICKLE_PROTOCOL", "Apply", "dumps_chunks", "dumps_function", "dumps_items", "loads"]
+
+
+class Apply:
+    """Calls ``func(*args, **kwargs)`` for an item ``(args, kwargs)``: how ``run`` travels."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+
+    def __call__(self, call: tuple[tuple, dict]) -> Any:
+        args, kwargs = call
+        return self.func(*args, **kwargs)
+
+    @property
+    def __name__(self) -> str:  # so that errors name the user's function
+        return getattr(self.func, "__name__", repr(self.func))
+
+
+def _describe(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"function {name}" if name else f"{type(obj).__name__} object"
+
+
+def dumps_function(func: Callable) -> bytes:
+    """Pickle ``func`` with cloudpickle; raise SerializationError naming what failed.
+
+    A function from one of the user's own modules (a script or project file
+    that workers may not have) travels by value, like one from ``__main__``;
+    functions from installed packages travel by reference.
+    """
+    if not callable(func):
+        raise SerializationError(repr(func)[:ITEM_REPR_LIMIT], "it is not callable")
+    module = _own_module(func.func if isinstance(func, Apply) else func)
+    if module is not None:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(func, protocol=PICKLE_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(_describe(func), _explain_function(func, exc)) from exc
+    finally:
+        if module is not None:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+_INSTALLED = tuple(
+    {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+#: Our own packages are on every worker: they always travel by reference.
+_OURS = ("crowdcompute", "crowdcompute_jupyter", "foreman", "worker")
+
+
+def _own_module(func: Callable):
+    """The module of ``func`` if it is the user's own (not installed, not ours), else None."""
+    name = getattr(func, "__module__", None)
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    path = getattr(module, "__file__", None)
+    if module is None or name == "__main__" or path is None or name.split(".")[0] in _OURS:
+        return None
+    resolved = Path(path).resolve()
+    if any(resolved.is_relative_to(root) for root in _INSTALLED):
+        return None
+    return module
+
+
+def _explain_function(func: Callable, exc: Exception) -> str:
+    """Find the global or closure variable of ``func`` that does not pickle."""
+    target = func.func if isinstance(func, Apply) else func
+    try:
+        found = inspect.getclosurevars(target)
+        names = {**found.globals, **found.nonlocals}
+    except (TypeError, ValueError):
+        names = {}
+    for name, value in names.items():
+        if inspect.ismodule(value):
+            continue
+        try:
+            cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        except Exception as inner:
+            return (
+                f"it uses {name!r} ({type(value).__name__}), which cannot be pickled "
+                f"({type(inner).__name__}: {inner}); create it inside the function instead"
+            )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def dumps_items(items: list, first_index: int = 0) -> bytes:
+    """Pickle a chunk of items; raise SerializationError naming the first bad item."""
+    try:
+        return cloudpickle.dumps(items, protocol=PICKLE_PROTOCOL)
+    except Exception as exc:
+        for offset, item in enumerate(items):
+            try:
+                cloudpickle.dumps(item, protocol=PICKLE_PROTOCOL)
+            except Exception as inner:
+                what = f"item {first_index + offset} ({short_repr(item)})"
+                raise SerializationError(what, f"{type(inner).__name__}: {inner}") from inner
+        raise SerializationError(f"items {first_index}..", f"{type(exc).__name__}: {exc}") from exc
+
+
+def dumps_chunks(
+    items: Sequence, size: int, limit: int, dump: Callable[[list, int], bytes] | None = None
+) -> list[tuple[int, int, bytes]]:
+    """Serialize ``items`` in chunks of ``size`` with ``dump`` (default: pickle): (first index, count, payload).
+
+    A chunk over ``limit`` bytes is split; a single item over the limit raises
+    SerializationError saying which and how large.
+    """
+    chunks: list[tuple[int, int, bytes]] = []
+    for start in range(0, len(items), size):
+        _dump_range(items, start, min(size, len(items) - start), limit, chunks, dump or dumps_items)
+    return chunks
+
+
+def _dump_range(items: Sequence, start: int, count: int, limit: int, out: list, dump: Callable) -> None:
+    payload = dump(list(items[start : start + count]), start)
+    if len(payload) <= limit:
+        out.append((start, count, payload))
+        return
+    if count == 1:
+        raise SerializationError(
+            f"item {start} ({short_repr(items[start])})",
+            f"it pickles to {_megabytes(len(payload))}, over the foreman's limit of {_megabytes(limit)} "
+            "per task (its max frame size); send a path or a smaller piece instead",
+        )
+    half = count // 2
+    _dump_range(items, start, half, limit, out, dump)
+    _dump_range(items, start + half, count - half, limit, out, dump)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)

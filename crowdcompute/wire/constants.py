@@ -1,0 +1,91 @@
+"""Every value that two of our processes must agree on, in one place.
+
+Clients, the foreman and workers are separate processes, often on separate
+machines and at separate versions; what one writes and another reads is
+named here once. The enums are ``str``/``int`` subclasses so that they
+travel in JSON headers as themselves, and the message decoder turns an
+unknown value into a ProtocolError naming the field.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "ADDRESS_VARIABLE",
+    "AUTH_FAILURE_DELAY",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_URL",
+    "FOREMAN_READY",
+    "FOREMAN_TOKEN_VARIABLE",
+    "HOME_VARIABLE",
+    "TOKEN_VARIABLE",
+    "WORKER_TOKEN_VARIABLE",
+    "CloseCode",
+    "ErrorKind",
+    "Role",
+    "Serializer",
+]
+
+
+class Role(str, enum.Enum):
+    """Who is on the other end of a connection."""
+
+    CLIENT = "client"  # submits jobs and collects results
+    WORKER = "worker"  # runs tasks
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Serializer(str, enum.Enum):
+    """How a job's function, inputs and results travel."""
+
+    CLOUDPICKLE = "cloudpickle"  # same Python and cloudpickle on both ends
+    PORTABLE = "portable"  # source text and JSON: any worker's Python
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ErrorKind(str, enum.Enum):
+    """Why a task produced no outcomes (``TaskFailed.error``, ``TaskCrashed.error``)."""
+
+    TIMEOUT = "timeout"  # it ran past the job's timeout
+    CRASHED = "crashed"  # it kept killing its process
+    DISAGREEMENT = "disagreement"  # redundant runs never reached a quorum
+    LIMIT = "limit"  # it broke a worker's resource limit (memory, CPU, disk, processes)
+    ENVIRONMENT = "environment"  # the worker could not build the job's environment
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class CloseCode(enum.IntEnum):
+    """Websocket close codes the foreman uses, each with the situation it marks."""
+
+    NORMAL = 1000  # an orderly close (idle clients, stopping)
+    GOING_AWAY = 1001  # the foreman or the peer is stopping
+    PROTOCOL_ERROR = 1002  # a frame that does not decode, or a wrong protocol version
+    UNSUPPORTED = 1003  # a text frame, or a message this role may not send
+    POLICY = 1008  # authentication failed, revoked, or a rule of the foreman was broken
+    TOO_BIG = 1009  # a frame over the foreman's size limit
+    TRY_AGAIN_LATER = 1013  # the foreman is full
+
+
+#: The line the foreman prints (flushed) once it accepts connections; programs wait for it.
+FOREMAN_READY = "foreman listening on "
+#: Where the foreman listens by default.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9000
+DEFAULT_URL = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}"
+#: Seconds the foreman waits before answering a wrong token (slows guessing).
+AUTH_FAILURE_DELAY = 0.2
+
+#: Environment variables.
+ADDRESS_VARIABLE = "CROWDCOMPUTE_ADDRESS"  # the foreman a client connects to by default
+TOKEN_VARIABLE = "CROWDCOMPUTE_TOKEN"  # the client token that goes with it
+HOME_VARIABLE = "CROWDCOMPUTE_HOME"  # folder for connection files and journals
+FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"  # token handed to an embedded foreman
+WORKER_TOKEN_VARIABLE = "CROWDCOMPUTE_WORKER_TOKEN"  # token handed to an embedded worker

@@ -1,0 +1,57 @@
+"""The worker's execution loop: call the job's function on each item of a task.
+
+Runs inside a task process. Outcomes are reported in the shared
+``(values, errors)`` format of :mod:`crowdcompute.codecs.outcomes`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from crowdcompute.codecs.outcomes import describe_exception, dumps_outcomes
+
+__all__ = ["run_items", "run_portable"]
+
+
+def run_items(func: Callable, items: Iterable, on_item: Callable[[int], None] | None = None) -> tuple[bytes, int]:
+    """Call ``func`` on each item; return (pickled ``(values, errors)``, number that raised)."""
+    values: list[Any] = []
+    errors: dict[int, dict] = {}
+    append = values.append
+    for offset, item in enumerate(items):
+        if on_item is not None:
+            on_item(offset)
+        try:
+            append(func(item))
+        except Exception as exc:  # the user's error travels back; KeyboardInterrupt does not
+            exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
+            append(None)
+            errors[offset] = describe_exception(exc)
+    return dumps_outcomes(values, errors), len(errors)
+
+
+def run_portable(
+    func: Callable, payload: bytes, count: int, on_item: Callable[[int], None] | None = None
+) -> tuple[bytes, int]:
+    """Call ``func`` on each JSON item; return (JSON outcomes, number that failed)."""
+    values: list[Any] = []
+    errors: dict[int, dict] = {}
+    try:
+        items = json.loads(bytes(payload))
+    except ValueError as exc:
+        error = describe_exception(ValueError(f"the task's input is not JSON: {exc}"), pickled=False)
+        items, errors = [], {offset: error for offset in range(count)}
+        values = [None] * count
+    for offset, item in enumerate(items):
+        if on_item is not None:
+            on_item(offset)
+        try:
+            value = func(item)
+            json.dumps(value)  # a result that is not JSON fails here, as this item's error
+            values.append(value)
+        except Exception as exc:
+            values.append(None)
+            errors[offset] = describe_exception(exc, pickled=False)  # JSON: no pickle
+    return json.dumps({"values": values, "errors": errors}).encode(), len(errors)
