@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .client import CrowdComputeClient
@@ -33,6 +33,7 @@ async def connect(
     cafile: str | None = None,
     trust_workers: bool = True,
     serializer: str = "cloudpickle",
+    requirements: Sequence[str] | str | None = None,
 ) -> CrowdComputeClient:
     """Connect to a foreman and make it the default for map, run, submit.
 
@@ -42,6 +43,7 @@ async def connect(
     stopped by ``disconnect()``. A previous default client is disconnected.
     ``trust_workers=False`` decodes results as plain data only.
     ``serializer``: the default of map and submit ("cloudpickle" or "portable").
+    ``requirements``: packages every job's environment has unless it names its own.
 
     Raises ForemanUnavailableError, AuthenticationError.
     """
@@ -57,6 +59,7 @@ async def connect(
         cafile=cafile,
         trust_workers=trust_workers,
         serializer=serializer,
+        requirements=requirements,
     )
     await client.connect()
     previous, _default = _default, client
@@ -76,6 +79,10 @@ async def map(
     trust_workers: bool | None = None,
     redundancy: int = 1,
     serializer: str | None = None,
+    requirements: Sequence[str] | str | None = None,
+    modules: Sequence[Any] = (),
+    resources: Mapping[str, float | str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> list[Any]:
     """``func`` over ``iterable`` on the cluster; results in input order (see CrowdComputeClient.map)."""
     return await default_client().map(
@@ -88,12 +95,27 @@ async def map(
         trust_workers=trust_workers,
         redundancy=redundancy,
         serializer=serializer,
+        requirements=requirements,
+        modules=modules,
+        resources=resources,
+        labels=labels,
     )
 
 
-async def run(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """``func(*args, **kwargs)`` on one worker; its result."""
-    return await default_client().run(func, *args, **kwargs)
+async def run(
+    func: Callable[..., Any],
+    /,
+    *args: Any,
+    requirements: Sequence[str] | str | None = None,
+    modules: Sequence[Any] = (),
+    resources: Mapping[str, float | str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``func(*args, **kwargs)`` on one worker; its result (what it needs as for ``map``)."""
+    return await default_client().run(
+        func, *args, requirements=requirements, modules=modules, resources=resources, labels=labels, **kwargs
+    )
 
 
 async def submit(
@@ -106,6 +128,10 @@ async def submit(
     trust_workers: bool | None = None,
     redundancy: int = 1,
     serializer: str | None = None,
+    requirements: Sequence[str] | str | None = None,
+    modules: Sequence[Any] = (),
+    resources: Mapping[str, float | str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Job:
     """Send a job and return its Job once the foreman accepted it."""
     return await default_client().submit(
@@ -117,6 +143,10 @@ async def submit(
         trust_workers=trust_workers,
         redundancy=redundancy,
         serializer=serializer,
+        requirements=requirements,
+        modules=modules,
+        resources=resources,
+        labels=labels,
     )
 
 

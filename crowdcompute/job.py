@@ -79,6 +79,7 @@ class Job:
         self._call = call  # one call of run(): errors name no item
         self._portable = portable  # outcomes are JSON
         self.slots = 0  # slots on the foreman when it was submitted (for stats)
+        self.notice = ""  # why it does not run yet ("waiting: no connected worker has gpu=1"), from the foreman
         self.serialize_seconds = 0.0
         self.decode_seconds = 0.0
         self.timings: list[TaskTiming] = []
@@ -203,6 +204,7 @@ class Job:
                 msg.attempts,
                 None if sent_at is None else now - sent_at,
                 now,
+                msg.setup,
             )
         )
 
@@ -249,6 +251,12 @@ class Job:
                 self.failed += 1
                 self._announce(index, failure)
         self._changed()
+
+    def _notice(self, text: str) -> None:
+        """The foreman says why the job waits (or "" once it runs)."""
+        if text != self.notice:
+            self.notice = text
+            self._changed()
 
     def _output(self, index: int, stream: str, text: str) -> None:
         if not self._output_listeners:

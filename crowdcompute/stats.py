@@ -36,6 +36,7 @@ class TaskTiming:
     attempts: int
     round_trip: float | None  # from sending it to its outcome arriving (None after attach)
     arrived: float  # monotonic time its outcome arrived
+    setup: float = 0.0  # its worker building the job's environment before it (first task per worker only)
 
     @property
     def transit(self) -> float | None:
@@ -116,6 +117,11 @@ class JobStats:
         return sum(t.seconds for t in self.tasks)
 
     @property
+    def environment(self) -> float:
+        """Seconds workers spent building the job's environment (0 when it was cached), apart from run time."""
+        return sum(t.setup for t in self.tasks)
+
+    @property
     def utilization(self) -> float:
         """Share of slot time spent in the user's function."""
         capacity = self.wall * max(1, self.slots)
@@ -130,6 +136,8 @@ class JobStats:
             f"{_ms(self.mean_task)} run (slowest {_ms(self.slowest_task)}), {_ms(self.queued)} queued, "
             f"{_ms(self.transit)} transit; {_ms(self.serializing)} serializing"
         )
+        if self.environment:
+            text += f"; {self.environment:.1f} s building environments"
         if self.extra_attempts:
             text += f"; {self.extra_attempts} reassigned or retried"
         return text

@@ -22,10 +22,10 @@ from collections import deque
 from collections.abc import Callable
 
 from crowdcompute.wire import messages as p
-from crowdcompute.wire.constants import CloseCode, ErrorKind, Serializer
+from crowdcompute.wire.constants import CloseCode, EnvironmentState, ErrorKind, Serializer
 
 from . import quorum
-from .assignment import assign, drop_leases, enqueue, unlease
+from .assignment import assign, drop_leases, enqueue, unlease, waiting_reason
 from .limits import (
     ALLOWED_FAILURES,
     ENDED_JOBS_SHOWN,
@@ -106,9 +106,22 @@ class Scheduler:
                 job.client = None
         return []
 
-    def add_worker(self, worker_id: str, name: str, slots: int, portable_only: bool = False) -> list[Action]:
-        self.workers[worker_id] = Worker(worker_id, name, slots, portable_only=portable_only)
-        return self._assign()
+    def add_worker(
+        self,
+        worker_id: str,
+        name: str,
+        slots: int,
+        portable_only: bool = False,
+        resources: dict[str, float] | None = None,
+        labels: dict[str, str] | None = None,
+        installs: bool = True,
+    ) -> list[Action]:
+        """A worker joined with ``slots`` task processes, and the resources and labels it offers."""
+        worker = Worker(worker_id, name, slots, portable_only=portable_only, installs=installs)
+        worker.resources = {k: float(v) for k, v in (resources or {}).items()}
+        worker.labels = dict(labels or {})
+        self.workers[worker_id] = worker
+        return self._assign() + self._notices()
 
     def remove_worker(self, worker_id: str) -> list[Action]:
         """A worker went away: its leased tasks go back to the front of their queues."""
@@ -132,14 +145,15 @@ class Scheduler:
         for job_id in worker.jobs:
             if job_id in self.jobs:
                 self.jobs[job_id].workers.discard(worker_id)
-        return actions + self._assign()
+                self.jobs[job_id].preparing.discard(worker_id)
+        return actions + self._assign() + self._notices()
 
     def worker_draining(self, worker_id: str) -> list[Action]:
         """The worker is stopping: it gets nothing new."""
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker.draining = True
-        return []
+        return self._notices()
 
     # --- client events -----------------------------------------------------
 
@@ -173,13 +187,16 @@ class Scheduler:
             serializer=msg.serializer,
             ack=msg.ack,
             created_at=self.clock(),
+            resources={k: float(v) for k, v in msg.resources.items()},
+            labels=dict(msg.labels),
+            requirements=list(msg.requirements),
         )
         self.jobs[job.job_id] = job
         # Accepted once journaled; its tasks stream in within the client's window.
         actions: list[Action] = [SaveJob(job), *self._accept(job)]
         if job.all_received:  # an empty map
             actions += self._finish(job)
-        return actions
+        return actions + self._notices()
 
     def submit_task(self, client_id: str, msg: p.SubmitTask) -> list[Action]:
         job = self.jobs.get(msg.job_id)
@@ -199,6 +216,8 @@ class Scheduler:
         task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, received_at=self.clock())
         job.tasks[task.task_id] = task
         job.queued_bytes += len(msg.payload)
+        if job.environment_error:  # its environment could not be built anywhere
+            return [SaveTask(job.job_id, task), *self._fail(job, task, ErrorKind.ENVIRONMENT, job.environment_error)]
         self._enqueue(job, task, replicas=job.redundancy)
         return [SaveTask(job.job_id, task), *self._assign()]
 
@@ -280,6 +299,7 @@ class Scheduler:
             seconds=msg.seconds,
             queued=max(0.0, task.assigned_at - task.received_at),
             attempts=task.attempt,
+            setup=msg.setup,
         )
         return self._outcome(job, task, result)
 
@@ -305,6 +325,44 @@ class Scheduler:
         if msg.error == ErrorKind.TIMEOUT:
             return self._fail(job, task, ErrorKind.TIMEOUT, msg.reason) + self._assign()
         return self._crashed(job, task, msg.reason) + self._assign()
+
+    def environment_status(self, worker_id: str, msg: p.EnvironmentStatus) -> list[Action]:
+        """A worker builds, has built, or could not build a job's environment.
+
+        A worker that could not gets none of the job's tasks (those it held
+        go back to the queue); when no worker holding the job is left, its
+        remaining tasks fail with the installer's reason, once.
+        """
+        job = self.jobs.get(msg.job_id)
+        worker = self.workers.get(worker_id)
+        if job is None or worker is None or job.state is not JobState.RUNNING:
+            return []
+        if msg.state == EnvironmentState.BUILDING:
+            job.preparing.add(worker_id)
+            return self._notices()
+        job.preparing.discard(worker_id)
+        if msg.state == EnvironmentState.READY:
+            return self._notices()
+        job.unbuildable[worker_id] = msg.reason
+        actions: list[Action] = [Note(f"worker {worker.name} could not build the environment of job {job.job_id}")]
+        for job_id, task_id in sorted(worker.running, reverse=True):
+            if job_id == job.job_id:
+                task = job.tasks[task_id]
+                unlease(self.workers, job, task, worker_id)
+                if task.state is not TaskState.DONE:
+                    self._enqueue(job, task, front=True)
+        worker.jobs.discard(job.job_id)
+        job.workers.discard(worker_id)
+        actions.append(Send(worker_id, p.ReleaseJob(job.job_id)))
+        if not job.workers:  # nobody else holds it: fail what is left rather than try every worker
+            job.environment_error = msg.reason
+            if job.job_id in self._ready:
+                self._ready.remove(job.job_id)
+            job.queue.clear()
+            for task in sorted(job.tasks.values(), key=lambda t: t.task_id):
+                if task.state is not TaskState.DONE and job.state is JobState.RUNNING:
+                    actions += self._fail(job, task, ErrorKind.ENVIRONMENT, msg.reason)
+        return actions + self._assign() + self._notices()
 
     def task_output(self, worker_id: str, msg: p.TaskOutput) -> list[Action]:
         job = self.jobs.get(msg.job_id)
@@ -460,3 +518,20 @@ class Scheduler:
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns."""
         return list(assign(self.workers, self.jobs, self._ready, self.clock()))
+
+    def _notices(self) -> list[Action]:
+        """Tell clients why their jobs do not run, when that changed (workers came or went, builds began or ended)."""
+        actions: list[Action] = []
+        for job in self.jobs.values():
+            if job.state is not JobState.RUNNING or not (job.resources or job.labels or job.requirements):
+                continue  # a job that needs nothing special runs on any worker that joins
+            if job.preparing:
+                count = len(job.preparing)
+                notice = f"preparing environment on {count} worker{'s' if count != 1 else ''}"
+            else:
+                notice = waiting_reason(self.workers, job)
+            if notice != job.notice:
+                job.notice = notice
+                if job.client is not None:
+                    actions.append(Send(job.client, p.JobNotice(job.job_id, notice)))
+        return actions

@@ -59,7 +59,7 @@ EXPIRE_INTERVAL = 60.0
 IDLE_TIMEOUT = 3600.0
 
 _CLIENT_MESSAGES = (p.SubmitJob, p.SubmitTask, p.CancelJob, p.StatusRequest, p.AttachJob, p.CollectJob)
-_WORKER_MESSAGES = (p.TaskDone, p.TaskCrashed, p.TaskOutput, p.WorkerDraining)
+_WORKER_MESSAGES = (p.TaskDone, p.TaskCrashed, p.TaskOutput, p.WorkerDraining, p.EnvironmentStatus)
 
 
 @dataclass
@@ -75,6 +75,9 @@ class _Peer:
     last_seen: float = 0.0  # loop time of its last frame
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0  # in the outbox, not yet written
+    resources: dict = field(default_factory=dict)  # a worker's resources and labels, from its Hello
+    labels: dict = field(default_factory=dict)
+    installs: bool = True
 
 
 class ForemanServer:
@@ -268,7 +271,17 @@ class ForemanServer:
         mismatch = runtime_mismatch(hello.role, hello.python, hello.cloudpickle)
         if mismatch is not None:
             log.warning("%s %s gets portable jobs only: %s", hello.role, name, mismatch)
-        return _Peer(conn_id, hello.role, name, websocket, hello.slots, mismatch=mismatch)
+        return _Peer(
+            conn_id,
+            hello.role,
+            name,
+            websocket,
+            hello.slots,
+            mismatch=mismatch,
+            resources=dict(hello.resources),
+            labels=dict(hello.labels),
+            installs=hello.installs,
+        )
 
     async def _refuse(self, websocket: ServerConnection, code: str, reason: str, close_code: int) -> None:
         try:
@@ -279,7 +292,15 @@ class ForemanServer:
 
     def _joined(self, peer: _Peer) -> list[Action]:
         if peer.role == Role.WORKER:
-            return self.scheduler.add_worker(peer.conn_id, peer.name, max(1, peer.slots), bool(peer.mismatch))
+            return self.scheduler.add_worker(
+                peer.conn_id,
+                peer.name,
+                max(1, peer.slots),
+                bool(peer.mismatch),
+                peer.resources,
+                peer.labels,
+                peer.installs,
+            )
         return self.scheduler.add_client(peer.conn_id, peer.mismatch)
 
     async def _read_frames(self, peer: _Peer) -> None:
@@ -324,6 +345,8 @@ class ForemanServer:
             return s.task_crashed(peer.conn_id, msg)
         if isinstance(msg, p.TaskOutput):
             return s.task_output(peer.conn_id, msg)
+        if isinstance(msg, p.EnvironmentStatus):
+            return s.environment_status(peer.conn_id, msg)
         raise AssertionError(f"unhandled message {msg.TYPE}")
 
     def _drop_peer(self, peer: _Peer, code: int, reason: str) -> None:

@@ -156,6 +156,13 @@ class Job:
     created_at: float = 0.0
     finished_at: float | None = None
     queued_bytes: int = 0  # input bytes of received tasks without an outcome yet
+    resources: dict[str, float] = field(default_factory=dict)  # each task needs this much free on its worker
+    labels: dict[str, str] = field(default_factory=dict)  # each task runs only on workers with these labels
+    requirements: list[str] = field(default_factory=list)  # packages the workers install for it
+    preparing: set[str] = field(default_factory=set)  # workers building its environment
+    unbuildable: dict[str, str] = field(default_factory=dict)  # worker id -> why its environment failed there
+    notice: str = ""  # why it does not run yet, as its client was last told
+    environment_error: str = ""  # set when no worker could build its environment: its tasks fail
 
     @property
     def all_received(self) -> bool:
@@ -174,6 +181,19 @@ class Job:
             "completed": self.completed_items,
             "failed": self.failed_items,
             "state": self.state.value,
+            **self.needs(),
+        }
+
+    def needs(self) -> dict:
+        """What the job needs and why it waits, for the status views (nothing for a plain job)."""
+        if not (self.resources or self.labels or self.requirements):
+            return {}
+        return {
+            "waiting": self.notice,
+            "preparing": len(self.preparing),
+            "resources": dict(self.resources),
+            "labels": dict(self.labels),
+            "requirements": list(self.requirements),
         }
 
 
@@ -192,6 +212,10 @@ class Worker:
     disagreed: int = 0  # ... and where it did not
     quarantined: bool = False  # kept disagreeing: it gets no new tasks
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
+    resources: dict[str, float] = field(default_factory=dict)  # what it has: name -> amount
+    labels: dict[str, str] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)  # resources its leased tasks hold
+    installs: bool = True  # it builds environments for jobs with requirements
 
     def summary(self) -> dict:
         """The worker as the status reply shows it."""
@@ -205,6 +229,8 @@ class Worker:
             "disagreed": self.disagreed,
             "quarantined": self.quarantined,
             "portable_only": self.portable_only,
+            "resources": dict(self.resources),
+            "labels": dict(self.labels),
         }
 
     @property

@@ -27,7 +27,7 @@ from crowdcompute.wire import messages as p
 from foreman.scheduler import ALLOWED_FAILURES, Scheduler
 from foreman.state import Note, Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
 
-NO_VOTES = {"agreed": 0, "disagreed": 0, "quarantined": False, "portable_only": False}
+NO_VOTES = {"agreed": 0, "disagreed": 0, "quarantined": False, "portable_only": False, "resources": {}, "labels": {}}
 
 
 # --- assignment --------------------------------------------------------------------

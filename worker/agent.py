@@ -4,7 +4,9 @@ It connects (retrying with exponential backoff until the foreman answers),
 caches each job's function, queues the tasks it is leased, runs each in a
 free slot's process, and reports outcomes, printed output and crashes. When
 the foreman releases a job, its queued tasks are dropped and its running
-tasks' processes are killed.
+tasks' processes are killed. A job with requirements runs in an environment
+that :mod:`worker.environments` builds (once per set of requirements) before
+its first task; the foreman hears "building", then "ready" or "failed".
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from crowdcompute.dialing import Backoff, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
-from crowdcompute.wire.constants import Role
+from crowdcompute.wire.constants import EnvironmentState, Role
 from crowdcompute.wire.runtime import runtime_fields
 
+from .environments import BuildFailed, Environments
 from .pool import Finished, Lost, Slot, process_context
 
 __all__ = ["RECONNECT_DELAY_MAX", "WorkerAgent"]
@@ -48,13 +51,24 @@ class WorkerAgent:
         name: str | None = None,
         cafile: str | None = None,
         heartbeat_interval: float = 5.0,
+        resources: dict[str, float] | None = None,
+        labels: dict[str, str] | None = None,
+        environments: Environments | None = None,
     ) -> None:
+        """``resources`` and ``labels`` route jobs that need them here; ``environments``
+        builds the environments of jobs with requirements (None: this worker installs nothing)."""
         self.address = address
         self.token = token
         self.procs = procs
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.cafile = cafile
         self.heartbeat_interval = heartbeat_interval
+        self.resources = dict(resources or {})
+        self.labels = dict(labels or {})
+        self.environments = environments
+        self._requirements: dict[str, list[str]] = {}  # job id -> its requirements
+        self._builds: dict[str, asyncio.Task] = {}  # job id -> its environment, being prepared
+        self._setup: dict[str, float] = {}  # job id -> build seconds, reported with its next outcome
         ctx = process_context()
         self.slots = [Slot(ctx, i) for i in range(procs)]
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
@@ -112,7 +126,17 @@ class WorkerAgent:
         if token is None:
             # The foreman may not have written its file yet: keep trying like an absent foreman.
             raise ForemanUnavailableError(self.address.url, "no token given and no connection file found")
-        return p.Hello(Role.WORKER, token, p.PROTOCOL_VERSION, name=self.name, slots=self.procs, **runtime_fields())
+        return p.Hello(
+            Role.WORKER,
+            token,
+            p.PROTOCOL_VERSION,
+            name=self.name,
+            slots=self.procs,
+            resources=self.resources,
+            labels=self.labels,
+            installs=self.environments is not None,
+            **runtime_fields(),
+        )
 
     async def _serve(self, websocket, stop: asyncio.Event) -> None:
         """One connection's life: read assignments, run them, send outcomes."""
@@ -149,6 +173,9 @@ class WorkerAgent:
 
     def _reset(self) -> None:
         self._functions.clear()
+        self._requirements.clear()
+        self._builds.clear()
+        self._setup.clear()
         self._queue = asyncio.Queue()
         self._outbox = asyncio.Queue()
         self._draining = False
@@ -164,6 +191,8 @@ class WorkerAgent:
                     return
                 if isinstance(msg, p.JobFunction):
                     self._functions[msg.job_id] = (bytes(msg.function), msg.serializer)
+                    if msg.requirements:
+                        self._requirements[msg.job_id] = list(msg.requirements)
                 elif isinstance(msg, p.AssignTask):
                     self._queue.put_nowait(msg)
                 elif isinstance(msg, p.ReleaseJob):
@@ -176,6 +205,11 @@ class WorkerAgent:
     def _release(self, job_id: str) -> None:
         """Forget a job: its queued tasks are skipped, its running ones killed."""
         self._functions.pop(job_id, None)
+        self._requirements.pop(job_id, None)
+        self._builds.pop(job_id, None)
+        self._setup.pop(job_id, None)
+        if self.environments is not None:
+            self.environments.in_use = {self.environments.key(r) for r in self._requirements.values()}
         for slot in self.slots:
             if self._running.get(slot.index) == job_id:
                 slot.kill()
@@ -192,6 +226,12 @@ class WorkerAgent:
             function = self._functions.get(task.job_id)  # (bytes, serializer)
             if function is None or self._draining:
                 continue  # released while it waited here, or handed back when we close
+            site = None
+            requirements = self._requirements.get(task.job_id)
+            if requirements:
+                site = await self._prepare(task.job_id, requirements)
+                if site is None or task.job_id not in self._functions:
+                    continue  # it could not be built (the foreman hands the task to others), or released
 
             def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
                 message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
@@ -208,6 +248,7 @@ class WorkerAgent:
                     task.payload,
                     task.task_timeout,
                     on_output,
+                    site,
                 )
             finally:
                 self._running.pop(slot.index, None)
@@ -215,7 +256,13 @@ class WorkerAgent:
                     self._idle.set()
             if isinstance(outcome, Finished):
                 reply: p.Message = p.TaskDone(
-                    task.job_id, task.task_id, task.attempt, outcome.failed, outcome.payload, outcome.seconds
+                    task.job_id,
+                    task.task_id,
+                    task.attempt,
+                    outcome.failed,
+                    outcome.payload,
+                    outcome.seconds,
+                    setup=self._setup.pop(task.job_id, 0.0),
                 )
             elif isinstance(outcome, Lost) and outcome.error != "cancelled":
                 log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
@@ -223,6 +270,38 @@ class WorkerAgent:
             else:
                 continue
             self._outbox.put_nowait(p.encode(reply))
+
+    async def _prepare(self, job_id: str, requirements: list[str]) -> str | None:
+        """The site-packages folder of the job's environment, built once per job; None if it failed."""
+        build = self._builds.get(job_id)
+        if build is None:
+            build = self._builds[job_id] = asyncio.create_task(self._build(job_id, requirements))
+        return await asyncio.shield(build)
+
+    async def _build(self, job_id: str, requirements: list[str]) -> str | None:
+        def tell(state: EnvironmentState, reason: str = "", seconds: float = 0.0) -> None:
+            self._outbox.put_nowait(p.encode(p.EnvironmentStatus(job_id, state, reason, seconds)))
+
+        if self.environments is None:
+            tell(EnvironmentState.FAILED, f"worker {self.name} does not install packages (it runs with --no-install)")
+            return None
+        try:
+            key = self.environments.key(requirements)
+            if self.environments.cached(key) is None:
+                tell(EnvironmentState.BUILDING)
+            site, seconds = await self.environments.ensure(requirements)
+        except BuildFailed as exc:
+            log.warning("job %s: %s", job_id, exc)
+            tell(EnvironmentState.FAILED, f"worker {self.name}: {exc}")
+            return None
+        except Exception as exc:  # the installer itself is missing or broken: still not a crash
+            log.exception("job %s: building its environment failed", job_id)
+            tell(EnvironmentState.FAILED, f"worker {self.name} could not run the installer: {exc!r}")
+            return None
+        if seconds:
+            self._setup[job_id] = seconds
+            tell(EnvironmentState.READY, seconds=seconds)
+        return str(site)
 
     async def _send_frames(self, websocket) -> None:
         while True:

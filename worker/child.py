@@ -22,6 +22,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from crowdcompute.codecs.modules import WithModules
 from crowdcompute.codecs.pickled import loads
 from crowdcompute.codecs.portable import load_portable_function
 from crowdcompute.wire.constants import Serializer
@@ -77,9 +78,25 @@ def _exit_when_orphaned() -> None:
             os._exit(1)
 
 
-def main(conn: Connection) -> None:
-    """Serve tasks from ``conn`` until it closes."""
+def use_environment(site: str) -> None:
+    """Put a job environment's site-packages first on ``sys.path`` (its .pth files included).
+
+    Modules already imported (cloudpickle, ours) stay the worker's: the job's
+    pickles decode with the cloudpickle the worker speaks.
+    """
+    before = list(sys.path)
+    import site as site_module
+
+    site_module.addsitedir(site)
+    added = [path for path in sys.path if path not in before]
+    sys.path[:] = added + before
+
+
+def main(conn: Connection, site: str | None = None) -> None:
+    """Serve tasks from ``conn`` until it closes; ``site``: the job environment to use."""
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
+    if site is not None:
+        use_environment(site)
     stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
     sys.stdout, sys.stderr = outputs  # type: ignore[assignment]
     functions: dict[str, Callable[[Any], Any] | BaseException] = {}
@@ -100,7 +117,7 @@ def main(conn: Connection) -> None:
             try:
                 functions[job_id] = load_portable_function(function_bytes) if portable else loads(function_bytes)
             except Exception as exc:  # e.g. a module the function needs is missing here
-                functions[job_id] = RuntimeError(f"cannot load the job's function on this worker: {exc!r}")
+                functions[job_id] = RuntimeError(f"cannot load the job's function on this worker: {exc!r}{_hint(exc)}")
         func = functions.get(job_id)
         if func is None:
             func = RuntimeError(f"the worker lost the function of job {job_id}")
@@ -117,6 +134,8 @@ def main(conn: Connection) -> None:
         if portable:
             result, failed = run_portable(func, payload, count, on_item)
         else:
+            if isinstance(func, WithModules):  # the job's own modules, before its inputs unpickle
+                func.activate()
             try:
                 items = loads(payload)
             except Exception as exc:  # an input whose type this worker cannot import
@@ -127,6 +146,17 @@ def main(conn: Connection) -> None:
             output.flush()
         conn.send(("done", failed, seconds))
         conn.send_bytes(result)
+
+
+def _hint(exc: Exception) -> str:
+    """What to do about a module the worker lacks."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.split(".")[0]
+        return (
+            f"; if {top} is your own module, pass modules=[{top}] to send it with the job, "
+            f"or requirements=[...] if it is a package"
+        )
+    return ""
 
 
 def _raiser(exc: BaseException) -> Callable[[Any], Any]:

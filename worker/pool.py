@@ -5,7 +5,10 @@ task to the child's pipe and then waits for the pipe to become readable
 (``loop.add_reader``), so no thread sits between the agent and its
 children and a task costs one message each way. User code never runs in
 the agent. A slot whose process dies (crash, timeout, cancel) starts a
-fresh one before its next task.
+fresh one before its next task. A task process serves one job environment
+(``site``: the site-packages folder put first on its ``sys.path``, or None
+for the worker's own packages); a task of another environment gets a fresh
+process. ``Slot.start`` is the one place a task process is launched.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Slot:
         self._forget: list[str] = []
         self._stopping = False  # set by kill(): the next loss is a cancel
         self._timed_out = False
+        self._site: str | None = None  # the job environment its process serves
 
     @property
     def pid(self) -> int | None:
@@ -87,7 +91,7 @@ class Slot:
             return
         parent, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=child.main, args=(child_end,), name=f"crowdcompute-task-{self.index}", daemon=True
+            target=child.main, args=(child_end, self._site), name=f"crowdcompute-task-{self.index}", daemon=True
         )
         process.start()
         child_end.close()
@@ -111,12 +115,20 @@ class Slot:
         payload: bytes,
         timeout: float | None,
         on_output: Callable[[int, str, str], None],
+        site: str | None = None,
     ) -> Finished | Lost:
         """Run one task in the child. Never raises for user errors or crashes.
 
-        ``function`` is (its bytes, its serializer: "cloudpickle" or "portable").
+        ``function`` is (its bytes, its serializer: "cloudpickle" or "portable");
+        ``site``: the job environment's site-packages folder (None: the worker's own).
         """
         loop = asyncio.get_running_loop()
+        if site != self._site:  # another environment: another process
+            process = self._process
+            self._kill_process()
+            if process is not None:
+                await loop.run_in_executor(None, process.join, CHILD_EXIT_GRACE)
+            self._site = site
         self._stopping = self._timed_out = False
         self.start()
         conn = self._conn

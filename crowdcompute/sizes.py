@@ -1,0 +1,37 @@
+"""Sizes and amounts as people type them: ``64GB``, ``512MiB``, ``1.5``."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["parse_size"]
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(text: str | int | float) -> float:
+    """A number of bytes (or units) from ``text``: bytes, or a number with KB/MB/GB/TB (KiB/MiB/GiB/TiB).
+
+    Raises ValueError saying what a size looks like.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"a size must not be negative, not {text}")
+        return float(text)
+    match = _SIZE.fullmatch(str(text))
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a size: give a number, optionally with KB, MB, GB, TB, KiB, MiB, GiB or TiB")
+    return float(match.group(1)) * _UNITS[unit]
