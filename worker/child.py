@@ -27,7 +27,7 @@ from crowdcompute.codecs.pickled import loads
 from crowdcompute.codecs.portable import load_portable_function
 from crowdcompute.wire.constants import Serializer
 
-from .execution import run_items, run_portable
+from .execution import module_hint, run_items, run_portable
 
 __all__ = ["main"]
 
@@ -117,7 +117,9 @@ def main(conn: Connection, site: str | None = None) -> None:
             try:
                 functions[job_id] = load_portable_function(function_bytes) if portable else loads(function_bytes)
             except Exception as exc:  # e.g. a module the function needs is missing here
-                functions[job_id] = RuntimeError(f"cannot load the job's function on this worker: {exc!r}{_hint(exc)}")
+                functions[job_id] = RuntimeError(
+                    f"cannot load the job's function on this worker: {exc!r}{module_hint(exc)}"
+                )
         func = functions.get(job_id)
         if func is None:
             func = RuntimeError(f"the worker lost the function of job {job_id}")
@@ -146,17 +148,6 @@ def main(conn: Connection, site: str | None = None) -> None:
             output.flush()
         conn.send(("done", failed, seconds))
         conn.send_bytes(result)
-
-
-def _hint(exc: Exception) -> str:
-    """What to do about a module the worker lacks."""
-    if isinstance(exc, ModuleNotFoundError) and exc.name:
-        top = exc.name.split(".")[0]
-        return (
-            f"; if {top} is your own module, pass modules=[{top}] to send it with the job, "
-            f"or requirements=[...] if it is a package"
-        )
-    return ""
 
 
 def _raiser(exc: BaseException) -> Callable[[Any], Any]:

@@ -1,0 +1,101 @@
+"""Per-job requirements: workers build one environment per set of requirements with uv, and cache it.
+
+The packages come from wheels built here (tests/wheels.py) and a worker run
+with ``--find-links DIR --no-index``: no registry is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers import arun, wait_until
+from wheels import tinypkg_wheels
+
+from crowdcompute import CrowdComputeClient, EnvironmentBuildError
+
+
+@pytest.fixture
+def wheels(tmp_path, monkeypatch):
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    return tinypkg_wheels(tmp_path / "wheels")
+
+
+def _tinypkg_version(_item):
+    import tinypkg
+
+    return tinypkg.version()
+
+
+def _plain(x):
+    return x + 1
+
+
+def test_jobs_with_different_versions_run_side_by_side_and_a_cached_environment_is_not_rebuilt(
+    foreman, start_worker, wheels
+):
+    start_worker(foreman.url, "--procs", "2", "--name", "w1", "--find-links", str(wheels), "--no-index")
+
+    async def body():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            old = await cc.submit(_tinypkg_version, range(8), chunksize=1, requirements=["tinypkg==1.0"])
+            new = await cc.submit(_tinypkg_version, range(8), chunksize=1, requirements=["tinypkg==1.1"])
+            notices = []
+            old.add_listener(lambda job: notices.append(job.notice))
+            first = await asyncio.gather(old, new)
+            assert "preparing environment on 1 worker" in notices, notices
+            assert old.notice == ""
+            again = await cc.submit(_tinypkg_version, range(4), chunksize=1, requirements=["tinypkg == 1.0"])
+            second = await again
+            plain = await cc.map(_plain, range(3))
+            return first, second, plain, old.stats, new.stats, again.stats
+
+    (old, new), again, plain, old_stats, new_stats, again_stats = arun(body(), timeout=50)
+    assert old == ["1.0"] * 8 and new == ["1.1"] * 8, (old, new)
+    assert again == ["1.0"] * 4
+    assert plain == [1, 2, 3]  # the worker's own packages, no environment: unaffected
+    assert old_stats.environment > 0 and new_stats.environment > 0  # each built its environment once
+    assert again_stats.environment == 0  # the same (normalized) requirements: the cached environment
+    assert {t.worker for t in old_stats.tasks + new_stats.tasks} == {"w1"}
+
+
+def test_an_unresolvable_requirement_fails_the_job_naming_it_and_the_worker_stays_healthy(
+    foreman, start_worker, wheels
+):
+    worker = start_worker(foreman.url, "--procs", "2", "--find-links", str(wheels), "--no-index")
+
+    async def body():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            job = await cc.submit(_tinypkg_version, range(4), chunksize=1, requirements=["tinypkg==9.9"])
+            with pytest.raises(EnvironmentBuildError) as info:
+                await job
+            errors = job.errors
+            after = await cc.map(_plain, range(4))
+            return info.value, errors, after
+
+    error, errors, after = arun(body(), timeout=50)
+    assert "tinypkg==9.9" in str(error)
+    assert "the installer (uv) said" in str(error)
+    assert sorted(errors) == [0, 1, 2, 3] and all(isinstance(e, EnvironmentBuildError) for e in errors.values())
+    assert after == [1, 2, 3, 4]
+    assert worker.popen.poll() is None
+
+
+def test_a_no_install_worker_refuses_jobs_with_requirements_and_says_so(foreman, start_worker, wheels):
+    start_worker(foreman.url, "--procs", "1", "--no-install")
+
+    async def body():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            job = await cc.submit(_tinypkg_version, range(2), requirements=["tinypkg==1.0"])
+            await wait_until(lambda: "--no-install" in job.notice, 10, f"no refusal shown: {job.notice!r}")
+            status = await cc.status()
+            plain = await cc.map(_plain, range(2))
+            start_worker(foreman.url, "--procs", "1", "--find-links", str(wheels), "--no-index")
+            return job.completed, status, plain, await job
+
+    completed, status, plain, results = arun(body(), timeout=50)
+    assert completed == 0
+    (entry,) = [j for j in status["jobs"] if j["requirements"] == ["tinypkg==1.0"]]
+    assert "--no-install" in entry["waiting"]
+    assert plain == [1, 2]
+    assert results == ["1.0", "1.0"]  # an installing worker joined and ran it
