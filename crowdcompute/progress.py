@@ -26,6 +26,7 @@ class ProgressModel:
     done: int = 0
     failed: int = 0
     state: str = "running"
+    notice: str = ""  # why it waits: "preparing environment on 2 workers", "waiting: no connected worker has gpu=1"
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
@@ -39,6 +40,7 @@ class ProgressModel:
         self.done = job.completed
         self.failed = job.failed
         self.state = job.state.value
+        self.notice = getattr(job, "notice", "")
         self.ended = job.finished
 
     @property
@@ -112,7 +114,7 @@ class RichProgress:
             self._task,
             completed=self.model.done + self.model.failed,
             failed=failed,
-            rate=f"{self.model.rate:,.0f} items/s",
+            rate=self.model.notice or f"{self.model.rate:,.0f} items/s",
         )
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_size"]
+__all__ = ["format_amount", "parse_size"]
 
 _UNITS = {
     "": 1,
@@ -35,3 +35,11 @@ def parse_size(text: str | int | float) -> float:
     if match is None or unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size: give a number, optionally with KB, MB, GB, TB, KiB, MiB, GiB or TiB")
     return float(match.group(1)) * _UNITS[unit]
+
+
+def format_amount(value: float) -> str:
+    """An amount as people write it: ``1``, ``0.5``, ``64GB`` (decimal units from 1000 up)."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        if value >= _UNITS[unit] and value % (_UNITS[unit] // 1000 or 1) == 0:
+            return f"{value / _UNITS[unit]:g}{unit}"
+    return f"{value:g}"

@@ -56,7 +56,12 @@ class StatusView:
         )
 
     def _repr_html_(self) -> str:
-        workers = [[w["name"], w.get("slots", 0), w.get("busy", 0), w.get("tasks_done", 0)] for w in self.workers]
+        from crowdcompute.commands import job_state, worker_offers
+
+        workers = [
+            [w["name"], w.get("slots", 0), w.get("busy", 0), w.get("tasks_done", 0), worker_offers(w)]
+            for w in self.workers
+        ]
         jobs = []
         for job in self.jobs:
             done = job.get("completed", 0) + job.get("failed", 0)
@@ -68,13 +73,13 @@ class StatusView:
                     job.get("name", ""),
                     f"{done}/{total}{percent}",
                     job.get("failed", 0),
-                    job.get("state", ""),
+                    job_state(job),
                 ]
             )
         heading = f"<p>{html.escape(self.heading)}</p>" if self.heading else ""
         return (
             f"<div>{heading}<p><b>{html.escape(self.summary())}</b></p>"
-            + _table("workers", ["worker", "slots", "busy", "tasks done"], workers)
+            + _table("workers", ["worker", "slots", "busy", "tasks done", "resources; labels"], workers)
             + _table("jobs", ["job", "name", "progress", "failed", "state"], jobs)
             + "</div>"
         )

@@ -134,7 +134,8 @@ function renderJobs(status) {
     const left = running && rate > 0 ? formatDuration((total - done) / rate) : "–";
     return el("tr", { "data-job-id": job.id, "data-state": job.state },
       el("td", {}, job.name || "job", el("span", { class: "id", title: job.id }, job.id.slice(0, 8))),
-      el("td", {}, el("span", { class: `badge ${state}` }, state)),
+      el("td", {}, el("span", { class: `badge ${state}` }, state),
+        ...(running && job.waiting ? [el("div", { class: "waiting" }, job.waiting)] : [])),
       el("td", {}, bar),
       el("td", { class: "count" }, `${done}/${total}`),
       el("td", {}, String(job.failed)),
@@ -158,8 +159,13 @@ function renderWorkers(status) {
     }
     if (!(worker.tasks || []).length) tasks.append(el("span", { class: "empty" }, "idle"));
     const state = worker.quarantined ? "quarantined" : worker.draining ? "draining" : "up";
+    // What it offers to jobs that need it: resources (gpu=1) and labels (site=lab1).
+    const offers = [
+      ...Object.entries(worker.resources || {}).map(([k, v]) => `${k}=${formatAmount(v)}`),
+      ...Object.entries(worker.labels || {}).map(([k, v]) => `${k}=${v}`),
+    ].join(", ");
     return el("tr", { "data-worker": worker.name },
-      el("td", {}, worker.name),
+      el("td", {}, worker.name, ...(offers ? [el("div", { class: "offers" }, offers)] : [])),
       el("td", { class: "slot-cell" }, slots, `${worker.busy}/${worker.slots}`),
       el("td", {}, String(worker.tasks_done ?? "–")),
       tasks,
@@ -168,6 +174,13 @@ function renderWorkers(status) {
   });
   body.replaceChildren(...rows);
   document.getElementById("no-workers").hidden = rows.length > 0;
+}
+
+function formatAmount(value) {
+  for (const [unit, size] of [["TB", 1e12], ["GB", 1e9], ["MB", 1e6], ["KB", 1e3]]) {
+    if (value >= size && value % (size / 1000) === 0) return `${value / size}${unit}`;
+  }
+  return String(value);
 }
 
 function niceCeiling(value) {
