@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import queue
 import sqlite3
@@ -116,6 +117,7 @@ class Journal:
             db.execute("PRAGMA wal_autocheckpoint=10000")
             db.execute("PRAGMA journal_size_limit=67108864")
             db.executescript(_SCHEMA)
+            _add_columns(db)
             self._db = db
         except sqlite3.Error:
             log.exception("cannot open the journal %s", self.path)
@@ -223,6 +225,20 @@ def _settle(future: asyncio.Future, value, error) -> None:
         future.set_result(value)
 
 
+#: Columns added after the first schema: (table, column, definition), added to older journals on open.
+_ADDED_COLUMNS = [("jobs", "needs", "TEXT NOT NULL DEFAULT '{}'")]  # resources, labels, requirements (JSON)
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _needs(job: Job) -> str:
+    return json.dumps({"resources": job.resources, "labels": job.labels, "requirements": job.requirements})
+
+
 def _blob_name(job_id: str, task_id: int, kind: str) -> str:
     # Job ids come from clients: hash them, never use them as file names.
     return f"{hashlib.sha256(job_id.encode()).hexdigest()[:32]}-{task_id}.{kind}"
@@ -235,7 +251,7 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple]]:
         return [
             (
                 "INSERT OR REPLACE INTO jobs (job_id, function, total_tasks, total_items, task_timeout, retries,"
-                " name, redundancy, serializer, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " name, redundancy, serializer, state, created_at, needs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     job.function,
@@ -248,6 +264,7 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple]]:
                     job.serializer,
                     job.state.value,
                     job.created_at,
+                    _needs(job),
                 ),
             )
         ]
@@ -334,7 +351,7 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
     ended: list[dict] = []
     rows = db.execute(
         "SELECT job_id, function, total_tasks, total_items, task_timeout, retries, name, state,"
-        " created_at, finished_at, completed, failed, redundancy, serializer FROM jobs"
+        " created_at, finished_at, completed, failed, redundancy, serializer, needs FROM jobs"
     ).fetchall()
     for row in rows:
         job_id, function, total_tasks, total_items, timeout, retries, name, state, created, finished = row[:10]
@@ -365,6 +382,7 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
             redundancy=row[12],
             serializer=row[13],
             created_at=created,
+            **json.loads(row[14] or "{}"),
         )
         for task_id, first_index, count, payload, name in db.execute(
             "SELECT task_id, first_index, count, payload, payload_file FROM tasks WHERE job_id = ?", (job_id,)

@@ -93,3 +93,39 @@ def test_the_scheduler_holds_a_workers_resources_while_its_lease_lasts():
     assigned = [a.message for a in done if isinstance(a, Send) and isinstance(a.message, p.AssignTask)]
     assert [m.task_id for m in assigned] == [2]
     assert s.workers["w1"].used == {"gpu": 2.0}
+
+
+def _environment_job(s, tasks: int) -> list:
+    actions = s.submit_job("c1", p.SubmitJob("j1", b"f", tasks, tasks, requirements=["tinypkg==9.9"]))
+    for n in range(tasks):
+        actions += s.submit_task("c1", p.SubmitTask("j1", n, n, 1, b"x"))
+    return actions
+
+
+def test_an_environment_that_fails_on_one_worker_runs_on_another_that_holds_the_job():
+    s = make()
+    s.add_client("c1")
+    s.add_worker("w1", "one", 1)
+    s.add_worker("w2", "two", 1)
+    _environment_job(s, 4)
+    assert s.jobs["j1"].workers == {"w1", "w2"}
+    failed = s.environment_status("w1", p.EnvironmentStatus("j1", "failed", "could not install tinypkg==9.9"))
+    assert ("w1", p.ReleaseJob("j1")) in [(a.to, a.message) for a in failed if isinstance(a, Send)]
+    assert not [a for a in failed if isinstance(a, Send) and isinstance(a.message, p.TaskFailed)]
+    assert all(w == "w2" for t in s.jobs["j1"].tasks.values() for w in t.leases)  # w1 gets no more of it
+
+
+def test_an_environment_no_worker_holding_the_job_could_build_fails_its_tasks_once():
+    s = make()
+    s.add_client("c1")
+    s.add_worker("w1", "one", 1)
+    s.add_worker("w2", "two", 1)
+    _environment_job(s, 4)
+    s.environment_status("w1", p.EnvironmentStatus("j1", "building"))
+    assert s.status()["jobs"][0]["waiting"] == "preparing environment on 1 worker"
+    s.environment_status("w1", p.EnvironmentStatus("j1", "failed", "could not install tinypkg==9.9"))
+    actions = s.environment_status("w2", p.EnvironmentStatus("j1", "failed", "could not install tinypkg==9.9"))
+    failed = [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, p.TaskFailed)]
+    assert sorted(m.task_id for m in failed) == [0, 1, 2, 3]
+    assert {m.error for m in failed} == {"environment"}
+    assert s.status()["jobs"][0]["state"] == "done"
