@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .codecs.modules import LocalModuleWarning, WithModules, local_modules, read_modules
+from .codecs.modules import WithModules, local_modules, read_modules
 from .codecs.pickled import Apply, dumps_chunks, dumps_function
 from .codecs.portable import dumps_portable_function, dumps_portable_items
-from .errors import ConnectionLostError, CrowdComputeError, SerializationError
+from .errors import ConnectionLostError, CrowdComputeError, LocalModuleWarning, SerializationError
 from .feed import Feed
 from .job import Job
 from .link import Link

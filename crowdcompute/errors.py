@@ -27,6 +27,7 @@ __all__ = [
     "EnvironmentBuildError",
     "ForemanUnavailableError",
     "JobCancelledError",
+    "LocalModuleWarning",
     "ProtocolError",
     "QuorumError",
     "SerializationError",
@@ -190,3 +191,7 @@ class EnvironmentBuildError(CrowdComputeError):
     def __str__(self) -> str:
         where = f"item {self.index}: " if self.index is not None else ""
         return f"{where}{self.reason}"
+
+
+class LocalModuleWarning(UserWarning):
+    """A job's function uses one of your own modules that workers may not have: pass ``modules=[...]``."""

@@ -8,8 +8,7 @@ import sys
 import pytest
 from helpers import arun
 
-from crowdcompute import CrowdComputeClient, TaskError
-from crowdcompute.codecs.modules import LocalModuleWarning
+from crowdcompute import CrowdComputeClient, LocalModuleWarning, TaskError
 
 
 def _calls_helpers(x):

@@ -69,6 +69,7 @@ class WorkerAgent:
         self._requirements: dict[str, list[str]] = {}  # job id -> its requirements
         self._builds: dict[str, asyncio.Task] = {}  # job id -> its environment, being prepared
         self._setup: dict[str, float] = {}  # job id -> build seconds, reported with its next outcome
+        self._keys: dict[str, str] = {}  # job id -> cache key of its environment (kept from eviction)
         ctx = process_context()
         self.slots = [Slot(ctx, i) for i in range(procs)]
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
@@ -176,6 +177,7 @@ class WorkerAgent:
         self._requirements.clear()
         self._builds.clear()
         self._setup.clear()
+        self._keys.clear()
         self._queue = asyncio.Queue()
         self._outbox = asyncio.Queue()
         self._draining = False
@@ -208,8 +210,9 @@ class WorkerAgent:
         self._requirements.pop(job_id, None)
         self._builds.pop(job_id, None)
         self._setup.pop(job_id, None)
+        self._keys.pop(job_id, None)
         if self.environments is not None:
-            self.environments.in_use = {self.environments.key(r) for r in self._requirements.values()}
+            self.environments.in_use = set(self._keys.values())
         for slot in self.slots:
             if self._running.get(slot.index) == job_id:
                 slot.kill()
@@ -286,7 +289,8 @@ class WorkerAgent:
             tell(EnvironmentState.FAILED, f"worker {self.name} does not install packages (it runs with --no-install)")
             return None
         try:
-            key = self.environments.key(requirements)
+            key = self._keys[job_id] = self.environments.key(requirements)
+            self.environments.in_use = set(self._keys.values())
             if self.environments.cached(key) is None:
                 tell(EnvironmentState.BUILDING)
             site, seconds = await self.environments.ensure(requirements)

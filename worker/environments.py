@@ -166,7 +166,6 @@ class Environments:
         Builds it once (0.0 when cached). Raises BuildFailed.
         """
         key = self.key(requirements)
-        self.in_use.add(key)
         found = self.cached(key)
         if found is not None:
             return found, 0.0

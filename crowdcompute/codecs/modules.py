@@ -27,16 +27,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_MODULE_BYTES", "LocalModuleWarning", "ModuleBundle", "WithModules", "local_modules", "read_modules"]
+__all__ = ["MAX_MODULE_BYTES", "ModuleBundle", "WithModules", "local_modules", "read_modules"]
 
 #: Most bytes of source the modules of one job may hold.
 MAX_MODULE_BYTES = 10 * 1024 * 1024
 #: Our own packages are on every worker.
 _OURS = ("crowdcompute", "crowdcompute_jupyter", "foreman", "worker")
-
-
-class LocalModuleWarning(UserWarning):
-    """A job's function uses one of the user's own modules that workers may not have."""
 
 
 class ModuleBundle:
