@@ -255,6 +255,8 @@ class Scheduler:
                 p.JobAttached(job_id, job.total_items, job.total_tasks, job.state.value, job.name, job.serializer),
             )
         ]
+        if job.notice:  # why it waits, as its submitter was told
+            actions.append(Send(client_id, p.JobNotice(job_id, job.notice)))
         if self.journaled:
             return actions + [Replay(client_id, job_id)]
         return actions + [Send(client_id, outcome) for outcome in job.results.values()]

@@ -48,6 +48,8 @@ def test_jobs_with_different_versions_run_side_by_side_and_a_cached_environment_
             again = await cc.submit(_tinypkg_version, range(4), chunksize=1, requirements=["tinypkg == 1.0"])
             second = await again
             plain = await cc.map(_plain, range(3))
+            portable = await cc.map(_tinypkg_version, [0], serializer="portable", requirements=["tinypkg==1.1"])
+            assert portable == ["1.1"]  # portable jobs carry requirements too
             return first, second, plain, old.stats, new.stats, again.stats
 
     (old, new), again, plain, old_stats, new_stats, again_stats = arun(body(), timeout=50)
@@ -99,3 +101,23 @@ def test_a_no_install_worker_refuses_jobs_with_requirements_and_says_so(foreman,
     assert "--no-install" in entry["waiting"]
     assert plain == [1, 2]
     assert results == ["1.0", "1.0"]  # an installing worker joined and ran it
+
+
+def test_the_cache_evicts_the_least_recently_used_environment_but_never_one_in_use(wheels, tmp_path):
+    from worker.environments import Environments, InstallSource
+
+    cache = Environments(InstallSource([str(wheels)], None, True), cache_size=1, root=tmp_path / "envs")
+
+    async def body():
+        old, built = await cache.ensure(["tinypkg==1.0"])
+        assert built > 0 and (old / "tinypkg" / "__init__.py").exists()
+        assert await cache.ensure(["tinypkg==1.0"]) == (old, 0.0)  # cached: no build
+        cache.in_use = {cache.key(["tinypkg==1.0"])}
+        new, _ = await cache.ensure(["tinypkg==1.1"])  # over the 1-byte limit, but both are protected
+        assert old.exists() and new.exists()
+        cache.in_use = set()
+        newest, _ = await cache.ensure(["TinyPkg>=1.1"])  # another set: the two older ones go
+        return old, new, newest
+
+    old, new, newest = arun(body())
+    assert not old.exists() and not new.exists() and newest.exists()

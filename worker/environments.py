@@ -177,7 +177,7 @@ class Environments:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(None, self._build_locked, key, normalize(requirements))
                 found = self.cached(key)
-                await loop.run_in_executor(None, self.evict)
+                await loop.run_in_executor(None, self.evict, {key})
         if found is None:  # pragma: no cover - a build that returned wrote ready.json
             raise BuildFailed("the environment vanished right after it was built")
         return found, time.monotonic() - started
@@ -223,8 +223,11 @@ class Environments:
         ready = {"site": str(sites[0]), "requirements": requirements, "python": sys.version.split()[0]}
         (folder / _READY).write_text(json.dumps(ready))
 
-    def evict(self) -> None:
-        """Delete least recently used environments until the cache fits ``cache_size`` (blocking)."""
+    def evict(self, keep: frozenset[str] | set[str] = frozenset()) -> None:
+        """Delete least recently used environments until the cache fits ``cache_size`` (blocking).
+
+        Never those of current jobs (``in_use``) or ``keep`` (the one just built).
+        """
         if not self.root.exists():
             return
         entries = []
@@ -235,7 +238,7 @@ class Environments:
         for _, key, size in sorted(entries):
             if total <= self.cache_size:
                 break
-            if key in self.in_use:
+            if key in self.in_use or key in keep:
                 continue
             with open(self.root / f"{key}.lock", "w") as lock:
                 try:
