@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from pathlib import Path
 
+from conftest import spawn
 from helpers import arun, wait_until
 from scheduler_events import make
 
@@ -42,6 +45,8 @@ def test_a_gpu_job_waits_visibly_then_runs_one_task_at_a_time_on_the_gpu_worker(
             (entry,) = [j for j in status["jobs"] if j["id"] == job.id]
             assert entry["waiting"] == "waiting: no connected worker has gpu=1"
             assert job.completed == 0
+            table = await asyncio.get_running_loop().run_in_executor(None, _status_table, foreman)
+            assert "waiting: no connected worker has gpu=1" in table, table
             start_worker(foreman.url, "--procs", "3", "--name", "gpu", "--resources", "gpu=1,memory=64GB")
             results = await job
             assert job.notice == ""
@@ -54,6 +59,14 @@ def test_a_gpu_job_waits_visibly_then_runs_one_task_at_a_time_on_the_gpu_worker(
     (gpu,) = [w for w in status["workers"] if w["name"] == "gpu"]
     assert gpu["resources"] == {"gpu": 1, "memory": 64e9}
     assert gpu["labels"] == {}
+
+
+def _status_table(foreman) -> str:
+    """What ``crowdcompute status`` prints, on a wide terminal."""
+    status = spawn("status", foreman.url, "--token", foreman.token, env={**os.environ, "COLUMNS": "200"})
+    assert status.popen.wait(30) == 0, "\n".join(status.lines)
+    status.close()
+    return "\n".join(status.lines)
 
 
 def _identity(x: int) -> int:
