@@ -18,7 +18,7 @@ from crowdcompute.wire.constants import Serializer
 
 from .state import Job, Send, Task, TaskState, Worker
 
-__all__ = ["assign", "can_run", "drop_leases", "enqueue", "unlease", "waiting_reason"]
+__all__ = ["assign", "can_run", "drop_leases", "enqueue", "job_notice", "unlease", "waiting_reason"]
 
 
 def enqueue(ready: deque[str], job: Job, task: Task, *, front: bool = False, replicas: int = 1) -> None:
@@ -61,6 +61,14 @@ def _has_room(worker: Worker, job: Job) -> bool:
     return all(
         worker.resources.get(name, 0.0) - worker.used.get(name, 0.0) >= amount for name, amount in job.resources.items()
     )
+
+
+def job_notice(workers: dict[str, Worker], job: Job) -> str:
+    """What holds ``job`` back: workers building its environment, or why none can take it ("" if nothing)."""
+    if job.preparing:
+        count = len(job.preparing)
+        return f"preparing environment on {count} worker{'s' if count != 1 else ''}"
+    return waiting_reason(workers, job)
 
 
 def waiting_reason(workers: dict[str, Worker], job: Job) -> str:

@@ -25,7 +25,7 @@ from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import CloseCode, EnvironmentState, ErrorKind, Serializer
 
 from . import quorum
-from .assignment import assign, drop_leases, enqueue, unlease, waiting_reason
+from .assignment import assign, drop_leases, enqueue, job_notice, unlease
 from .limits import (
     ALLOWED_FAILURES,
     ENDED_JOBS_SHOWN,
@@ -527,11 +527,7 @@ class Scheduler:
         for job in self.jobs.values():
             if job.state is not JobState.RUNNING or not (job.resources or job.labels or job.requirements):
                 continue  # a job that needs nothing special runs on any worker that joins
-            if job.preparing:
-                count = len(job.preparing)
-                notice = f"preparing environment on {count} worker{'s' if count != 1 else ''}"
-            else:
-                notice = waiting_reason(self.workers, job)
+            notice = job_notice(self.workers, job)
             if notice != job.notice:
                 job.notice = notice
                 if job.client is not None:

@@ -291,7 +291,8 @@ class WorkerAgent:
         try:
             key = self._keys[job_id] = self.environments.key(requirements)
             self.environments.in_use = set(self._keys.values())
-            if self.environments.cached(key) is None:
+            building = self.environments.cached(key) is None
+            if building:
                 tell(EnvironmentState.BUILDING)
             site, seconds = await self.environments.ensure(requirements)
         except BuildFailed as exc:
@@ -304,6 +305,7 @@ class WorkerAgent:
             return None
         if seconds:
             self._setup[job_id] = seconds
+        if building:  # (another job may have finished building it meanwhile: ready all the same)
             tell(EnvironmentState.READY, seconds=seconds)
         return str(site)
 
