@@ -533,10 +533,16 @@ def _requirements(requirements: Sequence[str] | str | None) -> list[str]:
         return []
     if isinstance(requirements, str):
         requirements = [requirements]
+    from packaging.requirements import InvalidRequirement, Requirement
+
     result = []
     for requirement in requirements:
         if not isinstance(requirement, str) or not requirement.strip():
             raise ValueError(f"requirements: each must be a requirement like 'numpy>=2', not {requirement!r}")
+        try:
+            Requirement(requirement)
+        except InvalidRequirement as exc:
+            raise ValueError(f"requirements: {requirement!r} is not a requirement like 'numpy>=2': {exc}") from None
         result.append(requirement.strip())
     return result
 

@@ -77,9 +77,15 @@ def test_a_function_using_a_local_module_not_sent_warns_naming_it(foreman, start
     assert arun(body()) == [0, 3]
 
 
-def test_modules_must_be_modules_or_source_paths(foreman, start_worker, tmp_path):
+def test_what_a_job_needs_is_checked_before_anything_is_sent(foreman, tmp_path):
     async def body():
         async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            with pytest.raises(ValueError, match="'numpy>>2' is not a requirement"):
+                await cc.map(_calls_helpers, range(2), requirements=["numpy>>2"])
+            with pytest.raises(ValueError, match="resources: 'gpu' must be a number"):
+                await cc.map(_calls_helpers, range(2), resources={"gpu": -1})
+            with pytest.raises(ValueError, match="labels: 'site' must be text"):
+                await cc.map(_calls_helpers, range(2), labels={"site": 1})
             with pytest.raises(ValueError, match="neither a .py file nor a package folder"):
                 await cc.map(_calls_helpers, range(2), modules=[str(tmp_path / "nope.txt")])
             with pytest.raises(ValueError, match="portable"):

@@ -140,6 +140,9 @@ def read_modules(modules: Iterable[Any]) -> ModuleBundle:
 
 def _source_path(entry: Any) -> Path:
     if isinstance(entry, types.ModuleType):
+        top = entry.__name__.split(".")[0]
+        if top != entry.__name__ and top in sys.modules:  # pkg.helpers: the package travels whole
+            entry = sys.modules[top]
         file = getattr(entry, "__file__", None)
         if not file or not file.endswith(".py"):
             raise ValueError(f"modules: {entry.__name__!r} has no Python source file to send")
