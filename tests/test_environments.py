@@ -121,3 +121,22 @@ def test_the_cache_evicts_the_least_recently_used_environment_but_never_one_in_u
 
     old, new, newest = arun(body())
     assert not old.exists() and not new.exists() and newest.exists()
+
+
+def test_by_default_packages_come_from_where_pip_is_configured(tmp_path, monkeypatch):
+    from worker.environments import InstallSource
+
+    config = tmp_path / "pip.conf"
+    config.write_text("[global]\nindex-url = https://mirror.example/simple\nfind-links = /srv/wheels\n")
+    for name in ("PIP_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))  # read last: it wins over the machine's files
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://extra.example/simple")
+    source = InstallSource.from_pip([], None, False)
+    assert source.uv_options() == [
+        "--find-links=/srv/wheels",
+        "--index-url=https://mirror.example/simple",
+        "--extra-index-url=https://extra.example/simple",
+    ]
+    given = InstallSource.from_pip([str(tmp_path)], None, True)  # the worker's options win
+    assert given.uv_options() == [f"--find-links={tmp_path}", "--index-url=https://mirror.example/simple", "--no-index"]

@@ -59,11 +59,13 @@ class InstallSource:
     find_links: list[str] = field(default_factory=list)
     index_url: str | None = None
     no_index: bool = False
+    extra_index_urls: list[str] = field(default_factory=list)  # from pip's configuration only
 
     def uv_options(self) -> list[str]:
         options = [f"--find-links={link}" for link in self.find_links]
         if self.index_url:
             options.append(f"--index-url={self.index_url}")
+        options += [f"--extra-index-url={url}" for url in self.extra_index_urls]
         if self.no_index:
             options.append("--no-index")
         return options
@@ -75,7 +77,8 @@ class InstallSource:
         links = list(find_links) or config.get("find-links", "").split()
         index = index_url or config.get("index-url") or None
         offline = no_index or config.get("no-index", "").lower() in ("1", "true", "yes", "on")
-        return cls(links, index, offline)
+        extra = [] if index_url or offline else config.get("extra-index-url", "").split()
+        return cls(links, index, offline, extra)
 
 
 def _pip_config() -> dict[str, str]:
@@ -97,7 +100,7 @@ def _pip_config() -> dict[str, str]:
     for section in ("global", "install"):
         if parser.has_section(section):
             found.update(parser.items(section))
-    for name in ("index-url", "find-links", "no-index"):
+    for name in ("index-url", "extra-index-url", "find-links", "no-index"):
         value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
         if value is not None:
             found[name] = value
