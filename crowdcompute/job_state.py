@@ -204,6 +204,8 @@ class JobMachine:
 
     def outcomes(self) -> list[Any]:
         """The results in input order, errors in place of the failed items."""
+        if not self.errors and self.completed == self.total:
+            return self.results[:]  # the common case, without a loop per item
         return [self.errors[i] if r is MISSING else r for i, r in enumerate(self.results)]
 
     # --- the events -------------------------------------------------------------
