@@ -40,6 +40,21 @@ def test_a_registered_renderer_follows_the_job_and_a_done_job_shows_none(monkeyp
     assert show_progress(Job("j2", []), "widget") is None  # an empty job is over before it starts
 
 
+def test_a_renderer_named_by_an_installed_packages_entry_point_is_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(progress, "_renderers", dict(progress._renderers))
+    (tmp_path / "plotter.py").write_text("class Bar:\n    def __init__(self, job):\n        self.job = job\n")
+    info = tmp_path / "plotter-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plotter\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{progress.RENDERER_GROUP}]\nplot = plotter:Bar\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    job = Job("j1", ["a"])
+    shown = progress._renderer("plot")(job)
+    assert type(shown).__module__ == "plotter" and shown.job is job
+    assert progress._renderer("nothing-installed") is None
+    sys.modules.pop("plotter", None)
+
+
 def test_the_sdk_imports_no_jupyter_package_and_the_jupyter_layer_registers_its_widget():
     code = (
         "import sys, crowdcompute.client, crowdcompute.progress as p\n"
