@@ -28,7 +28,7 @@ from crowdcompute.wire.runtime import runtime_mismatch
 
 from .http import StatusPages
 from .journal import Journal, read_outcome_frame, read_outcome_ids
-from .scheduler import Action, Scheduler
+from .scheduler import RESULT_TTL, Action, Scheduler
 from .state import Close, Note, Replay, Send
 
 __all__ = [
@@ -65,31 +65,33 @@ Handler = Callable[[Scheduler, str, Any], list[Action]]
 
 @dataclass(frozen=True)
 class Route:
-    """Who may send a message type, and the scheduler call that handles it."""
+    """Which role may send a message type, and the scheduler call that handles it."""
 
+    message_type: type[p.Message]
     role: Role
     handler: Handler
 
 
 def _route(message_type: type[M], role: Role, handler: Callable[[Scheduler, str, M], list[Action]]) -> Route:
     """A table entry whose handler type-checks against its message type."""
-    return Route(role, handler)
+    return Route(message_type, role, handler)
 
 
-#: Every message a peer may send after its Hello: its type -> the role that may send it and its handler.
+#: Every message a peer may send after its Hello, by type: who may send it and what handles it.
 ROUTES: dict[type[p.Message], Route] = {
-    p.SubmitJob: _route(p.SubmitJob, Role.CLIENT, lambda s, conn, msg: s.submit_job(conn, msg)),
-    p.SubmitTask: _route(p.SubmitTask, Role.CLIENT, lambda s, conn, msg: s.submit_task(conn, msg)),
-    p.CancelJob: _route(p.CancelJob, Role.CLIENT, lambda s, conn, msg: s.cancel_job(conn, msg.job_id)),
-    p.StatusRequest: _route(
-        p.StatusRequest, Role.CLIENT, lambda s, conn, msg: [Send(conn, p.StatusReply.of(s.status()))]
-    ),
-    p.AttachJob: _route(p.AttachJob, Role.CLIENT, lambda s, conn, msg: s.attach_job(conn, msg.job_id)),
-    p.CollectJob: _route(p.CollectJob, Role.CLIENT, lambda s, conn, msg: s.collect_job(conn, msg.job_id)),
-    p.TaskDone: _route(p.TaskDone, Role.WORKER, lambda s, conn, msg: s.task_done(conn, msg)),
-    p.TaskCrashed: _route(p.TaskCrashed, Role.WORKER, lambda s, conn, msg: s.task_crashed(conn, msg)),
-    p.TaskOutput: _route(p.TaskOutput, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
-    p.WorkerDraining: _route(p.WorkerDraining, Role.WORKER, lambda s, conn, msg: s.worker_draining(conn)),
+    route.message_type: route
+    for route in (
+        _route(p.SubmitJob, Role.CLIENT, lambda s, conn, msg: s.submit_job(conn, msg)),
+        _route(p.SubmitTask, Role.CLIENT, lambda s, conn, msg: s.submit_task(conn, msg)),
+        _route(p.CancelJob, Role.CLIENT, lambda s, conn, msg: s.cancel_job(conn, msg.job_id)),
+        _route(p.StatusRequest, Role.CLIENT, lambda s, conn, msg: [Send(conn, p.StatusReply.of(s.status()))]),
+        _route(p.AttachJob, Role.CLIENT, lambda s, conn, msg: s.attach_job(conn, msg.job_id)),
+        _route(p.CollectJob, Role.CLIENT, lambda s, conn, msg: s.collect_job(conn, msg.job_id)),
+        _route(p.TaskDone, Role.WORKER, lambda s, conn, msg: s.task_done(conn, msg)),
+        _route(p.TaskCrashed, Role.WORKER, lambda s, conn, msg: s.task_crashed(conn, msg)),
+        _route(p.TaskOutput, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
+        _route(p.WorkerDraining, Role.WORKER, lambda s, conn, msg: s.worker_draining(conn)),
+    )
 }
 
 
@@ -177,8 +179,9 @@ class ForemanServer:
         self._connections = 0
         self._open_journal = journal
         self.journal: Journal | None = None
-        options = {} if result_ttl is None else {"result_ttl": result_ttl}
-        self.scheduler = Scheduler(journaled=journal is not None, **options)
+        self.scheduler = Scheduler(
+            journaled=journal is not None, result_ttl=RESULT_TTL if result_ttl is None else result_ttl
+        )
         self._peers: dict[str, _Peer] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
