@@ -267,7 +267,7 @@ class WorkerAgent:
                     outcome.seconds,
                     setup=self._setup.pop(task.job_id, 0.0),
                 )
-            elif isinstance(outcome, Lost) and outcome.error != "cancelled":
+            elif isinstance(outcome, Lost) and outcome.error is not None:
                 log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
                 reply = p.TaskCrashed(task.job_id, task.task_id, task.attempt, outcome.error, outcome.reason)
             else:

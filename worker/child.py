@@ -98,7 +98,7 @@ def main(conn: Connection, site: str | None = None) -> None:
     if site is not None:
         use_environment(site)
     stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
-    sys.stdout, sys.stderr = outputs  # type: ignore[assignment]
+    sys.stdout, sys.stderr = outputs
     functions: dict[str, Callable[[Any], Any] | BaseException] = {}
     while True:
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import ProtocolError
 from .constants import EnvironmentState, ErrorKind, Role, Serializer
@@ -75,8 +75,8 @@ class Hello(Message):
     slots: int = 0
     python: str = ""
     cloudpickle: str = ""
-    resources: dict = field(default_factory=dict)  # a worker's resources: name -> amount (gpu: 1)
-    labels: dict = field(default_factory=dict)  # a worker's labels: name -> text (site: lab1)
+    resources: dict[str, float] = field(default_factory=dict)  # a worker's resources: name -> amount (gpu: 1)
+    labels: dict[str, str] = field(default_factory=dict)  # a worker's labels: name -> text (site: lab1)
     installs: bool = True  # a worker builds the environments of jobs with requirements (not --no-install)
 
     def validate(self) -> None:
@@ -131,8 +131,8 @@ class SubmitJob(Message):
     redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
     serializer: Serializer = Serializer.CLOUDPICKLE
     ack: bool = True  # answer JobAccepted (a client that waits on the results anyway needs none)
-    resources: dict = field(default_factory=dict)  # each task needs this much free of each resource
-    labels: dict = field(default_factory=dict)  # each task runs only on workers with these labels
+    resources: dict[str, float] = field(default_factory=dict)  # each task needs this much free of each resource
+    labels: dict[str, str] = field(default_factory=dict)  # each task runs only on workers with these labels
     requirements: list[str] = field(default_factory=list)  # packages its environment must have
 
     def validate(self) -> None:
@@ -285,11 +285,11 @@ class StatusReply(Message):
     body: bytes
 
     @classmethod
-    def of(cls, status: dict) -> StatusReply:
+    def of(cls, status: dict[str, Any]) -> StatusReply:
         return cls(json.dumps(status, separators=(",", ":")).encode())
 
     @property
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """The status as a dict; raises ProtocolError when the body is not a JSON object."""
         try:
             value = json.loads(bytes(self.body))
@@ -419,7 +419,7 @@ class EnvironmentStatus(Message):
 MAX_NEEDS = 100
 
 
-def _check_resources(kind: str, resources: dict) -> None:
+def _check_resources(kind: str, resources: dict[str, float]) -> None:
     _require(len(resources) <= MAX_NEEDS, f"{kind}: at most {MAX_NEEDS} resources")
     for name, amount in resources.items():
         _require(
@@ -428,7 +428,7 @@ def _check_resources(kind: str, resources: dict) -> None:
         )
 
 
-def _check_labels(kind: str, labels: dict) -> None:
+def _check_labels(kind: str, labels: dict[str, str]) -> None:
     _require(len(labels) <= MAX_NEEDS, f"{kind}: at most {MAX_NEEDS} labels")
     for name, value in labels.items():
         _require(isinstance(value, str), f"{kind}: label {name!r} must be text, not {value!r}")
