@@ -140,3 +140,29 @@ def test_by_default_packages_come_from_where_pip_is_configured(tmp_path, monkeyp
     ]
     given = InstallSource.from_pip([str(tmp_path)], None, True)  # the worker's options win
     assert given.uv_options() == [f"--find-links={tmp_path}", "--index-url=https://mirror.example/simple", "--no-index"]
+
+
+def test_two_jobs_needing_the_same_environment_build_it_once(wheels, tmp_path):
+    from worker.environments import Environments, InstallSource
+
+    cache = Environments(InstallSource([str(wheels)], None, True), root=tmp_path / "envs")
+    builds = []
+    build = cache._build
+
+    def counted(folder, requirements):
+        builds.append(requirements)
+        build(folder, requirements)
+
+    cache._build = counted
+
+    async def body():
+        # Two jobs of this worker, and a second cache object standing for another worker of this user.
+        other = Environments(cache.source, root=cache.root)
+        other._build = counted
+        return await asyncio.gather(
+            cache.ensure(["tinypkg==1.1"]), cache.ensure(["tinypkg==1.1"]), other.ensure(["tinypkg==1.1"])
+        )
+
+    (first, _), (second, _), (third, _) = arun(body())
+    assert first == second == third
+    assert builds == [["tinypkg==1.1"]]
