@@ -76,6 +76,8 @@ class CrowdComputeClient:
     ``trust_workers=False`` results are decoded as plain data only (builtin
     containers and scalars, numpy arrays); anything else raises
     UntrustedPayloadError, and remote exceptions stay TaskErrors with text.
+    By default (None) that happens only to results that untrusted volunteers
+    returned; ``trust_workers=True`` unpickles those too.
     """
 
     def __init__(
@@ -89,7 +91,7 @@ class CrowdComputeClient:
         reconnect_timeout: float = 60,
         task_timeout: float | None = None,
         cafile: str | None = None,
-        trust_workers: bool = True,
+        trust_workers: bool | None = None,
         serializer: str = "cloudpickle",
     ) -> None:
         self.host = host
@@ -111,6 +113,7 @@ class CrowdComputeClient:
         self._accepting: dict[str, asyncio.Future] = {}
         self._attaching: dict[str, asyncio.Future] = {}
         self._status_waiters: deque[asyncio.Future] = deque()
+        self._admin_waiters: deque[asyncio.Future] = deque()  # answers come in the order of the requests
 
     @property
     def connected(self) -> bool:
@@ -279,6 +282,34 @@ class CrowdComputeClient:
         self._link.send(p.StatusRequest())
         return await asyncio.wait_for(waiter, self.timeout)
 
+    async def invite(
+        self, name: str, *, slots: int = 0, expires_in: float | None = None, trusted: bool = False
+    ) -> tuple[str, dict]:
+        """Admin: a credential for volunteer ``name``, and the volunteer as the foreman records it.
+
+        Raises CrowdComputeError saying why the foreman refused (a bad name, a name with a valid credential).
+        """
+        answer = await self._admin(p.InviteVolunteer(name, slots, expires_in, trusted))
+        return answer["credential"], answer["volunteer"]
+
+    async def revoke(self, name: str) -> dict:
+        """Admin: refuse volunteer ``name`` from now on; its connections close. Its record, and how many closed."""
+        return await self._admin(p.RevokeVolunteer(name))
+
+    async def volunteers(self) -> list[dict]:
+        """Admin: every invited volunteer and its record (tasks done, agreed, disagreed, missed deadlines...)."""
+        return (await self._admin(p.ListVolunteers()))["volunteers"]
+
+    async def _admin(self, request: p.Message) -> dict:
+        self._require_connection()
+        waiter = asyncio.get_running_loop().create_future()
+        self._admin_waiters.append(waiter)
+        self._link.send(request)
+        answer = await asyncio.wait_for(waiter, self.timeout)
+        if "error" in answer:
+            raise CrowdComputeError(f"the foreman refused: {answer['error']}")
+        return answer
+
     async def _submit(
         self,
         func: Callable,
@@ -381,7 +412,7 @@ class CrowdComputeClient:
         if isinstance(msg, p.TaskResult):
             if job is not None:
                 job._timed(msg, feed.sent_at.get(msg.task_id) if feed else None)
-                job._deliver(msg.first_index, msg.count, msg.payload)
+                job._deliver(msg.first_index, msg.count, msg.payload, msg.trusted)
         elif isinstance(msg, p.TaskOutput):
             if job is not None:
                 job._output(msg.index, msg.stream, msg.text)
@@ -401,6 +432,17 @@ class CrowdComputeClient:
                 job._lose(error)
             else:
                 log.warning("%s", error)
+        elif isinstance(msg, p.JobWaiting):
+            if job is not None:
+                job._waiting(msg.reason)
+        elif isinstance(msg, p.VolunteersReply):
+            if self._admin_waiters:
+                waiter = self._admin_waiters.popleft()
+                try:
+                    _resolve(waiter, msg.answer)
+                except CrowdComputeError as exc:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
         elif isinstance(msg, p.StatusReply):
             if self._status_waiters:
                 waiter = self._status_waiters.popleft()
@@ -440,7 +482,12 @@ class CrowdComputeClient:
                 self._link.send(p.AttachJob(job_id))
 
     def _connection_lost(self, lost: ConnectionLostError) -> None:
-        for waiter in [*self._accepting.values(), *self._attaching.values(), *self._status_waiters]:
+        for waiter in [
+            *self._accepting.values(),
+            *self._attaching.values(),
+            *self._status_waiters,
+            *self._admin_waiters,
+        ]:
             if not waiter.done():
                 waiter.set_exception(lost)
         for job in list(self._jobs.values()):

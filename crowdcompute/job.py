@@ -61,7 +61,7 @@ class Job:
         *,
         total: int | None = None,
         name: str = "",
-        trusted: bool = True,
+        trusted: bool | None = None,
         call: bool = False,
         portable: bool = False,
     ) -> None:
@@ -75,7 +75,8 @@ class Job:
         self.finished: float | None = None
         self._client = client
         self._items = items  # kept to show the input of a failed item (None after attach)
-        self._trusted = trusted
+        self._trusted = trusted  # True: unpickle every result; False: none; None: trusted workers' only
+        self.waiting = ""  # what the foreman says the job waits for beyond free slots
         self._call = call  # one call of run(): errors name no item
         self._portable = portable  # outcomes are JSON
         self.slots = 0  # slots on the foreman when it was submitted (for stats)
@@ -203,14 +204,18 @@ class Job:
                 msg.attempts,
                 None if sent_at is None else now - sent_at,
                 now,
+                msg.trusted,
             )
         )
 
-    def _deliver(self, first_index: int, count: int, payload: bytes) -> None:
+    def _deliver(self, first_index: int, count: int, payload: bytes, from_trusted: bool = True) -> None:
+        """Decode a task's outcomes: a result only untrusted volunteers returned is unpickled
+        only when the job opted in with ``trust_workers=True``; else it must be plain data."""
         if self.done or first_index < 0 or first_index + count > self.total:
             return
         started = time.perf_counter()
-        values, errors = decode_outcomes(payload, count, self._trusted, self._portable)
+        trusted = self._trusted is True or (self._trusted is None and from_trusted)
+        values, errors = decode_outcomes(payload, count, trusted, self._portable)
         self.decode_seconds += time.perf_counter() - started
         if first_index in self._delivered:
             return  # the same task again (a replay after a reconnect): each result reaches the user once
@@ -232,7 +237,7 @@ class Job:
             else:
                 value = errors[offset]
                 if isinstance(value, dict):  # the user's exception, as plain data
-                    value = build_task_error(value, *self._where(index), trusted=self._trusted)
+                    value = build_task_error(value, *self._where(index), trusted=trusted)
                 value.index = index if not self._call else None
                 self._errors[index] = value
                 self.failed += 1
@@ -249,6 +254,12 @@ class Job:
                 self.failed += 1
                 self._announce(index, failure)
         self._changed()
+
+    def _waiting(self, reason: str) -> None:
+        """The foreman says what the job waits for (empty: nothing beyond free slots)."""
+        if reason != self.waiting and not self.done:
+            self.waiting = reason
+            self._notify()
 
     def _output(self, index: int, stream: str, text: str) -> None:
         if not self._output_listeners:

@@ -36,6 +36,7 @@ class TaskTiming:
     attempts: int
     round_trip: float | None  # from sending it to its outcome arriving (None after attach)
     arrived: float  # monotonic time its outcome arrived
+    trusted: bool = True  # False: only untrusted volunteers returned it
 
     @property
     def transit(self) -> float | None:
@@ -62,6 +63,7 @@ class JobStats:
     serializing: float
     decoding: float
     tasks: list[TaskTiming] = field(default_factory=list)
+    waiting: str = ""  # what the job waits for beyond free slots ("task 12 needs 1 more distinct worker")
 
     @classmethod
     def of(cls, job: Job) -> JobStats:
@@ -74,6 +76,7 @@ class JobStats:
             serializing=job.serialize_seconds,
             decoding=job.decode_seconds,
             tasks=list(job.timings),
+            waiting=getattr(job, "waiting", ""),
         )
 
     @property
@@ -86,6 +89,11 @@ class JobStats:
             w.tasks += 1
             w.busy += t.seconds
         return found
+
+    @property
+    def untrusted_workers(self) -> int:
+        """Untrusted volunteers whose results the job used (decoded as plain data unless trust_workers=True)."""
+        return len({t.worker for t in self.tasks if not t.trusted})
 
     @property
     def mean_task(self) -> float:
@@ -132,6 +140,10 @@ class JobStats:
         )
         if self.extra_attempts:
             text += f"; {self.extra_attempts} reassigned or retried"
+        if self.untrusted_workers:
+            text += f"; results from {self.untrusted_workers} untrusted workers"
+        if self.waiting:
+            text += f"; waiting: {self.waiting}"
         return text
 
     def hints(self) -> list[str]:

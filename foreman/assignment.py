@@ -77,7 +77,7 @@ def _take(job: Job, worker: Worker) -> Task | None:
     if job.redundancy == 1:
         return job.tasks[job.queue.popleft()]
     for position, task_id in enumerate(job.queue):
-        if worker.worker_id not in job.tasks[task_id].tried:
+        if worker.key not in job.tasks[task_id].tried:
             del job.queue[position]
             return job.tasks[task_id]
     return None
@@ -92,7 +92,9 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     task.state = TaskState.RUNNING
     task.attempt += 1
     task.leases[worker.worker_id] = task.attempt
-    task.tried.add(worker.worker_id)
+    task.tried.add(worker.key)
+    if not worker.trusted:
+        job.untrusted.add(worker.key)
     task.assigned_at = now
     worker.running.add((job.job_id, task.task_id))
     assert task.payload is not None

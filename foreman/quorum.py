@@ -1,4 +1,12 @@
-"""Redundant execution: accept a task's outcome when a majority of its runs agree.
+"""Redundant execution: accept a task's outcome when ``quorum`` of its runs agree.
+
+A job asks for ``redundancy=k`` runs of each task on distinct workers and
+``quorum=q`` agreeing outcomes (default: a strict majority of k). An outcome
+is accepted the moment q runs returned the same bytes: with k=3 and the
+default q=2, two agreeing runs decide and the third run's outcome is only
+counted for its worker's record. When all k runs are in and no outcome has
+q votes, a fresh round of k runs starts on workers that have not run the
+task; after ROUNDS rounds the task fails with QuorumError.
 
 Runs are compared by a digest of the outcome bytes the worker sent (the
 foreman hashes them; it never decodes them). Each worker's agreements and
@@ -15,7 +23,17 @@ from crowdcompute.wire import messages as p
 
 from .state import Note, Task, Worker
 
-__all__ = ["QUARANTINE_AFTER", "ROUNDS", "Verdict", "digest", "disagreement", "quorum", "tally", "vote"]
+__all__ = [
+    "QUARANTINE_AFTER",
+    "ROUNDS",
+    "Verdict",
+    "digest",
+    "disagreement",
+    "missed_deadline",
+    "quorum",
+    "tally",
+    "vote",
+]
 
 #: Rounds of k runs a task gets to reach a majority before it fails.
 ROUNDS = 2
@@ -35,9 +53,18 @@ class Verdict:
 
 
 def vote(
-    task: Task, redundancy: int, worker_id: str, msg: p.TaskDone, workers: dict[str, Worker], done: bool
+    task: Task,
+    redundancy: int,
+    worker_id: str,
+    msg: p.TaskDone,
+    workers: dict[str, Worker],
+    done: bool,
+    needed: int = 0,
 ) -> Verdict:
-    """Count ``msg`` as ``worker_id``'s run of ``task``; ``done``: the task already has its outcome."""
+    """Count ``msg`` as ``worker_id``'s run of ``task``; ``done``: the task already has its outcome.
+
+    ``needed``: agreeing runs that accept an outcome (0: a strict majority of ``redundancy``).
+    """
     ballot = digest(msg)
     verdict = Verdict()
     if done:  # a late run: count its agreement with the majority, if there was one
@@ -46,7 +73,7 @@ def vote(
         return verdict
     task.votes.setdefault(ballot, []).append(worker_id)
     task.ballots.setdefault(ballot, msg)
-    if len(task.votes[ballot]) >= quorum(redundancy):
+    if len(task.votes[ballot]) >= (needed or quorum(redundancy)):
         task.winner = ballot
         for voted, voters in task.votes.items():
             for voter in voters:
@@ -81,17 +108,32 @@ def tally(worker: Worker | None, agreed: bool) -> Note | None:
     """Count a run against the majority; a Note when the worker is quarantined by it."""
     if worker is None:
         return None
+    record = worker.record  # its volunteer's, when it joined with an invite: quarantine follows the credential
     if agreed:
-        worker.agreed += 1
+        record.agreed += 1
         return None
-    worker.disagreed += 1
-    if not worker.quarantined and worker.disagreed >= QUARANTINE_AFTER and worker.disagreed > worker.agreed:
-        worker.quarantined = True
+    record.disagreed += 1
+    return _judge(worker, "disagreed with the majority")
+
+
+def _judge(worker: Worker, what: str) -> Note | None:
+    """Quarantine a worker whose failures (disagreements and missed deadlines) outweigh its agreements."""
+    record = worker.record
+    failures = record.disagreed + record.missed
+    if not record.quarantined and failures >= QUARANTINE_AFTER and failures > record.agreed:
+        record.quarantined = True
+        who = worker.name if worker.identity in (None, worker.name) else f"{worker.name} (volunteer {worker.identity})"
         return Note(
-            f"quarantined worker {worker.name}: it disagreed with the majority {worker.disagreed} times "
-            f"and agreed {worker.agreed} times; it gets no more work"
+            f"quarantined worker {who}: it {what}; it disagreed {record.disagreed} times, missed "
+            f"{record.missed} deadlines and agreed {record.agreed} times; it gets no more work"
         )
     return None
+
+
+def missed_deadline(worker: Worker) -> Note | None:
+    """Count a lease the worker held past its deadline; a Note when that quarantines it."""
+    worker.record.missed += 1
+    return _judge(worker, "missed a deadline")
 
 
 def disagreement(task: Task, workers: dict[str, Worker]) -> str:

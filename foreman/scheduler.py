@@ -26,12 +26,14 @@ from crowdcompute.wire.constants import CloseCode, ErrorKind, Serializer
 
 from . import quorum
 from .assignment import assign, drop_leases, enqueue, unlease
+from .credentials import Registry, Volunteer
 from .limits import (
     ALLOWED_FAILURES,
     ENDED_JOBS_SHOWN,
     MAX_QUEUED_BYTES,
     MAX_QUEUED_BYTES_TOTAL,
     MAX_QUEUED_TASKS,
+    MAX_SLOTS_PER_WORKER,
     RESULT_TTL,
 )
 from .state import (
@@ -45,6 +47,7 @@ from .state import (
     SaveJobState,
     SaveResult,
     SaveTask,
+    SaveVolunteer,
     Send,
     Task,
     TaskState,
@@ -53,7 +56,7 @@ from .state import (
 
 __all__ = ["ALLOWED_FAILURES", "MAX_QUEUED_BYTES", "MAX_QUEUED_TASKS", "RESULT_TTL", "Action", "Scheduler"]
 
-Action = Send | Close | Note | Replay | SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob
+Action = Send | Close | Note | Replay | SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob | SaveVolunteer
 
 
 class Scheduler:
@@ -73,8 +76,11 @@ class Scheduler:
         max_queued_tasks: int = MAX_QUEUED_TASKS,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
         max_queued_bytes_total: int = MAX_QUEUED_BYTES_TOTAL,
+        max_slots_per_worker: int = MAX_SLOTS_PER_WORKER,
     ) -> None:
         self.allowed_failures = allowed_failures
+        self.max_slots_per_worker = max_slots_per_worker
+        self.volunteers = Registry()  # invited workers' credential digests and records
         self.max_queued_tasks = max_queued_tasks
         self.max_queued_bytes = max_queued_bytes
         self.max_queued_bytes_total = max_queued_bytes_total
@@ -106,9 +112,26 @@ class Scheduler:
                 job.client = None
         return []
 
-    def add_worker(self, worker_id: str, name: str, slots: int, portable_only: bool = False) -> list[Action]:
-        self.workers[worker_id] = Worker(worker_id, name, slots, portable_only=portable_only)
-        return self._assign()
+    def add_worker(
+        self, worker_id: str, name: str, slots: int, portable_only: bool = False, volunteer: Volunteer | None = None
+    ) -> list[Action]:
+        """A worker joined (``volunteer``: the invite it joined with). Slots are granted, not claimed:
+        at most ``max_slots_per_worker``, or the invite's ``--slots``."""
+        cap = min(self.max_slots_per_worker, volunteer.slots or self.max_slots_per_worker) if volunteer else None
+        granted = max(1, min(slots, cap or self.max_slots_per_worker))
+        worker = Worker(worker_id, name, granted, portable_only=portable_only, volunteer=volunteer, claimed=slots)
+        if volunteer is not None:
+            worker.record = volunteer.record  # reputation follows the credential, not the name
+        self.workers[worker_id] = worker
+        actions: list[Action] = []
+        if granted < slots:
+            limit = "its invite's --slots" if volunteer and volunteer.slots else "--max-slots-per-worker"
+            actions.append(Note(f"worker {name} claims {slots} slots; it is granted {granted} ({limit})"))
+        if volunteer is not None:
+            actions.append(SaveVolunteer(volunteer))
+            if worker.quarantined:
+                actions.append(Note(f"worker {name} joined as volunteer {volunteer.name}, which is quarantined"))
+        return actions + self._assign()
 
     def remove_worker(self, worker_id: str) -> list[Action]:
         """A worker went away: its leased tasks go back to the front of their queues."""
@@ -170,6 +193,8 @@ class Scheduler:
             retries=msg.retries,
             name=msg.name,
             redundancy=msg.redundancy,
+            quorum=msg.quorum,
+            quorum_timeout=msg.quorum_timeout,
             serializer=msg.serializer,
             ack=msg.ack,
             created_at=self.clock(),
@@ -212,6 +237,58 @@ class Scheduler:
         if job.job_id in self._ready:
             self._ready.remove(job.job_id)
         return [self._save_state(job), *self._release(job), *self._archive(job), *self._assign()]
+
+    # --- volunteers (admin requests from a client holding the client token) --------
+
+    def invite_volunteer(self, client_id: str, msg: p.InviteVolunteer) -> list[Action]:
+        """A credential for a new volunteer; the reply holds it, the journal only its digest."""
+        try:
+            credential, volunteer = self.volunteers.invite(
+                msg.name, self.clock(), slots=msg.slots, expires_in=msg.expires_in, trusted=msg.trusted
+            )
+        except ValueError as exc:
+            return [Send(client_id, p.VolunteersReply.of({"error": str(exc)}))]
+        answer = {"credential": credential, "volunteer": volunteer.summary(self.clock())}
+        trust = "trusted" if volunteer.trusted else "untrusted"
+        return [
+            SaveVolunteer(volunteer),
+            Note(f"invited volunteer {volunteer.name} ({trust}, slots {volunteer.slots or 'default'})"),
+            Send(client_id, p.VolunteersReply.of(answer)),
+        ]
+
+    def revoke_volunteer(self, client_id: str, msg: p.RevokeVolunteer) -> list[Action]:
+        """Refuse a volunteer from now on: its connections close and their tasks run elsewhere."""
+        try:
+            volunteer = self.volunteers.revoke(msg.name, self.clock())
+        except KeyError as exc:
+            return [Send(client_id, p.VolunteersReply.of({"error": exc.args[0]}))]
+        actions: list[Action] = [SaveVolunteer(volunteer)]
+        connections = [w for w in self.workers.values() if w.volunteer is volunteer]
+        for worker in connections:
+            worker.draining = True  # its tasks are handed back, not counted as crashes
+            actions += self.remove_worker(worker.worker_id)
+            actions.append(Close(worker.worker_id, CloseCode.POLICY, "credential revoked"))
+        actions.append(Note(f"revoked volunteer {volunteer.name}: closed {len(connections)} connections"))
+        answer = {"volunteer": volunteer.summary(self.clock()), "closed": len(connections)}
+        return actions + [Send(client_id, p.VolunteersReply.of(answer))]
+
+    def list_volunteers(self, client_id: str) -> list[Action]:
+        now = self.clock()
+        connected: dict[str, list[str]] = {}
+        for worker in self.workers.values():
+            if worker.identity is not None:
+                connected.setdefault(worker.identity, []).append(worker.name)
+        volunteers = []
+        for volunteer in sorted(self.volunteers.by_name.values(), key=lambda v: v.created_at):
+            summary = volunteer.summary(now)
+            summary["connected"] = connected.get(volunteer.name, [])
+            volunteers.append(summary)
+        return [Send(client_id, p.VolunteersReply.of({"volunteers": volunteers}))]
+
+    def _save_records(self, worker_ids) -> list[Action]:
+        """Journal the records of the volunteers among ``worker_ids``."""
+        found = {id(w.volunteer): w.volunteer for w in map(self.workers.get, worker_ids) if w and w.volunteer}
+        return [SaveVolunteer(volunteer) for volunteer in found.values()]
 
     def attach_job(self, client_id: str, job_id: str) -> list[Action]:
         """Follow a job: its size and state, then every outcome so far, then the rest."""
@@ -267,8 +344,11 @@ class Scheduler:
         job.completed_items += task.count - msg.failed
         job.failed_items += msg.failed
         worker = self.workers.get(worker_id)
+        records: list[Action] = []
         if worker is not None:
-            worker.tasks_done += 1
+            worker.record.tasks_done += 1
+            if worker.volunteer is not None:
+                records.append(SaveVolunteer(worker.volunteer))
         result = p.TaskResult(
             job.job_id,
             task.task_id,
@@ -280,13 +360,25 @@ class Scheduler:
             seconds=msg.seconds,
             queued=max(0.0, task.assigned_at - task.received_at),
             attempts=task.attempt,
+            trusted=self._trusted_outcome(task, worker_id),
         )
-        return self._outcome(job, task, result)
+        return records + self._outcome(job, task, result)
+
+    def _trusted_outcome(self, task: Task, worker_id: str) -> bool:
+        """Whether a trusted worker returned these bytes: the one reporting, or one that agreed with it."""
+        voters = task.votes.get(task.winner, []) if task.winner is not None else []
+        workers = [self.workers.get(w) for w in [worker_id, *voters]]
+        return any(w is not None and w.trusted for w in workers)
 
     def _vote(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
         """A redundant run reported: accept the outcome once a majority agrees."""
-        verdict = quorum.vote(task, job.redundancy, worker_id, msg, self.workers, done=task.state is TaskState.DONE)
+        if task.first_outcome_at is None:
+            task.first_outcome_at = self.clock()
+        done = task.state is TaskState.DONE
+        verdict = quorum.vote(task, job.redundancy, worker_id, msg, self.workers, done=done, needed=job.quorum)
         actions: list[Action] = list(verdict.notes)
+        voters = {worker_id, *(w for ws in task.votes.values() for w in ws)}
+        actions += self._save_records(voters)
         if verdict.accepted is not None:
             return actions + self._result(job, task, verdict.voter, verdict.accepted)
         if verdict.rerun:
@@ -332,8 +424,9 @@ class Scheduler:
 
     # --- restart -----------------------------------------------------------
 
-    def restore(self, jobs: list[Job], ended: list[dict]) -> list[Action]:
-        """Take back jobs from the journal after a restart: unfinished tasks queue again."""
+    def restore(self, jobs: list[Job], ended: list[dict], volunteers: list[Volunteer] = ()) -> list[Action]:
+        """Take back jobs and volunteers from the journal after a restart: unfinished tasks queue again."""
+        self.volunteers.restore(list(volunteers))
         actions: list[Action] = []
         for summary in ended:
             self.ended[summary["id"]] = summary
@@ -356,7 +449,11 @@ class Scheduler:
         public = ("id", "name", "total", "completed", "failed", "state")
         return {
             "workers": [worker.summary() for worker in self.workers.values()],
-            "jobs": [job.summary() for job in self.jobs.values()] + [{k: s[k] for k in public} for s in ended],
+            "jobs": [job.summary() for job in self.jobs.values()]
+            + [
+                {**{k: s[k] for k in public}, "untrusted_workers": s.get("untrusted_workers", 0), "waiting": ""}
+                for s in ended
+            ],
             "clients": len(self.clients),
         }
 

@@ -25,8 +25,10 @@ from crowdcompute.wire.addresses import Address
 from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CloseCode, Role
 from crowdcompute.wire.runtime import runtime_mismatch
 
+from .credentials import CredentialRefused, Volunteer
 from .http import StatusPages
 from .journal import Journal, read_outcome_frame, read_outcome_ids
+from .limits import MAX_SLOTS_PER_WORKER
 from .scheduler import Action, Scheduler
 from .state import Close, Note, Replay, Send
 
@@ -58,7 +60,17 @@ EXPIRE_INTERVAL = 60.0
 #: Seconds a client with no running job may stay silent before it is closed (1000, "idle").
 IDLE_TIMEOUT = 3600.0
 
-_CLIENT_MESSAGES = (p.SubmitJob, p.SubmitTask, p.CancelJob, p.StatusRequest, p.AttachJob, p.CollectJob)
+#: Admin requests a client holding the client token may send (see foreman.credentials).
+_ADMIN_MESSAGES = (p.InviteVolunteer, p.RevokeVolunteer, p.ListVolunteers)
+_CLIENT_MESSAGES = (
+    p.SubmitJob,
+    p.SubmitTask,
+    p.CancelJob,
+    p.StatusRequest,
+    p.AttachJob,
+    p.CollectJob,
+    *_ADMIN_MESSAGES,
+)
 _WORKER_MESSAGES = (p.TaskDone, p.TaskCrashed, p.TaskOutput, p.WorkerDraining)
 
 
@@ -72,6 +84,7 @@ class _Peer:
     websocket: ServerConnection
     slots: int = 0
     mismatch: str | None = None  # why its runtime cannot take or give cloudpickle jobs
+    volunteer: Volunteer | None = None  # the invite a worker joined with (None: the shared worker token)
     last_seen: float = 0.0  # loop time of its last frame
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0  # in the outbox, not yet written
@@ -95,6 +108,7 @@ class ForemanServer:
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
         sock: socket.socket | None = None,
+        max_slots_per_worker: int = MAX_SLOTS_PER_WORKER,
     ) -> None:
         """``journal``: a Journal, or a function of the bound port that opens one."""
         if not token:
@@ -113,7 +127,7 @@ class ForemanServer:
         self._open_journal = journal
         self.journal: Journal | None = None
         options = {} if result_ttl is None else {"result_ttl": result_ttl}
-        self.scheduler = Scheduler(journaled=journal is not None, **options)
+        self.scheduler = Scheduler(journaled=journal is not None, max_slots_per_worker=max_slots_per_worker, **options)
         self._peers: dict[str, _Peer] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
@@ -147,7 +161,7 @@ class ForemanServer:
         self.journal = journal(self.port) if callable(journal) else journal
         if self.journal is not None:
             jobs, ended = self.journal.load()
-            self._execute(self.scheduler.restore(jobs, ended))
+            self._execute(self.scheduler.restore(jobs, ended, self.journal.load_volunteers()))
             if jobs:
                 log.info("resumed %d unfinished jobs from %s", len(jobs), self.journal.path)
         self._expiry = asyncio.create_task(self._expire_regularly())
@@ -216,7 +230,8 @@ class ForemanServer:
         )
         try:
             if peer.role == Role.WORKER:
-                log.info("worker %s connected from %s", peer.name, _where(websocket))
+                who = f" (volunteer {peer.volunteer.name})" if peer.volunteer else ""
+                log.info("worker %s%s connected from %s", peer.name, who, _where(websocket))
             self._execute(self._joined(peer))
             await self._read_frames(peer)
         finally:
@@ -257,18 +272,29 @@ class ForemanServer:
             await self._refuse(websocket, "version", reason, CloseCode.PROTOCOL_ERROR)
             return None
         expected = self.token if hello.role == Role.CLIENT else self.worker_token
+        volunteer = None
         if not hmac.compare_digest(hello.token.encode(), expected.encode()):
-            log.warning("refused %s %s: wrong or missing %s token", hello.role, _where(websocket), hello.role)
-            await asyncio.sleep(AUTH_FAILURE_DELAY)
-            await self._refuse(websocket, "auth", f"the foreman refused this {hello.role} token", CloseCode.POLICY)
-            return None
+            try:
+                if hello.role != Role.WORKER:
+                    raise CredentialRefused("wrong or missing client token")
+                volunteer = self.scheduler.volunteers.authenticate(hello.token, self.scheduler.clock())
+            except CredentialRefused as refused:
+                # Never the token itself: the log names the volunteer only when the credential was once valid.
+                log.warning("refused %s %s: %s", hello.role, _where(websocket), refused.reason)
+                await asyncio.sleep(AUTH_FAILURE_DELAY)
+                if refused.name is not None:
+                    await self._refuse(websocket, "revoked", refused.reason, CloseCode.POLICY)
+                else:
+                    reason = f"the foreman refused this {hello.role} token"
+                    await self._refuse(websocket, "auth", reason, CloseCode.POLICY)
+                return None
         conn_id = f"{hello.role[0]}{next(self._ids)}"
         name = hello.name or conn_id
         # Another Python or cloudpickle: cloudpickle jobs cannot cross, portable ones can.
         mismatch = runtime_mismatch(hello.role, hello.python, hello.cloudpickle)
         if mismatch is not None:
             log.warning("%s %s gets portable jobs only: %s", hello.role, name, mismatch)
-        return _Peer(conn_id, hello.role, name, websocket, hello.slots, mismatch=mismatch)
+        return _Peer(conn_id, hello.role, name, websocket, hello.slots, mismatch=mismatch, volunteer=volunteer)
 
     async def _refuse(self, websocket: ServerConnection, code: str, reason: str, close_code: int) -> None:
         try:
@@ -279,7 +305,9 @@ class ForemanServer:
 
     def _joined(self, peer: _Peer) -> list[Action]:
         if peer.role == Role.WORKER:
-            return self.scheduler.add_worker(peer.conn_id, peer.name, max(1, peer.slots), bool(peer.mismatch))
+            return self.scheduler.add_worker(
+                peer.conn_id, peer.name, max(1, peer.slots), bool(peer.mismatch), volunteer=peer.volunteer
+            )
         return self.scheduler.add_client(peer.conn_id, peer.mismatch)
 
     async def _read_frames(self, peer: _Peer) -> None:
@@ -316,6 +344,8 @@ class ForemanServer:
             return s.attach_job(peer.conn_id, msg.job_id)
         if isinstance(msg, p.CollectJob):
             return s.collect_job(peer.conn_id, msg.job_id)
+        if isinstance(msg, _ADMIN_MESSAGES):
+            return self._admin(peer, msg)
         if isinstance(msg, p.WorkerDraining):
             return s.worker_draining(peer.conn_id)
         if isinstance(msg, p.TaskDone):
@@ -325,6 +355,14 @@ class ForemanServer:
         if isinstance(msg, p.TaskOutput):
             return s.task_output(peer.conn_id, msg)
         raise AssertionError(f"unhandled message {msg.TYPE}")
+
+    def _admin(self, peer: _Peer, msg: p.Message) -> list[Action]:
+        s = self.scheduler
+        if isinstance(msg, p.InviteVolunteer):
+            return s.invite_volunteer(peer.conn_id, msg)
+        if isinstance(msg, p.RevokeVolunteer):
+            return s.revoke_volunteer(peer.conn_id, msg)
+        return s.list_volunteers(peer.conn_id)
 
     def _drop_peer(self, peer: _Peer, code: int, reason: str) -> None:
         log.warning("closed %s %s: %s", peer.role, peer.name, reason)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from crowdcompute.wire.messages import Message
 
+from .credentials import Record, Volunteer
+
 __all__ = [
     "Close",
     "DeleteJob",
@@ -19,6 +21,7 @@ __all__ = [
     "SaveJobState",
     "SaveResult",
     "SaveTask",
+    "SaveVolunteer",
     "Send",
     "Task",
     "TaskState",
@@ -95,6 +98,13 @@ class DeleteJob:
     job_id: str
 
 
+@dataclass(frozen=True)
+class SaveVolunteer:
+    """A volunteer's credential digest, terms and record (never the credential itself)."""
+
+    volunteer: Volunteer
+
+
 class TaskState(enum.Enum):
     QUEUED = "queued"  # waiting for a worker slot
     RUNNING = "running"  # leased to a worker (possibly still in its prefetch queue)
@@ -118,7 +128,7 @@ class Task:
     state: TaskState = TaskState.QUEUED
     attempt: int = 0  # grows with every lease, so each lease is unique
     leases: dict[str, int] = field(default_factory=dict)  # worker id -> attempt it holds
-    tried: set[str] = field(default_factory=set)  # workers that ran or run it (replicas go elsewhere)
+    tried: set[str] = field(default_factory=set)  # Worker.key of those that ran or run it (replicas go elsewhere)
     votes: dict[bytes, list[str]] = field(default_factory=dict)  # outcome digest -> workers (redundancy)
     ballots: dict[bytes, Message] = field(default_factory=dict)  # outcome digest -> first TaskDone with it
     winner: bytes | None = None  # the digest a majority agreed on
@@ -127,6 +137,7 @@ class Task:
     retries_used: int = 0
     received_at: float = 0.0  # when the client's task arrived
     assigned_at: float = 0.0  # when its current lease began
+    first_outcome_at: float | None = None  # when its first redundant run reported (quorum_timeout counts from it)
 
 
 @dataclass
@@ -141,7 +152,9 @@ class Job:
     task_timeout: float | None
     retries: int
     name: str = ""
-    redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
+    redundancy: int = 1  # runs of each task on distinct workers
+    quorum: int = 0  # agreeing runs that accept an outcome; 0: a strict majority of redundancy
+    quorum_timeout: float | None = None  # seconds after a task's first outcome to reach the quorum
     serializer: str = "cloudpickle"  # "portable" jobs run on any worker
     ack: bool = True  # the client wants JobAccepted
     tasks: dict[int, Task] = field(default_factory=dict)
@@ -156,6 +169,8 @@ class Job:
     created_at: float = 0.0
     finished_at: float | None = None
     queued_bytes: int = 0  # input bytes of received tasks without an outcome yet
+    untrusted: set[str] = field(default_factory=set)  # untrusted volunteers leased its tasks
+    waiting: str = ""  # what it waits for beyond free slots ("task 12 needs 1 more distinct worker")
 
     @property
     def all_received(self) -> bool:
@@ -174,35 +189,70 @@ class Job:
             "completed": self.completed_items,
             "failed": self.failed_items,
             "state": self.state.value,
+            "untrusted_workers": len(self.untrusted),
+            "waiting": self.waiting,
         }
 
 
 @dataclass
 class Worker:
-    """A connected worker agent with ``slots`` task processes."""
+    """A connected worker agent with ``slots`` task processes (as many as the foreman granted)."""
 
     worker_id: str
     name: str
     slots: int
     running: set[tuple[str, int]] = field(default_factory=set)  # (job_id, task_id) leased
     jobs: set[str] = field(default_factory=set)  # jobs whose function it holds
-    tasks_done: int = 0
     draining: bool = False  # stopping: it gets no new tasks
-    agreed: int = 0  # redundant runs where it sided with the majority
-    disagreed: int = 0  # ... and where it did not
-    quarantined: bool = False  # kept disagreeing: it gets no new tasks
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
+    volunteer: Volunteer | None = None  # the invite it joined with; None: the shared worker token
+    record: Record = field(default_factory=Record)  # the volunteer's record, or this connection's
+    claimed: int = 0  # slots it asked for
+
+    @property
+    def identity(self) -> str | None:
+        """Who it is for reputation and quarantine: its volunteer's name (None with the shared token)."""
+        return self.volunteer.name if self.volunteer is not None else None
+
+    @property
+    def key(self) -> str:
+        """What "distinct workers" means: one per volunteer (however many connections it opens)."""
+        return f"volunteer:{self.volunteer.name}" if self.volunteer is not None else self.worker_id
+
+    @property
+    def trusted(self) -> bool:
+        """Shared-token workers are the operator's own machines; volunteers only if invited --trusted."""
+        return self.volunteer is None or self.volunteer.trusted
+
+    @property
+    def tasks_done(self) -> int:
+        return self.record.tasks_done
+
+    @property
+    def agreed(self) -> int:
+        return self.record.agreed
+
+    @property
+    def disagreed(self) -> int:
+        return self.record.disagreed
+
+    @property
+    def quarantined(self) -> bool:
+        return self.record.quarantined
 
     def summary(self) -> dict:
         """The worker as the status reply shows it."""
         return {
             "name": self.name,
+            "identity": self.identity,
+            "trusted": self.trusted,
             "slots": self.slots,
             "busy": min(len(self.running), self.slots),
             "tasks_done": self.tasks_done,
             "draining": self.draining,
             "agreed": self.agreed,
             "disagreed": self.disagreed,
+            "missed_deadlines": self.record.missed,
             "quarantined": self.quarantined,
             "portable_only": self.portable_only,
         }
