@@ -77,6 +77,8 @@ async def map(
     trust_workers: bool | None = None,
     redundancy: int = 1,
     serializer: str | None = None,
+    quorum: int | None = None,
+    quorum_timeout: float | None = None,
 ) -> list[Any]:
     """``func`` over ``iterable`` on the cluster; results in input order (see CrowdComputeClient.map)."""
     return await default_client().map(
@@ -89,6 +91,8 @@ async def map(
         trust_workers=trust_workers,
         redundancy=redundancy,
         serializer=serializer,
+        quorum=quorum,
+        quorum_timeout=quorum_timeout,
     )
 
 
@@ -107,6 +111,8 @@ async def submit(
     trust_workers: bool | None = None,
     redundancy: int = 1,
     serializer: str | None = None,
+    quorum: int | None = None,
+    quorum_timeout: float | None = None,
 ) -> Job:
     """Send a job and return its Job once the foreman accepted it."""
     return await default_client().submit(
@@ -118,6 +124,8 @@ async def submit(
         trust_workers=trust_workers,
         redundancy=redundancy,
         serializer=serializer,
+        quorum=quorum,
+        quorum_timeout=quorum_timeout,
     )
 
 

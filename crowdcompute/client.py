@@ -46,6 +46,8 @@ class JobOptions:
     trust_workers: bool | None = None
     redundancy: int = 1
     serializer: str | None = None
+    quorum: int | None = None
+    quorum_timeout: float | None = None
 
     def check(self) -> None:
         """Raise ValueError for an option out of range, saying which."""
@@ -57,6 +59,15 @@ class JobOptions:
             raise ValueError(f"retries must not be negative, not {self.retries}")
         if not 1 <= self.redundancy <= p.MAX_REDUNDANCY:
             raise ValueError(f"redundancy must be 1 to {p.MAX_REDUNDANCY}, not {self.redundancy}")
+        if self.quorum is not None and not 1 <= self.quorum <= self.redundancy:
+            raise ValueError(
+                f"quorum must be 1 to redundancy ({self.redundancy}), not {self.quorum}: it is how many of the "
+                "redundant runs must agree"
+            )
+        if self.quorum_timeout is not None and not (0 < self.quorum_timeout < math.inf):
+            raise ValueError(f"quorum_timeout must be a positive number of seconds, not {self.quorum_timeout}")
+        if self.redundancy == 1 and (self.quorum or 1) > 1:
+            raise ValueError("quorum needs redundancy: pass redundancy=k with quorum=q <= k")
 
 
 def chunk_size(items: int, slots: int) -> int:
@@ -196,6 +207,8 @@ class CrowdComputeClient:
         trust_workers: bool | None = None,
         redundancy: int = 1,
         serializer: str | None = None,
+        quorum: int | None = None,
+        quorum_timeout: float | None = None,
     ) -> Job:
         """Send a job; return its Job once the foreman has accepted (and journaled) it.
 
@@ -203,7 +216,7 @@ class CrowdComputeClient:
         (before sending anything) when the function or an item cannot be
         serialized.
         """
-        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer)
+        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer, quorum, quorum_timeout)
         return await self._submit(func, iterable, options)
 
     async def map(
@@ -218,22 +231,29 @@ class CrowdComputeClient:
         trust_workers: bool | None = None,
         redundancy: int = 1,
         serializer: str | None = None,
+        quorum: int | None = None,
+        quorum_timeout: float | None = None,
     ) -> list[Any]:
         """``func`` applied to every item, as a list in input order.
 
         ``timeout`` limits each task (each item when ``chunksize`` is left
         automatic: a timeout makes every item its own task). ``retries``: how
         often a task whose function raised runs again. ``redundancy=k`` runs
-        each task on k distinct workers and accepts the outcome a majority
-        agrees on (QuorumError if none does); workers that keep disagreeing
-        are quarantined. ``serializer="portable"`` sends the function as
+        each task on k distinct workers and accepts an outcome as soon as
+        ``quorum`` runs returned it (default: a strict majority of k;
+        ``quorum=k``: all must agree); without agreement after two rounds, or
+        ``quorum_timeout`` seconds after the task's first outcome, its items
+        fail with QuorumError. Workers that keep disagreeing are quarantined.
+        ``trust_workers``: None (default) unpickles results from trusted
+        workers only, and decodes those only untrusted volunteers returned
+        as plain data; True unpickles every result; False none. ``serializer="portable"`` sends the function as
         source and data as JSON, so workers of any Python version can run it.
         ``progress``: None picks a widget in Jupyter, a rich bar on a
         terminal, nothing otherwise; True or "rich" forces the bar; False hides it.
         Raises TaskError (the first failed item), SerializationError,
         JobCancelledError, ConnectionLostError.
         """
-        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer)
+        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer, quorum, quorum_timeout)
         # No need to wait for the foreman's acceptance: a refusal fails the job, and we wait on it anyway.
         job = await self._submit(func, iterable, options, wait_accepted=False)
         display = show_progress(job, progress)
@@ -355,6 +375,8 @@ class CrowdComputeClient:
             options.redundancy,
             serializer,
             ack=wait_accepted,
+            quorum=options.quorum or 0,
+            quorum_timeout=options.quorum_timeout,
         )
         feed = Feed(
             submit,

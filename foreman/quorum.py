@@ -17,11 +17,13 @@ is quarantined: it gets no more work.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from crowdcompute.wire import messages as p
 
-from .state import Note, Task, Worker
+from .state import Job, Note, Task, Worker
 
 __all__ = [
     "QUARANTINE_AFTER",
@@ -32,7 +34,9 @@ __all__ = [
     "missed_deadline",
     "quorum",
     "tally",
+    "timed_out",
     "vote",
+    "waiting",
 ]
 
 #: Rounds of k runs a task gets to reach a majority before it fails.
@@ -90,6 +94,40 @@ def vote(
         else:
             verdict.failure = disagreement(task, workers)
     return verdict
+
+
+def waiting(job: Job, workers: Iterable[Worker]) -> str:
+    """What a redundant job waits for beyond free slots: its first task that has fewer
+    distinct workers left to run it than it has runs queued; "" when none."""
+    queued = Counter(job.queue)
+    if not queued:
+        return ""
+    able = {w.key for w in workers if w.capacity > 0 and not (w.portable_only and job.serializer != "portable")}
+    short = []
+    for task_id, runs in queued.items():
+        missing = runs - len(able - job.tasks[task_id].tried)
+        if missing > 0:
+            short.append((task_id, missing))
+    if not short:
+        return ""
+    task_id, missing = min(short)
+    text = f"task {task_id} needs {missing} more distinct worker{'s' if missing > 1 else ''}"
+    if len(short) > 1:
+        text += f" (and {len(short) - 1} more tasks)"
+    return text
+
+
+def timed_out(task: Task, job: Job, workers: dict[str, Worker]) -> str:
+    """Why a redundant task fails at its quorum_timeout: what it got, and what it lacked."""
+    needed = job.quorum or quorum(job.redundancy)
+    best = max((len(v) for v in task.votes.values()), default=0)
+    text = (
+        f"no {needed} agreeing outcomes within quorum_timeout={job.quorum_timeout:g} s "
+        f"(best: {best} of {job.redundancy} runs agree"
+    )
+    if len(task.votes) > 1:
+        text += "; " + disagreement(task, workers)
+    return text + ")"
 
 
 def digest(msg: p.TaskDone) -> bytes:

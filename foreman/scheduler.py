@@ -422,6 +422,26 @@ class Scheduler:
             actions.append(DeleteJob(job_id))
         return actions
 
+    def tick(self) -> list[Action]:
+        """Time passed (about a second): redundant tasks past their quorum_timeout fail, and
+        clients hear what their redundant jobs wait for ("task 12 needs 1 more distinct worker")."""
+        now = self.clock()
+        actions: list[Action] = []
+        for job in [j for j in self.jobs.values() if j.redundancy > 1 and j.state is JobState.RUNNING]:
+            if job.quorum_timeout is not None:
+                for task in [t for t in job.tasks.values() if t.state is not TaskState.DONE]:
+                    if task.first_outcome_at is not None and now - task.first_outcome_at >= job.quorum_timeout:
+                        reason = quorum.timed_out(task, job, self.workers)
+                        actions += self._fail(job, task, ErrorKind.DISAGREEMENT, reason)
+            if job.state is not JobState.RUNNING:
+                continue
+            waiting = quorum.waiting(job, self.workers.values())
+            if waiting != job.waiting:
+                job.waiting = waiting
+                if job.client is not None:
+                    actions.append(Send(job.client, p.JobWaiting(job.job_id, waiting)))
+        return actions + (self._assign() if actions else [])
+
     # --- restart -----------------------------------------------------------
 
     def restore(self, jobs: list[Job], ended: list[dict], volunteers: list[Volunteer] = ()) -> list[Action]:

@@ -57,6 +57,8 @@ MAX_OUTBOX_BYTES = 512 * 1024 * 1024
 
 #: Seconds between purges of jobs older than the result TTL (and idle checks).
 EXPIRE_INTERVAL = 60.0
+#: Seconds between two ticks of the scheduler's clock (quorum timeouts, what jobs wait for).
+TICK_INTERVAL = 1.0
 #: Seconds a client with no running job may stay silent before it is closed (1000, "idle").
 IDLE_TIMEOUT = 3600.0
 
@@ -165,6 +167,7 @@ class ForemanServer:
             if jobs:
                 log.info("resumed %d unfinished jobs from %s", len(jobs), self.journal.path)
         self._expiry = asyncio.create_task(self._expire_regularly())
+        self._ticker = asyncio.create_task(self._tick_regularly())
         self.status_pages.start()
         return self.address
 
@@ -172,6 +175,7 @@ class ForemanServer:
         """Close every connection and stop listening."""
         if self._expiry is not None:
             self._expiry.cancel()
+            self._ticker.cancel()
         self.status_pages.stop()
         if self._server is not None:
             self._server.close()
@@ -179,6 +183,11 @@ class ForemanServer:
             self._server = None
         if self.journal is not None:
             self.journal.close()
+
+    async def _tick_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            self._execute(self.scheduler.tick())
 
     async def _expire_regularly(self) -> None:
         loop = asyncio.get_running_loop()
