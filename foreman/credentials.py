@@ -149,7 +149,7 @@ class Registry:
         """The volunteer holding ``credential``; raises CredentialRefused (unknown, revoked, expired)."""
         volunteer = self._by_digest.get(digest(credential))
         if volunteer is None:
-            raise CredentialRefused("unknown worker token")
+            raise CredentialRefused("wrong or missing worker token")
         if volunteer.revoked_at is not None:
             raise CredentialRefused(
                 f"the credential of volunteer {volunteer.name} was revoked; ask the foreman's operator for a new invite",
