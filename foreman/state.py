@@ -131,7 +131,7 @@ class Task:
     tried: set[str] = field(default_factory=set)  # Worker.key of those that ran or run it (replicas go elsewhere)
     votes: dict[bytes, list[str]] = field(default_factory=dict)  # outcome digest -> workers (redundancy)
     ballots: dict[bytes, Message] = field(default_factory=dict)  # outcome digest -> first TaskDone with it
-    winner: bytes | None = None  # the digest a majority agreed on
+    winner: bytes | None = None  # the digest a quorum agreed on
     rounds: int = 0  # extra rounds of runs after a round without a majority
     crashes: int = 0
     retries_used: int = 0
