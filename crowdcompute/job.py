@@ -205,6 +205,8 @@ class Job:
                 None if sent_at is None else now - sent_at,
                 now,
                 msg.trusted,
+                msg.reissued,
+                msg.backups,
             )
         )
 

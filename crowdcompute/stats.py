@@ -37,6 +37,8 @@ class TaskTiming:
     round_trip: float | None  # from sending it to its outcome arriving (None after attach)
     arrived: float  # monotonic time its outcome arrived
     trusted: bool = True  # False: only untrusted volunteers returned it
+    reissued: int = 0  # runs started because its leases passed their deadline
+    backups: int = 0  # backup copies run at the tail of the job
 
     @property
     def transit(self) -> float | None:
@@ -91,6 +93,16 @@ class JobStats:
         return found
 
     @property
+    def reissued(self) -> int:
+        """Runs started again elsewhere because a worker held a task past its deadline."""
+        return sum(t.reissued for t in self.tasks)
+
+    @property
+    def backups(self) -> int:
+        """Backup copies of slow tasks run at the tail of the job."""
+        return sum(t.backups for t in self.tasks)
+
+    @property
     def untrusted_workers(self) -> int:
         """Untrusted volunteers whose results the job used (decoded as plain data unless trust_workers=True)."""
         return len({t.worker for t in self.tasks if not t.trusted})
@@ -140,6 +152,8 @@ class JobStats:
         )
         if self.extra_attempts:
             text += f"; {self.extra_attempts} reassigned or retried"
+        if self.reissued or self.backups:
+            text += f"; {self.reissued} runs reissued past their deadline, {self.backups} backup runs"
         if self.untrusted_workers:
             text += f"; results from {self.untrusted_workers} untrusted workers"
         if self.waiting:

@@ -155,10 +155,12 @@ def tally(worker: Worker | None, agreed: bool) -> Note | None:
 
 
 def _judge(worker: Worker, what: str) -> Note | None:
-    """Quarantine a worker whose failures (disagreements and missed deadlines) outweigh its agreements."""
+    """Quarantine a worker that disagrees more than it agrees, or misses more deadlines than it
+    finishes tasks (a slow but honest worker finishes more than it misses)."""
     record = worker.record
-    failures = record.disagreed + record.missed
-    if not record.quarantined and failures >= QUARANTINE_AFTER and failures > record.agreed:
+    disagrees = record.disagreed >= QUARANTINE_AFTER and record.disagreed > record.agreed
+    misses = record.missed >= QUARANTINE_AFTER and record.missed > record.tasks_done
+    if not record.quarantined and (disagrees or misses):
         record.quarantined = True
         who = worker.name if worker.identity in (None, worker.name) else f"{worker.name} (volunteer {worker.identity})"
         return Note(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import CloseCode, ErrorKind, Serializer
 
-from . import quorum
+from . import deadlines, quorum
 from .assignment import assign, drop_leases, enqueue, unlease
 from .credentials import Registry, Volunteer
 from .limits import (
@@ -77,8 +77,12 @@ class Scheduler:
         max_queued_bytes: int = MAX_QUEUED_BYTES,
         max_queued_bytes_total: int = MAX_QUEUED_BYTES_TOTAL,
         max_slots_per_worker: int = MAX_SLOTS_PER_WORKER,
+        min_lease_deadline: float = deadlines.MIN_LEASE_DEADLINE,
+        backup_tasks: bool = True,
     ) -> None:
         self.allowed_failures = allowed_failures
+        self.min_lease_deadline = min_lease_deadline
+        self.backup_tasks = backup_tasks  # run copies of the slowest tasks at the tail of a job
         self.max_slots_per_worker = max_slots_per_worker
         self.volunteers = Registry()  # invited workers' credential digests and records
         self.max_queued_tasks = max_queued_tasks
@@ -330,7 +334,10 @@ class Scheduler:
         job, task = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if task is None:  # a late, replayed or forged result: its task is not leased to this worker
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
+        deadlines.observe(job, task, worker_id, self.clock())
         unlease(self.workers, job, task, worker_id)
+        if task.state is TaskState.DONE and job.redundancy == 1:  # a reissued or backup run that lost the race
+            return self._assign()
         if job.redundancy > 1:
             return self._vote(job, task, worker_id, msg) + self._assign()
         if msg.failed and task.retries_used < job.retries:
@@ -361,6 +368,8 @@ class Scheduler:
             queued=max(0.0, task.assigned_at - task.received_at),
             attempts=task.attempt,
             trusted=self._trusted_outcome(task, worker_id),
+            reissued=task.reissues,
+            backups=task.backups,
         )
         return records + self._outcome(job, task, result)
 
@@ -440,7 +449,33 @@ class Scheduler:
                 job.waiting = waiting
                 if job.client is not None:
                     actions.append(Send(job.client, p.JobWaiting(job.job_id, waiting)))
+        actions += self._chase_stragglers(now)
         return actions + (self._assign() if actions else [])
+
+    def _chase_stragglers(self, now: float) -> list[Action]:
+        """Leases past their deadline count against their worker and run again elsewhere;
+        at the tail of a job, idle slots run backup copies of the longest-running tasks."""
+        actions: list[Action] = []
+        for late in deadlines.overdue(self.jobs, list(self.workers.values()), now, self.min_lease_deadline):
+            worker = self.workers[late.worker_id]
+            note = quorum.missed_deadline(worker)
+            actions += [note] if note else []
+            actions += self._save_records([late.worker_id])
+            if late.reissue:
+                late.task.reissues += 1
+                self._enqueue(late.job, late.task, front=True)
+                actions.append(
+                    Note(
+                        f"task {late.task.task_id} of job {late.job.job_id} passed its deadline on worker "
+                        f"{worker.name}: running it elsewhere too"
+                    )
+                )
+        if self.backup_tasks:
+            for job, task in deadlines.backups(self.jobs, list(self.workers.values()), now):
+                task.backups += 1
+                self._enqueue(job, task)
+                actions.append(Note(f"backup run of task {task.task_id} of job {job.job_id} (tail of the job)"))
+        return actions
 
     # --- restart -----------------------------------------------------------
 
@@ -530,7 +565,9 @@ class Scheduler:
     def _outcome(self, job: Job, task: Task, outcome: p.TaskResult | p.TaskFailed) -> list[Action]:
         """Record a task's final outcome, pass it to the client, and end the job if it was the last."""
         task.state = TaskState.DONE
-        if job.redundancy > 1 and task.task_id in job.queue:  # replicas no longer needed
+        if (
+            job.redundancy > 1 or task.reissues or task.backups
+        ) and task.task_id in job.queue:  # replicas no longer needed
             job.queue = deque(t for t in job.queue if t != task.task_id)
             if not job.queue and job.job_id in self._ready:
                 self._ready.remove(job.job_id)
@@ -575,5 +612,12 @@ class Scheduler:
         return []
 
     def _assign(self) -> list[Action]:
-        """Lease queued tasks to free worker capacity, jobs taking turns."""
-        return list(assign(self.workers, self.jobs, self._ready, self.clock()))
+        """Lease queued tasks to free worker capacity, jobs taking turns; note when each lease began."""
+        now = self.clock()
+        actions = list(assign(self.workers, self.jobs, self._ready, now))
+        for action in actions:
+            if isinstance(action.message, p.AssignTask):
+                task = self.jobs[action.message.job_id].tasks[action.message.task_id]
+                task.lease_started[action.to] = now
+                task.overdue.discard(action.to)
+        return actions

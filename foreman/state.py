@@ -138,6 +138,10 @@ class Task:
     received_at: float = 0.0  # when the client's task arrived
     assigned_at: float = 0.0  # when its current lease began
     first_outcome_at: float | None = None  # when its first redundant run reported (quorum_timeout counts from it)
+    lease_started: dict[str, float] = field(default_factory=dict)  # worker id -> when its lease began
+    overdue: set[str] = field(default_factory=set)  # workers whose lease passed its deadline
+    reissues: int = 0  # runs queued because every lease passed its deadline
+    backups: int = 0  # backup copies run at the tail of its job
 
 
 @dataclass
@@ -171,6 +175,7 @@ class Job:
     queued_bytes: int = 0  # input bytes of received tasks without an outcome yet
     untrusted: set[str] = field(default_factory=set)  # untrusted volunteers leased its tasks
     waiting: str = ""  # what it waits for beyond free slots ("task 12 needs 1 more distinct worker")
+    durations: list[float] = field(default_factory=list)  # recent lease round trips (its deadlines follow them)
 
     @property
     def all_received(self) -> bool:

@@ -300,6 +300,8 @@ class TaskResult(Message):
     queued: float = 0.0  # time it waited on the foreman for a slot
     attempts: int = 1  # leases it took (more than 1: it was reassigned or retried)
     trusted: bool = True  # False: only untrusted volunteers returned it (clients decode it as plain data)
+    reissued: int = 0  # runs started because its leases passed their deadline
+    backups: int = 0  # backup copies run at the tail of its job
 
 
 @message
