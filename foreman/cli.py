@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"most task slots a worker is granted, whatever it claims (default: {MAX_SLOTS_PER_WORKER}; "
         "an invite's --slots may grant fewer)",
     )
+    parser.add_argument(
+        "--no-backup-tasks",
+        action="store_true",
+        help="do not run backup copies of the slowest tasks at the tail of a job",
+    )
     parser.add_argument("--certfile", help="TLS certificate (serves wss://)")
     parser.add_argument("--keyfile", help="TLS private key")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
@@ -151,6 +156,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_frame_size=args.max_frame_size,
         idle_timeout=args.idle_timeout,
         max_slots_per_worker=args.max_slots_per_worker,
+        backup_tasks=not args.no_backup_tasks,
         sock=socket.socket(fileno=args.fd) if args.fd is not None else None,
     )
     address = await server.start()

@@ -111,6 +111,7 @@ class ForemanServer:
         idle_timeout: float = IDLE_TIMEOUT,
         sock: socket.socket | None = None,
         max_slots_per_worker: int = MAX_SLOTS_PER_WORKER,
+        backup_tasks: bool = True,
     ) -> None:
         """``journal``: a Journal, or a function of the bound port that opens one."""
         if not token:
@@ -129,7 +130,12 @@ class ForemanServer:
         self._open_journal = journal
         self.journal: Journal | None = None
         options = {} if result_ttl is None else {"result_ttl": result_ttl}
-        self.scheduler = Scheduler(journaled=journal is not None, max_slots_per_worker=max_slots_per_worker, **options)
+        self.scheduler = Scheduler(
+            journaled=journal is not None,
+            max_slots_per_worker=max_slots_per_worker,
+            backup_tasks=backup_tasks,
+            **options,
+        )
         self._peers: dict[str, _Peer] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
