@@ -268,10 +268,7 @@ class Scheduler:
             return [Send(client_id, p.VolunteersReply.of({"error": exc.args[0]}))]
         actions: list[Action] = [SaveVolunteer(volunteer)]
         connections = [w for w in self.workers.values() if w.volunteer is volunteer]
-        for worker in connections:
-            worker.draining = True  # its tasks are handed back, not counted as crashes
-            actions += self.remove_worker(worker.worker_id)
-            actions.append(Close(worker.worker_id, CloseCode.POLICY, "credential revoked"))
+        actions += self._shut_out(connections, "credential revoked")
         actions.append(Note(f"revoked volunteer {volunteer.name}: closed {len(connections)} connections"))
         answer = {"volunteer": volunteer.summary(self.clock()), "closed": len(connections)}
         return actions + [Send(client_id, p.VolunteersReply.of(answer))]
@@ -288,6 +285,15 @@ class Scheduler:
             summary["connected"] = connected.get(volunteer.name, [])
             volunteers.append(summary)
         return [Send(client_id, p.VolunteersReply.of({"volunteers": volunteers}))]
+
+    def _shut_out(self, workers: list[Worker], reason: str) -> list[Action]:
+        """Close these workers' connections; their tasks are handed back, not counted as crashes."""
+        actions: list[Action] = []
+        for worker in workers:
+            worker.draining = True
+            actions += self.remove_worker(worker.worker_id)
+            actions.append(Close(worker.worker_id, CloseCode.POLICY, reason))
+        return actions
 
     def _save_records(self, worker_ids) -> list[Action]:
         """Journal the records of the volunteers among ``worker_ids``."""
@@ -432,10 +438,14 @@ class Scheduler:
         return actions
 
     def tick(self) -> list[Action]:
-        """Time passed (about a second): redundant tasks past their quorum_timeout fail, and
-        clients hear what their redundant jobs wait for ("task 12 needs 1 more distinct worker")."""
+        """Time passed (about a second): expired volunteers are closed, redundant tasks past their
+        quorum_timeout fail, clients hear what their redundant jobs wait for ("task 12 needs 1
+        more distinct worker"), and leases past their deadline run again elsewhere."""
         now = self.clock()
-        actions: list[Action] = []
+        expired = [w for w in self.workers.values() if w.volunteer is not None and w.volunteer.expired(now)]
+        actions: list[Action] = self._shut_out(expired, "credential expired")
+        for worker in expired:
+            actions.append(Note(f"closed worker {worker.name}: the credential of volunteer {worker.identity} expired"))
         for job in [j for j in self.jobs.values() if j.redundancy > 1 and j.state is JobState.RUNNING]:
             if job.quorum_timeout is not None:
                 for task in [t for t in job.tasks.values() if t.state is not TaskState.DONE]:

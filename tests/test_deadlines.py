@@ -118,3 +118,15 @@ def test_a_worker_that_takes_tasks_and_never_answers_does_not_stall_a_job(forema
                 await hoarder.close()
 
     arun(main(), timeout=50)
+
+
+def test_an_expired_volunteer_is_closed_on_the_next_tick():
+    clock = Clock()
+    s = make(clock=clock)
+    _, volunteer = s.volunteers.invite("temp", clock.now, expires_in=60)
+    s.add_worker("w1", "laptop", 2, volunteer=volunteer)
+    assert s.tick() == []
+    clock.now += 61
+    actions = s.tick()
+    assert [(a.to, a.reason) for a in actions if type(a).__name__ == "Close"] == [("w1", "credential expired")]
+    assert "w1" not in s.workers
