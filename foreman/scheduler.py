@@ -152,6 +152,8 @@ class Scheduler:
             task.leases.pop(worker_id, None)
             if task.state is TaskState.DONE:  # a redundant run no longer needed
                 continue
+            if job.redundancy == 1 and task.leases:  # a reissued or backup run of it goes on elsewhere
+                continue
             if worker.draining:  # handed back on purpose: not the task's fault
                 self._enqueue(job, task, front=True)
             else:

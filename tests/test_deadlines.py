@@ -130,3 +130,19 @@ def test_an_expired_volunteer_is_closed_on_the_next_tick():
     actions = s.tick()
     assert [(a.to, a.reason) for a in actions if type(a).__name__ == "Close"] == [("w1", "credential expired")]
     assert "w1" not in s.workers
+
+
+def test_losing_a_worker_that_runs_a_backup_copy_is_not_a_crash_of_the_task():
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    s.add_worker("slow", "slow", 1)
+    s.add_worker("fast", "fast", 1)
+    by_worker = {worker: (task, attempt) for worker, _, task, attempt in leased(submit(s, "c1", "j1", tasks=2))}
+    clock.now += 1.0
+    s.task_done("fast", done("j1", *by_worker["fast"]))
+    clock.now += 1.5
+    assert leased(s.tick())  # a backup of the slow worker's task on the fast one
+    s.remove_worker("fast")
+    task = s.jobs["j1"].tasks[by_worker["slow"][0]]
+    assert task.crashes == 0 and list(task.leases) == ["slow"]  # the first run goes on
