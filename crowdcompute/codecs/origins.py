@@ -32,9 +32,9 @@ def users_module(name: object) -> ModuleType | None:
 def is_installed(name: object) -> bool:
     """True when the module called ``name`` is built in, frozen, ours, or under an installation
     path: a worker with the same packages can import it."""
-    module = sys.modules.get(name) if isinstance(name, str) else None
-    if module is None or name == "__main__":
+    if not isinstance(name, str) or name == "__main__" or name not in sys.modules:
         return False
+    module = sys.modules[name]
     if name.split(".")[0] in OUR_PACKAGES:
         return True
     path = getattr(module, "__file__", None)

@@ -80,6 +80,7 @@ class _Closure:
     def add_function(self, func: Callable) -> str:
         """The source of ``func`` (decorators dropped: they would need their own names on the worker)."""
         definition = _definition(func, (ast.FunctionDef, ast.AsyncFunctionDef))
+        assert isinstance(definition, (ast.FunctionDef, ast.AsyncFunctionDef))
         definition.decorator_list = []
         closure = inspect.getclosurevars(func)
         namespace = {**func.__globals__, **closure.nonlocals}
