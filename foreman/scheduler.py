@@ -122,8 +122,7 @@ class Scheduler:
     ) -> list[Action]:
         """A worker joined (``volunteer``: the invite it joined with). Slots are granted, not claimed:
         at most ``max_slots_per_worker``, or the invite's ``--slots``."""
-        cap = min(self.max_slots_per_worker, volunteer.slots or self.max_slots_per_worker) if volunteer else None
-        granted = max(1, min(slots, cap or self.max_slots_per_worker))
+        granted = self.granted_slots(slots, volunteer)
         worker = Worker(worker_id, name, granted, portable_only=portable_only, volunteer=volunteer, claimed=slots)
         if volunteer is not None:
             worker.record = volunteer.record  # reputation follows the credential, not the name
@@ -137,6 +136,13 @@ class Scheduler:
             if worker.quarantined:
                 actions.append(Note(f"worker {name} joined as volunteer {volunteer.name}, which is quarantined"))
         return actions + self._assign()
+
+    def granted_slots(self, claimed: int, volunteer: Volunteer | None = None) -> int:
+        """Slots a worker claiming ``claimed`` gets: at most --max-slots-per-worker, or its invite's --slots."""
+        cap = self.max_slots_per_worker
+        if volunteer is not None and volunteer.slots:
+            cap = min(cap, volunteer.slots)
+        return max(1, min(claimed, cap))
 
     def remove_worker(self, worker_id: str) -> list[Action]:
         """A worker went away: its leased tasks go back to the front of their queues."""
@@ -326,6 +332,8 @@ class Scheduler:
                 p.JobAttached(job_id, job.total_items, job.total_tasks, job.state.value, job.name, job.serializer),
             )
         ]
+        if job.waiting:  # else the new client would hear it only when it changes
+            actions.append(Send(client_id, p.JobWaiting(job_id, job.waiting)))
         if self.journaled:
             return actions + [Replay(client_id, job_id)]
         return actions + [Send(client_id, outcome) for outcome in job.results.values()]

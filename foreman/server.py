@@ -301,7 +301,7 @@ class ForemanServer:
                     max_frame_size=self.max_frame_size,
                     max_queued_tasks=self.scheduler.max_queued_tasks,
                     max_queued_bytes=self.scheduler.max_queued_bytes,
-                    notice=f"{peer.mismatch}; it runs portable jobs only" if peer.mismatch else "",
+                    notice=self._notice(peer),
                 )
             ),
         )
@@ -320,6 +320,15 @@ class ForemanServer:
                 self._execute(self.scheduler.remove_client(peer.conn_id))
             peer.outbox.put_nowait(Stop())
             await sender
+
+    def _notice(self, peer: _Peer) -> str:
+        """What the peer should tell its user: it runs portable jobs only, it was granted fewer slots."""
+        notices = [f"{peer.mismatch}; it runs portable jobs only"] if peer.mismatch else []
+        if peer.role == Role.WORKER:
+            granted = self.scheduler.granted_slots(max(1, peer.slots), peer.volunteer)
+            if granted < peer.slots:
+                notices.append(f"the foreman grants it {granted} of its {peer.slots} slots")
+        return "; ".join(notices)
 
     async def _authenticate(self, websocket: ServerConnection) -> _Peer | None:
         """Read the Hello; return the peer, or refuse and close and return None."""

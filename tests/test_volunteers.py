@@ -231,7 +231,8 @@ def test_granted_slots_end_to_end(start_foreman):
 
     async def main():
         hello = p.Hello("worker", foreman.token, p.PROTOCOL_VERSION, name="greedy", slots=100_000, **runtime_fields())
-        ws, _ = await dial(parse_address(foreman.url), hello)
+        ws, welcome = await dial(parse_address(foreman.url), hello)
+        assert "the foreman grants it 4 of its 100000 slots" in welcome.notice  # the worker prints it
         try:
             async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
                 job = await cc.submit(abs, range(100), chunksize=1)
