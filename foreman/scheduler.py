@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from crowdcompute.wire import messages as p
@@ -38,6 +38,7 @@ from .limits import (
     RESULT_TTL,
 )
 from .state import (
+    Action,
     Close,
     DeleteJob,
     Job,
@@ -54,13 +55,13 @@ from .state import (
     TaskState,
     Worker,
 )
+from .timers import TimedEvents
+from .volunteering import VolunteerEvents
 
 __all__ = ["ALLOWED_FAILURES", "MAX_QUEUED_BYTES", "MAX_QUEUED_TASKS", "RESULT_TTL", "Action", "Scheduler"]
 
-Action = Send | Close | Note | Replay | SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob | SaveVolunteer
 
-
-class Scheduler:
+class Scheduler(VolunteerEvents, TimedEvents):
     """Jobs, tasks and workers; events in, actions out.
 
     ``journaled``: a journal keeps every outcome, so the scheduler does not
@@ -136,13 +137,6 @@ class Scheduler:
             if worker.quarantined:
                 actions.append(Note(f"worker {name} joined as volunteer {volunteer.name}, which is quarantined"))
         return actions + self._assign()
-
-    def granted_slots(self, claimed: int, volunteer: Volunteer | None = None) -> int:
-        """Slots a worker claiming ``claimed`` gets: at most --max-slots-per-worker, or its invite's --slots."""
-        cap = self.max_slots_per_worker
-        if volunteer is not None and volunteer.slots:
-            cap = min(cap, volunteer.slots)
-        return max(1, min(claimed, cap))
 
     def remove_worker(self, worker_id: str) -> list[Action]:
         """A worker went away: its leased tasks go back to the front of their queues."""
@@ -251,64 +245,6 @@ class Scheduler:
             self._ready.remove(job.job_id)
         return [self._save_state(job), *self._release(job), *self._archive(job), *self._assign()]
 
-    # --- volunteers (admin requests from a client holding the client token) --------
-
-    def invite_volunteer(self, client_id: str, msg: p.InviteVolunteer) -> list[Action]:
-        """A credential for a new volunteer; the reply holds it, the journal only its digest."""
-        try:
-            credential, volunteer = self.volunteers.invite(
-                msg.name, self.clock(), slots=msg.slots, expires_in=msg.expires_in, trusted=msg.trusted
-            )
-        except ValueError as exc:
-            return [Send(client_id, p.VolunteersReply.of({"error": str(exc)}))]
-        answer = {"credential": credential, "volunteer": volunteer.summary(self.clock())}
-        trust = "trusted" if volunteer.trusted else "untrusted"
-        return [
-            SaveVolunteer(volunteer),
-            Note(f"invited volunteer {volunteer.name} ({trust}, slots {volunteer.slots or 'default'})"),
-            Send(client_id, p.VolunteersReply.of(answer)),
-        ]
-
-    def revoke_volunteer(self, client_id: str, msg: p.RevokeVolunteer) -> list[Action]:
-        """Refuse a volunteer from now on: its connections close and their tasks run elsewhere."""
-        try:
-            volunteer = self.volunteers.revoke(msg.name, self.clock())
-        except KeyError as exc:
-            return [Send(client_id, p.VolunteersReply.of({"error": exc.args[0]}))]
-        actions: list[Action] = [SaveVolunteer(volunteer)]
-        connections = [w for w in self.workers.values() if w.volunteer is volunteer]
-        actions += self._shut_out(connections, "credential revoked")
-        actions.append(Note(f"revoked volunteer {volunteer.name}: closed {len(connections)} connections"))
-        answer = {"volunteer": volunteer.summary(self.clock()), "closed": len(connections)}
-        return actions + [Send(client_id, p.VolunteersReply.of(answer))]
-
-    def list_volunteers(self, client_id: str) -> list[Action]:
-        now = self.clock()
-        connected: dict[str, list[str]] = {}
-        for worker in self.workers.values():
-            if worker.identity is not None:
-                connected.setdefault(worker.identity, []).append(worker.name)
-        volunteers = []
-        for volunteer in sorted(self.volunteers.by_name.values(), key=lambda v: v.created_at):
-            summary = volunteer.summary(now)
-            summary["connected"] = connected.get(volunteer.name, [])
-            volunteers.append(summary)
-        return [Send(client_id, p.VolunteersReply.of({"volunteers": volunteers}))]
-
-    def _shut_out(self, workers: list[Worker], reason: str) -> list[Action]:
-        """Close these workers' connections; their tasks are handed back, not counted as crashes."""
-        actions: list[Action] = []
-        for worker in workers:
-            worker.draining = True
-            actions += self.remove_worker(worker.worker_id)
-            actions.append(Close(worker.worker_id, CloseCode.POLICY, reason))
-        return actions
-
-    def _save_records(self, worker_ids: Iterable[str]) -> list[Action]:
-        """Journal the records of the volunteers among ``worker_ids``."""
-        found = {id(w.volunteer): w.volunteer for w in map(self.workers.get, worker_ids) if w and w.volunteer}
-        return [SaveVolunteer(volunteer) for volunteer in found.values()]
-
     def attach_job(self, client_id: str, job_id: str) -> list[Action]:
         """Follow a job: its size and state, then every outcome so far, then the rest."""
         job = self.jobs.get(job_id)
@@ -391,12 +327,6 @@ class Scheduler:
         )
         return records + self._outcome(job, task, result)
 
-    def _trusted_outcome(self, task: Task, worker_id: str) -> bool:
-        """Whether a trusted worker returned these bytes: the one reporting, or one that agreed with it."""
-        voters = task.votes.get(task.winner, []) if task.winner is not None else []
-        workers = [self.workers.get(w) for w in [worker_id, *voters]]
-        return any(w is not None and w.trusted for w in workers)
-
     def _vote(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
         """A redundant run reported: accept the outcome once a majority agrees."""
         if task.first_outcome_at is None:
@@ -448,56 +378,6 @@ class Scheduler:
         for job_id in [k for k, s in self.ended.items() if s["finished_at"] < cutoff]:
             del self.ended[job_id]
             actions.append(DeleteJob(job_id))
-        return actions
-
-    def tick(self) -> list[Action]:
-        """Time passed (about a second): expired volunteers are closed, redundant tasks past their
-        quorum_timeout fail, clients hear what their redundant jobs wait for ("task 12 needs 1
-        more distinct worker"), and leases past their deadline run again elsewhere."""
-        now = self.clock()
-        expired = [w for w in self.workers.values() if w.volunteer is not None and w.volunteer.expired(now)]
-        actions: list[Action] = self._shut_out(expired, "credential expired")
-        for worker in expired:
-            actions.append(Note(f"closed worker {worker.name}: the credential of volunteer {worker.identity} expired"))
-        for job in [j for j in self.jobs.values() if j.redundancy > 1 and j.state is JobState.RUNNING]:
-            if job.quorum_timeout is not None:
-                for task in [t for t in job.tasks.values() if t.state is not TaskState.DONE]:
-                    if task.first_outcome_at is not None and now - task.first_outcome_at >= job.quorum_timeout:
-                        reason = quorum.timed_out(task, job, self.workers)
-                        actions += self._fail(job, task, ErrorKind.DISAGREEMENT, reason)
-            if job.state is not JobState.RUNNING:
-                continue
-            waiting = quorum.waiting(job, self.workers.values())
-            if waiting != job.waiting:
-                job.waiting = waiting
-                if job.client is not None:
-                    actions.append(Send(job.client, p.JobWaiting(job.job_id, waiting)))
-        actions += self._chase_stragglers(now)
-        return actions + (self._assign() if actions else [])
-
-    def _chase_stragglers(self, now: float) -> list[Action]:
-        """Leases past their deadline count against their worker and run again elsewhere;
-        at the tail of a job, idle slots run backup copies of the longest-running tasks."""
-        actions: list[Action] = []
-        for late in deadlines.overdue(self.jobs, list(self.workers.values()), now, self.min_lease_deadline):
-            worker = self.workers[late.worker_id]
-            note = quorum.missed_deadline(worker)
-            actions += [note] if note else []
-            actions += self._save_records([late.worker_id])
-            if late.reissue:
-                late.task.reissues += 1
-                self._enqueue(late.job, late.task, front=True)
-                actions.append(
-                    Note(
-                        f"task {late.task.task_id} of job {late.job.job_id} passed its deadline on worker "
-                        f"{worker.name}: running it elsewhere too"
-                    )
-                )
-        if self.backup_tasks:
-            for job, task in deadlines.backups(self.jobs, list(self.workers.values()), now):
-                task.backups += 1
-                self._enqueue(job, task)
-                actions.append(Note(f"backup run of task {task.task_id} of job {job.job_id} (tail of the job)"))
         return actions
 
     # --- restart -----------------------------------------------------------

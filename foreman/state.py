@@ -12,6 +12,7 @@ from crowdcompute.wire.messages import Message, TaskDone, TaskFailed, TaskResult
 from .credentials import Record, Volunteer
 
 __all__ = [
+    "Action",
     "Close",
     "DeleteJob",
     "Note",
@@ -273,3 +274,7 @@ class Worker:
     @property
     def free(self) -> int:
         return self.capacity - len(self.running)
+
+
+#: Everything an event of the scheduler may return, for the server to carry out in order.
+Action = Send | Close | Note | Replay | SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob | SaveVolunteer
