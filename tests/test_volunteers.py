@@ -284,3 +284,20 @@ def test_volunteer_records_are_journaled_without_the_credential():
     assert all(credential not in a.text for a in actions if isinstance(a, Note))
     refused = s.invite_volunteer("c1", p.InviteVolunteer("alice"))
     assert "already has a valid credential" in refused[0].message.answer["error"]
+
+
+def test_invite_options_are_checked_before_anything_is_sent():
+    from crowdcompute.volunteers import parse_duration
+
+    assert [parse_duration(t) for t in ("90", "90s", "30m", "12h", "7d", "2w")] == [
+        90,
+        90,
+        1800,
+        43200,
+        604800,
+        1209600,
+    ]
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("soon")
+    refused = cli("invite", "alice", "ws://127.0.0.1:1", "--expires", "soon")
+    assert refused.returncode == 2 and "--expires: 'soon' is not a duration" in refused.stderr
