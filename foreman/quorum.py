@@ -155,11 +155,12 @@ def tally(worker: Worker | None, agreed: bool) -> Note | None:
 
 
 def _judge(worker: Worker, what: str) -> Note | None:
-    """Quarantine a worker that disagrees more than it agrees, or misses more deadlines than it
-    finishes tasks (a slow but honest worker finishes more than it misses)."""
+    """Quarantine a worker that disagrees more than it agrees, or a volunteer that misses more
+    deadlines than it finishes tasks (a slow but honest one finishes more than it misses; the
+    operator's own shared-token machines are never quarantined for being slow)."""
     record = worker.record
     disagrees = record.disagreed >= QUARANTINE_AFTER and record.disagreed > record.agreed
-    misses = record.missed >= QUARANTINE_AFTER and record.missed > record.tasks_done
+    misses = worker.volunteer is not None and record.missed >= QUARANTINE_AFTER and record.missed > record.tasks_done
     if not record.quarantined and (disagrees or misses):
         record.quarantined = True
         who = worker.name if worker.identity in (None, worker.name) else f"{worker.name} (volunteer {worker.identity})"

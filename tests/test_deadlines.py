@@ -46,11 +46,12 @@ def test_a_lease_past_its_deadline_runs_again_elsewhere_and_the_first_outcome_wi
     assert results(s.task_done("hoarder", done("j1", task, dict(held)[task]))) == []  # the first outcome won
 
 
-def test_a_worker_that_misses_more_deadlines_than_it_finishes_tasks_is_quarantined():
+def test_a_volunteer_that_misses_more_deadlines_than_it_finishes_tasks_is_quarantined():
     clock = Clock()
     s = make(clock=clock)
     s.add_client("c1")
-    s.add_worker("hoarder", "hoarder", 2)
+    _, volunteer = s.volunteers.invite("hoarder", clock.now)
+    s.add_worker("hoarder", "hoarder", 2, volunteer=volunteer)
     s.add_worker("honest", "honest", 1)
     actions = submit(s, "c1", "j1", tasks=12)
     notes = []
@@ -66,6 +67,24 @@ def test_a_worker_that_misses_more_deadlines_than_it_finishes_tasks_is_quarantin
             break
     assert s.workers["hoarder"].quarantined and "missed a deadline" in notes[0]
     assert not s.workers["honest"].quarantined
+    assert volunteer.record.quarantined  # the credential's record: it stays quarantined if it comes back
+
+
+def test_the_operators_own_slow_worker_is_never_quarantined_for_missed_deadlines():
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    s.add_worker("slow", "slow", 2)  # the shared worker token: trusted
+    s.add_worker("fast", "fast", 1)
+    actions = submit(s, "c1", "j1", tasks=20)
+    for _ in range(10):
+        clock.now += 0.1
+        for worker, _, task, attempt in leased(actions):
+            if worker == "fast":
+                actions += s.task_done("fast", done("j1", task, attempt))
+        clock.now += deadlines.MIN_LEASE_DEADLINE + 0.1
+        actions = s.tick() + [a for a in actions if not isinstance(a, Note)]
+    assert s.workers["slow"].record.missed >= 3 and not s.workers["slow"].quarantined
 
 
 def test_at_the_tail_of_a_job_an_idle_slot_runs_a_backup_of_the_slowest_task():
