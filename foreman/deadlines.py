@@ -4,8 +4,8 @@ Pure functions over the scheduler's records. Every lease gets a deadline
 from the job's observed round trips (lease to outcome, as the foreman sees
 them, so a worker cannot talk its deadline up): ``LEASE_DEADLINE_FACTOR``
 times the slowest recent one, at least ``MIN_LEASE_DEADLINE`` seconds. A
-job with no outcome yet has no deadline, unless it has a task timeout (then
-twice that, plus the minimum). A task whose every lease is past its deadline
+job with no outcome yet has no deadline; a task timeout caps it at twice the
+timeout plus the minimum. A task whose every lease is past its deadline
 is queued again for another worker: the first outcome to arrive wins, and a
 later one is dropped. A lease past its deadline counts as a missed deadline
 on its worker's record, even when another run finished the task first (the
@@ -67,12 +67,16 @@ def observe(job: Job, task: Task, worker_id: str, now: float) -> None:
 
 
 def allowance(job: Job, min_deadline: float = MIN_LEASE_DEADLINE) -> float | None:
-    """Seconds a lease of ``job`` may last; None: no deadline yet (nothing observed, no timeout)."""
+    """Seconds a lease of ``job`` may last; None: no deadline yet (nothing observed, no timeout).
+
+    With a task timeout, never more than twice that (the worker stops a task at its timeout,
+    so a lease that outlives it by that much is stalled, not slow)."""
+    limits = []
     if job.durations:
-        return max(min_deadline, LEASE_DEADLINE_FACTOR * max(job.durations))
+        limits.append(max(min_deadline, LEASE_DEADLINE_FACTOR * max(job.durations)))
     if job.task_timeout is not None:
-        return 2 * job.task_timeout + min_deadline
-    return None
+        limits.append(2 * job.task_timeout + min_deadline)
+    return min(limits, default=None)
 
 
 def overdue(
