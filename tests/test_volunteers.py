@@ -301,3 +301,21 @@ def test_invite_options_are_checked_before_anything_is_sent():
         parse_duration("soon")
     refused = cli("invite", "alice", "ws://127.0.0.1:1", "--expires", "soon")
     assert refused.returncode == 2 and "--expires: 'soon' is not a duration" in refused.stderr
+
+
+def test_only_results_from_trusted_workers_are_unpickled_unless_the_job_opts_in():
+    from collections import OrderedDict
+
+    from crowdcompute.job_state import JobMachine
+
+    payload = pickle.dumps(([OrderedDict(a=1)], {}), protocol=5)  # not plain data: it imports collections
+
+    def outcome(job_trust, from_trusted: bool):
+        machine = JobMachine("j", [0], trusted=job_trust)
+        machine.handle(p.TaskResult("j", 0, 0, 1, 0, payload, worker="w", trusted=from_trusted))
+        return machine.errors.get(0) or machine.results[0]
+
+    assert outcome(None, True) == OrderedDict(a=1)  # the default: trusted workers' results unpickle
+    assert isinstance(outcome(None, False), UntrustedPayloadError)  # ... untrusted ones are plain data only
+    assert outcome(True, False) == OrderedDict(a=1)  # trust_workers=True opts in
+    assert isinstance(outcome(False, True), UntrustedPayloadError)  # trust_workers=False: nobody is trusted
