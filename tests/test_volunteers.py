@@ -259,13 +259,13 @@ def test_a_task_waiting_for_a_distinct_worker_says_so_and_times_out(foreman, sta
 
     async def main():
         async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
-            job = await cc.submit(abs, [-1, -2], chunksize=1, redundancy=2, quorum_timeout=3)
+            job = await cc.submit(abs, [-1, -2], chunksize=1, redundancy=2, quorum_timeout=8)  # time to read the wait
             await wait_until(lambda: "needs 1 more distinct worker" in job.waiting, 20, "no waiting notice")
             assert re.fullmatch(r"task \d needs 1 more distinct worker( \(and 1 more tasks\))?", job.waiting)
             assert job.waiting in job.stats.summary()
             shown = await asyncio.to_thread(cli, "status", foreman.url, "--token", foreman.token)
             assert "needs 1 more distinct worker" in shown.stdout, shown.stdout
-            with pytest.raises(QuorumError, match=r"no 2 agreeing outcomes within quorum_timeout=3 s"):
+            with pytest.raises(QuorumError, match=r"no 2 agreeing outcomes within quorum_timeout=8 s"):
                 await job
             with pytest.raises(ValueError, match="quorum must be 1 to redundancy"):
                 await cc.map(abs, [1], redundancy=2, quorum=3)
