@@ -9,6 +9,9 @@ client to worker and back. Time comes from an injected clock.
 
 Who gets which task is :mod:`foreman.assignment`; redundant runs are
 counted by :mod:`foreman.quorum`; limits are in :mod:`foreman.limits`.
+Two mixins hold the rest of its events: :mod:`foreman.volunteering`
+(invites, revocations, the record that follows a credential) and
+:mod:`foreman.timers` (``tick()``: deadlines, backup runs, quorum timeouts).
 Every lease is (task, attempt, worker): an outcome is accepted only from its
 holder, so a late result from a frozen worker is dropped. Jobs outlive their
 client's connection: any client holding the token attaches by job id and
