@@ -21,7 +21,7 @@ from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import parse_address
 from crowdcompute.wire.runtime import runtime_fields
 from foreman.credentials import CredentialRefused, Registry
-from foreman.state import Note, SaveVolunteer
+from foreman.state import Note, SaveVolunteer, Send
 
 #: Seconds a command-line admin action may take.
 CLI_TIMEOUT = 30
@@ -319,3 +319,27 @@ def test_only_results_from_trusted_workers_are_unpickled_unless_the_job_opts_in(
     assert isinstance(outcome(None, False), UntrustedPayloadError)  # ... untrusted ones are plain data only
     assert outcome(True, False) == OrderedDict(a=1)  # trust_workers=True opts in
     assert isinstance(outcome(False, True), UntrustedPayloadError)  # trust_workers=False: nobody is trusted
+
+
+def test_quorum_k_of_k_needs_every_run_and_a_task_short_of_workers_says_so():
+    from scheduler_events import Clock
+
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    for name in ("a", "b", "c"):
+        s.add_worker(name, name, 1)
+    actions = s.submit_job("c1", p.SubmitJob("j1", b"f", 1, 1, redundancy=3, quorum=3, quorum_timeout=5))
+    actions += s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"in"))
+    runs = {a.to: a.message.attempt for a in actions if isinstance(getattr(a, "message", None), p.AssignTask)}
+    assert sorted(runs) == ["a", "b", "c"]
+    s.task_done("a", p.TaskDone("j1", 0, runs["a"], 0, b"same"))
+    after_two = s.task_done("b", p.TaskDone("j1", 0, runs["b"], 0, b"same"))
+    assert not [a for a in after_two if isinstance(getattr(a, "message", None), p.TaskResult)]  # 2 of 3 is not 3
+    s.task_done("c", p.TaskDone("j1", 0, runs["c"], 0, b"other"))  # no quorum: a fresh round, but no fresh worker
+    waiting = [a.message for a in s.tick() if isinstance(getattr(a, "message", None), p.JobWaiting)]
+    assert waiting == [p.JobWaiting("j1", "task 0 needs 3 more distinct workers")]
+    assert s.status()["jobs"][0]["waiting"] == "task 0 needs 3 more distinct workers"
+    clock.now += 5
+    (failed,) = [a.message for a in s.tick() if isinstance(a, Send) and isinstance(a.message, p.TaskFailed)]
+    assert failed.error == "disagreement" and "no 3 agreeing outcomes within quorum_timeout=5 s" in failed.reason
