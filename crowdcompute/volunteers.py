@@ -18,6 +18,7 @@ from rich.table import Table
 
 from .client import CrowdComputeClient
 from .errors import CrowdComputeError
+from .wire.addresses import parse_address
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE
 
 __all__ = ["add_commands", "invite", "parse_duration", "revoke", "show_workers", "workers_table"]
@@ -79,7 +80,11 @@ async def invite(args: argparse.Namespace) -> int:
     if args.slots < 0:
         print("error: --slots must not be negative", file=sys.stderr)
         return 2
-    url = _url(args.url)
+    try:
+        url = parse_address(_url(args.url)).url  # the join command names the foreman in full
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         async with _client(args) as client:
             credential, volunteer = await client.invite(
