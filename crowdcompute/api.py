@@ -31,7 +31,7 @@ async def connect(
     reconnect_timeout: float = 60,
     task_timeout: float | None = None,
     cafile: str | None = None,
-    trust_workers: bool = True,
+    trust_workers: bool | None = None,
     serializer: str = "cloudpickle",
     requirements: Sequence[str] | str | None = None,
 ) -> CrowdComputeClient:
@@ -41,7 +41,8 @@ async def connect(
     ``$CROWDCOMPUTE_ADDRESS`` (+ ``$CROWDCOMPUTE_TOKEN``) if set, else an
     embedded foreman with ``workers`` worker processes (default: CPU count),
     stopped by ``disconnect()``. A previous default client is disconnected.
-    ``trust_workers=False`` decodes results as plain data only.
+    ``trust_workers=False`` decodes results as plain data only; by default only
+    results from untrusted volunteers are, and ``True`` unpickles those too.
     ``serializer``: the default of map and submit ("cloudpickle" or "portable").
     ``requirements``: packages every job's environment has unless it names its own.
 
@@ -79,6 +80,8 @@ async def map(
     trust_workers: bool | None = None,
     redundancy: int = 1,
     serializer: str | None = None,
+    quorum: int | None = None,
+    quorum_timeout: float | None = None,
     requirements: Sequence[str] | str | None = None,
     modules: Sequence[Any] = (),
     resources: Mapping[str, float | str] | None = None,
@@ -95,6 +98,8 @@ async def map(
         trust_workers=trust_workers,
         redundancy=redundancy,
         serializer=serializer,
+        quorum=quorum,
+        quorum_timeout=quorum_timeout,
         requirements=requirements,
         modules=modules,
         resources=resources,
@@ -128,6 +133,8 @@ async def submit(
     trust_workers: bool | None = None,
     redundancy: int = 1,
     serializer: str | None = None,
+    quorum: int | None = None,
+    quorum_timeout: float | None = None,
     requirements: Sequence[str] | str | None = None,
     modules: Sequence[Any] = (),
     resources: Mapping[str, float | str] | None = None,
@@ -143,6 +150,8 @@ async def submit(
         trust_workers=trust_workers,
         redundancy=redundancy,
         serializer=serializer,
+        quorum=quorum,
+        quorum_timeout=quorum_timeout,
         requirements=requirements,
         modules=modules,
         resources=resources,

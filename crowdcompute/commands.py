@@ -16,7 +16,7 @@ from .processes import install_stop_handlers
 from .sizes import format_amount
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY, TOKEN_VARIABLE
 
-__all__ = ["job_state", "run_local", "show_status", "status_tables", "worker_offers"]
+__all__ = ["run_local", "show_status", "status_tables", "worker_offers"]
 
 #: How often ``crowdcompute local`` checks that its foreman is still alive, in seconds.
 LOCAL_WATCH_INTERVAL = 0.5
@@ -78,33 +78,39 @@ def worker_offers(worker: dict) -> str:
     return "; ".join(part for part in (resources, labels) if part)
 
 
-def job_state(job: dict) -> str:
-    """A job's state, or why it waits ("waiting: no connected worker has gpu=1")."""
-    if job.get("state") == "running" and job.get("waiting"):
-        return job["waiting"]
-    return job.get("state", "")
-
-
 def status_tables(status: dict, url: str) -> list[Table]:
     """The status as rich tables: workers, then jobs."""
     workers = status.get("workers", [])
     slots = sum(w["slots"] for w in workers)
     busy = sum(w["busy"] for w in workers)
     table = Table(title=f"foreman {url}: {len(workers)} workers, {busy}/{slots} slots busy", title_justify="left")
-    for column in ("worker", "slots", "busy", "tasks done", "state", "resources; labels"):
+    for column in ("worker", "identity", "slots", "busy", "tasks done", "state", "resources; labels"):
         table.add_column(column, justify="right" if column in ("slots", "busy", "tasks done") else "left")
     for w in workers:
         state = "quarantined" if w.get("quarantined") else "draining" if w.get("draining") else "ok"
         if w.get("agreed") or w.get("disagreed"):
             state += f" (agreed {w.get('agreed', 0)}, disagreed {w.get('disagreed', 0)})"
-        table.add_row(w["name"], str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)), state, worker_offers(w))
+        if not w.get("trusted", True):
+            state += ", untrusted"
+        identity = w.get("identity") or "(worker token)"
+        table.add_row(
+            w["name"], identity, str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)), state, worker_offers(w)
+        )
     jobs = Table(title=f"{len(status.get('jobs', []))} jobs", title_justify="left")
-    for column in ("job", "name", "progress", "failed", "state"):
+    for column in ("job", "name", "progress", "failed", "state", "notes"):
         jobs.add_column(column, justify="right" if column in ("progress", "failed") else "left")
     for job in status.get("jobs", []):
         done = job["completed"] + job["failed"]
         percent = f" ({100 * done / job['total']:.0f}%)" if job["total"] else ""
+        notes = [f"{job['untrusted_workers']} untrusted workers"] if job.get("untrusted_workers") else []
+        if job.get("waiting"):
+            notes.append(job["waiting"])
         jobs.add_row(
-            job["id"][:12], job.get("name", ""), f"{done}/{job['total']}{percent}", str(job["failed"]), job_state(job)
+            job["id"][:12],
+            job.get("name", ""),
+            f"{done}/{job['total']}{percent}",
+            str(job["failed"]),
+            job["state"],
+            "; ".join(notes),
         )
     return [table, jobs]

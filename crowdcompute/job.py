@@ -71,7 +71,7 @@ class Job:
         *,
         total: int | None = None,
         name: str = "",
-        trusted: bool = True,
+        trusted: bool | None = None,
         call: bool = False,
         portable: bool = False,
         outbox: Callable[[Instruction], None] = _drop,
@@ -132,18 +132,22 @@ class Job:
         return self._machine.finished
 
     @property
+    def waiting(self) -> str:
+        """What the foreman says the job waits for beyond free slots ("task 12 needs 1 more distinct worker")."""
+        return self._machine.waiting
+
+    @property
+    def untrusted_workers(self) -> int:
+        """Untrusted volunteers whose results arrived (decoded as plain data unless trust_workers=True)."""
+        return len(self._machine.untrusted)
+
+    @property
     def timings(self) -> list[TaskTiming]:
         return self._machine.timings
 
     @property
     def decode_seconds(self) -> float:
         return self._machine.decode_seconds
-
-    @property
-    def notice(self) -> str:
-        """Why the job does not run yet, as the foreman says: "preparing environment on 2 workers",
-        "waiting: no connected worker has gpu=1"; "" while nothing holds it back."""
-        return self._machine.notice
 
     @property
     def stats(self) -> JobStats:
@@ -158,6 +162,7 @@ class Job:
             self.serialize_seconds,
             m.decode_seconds,
             m.timings,
+            m.waiting,
         )
 
     @property

@@ -56,7 +56,7 @@ class StatusView:
         )
 
     def _repr_html_(self) -> str:
-        from crowdcompute.commands import job_state, worker_offers
+        from crowdcompute.commands import worker_offers
 
         workers = [
             [w["name"], w.get("slots", 0), w.get("busy", 0), w.get("tasks_done", 0), worker_offers(w)]
@@ -73,7 +73,7 @@ class StatusView:
                     job.get("name", ""),
                     f"{done}/{total}{percent}",
                     job.get("failed", 0),
-                    job_state(job),
+                    job.get("waiting") or job.get("state", ""),
                 ]
             )
         heading = f"<p>{html.escape(self.heading)}</p>" if self.heading else ""

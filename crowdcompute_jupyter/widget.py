@@ -67,9 +67,8 @@ def describe_progress(model: ProgressModel) -> str:
     if model.failed:
         parts.append(f"{model.failed} failed")
     parts.append(f"{model.rate:,.1f} items/s")
-    if model.state == "running" and model.notice:
-        parts.append(model.notice)  # why it waits, instead of a time left that means nothing yet
-    elif model.state == "running":
+    parts += model.notes()
+    if model.state == "running":
         left = model.time_left
         parts.append("time left unknown" if left is None else f"{_duration(left)} left")
     else:

@@ -41,10 +41,10 @@ def test_jobs_with_different_versions_run_side_by_side_and_a_cached_environment_
             old = await cc.submit(_tinypkg_version, range(8), chunksize=1, requirements=["tinypkg==1.0"])
             new = await cc.submit(_tinypkg_version, range(8), chunksize=1, requirements=["tinypkg==1.1"])
             notices = []
-            old.add_listener(lambda job: notices.append(job.notice))
+            old.add_listener(lambda job: notices.append(job.waiting))
             first = await asyncio.gather(old, new)
             assert "preparing environment on 1 worker" in notices, notices
-            assert old.notice == ""
+            assert old.waiting == ""
             again = await cc.submit(_tinypkg_version, range(4), chunksize=1, requirements=["tinypkg == 1.0"])
             second = await again
             plain = await cc.map(_plain, range(3))
@@ -89,7 +89,7 @@ def test_a_no_install_worker_refuses_jobs_with_requirements_and_says_so(foreman,
     async def body():
         async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
             job = await cc.submit(_tinypkg_version, range(2), requirements=["tinypkg==1.0"])
-            await wait_until(lambda: "--no-install" in job.notice, 10, f"no refusal shown: {job.notice!r}")
+            await wait_until(lambda: "--no-install" in job.waiting, 10, f"no refusal shown: {job.waiting!r}")
             status = await cc.status()
             plain = await cc.map(_plain, range(2))
             start_worker(foreman.url, "--procs", "1", "--find-links", str(wheels), "--no-index")

@@ -262,7 +262,7 @@ def test_crowdmap_requirements_and_crowdstatus_explains_a_waiting_job(
     assert result.success, text
     job = shell.user_ns["job"]
     deadline = time.monotonic() + 10
-    while "gpu=1" not in job.notice and time.monotonic() < deadline:
+    while "gpu=1" not in job.waiting and time.monotonic() < deadline:
         run(shell, "await __import__('asyncio').sleep(0.05)")
     with capture_output() as captured:
         shell.run_line_magic("crowdstatus", "")

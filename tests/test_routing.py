@@ -39,7 +39,7 @@ def test_a_gpu_job_waits_visibly_then_runs_one_task_at_a_time_on_the_gpu_worker(
                 _running_alone, [(str(folder), i) for i in range(6)], chunksize=1, resources={"gpu": 1}
             )
             await wait_until(
-                lambda: "no connected worker has gpu=1" in job.notice, 10, f"no waiting notice: {job.notice!r}"
+                lambda: "no connected worker has gpu=1" in job.waiting, 10, f"no waiting notice: {job.waiting!r}"
             )
             status = await cc.status()
             (entry,) = [j for j in status["jobs"] if j["id"] == job.id]
@@ -49,7 +49,7 @@ def test_a_gpu_job_waits_visibly_then_runs_one_task_at_a_time_on_the_gpu_worker(
             assert "waiting: no connected worker has gpu=1" in table, table
             start_worker(foreman.url, "--procs", "3", "--name", "gpu", "--resources", "gpu=1,memory=64GB")
             results = await job
-            assert job.notice == ""
+            assert job.waiting == ""
             status = await cc.status()
             return results, {t.worker for t in job.stats.tasks}, status
 
