@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 
 from crowdcompute.errors import AuthenticationError
 from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
@@ -13,6 +14,10 @@ from crowdcompute.wire.addresses import parse_address
 from crowdcompute.wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
 
 from .agent import WorkerAgent
+from .launch import CommandLauncher
+from .limits import Limits, UnenforceableLimitError, check_processes_limit, parse_size
+from .pool import SlotSettings
+from .sandbox import SandboxUnavailableError, find_bwrap
 
 __all__ = ["build_parser", "main"]
 
@@ -37,9 +42,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", help="name shown in status (default: HOST-PID)")
     parser.add_argument("--cafile", help="CA certificate to verify a wss:// foreman")
+    sandbox = parser.add_argument_group("sandbox and limits (per task)")
+    sandbox.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run task processes under bubblewrap: read-only system, homes hidden, a private scratch "
+        "folder per task, no network, own PID namespace (refuses to start where it cannot)",
+    )
+    sandbox.add_argument("--allow-network", action="store_true", help="with --sandbox: let tasks use the network")
+    sandbox.add_argument("--max-memory", type=_size, metavar="SIZE", help="address space per task process, e.g. 2GiB")
+    sandbox.add_argument("--max-cpu-seconds", type=_seconds, metavar="S", help="CPU seconds per task")
+    sandbox.add_argument("--max-disk", type=_size, metavar="SIZE", help="size of a task's scratch folder, e.g. 1GB")
+    sandbox.add_argument("--max-processes", type=_count, metavar="N", help="processes a task may run at once")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def slot_settings(args: argparse.Namespace) -> SlotSettings:
+    """The launcher and limits the options ask for; SandboxUnavailableError or UnenforceableLimitError why not."""
+    if args.allow_network and not args.sandbox:
+        raise UnenforceableLimitError(
+            "--allow-network only makes sense with --sandbox (without it tasks have the network)"
+        )
+    limits = Limits(args.max_memory, args.max_cpu_seconds, args.max_disk, args.max_processes)
+    settings = SlotSettings(limits=limits)
+    if args.sandbox:
+        settings.launcher = CommandLauncher(bwrap=find_bwrap(), network=args.allow_network)
+    settings.processes_by = check_processes_limit(limits, args.sandbox)
+    if args.sandbox or limits.disk is not None:
+        settings.scratch = tempfile.mkdtemp(prefix="crowdcompute-worker-")
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
-    agent = WorkerAgent(address, token=args.token, procs=args.procs, name=args.name, cafile=args.cafile)
+    try:
+        settings = slot_settings(args)
+    except (SandboxUnavailableError, UnenforceableLimitError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    agent = WorkerAgent(
+        address, token=args.token, procs=args.procs, name=args.name, cafile=args.cafile, slot_settings=settings
+    )
     try:
         asyncio.run(_serve(agent, args.exit_with_parent))
     except AuthenticationError as exc:

@@ -1,0 +1,207 @@
+"""``crowdcompute worker --sandbox`` and the per-task limits: real workers, a real foreman.
+
+Each sandbox test skips, saying why, where bubblewrap cannot run here; the
+test of the refusal runs everywhere.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+from helpers import arun
+
+from crowdcompute import CrowdComputeClient, WorkerCrashedError
+from worker.limits import parse_size
+from worker.sandbox import SandboxUnavailableError, find_bwrap
+
+try:
+    find_bwrap()
+    WHY_NOT = ""
+except SandboxUnavailableError as exc:
+    WHY_NOT = str(exc)
+
+needs_bwrap = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT)
+
+
+# --- task functions (run on the worker) ---------------------------------------
+
+
+def read_file(path):
+    with open(path) as file:
+        return file.read()
+
+
+def connect_to(port):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        return "connected"
+
+
+def write_file(path):
+    with open(path, "w") as file:
+        file.write("escaped")
+    return "written"
+
+
+def where_am_i(_):
+    import os
+    import tempfile
+
+    with open("note.txt", "w") as file:  # in the cwd: the task's scratch folder
+        file.write("mine")
+    return os.getcwd(), tempfile.gettempdir(), os.listdir(".")
+
+
+def hog_memory(_):
+    blocks = []
+    while True:
+        blocks.append(bytearray(64 * 1024 * 1024))
+
+
+def fork_bomb(_):
+    import os
+    import time
+
+    while True:
+        if os.fork() == 0:
+            time.sleep(30)
+
+
+def spin(_):
+    while True:
+        pass
+
+
+def square(x):
+    return x * x
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+async def _map(foreman, func, items):
+    """Results, or the first error, of mapping ``func`` over ``items`` one item per task."""
+    async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+        return await cc.map(func, items, chunksize=1)
+
+
+def run(foreman, func, items):
+    return arun(_map(foreman, func, items), timeout=45)
+
+
+def fails_with(foreman, func, item) -> WorkerCrashedError | Exception:
+    with pytest.raises(Exception) as caught:
+        run(foreman, func, [item])
+    return caught.value
+
+
+@pytest.fixture
+def volunteer_home(tmp_path, monkeypatch):
+    """A fake volunteer home ($HOME) with a secret in it, inherited by the workers we start."""
+    home = tmp_path / "volunteer"
+    home.mkdir()
+    (home / "secret.txt").write_text("the volunteer's secret")
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+# --- the sandbox --------------------------------------------------------------
+
+
+@needs_bwrap
+def test_sandboxed_task_cannot_read_the_home_reach_the_host_or_write_outside(
+    foreman, start_worker, volunteer_home, tmp_path
+):
+    start_worker(foreman.url, "--procs", "1", "--sandbox")
+    secret = volunteer_home / "secret.txt"
+    assert run(foreman, square, [3]) == [9]  # it works at all
+
+    error = fails_with(foreman, read_file, str(secret))
+    assert "FileNotFoundError" in str(error) or "PermissionError" in str(error), error
+
+    with socket.socket() as listener:  # a port on the host the task must not reach
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        error = fails_with(foreman, connect_to, listener.getsockname()[1])
+        assert "OSError" in str(error) or "ConnectionRefusedError" in str(error), error
+
+    outside = tmp_path / "escaped.txt"
+    error = fails_with(foreman, write_file, str(outside))
+    assert not outside.exists()
+    assert "Error" in str(error), error
+
+    [(cwd, tmp, listing)] = run(foreman, where_am_i, [0])
+    assert cwd == tmp and listing == ["note.txt"]
+    [(cwd2, _, listing2)] = run(foreman, where_am_i, [1])  # a fresh folder: the note is gone
+    assert listing2 == ["note.txt"] and not _exists(cwd)
+
+
+def _exists(path: str) -> bool:
+    import os
+
+    return os.path.exists(path)
+
+
+@needs_bwrap
+def test_sandbox_allows_the_network_when_told(foreman, start_worker):
+    start_worker(foreman.url, "--procs", "1", "--sandbox", "--allow-network")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        assert run(foreman, connect_to, [listener.getsockname()[1]]) == ["connected"]
+
+
+@needs_bwrap
+def test_memory_hog_and_fork_bomb_fail_naming_the_limit_and_the_worker_goes_on(foreman, start_worker):
+    worker = start_worker(foreman.url, "--procs", "1", "--sandbox", "--max-memory", "256MiB", "--max-processes", "20")
+    error = fails_with(foreman, hog_memory, 0)
+    assert isinstance(error, WorkerCrashedError), error
+    assert "task exceeded --max-memory 256 MiB" in str(error)
+    assert run(foreman, square, [4]) == [16]
+
+    error = fails_with(foreman, fork_bomb, 0)
+    assert isinstance(error, WorkerCrashedError), error
+    assert "task exceeded --max-processes 20" in str(error)
+    assert run(foreman, square, [5]) == [25]
+    assert worker.popen.poll() is None
+
+
+def test_cpu_seconds_stop_a_busy_loop_without_the_sandbox(foreman, start_worker):
+    start_worker(foreman.url, "--procs", "1", "--max-cpu-seconds", "1")
+    error = fails_with(foreman, spin, 0)
+    assert isinstance(error, WorkerCrashedError), error
+    assert "task exceeded --max-cpu-seconds 1" in str(error)
+    assert run(foreman, square, [6]) == [36]
+
+
+def test_sandbox_refuses_to_start_where_bubblewrap_is_missing(foreman, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROWDCOMPUTE_BWRAP", str(tmp_path / "no-such-bwrap"))
+    done = subprocess.run(
+        [sys.executable, "-m", "crowdcompute", "worker", foreman.url, "--sandbox"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "--sandbox cannot run: the bubblewrap binary" in done.stderr
+    assert "does not exist" in done.stderr
+    assert "connected" not in done.stdout
+
+
+def test_sizes_and_bad_limits_are_explained():
+    assert parse_size("512MiB") == 512 * 1024**2
+    assert parse_size("2 GB") == 2 * 1000**3
+    assert parse_size("1000") == 1000
+    with pytest.raises(ValueError, match="KB/MB/GB"):
+        parse_size("lots")
+    done = subprocess.run(
+        [sys.executable, "-m", "crowdcompute", "worker", "--max-memory", "lots"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "KiB/MiB/GiB" in done.stderr

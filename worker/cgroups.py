@@ -1,0 +1,107 @@
+"""A ``pids`` cgroup per task process, where the worker may create one.
+
+Used for ``--max-processes``: unlike ``RLIMIT_NPROC`` it counts exactly the
+processes of one task, binds root too, and lets the agent kill every process
+a task left behind. cgroup v1 (a ``pids`` hierarchy) and v2 (a ``pids``
+controller enabled in the worker's own cgroup's subtree) are both tried;
+anything that fails means "not available" and the caller says so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+__all__ = ["PidsCgroup", "pids_cgroups_available"]
+
+_ROOT = Path("/sys/fs/cgroup")
+#: Rounds of killing a cgroup's processes before giving up (each one a few ms).
+KILL_ROUNDS = 200
+
+
+def _own_parent() -> Path | None:
+    """The folder where this worker may create pids cgroups, or None."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _id, controllers, path = line.split(":", 2)
+        if "pids" in controllers.split(","):  # cgroup v1
+            return _ROOT / "pids" / path.lstrip("/")
+    for line in lines:
+        if line.startswith("0::"):  # cgroup v2: needs pids in our cgroup's subtree_control
+            base = _ROOT / line[3:].lstrip("/")
+            try:
+                if "pids" in (base / "cgroup.subtree_control").read_text().split():
+                    return base
+            except OSError:
+                return None
+    return None
+
+
+_available: bool | None = None
+
+
+def pids_cgroups_available() -> bool:
+    """Whether this worker can create a pids cgroup and set its limit (tried once, then remembered)."""
+    global _available
+    if _available is None:
+        try:
+            probe = PidsCgroup(f"probe-{os.getpid()}", 1)
+            probe.remove()
+            _available = True
+        except OSError:
+            _available = False
+    return _available
+
+
+class PidsCgroup:
+    """A cgroup holding at most ``limit`` processes. OSError if it cannot be made."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        parent = _own_parent()
+        if parent is None:
+            raise FileNotFoundError("no pids cgroup controller found")
+        self.path = parent / f"crowdcompute-{name}"
+        self.path.mkdir(exist_ok=True)
+        try:
+            (self.path / "pids.max").write_text(str(limit))
+        except OSError:
+            self.path.rmdir()
+            raise
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(line) for line in (self.path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+    def kill_all(self) -> None:
+        """Kill every process in it (a fork bomb refills it: repeat until it is empty)."""
+        for _ in range(KILL_ROUNDS):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.005)
+
+    def remove(self) -> None:
+        self.kill_all()
+        for _ in range(KILL_ROUNDS):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:  # killed processes not reaped yet
+                time.sleep(0.005)
