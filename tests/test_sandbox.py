@@ -53,7 +53,22 @@ def where_am_i(_):
 
     with open("note.txt", "w") as file:  # in the cwd: the task's scratch folder
         file.write("mine")
-    return os.getcwd(), tempfile.gettempdir(), os.listdir(".")
+    return os.getcwd(), tempfile.gettempdir(), os.path.expanduser("~"), os.listdir(".")
+
+
+def write_big_file(size):
+    with open("big.bin", "wb") as file:
+        file.write(b"x" * size)
+    return "written"
+
+
+def write_many_files(size):
+    import time
+
+    for n in range(10_000):
+        with open(f"part-{n}.bin", "wb") as file:
+            file.write(b"x" * size)
+        time.sleep(0.01)
 
 
 def hog_memory(_):
@@ -134,10 +149,11 @@ def test_sandboxed_task_cannot_read_the_home_reach_the_host_or_write_outside(
     assert not outside.exists()
     assert "Error" in str(error), error
 
-    [(cwd, tmp, listing)] = run(foreman, where_am_i, [0])
-    assert cwd == tmp and listing == ["note.txt"]
-    [(cwd2, _, listing2)] = run(foreman, where_am_i, [1])  # a fresh folder: the note is gone
-    assert listing2 == ["note.txt"] and not _exists(cwd)
+    [(cwd, tmp, home, listing)] = run(foreman, where_am_i, [0])
+    assert cwd == tmp == home and listing == ["note.txt"]
+    assert not _exists(cwd)  # removed after the task
+    [(cwd2, _, _, listing2)] = run(foreman, where_am_i, [1])  # a fresh folder: the note is gone
+    assert listing2 == ["note.txt"]
 
 
 def _exists(path: str) -> bool:
@@ -170,12 +186,25 @@ def test_memory_hog_and_fork_bomb_fail_naming_the_limit_and_the_worker_goes_on(f
     assert worker.popen.poll() is None
 
 
-def test_cpu_seconds_stop_a_busy_loop_without_the_sandbox(foreman, start_worker):
-    start_worker(foreman.url, "--procs", "1", "--max-cpu-seconds", "1")
+@pytest.mark.parametrize("sandbox", [pytest.param(True, marks=needs_bwrap), False], ids=["sandbox", "plain"])
+def test_cpu_seconds_stop_a_busy_loop(foreman, start_worker, sandbox):
+    start_worker(foreman.url, "--procs", "1", "--max-cpu-seconds", "1", *(["--sandbox"] if sandbox else []))
     error = fails_with(foreman, spin, 0)
     assert isinstance(error, WorkerCrashedError), error
     assert "task exceeded --max-cpu-seconds 1" in str(error)
     assert run(foreman, square, [6]) == [36]
+
+
+@pytest.mark.parametrize("sandbox", [pytest.param(True, marks=needs_bwrap), False], ids=["sandbox", "plain"])
+def test_disk_limit_stops_a_big_file_and_a_growing_scratch_folder(foreman, start_worker, sandbox):
+    start_worker(foreman.url, "--procs", "1", "--max-disk", "1MiB", *(["--sandbox"] if sandbox else []))
+    assert run(foreman, write_big_file, [1000]) == ["written"]
+    error = fails_with(foreman, write_big_file, 4 * 1024 * 1024)
+    assert isinstance(error, WorkerCrashedError), error
+    assert "task exceeded --max-disk 1 MiB" in str(error)
+    error = fails_with(foreman, write_many_files, 64 * 1024)  # no file too big, but too many
+    assert "task exceeded --max-disk 1 MiB" in str(error)
+    assert run(foreman, square, [7]) == [49]
 
 
 def test_sandbox_refuses_to_start_where_bubblewrap_is_missing(foreman, tmp_path, monkeypatch):

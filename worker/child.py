@@ -176,14 +176,16 @@ def _enter_scratch(scratch: str, job_id: str, first_index: int) -> str:
     folder = os.path.join(scratch, f"task-{job_id}-{first_index}")
     os.makedirs(folder, exist_ok=True)
     os.chdir(folder)
-    for name in ("TMPDIR", "TEMP", "TMP"):
-        os.environ[name] = folder
+    for name in ("TMPDIR", "TEMP", "TMP", "HOME") if os.environ.get("HOME") == scratch else ("TMPDIR", "TEMP", "TMP"):
+        os.environ[name] = folder  # HOME too where the sandbox made the scratch folder the home
     tempfile.tempdir = None
     return folder
 
 
 def _leave_scratch(scratch: str, folder: str) -> None:
     os.chdir(scratch)
+    if os.environ.get("HOME") == folder:
+        os.environ["HOME"] = scratch
     shutil.rmtree(folder, ignore_errors=True)
     tempfile.tempdir = None
 
