@@ -14,7 +14,7 @@ import pytest
 from helpers import arun
 
 from crowdcompute import CrowdComputeClient, WorkerCrashedError
-from worker.limits import parse_size
+from worker.limits import Limits, UnenforceableLimitError, check_processes_limit, parse_size
 from worker.sandbox import SandboxUnavailableError, find_bwrap
 
 try:
@@ -24,6 +24,12 @@ except SandboxUnavailableError as exc:
     WHY_NOT = str(exc)
 
 needs_bwrap = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT)
+
+try:
+    check_processes_limit(Limits(processes=20), sandbox=False)
+    NO_PLAIN_PROCESS_LIMIT = ""
+except UnenforceableLimitError as exc:
+    NO_PLAIN_PROCESS_LIMIT = str(exc)
 
 
 # --- task functions (run on the worker) ---------------------------------------
@@ -95,6 +101,19 @@ def square(x):
     return x * x
 
 
+def count_runs(leave_a_process):
+    """How many tasks this task process ran (a fresh process starts again at 1)."""
+    import builtins
+    import os
+    import time
+
+    builtins.crowdcompute_runs = getattr(builtins, "crowdcompute_runs", 0) + 1
+    if leave_a_process and os.fork() == 0:
+        time.sleep(30)
+        os._exit(0)
+    return builtins.crowdcompute_runs
+
+
 # --- helpers ------------------------------------------------------------------
 
 
@@ -163,6 +182,14 @@ def _exists(path: str) -> bool:
 
 
 @needs_bwrap
+def test_a_process_left_behind_goes_with_its_task_process(foreman, start_worker):
+    start_worker(foreman.url, "--procs", "1", "--sandbox")
+    assert run(foreman, count_runs, [False, False]) == [1, 2]  # one process, reused
+    assert run(foreman, count_runs, [True]) == [3]
+    assert run(foreman, count_runs, [False]) == [1]  # the leftover took its process with it
+
+
+@needs_bwrap
 def test_sandbox_allows_the_network_when_told(foreman, start_worker):
     start_worker(foreman.url, "--procs", "1", "--sandbox", "--allow-network")
     with socket.socket() as listener:
@@ -184,6 +211,15 @@ def test_memory_hog_and_fork_bomb_fail_naming_the_limit_and_the_worker_goes_on(f
     assert "task exceeded --max-processes 20" in str(error)
     assert run(foreman, square, [5]) == [25]
     assert worker.popen.poll() is None
+
+
+@pytest.mark.skipif(bool(NO_PLAIN_PROCESS_LIMIT), reason=NO_PLAIN_PROCESS_LIMIT)
+def test_fork_bomb_without_the_sandbox_fails_and_leaves_nothing(foreman, start_worker):
+    start_worker(foreman.url, "--procs", "2", "--max-processes", "20")
+    error = fails_with(foreman, fork_bomb, 0)
+    assert isinstance(error, WorkerCrashedError), error
+    assert "task exceeded --max-processes 20" in str(error)
+    assert run(foreman, square, [8, 9]) == [64, 81]  # conftest then checks that no process is left
 
 
 @pytest.mark.parametrize("sandbox", [pytest.param(True, marks=needs_bwrap), False], ids=["sandbox", "plain"])

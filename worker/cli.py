@@ -92,6 +92,7 @@ def slot_settings(args: argparse.Namespace) -> SlotSettings:
     settings = SlotSettings(limits=limits)
     if args.sandbox:
         settings.launcher = CommandLauncher(bwrap=find_bwrap(), network=args.allow_network)
+        settings.sandboxed = True
     settings.processes_by = check_processes_limit(limits, args.sandbox)
     if args.sandbox or limits.disk is not None:
         settings.scratch = tempfile.mkdtemp(prefix="crowdcompute-worker-")

@@ -37,6 +37,7 @@ __all__ = [
     "limit_for_error",
     "parse_size",
     "tree_cpu_seconds",
+    "tree_size",
 ]
 
 #: How often the agent checks a running task's CPU time and scratch size, in seconds.
@@ -152,9 +153,8 @@ def limit_for_error(exc: BaseException, limits: Limits) -> str | None:
     return None
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds used by process ``pid`` and its descendants (living, and reaped ones)."""
-    ticks = os.sysconf("SC_CLK_TCK")
+def _tree(pid: int) -> dict[int, int]:
+    """Process ``pid`` and its living descendants, each with its CPU clock ticks (its reaped children's too)."""
     children: dict[int, list[int]] = {}
     used: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -168,12 +168,23 @@ def tree_cpu_seconds(pid: int) -> float:
         # fields[1]: ppid; [11..14]: utime, stime, cutime, cstime
         children.setdefault(int(fields[1]), []).append(int(entry.name))
         used[int(entry.name)] = sum(int(value) for value in fields[11:15])
-    total, todo = 0, [pid]
+    tree: dict[int, int] = {}
+    todo = [pid] if pid in used else []
     while todo:
         current = todo.pop()
-        total += used.get(current, 0)
+        tree[current] = used[current]
         todo.extend(children.get(current, ()))
-    return total / ticks
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used by process ``pid`` and its descendants (living, and reaped ones)."""
+    return sum(_tree(pid).values()) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_size(pid: int) -> int:
+    """How many processes ``pid`` and its living descendants are."""
+    return len(_tree(pid))
 
 
 def folder_bytes(path: str) -> int:

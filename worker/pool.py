@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .cgroups import PidsCgroup
 from .launch import ForkLauncher, TaskProcess
-from .limits import WATCH_INTERVAL, Limits, folder_bytes, tree_cpu_seconds
+from .limits import WATCH_INTERVAL, Limits, folder_bytes, tree_cpu_seconds, tree_size
 
 __all__ = ["Finished", "Lost", "Slot", "SlotSettings"]
 
@@ -54,6 +54,12 @@ class SlotSettings:
     limits: Limits = field(default_factory=Limits)
     scratch: str | None = None  # folder holding each slot's scratch folder; None: tasks run in the cwd
     processes_by: str = ""  # how --max-processes is enforced: "cgroup", "rlimit" or ""
+    sandboxed: bool = False
+
+    @property
+    def strict(self) -> bool:
+        """Whether a task may leave no process behind (checked after each task)."""
+        return self.sandboxed or self.limits.processes is not None
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -174,7 +180,16 @@ class Slot:
             if self._timed_out:
                 return Lost("timeout", f"the task ran longer than its timeout of {timeout:g} s and was stopped")
             return await self._lost()
+        if self.settings.strict and tree_size(self._process.pid) > 1 + self.settings.launcher.overhead:
+            await self._restart()  # the task left processes running: they go with this one
         return result
+
+    async def _restart(self) -> None:
+        process = self._process
+        process.kill()
+        await asyncio.get_running_loop().run_in_executor(None, process.join, CHILD_EXIT_GRACE)
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
 
     def _readable(self, conn, outcome: asyncio.Future, on_output: Callable[[int, str, str], None]) -> None:
         """Read what the child sent: output lines, then the outcome (None: the pipe closed)."""
