@@ -270,3 +270,26 @@ def test_sizes_and_bad_limits_are_explained():
         timeout=30,
     )
     assert done.returncode == 2 and "KiB/MiB/GiB" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "crowdcompute", "worker", "--max-memory", "10MB"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "--max-memory 9.5 MiB is too small" in done.stderr
+
+
+def test_max_processes_is_refused_where_nothing_would_enforce_it(monkeypatch):
+    import worker.limits
+
+    monkeypatch.setattr(worker.limits, "pids_cgroups_available", lambda: False)
+    limits = Limits(processes=20)
+    monkeypatch.setattr(worker.limits.os, "geteuid", lambda: 0)
+    for sandbox in (False, True):
+        with pytest.raises(UnenforceableLimitError, match="runs as root, which RLIMIT_NPROC does not bind"):
+            check_processes_limit(limits, sandbox)
+    monkeypatch.setattr(worker.limits.os, "geteuid", lambda: 1000)
+    with pytest.raises(UnenforceableLimitError, match="outside --sandbox RLIMIT_NPROC counts all your processes"):
+        check_processes_limit(limits, sandbox=False)
+    assert check_processes_limit(limits, sandbox=True) == "rlimit"
+    assert check_processes_limit(Limits(), sandbox=False) == ""

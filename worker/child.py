@@ -37,7 +37,7 @@ from crowdcompute.wire.constants import Serializer
 from .execution import run_items, run_portable
 from .limits import LimitBroken, Limits, apply_in_task_process, limit_for_error
 
-__all__ = ["main"]
+__all__ = ["main", "serve_fd"]
 
 #: Functions of this many jobs stay loaded in a task process.
 CACHED_FUNCTIONS = 8
@@ -197,7 +197,8 @@ def _raiser(exc: BaseException) -> Callable[[Any], Any]:
     return fail
 
 
-if __name__ == "__main__":  # started by a CommandLauncher: python -m worker.child FD SETTINGS
+def serve_fd(fd: str, settings: str) -> None:
+    """Serve tasks over the inherited socket ``fd``, with ``settings`` as JSON (a CommandLauncher's child)."""
     import json
 
-    main(Connection(int(sys.argv[1])), json.loads(sys.argv[2]))
+    main(Connection(int(fd)), json.loads(settings))

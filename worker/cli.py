@@ -15,7 +15,7 @@ from crowdcompute.wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VAR
 
 from .agent import WorkerAgent
 from .launch import CommandLauncher
-from .limits import Limits, UnenforceableLimitError, check_processes_limit, parse_size
+from .limits import MIN_MEMORY, Limits, UnenforceableLimitError, check_processes_limit, format_size, parse_size
 from .pool import SlotSettings
 from .sandbox import SandboxUnavailableError, find_bwrap
 
@@ -89,6 +89,11 @@ def slot_settings(args: argparse.Namespace) -> SlotSettings:
             "--allow-network only makes sense with --sandbox (without it tasks have the network)"
         )
     limits = Limits(args.max_memory, args.max_cpu_seconds, args.max_disk, args.max_processes)
+    if limits.memory is not None and limits.memory < MIN_MEMORY:
+        raise UnenforceableLimitError(
+            f"--max-memory {format_size(limits.memory)} is too small: a task process needs at least "
+            f"{format_size(MIN_MEMORY)} of address space to start"
+        )
     settings = SlotSettings(limits=limits)
     if args.sandbox:
         settings.launcher = CommandLauncher(bwrap=find_bwrap(), network=args.allow_network)

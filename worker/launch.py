@@ -5,7 +5,7 @@ it with the agent's end of its pipe. Two kinds:
 
 - :class:`ForkLauncher`: from a ``multiprocessing`` forkserver (spawn where
   there is none): cheap, the default.
-- :class:`CommandLauncher`: ``PYTHON -m worker.child FD SETTINGS`` as a new
+- :class:`CommandLauncher`: ``PYTHON -c "...serve_fd(FD, SETTINGS)"`` as a new
   program, with the pipe passed as an inherited socket; optionally under
   bubblewrap (``--sandbox``), and with any Python (e.g. a job's own
   environment) that can import ``worker``.
@@ -103,8 +103,11 @@ class ForkLauncher:
         return _ForkedProcess(process.pid, process), parent
 
 
+_SERVE = "import sys; from worker.child import serve_fd; serve_fd(*sys.argv[1:])"
+
+
 class CommandLauncher:
-    """Task processes as ``python -m worker.child``, under bubblewrap when ``bwrap`` is given."""
+    """Task processes as a new ``python`` program, under bubblewrap when ``bwrap`` is given."""
 
     def __init__(self, python: str = sys.executable, bwrap: str | None = None, network: bool = True) -> None:
         self.python = python
@@ -115,7 +118,7 @@ class CommandLauncher:
     def start(self, index: int, settings: dict, cgroup_procs: str | None = None) -> tuple[TaskProcess, Connection]:
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
-        command = [self.python, "-m", "worker.child", str(fd), json.dumps(settings)]
+        command = [self.python, "-c", _SERVE, str(fd), json.dumps(settings)]
         if self.bwrap is not None:
             command = bwrap_command(self.bwrap, self.python, settings["scratch"], self.network) + command
         if cgroup_procs is not None:  # join the cgroup first, so that everything it starts is in it

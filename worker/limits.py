@@ -21,6 +21,7 @@ import errno
 import os
 import re
 import resource
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ __all__ = [
 
 #: How often the agent checks a running task's CPU time and scratch size, in seconds.
 WATCH_INTERVAL = 0.2
+#: The smallest --max-memory: a task process takes about 110 MB of address space before any task.
+MIN_MEMORY = 256 * 1024**2
 
 _UNITS = {
     "": 1,
@@ -153,10 +156,19 @@ def limit_for_error(exc: BaseException, limits: Limits) -> str | None:
     return None
 
 
-def _tree(pid: int) -> dict[int, int]:
-    """Process ``pid`` and its living descendants, each with its CPU clock ticks (its reaped children's too)."""
-    children: dict[int, list[int]] = {}
-    used: dict[int, int] = {}
+_snapshot: tuple[float, dict[int, list[int]], dict[int, int]] = (-1.0, {}, {})
+
+
+def _processes(max_age: float) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """(children of each pid, CPU clock ticks of each pid incl. its reaped children), from /proc.
+
+    A scan at most ``max_age`` seconds old is reused: the slots of one worker share it.
+    """
+    global _snapshot
+    taken, children, used = _snapshot
+    if time.monotonic() - taken <= max_age:
+        return children, used
+    children, used = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -168,6 +180,13 @@ def _tree(pid: int) -> dict[int, int]:
         # fields[1]: ppid; [11..14]: utime, stime, cutime, cstime
         children.setdefault(int(fields[1]), []).append(int(entry.name))
         used[int(entry.name)] = sum(int(value) for value in fields[11:15])
+    _snapshot = (time.monotonic(), children, used)
+    return children, used
+
+
+def _tree(pid: int, max_age: float = 0.0) -> dict[int, int]:
+    """Process ``pid`` and its living descendants, each with its CPU clock ticks."""
+    children, used = _processes(max_age)
     tree: dict[int, int] = {}
     todo = [pid] if pid in used else []
     while todo:
@@ -179,7 +198,7 @@ def _tree(pid: int) -> dict[int, int]:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds used by process ``pid`` and its descendants (living, and reaped ones)."""
-    return sum(_tree(pid).values()) / os.sysconf("SC_CLK_TCK")
+    return sum(_tree(pid, WATCH_INTERVAL / 2).values()) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_size(pid: int) -> int:
