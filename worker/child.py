@@ -9,8 +9,8 @@ It talks to its worker agent over a ``multiprocessing`` pipe:
                      ("limit", name)                       the task broke a limit; then it exits
 
 ``settings`` (from the launcher) holds the worker's ``limits`` (a
-:class:`~worker.limits.Limits` as a dict), ``nproc`` (whether to set
-``RLIMIT_NPROC``) and ``scratch``: a folder in which each task gets a fresh
+:class:`~worker.limits.Limits` as a dict), ``nproc`` (the ``RLIMIT_NPROC``
+to set, or None) and ``scratch``: a folder in which each task gets a fresh
 folder of its own (its cwd and TMPDIR), removed when it ends.
 
 A crash here (segfault, ``os._exit``, out of memory) kills this process only;
@@ -90,7 +90,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
     """Serve tasks from ``conn`` until it closes."""
     settings = settings or {}
     limits = Limits(**settings.get("limits", {}))
-    apply_in_task_process(limits, settings.get("nproc", False))
+    apply_in_task_process(limits, settings.get("nproc"))
     scratch = settings.get("scratch")
     task_pid = os.getpid()
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()

@@ -33,9 +33,10 @@ __all__ = ["CommandLauncher", "ForkLauncher", "TaskProcess"]
 class TaskProcess:
     """A started task process: ``pid`` is the process whose descendants are the task's."""
 
-    def __init__(self, pid: int, process) -> None:
+    def __init__(self, pid: int, process, wrapped: bool = False) -> None:
         self.pid = pid
         self._process = process
+        self._wrapped = wrapped  # under bwrap, whose exit code says 128 + N for "killed by signal N"
 
     def is_alive(self) -> bool:
         return self._process.poll() is None
@@ -56,8 +57,6 @@ class TaskProcess:
         if code is not None and code > 128 and self._wrapped:  # bwrap: 128 + the signal that killed it
             return -(code - 128)
         return code
-
-    _wrapped = False
 
 
 class _ForkedProcess(TaskProcess):
@@ -115,6 +114,10 @@ class CommandLauncher:
         self.network = network
         self.overhead = 2 if bwrap else 0  # bwrap and the sandbox's init process
 
+    def with_python(self, python: str) -> CommandLauncher:
+        """The same launcher (sandbox and all) for another Python, e.g. a job's virtual environment."""
+        return CommandLauncher(python, self.bwrap, self.network)
+
     def start(self, index: int, settings: dict, cgroup_procs: str | None = None) -> tuple[TaskProcess, Connection]:
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
@@ -127,6 +130,4 @@ class CommandLauncher:
             process = subprocess.Popen(command, pass_fds=(fd,), stdin=subprocess.DEVNULL, cwd=settings.get("scratch"))
         finally:
             theirs.close()
-        task_process = TaskProcess(process.pid, process)
-        task_process._wrapped = self.bwrap is not None
-        return task_process, Connection(ours.detach())
+        return TaskProcess(process.pid, process, wrapped=self.bwrap is not None), Connection(ours.detach())

@@ -134,14 +134,17 @@ def check_processes_limit(limits: Limits, sandbox: bool) -> str:
     raise UnenforceableLimitError(f"--max-processes cannot be enforced here: {why}")
 
 
-def apply_in_task_process(limits: Limits, nproc: bool) -> None:
-    """Set the resource limits of this (task) process; hard limits, so user code cannot raise them."""
+def apply_in_task_process(limits: Limits, nproc: int | None) -> None:
+    """Set the resource limits of this (task) process; hard limits, so user code cannot raise them.
+
+    ``nproc``: the RLIMIT_NPROC to set, where it counts per task (see check_processes_limit).
+    """
     if limits.memory is not None:
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
     if limits.disk is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.disk, limits.disk))
-    if limits.processes is not None and nproc:
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+    if nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
 def limit_for_error(exc: BaseException, limits: Limits) -> str | None:

@@ -111,7 +111,8 @@ class Slot:
             os.makedirs(self._scratch, mode=0o700)
         settings = {
             "limits": limits.to_dict(),
-            "nproc": self.settings.processes_by == "rlimit",
+            # RLIMIT_NPROC counts in the sandbox's user namespace: its init process too
+            "nproc": limits.processes + 1 if self.settings.processes_by == "rlimit" else None,
             "scratch": self._scratch,
         }
         procs = str(self._cgroup.path / "cgroup.procs") if self._cgroup else None

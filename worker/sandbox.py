@@ -96,7 +96,11 @@ def _homes() -> list[str]:
 def _python_paths(python: str) -> list[str]:
     """What a Python needs to start and import crowdcompute: its prefixes and sys.path."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(python))}
-    paths.add(os.path.dirname(os.path.abspath(python)))
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+    if os.path.isfile(os.path.join(venv, "pyvenv.cfg")):  # e.g. a job's own environment
+        paths.add(venv)
+    else:
+        paths.add(os.path.dirname(os.path.abspath(python)))
     paths.update(entry for entry in sys.path if entry)
     extra = os.environ.get("PYTHONPATH", "")
     paths.update(entry for entry in extra.split(os.pathsep) if entry)
