@@ -83,6 +83,16 @@ def hog_memory(_):
         blocks.append(bytearray(64 * 1024 * 1024))
 
 
+def hog_or_wait(x):
+    """Item 0 hogs memory; the others take a moment, running beside it."""
+    import time
+
+    if x == 0:
+        hog_memory(x)
+    time.sleep(0.5)
+    return x
+
+
 def fork_bomb(_):
     import os
     import time
@@ -211,6 +221,20 @@ def test_memory_hog_and_fork_bomb_fail_naming_the_limit_and_the_worker_goes_on(f
     assert "task exceeded --max-processes 20" in str(error)
     assert run(foreman, square, [5]) == [25]
     assert worker.popen.poll() is None
+
+
+@needs_bwrap
+def test_a_task_breaking_a_limit_leaves_its_neighbours_running(foreman, start_worker):
+    start_worker(foreman.url, "--procs", "2", "--sandbox", "--max-memory", "256MiB")
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            job = await cc.submit(hog_or_wait, range(4), chunksize=1)
+            return await job.result(return_exceptions=True)
+
+    hogged, *others = arun(main(), timeout=45)
+    assert isinstance(hogged, WorkerCrashedError) and "task exceeded --max-memory 256 MiB" in str(hogged)
+    assert others == [1, 2, 3]
 
 
 @pytest.mark.skipif(bool(NO_PLAIN_PROCESS_LIMIT), reason=NO_PLAIN_PROCESS_LIMIT)
