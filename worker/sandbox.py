@@ -30,6 +30,8 @@ log = logging.getLogger("crowdcompute.worker")
 
 #: Seconds the start-up check may take to run ``true`` in a sandbox.
 PROBE_TIMEOUT = 10.0
+#: Bytes of /dev/shm a sandboxed task may fill (multiprocessing's semaphores and queues live there).
+SHM_SIZE = 64 * 1024**2
 #: Folders hidden from task processes (an empty, read-only folder in their place).
 HIDDEN = ("/home", "/root", "/tmp", "/var/tmp", "/run")
 
@@ -146,7 +148,8 @@ def bwrap_command(bwrap: str, python: str, scratch: str, network: bool) -> list[
         command += ["--ro-bind", path, path]
         shown.append(path)
     command += ["--bind", scratch, scratch, "--chdir", scratch]
-    for path in hidden:  # not recursive: the binds inside stay as they are
+    command += ["--size", str(SHM_SIZE), "--tmpfs", "/dev/shm"]  # for multiprocessing; small
+    for path in [*hidden, "/dev"]:  # not recursive: the mounts inside stay as they are
         command += ["--remount-ro", path]
     command += ["--setenv", "HOME", scratch, "--setenv", "TMPDIR", scratch]
     return [*command, "--"]
