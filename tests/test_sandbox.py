@@ -14,7 +14,7 @@ import pytest
 from helpers import arun
 
 from crowdcompute import CrowdComputeClient, WorkerCrashedError
-from worker.limits import Limits, UnenforceableLimitError, check_processes_limit, parse_size
+from worker.limits import Limits, UnenforceableLimitError, check_processes_limit, format_size, parse_size
 from worker.sandbox import SandboxUnavailableError, find_bwrap
 
 try:
@@ -248,6 +248,14 @@ def test_a_task_breaking_a_limit_leaves_its_neighbours_running(foreman, start_wo
     assert others == [1, 2, 3]
 
 
+def test_memory_hog_without_the_sandbox_fails_naming_the_limit(foreman, start_worker):
+    start_worker(foreman.url, "--procs", "1", "--max-memory", "300MB")
+    error = fails_with(foreman, hog_memory, 0)
+    assert isinstance(error, WorkerCrashedError), error
+    assert "task exceeded --max-memory 300 MB" in str(error)
+    assert run(foreman, square, [3]) == [9]
+
+
 @pytest.mark.skipif(bool(NO_PLAIN_PROCESS_LIMIT), reason=NO_PLAIN_PROCESS_LIMIT)
 def test_fork_bomb_without_the_sandbox_fails_and_leaves_nothing(foreman, start_worker):
     start_worker(foreman.url, "--procs", "2", "--max-processes", "20")
@@ -296,6 +304,13 @@ def test_sizes_and_bad_limits_are_explained():
     assert parse_size("512MiB") == 512 * 1024**2
     assert parse_size("2 GB") == 2 * 1000**3
     assert parse_size("1000") == 1000
+    assert [format_size(n) for n in (512 * 1024**2, 300 * 1000**2, 1536 * 1024**2, 1234567, 999)] == [
+        "512 MiB",
+        "300 MB",
+        "1536 MiB",
+        "1.2 MiB",
+        "999 bytes",
+    ]
     with pytest.raises(ValueError, match="KB/MB/GB"):
         parse_size("lots")
     done = subprocess.run(
@@ -311,7 +326,7 @@ def test_sizes_and_bad_limits_are_explained():
         text=True,
         timeout=30,
     )
-    assert done.returncode == 2 and "--max-memory 9.5 MiB is too small" in done.stderr
+    assert done.returncode == 2 and "--max-memory 10 MB is too small" in done.stderr
 
 
 def test_max_processes_is_refused_where_nothing_would_enforce_it(monkeypatch):

@@ -74,11 +74,14 @@ def parse_size(text: str) -> int:
 
 
 def format_size(size: int) -> str:
-    """``536870912`` -> ``"512 MiB"``; exact when it can be, else one decimal."""
-    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+    """``536870912`` -> ``"512 MiB"``, ``300000000`` -> ``"300 MB"``: as the user likely wrote it."""
+    units = (("GiB", 1024**3), ("GB", 1000**3), ("MiB", 1024**2), ("MB", 1000**2), ("KiB", 1024), ("KB", 1000))
+    for unit, factor in units:
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    for unit, factor in units[::2]:
         if size >= factor:
-            value = size / factor
-            return f"{value:g} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+            return f"{size / factor:.1f} {unit}"
     return f"{size} bytes"
 
 
