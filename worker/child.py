@@ -95,7 +95,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
     task_pid = os.getpid()
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
     stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
-    sys.stdout, sys.stderr = outputs  # type: ignore[assignment]
+    sys.stdout, sys.stderr = outputs
     functions: dict[str, Callable[[Any], Any] | BaseException] = {}
     while True:
         try:
@@ -144,7 +144,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             conn.send(("limit", broken.args[0]))
             os._exit(1)  # a fresh process takes the next task
         finally:
-            if folder is not None:
+            if scratch is not None and folder is not None:
                 _leave_scratch(scratch, folder)
         if os.getpid() != task_pid:  # the user's function forked and this copy returned
             os._exit(0)

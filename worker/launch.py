@@ -23,11 +23,12 @@ import socket
 import subprocess
 import sys
 from multiprocessing.connection import Connection
+from typing import Any, Protocol
 
 from . import child
 from .sandbox import bwrap_command
 
-__all__ = ["CommandLauncher", "ForkLauncher", "TaskProcess"]
+__all__ = ["CommandLauncher", "ForkLauncher", "Launcher", "TaskProcess"]
 
 
 class TaskProcess:
@@ -77,19 +78,34 @@ class _ForkedProcess(TaskProcess):
         return self._process.exitcode
 
 
+class Launcher(Protocol):
+    """Starts task processes; ``overhead``: processes it adds besides the task's own (e.g. bwrap's)."""
+
+    overhead: int
+
+    def start(
+        self, index: int, settings: dict[str, Any], cgroup_procs: str | None = None
+    ) -> tuple[TaskProcess, Connection[Any, Any]]:
+        """Start a task process with ``settings``, in the cgroup whose ``cgroup.procs`` is given."""
+        ...
+
+
 class ForkLauncher:
     """Task processes from a forkserver where there is one (no forked threads), else spawn."""
 
     overhead = 0  # processes besides the task's own
 
     def __init__(self) -> None:
+        self._ctx: multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext
         if "forkserver" in multiprocessing.get_all_start_methods():
             self._ctx = multiprocessing.get_context("forkserver")
             self._ctx.set_forkserver_preload(["worker.child"])
         else:
             self._ctx = multiprocessing.get_context("spawn")
 
-    def start(self, index: int, settings: dict, cgroup_procs: str | None = None) -> tuple[TaskProcess, Connection]:
+    def start(
+        self, index: int, settings: dict[str, Any], cgroup_procs: str | None = None
+    ) -> tuple[TaskProcess, Connection[Any, Any]]:
         parent, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
             target=child.main, args=(child_end, settings), name=f"crowdcompute-task-{index}", daemon=True
@@ -99,6 +115,7 @@ class ForkLauncher:
         if cgroup_procs is not None:  # before its first task: nothing of the user's has run yet
             with open(cgroup_procs, "w") as file:
                 file.write(str(process.pid))
+        assert process.pid is not None  # it started
         return _ForkedProcess(process.pid, process), parent
 
 
@@ -118,7 +135,9 @@ class CommandLauncher:
         """The same launcher (sandbox and all) for another Python, e.g. a job's virtual environment."""
         return CommandLauncher(python, self.bwrap, self.network)
 
-    def start(self, index: int, settings: dict, cgroup_procs: str | None = None) -> tuple[TaskProcess, Connection]:
+    def start(
+        self, index: int, settings: dict[str, Any], cgroup_procs: str | None = None
+    ) -> tuple[TaskProcess, Connection[Any, Any]]:
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
         command = [self.python, "-c", _SERVE, str(fd), json.dumps(settings)]

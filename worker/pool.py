@@ -18,9 +18,13 @@ import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from crowdcompute.wire.constants import ErrorKind
 
 from .cgroups import PidsCgroup
-from .launch import ForkLauncher, TaskProcess
+from .launch import ForkLauncher, Launcher, TaskProcess
 from .limits import WATCH_INTERVAL, Limits, folder_bytes, tree_cpu_seconds, tree_size
 
 __all__ = ["Finished", "Lost", "Slot", "SlotSettings"]
@@ -40,9 +44,9 @@ class Finished:
 
 @dataclass(frozen=True)
 class Lost:
-    """The task produced no outcomes. ``error``: "crashed", "timeout", "limit" or "cancelled"."""
+    """The task produced no outcomes: it crashed, ran out of time, broke a limit, or was cancelled."""
 
-    error: str
+    error: ErrorKind | None  # None: cancelled (the job was released), nothing to report
     reason: str
 
 
@@ -50,7 +54,7 @@ class Lost:
 class SlotSettings:
     """What every slot of a worker shares: how to start processes, and the limits."""
 
-    launcher: object = field(default_factory=ForkLauncher)  # ForkLauncher or CommandLauncher
+    launcher: Launcher = field(default_factory=ForkLauncher)
     limits: Limits = field(default_factory=Limits)
     scratch: str | None = None  # folder holding each slot's scratch folder; None: tasks run in the cwd
     processes_by: str = ""  # how --max-processes is enforced: "cgroup", "rlimit" or ""
@@ -83,7 +87,7 @@ class Slot:
         self.index = index
         self.settings = settings
         self._process: TaskProcess | None = None
-        self._conn = None
+        self._conn: Connection[Any, Any] | None = None
         self._jobs: set[str] = set()  # jobs whose function the child holds
         self._forget: list[str] = []
         self._stopping = False  # set by kill(): the next loss is a cancel
@@ -96,14 +100,14 @@ class Slot:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    def start(self) -> None:
-        """Start the child process (if it is not running); blocking, a few ms with forkserver."""
-        if self._process is not None and self._process.is_alive():
-            return
+    def start(self) -> Connection[Any, Any]:
+        """Start the child process (if it is not running) and return its pipe; blocking, a few ms with forkserver."""
+        if self._process is not None and self._process.is_alive() and self._conn is not None:
+            return self._conn
         limits, launcher = self.settings.limits, self.settings.launcher
         if self._cgroup is not None:
             self._cgroup.kill_all()  # what the last process left behind
-        elif self.settings.processes_by == "cgroup":
+        elif self.settings.processes_by == "cgroup" and limits.processes is not None:
             cgroup_name = f"worker-{os.getpid()}-{self.index}"
             self._cgroup = PidsCgroup(cgroup_name, limits.processes + launcher.overhead)
         if self._scratch is not None:
@@ -112,7 +116,7 @@ class Slot:
         settings = {
             "limits": limits.to_dict(),
             # RLIMIT_NPROC counts in the sandbox's user namespace: its init process too
-            "nproc": limits.processes + 1 if self.settings.processes_by == "rlimit" else None,
+            "nproc": limits.processes + 1 if limits.processes and self.settings.processes_by == "rlimit" else None,
             "scratch": self._scratch,
         }
         procs = str(self._cgroup.path / "cgroup.procs") if self._cgroup else None
@@ -121,6 +125,7 @@ class Slot:
             self._conn.close()
         self._process, self._conn, self._jobs = process, parent, set()
         self._forget.clear()
+        return parent
 
     def forget(self, job_id: str) -> None:
         """The job is over: the child may drop its function at the next task."""
@@ -145,8 +150,7 @@ class Slot:
         loop = asyncio.get_running_loop()
         self._stopping = self._timed_out = False
         self._broken = None
-        self.start()
-        conn = self._conn
+        conn = self.start()
         outcome: asyncio.Future = loop.create_future()
         timer = None
         try:
@@ -179,14 +183,18 @@ class Slot:
             return await self._lost()
         if result is None:
             if self._timed_out:
-                return Lost("timeout", f"the task ran longer than its timeout of {timeout:g} s and was stopped")
+                return Lost(ErrorKind.TIMEOUT, f"the task ran longer than its timeout of {timeout:g} s and was stopped")
             return await self._lost()
-        if self.settings.strict and tree_size(self._process.pid) > 1 + self.settings.launcher.overhead:
-            await self._restart()  # the task left processes running: they go with this one
+        process = self._process
+        if (
+            process is not None
+            and self.settings.strict
+            and tree_size(process.pid) > 1 + self.settings.launcher.overhead
+        ):
+            await self._restart(process)  # the task left processes running: they go with this one
         return result
 
-    async def _restart(self) -> None:
-        process = self._process
+    async def _restart(self, process: TaskProcess) -> None:
         process.kill()
         await asyncio.get_running_loop().run_in_executor(None, process.join, CHILD_EXIT_GRACE)
         if self._cgroup is not None:
@@ -201,7 +209,7 @@ class Slot:
                     on_output(*message[1:])
                 elif message[0] == "limit":  # the child found it (MemoryError, EAGAIN); it exits now
                     self._broken = message[1]
-                    outcome.set_result(Lost("limit", self.settings.limits.reason(message[1])))
+                    outcome.set_result(Lost(ErrorKind.LIMIT, self.settings.limits.reason(message[1])))
                 else:
                     outcome.set_result(Finished(message[1], conn.recv_bytes(), message[2]))
         except (EOFError, OSError):
@@ -215,6 +223,7 @@ class Slot:
 
     def _watch(self, outcome: asyncio.Future) -> asyncio.Task:
         """Stop the task when its CPU time or scratch size passes its limit."""
+        assert self._process is not None  # a task runs in it
         limits, pid = self.settings.limits, self._process.pid
 
         async def watch() -> None:
@@ -243,12 +252,12 @@ class Slot:
         if self._cgroup is not None:
             self._cgroup.kill_all()
         if self._stopping:
-            return Lost("cancelled", "the job was released")
+            return Lost(None, "the job was released")
         exitcode = process.exitcode if process else None
         broken = self._broken or self._limit_signal(exitcode)
         if broken:
-            return Lost("limit", self.settings.limits.reason(broken))
-        return Lost("crashed", describe_exit(exitcode))
+            return Lost(ErrorKind.LIMIT, self.settings.limits.reason(broken))
+        return Lost(ErrorKind.CRASHED, describe_exit(exitcode))
 
     def _limit_signal(self, exitcode: int | None) -> str | None:
         """The limit a process killed by the kernel for breaking one broke."""

