@@ -300,6 +300,26 @@ def test_sandbox_refuses_to_start_where_bubblewrap_is_missing(foreman, tmp_path,
     assert "connected" not in done.stdout
 
 
+def test_sandbox_refuses_to_start_where_user_namespaces_are_forbidden(foreman, tmp_path, monkeypatch):
+    fake = tmp_path / "bwrap"  # says what bubblewrap says on such a machine
+    fake.write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to create a new namespace, likely because the kernel does "
+        "not allow non-privileged user namespaces.' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("CROWDCOMPUTE_BWRAP", str(fake))
+    done = subprocess.run(
+        [sys.executable, "-m", "crowdcompute", "worker", foreman.url, "--sandbox"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "--sandbox cannot run: bubblewrap failed: bwrap: No permissions" in done.stderr
+    assert "does not let unprivileged users create user namespaces" in done.stderr
+    assert "connected" not in done.stdout
+
+
 def test_sizes_and_bad_limits_are_explained():
     assert parse_size("512MiB") == 512 * 1024**2
     assert parse_size("2 GB") == 2 * 1000**3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from .pool import SlotSettings
 from .sandbox import SandboxUnavailableError, find_bwrap
 
 __all__ = ["build_parser", "main"]
+
+log = logging.getLogger("crowdcompute.worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +107,17 @@ def slot_settings(args: argparse.Namespace) -> SlotSettings:
     return settings
 
 
+def describe(settings: SlotSettings) -> str:
+    """One line saying how task processes are confined, for the log."""
+    parts = []
+    if settings.sandboxed:
+        network = getattr(settings.launcher, "network", False)
+        parts.append(f"sandboxed by bubblewrap ({'with' if network else 'no'} network)")
+    limits = settings.limits
+    parts += [limits.option(name) for name, value in limits.to_dict().items() if value is not None]
+    return ", ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.procs < 1:
@@ -120,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SandboxUnavailableError, UnenforceableLimitError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.sandboxed or settings.limits.any:
+        log.info("task processes: %s", describe(settings))
     agent = WorkerAgent(
         address, token=args.token, procs=args.procs, name=args.name, cafile=args.cafile, slot_settings=settings
     )
