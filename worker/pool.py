@@ -186,12 +186,9 @@ class Slot:
                 return Lost(ErrorKind.TIMEOUT, f"the task ran longer than its timeout of {timeout:g} s and was stopped")
             return await self._lost()
         process = self._process
-        if (
-            process is not None
-            and self.settings.strict
-            and tree_size(process.pid) > 1 + self.settings.launcher.overhead
-        ):
-            await self._restart(process)  # the task left processes running: they go with this one
+        if process is not None and self.settings.strict:  # a scan of /proc: a few ms, off the loop
+            if await loop.run_in_executor(None, tree_size, process.pid) > 1 + self.settings.launcher.overhead:
+                await self._restart(process)  # the task left processes running: they go with this one
         return result
 
     async def _restart(self, process: TaskProcess) -> None:
