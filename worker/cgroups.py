@@ -59,16 +59,16 @@ def pids_cgroups_available() -> bool:
 
 
 class PidsCgroup:
-    """A cgroup holding at most ``limit`` processes. OSError if it cannot be made."""
+    """A cgroup holding at most ``limit`` processes (None: any number). OSError if it cannot be made."""
 
-    def __init__(self, name: str, limit: int) -> None:
+    def __init__(self, name: str, limit: int | None) -> None:
         parent = _own_parent()
         if parent is None:
             raise FileNotFoundError("no pids cgroup controller found")
         self.path = parent / f"crowdcompute-{name}"
         self.path.mkdir(exist_ok=True)
         try:
-            (self.path / "pids.max").write_text(str(limit))
+            (self.path / "pids.max").write_text("max" if limit is None else str(limit))
         except OSError:
             self.path.rmdir()
             raise

@@ -15,6 +15,7 @@ from crowdcompute.wire.addresses import parse_address
 from crowdcompute.wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
 
 from .agent import WorkerAgent
+from .cgroups import pids_cgroups_available
 from .launch import CommandLauncher
 from .limits import MIN_MEMORY, Limits, UnenforceableLimitError, check_processes_limit, format_size, parse_size
 from .pool import SlotSettings
@@ -102,6 +103,8 @@ def slot_settings(args: argparse.Namespace) -> SlotSettings:
         settings.launcher = CommandLauncher(bwrap=find_bwrap(), network=args.allow_network)
         settings.sandboxed = True
     settings.processes_by = check_processes_limit(limits, args.sandbox)
+    if args.sandbox and not settings.processes_by and pids_cgroups_available():
+        settings.processes_by = "cgroup"  # no limit, but a cheap count of what a task leaves running
     if args.sandbox or limits.disk is not None:
         settings.scratch = tempfile.mkdtemp(prefix="crowdcompute-worker-")
     return settings

@@ -57,7 +57,7 @@ class SlotSettings:
     launcher: Launcher = field(default_factory=ForkLauncher)
     limits: Limits = field(default_factory=Limits)
     scratch: str | None = None  # folder holding each slot's scratch folder; None: tasks run in the cwd
-    processes_by: str = ""  # how --max-processes is enforced: "cgroup", "rlimit" or ""
+    processes_by: str = ""  # how processes are counted and limited: "cgroup", "rlimit" or ""
     sandboxed: bool = False
 
     @property
@@ -107,9 +107,10 @@ class Slot:
         limits, launcher = self.settings.limits, self.settings.launcher
         if self._cgroup is not None:
             self._cgroup.kill_all()  # what the last process left behind
-        elif self.settings.processes_by == "cgroup" and limits.processes is not None:
+        elif self.settings.processes_by == "cgroup":  # to count, limit and kill the task's processes
             cgroup_name = f"worker-{os.getpid()}-{self.index}"
-            self._cgroup = PidsCgroup(cgroup_name, limits.processes + launcher.overhead)
+            limit = limits.processes + launcher.overhead if limits.processes is not None else None
+            self._cgroup = PidsCgroup(cgroup_name, limit)
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             os.makedirs(self._scratch, mode=0o700)
@@ -186,10 +187,16 @@ class Slot:
                 return Lost(ErrorKind.TIMEOUT, f"the task ran longer than its timeout of {timeout:g} s and was stopped")
             return await self._lost()
         process = self._process
-        if process is not None and self.settings.strict:  # a scan of /proc: a few ms, off the loop
-            if await loop.run_in_executor(None, tree_size, process.pid) > 1 + self.settings.launcher.overhead:
+        if process is not None and self.settings.strict:
+            if await self._processes(process) > 1 + self.settings.launcher.overhead:
                 await self._restart(process)  # the task left processes running: they go with this one
         return result
+
+    async def _processes(self, process: TaskProcess) -> int:
+        """How many processes the slot's process tree holds (its cgroup's count, else a scan of /proc)."""
+        if self._cgroup is not None:
+            return len(self._cgroup.pids())
+        return await asyncio.get_running_loop().run_in_executor(None, tree_size, process.pid)  # a few ms
 
     async def _restart(self, process: TaskProcess) -> None:
         process.kill()
