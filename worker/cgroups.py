@@ -10,7 +10,9 @@ anything that fails means "not available" and the caller says so.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -50,11 +52,14 @@ def pids_cgroups_available() -> bool:
     global _available
     if _available is None:
         try:
-            probe = PidsCgroup(f"probe-{os.getpid()}", 1)
-            probe.remove()
-            _available = True
+            probe = PidsCgroup(f"probe-{os.getpid()}", 2)
         except OSError:
             _available = False
+        else:  # can we move a process into it, as a slot will?
+            procs = shlex.quote(str(probe.path / "cgroup.procs"))
+            moved = subprocess.run(["/bin/sh", "-c", f"echo $$ > {procs}"], capture_output=True, check=False)
+            probe.remove()
+            _available = moved.returncode == 0
     return _available
 
 
