@@ -54,10 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         "folder per task, no network, own PID namespace (refuses to start where it cannot)",
     )
     sandbox.add_argument("--allow-network", action="store_true", help="with --sandbox: let tasks use the network")
-    sandbox.add_argument("--max-memory", type=_size, metavar="SIZE", help="address space per task process, e.g. 2GiB")
-    sandbox.add_argument("--max-cpu-seconds", type=_seconds, metavar="S", help="CPU seconds per task")
-    sandbox.add_argument("--max-disk", type=_size, metavar="SIZE", help="size of a task's scratch folder, e.g. 1GB")
-    sandbox.add_argument("--max-processes", type=_count, metavar="N", help="processes a task may run at once")
+    sandbox.add_argument(
+        "--max-memory", type=_size, metavar="SIZE", help="address space per task process, e.g. 2GiB (default: no limit)"
+    )
+    sandbox.add_argument(
+        "--max-cpu-seconds", type=_seconds, metavar="S", help="CPU seconds per task (default: no limit)"
+    )
+    sandbox.add_argument(
+        "--max-disk", type=_size, metavar="SIZE", help="size of a task's scratch folder, e.g. 1GB (default: no limit)"
+    )
+    sandbox.add_argument(
+        "--max-processes", type=_count, metavar="N", help="processes a task may run at once (default: no limit)"
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     return parser
