@@ -10,8 +10,9 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import pytest
-from helpers import arun
+from helpers import arun, wait_until
 
 from crowdcompute import CrowdComputeClient, WorkerCrashedError
 from worker.limits import Limits, UnenforceableLimitError, check_processes_limit, format_size, parse_size
@@ -208,6 +209,50 @@ def test_the_sandbox_never_shows_a_home_even_on_the_python_path(volunteer_home, 
     bound = [command[i + 1] for i, arg in enumerate(command) if arg in ("--ro-bind", "--bind")]
     assert str(volunteer_home) not in bound and str(volunteer_home.parent) not in bound
     assert ["--tmpfs", str(volunteer_home)] == command[command.index(str(volunteer_home)) - 1 :][:2]
+
+
+def sleep_long(_):
+    import time
+
+    print("started", flush=True)
+    time.sleep(60)
+
+
+@needs_bwrap
+def test_a_killed_sandboxed_worker_takes_its_task_processes_with_it(foreman, start_worker):
+    worker = start_worker(foreman.url, "--procs", "1", "--sandbox")
+    agent = psutil.Process(worker.popen.pid)
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            job = await cc.submit(sleep_long, [0])
+            said: list[str] = []
+            job.add_output_listener(lambda index, stream, text: said.append(text))
+            await wait_until(lambda: said, 20, "the task never started")
+            task_process = _sandboxed_python(agent)
+            assert task_process is not None, "no sandboxed task process under the worker"
+            worker.popen.kill()  # no chance to clean up: bwrap --die-with-parent must
+            await wait_until(lambda: not _alive(task_process), 10, "the task process outlived its worker")
+            job.cancel()
+
+    arun(main(), timeout=45)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _sandboxed_python(agent: psutil.Process) -> psutil.Process | None:
+    for process in agent.children(recursive=True):
+        try:
+            if process.name().startswith("python") and any("serve_fd" in arg for arg in process.cmdline()):
+                return process
+        except psutil.Error:
+            pass
+    return None
 
 
 @needs_bwrap
