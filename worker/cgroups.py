@@ -51,6 +51,7 @@ def pids_cgroups_available() -> bool:
     """Whether this worker can create a pids cgroup and set its limit (tried once, then remembered)."""
     global _available
     if _available is None:
+        _remove_stale()
         try:
             probe = PidsCgroup(f"probe-{os.getpid()}", 2)
         except OSError:
@@ -61,6 +62,17 @@ def pids_cgroups_available() -> bool:
             probe.remove()
             _available = moved.returncode == 0
     return _available
+
+
+def _remove_stale() -> None:
+    """Remove the cgroups of workers killed before they could (``crowdcompute-worker-PID-SLOT``)."""
+    parent = _own_parent()
+    if parent is None or not parent.is_dir():
+        return
+    for path in parent.glob("crowdcompute-worker-*"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            PidsCgroup(path.name.removeprefix("crowdcompute-"), None).remove()  # takes it over
 
 
 class PidsCgroup:
@@ -77,9 +89,6 @@ class PidsCgroup:
         except OSError:
             self.path.rmdir()
             raise
-
-    def add(self, pid: int) -> None:
-        (self.path / "cgroup.procs").write_text(str(pid))
 
     def pids(self) -> list[int]:
         try:

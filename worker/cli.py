@@ -20,6 +20,7 @@ from .launch import CommandLauncher
 from .limits import MIN_MEMORY, Limits, UnenforceableLimitError, check_processes_limit, format_size, parse_size
 from .pool import SlotSettings
 from .sandbox import SandboxUnavailableError, find_bwrap
+from .scratch import SCRATCH_PREFIX, remove_stale_scratch
 
 __all__ = ["build_parser", "main"]
 
@@ -114,7 +115,8 @@ def slot_settings(args: argparse.Namespace) -> SlotSettings:
     if args.sandbox and not settings.processes_by and pids_cgroups_available():
         settings.processes_by = "cgroup"  # no limit, but a cheap count of what a task leaves running
     if args.sandbox or limits.disk is not None:
-        settings.scratch = tempfile.mkdtemp(prefix="crowdcompute-worker-")
+        remove_stale_scratch()
+        settings.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
     return settings
 
 
