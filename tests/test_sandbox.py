@@ -331,6 +331,18 @@ def test_disk_limit_stops_a_big_file_and_a_growing_scratch_folder(foreman, start
     assert run(foreman, square, [7]) == [49]
 
 
+def test_a_worker_removes_the_scratch_of_a_killed_one(foreman, start_worker):
+    import tempfile
+    from pathlib import Path
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid is free now, like a killed worker's
+    stale = Path(tempfile.gettempdir()) / f"crowdcompute-worker-{gone.pid}-x1y2"
+    (stale / "slot-0").mkdir(parents=True)
+    start_worker(foreman.url, "--procs", "1", "--max-disk", "1MiB")
+    assert not stale.exists()
+
+
 def test_sandbox_refuses_to_start_where_bubblewrap_is_missing(foreman, tmp_path, monkeypatch):
     monkeypatch.setenv("CROWDCOMPUTE_BWRAP", str(tmp_path / "no-such-bwrap"))
     done = subprocess.run(
