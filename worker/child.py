@@ -144,10 +144,10 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             conn.send(("limit", broken.args[0]))
             os._exit(1)  # a fresh process takes the next task
         finally:
+            if os.getpid() != task_pid:  # the user's function forked and this copy returned
+                os._exit(0)
             if scratch is not None and folder is not None:
                 _leave_scratch(scratch, folder)
-        if os.getpid() != task_pid:  # the user's function forked and this copy returned
-            os._exit(0)
         seconds = time.perf_counter() - started
         for output in outputs:
             output.flush()
