@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,6 +141,10 @@ def apply_in_task_process(limits: Limits, nproc: int | None) -> None:
 
     ``nproc``: the RLIMIT_NPROC to set, where it counts per task (see check_processes_limit).
     """
+    if not limits.any and nproc is None:
+        return
+    import resource  # POSIX only, as the limits are
+
     if limits.memory is not None:
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
     if limits.disk is not None:

@@ -266,9 +266,11 @@ class Slot:
     def _limit_signal(self, exitcode: int | None) -> str | None:
         """The limit a process killed by the kernel for breaking one broke."""
         limits = self.settings.limits
-        if exitcode == -signal.SIGXCPU and limits.cpu_seconds is not None:
+        if exitcode is None or exitcode >= 0:
+            return None
+        if -exitcode == getattr(signal, "SIGXCPU", None) and limits.cpu_seconds is not None:
             return "cpu_seconds"
-        if exitcode == -signal.SIGXFSZ and limits.disk is not None:
+        if -exitcode == getattr(signal, "SIGXFSZ", None) and limits.disk is not None:
             return "disk"
         return None
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import pwd
 import shutil
 import site
 import subprocess
@@ -92,6 +91,8 @@ def _base(bwrap: str, network: bool) -> list[str]:
 
 
 def _homes() -> list[str]:
+    import pwd  # POSIX only, as bubblewrap is
+
     homes = {os.path.expanduser("~"), *HIDDEN}
     try:
         homes.add(pwd.getpwuid(os.getuid()).pw_dir)
