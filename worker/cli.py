@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         asyncio.run(_serve(agent, args.exit_with_parent))
-    except AuthenticationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except AuthenticationError as exc:  # a wrong token, or a volunteer's revoked or expired credential
+        print(f"error: AuthenticationError: {exc}", file=sys.stderr)
         return 1
     return 0
 
