@@ -24,7 +24,7 @@ from .job_state import Forget, Instruction, Lost, SendCancel, refusal
 from .link import Link
 from .local import LocalCluster
 from .progress import choose_renderer, show_progress
-from .sizes import parse_size
+from .sizes import parse_amount
 from .wire import messages as p
 from .wire.addresses import Address, parse_address, read_connection_file
 from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role, Serializer
@@ -81,7 +81,7 @@ class JobOptions:
         """The job's resources (amounts as numbers) and labels; ValueError for a bad one, saying which."""
         resources: dict[str, float] = {}
         for name, amount in (self.resources or {}).items():
-            value = parse_size(amount) if isinstance(amount, str) else amount
+            value = parse_amount(amount) if isinstance(amount, str) else amount
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
                 raise ValueError(
                     f"resources: {name!r} must be a number of at least 0 (or a size like '8GB'), not {amount!r}"

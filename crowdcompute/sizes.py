@@ -1,10 +1,12 @@
-"""Sizes and amounts as people type them: ``64GB``, ``512MiB``, ``1.5``."""
+"""Amounts as people type them, for resources: ``1``, ``0.5``, ``64GB``, ``512MiB``.
+
+(The worker's limits take whole byte sizes: :func:`worker.limits.parse_size`.)"""
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["format_amount", "parse_size"]
+__all__ = ["format_amount", "parse_amount"]
 
 _UNITS = {
     "": 1,
@@ -21,7 +23,7 @@ _UNITS = {
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*")
 
 
-def parse_size(text: str | int | float) -> float:
+def parse_amount(text: str | int | float) -> float:
     """A number of bytes (or units) from ``text``: bytes, or a number with KB/MB/GB/TB (KiB/MiB/GiB/TiB).
 
     Raises ValueError saying what a size looks like.

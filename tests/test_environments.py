@@ -166,3 +166,26 @@ def test_two_jobs_needing_the_same_environment_build_it_once(wheels, tmp_path):
     (first, _), (second, _), (third, _) = arun(body())
     assert first == second == third
     assert builds == [["tinypkg==1.1"]]
+
+
+def _sandboxed_version(_item):
+    import tinypkg
+
+    return tinypkg.version()
+
+
+def test_a_sandboxed_worker_runs_a_job_in_its_environment(foreman, start_worker, wheels):
+    from worker.sandbox import SandboxUnavailableError, find_bwrap
+
+    try:
+        find_bwrap()
+    except SandboxUnavailableError as exc:
+        pytest.skip(str(exc))
+    # The environment lives under $CROWDCOMPUTE_HOME, in /tmp here: a folder the sandbox hides unless shown.
+    start_worker(foreman.url, "--procs", "1", "--sandbox", "--find-links", str(wheels), "--no-index")
+
+    async def body():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            return await cc.map(_sandboxed_version, range(2), requirements=["tinypkg==1.1"])
+
+    assert arun(body(), timeout=50) == ["1.1", "1.1"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import socket
 
 from websockets.exceptions import ConnectionClosed
@@ -26,7 +27,7 @@ from crowdcompute.wire.constants import EnvironmentState, Role
 from crowdcompute.wire.runtime import runtime_fields
 
 from .environments import BuildFailed, Environments
-from .pool import Finished, Lost, Slot, process_context
+from .pool import Finished, Lost, Slot, SlotSettings
 
 __all__ = ["RECONNECT_DELAY_MAX", "WorkerAgent"]
 
@@ -51,6 +52,7 @@ class WorkerAgent:
         name: str | None = None,
         cafile: str | None = None,
         heartbeat_interval: float = 5.0,
+        slot_settings: SlotSettings | None = None,
         resources: dict[str, float] | None = None,
         labels: dict[str, str] | None = None,
         environments: Environments | None = None,
@@ -70,8 +72,8 @@ class WorkerAgent:
         self._builds: dict[str, asyncio.Task] = {}  # job id -> its environment, being prepared
         self._setup: dict[str, float] = {}  # job id -> build seconds, reported with its next outcome
         self._keys: dict[str, str] = {}  # job id -> cache key of its environment (kept from eviction)
-        ctx = process_context()
-        self.slots = [Slot(ctx, i) for i in range(procs)]
+        self.slot_settings = slot_settings or SlotSettings()
+        self.slots = [Slot(self.slot_settings, i) for i in range(procs)]
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
         self._running: dict[int, str] = {}  # slot index -> job id of its task
         self._queue: asyncio.Queue[p.AssignTask] = asyncio.Queue()
@@ -117,6 +119,8 @@ class WorkerAgent:
         for slot in self.slots:
             slot.kill()
         await asyncio.gather(*(loop.run_in_executor(None, slot.close) for slot in self.slots))
+        if self.slot_settings.scratch is not None:
+            shutil.rmtree(self.slot_settings.scratch, ignore_errors=True)
 
     def _hello(self) -> p.Hello:
         """The Hello to send; with no token, the one in the foreman's connection file."""
