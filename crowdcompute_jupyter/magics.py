@@ -25,6 +25,7 @@ from crowdcompute.client import CrowdComputeClient
 from crowdcompute.codecs.pickled import PICKLE_PROTOCOL, Apply
 from crowdcompute.errors import CrowdComputeError, SerializationError, TaskError
 from crowdcompute.job import Job
+from crowdcompute.wire.constants import ADDRESS_VARIABLE
 
 from .arguments import split_expression
 from .cell import function_names, names_read, run_cell
@@ -87,13 +88,30 @@ class CrowdComputeMagics(Magics):
         if args.workers is not None and args.workers < 1:
             raise UsageError(f"--workers must be at least 1, not {args.workers}")
 
+        if args.workers is not None and args.url:
+            raise UsageError(
+                f"--workers applies to an embedded cluster only; {args.url} is a foreman with workers of its "
+                "own. Leave out the address for a cluster of this notebook's own."
+            )
+
         async def connect() -> StatusView:
             client = await crowdcompute.connect(args.url, token=args.token, workers=args.workers)
             if client.cluster is not None:
                 await _wait_for_workers(client, client.cluster.workers)
             status = await client.status()
-            kind = f"embedded cluster, {client.cluster.workers} workers" if client.cluster else "remote foreman"
-            return StatusView(client.address.url, status, heading=f"Connected to {client.address.url} ({kind}).")
+            if client.cluster:
+                count = client.cluster.workers
+                kind = f"embedded cluster, {count} worker{'' if count == 1 else 's'}"
+            else:
+                kind = "remote foreman"
+            heading = f"Connected to {client.address.url} ({kind})."
+            if args.workers is not None and client.cluster is None:
+                heading += (
+                    f" --workers {args.workers} does not apply: {ADDRESS_VARIABLE} names a shared foreman "
+                    "(the Jupyter server's cluster, say), whose workers serve every notebook. For a cluster "
+                    f"of this notebook's own, run `del os.environ['{ADDRESS_VARIABLE}']` first."
+                )
+            return StatusView(client.address.url, status, heading=heading, link=client.dashboard_link)
 
         self._display(run_sync(connect()))
 
@@ -106,7 +124,7 @@ class CrowdComputeMagics(Magics):
         if line.strip():
             raise UsageError("%crowdstatus takes no arguments")
         client = self._client()
-        self._display(StatusView(client.address.url, run_sync(client.status())))
+        self._display(StatusView(client.address.url, run_sync(client.status()), link=client.dashboard_link))
 
     @line_magic
     def crowddisconnect(self, line: str) -> None:

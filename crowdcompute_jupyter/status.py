@@ -30,10 +30,12 @@ def _table(caption: str, headers: list[str], rows: list[list[Any]]) -> str:
 class StatusView:
     """A foreman's status (the dict ``client.status()`` returns) at ``url``."""
 
-    def __init__(self, url: str, status: dict, heading: str = "") -> None:
+    def __init__(self, url: str, status: dict, heading: str = "", link: str | None = None) -> None:
+        """``link``: the foreman's status page, shown under the summary."""
         self.url = url
         self.status = status
         self.heading = heading
+        self.link = link
 
     @property
     def workers(self) -> list[dict]:
@@ -72,8 +74,12 @@ class StatusView:
                 ]
             )
         heading = f"<p>{html.escape(self.heading)}</p>" if self.heading else ""
+        link = ""
+        if self.link:
+            href = html.escape(self.link, quote=True)
+            link = f'<p>Status page: <a href="{href}" target="_blank" rel="noopener">{html.escape(self.link)}</a></p>'
         return (
-            f"<div>{heading}<p><b>{html.escape(self.summary())}</b></p>"
+            f"<div>{heading}<p><b>{html.escape(self.summary())}</b></p>{link}"
             + _table("workers", ["worker", "slots", "busy", "tasks done"], workers)
             + _table("jobs", ["job", "name", "progress", "failed", "state"], jobs)
             + "</div>"
@@ -91,6 +97,8 @@ class StatusView:
         if self.heading:
             console.print(self.heading, markup=False)
         console.print(self.summary(), markup=False)
+        if self.link:
+            console.print(f"status page: {self.link}", markup=False, overflow="ignore", crop=False)
         for table in status_tables(self.status, self.url):
             table.title = None  # the summary line says it, without wrapping to the table's width
             console.print(table)

@@ -16,6 +16,7 @@ __all__ = [
     "AUTH_FAILURE_DELAY",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "DASHBOARD_VARIABLE",
     "DEFAULT_URL",
     "FOREMAN_READY",
     "FOREMAN_TOKEN_VARIABLE",
@@ -89,3 +90,5 @@ TOKEN_VARIABLE = "CROWDCOMPUTE_TOKEN"  # the client token that goes with it
 HOME_VARIABLE = "CROWDCOMPUTE_HOME"  # folder for connection files and journals
 FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"  # token handed to an embedded foreman
 WORKER_TOKEN_VARIABLE = "CROWDCOMPUTE_WORKER_TOKEN"  # token handed to an embedded worker
+#: Set by the Jupyter server extension for its kernels: the path of its status pages, e.g. "/crowdcompute/".
+DASHBOARD_VARIABLE = "CROWDCOMPUTE_DASHBOARD_URL"
