@@ -37,13 +37,15 @@ def function_names(source: str) -> list[str]:
     return [node.name for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
 
 
-def run_cell(source: str, inputs: dict[str, Any]) -> Any:
+def run_cell(source: str, inputs: dict[str, Any], filename: str | None = None) -> Any:
     """Execute ``source`` with ``inputs`` as its globals; return its last expression's value.
 
-    Runs on the worker. The source is registered with ``linecache`` under a
-    name of its own so that a traceback shows the failing line.
+    Runs on the worker. The source is registered with ``linecache`` under
+    ``filename`` (the notebook's name for the cell, so that the client shows
+    its frames as ``Cell In[n]``; default: a name of its own) so that a
+    traceback shows the failing line.
     """
-    filename = f"<crowdcompute cell {hashlib.sha1(source.encode()).hexdigest()[:8]}>"
+    filename = filename or f"<crowdcompute cell {hashlib.sha1(source.encode()).hexdigest()[:8]}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     tree = ast.parse(source, filename)
     last = None

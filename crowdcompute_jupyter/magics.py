@@ -255,10 +255,14 @@ class CrowdComputeMagics(Magics):
         output = _output_name(args.output)
         inputs = {name: self.shell.user_ns[name] for name in sorted(names_read(cell)) if name in self.shell.user_ns}
         client = self._client()
+        # The cell's name here ("Cell In[n]" in tracebacks), and its source for our linecache.
+        filename = self.shell.compile.cache(cell, self.shell.execution_count, raw_code=cell)
         self.last_job = None
 
         async def compute() -> Any:
-            job = await client.submit(Apply(run_cell), [((cell, inputs), {})], chunksize=1, timeout=client.task_timeout)
+            job = await client.submit(
+                Apply(run_cell), [((cell, inputs, filename), {})], chunksize=1, timeout=client.task_timeout
+            )
             self.last_job = job
             (outcome,) = await watch_job(client, job, progress=None)
             return outcome

@@ -27,6 +27,10 @@ def _table(caption: str, headers: list[str], rows: list[list[Any]]) -> str:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class StatusView:
     """A foreman's status (the dict ``client.status()`` returns) at ``url``."""
 
@@ -54,7 +58,8 @@ class StatusView:
         running = sum(1 for j in self.jobs if j.get("state") == "running")
         busy = sum(w.get("busy", 0) for w in self.workers)
         return (
-            f"foreman {self.url}: {len(self.workers)} workers, {self.slots} slots ({busy} busy), {running} running jobs"
+            f"foreman {self.url}: {_count(len(self.workers), 'worker')}, {_count(self.slots, 'slot')} "
+            f"({busy} busy), {_count(running, 'running job')}"
         )
 
     def _repr_html_(self) -> str:
