@@ -28,7 +28,7 @@ from crowdcompute.job import Job
 from crowdcompute.wire.constants import ADDRESS_VARIABLE
 
 from .arguments import split_expression
-from .cell import function_names, names_read, run_cell
+from .cell import CellRun, function_names, names_read
 from .runner import run_sync
 from .status import StatusView
 from .watcher import make_progress, watch_job
@@ -261,7 +261,10 @@ class CrowdComputeMagics(Magics):
 
         async def compute() -> Any:
             job = await client.submit(
-                Apply(run_cell), [((cell, inputs, filename), {})], chunksize=1, timeout=client.task_timeout
+                Apply(CellRun(f"%%crowdcompute In[{self.shell.execution_count}]")),
+                [((cell, inputs, filename), {})],
+                chunksize=1,
+                timeout=client.task_timeout,
             )
             self.last_job = job
             (outcome,) = await watch_job(client, job, progress=None)

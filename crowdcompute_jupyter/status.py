@@ -16,9 +16,25 @@ __all__ = ["StatusView"]
 TEXT_WIDTH = 100
 
 
+#: A job state's colour, as the progress widget draws it (ipywidgets' bootstrap colours).
+STATE_COLOURS = {"running": "#00bcd4", "done": "#4caf50", "failed": "#f44336", "cancelled": "#ff9800"}
+
+
+class _State(str):
+    """A job state, drawn in its colour."""
+
+    def html(self) -> str:
+        colour = STATE_COLOURS.get(self, "inherit")
+        return f'<span style="color: {colour}; font-weight: 600">{html.escape(self)}</span>'
+
+
+def _cell(value: Any) -> str:
+    return value.html() if isinstance(value, _State) else html.escape(str(value))
+
+
 def _table(caption: str, headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     if not rows:
         body = f'<tr><td colspan="{len(headers)}"><i>none</i></td></tr>'
     return (
@@ -43,7 +59,9 @@ class StatusView:
 
     @property
     def workers(self) -> list[dict]:
-        return list(self.status.get("workers", []))
+        from crowdcompute.commands import sorted_workers
+
+        return sorted_workers(self.status.get("workers", []))
 
     @property
     def jobs(self) -> list[dict]:
@@ -63,6 +81,8 @@ class StatusView:
         )
 
     def _repr_html_(self) -> str:
+        from crowdcompute.commands import job_state
+
         workers = [[w["name"], w.get("slots", 0), w.get("busy", 0), w.get("tasks_done", 0)] for w in self.workers]
         jobs = []
         for job in self.jobs:
@@ -75,7 +95,7 @@ class StatusView:
                     job.get("name", ""),
                     f"{done}/{total}{percent}",
                     job.get("failed", 0),
-                    job.get("state", ""),
+                    _State(job_state(job)),
                 ]
             )
         heading = f"<p>{html.escape(self.heading)}</p>" if self.heading else ""

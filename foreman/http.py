@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections import deque
 from http import HTTPStatus
@@ -189,23 +190,33 @@ class StatusPages:
         for shown, worker in zip(status["workers"], records, strict=False):
             if shown.get("name") != worker.name:
                 break  # not the same order: show no tasks rather than wrong ones
-            tasks = []
-            for job_id, task_id in sorted(worker.running):
+            leased = []
+            for job_id, task_id in worker.running:
                 job = scheduler.jobs.get(job_id)
                 task = job.tasks.get(task_id) if job else None
-                tasks.append(
-                    {
-                        "job": job_id,
-                        "name": job.name if job else "",
-                        "task": task_id,
-                        "items": task.count if task else 0,
-                    }
-                )
-            shown["tasks"] = tasks
+                leased.append((task.assigned_at if task else 0.0, job_id, task_id, job, task))
+            # The oldest leases fill its slots; the others wait in its prefetch queue.
+            leased.sort(key=lambda lease: lease[:3])
+            shown["tasks"] = [
+                {
+                    "job": job_id,
+                    "name": job.name if job else "",
+                    "task": task_id,
+                    "items": task.count if task else 0,
+                    "queued": n >= worker.slots,
+                }
+                for n, (_, job_id, task_id, job, task) in enumerate(leased)
+            ]
+        status["workers"].sort(key=lambda w: _natural_key(str(w.get("name", ""))))
         status["slots"] = sum(w.get("slots", 0) for w in status["workers"])
         status["time"] = time.time()
         status["throughput"] = {"interval": self.sample_interval, "samples": list(self.throughput.samples)}
         return status
+
+
+def _natural_key(name: str) -> list:
+    """Sort key that puts local-2 before local-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _how_to_authenticate(port: int) -> str:

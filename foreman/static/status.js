@@ -6,6 +6,7 @@
 const POLL_MS = 1000;
 const HISTORY_SECONDS = 600;
 const MIN_SPAN_SECONDS = 60;
+const SMOOTH_SECONDS = 10;
 const SVG = "http://www.w3.org/2000/svg";
 const CHART = { width: 800, height: 180, left: 46, right: 10, top: 10, bottom: 22 };
 
@@ -86,12 +87,15 @@ function updateRates(status) {
 }
 
 function throughputPoints(throughput) {
-  // Samples are [time, items finished so far]; a point is the rate between two samples.
+  // Samples are [time, items finished so far]; a point is the rate over the last SMOOTH_SECONDS,
+  // so that work finishing in chunks draws a level line, not a sawtooth.
   const samples = throughput.samples || [];
   const points = [];
+  let start = 0;
   for (let i = 1; i < samples.length; i++) {
-    const [t0, n0] = samples[i - 1];
     const [t1, n1] = samples[i];
+    while (start < i - 1 && t1 - samples[start + 1][0] >= SMOOTH_SECONDS) start++;
+    const [t0, n0] = samples[start];
     if (t1 > t0) points.push([t1, Math.max(0, (n1 - n0) / (t1 - t0))]);
   }
   return points;
@@ -99,10 +103,12 @@ function throughputPoints(throughput) {
 
 // --- drawing ----------------------------------------------------------------
 
-function renderSummary(status, points) {
+function renderSummary(status) {
   const busy = status.workers.reduce((sum, w) => sum + w.busy, 0);
-  const running = status.jobs.filter((job) => job.state === "running").length;
-  const latest = points.length ? points[points.length - 1][1] : 0;
+  const runningJobs = status.jobs.filter((job) => job.state === "running");
+  const running = runningJobs.length;
+  // The sum of the rates the jobs table shows, so the two never disagree (0 once nothing runs).
+  const latest = runningJobs.reduce((sum, job) => sum + (jobRates.get(job.id) || 0), 0);
   document.getElementById("stat-workers").textContent = status.workers.length;
   document.getElementById("stat-slots").textContent = `${busy}/${status.slots}`;
   document.getElementById("stat-jobs").textContent = running;
@@ -116,9 +122,11 @@ function renderJobs(status) {
     const done = job.completed + job.failed;
     const total = Math.max(job.total, 0);
     const share = (n) => (total ? (100 * n) / total : 100);
+    // As the notebook's widget: a job with a failed item is "failed" once over, and red at once.
     const state = job.state === "done" && job.failed ? "failed" : job.state;
+    const colour = job.failed && job.state !== "cancelled" ? "failed" : state;
     const bar = el("div", {
-      class: "bar" + (job.state === "running" ? "" : " finished"),
+      class: `bar ${colour}` + (job.state === "running" ? "" : " finished"),
       role: "progressbar",
       "aria-valuemin": "0",
       "aria-valuemax": String(total),
@@ -132,7 +140,7 @@ function renderJobs(status) {
     const rate = jobRates.get(job.id);
     const running = job.state === "running";
     const left = running && rate > 0 ? formatDuration((total - done) / rate) : "–";
-    return el("tr", { "data-job-id": job.id, "data-state": job.state },
+    return el("tr", { "data-job-id": job.id, "data-state": state },
       el("td", {}, job.name || "job", el("span", { class: "id", title: job.id }, job.id.slice(0, 8))),
       el("td", {}, el("span", { class: `badge ${state}` }, state)),
       el("td", {}, bar),
@@ -152,11 +160,14 @@ function renderWorkers(status) {
     const slots = el("span", { class: "slots", title: `${worker.busy} of ${worker.slots} slots busy` });
     for (let i = 0; i < worker.slots; i++) slots.append(el("span", { class: i < worker.busy ? "slot busy" : "slot" }));
     const tasks = el("td", { class: "tasks" });
-    for (const task of worker.tasks || []) {
+    const leased = worker.tasks || [];
+    for (const task of leased.filter((t) => !t.queued)) {
       const items = task.items === 1 ? "1 item" : `${task.items} items`;
       tasks.append(el("span", { class: "chip", title: `job ${task.job}` }, `${task.name || "job"} #${task.task} · ${items}`));
     }
-    if (!(worker.tasks || []).length) tasks.append(el("span", { class: "empty" }, "idle"));
+    const waiting = leased.filter((t) => t.queued).length;
+    if (waiting) tasks.append(el("span", { class: "chip queued", title: "sent ahead, waiting for a free slot on the worker" }, `+${waiting} queued`));
+    if (!leased.length) tasks.append(el("span", { class: "empty" }, "idle"));
     const state = worker.quarantined ? "quarantined" : worker.draining ? "draining" : "up";
     return el("tr", { "data-worker": worker.name },
       el("td", {}, worker.name),
@@ -209,6 +220,7 @@ function renderChart(status, points) {
     nodes.push(svg("polyline", { class: "line", points: line }));
   }
   chart.replaceChildren(...nodes);
+  document.getElementById("chart-window").textContent = `items finished per second, last ${formatAge(span)}`;
   chart.dataset.points = String(visible.length);
   chart.dataset.maxRate = String(Math.max(0, ...visible.map(([, r]) => r)));
 }
@@ -216,7 +228,7 @@ function renderChart(status, points) {
 function render(status) {
   updateRates(status);
   const points = throughputPoints(status.throughput || {});
-  renderSummary(status, points);
+  renderSummary(status);
   renderChart(status, points);
   renderJobs(status);
   renderWorkers(status);
