@@ -280,6 +280,7 @@ class Scheduler:
             seconds=msg.seconds,
             queued=max(0.0, task.assigned_at - task.received_at),
             attempts=task.attempt,
+            waited=msg.waited,
         )
         return self._outcome(job, task, result)
 
@@ -306,7 +307,8 @@ class Scheduler:
             return self._fail(job, task, ErrorKind.TIMEOUT, msg.reason) + self._assign()
         return self._crashed(job, task, msg.reason) + self._assign()
 
-    def task_output(self, worker_id: str, msg: p.TaskOutput) -> list[Action]:
+    def task_output(self, worker_id: str, msg: p.TaskOutput | p.TaskProgress) -> list[Action]:
+        """Printed text or progress of a running task: passed on to the job's client."""
         job = self.jobs.get(msg.job_id)
         task = job.tasks.get(msg.task_id) if job else None
         if task is None or worker_id not in task.leases or job.client is None:

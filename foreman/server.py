@@ -59,7 +59,7 @@ EXPIRE_INTERVAL = 60.0
 IDLE_TIMEOUT = 3600.0
 
 _CLIENT_MESSAGES = (p.SubmitJob, p.SubmitTask, p.CancelJob, p.StatusRequest, p.AttachJob, p.CollectJob)
-_WORKER_MESSAGES = (p.TaskDone, p.TaskCrashed, p.TaskOutput, p.WorkerDraining)
+_WORKER_MESSAGES = (p.TaskDone, p.TaskCrashed, p.TaskOutput, p.TaskProgress, p.WorkerDraining)
 
 
 @dataclass
@@ -322,7 +322,7 @@ class ForemanServer:
             return s.task_done(peer.conn_id, msg)
         if isinstance(msg, p.TaskCrashed):
             return s.task_crashed(peer.conn_id, msg)
-        if isinstance(msg, p.TaskOutput):
+        if isinstance(msg, (p.TaskOutput, p.TaskProgress)):
             return s.task_output(peer.conn_id, msg)
         raise AssertionError(f"unhandled message {msg.TYPE}")
 

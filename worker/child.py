@@ -5,6 +5,7 @@ It talks to its worker agent over a ``multiprocessing`` pipe:
     agent -> child   ("run", job_id, first_index, count, function_bytes | None, serializer) + payload bytes
                      ("forget", job_id)
     child -> agent   ("output", index, stream, text)      while the task runs
+                     ("progress", done, failed, error, error_index)   now and then while it runs
                      ("done", failed, seconds) + outcome bytes   when it ends
 
 A crash here (segfault, ``os._exit``, out of memory) kills this process only;
@@ -34,6 +35,11 @@ __all__ = ["main"]
 CACHED_FUNCTIONS = 8
 #: How often the process checks that its parent is alive, in seconds.
 PARENT_CHECK_INTERVAL = 0.5
+#: Seconds between two progress reports of a running task; a task that ends sooner reports none,
+#: so fast maps send no extra message. A first failure is reported at the next item after it.
+PROGRESS_INTERVAL = 0.25
+#: Longest error text a progress report carries.
+PROGRESS_ERROR_LIMIT = 300
 
 
 class _Output:
@@ -105,11 +111,14 @@ def main(conn: Connection) -> None:
         if func is None:
             func = RuntimeError(f"the worker lost the function of job {job_id}")
 
-        def on_item(offset: int, first_index: int = first_index) -> None:
+        progress = _Progress(conn, first_index)
+
+        def on_item(offset: int, errors: dict, first_index: int = first_index, progress: _Progress = progress) -> None:
             if stdout._buffer or stderr._buffer:  # a partial line belongs to the item before
                 stdout.flush()
                 stderr.flush()
             stdout.index = stderr.index = first_index + offset
+            progress.item(offset, errors)
 
         if isinstance(func, BaseException):
             func = _raiser(func)
@@ -127,6 +136,34 @@ def main(conn: Connection) -> None:
             output.flush()
         conn.send(("done", failed, seconds))
         conn.send_bytes(result)
+
+
+class _Progress:
+    """Reports items done within a running task, at most every PROGRESS_INTERVAL seconds."""
+
+    def __init__(self, conn: Connection, first_index: int) -> None:
+        self._conn = conn
+        self._first_index = first_index
+        self._next = time.monotonic() + PROGRESS_INTERVAL
+        self._failed = 0  # failures reported so far
+
+    def item(self, offset: int, errors: dict) -> None:
+        """Called before item ``offset``: the ``offset`` items before it are done."""
+        now = time.monotonic()
+        if now < self._next and not (errors and not self._failed):
+            return
+        self._next = now + PROGRESS_INTERVAL
+        error, error_index = "", -1
+        if errors and not self._failed:  # the task's first failure: say what it was
+            first = min(errors)
+            described = errors[first]
+            if isinstance(described, dict):
+                error = f"{described.get('type', 'Exception')}: {described.get('message', '')}"
+            else:
+                error = f"{type(described).__name__}: {described}"
+            error, error_index = error[:PROGRESS_ERROR_LIMIT], self._first_index + first
+        self._failed = len(errors)
+        self._conn.send(("progress", offset, len(errors), error, error_index))
 
 
 def _raiser(exc: BaseException) -> Callable[[Any], Any]:

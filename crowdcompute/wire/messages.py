@@ -32,6 +32,7 @@ __all__ = [
     "TaskResult",
     "TaskFailed",
     "TaskOutput",
+    "TaskProgress",
     "StatusRequest",
     "StatusReply",
     "AttachJob",
@@ -227,6 +228,7 @@ class TaskResult(Message):
     seconds: float = 0.0  # time the worker spent running it
     queued: float = 0.0  # time it waited on the foreman for a slot
     attempts: int = 1  # leases it took (more than 1: it was reassigned or retried)
+    waited: float = 0.0  # time it waited on the worker for a free task process
 
 
 @message
@@ -256,6 +258,26 @@ class TaskOutput(Message):
     index: int
     stream: str
     text: str
+
+
+@message
+class TaskProgress(Message):
+    """Items a running task has finished so far (worker -> foreman -> client).
+
+    Sent at most every few tenths of a second per task, and only by tasks
+    that run long enough for it to matter: a fast task reports nothing
+    before its outcome. ``error`` names the task's first failure
+    (``"ValueError: ..."``, item ``error_index``) so the client can show it
+    before the task ends.
+    """
+
+    TYPE: ClassVar[str] = "task_progress"
+    job_id: str
+    task_id: int
+    done: int  # items finished, failed ones included
+    failed: int = 0
+    error: str = ""
+    error_index: int = -1
 
 
 @message
@@ -343,6 +365,7 @@ class TaskDone(Message):
     failed: int
     payload: bytes
     seconds: float = 0.0  # time spent running the task
+    waited: float = 0.0  # time it waited on the worker for a free task process
 
 
 @message
