@@ -153,6 +153,7 @@ def test_payloads_follow_the_header_as_raw_bytes():
         "attempt": 4,
         "failed": 0,
         "seconds": 0.0,
+        "waited": 0.0,
         "sizes": [len(RAW)],
     }
     assert len(data) == 4 + len(json.dumps(header, separators=(",", ":"))) + len(RAW)
