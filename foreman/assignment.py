@@ -94,6 +94,7 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     task.leases[worker.worker_id] = task.attempt
     task.tried.add(worker.worker_id)
     task.assigned_at = now
+    task.progress = 0
     worker.running.add((job.job_id, task.task_id))
     assert task.payload is not None
     assign = p.AssignTask(

@@ -80,7 +80,7 @@ class Throughput:
         first = not self.samples
         seen: dict[str, int] = {}
         for job in jobs:
-            done = int(job.get("completed", 0)) + int(job.get("failed", 0))
+            done = int(job.get("completed", 0)) + int(job.get("failed", 0)) + int(job.get("in_progress", 0))
             # At the first sample, what jobs had done before is history we did not watch.
             before = self._seen.get(job["id"], done if first else 0)
             self.total += max(0, done - before)
@@ -119,7 +119,7 @@ class StatusPages:
             self._sample()
 
     def _sample(self) -> None:
-        self.throughput.record(time.time(), self.scheduler.status()["jobs"])
+        self.throughput.record(time.time(), self.status(sampled=False)["jobs"])
 
     # --- requests ------------------------------------------------------------
 
@@ -182,8 +182,9 @@ class StatusPages:
                     return hmac.compare_digest(value.encode(), self._session.encode())
         return None
 
-    def status(self) -> dict:
-        """The scheduler's status plus each worker's leased tasks, the time and the throughput."""
+    def status(self, sampled: bool = True) -> dict:
+        """The scheduler's status plus each worker's leased tasks, items done in running tasks,
+        the time and (``sampled``) the throughput."""
         status = self.scheduler.status()
         scheduler = self.scheduler
         records = list(scheduler.workers.values())
@@ -208,9 +209,19 @@ class StatusPages:
                 for n, (_, job_id, task_id, job, task) in enumerate(leased)
             ]
         status["workers"].sort(key=lambda w: _natural_key(str(w.get("name", ""))))
+        # Items finished inside running tasks (their workers' progress reports): bars and rates move per item.
+        in_progress: dict[str, int] = {}
+        for job_id, task_id in {lease for worker in records for lease in worker.running}:
+            job = scheduler.jobs.get(job_id)
+            task = job.tasks.get(task_id) if job else None
+            if task is not None and task.progress:
+                in_progress[job_id] = in_progress.get(job_id, 0) + task.progress
+        for job in status["jobs"]:
+            job["in_progress"] = in_progress.get(job["id"], 0) if job.get("state") == "running" else 0
         status["slots"] = sum(w.get("slots", 0) for w in status["workers"])
         status["time"] = time.time()
-        status["throughput"] = {"interval": self.sample_interval, "samples": list(self.throughput.samples)}
+        if sampled:
+            status["throughput"] = {"interval": self.sample_interval, "samples": list(self.throughput.samples)}
         return status
 
 

@@ -311,9 +311,11 @@ class Scheduler:
         """Printed text or progress of a running task: passed on to the job's client."""
         job = self.jobs.get(msg.job_id)
         task = job.tasks.get(msg.task_id) if job else None
-        if task is None or worker_id not in task.leases or job.client is None:
+        if task is None or worker_id not in task.leases:
             return []
-        return [Send(job.client, msg)]
+        if isinstance(msg, p.TaskProgress):
+            task.progress = max(task.progress, min(msg.done, task.count))
+        return [Send(job.client, msg)] if job.client is not None else []
 
     # --- time --------------------------------------------------------------
 

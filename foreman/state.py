@@ -127,6 +127,7 @@ class Task:
     retries_used: int = 0
     received_at: float = 0.0  # when the client's task arrived
     assigned_at: float = 0.0  # when its current lease began
+    progress: int = 0  # items its current lease reported done (TaskProgress), for the status page
 
 
 @dataclass

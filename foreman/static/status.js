@@ -72,7 +72,7 @@ function updateRates(status) {
   const now = status.time;
   const current = new Map();
   for (const job of status.jobs) {
-    const done = job.completed + job.failed;
+    const done = job.completed + job.failed + (job.in_progress || 0);
     current.set(job.id, done);
     if (previousTime !== null && previousJobs.has(job.id) && now > previousTime) {
       const rate = (done - previousJobs.get(job.id)) / (now - previousTime);
@@ -119,7 +119,10 @@ function renderSummary(status) {
 function renderJobs(status) {
   const body = document.querySelector("#jobs tbody");
   const rows = status.jobs.map((job) => {
-    const done = job.completed + job.failed;
+    // Items finished inside running tasks count too (the workers report them): the bar moves per item.
+    const running = job.state === "running";
+    const inProgress = running ? job.in_progress || 0 : 0;
+    const done = job.completed + job.failed + inProgress;
     const total = Math.max(job.total, 0);
     const share = (n) => (total ? (100 * n) / total : 100);
     // As the notebook's widget: a job with a failed item is "failed" once over, and red at once.
@@ -133,12 +136,11 @@ function renderJobs(status) {
       "aria-valuenow": String(done),
       "aria-label": `${job.name || "job"} progress`,
     },
-      el("div", { class: "done", width: `${share(job.completed).toFixed(2)}%` }),
+      el("div", { class: "done", width: `${share(job.completed + inProgress).toFixed(2)}%` }),
       el("div", { class: "failed", width: `${share(job.failed).toFixed(2)}%` }),
       el("span", { class: "label" }, `${Math.floor(share(done))}%`),
     );
     const rate = jobRates.get(job.id);
-    const running = job.state === "running";
     const left = running && rate > 0 ? formatDuration((total - done) / rate) : "–";
     return el("tr", { "data-job-id": job.id, "data-state": state },
       el("td", {}, job.name || "job", el("span", { class: "id", title: job.id }, job.id.slice(0, 8))),
