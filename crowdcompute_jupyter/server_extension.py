@@ -147,8 +147,9 @@ class CrowdCompute(ExtensionApp):
             return
         self.cluster = cluster
         address: Address = outcome["address"]
-        self.target = (address, cluster.token)
-        exported = {"CROWDCOMPUTE_ADDRESS": address.url, "CROWDCOMPUTE_TOKEN": cluster.token}
+        token = cluster.token or ""  # LocalCluster made one
+        self.target = (address, token)
+        exported = {"CROWDCOMPUTE_ADDRESS": address.url, "CROWDCOMPUTE_TOKEN": token}
         previous = os.environ.get("CROWDCOMPUTE_ADDRESS")
         if previous and previous != address.url:
             self.log.warning("CrowdCompute: kernels get the shared cluster, not CROWDCOMPUTE_ADDRESS=%s", previous)
@@ -159,7 +160,7 @@ class CrowdCompute(ExtensionApp):
             self.local_workers,
             "" if self.local_workers == 1 else "s",
             address.url,
-            self.serverapp.base_url,
+            self.serverapp.base_url if self.serverapp else "/",
         )
 
     def _find_foreman(self) -> None:

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from http import HTTPStatus
 from importlib import resources
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -36,6 +37,7 @@ from websockets.http11 import Request, Response
 from crowdcompute.wire.constants import AUTH_FAILURE_DELAY
 
 from .scheduler import Scheduler
+from .state import Worker
 
 __all__ = ["HISTORY_SAMPLES", "SAMPLE_INTERVAL", "StatusPages", "Throughput", "cookie_name"]
 
@@ -43,7 +45,6 @@ __all__ = ["HISTORY_SAMPLES", "SAMPLE_INTERVAL", "StatusPages", "Throughput", "c
 SAMPLE_INTERVAL = 2.0
 #: Samples kept: ten minutes of history at SAMPLE_INTERVAL.
 HISTORY_SAMPLES = 300
-#: Seconds a request with a wrong token waits before its answer, to slow guessing.
 #: Files under foreman/static/ the page may load, with their content types.
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -186,33 +187,13 @@ class StatusPages:
         """The scheduler's status plus each worker's leased tasks, items done in running tasks,
         the time and (``sampled``) the throughput."""
         status = self.scheduler.status()
-        scheduler = self.scheduler
-        records = list(scheduler.workers.values())
-        for shown, worker in zip(status["workers"], records, strict=False):
-            if shown.get("name") != worker.name:
-                break  # not the same order: show no tasks rather than wrong ones
-            leased = []
-            for job_id, task_id in worker.running:
-                job = scheduler.jobs.get(job_id)
-                task = job.tasks.get(task_id) if job else None
-                leased.append((task.assigned_at if task else 0.0, job_id, task_id, job, task))
-            # The oldest leases fill its slots; the others wait in its prefetch queue.
-            leased.sort(key=lambda lease: lease[:3])
-            shown["tasks"] = [
-                {
-                    "job": job_id,
-                    "name": job.name if job else "",
-                    "task": task_id,
-                    "items": task.count if task else 0,
-                    "queued": n >= worker.slots,
-                }
-                for n, (_, job_id, task_id, job, task) in enumerate(leased)
-            ]
-        status["workers"].sort(key=lambda w: _natural_key(str(w.get("name", ""))))
+        # Each worker's own record, so that its tasks never land on another's line; sorted by name.
+        workers = sorted(self.scheduler.workers.values(), key=lambda worker: _natural_key(worker.name))
+        status["workers"] = [self._worker(worker) for worker in workers]
         # Items finished inside running tasks (their workers' progress reports): bars and rates move per item.
         in_progress: dict[str, int] = {}
-        for job_id, task_id in {lease for worker in records for lease in worker.running}:
-            job = scheduler.jobs.get(job_id)
+        for job_id, task_id in {lease for worker in workers for lease in worker.running}:
+            job = self.scheduler.jobs.get(job_id)
             task = job.tasks.get(task_id) if job else None
             if task is not None and task.progress:
                 in_progress[job_id] = in_progress.get(job_id, 0) + task.progress
@@ -223,6 +204,27 @@ class StatusPages:
         if sampled:
             status["throughput"] = {"interval": self.sample_interval, "samples": list(self.throughput.samples)}
         return status
+
+    def _worker(self, worker: Worker) -> dict[str, Any]:
+        """A worker as the status shows it, plus the tasks it holds: the oldest leases fill its
+        slots, the others wait in its prefetch queue (``queued``)."""
+        leased = []
+        for job_id, task_id in worker.running:
+            job = self.scheduler.jobs.get(job_id)
+            task = job.tasks.get(task_id) if job else None
+            leased.append((task.assigned_at if task else 0.0, job_id, task_id, job, task))
+        leased.sort(key=lambda lease: lease[:3])
+        tasks = [
+            {
+                "job": job_id,
+                "name": job.name if job else "",
+                "task": task_id,
+                "items": task.count if task else 0,
+                "queued": n >= worker.slots,
+            }
+            for n, (_, job_id, task_id, job, task) in enumerate(leased)
+        ]
+        return {**worker.summary(), "tasks": tasks}
 
 
 def _natural_key(name: str) -> list:

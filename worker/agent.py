@@ -230,7 +230,7 @@ class WorkerAgent:
                     outcome.seconds,
                     waited=waited,
                 )
-            elif isinstance(outcome, Lost) and outcome.error != "cancelled":
+            elif isinstance(outcome, Lost) and outcome.error is not None:
                 log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
                 reply = p.TaskCrashed(task.job_id, task.task_id, task.attempt, outcome.error, outcome.reason)
             else:
