@@ -94,7 +94,8 @@ class CrowdCompute(ExtensionApp):
         self._exported: dict[str, str] = {}
         self.target: tuple[Address, str] | None = None
         # Kernels link to the pages here (they inherit the server's environment).
-        self._exported = {DASHBOARD_VARIABLE: f"{self.serverapp.base_url}crowdcompute/"}
+        base_url = self.serverapp.base_url if self.serverapp else "/"
+        self._exported = {DASHBOARD_VARIABLE: f"{base_url}crowdcompute/"}
         os.environ.update(self._exported)
         if self.local_workers > 0:
             self._start_cluster()

@@ -141,7 +141,7 @@ def remove_connection_file(port: int) -> None:
         connection_file_path(port).unlink(missing_ok=True)
 
 
-def live_connection_files() -> list[dict]:
+def live_connection_files() -> list[dict[str, Any]]:
     """The connection files of foremen of this user that still run, by port; each with its ``port``."""
     found = []
     for path in sorted(crowdcompute_home().glob("foreman-*.json")):
