@@ -38,6 +38,10 @@ PARENT_CHECK_INTERVAL = 0.5
 #: Seconds between two progress reports of a running task; a task that ends sooner reports none,
 #: so fast maps send no extra message. A first failure is reported at the next item after it.
 PROGRESS_INTERVAL = 0.25
+#: Looks at the clock per PROGRESS_INTERVAL (the stride between looks follows the items' pace),
+#: and most items between two looks.
+CLOCK_READS_PER_INTERVAL = 4
+MAX_STRIDE = 32
 #: Longest error text a progress report carries.
 PROGRESS_ERROR_LIMIT = 300
 
@@ -118,7 +122,8 @@ def main(conn: Connection) -> None:
                 stdout.flush()
                 stderr.flush()
             stdout.index = stderr.index = first_index + offset
-            progress.item(offset, errors)
+            if offset >= progress.check_at or (errors and not progress.failed):
+                progress.item(offset, errors)
 
         if isinstance(func, BaseException):
             func = _raiser(func)
@@ -139,22 +144,39 @@ def main(conn: Connection) -> None:
 
 
 class _Progress:
-    """Reports items done within a running task, at most every PROGRESS_INTERVAL seconds."""
+    """Reports items done within a running task, at most every PROGRESS_INTERVAL seconds.
+
+    Reading the clock before every item would cost tiny items more than
+    their work: the clock is read every ``stride`` items, a stride sized
+    from the items' pace so that it is read a few times per interval.
+    """
 
     def __init__(self, conn: Connection, first_index: int) -> None:
         self._conn = conn
         self._first_index = first_index
-        self._next = time.monotonic() + PROGRESS_INTERVAL
-        self._failed = 0  # failures reported so far
+        now = time.monotonic()
+        self._next = now + PROGRESS_INTERVAL
+        self._checked = (now, 0)  # (time, offset) of the last look at the clock
+        self.check_at = 1  # the offset of the next look
+        self.failed = 0  # failures reported so far
 
     def item(self, offset: int, errors: dict) -> None:
-        """Called before item ``offset``: the ``offset`` items before it are done."""
+        """Called before item ``offset`` (the ``offset`` items before it are done) when it is time to look."""
         now = time.monotonic()
-        if now < self._next and not (errors and not self._failed):
+        then, before = self._checked
+        if offset > before and now > then:
+            pace = (now - then) / (offset - before)  # seconds per item
+            stride = int(PROGRESS_INTERVAL / CLOCK_READS_PER_INTERVAL / pace) if pace > 0 else MAX_STRIDE
+            self.check_at = offset + max(1, min(MAX_STRIDE, stride))
+        else:
+            self.check_at = offset + 1
+        self._checked = (now, offset)
+        first_failure = bool(errors) and not self.failed
+        if now < self._next and not first_failure:
             return
         self._next = now + PROGRESS_INTERVAL
         error, error_index = "", -1
-        if errors and not self._failed:  # the task's first failure: say what it was
+        if first_failure:  # the task's first failure: say what it was
             first = min(errors)
             described = errors[first]
             if isinstance(described, dict):
@@ -162,7 +184,7 @@ class _Progress:
             else:
                 error = f"{type(described).__name__}: {described}"
             error, error_index = error[:PROGRESS_ERROR_LIMIT], self._first_index + first
-        self._failed = len(errors)
+        self.failed = len(errors)
         self._conn.send(("progress", offset, len(errors), error, error_index))
 
 
