@@ -399,7 +399,7 @@ class CrowdComputeClient:
         feed = self._feeds.get(job_id)
         if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
             feed.finished(msg.task_id)
-        if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskFailed)):
+        if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskProgress, p.TaskFailed)):
             if job is not None:
                 sent_at = feed.sent_at.get(msg.task_id) if feed is not None else None
                 job.handle(msg, sent_at)

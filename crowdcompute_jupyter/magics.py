@@ -24,7 +24,7 @@ import crowdcompute
 from crowdcompute.api import default_client
 from crowdcompute.client import CrowdComputeClient
 from crowdcompute.codecs.pickled import PICKLE_PROTOCOL, Apply
-from crowdcompute.errors import CrowdComputeError, SerializationError, TaskError
+from crowdcompute.errors import CrowdComputeError, JobCancelledError, SerializationError, TaskError
 from crowdcompute.job import Job
 from crowdcompute.wire.constants import ADDRESS_VARIABLE
 
@@ -194,7 +194,11 @@ class CrowdComputeMagics(Magics):
             self.last_progress = make_progress(job)
             return await watch_job(client, job, progress=self.last_progress)
 
-        results = run_sync(map_items())
+        try:
+            results = run_sync(map_items())
+        except JobCancelledError:
+            self._keep_partial_results(output)
+            raise
         job = self.last_job
         if job is not None:
             _print_stats(job)
@@ -210,6 +214,22 @@ class CrowdComputeMagics(Magics):
             print(f"{job.failed} of {job.total} items failed; item {first} is shown below; {kept}.")
             raise job.errors[first]
         return None if output is not None else results
+
+    def _keep_partial_results(self, output: str | None) -> None:
+        """An interrupted %%crowdmap: the finished items' results go to ``output`` (if given); say so."""
+        job = self.last_job
+        if job is None:
+            return
+        finished = job.completed
+        if output is not None:
+            self.shell.user_ns[output] = job.partial_results()
+            kept = f"their results are in `{output}`, with a JobCancelledError in place of each unfinished item" + (
+                " and the errors of the failed ones" if job.failed else ""
+            )
+        else:
+            kept = "they are lost: with -o NAME, an interrupted map keeps the finished items' results in NAME"
+        failed = f" ({job.failed} failed)" if job.failed else ""
+        print(f"Interrupted: the job was cancelled after {finished + job.failed} of {job.total} items{failed}; {kept}.")
 
     @line_magic
     @magic_arguments()
@@ -326,8 +346,10 @@ class CrowdComputeMagics(Magics):
 
 
 def _print_stats(job: Job) -> None:
-    """One line on where the job's time went, and a hint when its chunks are badly sized."""
-    print(job.stats.report())
+    """Where the job's time went, when that helps: a long job, or badly sized chunks (with a hint)."""
+    report = job.stats.report()
+    if report:
+        print(report)
 
 
 async def _wait_for_workers(client: CrowdComputeClient, expected: int) -> None:

@@ -101,10 +101,14 @@ def _short(name: str, width: int) -> str:
 
 
 def first_error(job: Job) -> str:
-    """``item 12: ValueError: bad input`` for the job's first failed item so far, or ""."""
+    """``item 12: ValueError: bad input`` for the job's first failed item so far, or "".
+
+    Before the failed item's task ends, the error its worker reported early.
+    """
     errors = getattr(job, "errors", None) or {}
     if not errors:
-        return ""
+        early = getattr(job, "early_error", None)
+        return _short(f"item {early[0]}: {early[1]}".splitlines()[0], ERROR_WIDTH) if early else ""
     index = min(errors)
     error = errors[index]
     kind = getattr(error, "exc_type", None) or type(error).__name__
