@@ -41,7 +41,7 @@ PROGRESS_INTERVAL = 0.25
 #: Looks at the clock per PROGRESS_INTERVAL (the stride between looks follows the items' pace),
 #: and most items between two looks.
 CLOCK_READS_PER_INTERVAL = 4
-MAX_STRIDE = 32
+MAX_STRIDE = 256
 #: Longest error text a progress report carries.
 PROGRESS_ERROR_LIMIT = 300
 
