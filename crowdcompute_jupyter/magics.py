@@ -216,7 +216,8 @@ class CrowdComputeMagics(Magics):
         return None if output is not None else results
 
     def _keep_partial_results(self, output: str | None) -> None:
-        """An interrupted %%crowdmap: the finished items' results go to ``output`` (if given); say so."""
+        """An interrupted %%crowdmap or %crowdattach: the finished items' results go to ``output``
+        (if given); say so."""
         job = self.last_job
         if job is None:
             return
@@ -255,7 +256,11 @@ class CrowdComputeMagics(Magics):
             self.last_progress = make_progress(job)
             return await watch_job(client, job, progress=self.last_progress)
 
-        results = run_sync(follow())
+        try:
+            results = run_sync(follow())
+        except JobCancelledError:
+            self._keep_partial_results(output)
+            raise
         job = self.last_job
         if output is not None:
             self.shell.user_ns[output] = results

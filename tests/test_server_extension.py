@@ -150,6 +150,11 @@ def test_the_foremen_of_this_user_are_listed_and_each_has_its_page(jupyter_serve
 
 def test_kernels_link_to_their_own_embedded_clusters_page(jupyter_server):
     server = jupyter_server()
-    (connected,) = server.run_in_kernel("%load_ext crowdcompute\n%crowdconnect --workers 1\n%crowddisconnect")
+    connected, card = server.run_in_kernel(
+        "%load_ext crowdcompute\n%crowdconnect --workers 1",
+        "from crowdcompute.api import default_client\nprint(default_client()._repr_html_())\n%crowddisconnect",
+    )
     port = re.search(r"ws://127\.0\.0\.1:(\d+)", connected).group(1)
     assert f"status page: /crowdcompute/foreman/{port}/" in connected, connected
+    # The client's notebook repr, like dask's Client: workers, slots and the same link.
+    assert "1 worker, 1 slot" in card and f'href="/crowdcompute/foreman/{port}/"' in card, card
