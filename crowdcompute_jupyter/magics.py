@@ -228,9 +228,9 @@ class CrowdComputeMagics(Magics):
                 " and the errors of the failed ones" if job.failed else ""
             )
         else:
-            kept = "they are lost: with -o NAME, an interrupted map keeps the finished items' results in NAME"
+            kept = "they are not kept: with -o NAME, a cancelled map keeps the finished items' results in NAME"
         failed = f" ({job.failed} failed)" if job.failed else ""
-        print(f"Interrupted: the job was cancelled after {finished + job.failed} of {job.total} items{failed}; {kept}.")
+        print(f"The job was cancelled after {finished + job.failed} of {job.total} items{failed}; {kept}.")
 
     @line_magic
     @magic_arguments()

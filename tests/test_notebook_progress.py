@@ -81,7 +81,7 @@ def test_an_interrupt_keeps_the_finished_results_in_the_output_variable(cluster,
     kernel.run(SPIN)
     cell, _ = _interrupt_while_spinning(kernel, code)
     assert cell.error["ename"] == "JobCancelledError"
-    assert "Interrupted: the job was cancelled after 2 of 6 items; their results are in `part`" in cell.text, cell.text
+    assert "The job was cancelled after 2 of 6 items; their results are in `part`" in cell.text, cell.text
     shown = kernel.run("print(part[:2], sorted({type(x).__name__ for x in part[2:]}))")
     assert "[0, 10] ['JobCancelledError']" in shown.text, shown.text
     (bar,) = cell.progress_bars()
