@@ -45,7 +45,9 @@ REFRESH_INTERVAL = 0.1
 TICK_INTERVAL = 0.5
 
 #: Longest function name shown before the bar (the full name shows on hover).
-NAME_WIDTH = 32
+NAME_WIDTH = 28
+#: Width of the bar with its name: the name takes what it needs, the bar the rest.
+BAR_WIDTH = "480px"
 #: Characters of the text bar in the plain-text twin.
 TEXT_BAR_WIDTH = 24
 #: Longest first-error text shown under the bar.
@@ -142,6 +144,7 @@ class ProgressWidget:
             tooltip=name,
             bar_style=BAR_STYLES["running"],
             style={"description_width": "initial"},
+            layout=ipywidgets.Layout(width=BAR_WIDTH),
         )
         self.label = ipywidgets.HTML(value="")
         self.error = ipywidgets.HTML(value="")
