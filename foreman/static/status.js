@@ -10,9 +10,8 @@ const SMOOTH_SECONDS = 10;
 const SVG = "http://www.w3.org/2000/svg";
 const CHART = { width: 800, height: 180, left: 46, right: 10, top: 10, bottom: 22 };
 
-// Items done per job at the previous poll, for items/s and time left.
-let previousJobs = new Map();
-let previousTime = null;
+// Items done per job at recent polls, [time, done] oldest first, for items/s and time left.
+const jobHistory = new Map();
 const jobRates = new Map();
 
 function el(tag, attrs = {}, ...children) {
@@ -69,21 +68,26 @@ function showProblem(text) {
 // --- rates ------------------------------------------------------------------
 
 function updateRates(status) {
+  // As the notebook's widget: items finished over the last SMOOTH_SECONDS (the job's whole
+  // life while it is younger), so the number neither jumps with each chunk nor lags for long.
   const now = status.time;
-  const current = new Map();
+  const seen = new Set();
   for (const job of status.jobs) {
+    seen.add(job.id);
     const done = job.completed + job.failed + (job.in_progress || 0);
-    current.set(job.id, done);
-    if (previousTime !== null && previousJobs.has(job.id) && now > previousTime) {
-      const rate = (done - previousJobs.get(job.id)) / (now - previousTime);
-      const old = jobRates.get(job.id);
-      // Smooth over a few polls so the number does not jump with every chunk.
-      jobRates.set(job.id, old === undefined ? rate : 0.6 * old + 0.4 * rate);
+    const history = jobHistory.get(job.id) || [];
+    history.push([now, done]);
+    while (history.length > 2 && history[1][0] <= now - SMOOTH_SECONDS) history.shift();
+    jobHistory.set(job.id, history);
+    const [then, before] = history[0];
+    if (now > then) jobRates.set(job.id, Math.max(0, (done - before) / (now - then)));
+  }
+  for (const id of [...jobHistory.keys()]) {
+    if (!seen.has(id)) {
+      jobHistory.delete(id);
+      jobRates.delete(id);
     }
   }
-  for (const id of [...jobRates.keys()]) if (!current.has(id)) jobRates.delete(id);
-  previousJobs = current;
-  previousTime = now;
 }
 
 function throughputPoints(throughput) {
