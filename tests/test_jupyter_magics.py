@@ -180,6 +180,7 @@ def test_crowdcompute_runs_the_cell_on_a_worker_with_only_what_it_reads(cluster,
         ("%%crowdmap range(3) -o 1x\ndef f(x):\n    return x\n", "-o needs a Python variable name"),
         ("%crowdstatus", "not connected"),
         ("%crowdconnect --workers 0", "--workers must be at least 1"),
+        ("%crowdconnect ws://127.0.0.1:9 --workers 2", "--workers applies to an embedded cluster only"),
         ("%%crowdcompute\nprint(1)\n", "not connected"),
     ],
 )

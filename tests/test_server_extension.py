@@ -78,7 +78,7 @@ def test_shared_cluster_behind_jupyter_login_used_by_kernels(jupyter_server):
     assert sorted((w["name"], w["slots"]) for w in workers) == [("local-1", 1), ("local-2", 1)]
 
     connected, mapped = server.run_in_kernel(
-        "%load_ext crowdcompute\n%crowdconnect",
+        "%load_ext crowdcompute\n%crowdconnect --workers 3",
         "import os, crowdcompute\n"
         "print(os.environ['CROWDCOMPUTE_ADDRESS'])\n"
         "print('total', sum(await crowdcompute.map(abs, range(-20, 0), progress=False)))",
@@ -86,6 +86,7 @@ def test_shared_cluster_behind_jupyter_login_used_by_kernels(jupyter_server):
     address = mapped.splitlines()[0]
     assert address.startswith("ws://127.0.0.1:") and address in connected  # %crowdconnect used it
     assert "remote foreman" in connected  # not an embedded cluster of the kernel's own
+    assert "--workers 3 does not apply" in connected and "shared foreman" in connected, connected
     assert "total 210" in mapped
     (job,) = page_status(server)["jobs"]
     assert (job["name"], job["total"], job["completed"], job["state"]) == ("abs", 20, 20, "done")
