@@ -48,6 +48,9 @@ class TaskTiming:
     attempts: int
     round_trip: float | None  # from sending it to its outcome arriving (None after attach)
     arrived: float  # monotonic time its outcome arrived
+    trusted: bool = True  # False: only untrusted volunteers returned it
+    reissued: int = 0  # runs started because its leases passed their deadline
+    backups: int = 0  # backup copies run at the tail of the job
     waited: float = 0.0  # waiting on the worker for a free task process
 
     @property
@@ -76,6 +79,7 @@ class JobStats:
     serializing: float
     decoding: float
     tasks: list[TaskTiming] = field(default_factory=list)
+    waiting: str = ""  # what the job waits for beyond free slots ("task 12 needs 1 more distinct worker")
 
     @classmethod
     def measure(
@@ -88,10 +92,11 @@ class JobStats:
         serializing: float,
         decoding: float,
         tasks: Iterable[TaskTiming],
+        waiting: str = "",
     ) -> JobStats:
         """The stats of a job that started at monotonic time ``started`` (and ``finished``, or is running)."""
         end = finished or time.monotonic()
-        return cls(items, total, end - started, slots, serializing, decoding, list(tasks))
+        return cls(items, total, end - started, slots, serializing, decoding, list(tasks), waiting)
 
     @property
     def workers(self) -> dict[str, WorkerStats]:
@@ -103,6 +108,21 @@ class JobStats:
             w.tasks += 1
             w.busy += t.seconds
         return found
+
+    @property
+    def reissued(self) -> int:
+        """Runs started again elsewhere because a worker held a task past its deadline."""
+        return sum(t.reissued for t in self.tasks)
+
+    @property
+    def backups(self) -> int:
+        """Backup copies of slow tasks run at the tail of the job."""
+        return sum(t.backups for t in self.tasks)
+
+    @property
+    def untrusted_workers(self) -> int:
+        """Untrusted volunteers whose results the job used (decoded as plain data unless trust_workers=True)."""
+        return len({t.worker for t in self.tasks if not t.trusted})
 
     @property
     def mean_task(self) -> float:
@@ -175,11 +195,21 @@ class JobStats:
             )
         if self.extra_attempts:
             lines.append(f"{_count(self.extra_attempts, 'task')} reassigned or retried.")
+        if self.reissued or self.backups:
+            lines.append(
+                f"{_count(self.reissued, 'run')} reissued past their deadline, {_count(self.backups, 'backup run')}."
+            )
+        if self.untrusted_workers:
+            lines.append(f"Results from {_count(self.untrusted_workers, 'untrusted worker')}.")
+        if self.waiting:
+            lines.append(f"Waiting: {self.waiting}")
         return "\n".join(lines)
 
     def worth_showing(self) -> bool:
-        """True when the summary helps: a long job, or one with a hint."""
-        return bool(self.total) and self.items >= self.total and (self.wall >= LONG_JOB_SECONDS or bool(self.hints()))
+        """True when the summary helps: a long job, one with a hint, or one that used untrusted workers."""
+        if not self.total or self.items < self.total:
+            return False
+        return self.wall >= LONG_JOB_SECONDS or bool(self.untrusted_workers) or bool(self.hints())
 
     def report(self) -> str:
         """What a map prints when it ends: nothing, unless :meth:`worth_showing`; then the

@@ -8,6 +8,7 @@ __all__ = [
     "MAX_QUEUED_BYTES",
     "MAX_QUEUED_BYTES_TOTAL",
     "MAX_QUEUED_TASKS",
+    "MAX_SLOTS_PER_WORKER",
     "RESULT_TTL",
 ]
 
@@ -23,3 +24,6 @@ MAX_QUEUED_TASKS = 4096
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
 #: Input bytes waiting on the foreman over all jobs; past this, new jobs are refused until it drains.
 MAX_QUEUED_BYTES_TOTAL = 2 * 1024 * 1024 * 1024
+#: Slots a worker is granted at most, whatever it claims (``--max-slots-per-worker``; an invite's
+#: ``--slots`` may grant fewer). It holds at most its slots plus a prefetch of half as many.
+MAX_SLOTS_PER_WORKER = 64
