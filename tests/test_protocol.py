@@ -173,7 +173,7 @@ def test_empty_and_large_payloads_round_trip():
     for payload in (b"", bytes(3 * 1024 * 1024)):
         msg = p.TaskResult("j", 0, 0, 1, 0, payload)
         data = p.encode(msg)
-        assert len(data) < len(payload) + 200  # nothing grows with the payload but its bytes
+        assert len(data) < len(payload) + 300  # a header of a few fields: nothing grows with the payload but its bytes
         assert p.decode(data) == msg
 
 
