@@ -14,6 +14,7 @@ import enum
 __all__ = [
     "ADDRESS_VARIABLE",
     "AUTH_FAILURE_DELAY",
+    "BWRAP_VARIABLE",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DASHBOARD_VARIABLE",
@@ -90,5 +91,6 @@ TOKEN_VARIABLE = "CROWDCOMPUTE_TOKEN"  # the client token that goes with it
 HOME_VARIABLE = "CROWDCOMPUTE_HOME"  # folder for connection files and journals
 FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"  # token handed to an embedded foreman
 WORKER_TOKEN_VARIABLE = "CROWDCOMPUTE_WORKER_TOKEN"  # token handed to an embedded worker
+BWRAP_VARIABLE = "CROWDCOMPUTE_BWRAP"  # the bubblewrap binary a --sandbox worker uses
 #: Set by the Jupyter server extension for its kernels: the path of its status pages, e.g. "/crowdcompute/".
 DASHBOARD_VARIABLE = "CROWDCOMPUTE_DASHBOARD_URL"

@@ -310,7 +310,7 @@ class TaskResult(Message):
 class TaskFailed(Message):
     """A task that produced no outcomes: it timed out or kept crashing.
 
-    ``error`` is ``"timeout"`` or ``"crashed"``; ``attempts`` how often it ran.
+    ``error`` is ``"timeout"``, ``"crashed"`` or ``"limit"``; ``attempts`` how often it ran.
     """
 
     TYPE: ClassVar[str] = "task_failed"
