@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 
 from rich.console import Console
@@ -16,7 +17,7 @@ from .processes import install_stop_handlers
 from .sizes import format_amount
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY, TOKEN_VARIABLE
 
-__all__ = ["run_local", "show_status", "status_tables", "worker_offers"]
+__all__ = ["job_state", "run_local", "show_status", "sorted_workers", "status_tables", "worker_offers"]
 
 #: How often ``crowdcompute local`` checks that its foreman is still alive, in seconds.
 LOCAL_WATCH_INTERVAL = 0.5
@@ -78,9 +79,24 @@ def worker_offers(worker: dict) -> str:
     return "; ".join(part for part in (resources, labels) if part)
 
 
+def job_state(job: dict) -> str:
+    """The job's state as the progress widget says it: a finished job with a failed item "failed"."""
+    state = str(job.get("state", ""))
+    return "failed" if state == "done" and job.get("failed") else state
+
+
+def sorted_workers(workers: list[dict]) -> list[dict]:
+    """Workers by name, numbers in names compared as numbers (local-2 before local-10)."""
+
+    def key(worker: dict) -> list:
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(worker.get("name", "")))]
+
+    return sorted(workers, key=key)
+
+
 def status_tables(status: dict, url: str) -> list[Table]:
     """The status as rich tables: workers, then jobs."""
-    workers = status.get("workers", [])
+    workers = sorted_workers(status.get("workers", []))
     slots = sum(w["slots"] for w in workers)
     busy = sum(w["busy"] for w in workers)
     table = Table(title=f"foreman {url}: {len(workers)} workers, {busy}/{slots} slots busy", title_justify="left")
@@ -110,7 +126,7 @@ def status_tables(status: dict, url: str) -> list[Table]:
             job.get("name", ""),
             f"{done}/{job['total']}{percent}",
             str(job["failed"]),
-            job["state"],
+            job_state(job),
             "; ".join(notes),
         )
     return [table, jobs]

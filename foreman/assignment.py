@@ -151,6 +151,7 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     if not worker.trusted:
         job.untrusted.add(worker.key)
     task.assigned_at = now
+    task.progress = 0
     worker.running.add((job.job_id, task.task_id))
     for name, amount in job.resources.items():
         worker.used[name] = worker.used.get(name, 0.0) + amount

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 
 from websockets.exceptions import ConnectionClosed
 
@@ -76,7 +77,7 @@ class WorkerAgent:
         self.slots = [Slot(self.slot_settings, i) for i in range(procs)]
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
         self._running: dict[int, str] = {}  # slot index -> job id of its task
-        self._queue: asyncio.Queue[p.AssignTask] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[p.AssignTask, float]] = asyncio.Queue()  # with arrival times
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._draining = False
         self._idle = asyncio.Event()  # set while no slot runs a task
@@ -200,7 +201,7 @@ class WorkerAgent:
                     if msg.requirements:
                         self._requirements[msg.job_id] = list(msg.requirements)
                 elif isinstance(msg, p.AssignTask):
-                    self._queue.put_nowait(msg)
+                    self._queue.put_nowait((msg, time.monotonic()))
                 elif isinstance(msg, p.ReleaseJob):
                     self._release(msg.job_id)
                 else:
@@ -229,7 +230,8 @@ class WorkerAgent:
     async def _run_slot(self, slot: Slot) -> None:
         await asyncio.shield(self._started)
         while True:
-            task = await self._queue.get()
+            task, arrived = await self._queue.get()
+            waited = time.monotonic() - arrived  # in our queue, for a free task process
             function = self._functions.get(task.job_id)  # (bytes, serializer)
             if function is None or self._draining:
                 continue  # released while it waited here, or handed back when we close
@@ -244,6 +246,10 @@ class WorkerAgent:
                 message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
                 self._outbox.put_nowait(p.encode(message))
 
+            def on_progress(done: int, failed: int, error: str, error_index: int, task: p.AssignTask = task) -> None:
+                message = p.TaskProgress(task.job_id, task.task_id, done, failed, error, error_index)
+                self._outbox.put_nowait(p.encode(message))
+
             self._running[slot.index] = task.job_id
             self._idle.clear()
             try:
@@ -255,6 +261,7 @@ class WorkerAgent:
                     task.payload,
                     task.task_timeout,
                     on_output,
+                    on_progress,
                     site,
                 )
             finally:
@@ -269,6 +276,7 @@ class WorkerAgent:
                     outcome.failed,
                     outcome.payload,
                     outcome.seconds,
+                    waited=waited,
                     setup=self._setup.pop(task.job_id, 0.0),
                 )
             elif isinstance(outcome, Lost) and outcome.error is not None:
