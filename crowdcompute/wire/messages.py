@@ -37,6 +37,7 @@ __all__ = [
     "AttachJob",
     "JobAttached",
     "CollectJob",
+    "AckResults",
     "WorkerDraining",
     "RequestError",
     "JobFunction",
@@ -171,6 +172,7 @@ class AttachJob(Message):
 
     TYPE: ClassVar[str] = "attach_job"
     job_id: str
+    resume: bool = False  # the client followed the job before and holds the outcomes it acknowledged
 
 
 @message
@@ -179,6 +181,20 @@ class CollectJob(Message):
 
     TYPE: ClassVar[str] = "collect_job"
     job_id: str
+
+
+@message
+class AckResults(Message):
+    """The client holds these tasks' outcomes: a foreman without a journal may free them.
+
+    It keeps them while they are small (so that another process can still
+    attach); past a budget it drops the acknowledged ones, which bounds its
+    memory by the outcomes in flight rather than by the job's size.
+    """
+
+    TYPE: ClassVar[str] = "ack_results"
+    job_id: str
+    task_ids: list[int]
 
 
 @message
