@@ -131,7 +131,7 @@ class Journal:
                         self._dirty = True
                     for sql, params in arg:
                         if sql == "file":  # written before the row that names it: no dangling name
-                            Path(params[0]).write_bytes(params[1])
+                            _write_blob(Path(params[0]), params[1])
                         elif sql == "unlink":
                             for found in self.blobs.glob(params[0]):
                                 found.unlink(missing_ok=True)
@@ -256,7 +256,7 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple]]:
         payload, name, ops = task.payload, None, []
         if payload is not None and len(payload) > BLOB_FILE_THRESHOLD:
             name = _blob_name(record.job_id, task.task_id, "in")
-            ops.append(("file", (str(blobs / name), payload)))
+            ops.append(("file", (str(blobs / name), [payload])))  # the bytes that arrived, not a copy
             payload = None
         ops.append(
             (
@@ -268,11 +268,12 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple]]:
     if isinstance(record, SaveResult):
         msg = record.message
         failed = msg.failed if isinstance(msg, p.TaskResult) else msg.count
-        frame, name, ops = p.encode(msg), None, []
-        if len(frame) > BLOB_FILE_THRESHOLD:
+        parts, frame, name, ops = p.encode_parts(msg), None, None, []
+        if p.frame_size(parts) > BLOB_FILE_THRESHOLD:
             name = _blob_name(record.job_id, record.task_id, "out")
-            ops.append(("file", (str(blobs / name), frame)))
-            frame = None
+            ops.append(("file", (str(blobs / name), parts)))  # header, then the payload as it arrived
+        else:
+            frame = b"".join(parts)
         ops.append(
             (
                 "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
@@ -318,6 +319,11 @@ def read_outcome_frame(db: sqlite3.Connection, job_id: str, task_id: int, blobs:
     if row is None:
         return None
     return row[0] if row[1] is None else _read_blob(blobs / row[1])
+
+
+def _write_blob(path: Path, parts: list) -> None:
+    with open(path, "wb") as out:
+        out.writelines(parts)
 
 
 def _read_blob(path: Path) -> bytes | None:

@@ -135,16 +135,21 @@ def dumps_chunks(
     """
     chunks: list[tuple[int, int, bytes]] = []
     bound = limit if target is None else min(target, limit)
-    for start in range(0, len(items), size):
-        _dump_range(items, start, min(size, len(items) - start), limit, bound, chunks, dump or dumps_items)
+    start = 0
+    while start < len(items):
+        count = min(size, len(items) - start)
+        # A chunk that had to be split sets the size of the next ones: each item is pickled about once.
+        size = min(size, _dump_range(items, start, count, limit, bound, chunks, dump or dumps_items))
+        start += count
     return chunks
 
 
-def _dump_range(items: Sequence, start: int, count: int, limit: int, bound: int, out: list, dump: Callable) -> None:
+def _dump_range(items: Sequence, start: int, count: int, limit: int, bound: int, out: list, dump: Callable) -> int:
+    """Append the chunks of ``items[start:start + count]``; return the largest count that fitted."""
     payload = dump(list(items[start : start + count]), start)
     if len(payload) <= bound or (count == 1 and len(payload) <= limit):
         out.append((start, count, payload))
-        return
+        return count
     if count == 1:
         raise SerializationError(
             f"item {start} ({short_repr(items[start])})",
@@ -155,8 +160,10 @@ def _dump_range(items: Sequence, start: int, count: int, limit: int, bound: int,
     pieces = min(count, -(-len(payload) // bound))
     step = -(-count // pieces)
     del payload
+    fitted = step
     for first in range(start, start + count, step):
-        _dump_range(items, first, min(step, start + count - first), limit, bound, out, dump)
+        fitted = min(fitted, _dump_range(items, first, min(step, start + count - first), limit, bound, out, dump))
+    return fitted
 
 
 def _megabytes(size: int) -> str:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from ..errors import ProtocolError
 
-__all__ = ["MAX_HEADER_SIZE", "Message", "decode", "encode", "message", "require"]
+__all__ = ["MAX_HEADER_SIZE", "Message", "decode", "encode", "encode_parts", "frame_size", "message", "require"]
 
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
@@ -126,6 +126,13 @@ def require(condition: bool, sentence: str) -> None:
 
 def encode(msg: Message) -> bytes:
     """Return the frame for ``msg``: length, JSON header, raw payloads."""
+    parts = encode_parts(msg)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def encode_parts(msg: Message) -> list[bytes | memoryview]:
+    """The frame for ``msg`` as buffers that follow each other: length and header, then each
+    non-empty payload as it is (not copied). Written one after the other, they are the frame."""
     header: dict[str, Any] = {"type": msg.TYPE}
     payloads = []
     for f in dataclasses.fields(msg):
@@ -137,7 +144,12 @@ def encode(msg: Message) -> bytes:
     if payloads:
         header["sizes"] = [len(p) for p in payloads]
     head = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join([_LENGTH.pack(len(head)), head, *payloads])
+    return [_LENGTH.pack(len(head)) + head, *(payload for payload in payloads if len(payload))]
+
+
+def frame_size(parts: list[bytes | memoryview]) -> int:
+    """Bytes of a frame given as parts."""
+    return sum(len(part) for part in parts)
 
 
 def decode(frame: bytes | bytearray | memoryview | str) -> Message:

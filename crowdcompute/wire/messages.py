@@ -15,7 +15,16 @@ from typing import ClassVar
 
 from ..errors import ProtocolError
 from .constants import ErrorKind, Role, Serializer
-from .framing import _MESSAGES, MAX_HEADER_SIZE, Message, decode, encode, message  # noqa: F401 (re-exported)
+from .framing import (  # noqa: F401 (re-exported)
+    _MESSAGES,
+    MAX_HEADER_SIZE,
+    Message,
+    decode,
+    encode,
+    encode_parts,
+    frame_size,
+    message,
+)
 from .framing import require as _require
 
 __all__ = [
@@ -46,6 +55,8 @@ __all__ = [
     "TaskDone",
     "TaskCrashed",
     "encode",
+    "encode_parts",
+    "frame_size",
     "decode",
 ]
 
