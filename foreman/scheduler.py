@@ -266,7 +266,7 @@ class Scheduler:
         if job is None or job.client != client_id:
             return []
         job.acked.update(task_id for task_id in task_ids if task_id in job.results)
-        if job.kept_bytes > self.max_kept_outcome_bytes:
+        if job.dropped or job.kept_bytes > self.max_kept_outcome_bytes:  # once past it, keep none acknowledged
             for task_id in job.acked:
                 outcome = job.results.pop(task_id)
                 job.kept_bytes -= len(getattr(outcome, "payload", b""))
