@@ -366,12 +366,14 @@ class ForemanServer:
         loop = asyncio.get_running_loop()
         peer.last_seen = loop.time()
         try:
-            async for frame in peer.websocket:
+            while True:
+                # Piece by piece: a payload that came as a fragment of its own is used as it is, not joined.
+                fragments = [fragment async for fragment in peer.websocket.recv_streaming()]
                 peer.last_seen = loop.time()
                 try:
-                    msg = p.decode(frame)
+                    msg = p.decode_parts(fragments)
                 except ProtocolError as exc:
-                    code = CloseCode.UNSUPPORTED if isinstance(frame, str) else CloseCode.PROTOCOL_ERROR
+                    code = CloseCode.UNSUPPORTED if isinstance(fragments[0], str) else CloseCode.PROTOCOL_ERROR
                     self._close_peer(peer, code, str(exc))
                     return
                 route = ROUTES.get(type(msg))

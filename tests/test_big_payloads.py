@@ -15,7 +15,7 @@ from helpers import Proxy, arun, wait_until
 
 import crowdcompute.codecs.pickled as pickled
 from crowdcompute import CrowdComputeClient
-from crowdcompute.errors import CrowdComputeError
+from crowdcompute.errors import CrowdComputeError, ProtocolError
 from crowdcompute.feed import ACK_AFTER_BYTES
 from crowdcompute.wire import messages as p
 from foreman.limits import MAX_KEPT_OUTCOME_BYTES
@@ -56,6 +56,24 @@ def test_a_frame_as_parts_holds_the_payload_itself_and_joins_to_the_frame():
     assert b"".join(parts) == p.encode(msg) and p.frame_size(parts) == len(p.encode(msg))
     assert p.decode(b"".join(parts)).payload == view
     assert len(p.encode_parts(p.TaskResult("job-1", 2, 20, 5, 0, b""))) == 1  # no empty part
+
+
+def test_a_frame_received_in_the_pieces_we_send_uses_each_piece_as_its_payload():
+    function, payload = os.urandom(1000), os.urandom(2 * MB)
+    msg = p.SubmitTask("job-1", 3, 30, 10, payload)
+    parts = p.encode_parts(msg)
+    decoded = p.decode_parts([*parts, b""])  # websockets ends a fragmented message with an empty piece
+    assert decoded == msg and decoded.payload.obj is payload  # the piece itself, not a copy
+    two = p.SubmitJob("job-1", function, 1, 10)
+    assert p.decode_parts(p.encode_parts(two)).function.obj is function
+    # Cut anywhere else (a proxy may re-fragment), the pieces are joined and decode the same.
+    whole = p.encode(msg)
+    for cut in (2, 10, len(parts[0]) + 7, len(whole) - 1):
+        assert p.decode_parts([whole[:cut], whole[cut:]]) == msg
+    with pytest.raises(ProtocolError, match="payloads should take"):
+        p.decode_parts([*parts, b"extra"])
+    with pytest.raises(ProtocolError, match="text frame"):
+        p.decode_parts(["text"])
 
 
 def test_outcomes_past_the_budget_are_dropped_once_delivered_and_only_their_client_attaches(

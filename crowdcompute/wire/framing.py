@@ -25,7 +25,7 @@ import math
 import struct
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -39,7 +39,17 @@ else:  # Python 3.10: the marker only matters to type checkers
 
 from ..errors import ProtocolError
 
-__all__ = ["MAX_HEADER_SIZE", "Message", "decode", "encode", "encode_parts", "frame_size", "message", "require"]
+__all__ = [
+    "MAX_HEADER_SIZE",
+    "Message",
+    "decode",
+    "decode_parts",
+    "encode",
+    "encode_parts",
+    "frame_size",
+    "message",
+    "require",
+]
 
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
@@ -141,8 +151,7 @@ def require(condition: bool, sentence: str) -> None:
 
 def encode(msg: Message) -> bytes:
     """Return the frame for ``msg``: length, JSON header, raw payloads."""
-    parts = encode_parts(msg)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return b"".join(encode_parts(msg))  # a header alone is returned as it is, not copied
 
 
 def encode_parts(msg: Message) -> list[bytes | memoryview]:
@@ -171,15 +180,41 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
     """Return the message in ``frame``; raise ProtocolError saying what was wrong."""
     if isinstance(frame, str):
         raise ProtocolError("expected a binary frame, got a text frame")
-    view = memoryview(frame)
+    return _decode(memoryview(frame), None)
+
+
+def decode_parts(fragments: Sequence[bytes | bytearray | memoryview | str]) -> Message:
+    """The message in a frame received in pieces (a fragmented websocket message), like :func:`decode`.
+
+    When the pieces are those :func:`encode_parts` made (the header, then each
+    non-empty payload), the payloads are the pieces themselves: nothing is joined.
+    """
+    parts: list[memoryview] = []
+    for part in fragments:
+        if isinstance(part, str):
+            raise ProtocolError("expected a binary frame, got a text frame")
+        if len(part):  # the last piece of a fragmented message is empty
+            parts.append(memoryview(part))
+    if len(parts) <= 1:
+        return _decode(parts[0] if parts else memoryview(b""), None)
+    if len(parts[0]) < _LENGTH.size:  # not cut where we cut: join (a proxy may re-fragment)
+        return _decode(memoryview(b"".join(parts)), None)
+    return _decode(parts[0], parts[1:])
+
+
+def _decode(view: memoryview, pieces: list[memoryview] | None) -> Message:
+    """The message whose frame is ``view`` followed by ``pieces`` (None: the frame is ``view``)."""
+    total = len(view) + sum(len(piece) for piece in pieces or ())
     if len(view) < _LENGTH.size:
         raise ProtocolError(f"frame of {len(view)} bytes is too short to hold a header")
     (head_size,) = _LENGTH.unpack_from(view)
     if head_size > MAX_HEADER_SIZE:
         raise ProtocolError(f"header of {head_size} bytes exceeds {MAX_HEADER_SIZE}")
     end = _LENGTH.size + head_size
-    if end > len(view):
+    if end > total:
         raise ProtocolError(f"header says {head_size} bytes but the frame is truncated")
+    if end > len(view) and pieces:  # the header is split across pieces: join them (not what we send)
+        view, pieces = memoryview(b"".join([view, *pieces])), None
     try:
         header = json.loads(bytes(view[_LENGTH.size : end]), parse_float=_finite_number, parse_constant=_finite_number)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
@@ -197,8 +232,8 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
         or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)
     ):
         raise ProtocolError(f"{kind}: 'sizes' must list {len(cls._payloads)} payload lengths")
-    if end + sum(sizes) != len(view):
-        raise ProtocolError(f"{kind}: payloads should take {sum(sizes)} bytes but {len(view) - end} follow the header")
+    if end + sum(sizes) != total:
+        raise ProtocolError(f"{kind}: payloads should take {sum(sizes)} bytes but {total - end} follow the header")
     fields: dict[str, Any] = {}
     for name, check in cls._checks.items():
         if name in header:
@@ -209,11 +244,23 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
             fields[name] = value if enum_type is None else enum_type(value)
     if header:
         raise ProtocolError(f"{kind}: unknown fields {sorted(header)}")
+    if pieces is not None:
+        if len(view) == end and [len(piece) for piece in pieces] == [size for size in sizes if size]:
+            # One piece per payload, as encode_parts made them: each payload is its piece, not a copy.
+            given = iter(pieces)
+            for name, size in zip(cls._payloads, sizes, strict=True):
+                fields[name] = next(given) if size else memoryview(b"")
+            return _build(cls, kind, fields)
+        view = memoryview(b"".join([view, *pieces]))  # cut elsewhere (by a proxy, say)
     offset = end
     for name, size in zip(cls._payloads, sizes, strict=True):
         # A view into the frame, not a copy: a 100 MB input crosses the foreman without being copied here.
         fields[name] = view[offset : offset + size]
         offset += size
+    return _build(cls, kind, fields)
+
+
+def _build(cls: type[Message], kind: str, fields: dict[str, Any]) -> Message:
     try:
         msg = cls(**fields)
     except TypeError as exc:

@@ -20,6 +20,7 @@ from .framing import (  # noqa: F401 (re-exported)
     MAX_HEADER_SIZE,
     Message,
     decode,
+    decode_parts,
     encode,
     encode_parts,
     frame_size,
@@ -58,6 +59,7 @@ __all__ = [
     "encode_parts",
     "frame_size",
     "decode",
+    "decode_parts",
 ]
 
 PROTOCOL_VERSION = 1
