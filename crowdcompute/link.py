@@ -21,6 +21,8 @@ from .dialing import Backoff, dial
 from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
 from .wire import messages as p
 from .wire.addresses import Address
+from .wire.constants import FRAGMENT_SIZE
+from .wire.framing import split_parts
 
 __all__ = ["Link", "RECONNECT_DELAY_MAX"]
 
@@ -119,8 +121,9 @@ class Link:
                 await self._queued.wait()
                 continue
             try:
-                parts = self._frames[0]
-                # Several parts go as one fragmented message: a payload is not joined to its header.
+                # Several parts go as one fragmented message: a payload is not joined to its header,
+                # and goes in pieces, so that no side buffers a whole one in its websocket layer.
+                parts = split_parts(self._frames[0], FRAGMENT_SIZE)
                 await websocket.send(parts[0] if len(parts) == 1 else parts)
             except ConnectionClosed:
                 return  # the frame stays first in line for the next connection

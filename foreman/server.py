@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from crowdcompute.errors import ProtocolError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address
-from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CloseCode, Role
+from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, FRAGMENT_SIZE, CloseCode, Role
 from crowdcompute.wire.runtime import runtime_mismatch
 
 from .http import StatusPages
@@ -453,7 +453,8 @@ class ForemanServer:
             try:
                 if isinstance(item, Frame):
                     peer.queued_bytes -= item.size
-                    await websocket.send(item.parts[0] if len(item.parts) == 1 else item.parts)
+                    parts = p.split_parts(item.parts, FRAGMENT_SIZE)
+                    await websocket.send(parts[0] if len(parts) == 1 else parts)
                 elif isinstance(item, Hangup):
                     await websocket.close(item.code, item.reason)
                 else:

@@ -70,6 +70,10 @@ def test_a_frame_received_in_the_pieces_we_send_uses_each_piece_as_its_payload()
     whole = p.encode(msg)
     for cut in (2, 10, len(parts[0]) + 7, len(whole) - 1):
         assert p.decode_parts([whole[:cut], whole[cut:]]) == msg
+    # Sent in pieces of at most a fragment, each payload is joined once, from its own pieces only.
+    pieces = p.split_parts(p.encode_parts(p.TaskResult("job-1", 2, 20, 5, 0, payload)), 300_000)
+    assert max(len(piece) for piece in pieces) <= 300_000 and len(pieces) == 1 + -(-len(payload) // 300_000)
+    assert p.decode_parts(pieces).payload == payload
     with pytest.raises(ProtocolError, match="payloads should take"):
         p.decode_parts([*parts, b"extra"])
     with pytest.raises(ProtocolError, match="text frame"):

@@ -20,7 +20,7 @@ from crowdcompute.dialing import Backoff, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
-from crowdcompute.wire.constants import Role
+from crowdcompute.wire.constants import FRAGMENT_SIZE, Role
 from crowdcompute.wire.runtime import runtime_fields
 
 from .pool import Finished, Lost, Slot, process_context
@@ -230,7 +230,9 @@ class WorkerAgent:
         while True:
             parts = await self._outbox.get()
             try:
-                # Several parts go as one fragmented message: the outcome is not joined to its header.
+                # Several parts go as one fragmented message: the outcome is not joined to its header,
+                # and goes in pieces, so that the foreman never buffers a whole one in its websocket layer.
+                parts = p.split_parts(parts, FRAGMENT_SIZE)
                 await websocket.send(parts[0] if len(parts) == 1 else parts)
             except ConnectionClosed:
                 return

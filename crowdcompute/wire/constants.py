@@ -89,3 +89,7 @@ TOKEN_VARIABLE = "CROWDCOMPUTE_TOKEN"  # the client token that goes with it
 HOME_VARIABLE = "CROWDCOMPUTE_HOME"  # folder for connection files and journals
 FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"  # token handed to an embedded foreman
 WORKER_TOKEN_VARIABLE = "CROWDCOMPUTE_WORKER_TOKEN"  # token handed to an embedded worker
+#: Largest websocket fragment anyone writes: a payload goes out in pieces of this size, so that
+#: the websocket layers, which copy what they write and buffer what they read frame by frame,
+#: never hold a whole one.
+FRAGMENT_SIZE = 1024 * 1024

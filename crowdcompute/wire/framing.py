@@ -49,6 +49,7 @@ __all__ = [
     "frame_size",
     "message",
     "require",
+    "split_parts",
 ]
 
 #: Largest JSON header a frame may carry; payloads are limited separately.
@@ -245,11 +246,9 @@ def _decode(view: memoryview, pieces: list[memoryview] | None) -> Message:
     if header:
         raise ProtocolError(f"{kind}: unknown fields {sorted(header)}")
     if pieces is not None:
-        if len(view) == end and [len(piece) for piece in pieces] == [size for size in sizes if size]:
-            # One piece per payload, as encode_parts made them: each payload is its piece, not a copy.
-            given = iter(pieces)
-            for name, size in zip(cls._payloads, sizes, strict=True):
-                fields[name] = next(given) if size else memoryview(b"")
+        payloads = _payload_pieces(pieces, sizes) if len(view) == end else None
+        if payloads is not None:
+            fields.update(zip(cls._payloads, payloads, strict=True))
             return _build(cls, kind, fields)
         view = memoryview(b"".join([view, *pieces]))  # cut elsewhere (by a proxy, say)
     offset = end
@@ -258,6 +257,45 @@ def _decode(view: memoryview, pieces: list[memoryview] | None) -> Message:
         fields[name] = view[offset : offset + size]
         offset += size
     return _build(cls, kind, fields)
+
+
+def _payload_pieces(pieces: list[memoryview], sizes: list[int]) -> list[memoryview] | None:
+    """Each payload from the pieces after the header, if no piece straddles two payloads, else None.
+
+    A payload that is one piece is that piece (no copy); one sent in several
+    pieces (see :func:`split_parts`) is joined once.
+    """
+    payloads: list[memoryview] = []
+    position = 0
+    for size in sizes:
+        run: list[memoryview] = []
+        taken = 0
+        while taken < size and position < len(pieces):
+            run.append(pieces[position])
+            taken += len(pieces[position])
+            position += 1
+        if taken != size:
+            return None
+        payloads.append(run[0] if len(run) == 1 else memoryview(b"".join(run)) if run else memoryview(b""))
+    return payloads if position == len(pieces) else None
+
+
+def split_parts(parts: list[bytes | memoryview], largest: int) -> list[bytes | memoryview]:
+    """``parts`` with each payload over ``largest`` bytes cut into views of at most that size.
+
+    Sent as fragments, a big payload then never needs a buffer of its full
+    size in the websocket layer (which copies each fragment it writes).
+    """
+    if all(len(part) <= largest for part in parts):
+        return parts
+    pieces: list[bytes | memoryview] = []
+    for part in parts:
+        if len(part) <= largest:
+            pieces.append(part)
+        else:
+            view = memoryview(part)
+            pieces.extend(view[start : start + largest] for start in range(0, len(view), largest))
+    return pieces
 
 
 def _build(cls: type[Message], kind: str, fields: dict[str, Any]) -> Message:

@@ -25,6 +25,7 @@ from .framing import (  # noqa: F401 (re-exported)
     encode_parts,
     frame_size,
     message,
+    split_parts,
 )
 from .framing import require as _require
 
@@ -60,6 +61,7 @@ __all__ = [
     "frame_size",
     "decode",
     "decode_parts",
+    "split_parts",
 ]
 
 PROTOCOL_VERSION = 1
