@@ -261,6 +261,8 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]
             name = _blob_name(record.job_id, task.task_id, "in")
             ops.append(("file", (str(blobs / name), [payload])))  # the bytes that arrived, not a copy
             payload = None
+        elif isinstance(payload, p.Pieces):  # small, but cut by someone on the way: SQLite wants one buffer
+            payload = bytes(payload)
         ops.append(
             (
                 "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
@@ -328,7 +330,8 @@ def read_outcome_frame(db: sqlite3.Connection, job_id: str, task_id: int, blobs:
 
 def _write_blob(path: Path, parts: list) -> None:
     with open(path, "wb") as out:
-        out.writelines(parts)
+        for part in parts:  # a payload kept in the pieces it arrived in is written piece by piece
+            out.writelines(part.pieces if isinstance(part, p.Pieces) else (part,))
 
 
 def _read_blob(path: Path) -> bytes | None:

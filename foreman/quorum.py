@@ -68,7 +68,9 @@ def vote(
 def digest(msg: p.TaskDone) -> bytes:
     """What runs are compared by: the failed count and the outcome bytes."""
     digest = hashlib.sha256(b"%d:" % msg.failed)
-    digest.update(msg.payload)
+    payload = msg.payload
+    for piece in payload.pieces if isinstance(payload, p.Pieces) else (payload,):
+        digest.update(piece)
     return digest.digest()
 
 

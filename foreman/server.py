@@ -54,6 +54,9 @@ MAX_CONNECTIONS = 4096
 #: (a client reconnects and attaches; nothing is lost).
 MAX_OUTBOX_BYTES = 512 * 1024 * 1024
 
+#: Websocket frames the foreman reads ahead of its handler per connection, before it stops reading.
+READ_AHEAD_FRAMES = 4
+
 #: Seconds between purges of jobs older than the result TTL (and idle checks).
 EXPIRE_INTERVAL = 60.0
 #: Seconds a client with no running job may stay silent before it is closed (1000, "idle").
@@ -208,6 +211,8 @@ class ForemanServer:
             ssl=self.ssl_context,
             compression=None,  # payloads are pickles: compression costs CPU and buys little
             max_size=self.max_frame_size,  # the Hello is held to MAX_HELLO_SIZE once read
+            # Frames read ahead per connection (each at most FRAGMENT_SIZE): a bound on the foreman's memory.
+            max_queue=READ_AHEAD_FRAMES,
             # A peer that answers no ping within the heartbeat timeout is dropped,
             # and a dropped worker's tasks go to others.
             ping_interval=self.heartbeat_timeout / 3,
@@ -371,7 +376,7 @@ class ForemanServer:
                 fragments = [fragment async for fragment in peer.websocket.recv_streaming()]
                 peer.last_seen = loop.time()
                 try:
-                    msg = p.decode_parts(fragments)
+                    msg = p.decode_parts(fragments, join=False)  # payloads are forwarded, never read
                 except ProtocolError as exc:
                     code = CloseCode.UNSUPPORTED if isinstance(fragments[0], str) else CloseCode.PROTOCOL_ERROR
                     self._close_peer(peer, code, str(exc))

@@ -80,6 +80,17 @@ def test_a_frame_received_in_the_pieces_we_send_uses_each_piece_as_its_payload()
         p.decode_parts(["text"])
 
 
+def test_the_foreman_keeps_a_payload_in_the_pieces_it_arrived_in_and_forwards_them_as_they_are():
+    payload = os.urandom(2 * MB + 5)
+    pieces = p.split_parts(p.encode_parts(p.TaskDone("job-1", 2, 1, 0, payload)), 500_000)
+    done = p.decode_parts(pieces, join=False)
+    assert isinstance(done.payload, p.Pieces) and len(done.payload) == len(payload)
+    assert [piece.obj for piece in done.payload.pieces] == [piece.obj for piece in pieces[1:]]  # no copy
+    forwarded = p.encode_parts(p.TaskResult("job-1", 2, 20, 5, 0, done.payload))
+    assert forwarded[1:] == list(done.payload.pieces)  # the same pieces go out
+    assert p.decode_parts(forwarded).payload == payload == done.payload
+
+
 def test_outcomes_past_the_budget_are_dropped_once_delivered_and_only_their_client_attaches(
     start_foreman, start_worker
 ):

@@ -42,6 +42,7 @@ from ..errors import ProtocolError
 __all__ = [
     "MAX_HEADER_SIZE",
     "Message",
+    "Pieces",
     "decode",
     "decode_parts",
     "encode",
@@ -169,7 +170,42 @@ def encode_parts(msg: Message) -> list[bytes | memoryview]:
     if payloads:
         header["sizes"] = [len(p) for p in payloads]
     head = json.dumps(header, separators=(",", ":")).encode()
-    return [_LENGTH.pack(len(head)) + head, *(payload for payload in payloads if len(payload))]
+    parts: list[bytes | memoryview] = [_LENGTH.pack(len(head)) + head]
+    for payload in payloads:
+        if isinstance(payload, Pieces):
+            parts.extend(payload.pieces)
+        elif len(payload):
+            parts.append(payload)
+    return parts
+
+
+class Pieces:
+    """A payload kept as the fragments it arrived in, never joined: what the foreman forwards.
+
+    Its length is the payload's; :func:`encode_parts` sends the pieces as
+    they are; ``bytes()`` joins them (for whoever needs one buffer).
+    """
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: Sequence[memoryview]) -> None:
+        self.pieces = tuple(pieces)
+
+    def __len__(self) -> int:
+        return sum(len(piece) for piece in self.pieces)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pieces)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Pieces, bytes, bytearray, memoryview)):
+            return bytes(self) == bytes(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Pieces: {len(self)} bytes in {len(self.pieces)}>"
 
 
 def frame_size(parts: list[bytes | memoryview]) -> int:
@@ -184,11 +220,13 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
     return _decode(memoryview(frame), None)
 
 
-def decode_parts(fragments: Sequence[bytes | bytearray | memoryview | str]) -> Message:
+def decode_parts(fragments: Sequence[bytes | bytearray | memoryview | str], join: bool = True) -> Message:
     """The message in a frame received in pieces (a fragmented websocket message), like :func:`decode`.
 
     When the pieces are those :func:`encode_parts` made (the header, then each
-    non-empty payload), the payloads are the pieces themselves: nothing is joined.
+    non-empty payload), a payload that is one piece is that piece; one that
+    came in several is joined once, or with ``join=False`` (the foreman, which
+    only forwards and stores payloads) kept as :class:`Pieces`.
     """
     parts: list[memoryview] = []
     for part in fragments:
@@ -200,10 +238,10 @@ def decode_parts(fragments: Sequence[bytes | bytearray | memoryview | str]) -> M
         return _decode(parts[0] if parts else memoryview(b""), None)
     if len(parts[0]) < _LENGTH.size:  # not cut where we cut: join (a proxy may re-fragment)
         return _decode(memoryview(b"".join(parts)), None)
-    return _decode(parts[0], parts[1:])
+    return _decode(parts[0], parts[1:], join)
 
 
-def _decode(view: memoryview, pieces: list[memoryview] | None) -> Message:
+def _decode(view: memoryview, pieces: list[memoryview] | None, join: bool = True) -> Message:
     """The message whose frame is ``view`` followed by ``pieces`` (None: the frame is ``view``)."""
     total = len(view) + sum(len(piece) for piece in pieces or ())
     if len(view) < _LENGTH.size:
@@ -246,7 +284,7 @@ def _decode(view: memoryview, pieces: list[memoryview] | None) -> Message:
     if header:
         raise ProtocolError(f"{kind}: unknown fields {sorted(header)}")
     if pieces is not None:
-        payloads = _payload_pieces(pieces, sizes) if len(view) == end else None
+        payloads = _payload_pieces(pieces, sizes, join) if len(view) == end else None
         if payloads is not None:
             fields.update(zip(cls._payloads, payloads, strict=True))
             return _build(cls, kind, fields)
@@ -259,13 +297,13 @@ def _decode(view: memoryview, pieces: list[memoryview] | None) -> Message:
     return _build(cls, kind, fields)
 
 
-def _payload_pieces(pieces: list[memoryview], sizes: list[int]) -> list[memoryview] | None:
+def _payload_pieces(pieces: list[memoryview], sizes: list[int], join: bool) -> list[memoryview | Pieces] | None:
     """Each payload from the pieces after the header, if no piece straddles two payloads, else None.
 
     A payload that is one piece is that piece (no copy); one sent in several
-    pieces (see :func:`split_parts`) is joined once.
+    pieces (see :func:`split_parts`) is joined once, or kept as Pieces unless ``join``.
     """
-    payloads: list[memoryview] = []
+    payloads: list[memoryview | Pieces] = []
     position = 0
     for size in sizes:
         run: list[memoryview] = []
@@ -276,7 +314,10 @@ def _payload_pieces(pieces: list[memoryview], sizes: list[int]) -> list[memoryvi
             position += 1
         if taken != size:
             return None
-        payloads.append(run[0] if len(run) == 1 else memoryview(b"".join(run)) if run else memoryview(b""))
+        if len(run) > 1:
+            payloads.append(memoryview(b"".join(run)) if join else Pieces(run))
+        else:
+            payloads.append(run[0] if run else memoryview(b""))
     return payloads if position == len(pieces) else None
 
 
@@ -290,7 +331,7 @@ def split_parts(parts: list[bytes | memoryview], largest: int) -> list[bytes | m
         return parts
     pieces: list[bytes | memoryview] = []
     for part in parts:
-        if len(part) <= largest:
+        if len(part) <= largest:  # Pieces were expanded by encode_parts: parts are buffers
             pieces.append(part)
         else:
             view = memoryview(part)
