@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,6 +142,9 @@ class Slot:
         except (OSError, EOFError):
             return await self._lost()
         loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output)
+        # uvloop (libuv) makes a watched descriptor non-blocking; this pipe's messages are read
+        # and written whole by blocking calls (a 10 MB input would fail half-written): undo it.
+        os.set_blocking(conn.fileno(), True)
         if timeout is not None:
             timer = loop.call_later(timeout, self._time_out)
         try:
