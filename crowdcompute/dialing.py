@@ -96,6 +96,8 @@ async def dial(
         raise ForemanUnavailableError(address.url, f"the foreman closed the connection ({exc})") from exc
     if isinstance(reply, p.Refused):
         await websocket.close()
+        if reply.code == "revoked":  # a volunteer's credential, revoked or expired: retrying cannot help
+            raise AuthenticationError(f"{reply.reason} (foreman {address.url})")
         if reply.code == "auth":
             raise AuthenticationError(
                 f"{reply.reason} at {address.url}: pass the foreman's token (token= / --token, or $CROWDCOMPUTE_TOKEN)"

@@ -71,6 +71,8 @@ def build_failed_task_error(error: str, reason: str, index: int | None, attempts
         return TaskTimeoutError(reason, index=index, exc_type="TaskTimeoutError")
     if error == ErrorKind.DISAGREEMENT:
         return QuorumError(reason, index=index, exc_type="QuorumError")
+    if error == ErrorKind.LIMIT:  # reason: "task exceeded --max-memory 512 MiB"
+        return WorkerCrashedError(reason, attempts=attempts, cause=reason, index=index)
     what = "the task" if index is None else f"the task holding item {index}"
     return WorkerCrashedError(
         f"{what} killed its process {attempts} times; last cause: {reason}",

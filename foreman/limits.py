@@ -9,6 +9,7 @@ __all__ = [
     "MAX_QUEUED_BYTES_TOTAL",
     "MAX_QUEUED_TASKS",
     "MAX_KEPT_OUTCOME_BYTES",
+    "MAX_SLOTS_PER_WORKER",
     "RESULT_TTL",
 ]
 
@@ -28,3 +29,6 @@ MAX_QUEUED_BYTES = 32 * 1024 * 1024
 MAX_KEPT_OUTCOME_BYTES = 16 * 1024 * 1024
 #: Input bytes waiting on the foreman over all jobs; past this, new jobs are refused until it drains.
 MAX_QUEUED_BYTES_TOTAL = 2 * 1024 * 1024 * 1024
+#: Slots a worker is granted at most, whatever it claims (``--max-slots-per-worker``; an invite's
+#: ``--slots`` may grant fewer). It holds at most its slots plus a prefetch of half as many.
+MAX_SLOTS_PER_WORKER = 64

@@ -27,7 +27,15 @@ from crowdcompute.wire import messages as p
 from foreman.scheduler import ALLOWED_FAILURES, Scheduler
 from foreman.state import Note, Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
 
-NO_VOTES = {"agreed": 0, "disagreed": 0, "quarantined": False, "portable_only": False}
+NO_VOTES = {
+    "agreed": 0,
+    "disagreed": 0,
+    "quarantined": False,
+    "portable_only": False,
+    "identity": None,
+    "trusted": True,
+    "missed_deadlines": 0,
+}
 
 
 # --- assignment --------------------------------------------------------------------
@@ -244,6 +252,14 @@ def test_timeout_fails_the_task_at_once():
     assert sent(actions) == [("c1", p.TaskFailed("j1", 0, 0, 1, "timeout", "ran past 0.5 s", 1))]  # not run again
 
 
+def test_a_broken_worker_limit_fails_the_task_at_once():
+    s = started(1)
+    submit(s, "c1", "j1", tasks=2)
+    reason = "task exceeded --max-memory 512 MiB"
+    actions = s.task_crashed("w1", p.TaskCrashed("j1", 0, 1, "limit", reason))
+    assert sent(actions) == [("c1", p.TaskFailed("j1", 0, 0, 1, "limit", reason, 1))]  # not run again
+
+
 def test_the_task_timeout_travels_with_each_assignment():
     s = started(1)
     frames = sent(submit(s, "c1", "j1", tasks=1, task_timeout=2.5))
@@ -381,7 +397,18 @@ def test_an_empty_job_is_accepted_and_done_at_once():
     assert [type(a) for a in actions] == [SaveJob, Send, SaveJobState]
     assert sent(actions) == [("c1", p.JobAccepted("j0"))]  # no worker hears of it
     assert records(actions, SaveJobState)[0].state == "done"
-    assert s.status()["jobs"] == [{"id": "j0", "name": "", "total": 0, "completed": 0, "failed": 0, "state": "done"}]
+    assert s.status()["jobs"] == [
+        {
+            "id": "j0",
+            "name": "",
+            "total": 0,
+            "completed": 0,
+            "failed": 0,
+            "state": "done",
+            "untrusted_workers": 0,
+            "waiting": "",
+        }
+    ]
 
 
 def test_status_has_the_documented_shape():

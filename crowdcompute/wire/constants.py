@@ -14,6 +14,7 @@ import enum
 __all__ = [
     "ADDRESS_VARIABLE",
     "AUTH_FAILURE_DELAY",
+    "BWRAP_VARIABLE",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_URL",
@@ -89,6 +90,7 @@ TOKEN_VARIABLE = "CROWDCOMPUTE_TOKEN"  # the client token that goes with it
 HOME_VARIABLE = "CROWDCOMPUTE_HOME"  # folder for connection files and journals
 FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"  # token handed to an embedded foreman
 WORKER_TOKEN_VARIABLE = "CROWDCOMPUTE_WORKER_TOKEN"  # token handed to an embedded worker
+BWRAP_VARIABLE = "CROWDCOMPUTE_BWRAP"  # the bubblewrap binary a --sandbox worker uses
 #: Largest websocket fragment anyone writes: a payload goes out in pieces of this size, so that
 #: the websocket layers, which copy what they write and buffer what they read frame by frame,
 #: never hold a whole one.
