@@ -520,7 +520,8 @@ class ForemanServer:
         for task_id in await self.journal.call_async(read_outcome_ids, job_id):
             frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
             if frame is not None:
-                await websocket.send(frame)
+                parts = p.split_parts(p.frame_parts(frame), FRAGMENT_SIZE)
+                await websocket.send(parts[0] if len(parts) == 1 else parts)
 
 
 def _where(websocket: ServerConnection) -> str:

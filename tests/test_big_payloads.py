@@ -89,6 +89,11 @@ def test_the_foreman_keeps_a_payload_in_the_pieces_it_arrived_in_and_forwards_th
     forwarded = p.encode_parts(p.TaskResult("job-1", 2, 20, 5, 0, done.payload))
     assert forwarded[1:] == list(done.payload.pieces)  # the same pieces go out
     assert p.decode_parts(forwarded).payload == payload == done.payload
+    # A frame stored whole (the journal's) goes out the same way: its header, then its payload in pieces.
+    stored = p.encode(p.TaskResult("job-1", 2, 20, 5, 0, payload))
+    replayed = p.split_parts(p.frame_parts(stored), 500_000)
+    assert len(replayed) == 1 + 5 and p.decode_parts(replayed, join=False).payload == payload
+    assert p.frame_parts(p.encode(p.CancelJob("job-1"))) == [p.encode(p.CancelJob("job-1"))]
 
 
 def test_outcomes_past_the_budget_are_dropped_once_delivered_and_only_their_client_attaches(

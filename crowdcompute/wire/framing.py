@@ -47,6 +47,7 @@ __all__ = [
     "decode_parts",
     "encode",
     "encode_parts",
+    "frame_parts",
     "frame_size",
     "message",
     "require",
@@ -319,6 +320,20 @@ def _payload_pieces(pieces: list[memoryview], sizes: list[int], join: bool) -> l
         else:
             payloads.append(run[0] if run else memoryview(b""))
     return payloads if position == len(pieces) else None
+
+
+def frame_parts(frame: bytes) -> list[bytes | memoryview]:
+    """An encoded frame as parts, like :func:`encode_parts`: its header, then the rest (views, no copy).
+
+    Raises ProtocolError for a frame too short to hold its header.
+    """
+    view = memoryview(frame)
+    if len(view) < _LENGTH.size:
+        raise ProtocolError(f"frame of {len(view)} bytes is too short to hold a header")
+    end = _LENGTH.size + _LENGTH.unpack_from(view)[0]
+    if end > len(view):
+        raise ProtocolError("the header runs past the end of the frame")
+    return [view[:end], view[end:]] if end < len(view) else [view]
 
 
 def split_parts(parts: list[bytes | memoryview], largest: int) -> list[bytes | memoryview]:

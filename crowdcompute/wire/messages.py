@@ -24,6 +24,7 @@ from .framing import (  # noqa: F401 (re-exported)
     decode_parts,
     encode,
     encode_parts,
+    frame_parts,
     frame_size,
     message,
     split_parts,
@@ -69,6 +70,7 @@ __all__ = [
     "decode",
     "decode_parts",
     "split_parts",
+    "frame_parts",
 ]
 
 PROTOCOL_VERSION = 1
