@@ -418,6 +418,8 @@ class ForemanServer:
         peer.last_seen = loop.time()
         try:
             while True:
+                if self.journal is not None:
+                    await self.journal.wait_for_room()  # a disk slower than the network slows the peers
                 # Piece by piece: a payload that came as a fragment of its own is used as it is, not joined.
                 fragments = [fragment async for fragment in peer.websocket.recv_streaming()]
                 peer.last_seen = loop.time()

@@ -138,3 +138,33 @@ def test_big_payloads_live_in_files_beside_the_journal_and_go_with_their_job(tmp
     apply(journal, restarted.expire())
     assert list(journal.blobs.iterdir()) == []
     journal.close()
+
+
+def test_the_foreman_waits_for_room_while_the_disk_is_behind(tmp_path, monkeypatch):
+    # Payload files queued for the journal's thread count against a backlog limit: past it the
+    # foreman stops reading frames until they are written, so a slow disk cannot grow its memory.
+    import asyncio
+    import threading
+
+    import foreman.journal as journal_module
+    from foreman.journal import BLOB_FILE_THRESHOLD
+    from foreman.state import SaveTask, Task
+
+    monkeypatch.setattr(journal_module, "MAX_BACKLOG_BYTES", BLOB_FILE_THRESHOLD)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    disk = threading.Event()
+    journal._requests.put(("call", (lambda db: disk.wait(10), (), lambda value, error: None)))  # a stuck disk
+    big = bytes(BLOB_FILE_THRESHOLD + 1)
+
+    async def main():
+        await asyncio.wait_for(journal.wait_for_room(), 5)  # nothing queued: room
+        journal.apply(SaveTask("j1", Task(0, 0, 1, big)))
+        waiting = asyncio.ensure_future(journal.wait_for_room())
+        # The disk is stuck: it must still wait (a wrong answer returns at once).
+        done, _ = await asyncio.wait([waiting], timeout=0.2)
+        assert not done, "the foreman read on although the journal is behind"
+        disk.set()
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(main())
+    journal.close()
