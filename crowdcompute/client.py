@@ -37,6 +37,9 @@ log = logging.getLogger("crowdcompute.client")
 
 #: Chunks per slot when ``chunksize`` is automatic, as in multiprocessing.Pool.
 CHUNKS_PER_SLOT = 4
+#: Input bytes per task when ``chunksize`` is automatic: a chunk of big items is split further,
+#: so that the foreman's window (Welcome.max_queued_bytes) holds several tasks.
+TASK_BYTES_TARGET = 4 * 1024 * 1024
 #: Bytes of a frame kept for its header when sizing payloads against the foreman's limit.
 FRAME_HEADER_ROOM = 64 * 1024
 
@@ -460,7 +463,8 @@ class CrowdComputeClient:
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
         size = options.chunksize or (1 if options.timeout is not None else chunk_size(len(items), slots))
-        chunks = dumps_chunks(items, size, limit, dumps_portable_items if portable else None)
+        target = None if options.chunksize else TASK_BYTES_TARGET
+        chunks = dumps_chunks(items, size, limit, dumps_portable_items if portable else None, target)
         job_id = uuid.uuid4().hex
         name = getattr(func, "__name__", "") or ""
         submit = p.SubmitJob(
@@ -550,7 +554,7 @@ class CrowdComputeClient:
         job = self._jobs.get(job_id)
         feed = self._feeds.get(job_id)
         if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
-            feed.finished(msg.task_id)
+            feed.finished(msg.task_id, len(msg.payload) if isinstance(msg, p.TaskResult) else 0)
         if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskProgress, p.TaskFailed, p.JobWaiting)):
             if job is not None:
                 timed = feed is not None and isinstance(msg, p.TaskResult)
@@ -613,7 +617,7 @@ class CrowdComputeClient:
             if feed is not None:
                 feed.resend()  # the foreman ignores what it already has
             else:
-                self._link.send(p.AttachJob(job_id))
+                self._link.send(p.AttachJob(job_id, resume=True))
 
     def _connection_lost(self, lost: ConnectionLostError) -> None:
         for waiter in [

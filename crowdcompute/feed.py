@@ -6,6 +6,10 @@ the call, not the job), then keeps at most ``max_queued_tasks`` tasks and
 outcome makes room for the next task. After a reconnect the feed sends the
 job and its outstanding tasks again (the foreman ignores what it has) and
 attaches, so a foreman that lost the job (no journal) gets it back.
+
+Outcomes are acknowledged (AckResults) once ``ACK_AFTER_BYTES`` of them have
+arrived, so that a foreman without a journal may drop them: its memory is
+then bounded by the window, not by the job's size.
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ from collections.abc import Callable
 
 from .wire import messages as p
 
-__all__ = ["Feed"]
+__all__ = ["ACK_AFTER_BYTES", "Feed"]
+
+#: Outcome bytes received before the client acknowledges them to the foreman (small
+#: outcomes are never acknowledged one by one: collecting the job frees them).
+ACK_AFTER_BYTES = 1024 * 1024
 
 
 class Feed:
@@ -39,6 +47,8 @@ class Feed:
         self._finished: set[int] = set()
         self._queued_bytes = 0
         self.sent_at: dict[int, float] = {}  # task id -> monotonic time it was first sent
+        self._unacked: list[int] = []  # task ids of outcomes not yet acknowledged
+        self._unacked_bytes = 0
 
     @property
     def complete(self) -> bool:
@@ -49,11 +59,12 @@ class Feed:
         self._send(self.submit)
         self._pump()
 
-    def finished(self, task_id: int) -> None:
-        """A task's outcome arrived: make room for the next ones."""
+    def finished(self, task_id: int, outcome_size: int = 0) -> None:
+        """A task's outcome (of ``outcome_size`` bytes) arrived: make room for the next ones."""
         if task_id in self._finished or task_id >= len(self.tasks):
             return
         self._finished.add(task_id)
+        self._acknowledge(task_id, outcome_size)
         if task_id < self.sent:
             self._queued_bytes -= len(self.tasks[task_id].payload)
         self._pump()
@@ -64,8 +75,15 @@ class Feed:
         for task in self.tasks[: self.sent]:
             if task.task_id not in self._finished:
                 self._send(task)
-        self._send(p.AttachJob(self.submit.job_id))
+        self._send(p.AttachJob(self.submit.job_id, resume=True))
         self._pump()
+
+    def _acknowledge(self, task_id: int, size: int) -> None:
+        self._unacked.append(task_id)
+        self._unacked_bytes += size
+        if self._unacked_bytes >= ACK_AFTER_BYTES and not self.complete:  # complete: collecting frees them
+            self._send(p.AckResults(self.submit.job_id, self._unacked))
+            self._unacked, self._unacked_bytes = [], 0
 
     def _pump(self) -> None:
         while self.sent < len(self.tasks):

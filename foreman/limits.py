@@ -8,6 +8,7 @@ __all__ = [
     "MAX_QUEUED_BYTES",
     "MAX_QUEUED_BYTES_TOTAL",
     "MAX_QUEUED_TASKS",
+    "MAX_KEPT_OUTCOME_BYTES",
     "MAX_SLOTS_PER_WORKER",
     "RESULT_TTL",
 ]
@@ -20,8 +21,12 @@ RESULT_TTL = 24 * 3600.0
 ENDED_JOBS_SHOWN = 20
 #: Tasks of one job a client may have sent without their outcome yet (its window).
 MAX_QUEUED_TASKS = 4096
-#: Input bytes of one job a client may have sent without their outcome yet.
-MAX_QUEUED_BYTES = 256 * 1024 * 1024
+#: Input bytes of one job a client may have sent without their outcome yet (at least one task
+#: always goes): the window that bounds the foreman's memory, so 10 MB inputs keep 3 tasks in flight.
+MAX_QUEUED_BYTES = 32 * 1024 * 1024
+#: Outcome bytes of one job a foreman without a journal keeps after its client acknowledged
+#: them (so that another process can still attach); past this it drops the acknowledged ones.
+MAX_KEPT_OUTCOME_BYTES = 16 * 1024 * 1024
 #: Input bytes waiting on the foreman over all jobs; past this, new jobs are refused until it drains.
 MAX_QUEUED_BYTES_TOTAL = 2 * 1024 * 1024 * 1024
 #: Slots a worker is granted at most, whatever it claims (``--max-slots-per-worker``; an invite's

@@ -132,33 +132,50 @@ def dumps_items(items: list, first_index: int = 0) -> bytes:
 
 
 def dumps_chunks(
-    items: Sequence, size: int, limit: int, dump: Callable[[list, int], bytes] | None = None
+    items: Sequence,
+    size: int,
+    limit: int,
+    dump: Callable[[list, int], bytes] | None = None,
+    target: int | None = None,
 ) -> list[tuple[int, int, bytes]]:
     """Serialize ``items`` in chunks of ``size`` with ``dump`` (default: pickle): (first index, count, payload).
 
-    A chunk over ``limit`` bytes is split; a single item over the limit raises
+    A chunk over ``limit`` bytes is split, and so is one over ``target``
+    bytes (when given: big items make small tasks, so that the foreman holds
+    a few of them at a time); a single item over the limit raises
     SerializationError saying which and how large.
     """
     chunks: list[tuple[int, int, bytes]] = []
-    for start in range(0, len(items), size):
-        _dump_range(items, start, min(size, len(items) - start), limit, chunks, dump or dumps_items)
+    bound = limit if target is None else min(target, limit)
+    start = 0
+    while start < len(items):
+        count = min(size, len(items) - start)
+        # A chunk that had to be split sets the size of the next ones: each item is pickled about once.
+        size = min(size, _dump_range(items, start, count, limit, bound, chunks, dump or dumps_items))
+        start += count
     return chunks
 
 
-def _dump_range(items: Sequence, start: int, count: int, limit: int, out: list, dump: Callable) -> None:
+def _dump_range(items: Sequence, start: int, count: int, limit: int, bound: int, out: list, dump: Callable) -> int:
+    """Append the chunks of ``items[start:start + count]``; return the largest count that fitted."""
     payload = dump(list(items[start : start + count]), start)
-    if len(payload) <= limit:
+    if len(payload) <= bound or (count == 1 and len(payload) <= limit):
         out.append((start, count, payload))
-        return
+        return count
     if count == 1:
         raise SerializationError(
             f"item {start} ({short_repr(items[start])})",
             f"it pickles to {_megabytes(len(payload))}, over the foreman's limit of {_megabytes(limit)} "
             "per task (its max frame size); send a path or a smaller piece instead",
         )
-    half = count // 2
-    _dump_range(items, start, half, limit, out, dump)
-    _dump_range(items, start + half, count - half, limit, out, dump)
+    # Split into pieces of about ``bound`` bytes at once (items are usually alike), not by halves.
+    pieces = min(count, -(-len(payload) // bound))
+    step = -(-count // pieces)
+    del payload
+    fitted = step
+    for first in range(start, start + count, step):
+        fitted = min(fitted, _dump_range(items, first, min(step, start + count - first), limit, bound, out, dump))
+    return fitted
 
 
 def _megabytes(size: int) -> str:
