@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .client import CrowdComputeClient
@@ -33,6 +33,7 @@ async def connect(
     cafile: str | None = None,
     trust_workers: bool | None = None,
     serializer: str = "cloudpickle",
+    requirements: Sequence[str] | str | None = None,
 ) -> CrowdComputeClient:
     """Connect to a foreman and make it the default for map, run, submit.
 
@@ -43,6 +44,7 @@ async def connect(
     ``trust_workers=False`` decodes results as plain data only; by default only
     results from untrusted volunteers are, and ``True`` unpickles those too.
     ``serializer``: the default of map and submit ("cloudpickle" or "portable").
+    ``requirements``: packages every job's environment has unless it names its own.
 
     Raises ForemanUnavailableError, AuthenticationError.
     """
@@ -58,6 +60,7 @@ async def connect(
         cafile=cafile,
         trust_workers=trust_workers,
         serializer=serializer,
+        requirements=requirements,
     )
     await client.connect()
     previous, _default = _default, client
@@ -79,6 +82,10 @@ async def map(
     serializer: str | None = None,
     quorum: int | None = None,
     quorum_timeout: float | None = None,
+    requirements: Sequence[str] | str | None = None,
+    modules: Sequence[Any] = (),
+    resources: Mapping[str, float | str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> list[Any]:
     """``func`` over ``iterable`` on the cluster; results in input order (see CrowdComputeClient.map)."""
     return await default_client().map(
@@ -93,12 +100,27 @@ async def map(
         serializer=serializer,
         quorum=quorum,
         quorum_timeout=quorum_timeout,
+        requirements=requirements,
+        modules=modules,
+        resources=resources,
+        labels=labels,
     )
 
 
-async def run(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """``func(*args, **kwargs)`` on one worker; its result."""
-    return await default_client().run(func, *args, **kwargs)
+async def run(
+    func: Callable[..., Any],
+    /,
+    *args: Any,
+    requirements: Sequence[str] | str | None = None,
+    modules: Sequence[Any] = (),
+    resources: Mapping[str, float | str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``func(*args, **kwargs)`` on one worker; its result (what it needs as for ``map``)."""
+    return await default_client().run(
+        func, *args, requirements=requirements, modules=modules, resources=resources, labels=labels, **kwargs
+    )
 
 
 async def submit(
@@ -113,6 +135,10 @@ async def submit(
     serializer: str | None = None,
     quorum: int | None = None,
     quorum_timeout: float | None = None,
+    requirements: Sequence[str] | str | None = None,
+    modules: Sequence[Any] = (),
+    resources: Mapping[str, float | str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Job:
     """Send a job and return its Job once the foreman accepted it."""
     return await default_client().submit(
@@ -126,6 +152,10 @@ async def submit(
         serializer=serializer,
         quorum=quorum,
         quorum_timeout=quorum_timeout,
+        requirements=requirements,
+        modules=modules,
+        resources=resources,
+        labels=labels,
     )
 
 

@@ -8,21 +8,24 @@ import math
 import os
 import time
 import uuid
+import warnings
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .codecs.modules import WithModules, local_modules, read_modules
 from .codecs.pickled import Apply, dumps_chunks, dumps_function
 from .codecs.portable import dumps_portable_function, dumps_portable_items
 from .dashboard import client_html, dashboard_url
-from .errors import ConnectionLostError, CrowdComputeError, SerializationError
+from .errors import ConnectionLostError, CrowdComputeError, LocalModuleWarning, SerializationError
 from .feed import Feed
 from .job import Job
 from .job_state import Forget, Instruction, Lost, SendCancel, refusal
 from .link import Link
 from .local import LocalCluster
 from .progress import choose_renderer, show_progress
+from .sizes import parse_amount
 from .wire import messages as p
 from .wire.addresses import Address, parse_address, read_connection_file
 from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role, Serializer
@@ -53,6 +56,10 @@ class JobOptions:
     serializer: str | None = None
     quorum: int | None = None
     quorum_timeout: float | None = None
+    requirements: Sequence[str] | str | None = None  # None: the client's default
+    modules: Sequence[Any] = ()
+    resources: Mapping[str, float | str] | None = None
+    labels: Mapping[str, str] | None = None
 
     def check(self) -> None:
         """Raise ValueError for an option out of range, saying which."""
@@ -73,6 +80,22 @@ class JobOptions:
             raise ValueError(f"quorum_timeout must be a positive number of seconds, not {self.quorum_timeout}")
         if self.redundancy == 1 and (self.quorum or 1) > 1:
             raise ValueError("quorum needs redundancy: pass redundancy=k with quorum=q <= k")
+
+    def needs(self) -> tuple[dict[str, float], dict[str, str]]:
+        """The job's resources (amounts as numbers) and labels; ValueError for a bad one, saying which."""
+        resources: dict[str, float] = {}
+        for name, amount in (self.resources or {}).items():
+            value = parse_amount(amount) if isinstance(amount, str) else amount
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+                raise ValueError(
+                    f"resources: {name!r} must be a number of at least 0 (or a size like '8GB'), not {amount!r}"
+                )
+            resources[str(name)] = float(value)
+        labels = {str(name): value for name, value in (self.labels or {}).items()}
+        for name, value in labels.items():
+            if not isinstance(value, str):
+                raise ValueError(f"labels: {name!r} must be text, not {value!r}")
+        return resources, labels
 
 
 def chunk_size(items: int, slots: int) -> int:
@@ -109,6 +132,7 @@ class CrowdComputeClient:
         cafile: str | None = None,
         trust_workers: bool | None = None,
         serializer: str = "cloudpickle",
+        requirements: Sequence[str] | str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -120,6 +144,7 @@ class CrowdComputeClient:
         self.cafile = cafile
         self.trust_workers = trust_workers
         self.serializer = serializer  # the default of map and submit
+        self.requirements = _requirements(requirements)  # the default of map, submit and run
         self.address: Address | None = None
         self.slots = 0  # task slots on the foreman when we connected
         self.cluster: LocalCluster | None = None
@@ -214,6 +239,10 @@ class CrowdComputeClient:
         serializer: str | None = None,
         quorum: int | None = None,
         quorum_timeout: float | None = None,
+        requirements: Sequence[str] | str | None = None,
+        modules: Sequence[Any] = (),
+        resources: Mapping[str, float | str] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Job:
         """Send a job; return its Job once the foreman has accepted (and journaled) it.
 
@@ -221,7 +250,20 @@ class CrowdComputeClient:
         (before sending anything) when the function or an item cannot be
         serialized.
         """
-        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer, quorum, quorum_timeout)
+        options = JobOptions(
+            chunksize,
+            timeout,
+            retries,
+            trust_workers,
+            redundancy,
+            serializer,
+            quorum,
+            quorum_timeout,
+            requirements,
+            modules,
+            resources,
+            labels,
+        )
         return await self._submit(func, iterable, options)
 
     async def map(
@@ -238,6 +280,10 @@ class CrowdComputeClient:
         serializer: str | None = None,
         quorum: int | None = None,
         quorum_timeout: float | None = None,
+        requirements: Sequence[str] | str | None = None,
+        modules: Sequence[Any] = (),
+        resources: Mapping[str, float | str] | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[Any]:
         """``func`` applied to every item, as a list in input order.
 
@@ -255,10 +301,30 @@ class CrowdComputeClient:
         source and data as JSON, so workers of any Python version can run it.
         ``progress``: None picks a widget in Jupyter, a rich bar on a
         terminal, nothing otherwise; True or "rich" forces the bar; False hides it.
+
+        What the job needs: ``requirements=["numpy>=2"]`` (workers run it in
+        an environment with these packages, built with uv and cached;
+        default: the client's ``requirements``), ``modules=[helpers]`` (the
+        user's own modules travel with it), ``resources={"gpu": 1}`` (each
+        task runs only where that much is free), ``labels={"site": "lab1"}``
+        (only on workers with these labels).
         Raises TaskError (the first failed item), SerializationError,
-        JobCancelledError, ConnectionLostError.
+        EnvironmentBuildError, JobCancelledError, ConnectionLostError.
         """
-        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer, quorum, quorum_timeout)
+        options = JobOptions(
+            chunksize,
+            timeout,
+            retries,
+            trust_workers,
+            redundancy,
+            serializer,
+            quorum,
+            quorum_timeout,
+            requirements,
+            modules,
+            resources,
+            labels,
+        )
         choose_renderer(progress)  # a bad value fails here, before anything is sent
         # No need to wait for the foreman's acceptance: a refusal fails the job, and we wait on it anyway.
         job = await self._submit(func, iterable, options, wait_accepted=False)
@@ -272,9 +338,30 @@ class CrowdComputeClient:
             if display is not None:
                 display.close()
 
-    async def run(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """``func(*args, **kwargs)`` on one worker; its result. Raises TaskError if it raised."""
-        options = JobOptions(chunksize=1, timeout=self.task_timeout)
+    async def run(
+        self,
+        func: Callable[..., Any],
+        /,
+        *args: Any,
+        requirements: Sequence[str] | str | None = None,
+        modules: Sequence[Any] = (),
+        resources: Mapping[str, float | str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``func(*args, **kwargs)`` on one worker; its result. Raises TaskError if it raised.
+
+        ``requirements``, ``modules``, ``resources`` and ``labels`` are what
+        the call needs, as for :meth:`map`; every other keyword goes to ``func``.
+        """
+        options = JobOptions(
+            chunksize=1,
+            timeout=self.task_timeout,
+            requirements=requirements,
+            modules=modules,
+            resources=resources,
+            labels=labels,
+        )
         job = await self._submit(func, [(args, kwargs)], options, call=True, wait_accepted=False)
         try:
             (result,) = await job
@@ -351,13 +438,22 @@ class CrowdComputeClient:
         if serializer not in p.SERIALIZERS:
             raise ValueError(f"serializer must be one of {p.SERIALIZERS}, not {serializer!r}")
         portable = serializer == Serializer.PORTABLE
+        resources, labels = options.needs()
+        requirements = self.requirements if options.requirements is None else _requirements(options.requirements)
+        if portable and options.modules:
+            raise ValueError(
+                "modules= needs the cloudpickle serializer: portable jobs send only their function's source"
+            )
         welcome = self._link.welcome
         limit = (welcome.max_frame_size or 2**31) - FRAME_HEADER_ROOM
         started = time.perf_counter()
         if portable:
             function = dumps_portable_function(func, call=call)
         else:
-            function = dumps_function(Apply(func) if call else func)
+            bundle = read_modules(options.modules) if options.modules else None
+            _warn_local_modules(func, bundle.names if bundle else ())
+            wrapped = Apply(func) if call else func
+            function = dumps_function(WithModules(bundle, wrapped) if bundle else wrapped)
         if len(function) > limit:
             raise SerializationError(
                 getattr(func, "__name__", "the function"),
@@ -382,6 +478,9 @@ class CrowdComputeClient:
             options.redundancy,
             serializer,
             ack=wait_accepted,
+            resources=resources,
+            labels=labels,
+            requirements=requirements,
             quorum=options.quorum or 0,
             quorum_timeout=options.quorum_timeout,
         )
@@ -456,10 +555,10 @@ class CrowdComputeClient:
         feed = self._feeds.get(job_id)
         if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
             feed.finished(msg.task_id, len(msg.payload) if isinstance(msg, p.TaskResult) else 0)
-        if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskProgress, p.TaskFailed)):
+        if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskProgress, p.TaskFailed, p.JobWaiting)):
             if job is not None:
-                sent_at = feed.sent_at.get(msg.task_id) if feed is not None else None
-                job.handle(msg, sent_at)
+                timed = feed is not None and isinstance(msg, p.TaskResult)
+                job.handle(msg, feed.sent_at.get(msg.task_id) if timed else None)
         elif isinstance(msg, p.JobAccepted):
             _resolve(self._accepting.get(msg.job_id), None)
         elif isinstance(msg, p.JobAttached):
@@ -531,6 +630,39 @@ class CrowdComputeClient:
                 waiter.set_exception(lost)
         for job in list(self._jobs.values()):
             job.handle(Lost(lost))
+
+
+def _requirements(requirements: Sequence[str] | str | None) -> list[str]:
+    """A job's requirements as a list of non-empty strings (one string is one requirement)."""
+    if requirements is None:
+        return []
+    if isinstance(requirements, str):
+        requirements = [requirements]
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    result = []
+    for requirement in requirements:
+        if not isinstance(requirement, str) or not requirement.strip():
+            raise ValueError(f"requirements: each must be a requirement like 'numpy>=2', not {requirement!r}")
+        try:
+            Requirement(requirement)
+        except InvalidRequirement as exc:
+            raise ValueError(f"requirements: {requirement!r} is not a requirement like 'numpy>=2': {exc}") from None
+        result.append(requirement.strip())
+    return result
+
+
+def _warn_local_modules(func: Callable, sent: Sequence[str]) -> None:
+    """Warn when ``func`` uses one of the user's own modules that is not sent with the job."""
+    missing = local_modules(func, sent)
+    if missing:
+        names = ", ".join(name.split(".")[0] for name in missing)
+        warnings.warn(
+            f"{getattr(func, '__name__', 'the function')} uses your module(s) {names}, which workers on other "
+            f"machines may not have; pass modules=[{names}] to send them with the job",
+            LocalModuleWarning,
+            stacklevel=4,
+        )
 
 
 def _resolve(waiter: asyncio.Future | None, value: Any) -> None:

@@ -14,9 +14,10 @@ from .client import CrowdComputeClient
 from .errors import CrowdComputeError
 from .local import LocalCluster
 from .processes import install_stop_handlers
+from .sizes import format_amount
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY, TOKEN_VARIABLE
 
-__all__ = ["job_state", "run_local", "show_status", "sorted_workers", "status_tables"]
+__all__ = ["job_state", "run_local", "show_status", "sorted_workers", "status_tables", "worker_offers"]
 
 #: How often ``crowdcompute local`` checks that its foreman is still alive, in seconds.
 LOCAL_WATCH_INTERVAL = 0.5
@@ -71,6 +72,13 @@ async def show_status(url: str | None, token: str | None, cafile: str | None) ->
     return 0
 
 
+def worker_offers(worker: dict) -> str:
+    """A worker's resources and labels in one cell: ``gpu=1, memory=64GB; site=lab1``."""
+    resources = ", ".join(f"{k}={format_amount(v)}" for k, v in (worker.get("resources") or {}).items())
+    labels = ", ".join(f"{k}={v}" for k, v in (worker.get("labels") or {}).items())
+    return "; ".join(part for part in (resources, labels) if part)
+
+
 def job_state(job: dict) -> str:
     """The job's state as the progress widget says it: a finished job with a failed item "failed"."""
     state = str(job.get("state", ""))
@@ -92,8 +100,8 @@ def status_tables(status: dict, url: str) -> list[Table]:
     slots = sum(w["slots"] for w in workers)
     busy = sum(w["busy"] for w in workers)
     table = Table(title=f"foreman {url}: {len(workers)} workers, {busy}/{slots} slots busy", title_justify="left")
-    for column in ("worker", "identity", "slots", "busy", "tasks done", "state"):
-        table.add_column(column, justify="left" if column in ("worker", "identity", "state") else "right")
+    for column in ("worker", "identity", "slots", "busy", "tasks done", "state", "resources; labels"):
+        table.add_column(column, justify="right" if column in ("slots", "busy", "tasks done") else "left")
     for w in workers:
         state = "quarantined" if w.get("quarantined") else "draining" if w.get("draining") else "ok"
         if w.get("agreed") or w.get("disagreed"):
@@ -101,7 +109,9 @@ def status_tables(status: dict, url: str) -> list[Table]:
         if not w.get("trusted", True):
             state += ", untrusted"
         identity = w.get("identity") or "(worker token)"
-        table.add_row(w["name"], identity, str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)), state)
+        table.add_row(
+            w["name"], identity, str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)), state, worker_offers(w)
+        )
     jobs = Table(title=f"{len(status.get('jobs', []))} jobs", title_justify="left")
     for column in ("job", "name", "progress", "failed", "state", "notes"):
         jobs.add_column(column, justify="right" if column in ("progress", "failed") else "left")

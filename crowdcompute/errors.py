@@ -11,7 +11,8 @@
     │   ├── TaskTimeoutError      a task ran past its timeout (also TimeoutError)
     │   ├── WorkerCrashedError    a task kept killing its process
     │   └── QuorumError           redundant runs of a task never agreed
-    └── UntrustedPayloadError     a result held more than plain data
+    ├── UntrustedPayloadError     a result held more than plain data
+    └── EnvironmentBuildError     no worker could build a job's environment (its requirements)
 
 Library errors (websockets, pickle, OS) are translated into these at one seam
 each, with ``raise ... from exc``.
@@ -23,8 +24,10 @@ __all__ = [
     "AuthenticationError",
     "ConnectionLostError",
     "CrowdComputeError",
+    "EnvironmentBuildError",
     "ForemanUnavailableError",
     "JobCancelledError",
+    "LocalModuleWarning",
     "ProtocolError",
     "QuorumError",
     "SerializationError",
@@ -191,3 +194,24 @@ class QuorumError(TaskError):
 
 class UntrustedPayloadError(CrowdComputeError):
     """Raised when, with ``trust_workers=False``, a result held more than plain data."""
+
+
+class EnvironmentBuildError(CrowdComputeError):
+    """Raised when workers could not build a job's environment from its ``requirements``.
+
+    ``index`` is the item (as in TaskError), ``reason`` the worker's account:
+    the requirement and the installer's last lines of output.
+    """
+
+    def __init__(self, reason: str = "", *, index: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.index = index
+
+    def __str__(self) -> str:
+        where = f"item {self.index}: " if self.index is not None else ""
+        return f"{where}{self.reason}"
+
+
+class LocalModuleWarning(UserWarning):
+    """A job's function uses one of your own modules that workers may not have: pass ``modules=[...]``."""

@@ -285,6 +285,7 @@ class JobMachine:
                 msg.reissued,
                 msg.backups,
                 msg.waited,
+                msg.setup,
             )
         )
 

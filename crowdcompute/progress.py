@@ -61,7 +61,7 @@ class ProgressModel:
     ended: float | None = None
     meter: RateMeter | None = None
     untrusted: int = 0  # untrusted volunteers whose results the job used
-    waiting: str = ""  # what the job waits for beyond free slots
+    waiting: str = ""  # what the job waits for beyond free slots ("preparing environment on 2 workers")
 
     @classmethod
     def of(cls, job: Job) -> ProgressModel:

@@ -7,7 +7,7 @@ import pickle
 from typing import Any
 
 from .codecs.outcomes import short_repr
-from .errors import QuorumError, TaskError, TaskTimeoutError, WorkerCrashedError
+from .errors import EnvironmentBuildError, QuorumError, TaskError, TaskTimeoutError, WorkerCrashedError
 from .wire.constants import ErrorKind
 
 __all__ = ["build_failed_task_error", "build_task_error"]
@@ -65,8 +65,12 @@ def _mixed_class(original: type) -> type | None:
     return _MIXED[original]
 
 
-def build_failed_task_error(error: str, reason: str, index: int | None, attempts: int) -> TaskError:
-    """The error for each item of a task that timed out, kept crashing or found no majority."""
+def build_failed_task_error(
+    error: str, reason: str, index: int | None, attempts: int
+) -> TaskError | EnvironmentBuildError:
+    """The error for each item of a task that timed out, kept crashing, found no majority or no environment."""
+    if error == ErrorKind.ENVIRONMENT:
+        return EnvironmentBuildError(reason, index=index)
     if error == ErrorKind.TIMEOUT:
         return TaskTimeoutError(reason, index=index, exc_type="TaskTimeoutError")
     if error == ErrorKind.DISAGREEMENT:

@@ -52,13 +52,15 @@ class TaskTiming:
     reissued: int = 0  # runs started because its leases passed their deadline
     backups: int = 0  # backup copies run at the tail of the job
     waited: float = 0.0  # waiting on the worker for a free task process
+    setup: float = 0.0  # its worker building the job's environment before it (first task per worker only)
 
     @property
     def transit(self) -> float | None:
-        """Time on the network: the round trip less running and waiting on the foreman and the worker."""
+        """Time on the network: the round trip less running, waiting on the foreman and the worker,
+        and building the job's environment."""
         if self.round_trip is None:
             return None
-        return max(0.0, self.round_trip - self.seconds - self.queued - self.waited)
+        return max(0.0, self.round_trip - self.seconds - self.queued - self.waited - self.setup)
 
 
 @dataclass
@@ -158,6 +160,11 @@ class JobStats:
         return sum(t.seconds for t in self.tasks)
 
     @property
+    def environment(self) -> float:
+        """Seconds workers spent building the job's environment (0 when it was cached), apart from run time."""
+        return sum(t.setup for t in self.tasks)
+
+    @property
     def utilization(self) -> float:
         """Share of slot time spent in the user's function."""
         capacity = self.wall * max(1, self.slots)
@@ -193,6 +200,8 @@ class JobStats:
             lines.append(
                 f"  {_seconds(self.queued)} waiting for a worker, {_seconds(self.waited)} queued on the worker."
             )
+        if self.environment:
+            lines.append(f"{_seconds(self.environment)} building job environments (apart from running).")
         if self.extra_attempts:
             lines.append(f"{_count(self.extra_attempts, 'task')} reassigned or retried.")
         if self.reissued or self.backups:
@@ -201,8 +210,9 @@ class JobStats:
             )
         if self.untrusted_workers:
             lines.append(f"Results from {_count(self.untrusted_workers, 'untrusted worker')}.")
-        if self.waiting:
-            lines.append(f"Waiting: {self.waiting}")
+        if self.waiting:  # ours say "waiting: ..." or "preparing environment ..." themselves
+            prefixed = self.waiting.startswith(("waiting", "preparing"))
+            lines.append(self.waiting[0].upper() + self.waiting[1:] if prefixed else f"Waiting: {self.waiting}")
         return "\n".join(lines)
 
     def worth_showing(self) -> bool:

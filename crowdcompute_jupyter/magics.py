@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -42,8 +43,8 @@ WORKERS_READY_TIMEOUT = 15.0
 #: How often it looks, in seconds.
 WORKERS_READY_INTERVAL = 0.1
 
-_CROWDMAP_USAGE = "%%crowdmap ITERABLE [-o NAME] [-f FUNC] [--chunksize N] [--timeout S]"
-_VALUE_OPTIONS = {"-o", "--output", "-f", "--function", "--chunksize", "--timeout"}
+_CROWDMAP_USAGE = '%%crowdmap ITERABLE [-o NAME] [-f FUNC] [--chunksize N] [--timeout S] [--requirements "PKG ..."]'
+_VALUE_OPTIONS = {"-o", "--output", "-f", "--function", "--chunksize", "--timeout", "--requirements"}
 
 
 def _output_name(name: str | None) -> str | None:
@@ -160,6 +161,11 @@ class CrowdComputeMagics(Magics):
     @argument("-f", "--function", metavar="FUNC", help="the function to map (default: the cell's last top-level def)")
     @argument("--chunksize", metavar="N", type=int, help="items per task (default: automatic)")
     @argument("--timeout", metavar="S", type=float, help="seconds a task may run before it is stopped")
+    @argument(
+        "--requirements",
+        metavar='"PKG ..."',
+        help='packages the workers install for this job, separated by spaces: --requirements "numpy>=2 scipy"',
+    )
     def crowdmap(self, line: str, cell: str) -> Any:
         """Map the function the cell defines over ITERABLE on the workers, with a live progress bar.
 
@@ -189,7 +195,12 @@ class CrowdComputeMagics(Magics):
         self.last_job = self.last_progress = None
 
         async def map_items() -> list[Any]:
-            job = await client.submit(func, items, chunksize=args.chunksize, timeout=args.timeout)
+            requirements = None
+            if args.requirements is not None:  # the quotes are still around it: shlex takes them off
+                requirements = " ".join(shlex.split(args.requirements)).split()
+            job = await client.submit(
+                func, items, chunksize=args.chunksize, timeout=args.timeout, requirements=requirements
+            )
             self.last_job = job
             self.last_progress = make_progress(job)
             return await watch_job(client, job, progress=self.last_progress)

@@ -81,9 +81,12 @@ class StatusView:
         )
 
     def _repr_html_(self) -> str:
-        from crowdcompute.commands import job_state
+        from crowdcompute.commands import job_state, worker_offers
 
-        workers = [[w["name"], w.get("slots", 0), w.get("busy", 0), w.get("tasks_done", 0)] for w in self.workers]
+        workers = [
+            [w["name"], w.get("slots", 0), w.get("busy", 0), w.get("tasks_done", 0), worker_offers(w)]
+            for w in self.workers
+        ]
         jobs = []
         for job in self.jobs:
             done = job.get("completed", 0) + job.get("failed", 0)
@@ -105,7 +108,7 @@ class StatusView:
             link = f'<p>Status page: <a href="{href}" target="_blank" rel="noopener">{html.escape(self.link)}</a></p>'
         return (
             f"<div>{heading}<p><b>{html.escape(self.summary())}</b></p>{link}"
-            + _table("workers", ["worker", "slots", "busy", "tasks done"], workers)
+            + _table("workers", ["worker", "slots", "busy", "tasks done", "resources; labels"], workers)
             + _table("jobs", ["job", "name", "progress", "failed", "state"], jobs)
             + "</div>"
         )

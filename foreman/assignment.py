@@ -3,7 +3,10 @@
 Jobs with queued tasks take turns (round robin over ``ready``), and the
 worker with the most free room is served first. A queue entry is one
 replica of a task to run: a redundant job queues each task several times,
-and no worker gets two replicas of the same task.
+and no worker gets two replicas of the same task. A job that needs
+resources or labels goes only to workers that have the labels and enough
+of each resource free (a lease holds its job's resources until it ends);
+``waiting_reason`` says why no connected worker can take a job.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from crowdcompute.wire.constants import Serializer
 
 from .state import Job, Send, Task, TaskState, Worker
 
-__all__ = ["assign", "drop_leases", "enqueue", "unlease"]
+__all__ = ["assign", "can_run", "drop_leases", "enqueue", "job_notice", "unlease", "waiting_reason"]
 
 
 def enqueue(ready: deque[str], job: Job, task: Task, *, front: bool = False, replicas: int = 1) -> None:
@@ -33,10 +36,57 @@ def enqueue(ready: deque[str], job: Job, task: Task, *, front: bool = False, rep
 
 def unlease(workers: dict[str, Worker], job: Job, task: Task, worker_id: str) -> None:
     """End ``worker_id``'s lease on ``task``."""
-    task.leases.pop(worker_id, None)
+    held = task.leases.pop(worker_id, None)
     worker = workers.get(worker_id)
     if worker is not None:
         worker.running.discard((job.job_id, task.task_id))
+        if held is not None:
+            for name, amount in job.resources.items():
+                worker.used[name] = max(0.0, worker.used.get(name, 0.0) - amount)
+
+
+def can_run(worker: Worker, job: Job) -> bool:
+    """Whether ``worker`` could ever run ``job``'s tasks: it has the labels and enough of each resource."""
+    if worker.portable_only and job.serializer != Serializer.PORTABLE:
+        return False  # cloudpickle needs the client's Python and cloudpickle versions
+    if worker.worker_id in job.unbuildable or (job.requirements and not worker.installs):
+        return False
+    if any(worker.labels.get(name) != value for name, value in job.labels.items()):
+        return False
+    return all(worker.resources.get(name, 0.0) >= amount for name, amount in job.resources.items())
+
+
+def _has_room(worker: Worker, job: Job) -> bool:
+    """Whether ``worker`` has the job's resources free now."""
+    return all(
+        worker.resources.get(name, 0.0) - worker.used.get(name, 0.0) >= amount for name, amount in job.resources.items()
+    )
+
+
+def job_notice(workers: dict[str, Worker], job: Job) -> str:
+    """What holds ``job`` back: workers building its environment, or why none can take it ("" if nothing)."""
+    if job.preparing:
+        count = len(job.preparing)
+        return f"preparing environment on {count} worker{'s' if count != 1 else ''}"
+    return waiting_reason(workers, job)
+
+
+def waiting_reason(workers: dict[str, Worker], job: Job) -> str:
+    """Why no connected worker can take ``job`` ("waiting: no connected worker has gpu=1"), or ""."""
+    usable = [w for w in workers.values() if not w.draining and not w.quarantined]
+    if any(can_run(w, job) for w in usable):
+        return ""
+    wants = [f"{name}={amount:g}" for name, amount in job.resources.items()]
+    wants += [f"{name}={value}" for name, value in job.labels.items()]
+    if not usable:
+        return "waiting: no worker is connected"
+    if wants:
+        return "waiting: no connected worker has " + ", ".join(wants)
+    if job.requirements and not any(w.installs for w in usable):
+        return "waiting: no connected worker installs packages (they run with --no-install)"
+    if job.unbuildable:
+        return "waiting: no connected worker could build its environment"
+    return "waiting: every connected worker runs portable jobs only (submit with serializer='portable')"
 
 
 def drop_leases(workers: dict[str, Worker], job: Job) -> None:
@@ -72,8 +122,8 @@ def assign(workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], 
 
 def _take(job: Job, worker: Worker) -> Task | None:
     """The next queued replica of ``job`` that ``worker`` may run, removed from the queue."""
-    if worker.portable_only and job.serializer != Serializer.PORTABLE:
-        return None  # cloudpickle needs the client's Python and cloudpickle versions
+    if not can_run(worker, job) or not _has_room(worker, job):
+        return None
     if job.redundancy == 1 and job.queue and not job.tasks[job.queue[0]].leases:
         return job.tasks[job.queue.popleft()]
     for position, task_id in enumerate(job.queue):
@@ -92,7 +142,8 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     if job.job_id not in worker.jobs:
         worker.jobs.add(job.job_id)
         job.workers.add(worker.worker_id)
-        actions.append(Send(worker.worker_id, p.JobFunction(job.job_id, job.function, job.serializer)))
+        function = p.JobFunction(job.job_id, job.function, job.serializer, list(job.requirements))
+        actions.append(Send(worker.worker_id, function))
     task.state = TaskState.RUNNING
     task.attempt += 1
     task.leases[worker.worker_id] = task.attempt
@@ -102,6 +153,8 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     task.assigned_at = now
     task.progress = 0
     worker.running.add((job.job_id, task.task_id))
+    for name, amount in job.resources.items():
+        worker.used[name] = worker.used.get(name, 0.0) + amount
     assert task.payload is not None
     assign = p.AssignTask(
         job.job_id, task.task_id, task.attempt, task.first_index, task.count, task.payload, job.task_timeout

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import queue
 import sqlite3
@@ -84,7 +85,11 @@ CREATE TABLE IF NOT EXISTS outcomes (
 """
 
 #: Columns added after the first release: a journal written before them gets them on open.
-_ADDED_COLUMNS = (("jobs", "quorum", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "quorum_timeout", "REAL"))
+_ADDED_COLUMNS = (
+    ("jobs", "quorum", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "quorum_timeout", "REAL"),
+    ("jobs", "needs", "TEXT NOT NULL DEFAULT '{}'"),  # resources, labels, requirements (JSON)
+)
 
 Record = SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob | SaveVolunteer
 
@@ -290,6 +295,10 @@ def _settle(future: asyncio.Future, value, error) -> None:
         future.set_result(value)
 
 
+def _needs(job: Job) -> str:
+    return json.dumps({"resources": job.resources, "labels": job.labels, "requirements": job.requirements})
+
+
 def _blob_name(job_id: str, task_id: int, kind: str) -> str:
     # Job ids come from clients: hash them, never use them as file names.
     return f"{hashlib.sha256(job_id.encode()).hexdigest()[:32]}-{task_id}.{kind}"
@@ -302,8 +311,8 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]
         return [
             (
                 "INSERT OR REPLACE INTO jobs (job_id, function, total_tasks, total_items, task_timeout, retries,"
-                " name, redundancy, serializer, state, created_at, quorum, quorum_timeout)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " name, redundancy, serializer, state, created_at, quorum, quorum_timeout, needs)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     job.function,
@@ -318,6 +327,7 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]
                     job.created_at,
                     job.quorum,
                     job.quorum_timeout,
+                    _needs(job),
                 ),
             )
         ]
@@ -442,7 +452,7 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
     ended: list[dict] = []
     rows = db.execute(
         "SELECT job_id, function, total_tasks, total_items, task_timeout, retries, name, state,"
-        " created_at, finished_at, completed, failed, redundancy, serializer, quorum, quorum_timeout FROM jobs"
+        " created_at, finished_at, completed, failed, redundancy, serializer, quorum, quorum_timeout, needs FROM jobs"
     ).fetchall()
     for row in rows:
         job_id, function, total_tasks, total_items, timeout, retries, name, state, created, finished = row[:10]
@@ -475,6 +485,7 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
             quorum=row[14],
             quorum_timeout=row[15],
             created_at=created,
+            **json.loads(row[16] or "{}"),
         )
         for task_id, first_index, count, payload, name in db.execute(
             "SELECT task_id, first_index, count, payload, payload_file FROM tasks WHERE job_id = ?", (job_id,)

@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from crowdcompute.wire import messages as p
-from crowdcompute.wire.constants import CloseCode, ErrorKind, Serializer
+from crowdcompute.wire.constants import CloseCode, EnvironmentState, ErrorKind, Serializer
 
 from . import deadlines, quorum
-from .assignment import assign, drop_leases, enqueue, unlease
+from .assignment import assign, drop_leases, enqueue, job_notice, unlease
 from .credentials import Registry, Volunteer
 from .limits import (
     ALLOWED_FAILURES,
@@ -125,12 +125,25 @@ class Scheduler(VolunteerEvents, TimedEvents):
         return []
 
     def add_worker(
-        self, worker_id: str, name: str, slots: int, portable_only: bool = False, volunteer: Volunteer | None = None
+        self,
+        worker_id: str,
+        name: str,
+        slots: int,
+        portable_only: bool = False,
+        volunteer: Volunteer | None = None,
+        *,
+        resources: dict[str, float] | None = None,
+        labels: dict[str, str] | None = None,
+        installs: bool = True,
     ) -> list[Action]:
         """A worker joined (``volunteer``: the invite it joined with). Slots are granted, not claimed:
-        at most ``max_slots_per_worker``, or the invite's ``--slots``."""
+        at most ``max_slots_per_worker``, or the invite's ``--slots``. ``resources`` and ``labels``:
+        what it offers jobs that need them; ``installs``: it builds job environments."""
         granted = self.granted_slots(slots, volunteer)
         worker = Worker(worker_id, name, granted, portable_only=portable_only, volunteer=volunteer, claimed=slots)
+        worker.resources = {k: float(v) for k, v in (resources or {}).items()}
+        worker.labels = dict(labels or {})
+        worker.installs = installs
         if volunteer is not None:
             worker.record = volunteer.record  # reputation follows the credential, not the name
         self.workers[worker_id] = worker
@@ -142,7 +155,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
             actions.append(SaveVolunteer(volunteer))
             if worker.quarantined:
                 actions.append(Note(f"worker {name} joined as volunteer {volunteer.name}, which is quarantined"))
-        return actions + self._assign()
+        return actions + self._assign() + self._notices()
 
     def remove_worker(self, worker_id: str) -> list[Action]:
         """A worker went away: its leased tasks go back to the front of their queues."""
@@ -168,14 +181,15 @@ class Scheduler(VolunteerEvents, TimedEvents):
         for job_id in worker.jobs:
             if job_id in self.jobs:
                 self.jobs[job_id].workers.discard(worker_id)
-        return actions + self._assign()
+                self.jobs[job_id].preparing.discard(worker_id)
+        return actions + self._assign() + self._notices()
 
     def worker_draining(self, worker_id: str) -> list[Action]:
         """The worker is stopping: it gets nothing new."""
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker.draining = True
-        return []
+        return self._notices()
 
     # --- client events -----------------------------------------------------
 
@@ -211,13 +225,16 @@ class Scheduler(VolunteerEvents, TimedEvents):
             serializer=msg.serializer,
             ack=msg.ack,
             created_at=self.clock(),
+            resources={k: float(v) for k, v in msg.resources.items()},
+            labels=dict(msg.labels),
+            requirements=list(msg.requirements),
         )
         self.jobs[job.job_id] = job
         # Accepted once journaled; its tasks stream in within the client's window.
         actions: list[Action] = [SaveJob(job), *self._accept(job)]
         if job.all_received:  # an empty map
             actions += self._finish(job)
-        return actions
+        return actions + self._notices()
 
     def submit_task(self, client_id: str, msg: p.SubmitTask) -> list[Action]:
         job = self.jobs.get(msg.job_id)
@@ -237,6 +254,8 @@ class Scheduler(VolunteerEvents, TimedEvents):
         task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, received_at=self.clock())
         job.tasks[task.task_id] = task
         job.queued_bytes += len(msg.payload)
+        if job.environment_error:  # its environment could not be built anywhere
+            return [SaveTask(job.job_id, task), *self._fail(job, task, ErrorKind.ENVIRONMENT, job.environment_error)]
         self._enqueue(job, task, replicas=job.redundancy)
         return [SaveTask(job.job_id, task), *self._assign()]
 
@@ -283,8 +302,8 @@ class Scheduler(VolunteerEvents, TimedEvents):
                 p.JobAttached(job_id, job.total_items, job.total_tasks, job.state.value, job.name, job.serializer),
             )
         ]
-        if job.waiting:  # else the new client would hear it only when it changes
-            actions.append(Send(client_id, p.JobWaiting(job_id, job.waiting)))
+        if job.notice or job.waiting:  # else the new client would hear it only when it changes
+            actions.append(Send(client_id, p.JobWaiting(job_id, job.notice or job.waiting)))
         if self.journaled:
             return actions + [Replay(client_id, job_id)]
         return actions + [Send(client_id, outcome) for outcome in job.results.values()]
@@ -354,6 +373,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
             reissued=task.reissues,
             backups=task.backups,
             waited=msg.waited,
+            setup=msg.setup,
         )
         return records + self._outcome(job, task, result)
 
@@ -385,6 +405,44 @@ class Scheduler(VolunteerEvents, TimedEvents):
         if msg.error in (ErrorKind.TIMEOUT, ErrorKind.LIMIT):  # running it again would do the same
             return self._fail(job, task, msg.error, msg.reason) + self._assign()
         return self._crashed(job, task, msg.reason) + self._assign()
+
+    def environment_status(self, worker_id: str, msg: p.EnvironmentStatus) -> list[Action]:
+        """A worker builds, has built, or could not build a job's environment.
+
+        A worker that could not gets none of the job's tasks (those it held
+        go back to the queue); when no worker holding the job is left, its
+        remaining tasks fail with the installer's reason, once.
+        """
+        job = self.jobs.get(msg.job_id)
+        worker = self.workers.get(worker_id)
+        if job is None or worker is None or job.state is not JobState.RUNNING:
+            return []
+        if msg.state == EnvironmentState.BUILDING:
+            job.preparing.add(worker_id)
+            return self._notices()
+        job.preparing.discard(worker_id)
+        if msg.state == EnvironmentState.READY:
+            return self._notices()
+        job.unbuildable[worker_id] = msg.reason
+        actions: list[Action] = [Note(f"worker {worker.name} could not build the environment of job {job.job_id}")]
+        for job_id, task_id in sorted(worker.running, reverse=True):
+            if job_id == job.job_id:
+                task = job.tasks[task_id]
+                unlease(self.workers, job, task, worker_id)
+                if task.state is not TaskState.DONE:
+                    self._enqueue(job, task, front=True)
+        worker.jobs.discard(job.job_id)
+        job.workers.discard(worker_id)
+        actions.append(Send(worker_id, p.ReleaseJob(job.job_id)))
+        if not job.workers:  # nobody else holds it: fail what is left rather than try every worker
+            job.environment_error = msg.reason
+            if job.job_id in self._ready:
+                self._ready.remove(job.job_id)
+            job.queue.clear()
+            for task in sorted(job.tasks.values(), key=lambda t: t.task_id):
+                if task.state is not TaskState.DONE and job.state is JobState.RUNNING:
+                    actions += self._fail(job, task, ErrorKind.ENVIRONMENT, msg.reason)
+        return actions + self._assign() + self._notices()
 
     def task_output(self, worker_id: str, msg: p.TaskOutput | p.TaskProgress) -> list[Action]:
         """Printed text or progress of a running task: passed on to the job's client."""
@@ -560,3 +618,16 @@ class Scheduler(VolunteerEvents, TimedEvents):
                 task.lease_started[action.to] = now
                 task.overdue.discard(action.to)
         return list(sends)
+
+    def _notices(self) -> list[Action]:
+        """Tell clients why their jobs do not run, when that changed (workers came or went, builds began or ended)."""
+        actions: list[Action] = []
+        for job in self.jobs.values():
+            if job.state is not JobState.RUNNING or not (job.resources or job.labels or job.requirements):
+                continue  # a job that needs nothing special runs on any worker that joins
+            notice = job_notice(self.workers, job)
+            if notice != job.notice:
+                job.notice = notice
+                if job.client is not None:  # the clients' one "waiting" line: ours first, then the quorum's
+                    actions.append(Send(job.client, p.JobWaiting(job.job_id, notice or job.waiting)))
+        return actions

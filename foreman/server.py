@@ -104,6 +104,7 @@ ROUTES: dict[type[p.Message], Route] = {
         _route(p.TaskOutput, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
         _route(p.TaskProgress, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
         _route(p.WorkerDraining, Role.WORKER, lambda s, conn, msg: s.worker_draining(conn)),
+        _route(p.EnvironmentStatus, Role.WORKER, lambda s, conn, msg: s.environment_status(conn, msg)),
     )
 }
 
@@ -161,6 +162,9 @@ class _Peer:
     outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0  # in the outbox, not yet written
     closing: asyncio.Task[None] | None = None  # an immediate close under way
+    resources: dict = field(default_factory=dict)  # a worker's resources and labels, from its Hello
+    labels: dict = field(default_factory=dict)
+    installs: bool = True  # it builds environments (not --no-install)
 
 
 class ForemanServer:
@@ -400,7 +404,18 @@ class ForemanServer:
         mismatch = runtime_mismatch(hello.role, hello.python, hello.cloudpickle)
         if mismatch is not None:
             log.warning("%s %s gets portable jobs only: %s", hello.role, name, mismatch)
-        return _Peer(conn_id, hello.role, name, websocket, hello.slots, mismatch=mismatch, volunteer=volunteer)
+        return _Peer(
+            conn_id,
+            hello.role,
+            name,
+            websocket,
+            hello.slots,
+            mismatch=mismatch,
+            volunteer=volunteer,
+            resources=dict(hello.resources),
+            labels=dict(hello.labels),
+            installs=hello.installs,
+        )
 
     async def _refuse(self, websocket: ServerConnection, code: str, reason: str, close_code: int) -> None:
         try:
@@ -412,7 +427,14 @@ class ForemanServer:
     def _joined(self, peer: _Peer) -> list[Action]:
         if peer.role == Role.WORKER:
             return self.scheduler.add_worker(
-                peer.conn_id, peer.name, max(1, peer.slots), bool(peer.mismatch), volunteer=peer.volunteer
+                peer.conn_id,
+                peer.name,
+                max(1, peer.slots),
+                bool(peer.mismatch),
+                volunteer=peer.volunteer,
+                resources=peer.resources,
+                labels=peer.labels,
+                installs=peer.installs,
             )
         return self.scheduler.add_client(peer.conn_id, peer.mismatch)
 

@@ -182,6 +182,13 @@ class Job:
     untrusted: set[str] = field(default_factory=set)  # untrusted volunteers leased its tasks
     waiting: str = ""  # what it waits for beyond free slots ("task 12 needs 1 more distinct worker")
     durations: list[float] = field(default_factory=list)  # recent lease round trips (its deadlines follow them)
+    resources: dict[str, float] = field(default_factory=dict)  # each task needs this much free on its worker
+    labels: dict[str, str] = field(default_factory=dict)  # each task runs only on workers with these labels
+    requirements: list[str] = field(default_factory=list)  # packages the workers install for it
+    preparing: set[str] = field(default_factory=set)  # workers building its environment
+    unbuildable: dict[str, str] = field(default_factory=dict)  # worker id -> why its environment failed there
+    notice: str = ""  # why it does not run yet, as its client was last told
+    environment_error: str = ""  # set when no worker could build its environment: its tasks fail
 
     @property
     def all_received(self) -> bool:
@@ -201,7 +208,19 @@ class Job:
             "failed": self.failed_items,
             "state": self.state.value,
             "untrusted_workers": len(self.untrusted),
-            "waiting": self.waiting,
+            "waiting": self.notice or self.waiting,
+            **self.needs(),
+        }
+
+    def needs(self) -> dict:
+        """What the job needs, for the status views (nothing for a plain job)."""
+        if not (self.resources or self.labels or self.requirements):
+            return {}
+        return {
+            "preparing": len(self.preparing),
+            "resources": dict(self.resources),
+            "labels": dict(self.labels),
+            "requirements": list(self.requirements),
         }
 
 
@@ -251,6 +270,11 @@ class Worker:
     def quarantined(self) -> bool:
         return self.record.quarantined
 
+    resources: dict[str, float] = field(default_factory=dict)  # what it has: name -> amount
+    labels: dict[str, str] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)  # resources its leased tasks hold
+    installs: bool = True  # it builds environments for jobs with requirements
+
     def summary(self) -> dict:
         """The worker as the status reply shows it."""
         return {
@@ -266,6 +290,8 @@ class Worker:
             "missed_deadlines": self.record.missed,
             "quarantined": self.quarantined,
             "portable_only": self.portable_only,
+            "resources": dict(self.resources),
+            "labels": dict(self.labels),
         }
 
     @property

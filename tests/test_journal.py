@@ -140,6 +140,31 @@ def test_big_payloads_live_in_files_beside_the_journal_and_go_with_their_job(tmp
     journal.close()
 
 
+def test_what_a_job_needs_survives_a_restart_and_older_journals_gain_the_column(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    old = sqlite3.connect(path)  # a journal written before jobs had needs
+    old.execute(
+        "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, function BLOB NOT NULL, total_tasks INTEGER NOT NULL,"
+        " total_items INTEGER NOT NULL, task_timeout REAL, retries INTEGER NOT NULL, name TEXT NOT NULL,"
+        " redundancy INTEGER NOT NULL DEFAULT 1, serializer TEXT NOT NULL DEFAULT 'cloudpickle', state TEXT NOT NULL,"
+        " created_at REAL NOT NULL, finished_at REAL, completed INTEGER NOT NULL DEFAULT 0,"
+        " failed INTEGER NOT NULL DEFAULT 0)"
+    )
+    old.commit()
+    old.close()
+    journal = Journal(path)
+    first = Scheduler(journaled=True)
+    first.add_client("c1")
+    needs = {"resources": {"gpu": 1}, "labels": {"site": "lab1"}, "requirements": ["tinypkg==1.0"]}
+    apply(journal, first.submit_job("c1", p.SubmitJob("j1", b"FUNC", 1, 1, **needs)))
+    journal.close()
+
+    journal = Journal(path)
+    (job,), _ = journal.load()
+    assert (job.resources, job.labels, job.requirements) == ({"gpu": 1.0}, {"site": "lab1"}, ["tinypkg==1.0"])
+    journal.close()
+
+
 def test_the_foreman_waits_for_room_while_the_disk_is_behind(tmp_path, monkeypatch):
     # Payload files queued for the journal's thread count against a backlog limit: past it the
     # foreman stops reading frames until they are written, so a slow disk cannot grow its memory.

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from helpers import arun
@@ -240,3 +241,34 @@ def test_crowdattach_collects_a_job_submitted_elsewhere_and_a_short_map_prints_n
     assert (widget.bar.value, widget.bar.max, widget.state) == (5, 5, "done")
     result, text = run(shell, "%crowdattach no-such-job")
     assert isinstance(result.error_in_exec, Exception) and "cannot attach to job no-such-job" in text
+
+
+def test_crowdmap_requirements_and_crowdstatus_explains_a_waiting_job(
+    foreman, start_worker, shell, tmp_path, monkeypatch
+):
+    from wheels import tinypkg_wheels
+
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    wheels = tinypkg_wheels(tmp_path / "wheels")
+    start_worker(
+        foreman.url, "--procs", "1", "--name", "w1", "--labels", "site=lab1", "--find-links", str(wheels), "--no-index"
+    )
+    connect(foreman, shell)
+    cell = "def which(x):\n    import tinypkg\n    return tinypkg.version()\n"
+    result, text = run(shell, '%%crowdmap range(3) --requirements "tinypkg==1.1"\n' + cell)
+    assert result.result == ["1.1"] * 3, text
+
+    result, text = run(
+        shell, "import crowdcompute\njob = await crowdcompute.submit(abs, range(2), resources={'gpu': 1})"
+    )
+    assert result.success, text
+    job = shell.user_ns["job"]
+    deadline = time.monotonic() + 10
+    while "gpu=1" not in job.waiting and time.monotonic() < deadline:
+        run(shell, "await __import__('asyncio').sleep(0.05)")
+    with capture_output() as captured:
+        shell.run_line_magic("crowdstatus", "")
+    (shown,) = captured.outputs
+    assert "waiting: no connected worker has gpu=1" in shown.data["text/plain"], shown.data["text/plain"]
+    assert "site=lab1" in shown.data["text/plain"] and "site=lab1" in shown.data["text/html"]
+    run(shell, "job.cancel()")

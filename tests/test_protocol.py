@@ -156,6 +156,7 @@ def test_payloads_follow_the_header_as_raw_bytes():
         "failed": 0,
         "seconds": 0.0,
         "waited": 0.0,
+        "setup": 0.0,
         "sizes": [len(RAW)],
     }
     assert len(data) == 4 + len(json.dumps(header, separators=(",", ":"))) + len(RAW)

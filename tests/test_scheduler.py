@@ -35,6 +35,8 @@ NO_VOTES = {
     "identity": None,
     "trusted": True,
     "missed_deadlines": 0,
+    "resources": {},
+    "labels": {},
 }
 
 

@@ -4,7 +4,9 @@ It connects (retrying with exponential backoff until the foreman answers),
 caches each job's function, queues the tasks it is leased, runs each in a
 free slot's process, and reports outcomes, printed output and crashes. When
 the foreman releases a job, its queued tasks are dropped and its running
-tasks' processes are killed.
+tasks' processes are killed. A job with requirements runs in an environment
+that :mod:`worker.environments` builds (once per set of requirements) before
+its first task; the foreman hears "building", then "ready" or "failed".
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from crowdcompute.dialing import Backoff, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
-from crowdcompute.wire.constants import FRAGMENT_SIZE, Role
+from crowdcompute.wire.constants import FRAGMENT_SIZE, EnvironmentState, Role
 from crowdcompute.wire.runtime import runtime_fields
 
+from .environments import BuildFailed, Environments
 from .pool import Finished, Lost, Slot, SlotSettings
 
 __all__ = ["RECONNECT_DELAY_MAX", "WorkerAgent"]
@@ -51,13 +54,25 @@ class WorkerAgent:
         cafile: str | None = None,
         heartbeat_interval: float = 5.0,
         slot_settings: SlotSettings | None = None,
+        resources: dict[str, float] | None = None,
+        labels: dict[str, str] | None = None,
+        environments: Environments | None = None,
     ) -> None:
+        """``resources`` and ``labels`` route jobs that need them here; ``environments``
+        builds the environments of jobs with requirements (None: this worker installs nothing)."""
         self.address = address
         self.token = token
         self.procs = procs
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.cafile = cafile
         self.heartbeat_interval = heartbeat_interval
+        self.resources = dict(resources or {})
+        self.labels = dict(labels or {})
+        self.environments = environments
+        self._requirements: dict[str, list[str]] = {}  # job id -> its requirements
+        self._builds: dict[str, asyncio.Task] = {}  # job id -> its environment, being prepared
+        self._setup: dict[str, float] = {}  # job id -> build seconds, reported with its next outcome
+        self._keys: dict[str, str] = {}  # job id -> cache key of its environment (kept from eviction)
         self.slot_settings = slot_settings or SlotSettings()
         self.slots = [Slot(self.slot_settings, i) for i in range(procs)]
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
@@ -117,7 +132,17 @@ class WorkerAgent:
         if token is None:
             # The foreman may not have written its file yet: keep trying like an absent foreman.
             raise ForemanUnavailableError(self.address.url, "no token given and no connection file found")
-        return p.Hello(Role.WORKER, token, p.PROTOCOL_VERSION, name=self.name, slots=self.procs, **runtime_fields())
+        return p.Hello(
+            Role.WORKER,
+            token,
+            p.PROTOCOL_VERSION,
+            name=self.name,
+            slots=self.procs,
+            resources=self.resources,
+            labels=self.labels,
+            installs=self.environments is not None,
+            **runtime_fields(),
+        )
 
     async def _serve(self, websocket, stop: asyncio.Event) -> None:
         """One connection's life: read assignments, run them, send outcomes."""
@@ -154,6 +179,10 @@ class WorkerAgent:
 
     def _reset(self) -> None:
         self._functions.clear()
+        self._requirements.clear()
+        self._builds.clear()
+        self._setup.clear()
+        self._keys.clear()
         self._queue = asyncio.Queue()
         self._outbox = asyncio.Queue()
         self._draining = False
@@ -171,6 +200,8 @@ class WorkerAgent:
                     return
                 if isinstance(msg, p.JobFunction):
                     self._functions[msg.job_id] = (bytes(msg.function), msg.serializer)
+                    if msg.requirements:
+                        self._requirements[msg.job_id] = list(msg.requirements)
                 elif isinstance(msg, p.AssignTask):
                     self._queue.put_nowait((msg, time.monotonic()))
                 elif isinstance(msg, p.ReleaseJob):
@@ -183,6 +214,12 @@ class WorkerAgent:
     def _release(self, job_id: str) -> None:
         """Forget a job: its queued tasks are skipped, its running ones killed."""
         self._functions.pop(job_id, None)
+        self._requirements.pop(job_id, None)
+        self._builds.pop(job_id, None)
+        self._setup.pop(job_id, None)
+        self._keys.pop(job_id, None)
+        if self.environments is not None:
+            self.environments.in_use = set(self._keys.values())
         for slot in self.slots:
             if self._running.get(slot.index) == job_id:
                 slot.kill()
@@ -200,6 +237,12 @@ class WorkerAgent:
             function = self._functions.get(task.job_id)  # (bytes, serializer)
             if function is None or self._draining:
                 continue  # released while it waited here, or handed back when we close
+            site = None
+            requirements = self._requirements.get(task.job_id)
+            if requirements:
+                site = await self._prepare(task.job_id, requirements)
+                if site is None or task.job_id not in self._functions:
+                    continue  # it could not be built (the foreman hands the task to others), or released
 
             def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
                 message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
@@ -221,6 +264,7 @@ class WorkerAgent:
                     task.task_timeout,
                     on_output,
                     on_progress,
+                    site,
                 )
             finally:
                 self._running.pop(slot.index, None)
@@ -235,6 +279,7 @@ class WorkerAgent:
                     outcome.payload,
                     outcome.seconds,
                     waited=waited,
+                    setup=self._setup.pop(task.job_id, 0.0),
                 )
             elif isinstance(outcome, Lost) and outcome.error is not None:
                 log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
@@ -242,6 +287,41 @@ class WorkerAgent:
             else:
                 continue
             self._outbox.put_nowait(p.encode_parts(reply))
+
+    async def _prepare(self, job_id: str, requirements: list[str]) -> str | None:
+        """The site-packages folder of the job's environment, built once per job; None if it failed."""
+        build = self._builds.get(job_id)
+        if build is None:
+            build = self._builds[job_id] = asyncio.create_task(self._build(job_id, requirements))
+        return await asyncio.shield(build)
+
+    async def _build(self, job_id: str, requirements: list[str]) -> str | None:
+        def tell(state: EnvironmentState, reason: str = "", seconds: float = 0.0) -> None:
+            self._outbox.put_nowait(p.encode_parts(p.EnvironmentStatus(job_id, state, reason, seconds)))
+
+        if self.environments is None:
+            tell(EnvironmentState.FAILED, f"worker {self.name} does not install packages (it runs with --no-install)")
+            return None
+        try:
+            key = self._keys[job_id] = self.environments.key(requirements)
+            self.environments.in_use = set(self._keys.values())
+            building = self.environments.cached(key) is None
+            if building:
+                tell(EnvironmentState.BUILDING)
+            site, seconds = await self.environments.ensure(requirements)
+        except BuildFailed as exc:
+            log.warning("job %s: %s", job_id, exc)
+            tell(EnvironmentState.FAILED, f"worker {self.name}: {exc}")
+            return None
+        except Exception as exc:  # the installer itself is missing or broken: still not a crash
+            log.exception("job %s: building its environment failed", job_id)
+            tell(EnvironmentState.FAILED, f"worker {self.name} could not run the installer: {exc!r}")
+            return None
+        if seconds:
+            self._setup[job_id] = seconds
+        if building:  # (another job may have finished building it meanwhile: ready all the same)
+            tell(EnvironmentState.READY, seconds=seconds)
+        return str(site)
 
     async def _send_frames(self, websocket) -> None:
         while True:

@@ -31,11 +31,12 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from crowdcompute.codecs.modules import WithModules
 from crowdcompute.codecs.pickled import loads
 from crowdcompute.codecs.portable import load_portable_function
 from crowdcompute.wire.constants import Serializer
 
-from .execution import run_items, run_portable
+from .execution import module_hint, run_items, run_portable
 from .limits import LimitBroken, Limits, apply_in_task_process, limit_for_error
 
 __all__ = ["main", "serve_fd"]
@@ -96,6 +97,20 @@ def _exit_when_orphaned() -> None:
             os._exit(1)
 
 
+def use_environment(site: str) -> None:
+    """Put a job environment's site-packages first on ``sys.path`` (its .pth files included).
+
+    Modules already imported (cloudpickle, ours) stay the worker's: the job's
+    pickles decode with the cloudpickle the worker speaks.
+    """
+    before = list(sys.path)
+    import site as site_module
+
+    site_module.addsitedir(site)
+    added = [path for path in sys.path if path not in before]
+    sys.path[:] = added + before
+
+
 def main(conn: Connection, settings: dict | None = None) -> None:
     """Serve tasks from ``conn`` until it closes."""
     settings = settings or {}
@@ -104,6 +119,8 @@ def main(conn: Connection, settings: dict | None = None) -> None:
     scratch = settings.get("scratch")
     task_pid = os.getpid()
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
+    if settings.get("site"):
+        use_environment(settings["site"])
     stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
     sys.stdout, sys.stderr = outputs
     functions: dict[str, Callable[[Any], Any] | BaseException] = {}
@@ -124,7 +141,9 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             try:
                 functions[job_id] = load_portable_function(function_bytes) if portable else loads(function_bytes)
             except Exception as exc:  # e.g. a module the function needs is missing here
-                functions[job_id] = RuntimeError(f"cannot load the job's function on this worker: {exc!r}")
+                functions[job_id] = RuntimeError(
+                    f"cannot load the job's function on this worker: {exc!r}{module_hint(exc)}"
+                )
         func = functions.get(job_id)
         if func is None:
             func = RuntimeError(f"the worker lost the function of job {job_id}")
@@ -141,6 +160,8 @@ def main(conn: Connection, settings: dict | None = None) -> None:
 
         if isinstance(func, BaseException):
             func = _raiser(func)
+        if isinstance(func, WithModules):  # the job's own modules, before its inputs unpickle
+            func.activate()
         if limits.any:
             func = _watched(func, limits, task_pid)
         folder = _enter_scratch(scratch, job_id, first_index) if scratch else None

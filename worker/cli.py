@@ -11,11 +11,13 @@ import tempfile
 
 from crowdcompute.errors import AuthenticationError
 from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
+from crowdcompute.sizes import parse_amount
 from crowdcompute.wire.addresses import parse_address
 from crowdcompute.wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
 
 from .agent import WorkerAgent
 from .cgroups import pids_cgroups_available
+from .environments import DEFAULT_CACHE_SIZE, Environments, InstallSource
 from .launch import CommandLauncher
 from .limits import MIN_MEMORY, Limits, UnenforceableLimitError, check_processes_limit, format_size, parse_size
 from .pool import SlotSettings
@@ -47,6 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", help="name shown in status (default: HOST-PID)")
     parser.add_argument("--cafile", help="CA certificate to verify a wss:// foreman")
+    parser.add_argument(
+        "--resources",
+        default="",
+        help="what this worker has, for jobs that need it: NAME=AMOUNT,... (gpu=1,memory=64GB); "
+        "a task holds its job's amounts while it runs",
+    )
+    parser.add_argument("--labels", default="", help="labels jobs may ask for: NAME=VALUE,... (site=lab1,os=linux)")
+    parser.add_argument("--no-install", action="store_true", help="refuse jobs with requirements (install nothing)")
+    parser.add_argument(
+        "--env-cache-size",
+        default=str(DEFAULT_CACHE_SIZE),
+        help="disk space for cached job environments before the least recently used go "
+        "(bytes, or a number with KB/MB/GB; default 10GB)",
+    )
+    parser.add_argument(
+        "--find-links",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="install job requirements from this folder of wheels (repeatable; default: pip's configuration)",
+    )
+    parser.add_argument("--index-url", help="install job requirements from this package index")
+    parser.add_argument("--no-index", action="store_true", help="use no package index (only --find-links)")
     sandbox = parser.add_argument_group("sandbox and limits (per task)")
     sandbox.add_argument(
         "--sandbox",
@@ -141,6 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        resources = {name: parse_amount(value) for name, value in parse_pairs(args.resources, "--resources").items()}
+        labels = parse_pairs(args.labels, "--labels")
+        cache_size = int(parse_size(args.env_cache_size))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    environments = None
+    if not args.no_install:
+        source = InstallSource.from_pip(args.find_links, args.index_url, args.no_index)
+        environments = Environments(source, cache_size=cache_size)
     configure_logging(args.log_level)
     try:
         settings = slot_settings(args)
@@ -150,7 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     if settings.sandboxed or settings.limits.any:
         log.info("task processes: %s", describe(settings))
     agent = WorkerAgent(
-        address, token=args.token, procs=args.procs, name=args.name, cafile=args.cafile, slot_settings=settings
+        address,
+        token=args.token,
+        procs=args.procs,
+        name=args.name,
+        cafile=args.cafile,
+        slot_settings=settings,
+        resources=resources,
+        labels=labels,
+        environments=environments,
     )
     try:
         asyncio.run(_serve(agent, args.exit_with_parent))
@@ -158,6 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: AuthenticationError: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def parse_pairs(text: str, option: str) -> dict[str, str]:
+    """``a=1,b=x`` as a dict; ValueError naming the option and the bad part."""
+    pairs: dict[str, str] = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        name, equals, value = part.partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise ValueError(f"{option}: {part!r} is not NAME=VALUE (for example {option} gpu=1,site=lab1)")
+        pairs[name.strip()] = value.strip()
+    return pairs
 
 
 async def _serve(agent: WorkerAgent, exit_with_parent: bool) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from crowdcompute.codecs.outcomes import describe_exception, dumps_outcomes
 
-__all__ = ["OnItem", "run_items", "run_portable"]
+__all__ = ["OnItem", "module_hint", "run_items", "run_portable"]
 
 
 #: Called before each item with its offset and the errors so far (offset -> error dict).
@@ -31,9 +31,23 @@ def run_items(func: Callable, items: Iterable, on_item: OnItem | None = None) ->
             append(func(item))
         except Exception as exc:  # the user's error travels back; KeyboardInterrupt does not
             exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
+            hint = module_hint(exc)
+            if hint and hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(hint.lstrip("; "))
             append(None)
             errors[offset] = describe_exception(exc)
     return dumps_outcomes(values, errors), len(errors)
+
+
+def module_hint(exc: BaseException) -> str:
+    """What to do about a module this worker lacks ("" for other errors)."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.split(".")[0]
+        return (
+            f"; if {top} is your own module, pass modules=[{top}] to send it with the job, "
+            f"or requirements=[...] if it is a package"
+        )
+    return ""
 
 
 def run_portable(func: Callable, payload: bytes, count: int, on_item: OnItem | None = None) -> tuple[bytes, int]:

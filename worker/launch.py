@@ -142,7 +142,8 @@ class CommandLauncher:
         fd = theirs.fileno()
         command = [self.python, "-c", _SERVE, str(fd), json.dumps(settings)]
         if self.bwrap is not None:
-            command = bwrap_command(self.bwrap, self.python, settings["scratch"], self.network) + command
+            readable = [settings["site"]] if settings.get("site") else []  # the job's environment
+            command = bwrap_command(self.bwrap, self.python, settings["scratch"], self.network, readable) + command
         if cgroup_procs is not None:  # join the cgroup first, so that everything it starts is in it
             command = ["/bin/sh", "-c", f'echo $$ > {shlex.quote(cgroup_procs)} && exec "$@"', "sh", *command]
         try:

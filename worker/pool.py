@@ -7,7 +7,10 @@ children and a task costs one message each way. User code never runs in
 the agent. A slot whose process dies (crash, timeout, cancel, broken
 limit) starts a fresh one before its next task. How a process is started
 is the launcher's business (:mod:`worker.launch`); the limits a slot
-enforces itself (CPU seconds, scratch size) are watched here.
+enforces itself (CPU seconds, scratch size) are watched here. A task
+process serves one job environment (``site``: the site-packages folder
+put first on its ``sys.path``, or None for the worker's own packages); a
+task of another environment gets a fresh process.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class Slot:
         self._broken: str | None = None  # the limit the running task broke, as the agent saw it
         self._scratch = os.path.join(settings.scratch, f"slot-{index}") if settings.scratch else None
         self._cgroup: PidsCgroup | None = None
+        self._site: str | None = None  # the job environment its process serves
 
     @property
     def pid(self) -> int | None:
@@ -119,6 +123,7 @@ class Slot:
             # RLIMIT_NPROC counts in the sandbox's user namespace: its init process too
             "nproc": limits.processes + 1 if limits.processes and self.settings.processes_by == "rlimit" else None,
             "scratch": self._scratch,
+            "site": self._site,  # the job environment it serves (None: the worker's own packages)
         }
         procs = str(self._cgroup.path / "cgroup.procs") if self._cgroup else None
         process, parent = launcher.start(self.index, settings, procs)
@@ -144,13 +149,21 @@ class Slot:
         timeout: float | None,
         on_output: Callable[[int, str, str], None],
         on_progress: Callable[[int, int, str, int], None] | None = None,
+        site: str | None = None,
     ) -> Finished | Lost:
         """Run one task in the child. Never raises for user errors or crashes.
 
         ``function`` is (its bytes, its serializer: "cloudpickle" or "portable");
         ``on_progress(done, failed, error, error_index)`` hears of items done while it runs.
+        ``site``: the job environment's site-packages folder (None: the worker's own).
         """
         loop = asyncio.get_running_loop()
+        if site != self._site:  # another environment: another process
+            process = self._process
+            self._kill_process()
+            if process is not None:
+                await loop.run_in_executor(None, process.join, CHILD_EXIT_GRACE)
+            self._site = site
         self._stopping = self._timed_out = False
         self._broken = None
         conn = self.start()

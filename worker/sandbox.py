@@ -21,6 +21,7 @@ import shutil
 import site
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from crowdcompute.wire.constants import BWRAP_VARIABLE
 
@@ -131,14 +132,17 @@ def _inside(path: str, folder: str) -> bool:
 NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs/ca-certificates.crt")
 
 
-def bwrap_command(bwrap: str, python: str, scratch: str, network: bool) -> list[str]:
-    """The bwrap arguments that run ``python`` sandboxed with ``scratch`` as its only writable folder."""
+def bwrap_command(bwrap: str, python: str, scratch: str, network: bool, readable: Sequence[str] = ()) -> list[str]:
+    """The bwrap arguments that run ``python`` sandboxed with ``scratch`` as its only writable folder.
+
+    ``readable``: more folders the task may read, e.g. its job environment's site-packages.
+    """
     command = _base(bwrap, network)
     hidden = _homes()
     for path in hidden:
         command += ["--perms", "0755", "--tmpfs", path]
     shown: list[str] = []
-    needed = set(_python_paths(python))
+    needed = set(_python_paths(python)) | {os.path.realpath(path) for path in readable}
     if network:
         needed.update(os.path.realpath(path) for path in NETWORK_FILES if os.path.exists(path))
     for path in sorted(needed):  # a folder comes before what it holds

@@ -53,7 +53,7 @@ def dumps_function(func: Callable) -> bytes:
     """
     if not callable(func):
         raise SerializationError(repr(func)[:ITEM_REPR_LIMIT], "it is not callable")
-    module = _own_module(func.func if isinstance(func, Apply) else func)
+    module = _own_module(_unwrap(func))
     if module is not None:
         cloudpickle.register_pickle_by_value(module)
     try:
@@ -89,9 +89,16 @@ def _own_module(func: Callable):
     return users_module(getattr(func, "__module__", None))
 
 
+def _unwrap(func: Callable) -> Callable:
+    """The user's function inside our wrappers (Apply, WithModules)."""
+    while type(func).__module__.startswith("crowdcompute.codecs") and hasattr(func, "func"):
+        func = func.func
+    return func
+
+
 def _explain_function(func: Callable, exc: Exception) -> str:
     """Find the global or closure variable of ``func`` that does not pickle."""
-    target = func.func if isinstance(func, Apply) else func
+    target = _unwrap(func)
     try:
         found = inspect.getclosurevars(target)
         names = {**found.globals, **found.nonlocals}

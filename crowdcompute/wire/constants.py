@@ -25,6 +25,7 @@ __all__ = [
     "TOKEN_VARIABLE",
     "WORKER_TOKEN_VARIABLE",
     "CloseCode",
+    "EnvironmentState",
     "ErrorKind",
     "Role",
     "Serializer",
@@ -59,6 +60,17 @@ class ErrorKind(str, enum.Enum):
     DISAGREEMENT = "disagreement"  # redundant runs never reached a quorum
     LIMIT = "limit"  # it broke a worker's resource limit (memory, CPU, disk, processes)
     ENVIRONMENT = "environment"  # the worker could not build the job's environment
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EnvironmentState(str, enum.Enum):
+    """A worker's progress on a job's environment (``EnvironmentStatus.state``)."""
+
+    BUILDING = "building"  # installing its requirements
+    READY = "ready"  # built (its tasks run)
+    FAILED = "failed"  # could not be built here: the worker runs none of its tasks
 
     def __str__(self) -> str:
         return self.value

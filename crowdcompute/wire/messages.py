@@ -11,10 +11,11 @@ are opaque to it.
 from __future__ import annotations
 
 import json
+from dataclasses import field
 from typing import Any, ClassVar
 
 from ..errors import ProtocolError
-from .constants import ErrorKind, Role, Serializer
+from .constants import EnvironmentState, ErrorKind, Role, Serializer
 from .framing import (  # noqa: F401 (re-exported)
     _MESSAGES,
     MAX_HEADER_SIZE,
@@ -65,6 +66,7 @@ __all__ = [
     "ReleaseJob",
     "TaskDone",
     "TaskCrashed",
+    "EnvironmentStatus",
     "encode",
     "encode_parts",
     "frame_size",
@@ -98,9 +100,14 @@ class Hello(Message):
     slots: int = 0
     python: str = ""
     cloudpickle: str = ""
+    resources: dict[str, float] = field(default_factory=dict)  # a worker's resources: name -> amount (gpu: 1)
+    labels: dict[str, str] = field(default_factory=dict)  # a worker's labels: name -> text (site: lab1)
+    installs: bool = True  # a worker builds the environments of jobs with requirements (not --no-install)
 
     def validate(self) -> None:
         _require(self.slots >= 0, "slots must not be negative")
+        _check_resources("hello", self.resources)
+        _check_labels("hello", self.labels)
 
 
 @message
@@ -152,9 +159,15 @@ class SubmitJob(Message):
     ack: bool = True  # answer JobAccepted (a client that waits on the results anyway needs none)
     quorum: int = 0  # agreeing runs that accept an outcome; 0: a strict majority of redundancy
     quorum_timeout: float | None = None  # seconds after a task's first outcome to reach the quorum
+    resources: dict[str, float] = field(default_factory=dict)  # each task needs this much free of each resource
+    labels: dict[str, str] = field(default_factory=dict)  # each task runs only on workers with these labels
+    requirements: list[str] = field(default_factory=list)  # packages its environment must have
 
     def validate(self) -> None:
         _require(bool(self.job_id), "job_id must not be empty")
+        _check_resources("submit_job", self.resources)
+        _check_labels("submit_job", self.labels)
+        _check_requirements("submit_job", self.requirements)
         _require(1 <= self.redundancy <= MAX_REDUNDANCY, f"redundancy must be 1 to {MAX_REDUNDANCY}")
         _require(0 <= self.quorum <= self.redundancy, "quorum must be 1 to redundancy (0: a majority)")
         _require(self.quorum_timeout is None or self.quorum_timeout > 0, "quorum_timeout must be positive")
@@ -339,6 +352,7 @@ class TaskResult(Message):
     reissued: int = 0  # runs started because its leases passed their deadline
     backups: int = 0  # backup copies run at the tail of its job
     waited: float = 0.0  # time it waited on the worker for a free task process
+    setup: float = 0.0  # time the worker spent building the job's environment before it
 
 
 @message
@@ -426,9 +440,6 @@ class RequestError(Message):
     reason: str
 
 
-# --- foreman -> worker ------------------------------------------------------
-
-
 @message
 class JobFunction(Message):
     """A job's function, sent to a worker once before its first task."""
@@ -437,6 +448,10 @@ class JobFunction(Message):
     job_id: str
     function: bytes
     serializer: Serializer = Serializer.CLOUDPICKLE
+    requirements: list[str] = field(default_factory=list)  # the worker runs its tasks in an environment with these
+
+    def validate(self) -> None:
+        _check_requirements("job_function", self.requirements)
 
 
 @message
@@ -476,6 +491,7 @@ class TaskDone(Message):
     payload: bytes
     seconds: float = 0.0  # time spent running the task
     waited: float = 0.0  # time it waited on the worker for a free task process
+    setup: float = 0.0  # time this task waited for its job's environment to be built
 
 
 @message
@@ -501,3 +517,42 @@ class TaskCrashed(Message):
             self.error in (ErrorKind.CRASHED, ErrorKind.TIMEOUT, ErrorKind.LIMIT),
             f"a worker reports only crashes, timeouts and broken limits, not {self.error!r}",
         )
+
+
+@message
+class EnvironmentStatus(Message):
+    """A worker's progress on a job's environment: ``state`` is "building", "ready" or "failed".
+
+    "failed" carries the installer's reason; the worker then runs none of the
+    job's tasks (it drops those it holds and the foreman gives them to others).
+    """
+
+    TYPE: ClassVar[str] = "environment_status"
+    job_id: str
+    state: EnvironmentState
+    reason: str = ""
+    seconds: float = 0.0  # how long the build took
+
+
+#: Most requirements, resources and labels one job or worker may name.
+MAX_NEEDS = 100
+
+
+def _check_resources(kind: str, resources: dict[str, float]) -> None:
+    _require(len(resources) <= MAX_NEEDS, f"{kind}: at most {MAX_NEEDS} resources")
+    for name, amount in resources.items():
+        _require(
+            isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount >= 0,
+            f"{kind}: resource {name!r} must be a number of at least 0, not {amount!r}",
+        )
+
+
+def _check_labels(kind: str, labels: dict[str, str]) -> None:
+    _require(len(labels) <= MAX_NEEDS, f"{kind}: at most {MAX_NEEDS} labels")
+    for name, value in labels.items():
+        _require(isinstance(value, str), f"{kind}: label {name!r} must be text, not {value!r}")
+
+
+def _check_requirements(kind: str, requirements: list[str]) -> None:
+    _require(len(requirements) <= MAX_NEEDS, f"{kind}: at most {MAX_NEEDS} requirements")
+    _require(all(r.strip() for r in requirements), f"{kind}: a requirement must not be empty")

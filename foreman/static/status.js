@@ -183,8 +183,13 @@ function renderWorkers(status) {
     const who = worker.identity
       ? [el("span", { class: "id", title: "volunteer" }, `${worker.identity}${worker.trusted ? "" : " · untrusted"}`)]
       : [];
+    // What it offers to jobs that need it: resources (gpu=1) and labels (site=lab1).
+    const offers = [
+      ...Object.entries(worker.resources || {}).map(([k, v]) => `${k}=${formatAmount(v)}`),
+      ...Object.entries(worker.labels || {}).map(([k, v]) => `${k}=${v}`),
+    ].join(", ");
     return el("tr", { "data-worker": worker.name },
-      el("td", {}, worker.name, ...who),
+      el("td", {}, worker.name, ...who, ...(offers ? [el("div", { class: "offers" }, offers)] : [])),
       el("td", { class: "slot-cell" }, slots, `${worker.busy}/${worker.slots}`),
       el("td", {}, String(worker.tasks_done ?? "–")),
       tasks,
@@ -193,6 +198,13 @@ function renderWorkers(status) {
   });
   body.replaceChildren(...rows);
   document.getElementById("no-workers").hidden = rows.length > 0;
+}
+
+function formatAmount(value) {
+  for (const [unit, size] of [["TB", 1e12], ["GB", 1e9], ["MB", 1e6], ["KB", 1e3]]) {
+    if (value >= size && value % (size / 1000) === 0) return `${value / size}${unit}`;
+  }
+  return String(value);
 }
 
 function niceCeiling(value) {
