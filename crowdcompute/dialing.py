@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError, ProtocolError
 from .wire import messages as p
 from .wire.addresses import Address
+from .wire.constants import CLOSE_TIMEOUT
 
 __all__ = ["MAX_FRAME_SIZE", "Backoff", "client_ssl_context", "dial"]
 
@@ -75,6 +76,7 @@ async def dial(
             open_timeout=None,  # the whole exchange is bounded by ``timeout`` below
             ping_interval=ping_interval,
             ping_timeout=ping_interval,
+            close_timeout=CLOSE_TIMEOUT,  # a foreman that answered no ping is gone: do not wait 10 s on it
             proxy=None if address.loopback else True,
         )
         try:

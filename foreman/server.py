@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from crowdcompute.errors import ProtocolError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address
-from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CloseCode, Role
+from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CLOSE_TIMEOUT, CloseCode, Role
 from crowdcompute.wire.runtime import runtime_mismatch
 
 from .http import StatusPages
@@ -138,6 +138,8 @@ class ForemanServer:
             # and a dropped worker's tasks go to others.
             ping_interval=self.heartbeat_timeout / 3,
             ping_timeout=self.heartbeat_timeout * 2 / 3,
+            # ... and once a ping went unanswered, not 10 s more for a closing handshake.
+            close_timeout=CLOSE_TIMEOUT,
             process_request=self.status_pages.process_request,
         )
         self.port = self._server.sockets[0].getsockname()[1]

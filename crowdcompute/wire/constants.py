@@ -14,6 +14,7 @@ import enum
 __all__ = [
     "ADDRESS_VARIABLE",
     "AUTH_FAILURE_DELAY",
+    "CLOSE_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_URL",
@@ -82,6 +83,11 @@ DEFAULT_PORT = 9000
 DEFAULT_URL = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}"
 #: Seconds the foreman waits before answering a wrong token (slows guessing).
 AUTH_FAILURE_DELAY = 0.2
+#: Seconds either side waits for the peer's closing handshake before it aborts the
+#: TCP connection. A peer that answered no ping is gone (frozen, or its network is):
+#: waiting the websockets default of 10 s would keep a silent worker's tasks that much
+#: longer. Half a second covers the round trip of any healthy link.
+CLOSE_TIMEOUT = 0.5
 
 #: Environment variables.
 ADDRESS_VARIABLE = "CROWDCOMPUTE_ADDRESS"  # the foreman a client connects to by default
