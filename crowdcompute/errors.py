@@ -153,13 +153,21 @@ class WorkerCrashedError(TaskError):
     """Raised when a task's executions kept killing their process.
 
     ``attempts`` is how many times it was tried; ``cause`` says how the
-    process died (exit code, signal, out of memory).
+    process died (exit code, signal, out of memory) or how its worker went
+    away. ``crashes`` counts the runs that killed their process (the task's
+    fault, up to ``allowed_failures``); ``losses`` the runs whose worker went
+    away (disconnected or silent: the link's or the host's fault, up to the
+    foreman's much higher ``MAX_WORKER_LOSSES``).
     """
 
-    def __init__(self, message: str = "", *, attempts: int = 0, cause: str = "", **kwargs) -> None:
+    def __init__(
+        self, message: str = "", *, attempts: int = 0, cause: str = "", crashes: int = 0, losses: int = 0, **kwargs
+    ) -> None:
         super().__init__(message, exc_type="WorkerCrashedError", **kwargs)
         self.attempts = attempts
         self.cause = cause
+        self.crashes = crashes
+        self.losses = losses
 
 
 class QuorumError(TaskError):

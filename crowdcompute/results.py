@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import builtins
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .codecs.outcomes import short_repr
 from .errors import QuorumError, TaskError, TaskTimeoutError, WorkerCrashedError
 from .wire.constants import ErrorKind
+
+if TYPE_CHECKING:
+    from .wire.messages import TaskFailed
 
 __all__ = ["build_failed_task_error", "build_task_error"]
 
@@ -65,16 +68,31 @@ def _mixed_class(original: type) -> type | None:
     return _MIXED[original]
 
 
-def build_failed_task_error(error: str, reason: str, index: int | None, attempts: int) -> TaskError:
-    """The error for each item of a task that timed out, kept crashing or found no majority."""
+def build_failed_task_error(failed: TaskFailed, index: int | None) -> TaskError:
+    """The error for each item of a task (a TaskFailed) that timed out, kept crashing,
+    kept losing its worker or found no majority."""
+    error, reason = failed.error, failed.reason
     if error == ErrorKind.TIMEOUT:
         return TaskTimeoutError(reason, index=index, exc_type="TaskTimeoutError")
     if error == ErrorKind.DISAGREEMENT:
         return QuorumError(reason, index=index, exc_type="QuorumError")
     what = "the task" if index is None else f"the task holding item {index}"
+    if error == ErrorKind.LOST:
+        # The task crashed nothing: the workers holding it went away (their link or their host failed).
+        message = (
+            f"{what} never finished: the worker holding it went away {failed.losses} times "
+            f"(the link or the host failed, not the task); last: {reason}"
+        )
+    else:
+        crashes = failed.crashes or failed.attempts  # a foreman that does not count them apart
+        message = f"{what} killed its process {crashes} times; last cause: {reason}"
+        if failed.losses:
+            message += f" (its worker also went away {failed.losses} times; those do not count against it)"
     return WorkerCrashedError(
-        f"{what} killed its process {attempts} times; last cause: {reason}",
-        attempts=attempts,
+        message,
+        attempts=failed.attempts,
         cause=reason,
         index=index,
+        crashes=failed.crashes,
+        losses=failed.losses,
     )

@@ -8,11 +8,17 @@ __all__ = [
     "MAX_QUEUED_BYTES",
     "MAX_QUEUED_BYTES_TOTAL",
     "MAX_QUEUED_TASKS",
+    "MAX_WORKER_LOSSES",
     "RESULT_TTL",
 ]
 
 #: How many times a task may kill its process before it fails with WorkerCrashedError.
 ALLOWED_FAILURES = 3
+#: How many times the worker holding a task may go away (disconnect, go silent) before the
+#: task fails with WorkerCrashedError. A lost worker is its link's or its host's failure,
+#: not the task's, so this is far above ALLOWED_FAILURES: only a task that keeps taking
+#: its hosts down with it (or a crowd that cannot keep any worker) reaches it.
+MAX_WORKER_LOSSES = 10
 #: Seconds a finished job's outcomes are kept for ``attach`` before they are purged.
 RESULT_TTL = 24 * 3600.0
 #: How many ended jobs the status keeps showing.

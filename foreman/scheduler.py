@@ -32,6 +32,7 @@ from .limits import (
     MAX_QUEUED_BYTES,
     MAX_QUEUED_BYTES_TOTAL,
     MAX_QUEUED_TASKS,
+    MAX_WORKER_LOSSES,
     RESULT_TTL,
 )
 from .state import (
@@ -51,7 +52,15 @@ from .state import (
     Worker,
 )
 
-__all__ = ["ALLOWED_FAILURES", "MAX_QUEUED_BYTES", "MAX_QUEUED_TASKS", "RESULT_TTL", "Action", "Scheduler"]
+__all__ = [
+    "ALLOWED_FAILURES",
+    "MAX_QUEUED_BYTES",
+    "MAX_QUEUED_TASKS",
+    "MAX_WORKER_LOSSES",
+    "RESULT_TTL",
+    "Action",
+    "Scheduler",
+]
 
 Action = Send | Close | Note | Replay | SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob
 
@@ -67,6 +76,7 @@ class Scheduler:
         self,
         *,
         allowed_failures: int = ALLOWED_FAILURES,
+        max_worker_losses: int = MAX_WORKER_LOSSES,
         result_ttl: float = RESULT_TTL,
         journaled: bool = False,
         clock: Callable[[], float] = time.time,
@@ -75,6 +85,7 @@ class Scheduler:
         max_queued_bytes_total: int = MAX_QUEUED_BYTES_TOTAL,
     ) -> None:
         self.allowed_failures = allowed_failures
+        self.max_worker_losses = max_worker_losses
         self.max_queued_tasks = max_queued_tasks
         self.max_queued_bytes = max_queued_bytes
         self.max_queued_bytes_total = max_queued_bytes_total
@@ -110,8 +121,14 @@ class Scheduler:
         self.workers[worker_id] = Worker(worker_id, name, slots, portable_only=portable_only)
         return self._assign()
 
-    def remove_worker(self, worker_id: str) -> list[Action]:
-        """A worker went away: its leased tasks go back to the front of their queues."""
+    def remove_worker(self, worker_id: str, how: str = "disconnected") -> list[Action]:
+        """A worker went away: its leased tasks go back to the front of their queues.
+
+        ``how`` it went away ("disconnected", "went silent ..."), for the error
+        of a task that reaches ``max_worker_losses``. A lost worker does not
+        count toward a task's ``allowed_failures``: that is for tasks that kill
+        their process.
+        """
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return []
@@ -128,7 +145,7 @@ class Scheduler:
             if worker.draining:  # handed back on purpose: not the task's fault
                 self._enqueue(job, task, front=True)
             else:
-                actions += self._crashed(job, task, f"worker {worker.name} disconnected")
+                actions += self._lost(job, task, f"worker {worker.name} {how}")
         for job_id in worker.jobs:
             if job_id in self.jobs:
                 self.jobs[job_id].workers.discard(worker_id)
@@ -405,9 +422,28 @@ class Scheduler:
         self._enqueue(job, task, front=True)
         return []
 
+    def _lost(self, job: Job, task: Task, cause: str) -> list[Action]:
+        """A task's worker went away: run it again, or fail it after max_worker_losses."""
+        task.losses += 1
+        if task.losses >= self.max_worker_losses:
+            reason = f"{cause} (the foreman's limit is {self.max_worker_losses} lost workers per task)"
+            return self._fail(job, task, ErrorKind.LOST, reason)
+        self._enqueue(job, task, front=True)
+        return []
+
     def _fail(self, job: Job, task: Task, error: str, reason: str) -> list[Action]:
         job.failed_items += task.count
-        failed = p.TaskFailed(job.job_id, task.task_id, task.first_index, task.count, error, reason, task.attempt)
+        failed = p.TaskFailed(
+            job.job_id,
+            task.task_id,
+            task.first_index,
+            task.count,
+            error,
+            reason,
+            task.attempt,
+            crashes=task.crashes,
+            losses=task.losses,
+        )
         return self._outcome(job, task, failed)
 
     def _outcome(self, job: Job, task: Task, outcome: p.TaskResult | p.TaskFailed) -> list[Action]:

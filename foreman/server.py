@@ -224,8 +224,9 @@ class ForemanServer:
         finally:
             del self._peers[peer.conn_id]
             if peer.role == Role.WORKER:
-                log.info("worker %s disconnected", peer.name)
-                self._execute(self.scheduler.remove_worker(peer.conn_id))
+                how = _how_it_went(peer.websocket, self.heartbeat_timeout)
+                log.info("worker %s %s", peer.name, how)
+                self._execute(self.scheduler.remove_worker(peer.conn_id, how))
             else:
                 self._execute(self.scheduler.remove_client(peer.conn_id))
             peer.outbox.put_nowait(None)
@@ -404,6 +405,14 @@ class ForemanServer:
             frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
             if frame is not None:
                 await websocket.send(frame)
+
+
+def _how_it_went(websocket: ServerConnection, heartbeat_timeout: float) -> str:
+    """How a connection ended, for logs and for the error of a task that kept losing its worker."""
+    sent = websocket.protocol.close_sent
+    if sent is not None and sent.reason == "keepalive ping timeout":
+        return f"went silent (no answer to pings for {heartbeat_timeout:g} s)"
+    return "disconnected"
 
 
 def _where(websocket: ServerConnection) -> str:

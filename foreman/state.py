@@ -123,7 +123,8 @@ class Task:
     ballots: dict[bytes, Message] = field(default_factory=dict)  # outcome digest -> first TaskDone with it
     winner: bytes | None = None  # the digest a majority agreed on
     rounds: int = 0  # extra rounds of runs after a round without a majority
-    crashes: int = 0
+    crashes: int = 0  # times it killed its process (counts toward allowed_failures)
+    losses: int = 0  # times its worker went away while holding it (counts toward max_worker_losses)
     retries_used: int = 0
     received_at: float = 0.0  # when the client's task arrived
     assigned_at: float = 0.0  # when its current lease began

@@ -9,9 +9,12 @@ import os
 import signal
 import time
 
-from helpers import arun, wait_until
+from helpers import Proxy, arun, wait_until
 
-from crowdcompute import CrowdComputeClient
+from crowdcompute import CrowdComputeClient, WorkerCrashedError
+from crowdcompute.results import build_failed_task_error
+from crowdcompute.wire import messages as p
+from foreman.limits import ALLOWED_FAILURES
 
 #: --heartbeat-timeout the drop test gives the foreman, in seconds.
 HEARTBEAT_TIMEOUT = 2.0
@@ -57,3 +60,61 @@ async def _has(cc, name: str) -> bool:
 
 async def _lacks(cc, name: str) -> bool:
     return not await _has(cc, name)
+
+
+def _sleep_for(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+#: Times the flaky-link test cuts the worker's connection while it holds the task (> ALLOWED_FAILURES).
+CUTS = ALLOWED_FAILURES + 2
+
+
+def test_a_long_task_survives_its_workers_link_being_cut_repeatedly(foreman, start_worker):
+    async def main():
+        proxy = Proxy(foreman.port)
+        await proxy.start()
+        try:
+            url = f"ws://127.0.0.1:{proxy.port}"
+            # Not waited for here: the proxy runs in this loop, which a blocking wait would stall.
+            start_worker(url, "--procs", "1", "--name", "flaky", "--token", foreman.token, wait=False)
+            async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+                job = await cc.submit(_sleep_for, [1.0], chunksize=1)
+                for cut in range(CUTS):
+                    await wait_until(
+                        lambda cut=cut: _holds_task(cc, job, "flaky", proxy, cut + 1),
+                        15,
+                        f"the worker did not take the task back after {cut} cuts of its link",
+                    )
+                    proxy.drop_all()
+                assert await job == [1.0], "the task was blamed for its worker's lost link"
+                timing = job.timings[0]
+                assert timing.attempts == CUTS + 1, f"expected {CUTS + 1} leases, saw {timing.attempts}"
+        finally:
+            await proxy.close()
+
+    arun(main(), timeout=50)
+
+
+async def _holds_task(cc, job, name: str, proxy: Proxy, connections: int) -> bool:
+    """The worker is on its ``connections``-th connection through the proxy and holds a task."""
+    if job.done:
+        errors = [r for r in await job.result(return_exceptions=True) if isinstance(r, Exception)]
+        raise AssertionError(f"the job ended while its worker's link was being cut: {errors}")
+    if proxy.connections < connections:
+        return False
+    return any(w["name"] == name and w["busy"] for w in (await cc.status())["workers"])
+
+
+def test_the_error_says_whether_the_task_crashed_or_its_worker_went_away():
+    lost = p.TaskFailed("j", 0, 5, 1, "lost", "worker h01 went silent (no answer to pings for 5 s)", 10, losses=10)
+    error = build_failed_task_error(lost, 5)
+    assert isinstance(error, WorkerCrashedError) and (error.crashes, error.losses) == (0, 10)
+    assert "went away 10 times" in str(error) and "not the task" in str(error) and "h01 went silent" in str(error)
+    crashed = p.TaskFailed("j", 0, 5, 1, "crashed", "killed by SIGSEGV", 5, crashes=3, losses=2)
+    error = build_failed_task_error(crashed, 5)
+    assert "killed its process 3 times; last cause: killed by SIGSEGV" in str(error)
+    assert "went away 2 times" in str(error)

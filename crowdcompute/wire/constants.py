@@ -55,6 +55,7 @@ class ErrorKind(str, enum.Enum):
 
     TIMEOUT = "timeout"  # it ran past the job's timeout
     CRASHED = "crashed"  # it kept killing its process
+    LOST = "lost"  # the workers holding it kept going away (disconnected, went silent): not its fault
     DISAGREEMENT = "disagreement"  # redundant runs never reached a quorum
     LIMIT = "limit"  # it broke a worker's resource limit (memory, CPU, disk, processes)
     ENVIRONMENT = "environment"  # the worker could not build the job's environment

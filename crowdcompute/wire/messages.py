@@ -231,9 +231,11 @@ class TaskResult(Message):
 
 @message
 class TaskFailed(Message):
-    """A task that produced no outcomes: it timed out or kept crashing.
+    """A task that produced no outcomes: it timed out, kept crashing, or kept losing its worker.
 
-    ``error`` is ``"timeout"`` or ``"crashed"``; ``attempts`` how often it ran.
+    ``error`` is an ErrorKind; ``attempts`` how often it was leased; ``crashes``
+    how often it killed its process; ``losses`` how often its worker went away
+    while holding it (the link's or the host's failure, not the task's).
     """
 
     TYPE: ClassVar[str] = "task_failed"
@@ -244,6 +246,8 @@ class TaskFailed(Message):
     error: ErrorKind
     reason: str
     attempts: int = 1
+    crashes: int = 0
+    losses: int = 0
 
 
 @message
