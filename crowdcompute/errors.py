@@ -54,20 +54,21 @@ class AuthenticationError(CrowdComputeError):
 class ForemanUnavailableError(CrowdComputeError, ConnectionError):
     """Raised when ``connect`` finds no foreman that answers within ``timeout``.
 
-    ``address`` is the URL that was tried.
+    ``address`` is the URL that was tried, ``reason`` what went wrong and
+    ``hint`` what to do about it (by default: start a foreman).
     """
 
-    def __init__(self, address: str, reason: str) -> None:
+    def __init__(self, address: str, reason: str, hint: str = "") -> None:
         super().__init__(address, reason)
         self.address = address
         self.reason = reason
-
-    def __str__(self) -> str:
-        return (
-            f"no foreman answered at {self.address}: {self.reason}. "
+        self.hint = hint or (
             "Start one with `crowdcompute foreman` (or `crowdcompute local`), "
             "or call connect() with no address for an embedded one."
         )
+
+    def __str__(self) -> str:
+        return f"no foreman answered at {self.address}: {self.reason}. {self.hint}"
 
 
 class ConnectionLostError(CrowdComputeError, ConnectionError):
