@@ -387,7 +387,7 @@ class CrowdComputeClient:
                 job._output(msg.index, msg.stream, msg.text)
         elif isinstance(msg, p.TaskFailed):
             if job is not None:
-                job._fail_task(msg)
+                job._fail_task(msg.first_index, msg.count, msg.error, msg.reason, msg.attempts, msg.crashes, msg.losses)
         elif isinstance(msg, p.JobAccepted):
             _resolve(self._accepting.get(msg.job_id), None)
         elif isinstance(msg, p.JobAttached):

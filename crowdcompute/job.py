@@ -239,14 +239,15 @@ class Job:
             self._announce(index, value)
         self._changed()
 
-    def _fail_task(self, msg) -> None:
-        """A TaskFailed: each of its items fails with the error it names."""
-        first_index, count = msg.first_index, msg.count
+    def _fail_task(
+        self, first_index: int, count: int, error: str, reason: str, attempts: int, crashes: int = 0, losses: int = 0
+    ) -> None:
         if self.done or first_index < 0 or first_index + count > self.total:
             return
         for index in range(first_index, first_index + count):
             if self._results[index] is _MISSING and index not in self._errors:
-                failure = build_failed_task_error(msg, self._where(index)[0])
+                where = self._where(index)[0]
+                failure = build_failed_task_error(error, reason, where, attempts, crashes=crashes, losses=losses)
                 self._errors[index] = failure
                 self.failed += 1
                 self._announce(index, failure)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import builtins
 import pickle
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .codecs.outcomes import short_repr
 from .errors import QuorumError, TaskError, TaskTimeoutError, WorkerCrashedError
 from .wire.constants import ErrorKind
-
-if TYPE_CHECKING:
-    from .wire.messages import TaskFailed
 
 __all__ = ["build_failed_task_error", "build_task_error"]
 
@@ -68,10 +65,11 @@ def _mixed_class(original: type) -> type | None:
     return _MIXED[original]
 
 
-def build_failed_task_error(failed: TaskFailed, index: int | None) -> TaskError:
+def build_failed_task_error(
+    error: str, reason: str, index: int | None, attempts: int, *, crashes: int = 0, losses: int = 0
+) -> TaskError:
     """The error for each item of a task (a TaskFailed) that timed out, kept crashing,
     kept losing its worker or found no majority."""
-    error, reason = failed.error, failed.reason
     if error == ErrorKind.TIMEOUT:
         return TaskTimeoutError(reason, index=index, exc_type="TaskTimeoutError")
     if error == ErrorKind.DISAGREEMENT:
@@ -79,20 +77,21 @@ def build_failed_task_error(failed: TaskFailed, index: int | None) -> TaskError:
     what = "the task" if index is None else f"the task holding item {index}"
     if error == ErrorKind.LOST:
         # The task crashed nothing: the workers holding it went away (their link or their host failed).
+        times = f"{losses} times" if losses else "repeatedly"
         message = (
-            f"{what} never finished: the worker holding it went away {failed.losses} times "
+            f"{what} never finished: the workers holding it went away {times} "
             f"(the link or the host failed, not the task); last: {reason}"
         )
     else:
-        crashes = failed.crashes or failed.attempts  # a foreman that does not count them apart
+        crashes = crashes or attempts  # a foreman that does not count them apart
         message = f"{what} killed its process {crashes} times; last cause: {reason}"
-        if failed.losses:
-            message += f" (its worker also went away {failed.losses} times; those do not count against it)"
+        if losses:
+            message += f" (its worker also went away {losses} times; those do not count against it)"
     return WorkerCrashedError(
         message,
-        attempts=failed.attempts,
+        attempts=attempts,
         cause=reason,
         index=index,
-        crashes=failed.crashes,
-        losses=failed.losses,
+        crashes=crashes,
+        losses=losses,
     )

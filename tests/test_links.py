@@ -13,7 +13,6 @@ from helpers import Proxy, arun, wait_until
 
 from crowdcompute import CrowdComputeClient, WorkerCrashedError
 from crowdcompute.results import build_failed_task_error
-from crowdcompute.wire import messages as p
 from foreman.limits import ALLOWED_FAILURES
 
 #: --heartbeat-timeout the drop test gives the foreman, in seconds.
@@ -110,11 +109,9 @@ async def _holds_task(cc, job, name: str, proxy: Proxy, connections: int) -> boo
 
 
 def test_the_error_says_whether_the_task_crashed_or_its_worker_went_away():
-    lost = p.TaskFailed("j", 0, 5, 1, "lost", "worker h01 went silent (no answer to pings for 5 s)", 10, losses=10)
-    error = build_failed_task_error(lost, 5)
+    error = build_failed_task_error("lost", "worker h01 went silent (no answer to pings for 5 s)", 5, 10, losses=10)
     assert isinstance(error, WorkerCrashedError) and (error.crashes, error.losses) == (0, 10)
     assert "went away 10 times" in str(error) and "not the task" in str(error) and "h01 went silent" in str(error)
-    crashed = p.TaskFailed("j", 0, 5, 1, "crashed", "killed by SIGSEGV", 5, crashes=3, losses=2)
-    error = build_failed_task_error(crashed, 5)
+    error = build_failed_task_error("crashed", "killed by SIGSEGV", 5, 5, crashes=3, losses=2)
     assert "killed its process 3 times; last cause: killed by SIGSEGV" in str(error)
     assert "went away 2 times" in str(error)
