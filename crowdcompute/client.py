@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .codecs.pickled import Apply, dumps_chunks, dumps_function
+from .codecs.pickled import Apply, dumps_chunks, dumps_function, dumps_pieced_chunks
 from .codecs.portable import dumps_portable_function, dumps_portable_items
 from .errors import ConnectionLostError, CrowdComputeError, SerializationError
 from .feed import Feed
@@ -23,15 +23,17 @@ from .local import LocalCluster
 from .progress import show_progress
 from .wire import messages as p
 from .wire.addresses import Address, parse_address, read_connection_file
-from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role, Serializer
+from .wire.constants import ADDRESS_VARIABLE, CHUNKS_PER_SLOT, TOKEN_VARIABLE, Role, Serializer
 from .wire.runtime import runtime_fields
 
 __all__ = ["CrowdComputeClient", "chunk_size"]
 
 log = logging.getLogger("crowdcompute.client")
 
-#: Chunks per slot when ``chunksize`` is automatic, as in multiprocessing.Pool.
-CHUNKS_PER_SLOT = 4
+#: Automatic chunks are made of pieces sized for this many slots, so that the foreman can
+#: cut a queued chunk down to the slots it has when it hands the chunk out (workers join
+#: after a client connected). A job has at most about CHUNKS_PER_SLOT * PIECE_SLOTS pieces.
+PIECE_SLOTS = 256
 #: Bytes of a frame kept for its header when sizing payloads against the foreman's limit.
 FRAME_HEADER_ROOM = 64 * 1024
 
@@ -310,7 +312,12 @@ class CrowdComputeClient:
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
         size = options.chunksize or (1 if options.timeout is not None else chunk_size(len(items), slots))
-        chunks = dumps_chunks(items, size, limit, dumps_portable_items if portable else None)
+        if options.chunksize or portable or size == 1:
+            chunks = [
+                (*chunk, None) for chunk in dumps_chunks(items, size, limit, dumps_portable_items if portable else None)
+            ]
+        else:  # automatic: in pieces the foreman may split between as workers join
+            chunks = dumps_pieced_chunks(items, size, chunk_size(len(items), PIECE_SLOTS), limit)
         job_id = uuid.uuid4().hex
         name = getattr(func, "__name__", "") or ""
         submit = p.SubmitJob(
@@ -327,7 +334,10 @@ class CrowdComputeClient:
         )
         feed = Feed(
             submit,
-            [p.SubmitTask(job_id, n, start, count, payload) for n, (start, count, payload) in enumerate(chunks)],
+            [
+                p.SubmitTask(job_id, n, start, count, payload, pieces)
+                for n, (start, count, payload, pieces) in enumerate(chunks)
+            ],
             self._link.send,
             max_queued_tasks=welcome.max_queued_tasks or len(chunks),
             max_queued_bytes=welcome.max_queued_bytes or 2**62,

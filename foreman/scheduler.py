@@ -35,6 +35,7 @@ from .limits import (
     MAX_WORKER_LOSSES,
     RESULT_TTL,
 )
+from .splitting import split_queued, split_task, target_items
 from .state import (
     Close,
     DeleteJob,
@@ -119,7 +120,7 @@ class Scheduler:
 
     def add_worker(self, worker_id: str, name: str, slots: int, portable_only: bool = False) -> list[Action]:
         self.workers[worker_id] = Worker(worker_id, name, slots, portable_only=portable_only)
-        return self._assign()
+        return self._split_for_slots() + self._assign()
 
     def remove_worker(self, worker_id: str, how: str = "disconnected") -> list[Action]:
         """A worker went away: its leased tasks go back to the front of their queues.
@@ -204,7 +205,7 @@ class Scheduler:
             return [Send(client_id, p.RequestError(msg.job_id, "no such job: submit_job must come first"))]
         if msg.task_id in job.tasks:
             return []  # sent again after a reconnect
-        if msg.task_id >= job.total_tasks or msg.first_index + msg.count > job.total_items:
+        if msg.task_id >= job.total_tasks - job.splits or msg.first_index + msg.count > job.total_items:
             return [Send(client_id, p.RequestError(msg.job_id, f"task {msg.task_id} is out of the job's range"))]
         queued = len(job.tasks) - job.finished_tasks
         if queued >= self.max_queued_tasks or (queued and job.queued_bytes + len(msg.payload) > self.max_queued_bytes):
@@ -213,11 +214,20 @@ class Scheduler:
                 f"the limits are {self.max_queued_tasks} tasks and {self.max_queued_bytes} bytes"
             )
             return [Note(f"closed client {client_id}: {reason}"), Close(client_id, CloseCode.POLICY, reason[:120])]
-        task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, received_at=self.clock())
+        task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, pieces=msg.pieces, received_at=self.clock())
         job.tasks[task.task_id] = task
         job.queued_bytes += len(msg.payload)
         self._enqueue(job, task, replicas=job.redundancy)
-        return [SaveTask(job.job_id, task), *self._assign()]
+        actions: list[Action] = [SaveTask(job.job_id, task)]
+        if task.pieces and job.redundancy == 1:
+            job.splittable = True
+            parts = split_task(job, task, target_items(job, self.total_slots)) if self.workers else []
+            for part in parts:
+                job.queue.append(part.task_id)
+                actions.append(SaveTask(job.job_id, part))
+            if parts:
+                actions.append(SaveJob(job))  # its task count grew
+        return actions + self._assign()
 
     def cancel_job(self, client_id: str, job_id: str) -> list[Action]:
         job = self.jobs.get(job_id)
@@ -492,6 +502,18 @@ class Scheduler:
         summary.update(tasks=job.total_tasks, finished_at=job.finished_at or self.clock(), serializer=job.serializer)
         self.ended[job.job_id] = summary
         return []
+
+    def _split_for_slots(self) -> list[Action]:
+        """Slots joined: cut queued tasks that came in pieces down to the crowd there is now."""
+        actions: list[Action] = []
+        slots = self.total_slots
+        for job in self.jobs.values():
+            if job.splittable and job.state is JobState.RUNNING:
+                changed = split_queued(job, slots)
+                actions += [SaveTask(job.job_id, task) for task in changed]
+                if changed:
+                    actions.append(SaveJob(job))  # its task count grew
+        return actions
 
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns."""

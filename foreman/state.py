@@ -126,6 +126,7 @@ class Task:
     crashes: int = 0  # times it killed its process (counts toward allowed_failures)
     losses: int = 0  # times its worker went away while holding it (counts toward max_worker_losses)
     retries_used: int = 0
+    pieces: list[list[int]] | None = None  # [items, bytes] of its payload's pieces: where it may be cut
     received_at: float = 0.0  # when the client's task arrived
     assigned_at: float = 0.0  # when its current lease began
 
@@ -157,6 +158,8 @@ class Job:
     created_at: float = 0.0
     finished_at: float | None = None
     queued_bytes: int = 0  # input bytes of received tasks without an outcome yet
+    splits: int = 0  # tasks the foreman made by cutting the client's (their ids follow the client's)
+    splittable: bool = False  # some queued task may be cut (it came in pieces)
 
     @property
     def all_received(self) -> bool:
@@ -193,6 +196,7 @@ class Worker:
     disagreed: int = 0  # ... and where it did not
     quarantined: bool = False  # kept disagreeing: it gets no new tasks
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
+    last_lease: int = 0  # order of its latest lease: among equally free workers, the longest unserved goes first
 
     def summary(self) -> dict:
         """The worker as the status reply shows it."""

@@ -133,3 +133,37 @@ def test_big_payloads_live_in_files_beside_the_journal_and_go_with_their_job(tmp
     apply(journal, restarted.expire())
     assert list(journal.blobs.iterdir()) == []
     journal.close()
+
+
+def test_tasks_cut_for_joining_workers_are_resumed_whole_after_a_restart(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    first = Scheduler(journaled=True)
+    first.add_client("c1")
+    apply(journal, first.submit_job("c1", p.SubmitJob("j1", b"FUNC", 2, 40)))
+    for n in range(2):  # two tasks of 20 one-item pieces: cut when workers join
+        payload = b"".join(b"<%02d>" % i for i in range(20 * n, 20 * n + 20))
+        apply(journal, first.submit_task("c1", p.SubmitTask("j1", n, 20 * n, 20, payload, [[1, 4]] * 20)))
+    actions = apply(journal, first.add_worker("w1", "one", 2))
+    handed = [a.message for a in actions if isinstance(a.message, p.AssignTask)]
+    assert len(first.jobs["j1"].tasks) > 2, "the tasks were not cut"
+    done = handed[0]
+    apply(journal, first.task_done("w1", p.TaskDone("j1", done.task_id, done.attempt, 0, b"OUT")))
+    journal.close()
+
+    journal = Journal(path)
+    second = Scheduler(journaled=True)
+    jobs, ended = journal.load()
+    apply(journal, second.restore(jobs, ended))
+    job = second.jobs["j1"]
+    assert job.accepted and job.finished_tasks == 1 and job.total_tasks == len(job.tasks)
+    assert sorted((t.first_index, t.count) for t in job.tasks.values()) == sorted(
+        (t.first_index, t.count) for t in first.jobs["j1"].tasks.values()
+    )
+    actions = apply(journal, second.add_worker("w2", "two", 64))
+    handed = [a.message for a in actions if isinstance(a.message, p.AssignTask)]
+    covered = sorted(i for m in handed for i in range(m.first_index, m.first_index + m.count))
+    assert covered == sorted(set(range(40)) - set(range(done.first_index, done.first_index + done.count)))
+    for m in handed:
+        assert bytes(m.payload) == b"".join(b"<%02d>" % i for i in range(m.first_index, m.first_index + m.count))
+    journal.close()

@@ -14,6 +14,7 @@ import enum
 __all__ = [
     "ADDRESS_VARIABLE",
     "AUTH_FAILURE_DELAY",
+    "CHUNKS_PER_SLOT",
     "CLOSE_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
@@ -82,6 +83,9 @@ FOREMAN_READY = "foreman listening on "
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
 DEFAULT_URL = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}"
+#: Tasks per slot that automatic chunking aims for, as in multiprocessing.Pool: the client
+#: when it chunks a map, the foreman when it splits queued tasks for the slots it has.
+CHUNKS_PER_SLOT = 4
 #: Seconds the foreman waits before answering a wrong token (slows guessing).
 AUTH_FAILURE_DELAY = 0.2
 #: Seconds either side waits for the peer's closing handshake before it aborts the
