@@ -8,7 +8,9 @@ __all__ = [
     "MAX_QUEUED_BYTES",
     "MAX_QUEUED_BYTES_TOTAL",
     "MAX_QUEUED_TASKS",
+    "MAX_PREFETCH_PER_SLOT",
     "MAX_WORKER_LOSSES",
+    "PREFETCH_MARGIN",
     "RESULT_TTL",
 ]
 
@@ -29,3 +31,10 @@ MAX_QUEUED_TASKS = 4096
 MAX_QUEUED_BYTES = 256 * 1024 * 1024
 #: Input bytes waiting on the foreman over all jobs; past this, new jobs are refused until it drains.
 MAX_QUEUED_BYTES_TOTAL = 2 * 1024 * 1024 * 1024
+#: Most tasks a worker may hold beyond its running ones, per slot, however far away it is.
+MAX_PREFETCH_PER_SLOT = 8
+#: Seconds added to a worker's round trip when sizing its prefetch: the foreman's and the
+#: worker's own time to turn a finished task into the next one.
+PREFETCH_MARGIN = 0.01
+#: Weight of the newest task in a worker's running average of task durations.
+TASK_SECONDS_WEIGHT = 0.2

@@ -34,6 +34,7 @@ from .limits import (
     MAX_QUEUED_TASKS,
     MAX_WORKER_LOSSES,
     RESULT_TTL,
+    TASK_SECONDS_WEIGHT,
 )
 from .splitting import split_queued, split_task, target_items
 from .state import (
@@ -151,6 +152,12 @@ class Scheduler:
             if job_id in self.jobs:
                 self.jobs[job_id].workers.discard(worker_id)
         return actions + self._assign()
+
+    def note_latency(self, worker_id: str, rtt: float) -> None:
+        """The latest ping round trip to a worker, in seconds: it sizes the worker's prefetch."""
+        worker = self.workers.get(worker_id)
+        if worker is not None and rtt > 0:
+            worker.rtt = rtt
 
     def worker_draining(self, worker_id: str) -> list[Action]:
         """The worker is stopping: it gets nothing new."""
@@ -281,6 +288,10 @@ class Scheduler:
         if task is None:  # a late, replayed or forged result: its task is not leased to this worker
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
         unlease(self.workers, job, task, worker_id)
+        worker = self.workers.get(worker_id)
+        if worker is not None and msg.seconds > 0:  # its tasks' duration sizes its prefetch
+            seen = worker.task_seconds
+            worker.task_seconds = msg.seconds if not seen else seen + TASK_SECONDS_WEIGHT * (msg.seconds - seen)
         if job.redundancy > 1:
             return self._vote(job, task, worker_id, msg) + self._assign()
         if msg.failed and task.retries_used < job.retries:

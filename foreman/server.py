@@ -53,6 +53,9 @@ MAX_CONNECTIONS = 4096
 #: (a client reconnects and attaches; nothing is lost).
 MAX_OUTBOX_BYTES = 512 * 1024 * 1024
 
+#: Seconds the foreman waits for the pong to the ping it sends a worker as it joins.
+CONNECT_PING_TIMEOUT = 10.0
+
 #: Seconds between purges of jobs older than the result TTL (and idle checks).
 EXPIRE_INTERVAL = 60.0
 #: Seconds a client with no running job may stay silent before it is closed (1000, "idle").
@@ -75,6 +78,7 @@ class _Peer:
     last_seen: float = 0.0  # loop time of its last frame
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0  # in the outbox, not yet written
+    pinger: asyncio.Task | None = None  # the ping that measures a joining worker's round trip
 
 
 class ForemanServer:
@@ -216,12 +220,16 @@ class ForemanServer:
                 )
             )
         )
+        if peer.role == Role.WORKER:  # its round trip sizes its prefetch: measure it now, not at the first keepalive
+            peer.pinger = asyncio.create_task(_ping(websocket))
         try:
             if peer.role == Role.WORKER:
                 log.info("worker %s connected from %s", peer.name, _where(websocket))
             self._execute(self._joined(peer))
             await self._read_frames(peer)
         finally:
+            if peer.pinger is not None:
+                peer.pinger.cancel()
             del self._peers[peer.conn_id]
             if peer.role == Role.WORKER:
                 how = _how_it_went(peer.websocket, self.heartbeat_timeout)
@@ -322,6 +330,7 @@ class ForemanServer:
         if isinstance(msg, p.WorkerDraining):
             return s.worker_draining(peer.conn_id)
         if isinstance(msg, p.TaskDone):
+            s.note_latency(peer.conn_id, peer.websocket.latency)  # the latest ping's round trip
             return s.task_done(peer.conn_id, msg)
         if isinstance(msg, p.TaskCrashed):
             return s.task_crashed(peer.conn_id, msg)
@@ -405,6 +414,14 @@ class ForemanServer:
             frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
             if frame is not None:
                 await websocket.send(frame)
+
+
+async def _ping(websocket: ServerConnection) -> None:
+    """One ping, so that ``websocket.latency`` holds a round trip before the first keepalive."""
+    try:
+        await asyncio.wait_for(await websocket.ping(), CONNECT_PING_TIMEOUT)
+    except (ConnectionClosed, asyncio.TimeoutError):
+        pass
 
 
 def _how_it_went(websocket: ServerConnection, heartbeat_timeout: float) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from crowdcompute.wire.messages import Message
+
+from .limits import MAX_PREFETCH_PER_SLOT, PREFETCH_MARGIN
 
 __all__ = [
     "Close",
@@ -196,6 +199,8 @@ class Worker:
     disagreed: int = 0  # ... and where it did not
     quarantined: bool = False  # kept disagreeing: it gets no new tasks
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
+    rtt: float = 0.0  # seconds: its latest ping round trip (0: not measured yet)
+    task_seconds: float = 0.0  # running average of its tasks' durations (0: none finished yet)
     last_lease: int = 0  # order of its latest lease: among equally free workers, the longest unserved goes first
 
     def summary(self) -> dict:
@@ -214,10 +219,26 @@ class Worker:
 
     @property
     def capacity(self) -> int:
-        """Tasks it may hold at once: its slots plus a little prefetch, so no slot idles."""
+        """Tasks it may hold at once: its slots plus prefetch, so that no slot waits for the network."""
         if self.draining or self.quarantined:
             return 0
-        return self.slots + max(1, self.slots // 2)
+        return self.slots + self.prefetch
+
+    @property
+    def prefetch(self) -> int:
+        """Tasks it holds beyond its running ones: enough to cover a round trip to it.
+
+        While one finished task's outcome travels to the foreman and the next task
+        travels back (``rtt``), each slot goes through ``rtt / task_seconds`` more
+        tasks: it must already hold them. Half a task per slot (at least one) before
+        anything is measured; at most MAX_PREFETCH_PER_SLOT per slot, so that little
+        is held back from other workers at the tail of a job.
+        """
+        least = max(1, self.slots // 2)
+        if self.rtt <= 0 or self.task_seconds <= 0:
+            return least
+        needed = math.ceil(self.slots * (self.rtt + PREFETCH_MARGIN) / self.task_seconds)
+        return min(max(least, needed), self.slots * MAX_PREFETCH_PER_SLOT)
 
     @property
     def free(self) -> int:

@@ -1,11 +1,12 @@
 """Pure tests: queued tasks that came in pieces are cut for the slots there are when they are handed out;
-ties between idle workers do not always go the same way. No sockets, no processes."""
+ties between idle workers take turns; far workers hold enough to cover their round trip. No sockets, no processes."""
 
 from __future__ import annotations
 
 from scheduler_events import function, leased, make, sent, started
 
 from crowdcompute.wire import messages as p
+from foreman.limits import MAX_PREFETCH_PER_SLOT
 from foreman.state import SaveJob, SaveTask
 
 
@@ -126,3 +127,31 @@ def test_ties_between_idle_workers_take_turns():
         winners.append(worker)
         s.task_done(worker, p.TaskDone(job_id, 0, attempt, 0, b"r"))
     assert sorted(set(winners)) == ["w1", "w2", "w3"], f"one-task jobs on idle workers went to {winners}"
+
+
+# --- prefetch ---------------------------------------------------------------------------
+
+
+def test_a_far_worker_holds_enough_tasks_to_cover_its_round_trip():
+    s = started(2)
+    s.submit_job("c1", p.SubmitJob("j1", function("j1"), 40, 40, None, 0, "f", ack=False))
+    first = []
+    for n in range(40):
+        first += leased(s.submit_task("c1", p.SubmitTask("j1", n, n, 1, b"x")))
+    assert len(first) == 3, "before anything is measured: 2 slots and 1 prefetched"
+    s.note_latency("w1", 0.1)  # 50 ms each way; its tasks take 50 ms
+    _, _, task_id, attempt = first[0]
+    more = leased(s.task_done("w1", p.TaskDone("j1", task_id, attempt, 0, b"r", seconds=0.05)))
+    worker = s.workers["w1"]
+    assert worker.prefetch == 5 and len(worker.running) == 7, "2 slots x (0.1 + 0.01) s / 0.05 s = 5 queued"
+    assert len(more) == 5
+
+
+def test_prefetch_is_bounded_however_far_the_worker_is():
+    s = started(2)
+    s.note_latency("w1", 30.0)
+    s.workers["w1"].task_seconds = 0.001
+    assert s.workers["w1"].capacity == 2 + 2 * MAX_PREFETCH_PER_SLOT
+    s.workers["w1"].rtt = 0.0001  # close by, slow tasks: the least prefetch
+    s.workers["w1"].task_seconds = 10.0
+    assert s.workers["w1"].prefetch == 1
