@@ -57,8 +57,9 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._pending: set[concurrent.futures.Future] = set()
         self._orphans: set[asyncio.Future] = set()  # submissions whose caller cancelled (loop thread only)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        # Both set by the loop's thread before it sets ``ready``:
+        self._loop: asyncio.AbstractEventLoop
+        self._stop: asyncio.Event
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,), name="crowdcompute-executor", daemon=True)
         self._thread.start()

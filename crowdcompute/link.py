@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .dialing import Backoff, RetryNotices, dial
@@ -56,7 +57,7 @@ class Link:
         self._on_reconnect = on_reconnect
         self._on_lost = on_lost
         self._busy = busy  # the owner follows jobs: an idle close must not leave them waiting
-        self._websocket = None
+        self._websocket: ClientConnection | None = None
         self._frames: deque[bytes] = deque()  # waiting to go out, in order
         self._queued = asyncio.Event()  # set when _frames is not empty
         self._drained = asyncio.Event()  # set when _frames is empty
@@ -109,6 +110,8 @@ class Link:
 
     async def _send_frames(self) -> None:
         websocket = self._websocket
+        if websocket is None:
+            return  # never started before open()
         while True:
             if not self._frames:
                 self._queued.clear()
@@ -123,6 +126,8 @@ class Link:
 
     async def _read_frames(self) -> None:
         websocket = self._websocket
+        if websocket is None:
+            return  # never started before open()
         try:
             async for frame in websocket:
                 self._on_message(p.decode(frame))

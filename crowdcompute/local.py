@@ -81,7 +81,7 @@ class LocalCluster:
         command = ["-m", "foreman", "--fd", str(listener.fileno()), "--port", str(listener.getsockname()[1])]
         command += ["--journal", self.journal, "--log-level", self.log_level]
         try:
-            self.foreman = self._spawn(command, stdout=subprocess.PIPE, pass_fds=(listener.fileno(),))
+            self.foreman = foreman = self._spawn(command, stdout=subprocess.PIPE, pass_fds=(listener.fileno(),))
         finally:
             listener.close()  # the foreman has its own copy
         for n in range(self.workers):
@@ -90,12 +90,13 @@ class LocalCluster:
             self.agents.append(self._spawn(command, stdout=None if self.show_workers else subprocess.DEVNULL))
         loop = asyncio.get_running_loop()
         try:
-            line = await asyncio.wait_for(loop.run_in_executor(None, self.foreman.stdout.readline), timeout)
+            assert foreman.stdout is not None  # stdout=PIPE
+            line = await asyncio.wait_for(loop.run_in_executor(None, foreman.stdout.readline), timeout)
         except asyncio.TimeoutError:
             raise CrowdComputeError(f"the local foreman did not start within {timeout:g} s") from None
         text = line.decode(errors="replace").strip()
         if not text.startswith(FOREMAN_READY):
-            code = self.foreman.poll()
+            code = foreman.poll()
             raise CrowdComputeError(f"the local foreman did not start (exit code {code}): {text or 'no output'}")
         self.address = parse_address(text.rsplit(" ", 1)[1])
         return self.address

@@ -32,12 +32,12 @@ def build_task_error(error: dict, index: int | None, item: Any = None, trusted: 
             original = type(pickle.loads(error["exception"]))
         except Exception:
             original = None
-    kwargs = dict(
-        index=index,
-        exc_type=type_name,
-        remote_traceback=tb_text,
-        item_repr=None if item is None else short_repr(item),
-    )
+    kwargs: dict[str, Any] = {
+        "index": index,
+        "exc_type": type_name,
+        "remote_traceback": tb_text,
+        "item_repr": None if item is None else short_repr(item),
+    }
     if original is not None and not issubclass(original, TaskError):
         cls = _mixed_class(original)
         if cls is not None:

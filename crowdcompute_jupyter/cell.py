@@ -47,8 +47,10 @@ def run_cell(source: str, inputs: dict[str, Any]) -> Any:
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     tree = ast.parse(source, filename)
     last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+    final = tree.body[-1] if tree.body else None
+    if isinstance(final, ast.Expr):
+        tree.body.pop()
+        last = ast.Expression(final.value)
     namespace = {"__name__": "__main__", "__builtins__": builtins, **inputs}
     exec(compile(tree, filename, "exec"), namespace)
     if last is None:

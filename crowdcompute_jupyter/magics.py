@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 
@@ -62,6 +63,8 @@ class CrowdComputeMagics(Magics):
     (its results stay available after a failure); ``last_progress`` is the
     progress renderer of the latest ``%%crowdmap``.
     """
+
+    shell: InteractiveShell  # always set: load_ipython_extension registers the magics with the shell
 
     def __init__(self, shell: Any = None) -> None:
         super().__init__(shell)

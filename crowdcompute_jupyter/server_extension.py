@@ -129,8 +129,9 @@ class CrowdCompute(ExtensionApp):
             return
         self.cluster = cluster
         address: Address = outcome["address"]
-        self.target = (address, cluster.token)
-        self._exported = {"CROWDCOMPUTE_ADDRESS": address.url, "CROWDCOMPUTE_TOKEN": cluster.token}
+        token = cluster.token or ""  # LocalCluster made one
+        self.target = (address, token)
+        self._exported = {"CROWDCOMPUTE_ADDRESS": address.url, "CROWDCOMPUTE_TOKEN": token}
         previous = os.environ.get("CROWDCOMPUTE_ADDRESS")
         if previous and previous != address.url:
             self.log.warning("CrowdCompute: kernels get the shared cluster, not CROWDCOMPUTE_ADDRESS=%s", previous)
@@ -140,7 +141,7 @@ class CrowdCompute(ExtensionApp):
             self.local_workers,
             "" if self.local_workers == 1 else "s",
             address.url,
-            self.serverapp.base_url,
+            self.serverapp.base_url if self.serverapp else "/",
         )
 
     def _find_foreman(self) -> None:
@@ -166,6 +167,8 @@ class CrowdCompute(ExtensionApp):
 
     def http_url(self, path: str) -> str:
         """The foreman's HTTP URL for ``path`` (it serves HTTP on its websocket port)."""
+        if self.target is None:
+            raise RuntimeError(f"no CrowdCompute foreman: {self.problem}")
         address, _ = self.target
         host = f"[{address.host}]" if ":" in address.host else address.host
         return f"{'https' if address.secure else 'http'}://{host}:{address.port}/{path}"

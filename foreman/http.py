@@ -26,6 +26,7 @@ import time
 from collections import deque
 from http import HTTPStatus
 from importlib import resources
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -35,6 +36,7 @@ from websockets.http11 import Request, Response
 from crowdcompute.wire.constants import AUTH_FAILURE_DELAY
 
 from .scheduler import Scheduler
+from .state import Worker
 
 __all__ = ["HISTORY_SAMPLES", "SAMPLE_INTERVAL", "StatusPages", "Throughput", "cookie_name"]
 
@@ -42,7 +44,6 @@ __all__ = ["HISTORY_SAMPLES", "SAMPLE_INTERVAL", "StatusPages", "Throughput", "c
 SAMPLE_INTERVAL = 2.0
 #: Samples kept: ten minutes of history at SAMPLE_INTERVAL.
 HISTORY_SAMPLES = 300
-#: Seconds a request with a wrong token waits before its answer, to slow guessing.
 #: Files under foreman/static/ the page may load, with their content types.
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -184,28 +185,23 @@ class StatusPages:
     def status(self) -> dict:
         """The scheduler's status plus each worker's leased tasks, the time and the throughput."""
         status = self.scheduler.status()
-        scheduler = self.scheduler
-        records = list(scheduler.workers.values())
-        for shown, worker in zip(status["workers"], records, strict=False):
-            if shown.get("name") != worker.name:
-                break  # not the same order: show no tasks rather than wrong ones
-            tasks = []
-            for job_id, task_id in sorted(worker.running):
-                job = scheduler.jobs.get(job_id)
-                task = job.tasks.get(task_id) if job else None
-                tasks.append(
-                    {
-                        "job": job_id,
-                        "name": job.name if job else "",
-                        "task": task_id,
-                        "items": task.count if task else 0,
-                    }
-                )
-            shown["tasks"] = tasks
+        # Each worker's own record, so that its tasks never land on another's line.
+        status["workers"] = [self._worker(worker) for worker in self.scheduler.workers.values()]
         status["slots"] = sum(w.get("slots", 0) for w in status["workers"])
         status["time"] = time.time()
         status["throughput"] = {"interval": self.sample_interval, "samples": list(self.throughput.samples)}
         return status
+
+    def _worker(self, worker: Worker) -> dict[str, Any]:
+        """A worker as the status shows it, plus the tasks it holds."""
+        tasks = []
+        for job_id, task_id in sorted(worker.running):
+            job = self.scheduler.jobs.get(job_id)
+            task = job.tasks.get(task_id) if job else None
+            tasks.append(
+                {"job": job_id, "name": job.name if job else "", "task": task_id, "items": task.count if task else 0}
+            )
+        return {**worker.summary(), "tasks": tasks}
 
 
 def _how_to_authenticate(port: int) -> str:

@@ -18,8 +18,10 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from crowdcompute.wire import messages as p
+from crowdcompute.wire.constants import Serializer
 
 from .state import DeleteJob, Job, JobState, SaveJob, SaveJobState, SaveResult, SaveTask, Task, TaskState
 
@@ -155,7 +157,7 @@ class Journal:
                     log.exception("journal %s failed to %s", self.path, kind)
 
     def _commit(self) -> None:
-        if self._dirty:
+        if self._dirty and self._db is not None:
             self._db.execute("COMMIT")
             self._dirty = False
 
@@ -209,7 +211,7 @@ class Journal:
         """Queue one scheduler record (inside the open batch)."""
         self._requests.put(("write", _statements(record, self.blobs)))
 
-    def commit(self, then: Callable[[], None] | None = None) -> None:
+    def commit(self, then: Callable[[], object] | None = None) -> None:
         """End the batch; ``then()`` runs in the journal's thread once it is committed."""
         self._requests.put(("commit", then))
 
@@ -228,7 +230,7 @@ def _blob_name(job_id: str, task_id: int, kind: str) -> str:
     return f"{hashlib.sha256(job_id.encode()).hexdigest()[:32]}-{task_id}.{kind}"
 
 
-def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple]]:
+def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]]:
     """The SQL (and blob files) for one record, built now: the thread must not read objects the loop may change."""
     if isinstance(record, SaveJob):
         job = record.job
@@ -253,7 +255,8 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple]]:
         ]
     if isinstance(record, SaveTask):
         task = record.task
-        payload, name, ops = task.payload, None, []
+        payload, name = task.payload, None
+        ops: list[tuple[str, tuple[Any, ...]]] = []
         if payload is not None and len(payload) > BLOB_FILE_THRESHOLD:
             name = _blob_name(record.job_id, task.task_id, "in")
             ops.append(("file", (str(blobs / name), payload)))
@@ -268,10 +271,12 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple]]:
     if isinstance(record, SaveResult):
         msg = record.message
         failed = msg.failed if isinstance(msg, p.TaskResult) else msg.count
-        frame, name, ops = p.encode(msg), None, []
-        if len(frame) > BLOB_FILE_THRESHOLD:
+        encoded = p.encode(msg)
+        frame: bytes | None = encoded
+        name, ops = None, []
+        if len(encoded) > BLOB_FILE_THRESHOLD:
             name = _blob_name(record.job_id, record.task_id, "out")
-            ops.append(("file", (str(blobs / name), frame)))
+            ops.append(("file", (str(blobs / name), encoded)))
             frame = None
         ops.append(
             (
@@ -363,7 +368,7 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
             retries,
             name,
             redundancy=row[12],
-            serializer=row[13],
+            serializer=Serializer(row[13]),
             created_at=created,
         )
         for task_id, first_index, count, payload, name in db.execute(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import CloseCode, ErrorKind, Serializer
@@ -95,7 +96,7 @@ class Scheduler:
         self.journaled = journaled
         self.clock = clock
         self.jobs: dict[str, Job] = {}
-        self.ended: dict[str, dict] = {}  # job id -> summary of collected or cancelled jobs
+        self.ended: dict[str, dict[str, Any]] = {}  # job id -> summary of collected or cancelled jobs
         self.workers: dict[str, Worker] = {}
         self.clients: set[str] = set()
         self._mismatched: dict[str, str] = {}  # client id -> why it may submit portable jobs only
@@ -284,9 +285,10 @@ class Scheduler:
     # --- worker events -----------------------------------------------------
 
     def task_done(self, worker_id: str, msg: p.TaskDone) -> list[Action]:
-        job, task = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
-        if task is None:  # a late, replayed or forged result: its task is not leased to this worker
+        leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
+        if leased is None:  # a late, replayed or forged result: its task is not leased to this worker
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
+        job, task = leased
         unlease(self.workers, job, task, worker_id)
         worker = self.workers.get(worker_id)
         if worker is not None and msg.seconds > 0:  # its tasks' duration sizes its prefetch
@@ -334,9 +336,10 @@ class Scheduler:
         return actions
 
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
-        job, task = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
-        if task is None:
+        leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
+        if leased is None:
             return [self._rejected(worker_id, "crash report", msg.job_id, msg.task_id, msg.attempt)]
+        job, task = leased
         unlease(self.workers, job, task, worker_id)
         if task.state is TaskState.DONE:  # a redundant run no longer needed
             return self._assign()
@@ -347,7 +350,7 @@ class Scheduler:
     def task_output(self, worker_id: str, msg: p.TaskOutput) -> list[Action]:
         job = self.jobs.get(msg.job_id)
         task = job.tasks.get(msg.task_id) if job else None
-        if task is None or worker_id not in task.leases or job.client is None:
+        if job is None or task is None or worker_id not in task.leases or job.client is None:
             return []
         return [Send(job.client, msg)]
 
@@ -370,7 +373,7 @@ class Scheduler:
 
     # --- restart -----------------------------------------------------------
 
-    def restore(self, jobs: list[Job], ended: list[dict]) -> list[Action]:
+    def restore(self, jobs: list[Job], ended: list[dict[str, Any]]) -> list[Action]:
         """Take back jobs from the journal after a restart: unfinished tasks queue again."""
         actions: list[Action] = []
         for summary in ended:
@@ -388,7 +391,7 @@ class Scheduler:
 
     # --- queries -----------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """Workers, slots and jobs as plain JSON data."""
         ended = sorted(self.ended.values(), key=lambda s: -s["finished_at"])[:ENDED_JOBS_SHOWN]
         public = ("id", "name", "total", "completed", "failed", "state")
@@ -413,12 +416,12 @@ class Scheduler:
 
     # --- internals ---------------------------------------------------------
 
-    def _leased(self, worker_id: str, job_id: str, task_id: int, attempt: int) -> tuple[Job, Task | None]:
-        """The job and task if ``worker_id`` holds this lease, else (job, None)."""
+    def _leased(self, worker_id: str, job_id: str, task_id: int, attempt: int) -> tuple[Job, Task] | None:
+        """The job and task if ``worker_id`` holds this lease, else None."""
         job = self.jobs.get(job_id)
         task = job.tasks.get(task_id) if job else None
-        if task is None or task.leases.get(worker_id) != attempt:
-            return job, None  # type: ignore[return-value]
+        if job is None or task is None or task.leases.get(worker_id) != attempt:
+            return None
         return job, task
 
     def _rejected(self, worker_id: str, what: str, job_id: str, task_id: int, attempt: int) -> Note:
@@ -452,7 +455,7 @@ class Scheduler:
         self._enqueue(job, task, front=True)
         return []
 
-    def _fail(self, job: Job, task: Task, error: str, reason: str) -> list[Action]:
+    def _fail(self, job: Job, task: Task, error: ErrorKind, reason: str) -> list[Action]:
         job.failed_items += task.count
         failed = p.TaskFailed(
             job.job_id,

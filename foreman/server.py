@@ -15,6 +15,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -27,7 +28,7 @@ from crowdcompute.wire.runtime import runtime_mismatch
 
 from .http import StatusPages
 from .journal import Journal, read_outcome_frame, read_outcome_ids
-from .scheduler import Action, Scheduler
+from .scheduler import RESULT_TTL, Action, Scheduler
 from .state import Close, Note, Replay, Send
 
 __all__ = [
@@ -61,8 +62,73 @@ EXPIRE_INTERVAL = 60.0
 #: Seconds a client with no running job may stay silent before it is closed (1000, "idle").
 IDLE_TIMEOUT = 3600.0
 
-_CLIENT_MESSAGES = (p.SubmitJob, p.SubmitTask, p.CancelJob, p.StatusRequest, p.AttachJob, p.CollectJob)
-_WORKER_MESSAGES = (p.TaskDone, p.TaskCrashed, p.TaskOutput, p.WorkerDraining)
+M = TypeVar("M", bound=p.Message)
+Handler = Callable[[Scheduler, str, Any], list[Action]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which role may send a message type, and the scheduler call that handles it."""
+
+    message_type: type[p.Message]
+    role: Role
+    handler: Handler
+
+
+def _route(message_type: type[M], role: Role, handler: Callable[[Scheduler, str, M], list[Action]]) -> Route:
+    """A table entry whose handler type-checks against its message type."""
+    return Route(message_type, role, handler)
+
+
+#: Every message a peer may send after its Hello, by type: who may send it and what handles it.
+ROUTES: dict[type[p.Message], Route] = {
+    route.message_type: route
+    for route in (
+        _route(p.SubmitJob, Role.CLIENT, lambda s, conn, msg: s.submit_job(conn, msg)),
+        _route(p.SubmitTask, Role.CLIENT, lambda s, conn, msg: s.submit_task(conn, msg)),
+        _route(p.CancelJob, Role.CLIENT, lambda s, conn, msg: s.cancel_job(conn, msg.job_id)),
+        _route(p.StatusRequest, Role.CLIENT, lambda s, conn, msg: [Send(conn, p.StatusReply.of(s.status()))]),
+        _route(p.AttachJob, Role.CLIENT, lambda s, conn, msg: s.attach_job(conn, msg.job_id)),
+        _route(p.CollectJob, Role.CLIENT, lambda s, conn, msg: s.collect_job(conn, msg.job_id)),
+        _route(p.TaskDone, Role.WORKER, lambda s, conn, msg: s.task_done(conn, msg)),
+        _route(p.TaskCrashed, Role.WORKER, lambda s, conn, msg: s.task_crashed(conn, msg)),
+        _route(p.TaskOutput, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
+        _route(p.WorkerDraining, Role.WORKER, lambda s, conn, msg: s.worker_draining(conn)),
+    )
+}
+
+
+# What a peer's outbox holds: its sender task writes these in order.
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An encoded message to send."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Hangup:
+    """Close the connection after what was queued before."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReplayJob:
+    """Stream every outcome the journal holds for ``job_id``."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The connection is gone: the sender task ends."""
+
+
+Outgoing = Frame | Hangup | ReplayJob | Stop
 
 
 @dataclass
@@ -70,15 +136,16 @@ class _Peer:
     """One authenticated connection and its outgoing frames."""
 
     conn_id: str
-    role: str
+    role: Role
     name: str
     websocket: ServerConnection
     slots: int = 0
     mismatch: str | None = None  # why its runtime cannot take or give cloudpickle jobs
     last_seen: float = 0.0  # loop time of its last frame
-    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0  # in the outbox, not yet written
     pinger: asyncio.Task | None = None  # the ping that measures a joining worker's round trip
+    closing: asyncio.Task[None] | None = None  # an immediate close under way
 
 
 class ForemanServer:
@@ -116,8 +183,9 @@ class ForemanServer:
         self._connections = 0
         self._open_journal = journal
         self.journal: Journal | None = None
-        options = {} if result_ttl is None else {"result_ttl": result_ttl}
-        self.scheduler = Scheduler(journaled=journal is not None, **options)
+        self.scheduler = Scheduler(
+            journaled=journal is not None, result_ttl=RESULT_TTL if result_ttl is None else result_ttl
+        )
         self._peers: dict[str, _Peer] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
@@ -137,7 +205,7 @@ class ForemanServer:
             **where,
             ssl=self.ssl_context,
             compression=None,  # payloads are pickles: compression costs CPU and buys little
-            max_size=MAX_HELLO_SIZE,  # raised to max_frame_size once the peer authenticated
+            max_size=self.max_frame_size,  # the Hello is held to MAX_HELLO_SIZE once read
             # A peer that answers no ping within the heartbeat timeout is dropped,
             # and a dropped worker's tasks go to others.
             ping_interval=self.heartbeat_timeout / 3,
@@ -182,7 +250,7 @@ class ForemanServer:
                 idle = loop.time() - peer.last_seen
                 if peer.role == Role.CLIENT and peer.conn_id not in busy and idle > self.idle_timeout:
                     log.info("closed idle client %s (silent for %.0f s)", peer.name, idle)
-                    peer.outbox.put_nowait(Close(peer.conn_id, 1000, "idle"))
+                    self._close_peer(peer, CloseCode.NORMAL, "idle", logged=True)
 
     # --- connections -------------------------------------------------------
 
@@ -203,10 +271,10 @@ class ForemanServer:
         peer = await self._authenticate(websocket)
         if peer is None:
             return
-        websocket.protocol.max_message_size = self.max_frame_size
         sender = asyncio.create_task(self._send_frames(peer))
         self._peers[peer.conn_id] = peer
-        peer.outbox.put_nowait(
+        self._queue_frame(
+            peer,
             p.encode(
                 p.Welcome(
                     p.PROTOCOL_VERSION,
@@ -218,7 +286,7 @@ class ForemanServer:
                     max_queued_bytes=self.scheduler.max_queued_bytes,
                     notice=f"{peer.mismatch}; it runs portable jobs only" if peer.mismatch else "",
                 )
-            )
+            ),
         )
         if peer.role == Role.WORKER:  # its round trip sizes its prefetch: measure it now, not at the first keepalive
             peer.pinger = asyncio.create_task(_ping(websocket))
@@ -237,7 +305,7 @@ class ForemanServer:
                 self._execute(self.scheduler.remove_worker(peer.conn_id, how))
             else:
                 self._execute(self.scheduler.remove_client(peer.conn_id))
-            peer.outbox.put_nowait(None)
+            peer.outbox.put_nowait(Stop())
             await sender
 
     async def _authenticate(self, websocket: ServerConnection) -> _Peer | None:
@@ -249,6 +317,12 @@ class ForemanServer:
             await websocket.close(CloseCode.POLICY, f"authenticate within {AUTH_TIMEOUT:g} seconds")
             return None
         except ConnectionClosed:
+            return None
+        if len(frame) > MAX_HELLO_SIZE:
+            # The server reads frames up to max_frame_size; before the Hello, far less will do.
+            reason = f"the first frame (hello) may be at most {MAX_HELLO_SIZE} bytes, not {len(frame)}"
+            log.warning("refused %s: %s", _where(websocket), reason)
+            await websocket.close(CloseCode.TOO_BIG, reason)
             return None
         try:
             hello = p.decode(frame)
@@ -294,7 +368,6 @@ class ForemanServer:
         return self.scheduler.add_client(peer.conn_id, peer.mismatch)
 
     async def _read_frames(self, peer: _Peer) -> None:
-        allowed = _CLIENT_MESSAGES if peer.role == Role.CLIENT else _WORKER_MESSAGES
         loop = asyncio.get_running_loop()
         peer.last_seen = loop.time()
         try:
@@ -304,43 +377,29 @@ class ForemanServer:
                     msg = p.decode(frame)
                 except ProtocolError as exc:
                     code = CloseCode.UNSUPPORTED if isinstance(frame, str) else CloseCode.PROTOCOL_ERROR
-                    self._drop_peer(peer, code, str(exc))
+                    self._close_peer(peer, code, str(exc))
                     return
-                if not isinstance(msg, allowed):
-                    self._drop_peer(peer, CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
+                route = ROUTES.get(type(msg))
+                if route is None or route.role != peer.role:
+                    self._close_peer(peer, CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
                     return
-                self._execute(self._dispatch(peer, msg))
+                if isinstance(msg, p.TaskDone):  # the latest ping's round trip sizes the worker's prefetch
+                    self.scheduler.note_latency(peer.conn_id, peer.websocket.latency)
+                self._execute(route.handler(self.scheduler, peer.conn_id, msg))
         except ConnectionClosed:
             pass
 
-    def _dispatch(self, peer: _Peer, msg: p.Message) -> list[Action]:
-        s = self.scheduler
-        if isinstance(msg, p.SubmitJob):
-            return s.submit_job(peer.conn_id, msg)
-        if isinstance(msg, p.SubmitTask):
-            return s.submit_task(peer.conn_id, msg)
-        if isinstance(msg, p.CancelJob):
-            return s.cancel_job(peer.conn_id, msg.job_id)
-        if isinstance(msg, p.StatusRequest):
-            return [Send(peer.conn_id, p.StatusReply.of(s.status()))]
-        if isinstance(msg, p.AttachJob):
-            return s.attach_job(peer.conn_id, msg.job_id)
-        if isinstance(msg, p.CollectJob):
-            return s.collect_job(peer.conn_id, msg.job_id)
-        if isinstance(msg, p.WorkerDraining):
-            return s.worker_draining(peer.conn_id)
-        if isinstance(msg, p.TaskDone):
-            s.note_latency(peer.conn_id, peer.websocket.latency)  # the latest ping's round trip
-            return s.task_done(peer.conn_id, msg)
-        if isinstance(msg, p.TaskCrashed):
-            return s.task_crashed(peer.conn_id, msg)
-        if isinstance(msg, p.TaskOutput):
-            return s.task_output(peer.conn_id, msg)
-        raise AssertionError(f"unhandled message {msg.TYPE}")
+    def _close_peer(self, peer: _Peer, code: int, reason: str, *, now: bool = False, logged: bool = False) -> None:
+        """Close a peer's connection after what its outbox holds, or ``now`` (ahead of its backlog).
 
-    def _drop_peer(self, peer: _Peer, code: int, reason: str) -> None:
-        log.warning("closed %s %s: %s", peer.role, peer.name, reason)
-        peer.outbox.put_nowait(Close(peer.conn_id, code, reason[:120]))
+        ``logged``: the caller (or the scheduler, with a Note) already said why.
+        """
+        if not logged:
+            log.warning("closed %s %s: %s", peer.role, peer.name, reason)
+        if not now:
+            peer.outbox.put_nowait(Hangup(code, reason[:120]))
+        elif peer.closing is None:
+            peer.closing = asyncio.create_task(peer.websocket.close(code, reason[:120]))
 
     def _execute(self, actions: list[Action]) -> None:
         """Carry out the scheduler's actions in order; commit the journal once at the end.
@@ -356,13 +415,14 @@ class ForemanServer:
                 peer = self._peers.get(action.to)
                 if peer is None:
                     continue  # the connection went away; the scheduler learns it in its finally
-                if isinstance(action, Send):
-                    if self.journal is not None and isinstance(action.message, p.JobAccepted):
-                        accepted.append(action)
-                    else:
-                        self._queue_frame(peer, p.encode(action.message))
-                else:  # a Close, or a Replay the sender streams from the journal
-                    peer.outbox.put_nowait(action)
+                if isinstance(action, Close):
+                    self._close_peer(peer, action.code, action.reason, logged=True)
+                elif isinstance(action, Replay):
+                    peer.outbox.put_nowait(ReplayJob(action.job_id))
+                elif self.journal is not None and isinstance(action.message, p.JobAccepted):
+                    accepted.append(action)
+                else:
+                    self._queue_frame(peer, p.encode(action.message))
             elif self.journal is not None:
                 self.journal.apply(action)
         if self.journal is not None:
@@ -381,28 +441,27 @@ class ForemanServer:
     def _queue_frame(self, peer: _Peer, frame: bytes) -> None:
         if peer.queued_bytes + len(frame) > MAX_OUTBOX_BYTES and peer.queued_bytes:
             reason = f"{peer.queued_bytes} bytes wait for this {peer.role} to read them"
-            log.warning("closed %s %s: %s", peer.role, peer.name, reason)
             # Now, not after the backlog: a client comes back and attaches; nothing is lost.
-            asyncio.create_task(peer.websocket.close(CloseCode.POLICY, reason))
+            self._close_peer(peer, CloseCode.POLICY, reason, now=True)
             return
         peer.queued_bytes += len(frame)
-        peer.outbox.put_nowait(frame)
+        peer.outbox.put_nowait(Frame(frame))
 
     async def _send_frames(self, peer: _Peer) -> None:
         """Write the peer's queued frames in order; a slow peer delays only itself."""
         websocket = peer.websocket
         while True:
             item = await peer.outbox.get()
-            if item is None:
+            if isinstance(item, Stop):
                 return
             try:
-                if isinstance(item, Close):
+                if isinstance(item, Frame):
+                    peer.queued_bytes -= len(item.data)
+                    await websocket.send(item.data)
+                elif isinstance(item, Hangup):
                     await websocket.close(item.code, item.reason)
-                elif isinstance(item, Replay):
-                    await self._replay(websocket, item.job_id)
                 else:
-                    peer.queued_bytes -= len(item)
-                    await websocket.send(item)
+                    await self._replay(websocket, item.job_id)
             except ConnectionClosed:
                 pass  # the reader sees it too and cleans up
 

@@ -7,7 +7,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from crowdcompute.wire.messages import Message
+from crowdcompute.wire.constants import Serializer
+from crowdcompute.wire.messages import Message, TaskDone, TaskFailed, TaskResult
 
 from .limits import MAX_PREFETCH_PER_SLOT, PREFETCH_MARGIN
 
@@ -81,7 +82,7 @@ class SaveResult:
 
     job_id: str
     task_id: int
-    message: Message
+    message: TaskResult | TaskFailed
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Task:
     leases: dict[str, int] = field(default_factory=dict)  # worker id -> attempt it holds
     tried: set[str] = field(default_factory=set)  # workers that ran or run it (replicas go elsewhere)
     votes: dict[bytes, list[str]] = field(default_factory=dict)  # outcome digest -> workers (redundancy)
-    ballots: dict[bytes, Message] = field(default_factory=dict)  # outcome digest -> first TaskDone with it
+    ballots: dict[bytes, TaskDone] = field(default_factory=dict)  # outcome digest -> first TaskDone with it
     winner: bytes | None = None  # the digest a majority agreed on
     rounds: int = 0  # extra rounds of runs after a round without a majority
     crashes: int = 0  # times it killed its process (counts toward allowed_failures)
@@ -147,7 +148,7 @@ class Job:
     retries: int
     name: str = ""
     redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
-    serializer: str = "cloudpickle"  # "portable" jobs run on any worker
+    serializer: Serializer = Serializer.CLOUDPICKLE  # portable jobs run on any worker
     ack: bool = True  # the client wants JobAccepted
     tasks: dict[int, Task] = field(default_factory=dict)
     queue: deque[int] = field(default_factory=deque)
@@ -157,7 +158,7 @@ class Job:
     failed_items: int = 0
     state: JobState = JobState.RUNNING
     accepted: bool = False  # JobAccepted went out (all tasks received and journaled)
-    results: dict[int, Message] = field(default_factory=dict)  # task id -> outcome, if kept
+    results: dict[int, TaskResult | TaskFailed] = field(default_factory=dict)  # task id -> outcome, if kept
     created_at: float = 0.0
     finished_at: float | None = None
     queued_bytes: int = 0  # input bytes of received tasks without an outcome yet

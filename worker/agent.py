@@ -225,7 +225,7 @@ class WorkerAgent:
                 reply: p.Message = p.TaskDone(
                     task.job_id, task.task_id, task.attempt, outcome.failed, outcome.payload, outcome.seconds
                 )
-            elif isinstance(outcome, Lost) and outcome.error != "cancelled":
+            elif isinstance(outcome, Lost) and outcome.error is not None:
                 log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
                 reply = p.TaskCrashed(task.job_id, task.task_id, task.attempt, outcome.error, outcome.reason)
             else:

@@ -81,7 +81,7 @@ def main(conn: Connection) -> None:
     """Serve tasks from ``conn`` until it closes."""
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
     stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
-    sys.stdout, sys.stderr = outputs  # type: ignore[assignment]
+    sys.stdout, sys.stderr = outputs
     functions: dict[str, Callable[[Any], Any] | BaseException] = {}
     while True:
         try:

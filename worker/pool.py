@@ -15,10 +15,17 @@ import multiprocessing
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from crowdcompute.wire.constants import ErrorKind
 
 from . import child
 
 __all__ = ["Finished", "Lost", "Slot", "process_context"]
+
+if TYPE_CHECKING:  # the start methods task processes use (no forkserver on Windows)
+    ProcessContext = multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext
 
 #: Seconds a child gets to exit after the pipe closes before it is killed.
 CHILD_EXIT_GRACE = 1.0
@@ -35,13 +42,13 @@ class Finished:
 
 @dataclass(frozen=True)
 class Lost:
-    """The task produced no outcomes. ``error``: "crashed", "timeout" or "cancelled"."""
+    """The task produced no outcomes: it crashed, ran out of time, or was cancelled."""
 
-    error: str
+    error: ErrorKind | None  # None: cancelled (the job was released), nothing to report
     reason: str
 
 
-def process_context() -> multiprocessing.context.BaseContext:
+def process_context() -> ProcessContext:
     """Forkserver where there is one (cheap fresh processes, no forked threads), else spawn."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
@@ -67,11 +74,11 @@ def describe_exit(exitcode: int | None) -> str:
 class Slot:
     """One task process and the pipe to it."""
 
-    def __init__(self, ctx: multiprocessing.context.BaseContext, index: int) -> None:
+    def __init__(self, ctx: ProcessContext, index: int) -> None:
         self.index = index
         self._ctx = ctx
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._conn = None
+        self._conn: Connection[Any, Any] | None = None
         self._jobs: set[str] = set()  # jobs whose function the child holds
         self._forget: list[str] = []
         self._stopping = False  # set by kill(): the next loss is a cancel
@@ -81,10 +88,10 @@ class Slot:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    def start(self) -> None:
-        """Start the child process (if it is not running); blocking, a few ms with forkserver."""
-        if self._process is not None and self._process.is_alive():
-            return
+    def start(self) -> Connection[Any, Any]:
+        """Start the child process (if it is not running) and return its pipe; blocking, a few ms with forkserver."""
+        if self._process is not None and self._process.is_alive() and self._conn is not None:
+            return self._conn
         parent, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
             target=child.main, args=(child_end,), name=f"crowdcompute-task-{self.index}", daemon=True
@@ -95,6 +102,7 @@ class Slot:
             self._conn.close()
         self._process, self._conn, self._jobs = process, parent, set()
         self._forget.clear()
+        return parent
 
     def forget(self, job_id: str) -> None:
         """The job is over: the child may drop its function at the next task."""
@@ -118,8 +126,7 @@ class Slot:
         """
         loop = asyncio.get_running_loop()
         self._stopping = self._timed_out = False
-        self.start()
-        conn = self._conn
+        conn = self.start()
         outcome: asyncio.Future = loop.create_future()
         timer = None
         try:
@@ -147,7 +154,7 @@ class Slot:
                 timer.cancel()
         if result is None:
             if self._timed_out:
-                return Lost("timeout", f"the task ran longer than its timeout of {timeout:g} s and was stopped")
+                return Lost(ErrorKind.TIMEOUT, f"the task ran longer than its timeout of {timeout:g} s and was stopped")
             return await self._lost()
         return result
 
@@ -173,8 +180,8 @@ class Slot:
         if process is not None:  # reap it, off the loop: join may wait a moment
             await asyncio.get_running_loop().run_in_executor(None, process.join, CHILD_EXIT_GRACE)
         if self._stopping:
-            return Lost("cancelled", "the job was released")
-        return Lost("crashed", describe_exit(process.exitcode if process else None))
+            return Lost(None, "the job was released")
+        return Lost(ErrorKind.CRASHED, describe_exit(process.exitcode if process else None))
 
     def kill(self) -> None:
         """Stop the running task now: its process is killed (the next task gets a fresh one)."""

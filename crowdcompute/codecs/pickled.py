@@ -86,7 +86,7 @@ def _own_module(func: Callable):
     name = getattr(func, "__module__", None)
     module = sys.modules.get(name) if isinstance(name, str) else None
     path = getattr(module, "__file__", None)
-    if module is None or name == "__main__" or path is None or name.split(".")[0] in _OURS:
+    if module is None or not isinstance(name, str) or name == "__main__" or path is None or name.split(".")[0] in _OURS:
         return None
     resolved = Path(path).resolve()
     if any(resolved.is_relative_to(root) for root in _INSTALLED):

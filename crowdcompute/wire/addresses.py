@@ -14,6 +14,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .constants import DEFAULT_PORT, HOME_VARIABLE
@@ -112,7 +113,7 @@ def write_connection_file(port: int, url: str, token: str) -> Path:
     return path
 
 
-def read_connection_file(port: int) -> dict | None:
+def read_connection_file(port: int) -> dict[str, Any] | None:
     """The port's connection file as a dict, or None when there is none we can read."""
     try:
         data = json.loads(connection_file_path(port).read_text())

@@ -23,10 +23,19 @@ import enum
 import json
 import math
 import struct
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # Python 3.10: the marker only matters to type checkers
+
+    def dataclass_transform(**kwargs: Any) -> Callable[[_T], _T]:
+        return lambda decorated: decorated
+
 
 from ..errors import ProtocolError
 
@@ -35,10 +44,12 @@ __all__ = ["MAX_HEADER_SIZE", "Message", "decode", "encode", "message", "require
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
 
+_T = TypeVar("_T")
 _LENGTH = struct.Struct("!I")
 _MESSAGES: dict[str, type[Message]] = {}
 
 
+@dataclass(frozen=True)
 class Message:
     """Base of every message: subclasses are dataclasses with a ``TYPE`` tag."""
 
@@ -51,11 +62,15 @@ class Message:
         """Check field values beyond their types; raise ProtocolError."""
 
 
-def message(cls: type) -> type:
+M = TypeVar("M", bound=Message)
+
+
+@dataclass_transform(frozen_default=True)
+def message(cls: type[M]) -> type[M]:
     """Class decorator: make ``cls`` a frozen dataclass and register its TYPE."""
     cls = dataclass(frozen=True)(cls)
     hints = typing.get_type_hints(cls)
-    checks = {}
+    checks: dict[str, Callable[[Any], bool]] = {}
     payloads = []
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
@@ -89,7 +104,7 @@ def _type_check(hint: Any) -> Callable[[Any], bool]:
         return lambda v: isinstance(v, dict)
     if hint is list or typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint) or (Any,)
-        item_ok = (lambda v: True) if item is Any else _type_check(item)
+        item_ok: Callable[[Any], bool] = (lambda v: True) if item is Any else _type_check(item)
         return lambda v: isinstance(v, list) and all(item_ok(x) for x in v)
     args = typing.get_args(hint)
     if args and type(None) in args:  # X | None

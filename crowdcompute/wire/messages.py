@@ -11,7 +11,7 @@ are opaque to it.
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import ProtocolError
 from .constants import ErrorKind, Role, Serializer
@@ -292,11 +292,11 @@ class StatusReply(Message):
     body: bytes
 
     @classmethod
-    def of(cls, status: dict) -> StatusReply:
+    def of(cls, status: dict[str, Any]) -> StatusReply:
         return cls(json.dumps(status, separators=(",", ":")).encode())
 
     @property
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """The status as a dict; raises ProtocolError when the body is not a JSON object."""
         try:
             value = json.loads(bytes(self.body))
