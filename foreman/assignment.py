@@ -1,8 +1,10 @@
 """Leasing queued tasks to workers: who gets what next. Pure functions over the scheduler's records.
 
 Jobs with queued tasks take turns (round robin over ``ready``), and the
-worker with the most free room is served first (among equals, the one
-whose last lease is oldest, so that ties do not always go the same way). A queue entry is one
+worker with the most free room is served first: a worker with an idle slot
+before any prefetch room (a far worker may hold many tasks ahead, which must
+not keep work from idle slots), then the most room, then the one whose last
+lease is oldest (so that ties do not always go the same way). A queue entry is one
 replica of a task to run: a redundant job queues each task several times,
 and no worker gets two replicas of the same task.
 """
@@ -58,7 +60,7 @@ def assign(workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], 
         candidates = [w for w in workers.values() if w.free > 0 and w.worker_id not in stuck]
         if not candidates:
             break
-        worker = max(candidates, key=lambda w: (w.free, -w.last_lease))
+        worker = max(candidates, key=lambda w: (w.slots > len(w.running), w.free, -w.last_lease))
         for _ in range(len(ready)):
             job = jobs[ready[0]]
             task = _take(job, worker)
