@@ -101,6 +101,7 @@ class Scheduler:
         self.clients: set[str] = set()
         self._mismatched: dict[str, str] = {}  # client id -> why it may submit portable jobs only
         self._ready: deque[str] = deque()  # job ids with queued tasks, in turn order
+        self._total_slots: int | None = None  # cached sum of the workers' slots; None when the crowd changed
 
     # --- connections -------------------------------------------------------
 
@@ -122,6 +123,7 @@ class Scheduler:
 
     def add_worker(self, worker_id: str, name: str, slots: int, portable_only: bool = False) -> list[Action]:
         self.workers[worker_id] = Worker(worker_id, name, slots, portable_only=portable_only)
+        self._total_slots = None
         return self._split_for_slots() + self._assign()
 
     def remove_worker(self, worker_id: str, how: str = "disconnected") -> list[Action]:
@@ -133,6 +135,7 @@ class Scheduler:
         their process.
         """
         worker = self.workers.pop(worker_id, None)
+        self._total_slots = None
         if worker is None:
             return []
         actions: list[Action] = []
@@ -159,6 +162,7 @@ class Scheduler:
         worker = self.workers.get(worker_id)
         if worker is not None and rtt > 0:
             worker.rtt = rtt
+            worker.size_prefetch()
 
     def worker_draining(self, worker_id: str) -> list[Action]:
         """The worker is stopping: it gets nothing new."""
@@ -294,6 +298,7 @@ class Scheduler:
         if worker is not None and msg.seconds > 0:  # its tasks' duration sizes its prefetch
             seen = worker.task_seconds
             worker.task_seconds = msg.seconds if not seen else seen + TASK_SECONDS_WEIGHT * (msg.seconds - seen)
+            worker.size_prefetch()
         if job.redundancy > 1:
             return self._vote(job, task, worker_id, msg) + self._assign()
         if msg.failed and task.retries_used < job.retries:
@@ -412,7 +417,10 @@ class Scheduler:
 
     @property
     def total_slots(self) -> int:
-        return sum(w.slots for w in self.workers.values())
+        """Slots of every connected worker (summed once per change of the crowd, not per task)."""
+        if self._total_slots is None:
+            self._total_slots = sum(w.slots for w in self.workers.values())
+        return self._total_slots
 
     # --- internals ---------------------------------------------------------
 

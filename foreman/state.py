@@ -202,6 +202,7 @@ class Worker:
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
     rtt: float = 0.0  # seconds: its latest ping round trip (0: not measured yet)
     task_seconds: float = 0.0  # running average of its tasks' durations (0: none finished yet)
+    prefetch: int = 0  # tasks it holds beyond its running ones (see size_prefetch); set on creation
     last_lease: int = 0  # order of its latest lease: among equally free workers, the longest unserved goes first
 
     def summary(self) -> dict:
@@ -225,21 +226,25 @@ class Worker:
             return 0
         return self.slots + self.prefetch
 
-    @property
-    def prefetch(self) -> int:
-        """Tasks it holds beyond its running ones: enough to cover a round trip to it.
+    def __post_init__(self) -> None:
+        self.size_prefetch()
+
+    def size_prefetch(self) -> None:
+        """Set ``prefetch``, the tasks it holds beyond its running ones: enough to cover a round trip to it.
 
         While one finished task's outcome travels to the foreman and the next task
         travels back (``rtt``), each slot goes through ``rtt / task_seconds`` more
         tasks: it must already hold them. Half a task per slot (at least one) before
         anything is measured; at most MAX_PREFETCH_PER_SLOT per slot, so that little
-        is held back from other workers at the tail of a job.
+        is held back from other workers at the tail of a job. Kept in a field, not
+        computed on each read: ``free`` is read for every worker on every lease.
         """
         least = max(1, self.slots // 2)
         if self.rtt <= 0 or self.task_seconds <= 0:
-            return least
+            self.prefetch = least
+            return
         needed = math.ceil(self.slots * (self.rtt + PREFETCH_MARGIN) / self.task_seconds)
-        return min(max(least, needed), self.slots * MAX_PREFETCH_PER_SLOT)
+        self.prefetch = min(max(least, needed), self.slots * MAX_PREFETCH_PER_SLOT)
 
     @property
     def free(self) -> int:

@@ -149,18 +149,19 @@ def test_a_far_worker_holds_enough_tasks_to_cover_its_round_trip():
 
 def test_prefetch_is_bounded_however_far_the_worker_is():
     s = started(2)
+    worker = s.workers["w1"]
+    worker.task_seconds = 0.001
     s.note_latency("w1", 30.0)
-    s.workers["w1"].task_seconds = 0.001
-    assert s.workers["w1"].capacity == 2 + 2 * MAX_PREFETCH_PER_SLOT
-    s.workers["w1"].rtt = 0.0001  # close by, slow tasks: the least prefetch
-    s.workers["w1"].task_seconds = 10.0
-    assert s.workers["w1"].prefetch == 1
+    assert worker.capacity == 2 + 2 * MAX_PREFETCH_PER_SLOT
+    worker.task_seconds = 10.0
+    s.note_latency("w1", 0.0001)  # close by, slow tasks: the least prefetch
+    assert worker.prefetch == 1
 
 
 def test_idle_slots_are_served_before_a_far_workers_prefetch():
     s = started(2, 2)
-    s.note_latency("w1", 0.5)  # far: room for many tasks ahead
     s.workers["w1"].task_seconds = 0.05
+    s.note_latency("w1", 0.5)  # far: room for many tasks ahead
     s.workers["w1"].running = {("old", n) for n in range(2)}  # both its slots are busy
     s.submit_job("c1", p.SubmitJob("j1", function("j1"), 2, 2, None, 0, "f", ack=False))
     actions = s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"x")) + s.submit_task(
