@@ -18,9 +18,10 @@ from .codecs.portable import dumps_portable_function, dumps_portable_items
 from .errors import ConnectionLostError, CrowdComputeError, SerializationError
 from .feed import Feed
 from .job import Job
+from .job_state import Forget, Instruction, Lost, SendCancel, refusal
 from .link import Link
 from .local import LocalCluster
-from .progress import show_progress
+from .progress import choose_renderer, show_progress
 from .wire import messages as p
 from .wire.addresses import Address, parse_address, read_connection_file
 from .wire.constants import ADDRESS_VARIABLE, CHUNKS_PER_SLOT, TOKEN_VARIABLE, Role, Serializer
@@ -233,6 +234,7 @@ class CrowdComputeClient:
         JobCancelledError, ConnectionLostError.
         """
         options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer)
+        choose_renderer(progress)  # a bad value fails here, before anything is sent
         # No need to wait for the foreman's acceptance: a refusal fails the job, and we wait on it anyway.
         job = await self._submit(func, iterable, options, wait_accepted=False)
         display = show_progress(job, progress)
@@ -343,11 +345,12 @@ class CrowdComputeClient:
             max_queued_bytes=welcome.max_queued_bytes or 2**62,
         )
         trusted = self.trust_workers if options.trust_workers is None else options.trust_workers
-        job = Job(self, job_id, items, name=name, call=call, trusted=trusted, portable=portable)
+        job = Job(job_id, items, name=name, call=call, trusted=trusted, portable=portable, outbox=self._obey)
         job.slots = slots
         job.serialize_seconds = time.perf_counter() - started
-        self._jobs[job_id] = job
-        self._feeds[job_id] = feed
+        if not job.done:  # an empty job ends before anyone follows it
+            self._jobs[job_id] = job
+            self._feeds[job_id] = feed
         if not wait_accepted:
             feed.start()
             return job
@@ -357,24 +360,25 @@ class CrowdComputeClient:
         try:
             await accepted
         except BaseException:
-            self._cancel_job(job_id)  # it may be accepted anyway: nobody waits for it now
+            if self.connected:  # it may be accepted anyway: nobody waits for it now
+                self._link.send(p.CancelJob(job_id))
             self._jobs.pop(job_id, None)
             self._feeds.pop(job_id, None)
             raise
         finally:
             self._accepting.pop(job_id, None)
-        if job.done:  # an empty job ends before anyone tracks it
-            self._forget_job(job_id)
         return job
 
-    def _cancel_job(self, job_id: str) -> None:
-        if self.connected:
-            self._link.send(p.CancelJob(job_id))
-
-    def _forget_job(self, job_id: str, collected: bool = False) -> None:
-        self._feeds.pop(job_id, None)
-        if self._jobs.pop(job_id, None) is not None and collected and self.connected:
-            self._link.send(p.CollectJob(job_id))
+    def _obey(self, instruction: Instruction) -> None:
+        """Carry out what a Job asks of the connection."""
+        if isinstance(instruction, SendCancel):
+            if self.connected:
+                self._link.send(p.CancelJob(instruction.job_id))
+        elif isinstance(instruction, Forget):
+            self._feeds.pop(instruction.job_id, None)
+            followed = self._jobs.pop(instruction.job_id, None) is not None
+            if followed and instruction.collect and self.connected:
+                self._link.send(p.CollectJob(instruction.job_id))
 
     def _require_connection(self) -> None:
         if not self.connected:
@@ -388,29 +392,22 @@ class CrowdComputeClient:
         feed = self._feeds.get(job_id)
         if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
             feed.finished(msg.task_id)
-        if isinstance(msg, p.TaskResult):
+        if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskFailed)):
             if job is not None:
-                job._timed(msg, feed.sent_at.get(msg.task_id) if feed else None)
-                job._deliver(msg.first_index, msg.count, msg.payload)
-        elif isinstance(msg, p.TaskOutput):
-            if job is not None:
-                job._output(msg.index, msg.stream, msg.text)
-        elif isinstance(msg, p.TaskFailed):
-            if job is not None:
-                job._fail_task(msg.first_index, msg.count, msg.error, msg.reason, msg.attempts, msg.crashes, msg.losses)
+                sent_at = feed.sent_at.get(msg.task_id) if feed is not None else None
+                job.handle(msg, sent_at)
         elif isinstance(msg, p.JobAccepted):
             _resolve(self._accepting.get(msg.job_id), None)
         elif isinstance(msg, p.JobAttached):
             self._attached(msg)
         elif isinstance(msg, p.RequestError):
-            error = CrowdComputeError(f"the foreman refused a request for job {msg.job_id}: {msg.reason}")
             waiter = self._accepting.get(msg.job_id) or self._attaching.get(msg.job_id)
             if waiter is not None and not waiter.done():
-                waiter.set_exception(error)
+                waiter.set_exception(refusal(msg))
             elif job is not None:
-                job._lose(error)
+                job.handle(msg)
             else:
-                log.warning("%s", error)
+                log.warning("%s", refusal(msg))
         elif isinstance(msg, p.StatusReply):
             if self._status_waiters:
                 waiter = self._status_waiters.popleft()
@@ -426,18 +423,17 @@ class CrowdComputeClient:
         job = self._jobs.get(msg.job_id)
         if job is None:
             job = Job(
-                self,
                 msg.job_id,
                 None,
                 total=msg.total_items,
                 name=msg.name,
                 trusted=self.trust_workers,
                 portable=msg.serializer == Serializer.PORTABLE,
+                outbox=self._obey,
             )
             if not job.done:
                 self._jobs[job.id] = job
-        if msg.state == "cancelled":
-            job._cancelled_elsewhere()
+        job.handle(msg)  # a job cancelled elsewhere ends here
         _resolve(self._attaching.get(msg.job_id), job)
 
     def _reattach(self) -> None:
@@ -454,7 +450,7 @@ class CrowdComputeClient:
             if not waiter.done():
                 waiter.set_exception(lost)
         for job in list(self._jobs.values()):
-            job._lose(lost)
+            job.handle(Lost(lost))
 
 
 def _resolve(waiter: asyncio.Future | None, value: Any) -> None:

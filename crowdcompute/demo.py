@@ -48,7 +48,5 @@ async def run_demo(workers: int | None, items: int) -> int:
         f"({model.rate:,.1f} items/s; cluster ready in {ready:.2f} s)"
     )
     print(f"found {sum(counts):,} primes below {items * SPAN:,}")
-    print(f"stats: {job.stats.summary()}")
-    for hint in job.stats.hints():
-        print(f"hint: {hint}")
+    print(f"stats: {job.stats.report()}")
     return 0

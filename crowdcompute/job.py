@@ -1,29 +1,40 @@
-"""A submitted job: counters, ordered results, completion order, cancel."""
+"""A submitted job: counters, ordered results, completion order, cancel.
+
+:class:`Job` is the user's handle. Its state lives in a
+:class:`~crowdcompute.job_state.JobMachine`; the client feeds it messages
+through :meth:`Job.handle`, and the Job carries out the machine's
+instructions: it wakes whoever waits, calls listeners, prints what tasks
+print, and passes the instructions that touch the connection (send a
+cancel, forget the job) to the ``outbox`` callback its owner gave it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import enum
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .codecs.outcomes import decode_outcomes
-from .errors import CrowdComputeError, JobCancelledError
-from .results import build_failed_task_error, build_task_error
+from .errors import CrowdComputeError
+from .job_state import (
+    MISSING,
+    Cancel,
+    Changed,
+    Deliver,
+    Echo,
+    Event,
+    Fail,
+    Finish,
+    Forget,
+    Instruction,
+    JobMachine,
+    JobState,
+    SendCancel,
+)
 from .stats import JobStats, TaskTiming
 
-if TYPE_CHECKING:
-    from .client import CrowdComputeClient
-
-__all__ = ["Job", "JobState", "WAKE_INTERVAL"]
-
-#: Waits wake this often (seconds) so that an interrupt is noticed promptly.
-WAKE_INTERVAL = 0.2
-
-_MISSING = object()
+__all__ = ["Job", "JobState"]
 
 
 def _echo(stream: str, text: str, index: int | None) -> None:
@@ -37,12 +48,8 @@ def _echo(stream: str, text: str, index: int | None) -> None:
     target.flush()
 
 
-class JobState(enum.Enum):
-    RUNNING = "running"  # accepted; outcomes still to come
-    DONE = "done"  # every item has an outcome and none failed
-    FAILED = "failed"  # every item has an outcome; some failed
-    CANCELLED = "cancelled"  # cancelled before it finished
-    LOST = "lost"  # the connection to the foreman was lost
+def _drop(instruction: Instruction) -> None:
+    """The outbox of a Job nobody owns: nothing to send."""
 
 
 class Job:
@@ -51,11 +58,14 @@ class Job:
     Attributes: ``id``, ``total`` (items), ``completed`` and ``failed`` (items
     with an outcome so far), ``done``, ``state``. Listeners added with
     :meth:`add_listener` are called with the job after every change.
+
+    ``outbox`` receives the instructions for the owner of the connection
+    (:class:`~crowdcompute.job_state.SendCancel`, :class:`~crowdcompute.job_state.Forget`).
+    Making a Job needs no running event loop.
     """
 
     def __init__(
         self,
-        client: CrowdComputeClient,
         job_id: str,
         items: Sequence[Any] | None,
         *,
@@ -64,55 +74,90 @@ class Job:
         trusted: bool = True,
         call: bool = False,
         portable: bool = False,
+        outbox: Callable[[Instruction], None] = _drop,
     ) -> None:
-        self.id = job_id
         self.name = name
-        self.total = len(items) if items is not None else (total or 0)
-        self.completed = 0
-        self.failed = 0
-        self.state = JobState.RUNNING
-        self.started = time.monotonic()
-        self.finished: float | None = None
-        self._client = client
-        self._items = items  # kept to show the input of a failed item (None after attach)
-        self._trusted = trusted
-        self._call = call  # one call of run(): errors name no item
-        self._portable = portable  # outcomes are JSON
         self.slots = 0  # slots on the foreman when it was submitted (for stats)
         self.serialize_seconds = 0.0
-        self.decode_seconds = 0.0
-        self.timings: list[TaskTiming] = []
-        self._timed_tasks: set[int] = set()
-        self._delivered: set[int] = set()  # first indexes of the tasks whose outcomes arrived
-        self._results: list[Any] = [_MISSING] * self.total
-        self._errors: dict[int, CrowdComputeError] = {}  # TaskError, or UntrustedPayloadError
-        self._fatal: CrowdComputeError | None = None
-        self._finished = asyncio.get_running_loop().create_future()
+        self._machine = JobMachine(job_id, items, total=total, trusted=trusted, call=call, portable=portable)
+        self._call = call
+        self._outbox = outbox
+        self._finished = asyncio.Event()  # binds to a loop only when awaited
         self._arrivals: list[asyncio.Queue] = []
         self._listeners: list[Callable[[Job], None]] = []
         self._output_listeners: list[Callable[[int, str, str], None]] = []
         # The submitter's context: printing remote output in it puts the text in the
         # notebook cell that started the job (ipykernel tracks the cell in a contextvar).
         self._context = contextvars.copy_context()
-        if self.total == 0:
-            self._end(JobState.DONE)
+        if self._machine.done:  # an empty job
+            self._finished.set()
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.state.value} {self.completed + self.failed}/{self.total}>"
 
+    # --- state (kept by the machine) ---------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._machine.id
+
+    @property
+    def total(self) -> int:
+        return self._machine.total
+
+    @property
+    def completed(self) -> int:
+        return self._machine.completed
+
+    @property
+    def failed(self) -> int:
+        return self._machine.failed
+
+    @property
+    def state(self) -> JobState:
+        return self._machine.state
+
     @property
     def done(self) -> bool:
-        return self.state is not JobState.RUNNING
+        return self._machine.done
+
+    @property
+    def started(self) -> float:
+        """Monotonic time the job was made."""
+        return self._machine.started
+
+    @property
+    def finished(self) -> float | None:
+        """Monotonic time the job ended, None while it runs."""
+        return self._machine.finished
+
+    @property
+    def timings(self) -> list[TaskTiming]:
+        return self._machine.timings
+
+    @property
+    def decode_seconds(self) -> float:
+        return self._machine.decode_seconds
 
     @property
     def stats(self) -> JobStats:
         """Where the job's time went so far: per worker, per task; ``.summary()``, ``.hints()``."""
-        return JobStats.of(self)
+        m = self._machine
+        return JobStats.measure(
+            m.completed + m.failed,
+            m.total,
+            m.started,
+            m.finished,
+            self.slots,
+            self.serialize_seconds,
+            m.decode_seconds,
+            m.timings,
+        )
 
     @property
     def errors(self) -> dict[int, CrowdComputeError]:
         """The failed items so far, by input index."""
-        return dict(self._errors)
+        return dict(self._machine.errors)
 
     # --- waiting -------------------------------------------------------------
 
@@ -126,37 +171,35 @@ class Job:
         ``return_exceptions``, in which case errors stand in the list;
         JobCancelledError or ConnectionLostError when the job cannot finish.
         """
-        while not self._finished.done():
-            await asyncio.wait([self._finished], timeout=WAKE_INTERVAL)
-        if self._fatal is not None:
-            raise self._fatal
-        if self._errors and not return_exceptions:
-            raise self._errors[min(self._errors)]
-        return [self._errors[i] if r is _MISSING else r for i, r in enumerate(self._results)]
+        await self._finished.wait()
+        machine = self._machine
+        if machine.fatal is not None:
+            raise machine.fatal
+        if machine.errors and not return_exceptions:
+            raise machine.errors[min(machine.errors)]
+        return machine.outcomes()
 
     async def as_completed(self) -> AsyncIterator[tuple[int, Any]]:
         """Yield ``(index, result)`` as items finish; a failed item raises its TaskError."""
+        machine = self._machine
         queue: asyncio.Queue = asyncio.Queue()
-        for index, value in enumerate(self._results):  # what arrived before we started
-            if value is not _MISSING:
-                queue.put_nowait((index, value))
-        for index in sorted(self._errors):
-            queue.put_nowait((index, self._errors[index]))
+        for index, value in enumerate(machine.results):  # what arrived before we started
+            if value is not MISSING:
+                queue.put_nowait((index, value, False))
+        for index in sorted(machine.errors):
+            queue.put_nowait((index, machine.errors[index], True))
         if self.done:
             queue.put_nowait(None)
         self._arrivals.append(queue)
         try:
             while True:
-                try:
-                    entry = await asyncio.wait_for(queue.get(), WAKE_INTERVAL)
-                except asyncio.TimeoutError:
-                    continue
+                entry = await queue.get()
                 if entry is None:
-                    if self._fatal is not None:
-                        raise self._fatal
+                    if machine.fatal is not None:
+                        raise machine.fatal
                     return
-                index, value = entry
-                if isinstance(value, CrowdComputeError) and index in self._errors:
+                index, value, failed = entry
+                if failed:
                     raise value
                 yield index, value
         finally:
@@ -164,11 +207,7 @@ class Job:
 
     def cancel(self) -> None:
         """Cancel the job: the foreman drops its queued tasks and workers stop running ones."""
-        if self.done:
-            return
-        self._client._cancel_job(self.id)
-        self._fatal = JobCancelledError(self.id)
-        self._end(JobState.CANCELLED)
+        self._obey(self._machine.handle(Cancel()))
 
     # --- listeners -------------------------------------------------------------
 
@@ -185,126 +224,44 @@ class Job:
         """
         self._output_listeners.append(callback)
 
-    # --- fed by the client -------------------------------------------------------
+    # --- fed by the owner --------------------------------------------------------
 
-    def _timed(self, msg, sent_at: float | None) -> None:
-        """Keep a TaskResult's timing for the stats (once per task, replays aside)."""
-        if msg.task_id in self._timed_tasks:
-            return
-        self._timed_tasks.add(msg.task_id)
-        now = time.monotonic()
-        self.timings.append(
-            TaskTiming(
-                msg.task_id,
-                msg.count,
-                msg.worker,
-                msg.seconds,
-                msg.queued,
-                msg.attempts,
-                None if sent_at is None else now - sent_at,
-                now,
-            )
-        )
+    def handle(self, event: Event, sent_at: float | None = None) -> None:
+        """Take a message from the foreman (or a Cancel or Lost event) and act on it.
 
-    def _deliver(self, first_index: int, count: int, payload: bytes) -> None:
-        if self.done or first_index < 0 or first_index + count > self.total:
-            return
-        started = time.perf_counter()
-        values, errors = decode_outcomes(payload, count, self._trusted, self._portable)
-        self.decode_seconds += time.perf_counter() - started
-        if first_index in self._delivered:
-            return  # the same task again (a replay after a reconnect): each result reaches the user once
-        self._delivered.add(first_index)
-        end = first_index + count
-        results = self._results
-        if not errors and not self._arrivals:
-            results[first_index:end] = values  # the common case, without a loop per item
-            self.completed += count
-            self._changed()
-            return
-        for offset, value in enumerate(values):
-            index = first_index + offset
-            if results[index] is not _MISSING or index in self._errors:
-                continue  # a duplicate: each result reaches the user once
-            if offset not in errors:
-                results[index] = value
-                self.completed += 1
-            else:
-                value = errors[offset]
-                if isinstance(value, dict):  # the user's exception, as plain data
-                    value = build_task_error(value, *self._where(index), trusted=self._trusted)
-                value.index = index if not self._call else None
-                self._errors[index] = value
-                self.failed += 1
-            self._announce(index, value)
-        self._changed()
+        ``sent_at``: the monotonic time a TaskResult's task was sent, for the stats.
+        """
+        self._obey(self._machine.handle(event, sent_at))
 
-    def _fail_task(
-        self, first_index: int, count: int, error: str, reason: str, attempts: int, crashes: int = 0, losses: int = 0
-    ) -> None:
-        if self.done or first_index < 0 or first_index + count > self.total:
-            return
-        for index in range(first_index, first_index + count):
-            if self._results[index] is _MISSING and index not in self._errors:
-                where = self._where(index)[0]
-                failure = build_failed_task_error(error, reason, where, attempts, crashes=crashes, losses=losses)
-                self._errors[index] = failure
-                self.failed += 1
-                self._announce(index, failure)
-        self._changed()
+    def _obey(self, instructions: list[Instruction]) -> None:
+        for instruction in instructions:
+            if isinstance(instruction, Deliver):
+                if self._arrivals:
+                    first = instruction.first_index
+                    for offset, value in enumerate(instruction.values):
+                        self._announce((first + offset, value, False))
+            elif isinstance(instruction, Fail):
+                self._announce((instruction.index, instruction.error, True))
+            elif isinstance(instruction, Echo):
+                self._print(instruction)
+            elif isinstance(instruction, Finish):
+                self._finished.set()
+                self._announce(None)
+            elif isinstance(instruction, Changed):
+                self._notify()
+            elif isinstance(instruction, (SendCancel, Forget)):
+                self._outbox(instruction)
 
-    def _output(self, index: int, stream: str, text: str) -> None:
+    def _print(self, echo: Echo) -> None:
         if not self._output_listeners:
-            marked = None if self._call or self.total < 2 else index  # which item said it, when that helps
-            self._context.run(_echo, stream, text, marked)
+            marked = None if self._call or self.total < 2 else echo.index  # which item said it, when that helps
+            self._context.run(_echo, echo.stream, echo.text, marked)
         for callback in self._output_listeners:
-            callback(index, stream, text)
+            callback(echo.index, echo.stream, echo.text)
 
-    def _cancelled_elsewhere(self) -> None:
-        """The foreman says the job was cancelled (by another client, say)."""
-        if not self.done:
-            self._fatal = JobCancelledError(self.id)
-            self._end(JobState.CANCELLED)
-
-    def _lose(self, error: CrowdComputeError) -> None:
-        if self.done:
-            return
-        self._fatal = error
-        self._end(JobState.LOST)
-
-    def _where(self, index: int) -> tuple[int | None, Any]:
-        """How an error names the failed item: its index and input (none for run())."""
-        if self._call:
-            return None, None
-        if self._items is None:
-            return index, None
-        try:
-            return index, self._items[index]
-        except Exception:
-            return index, None
-
-    def _announce(self, index: int, value: Any) -> None:
+    def _announce(self, entry: tuple[int, Any, bool] | None) -> None:
         for queue in self._arrivals:
-            queue.put_nowait((index, value))
-
-    def _changed(self) -> None:
-        if self.completed + self.failed >= self.total:
-            self._end(JobState.FAILED if self.failed else JobState.DONE)
-            return
-        self._notify()
-
-    def _end(self, state: JobState) -> None:
-        self.state = state
-        self.finished = time.monotonic()
-        if not self._finished.done():
-            self._finished.set_result(None)
-        for queue in self._arrivals:
-            queue.put_nowait(None)
-        self._client_forget()
-        self._notify()
-
-    def _client_forget(self) -> None:
-        self._client._forget_job(self.id, collected=self.state in (JobState.DONE, JobState.FAILED))
+            queue.put_nowait(entry)
 
     def _notify(self) -> None:
         for callback in list(self._listeners):

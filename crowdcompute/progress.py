@@ -2,20 +2,42 @@
 
 :class:`ProgressModel` holds the counts and derives rate and time left. A
 renderer draws it: :class:`RichProgress` on a terminal here, the ipywidgets
-widget in ``crowdcompute_jupyter``. :func:`show_progress` picks one.
+widget in ``crowdcompute_jupyter``. :func:`choose_renderer` is the one
+policy that says which to show; :func:`show_progress` starts it.
+
+This module knows no Jupyter package: a layer that draws elsewhere
+registers its renderer with :func:`register_renderer` when it is imported
+(``crowdcompute_jupyter`` registers ``"widget"``), or names it in the
+``crowdcompute.renderers`` entry point group, loaded on first need.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .job import Job
 
-__all__ = ["ProgressModel", "Renderer", "RichProgress", "in_jupyter_kernel", "show_progress"]
+__all__ = [
+    "RENDERER_GROUP",
+    "ProgressModel",
+    "Renderer",
+    "RichProgress",
+    "choose_renderer",
+    "in_jupyter_kernel",
+    "register_renderer",
+    "show_progress",
+]
+
+#: The entry point group where packages name renderers: ``NAME = "module:factory"``, factory(job) -> Renderer.
+RENDERER_GROUP = "crowdcompute.renderers"
+#: What ``progress=`` accepts.
+PROGRESS_CHOICES = (None, True, False, "rich", "widget")
 
 
 @dataclass
@@ -118,11 +140,7 @@ class RichProgress:
     def close(self) -> None:
         self._progress.stop()
         if self._summary and self._job.done:
-            stats = self._job.stats
-            console = self._progress.console
-            console.print(f"[dim]{stats.summary()}[/dim]", highlight=False)
-            for hint in stats.hints():
-                console.print(f"[yellow]hint:[/yellow] {hint}", highlight=False)
+            self._progress.console.print(self._job.stats.report(), style="dim", markup=False, highlight=False)
 
 
 def in_jupyter_kernel() -> bool:
@@ -134,22 +152,56 @@ def in_jupyter_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def show_progress(job: Job, progress: Any) -> Renderer | None:
-    """Start the renderer ``progress`` asks for; None shows nothing.
+_renderers: dict[str, Callable[[Job], Renderer]] = {"rich": RichProgress}
 
-    ``progress=None``: the widget in a Jupyter kernel, a rich bar on an
-    interactive terminal, nothing otherwise. ``True``: the best available.
-    ``"rich"``/``"widget"``: that one. ``False``: nothing.
+
+def register_renderer(name: str, factory: Callable[[Job], Renderer]) -> None:
+    """Make ``factory(job)`` the renderer called ``name`` (``"widget"``: the one shown in a Jupyter kernel)."""
+    _renderers[name] = factory
+
+
+def _renderer(name: str) -> Callable[[Job], Renderer] | None:
+    """The renderer registered as ``name``, else the one an installed package names in RENDERER_GROUP."""
+    if name not in _renderers:
+        for point in entry_points(group=RENDERER_GROUP, name=name):
+            try:
+                _renderers[name] = point.load()
+            except Exception:  # a broken plugin must not break the job: no progress then
+                pass
+            break
+    return _renderers.get(name)
+
+
+def choose_renderer(progress: object = None) -> str | None:
+    """The name of the renderer ``progress`` asks for here, or None for none.
+
+    ``None``: the widget in a Jupyter kernel, a rich bar on an interactive
+    terminal, nothing otherwise. ``True``: the widget in a kernel, else the
+    rich bar. ``"rich"``/``"widget"``: that one. ``False``: none. Raises
+    ValueError for anything else.
     """
-    if progress is False or job.done:
+    if progress not in PROGRESS_CHOICES:
+        raise ValueError(f"progress must be one of {PROGRESS_CHOICES}, not {progress!r}")
+    if progress is False:
         return None
-    if progress in (None, True, "widget") and in_jupyter_kernel():
-        try:
-            from crowdcompute_jupyter.widget import ProgressWidget
-        except ImportError:
-            ProgressWidget = None
-        if ProgressWidget is not None:
-            return ProgressWidget(job)
-    if progress in (True, "rich") or (progress is None and sys.stdout.isatty() and not in_jupyter_kernel()):
-        return RichProgress(job)
+    if progress in ("rich", "widget"):
+        return str(progress)
+    if in_jupyter_kernel():
+        return "widget"
+    if progress is True or sys.stdout.isatty():
+        return "rich"
     return None
+
+
+def show_progress(job: Job, progress: object = None) -> Renderer | None:
+    """Start the renderer :func:`choose_renderer` picks for ``progress``; None when it shows nothing.
+
+    A widget asked for where none is registered or installed shows nothing.
+    """
+    name = choose_renderer(progress)
+    if name is None or job.done:
+        return None
+    factory = _renderer(name)
+    if factory is None and progress is True:
+        factory = RichProgress  # the best available
+    return factory(job) if factory is not None else None

@@ -10,11 +10,8 @@ trip. ``job.stats`` computes a :class:`JobStats` at any moment.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .job import Job
 
 __all__ = ["JobStats", "TaskTiming", "WorkerStats"]
 
@@ -64,17 +61,20 @@ class JobStats:
     tasks: list[TaskTiming] = field(default_factory=list)
 
     @classmethod
-    def of(cls, job: Job) -> JobStats:
-        end = job.finished or time.monotonic()
-        return cls(
-            items=job.completed + job.failed,
-            total=job.total,
-            wall=end - job.started,
-            slots=job.slots,
-            serializing=job.serialize_seconds,
-            decoding=job.decode_seconds,
-            tasks=list(job.timings),
-        )
+    def measure(
+        cls,
+        items: int,
+        total: int,
+        started: float,
+        finished: float | None,
+        slots: int,
+        serializing: float,
+        decoding: float,
+        tasks: Iterable[TaskTiming],
+    ) -> JobStats:
+        """The stats of a job that started at monotonic time ``started`` (and ``finished``, or is running)."""
+        end = finished or time.monotonic()
+        return cls(items, total, end - started, slots, serializing, decoding, list(tasks))
 
     @property
     def workers(self) -> dict[str, WorkerStats]:
@@ -133,6 +133,10 @@ class JobStats:
         if self.extra_attempts:
             text += f"; {self.extra_attempts} reassigned or retried"
         return text
+
+    def report(self) -> str:
+        """What a map prints when it ends: the summary, then one ``hint:`` line per hint."""
+        return "\n".join([self.summary(), *(f"hint: {hint}" for hint in self.hints())])
 
     def hints(self) -> list[str]:
         """Advice when chunks are so small that overhead dominates, or so large that slots idle."""

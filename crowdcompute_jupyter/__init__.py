@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from crowdcompute.progress import register_renderer
+
+if TYPE_CHECKING:
+    from crowdcompute.job import Job
+
+    from .widget import ProgressWidget
+
 __all__ = ["load_ipython_extension"]
+
+
+def _widget(job: Job) -> ProgressWidget:
+    """The progress renderer of ``progress=None`` in a kernel (ipywidgets loads on first use)."""
+    from .widget import ProgressWidget
+
+    return ProgressWidget(job)
+
+
+register_renderer("widget", _widget)
 
 
 def load_ipython_extension(ipython) -> None:

@@ -302,10 +302,7 @@ class CrowdComputeMagics(Magics):
 
 def _print_stats(job: Job) -> None:
     """One line on where the job's time went, and a hint when its chunks are badly sized."""
-    stats = job.stats
-    print(stats.summary())
-    for hint in stats.hints():
-        print(f"hint: {hint}")
+    print(job.stats.report())
 
 
 async def _wait_for_workers(client: CrowdComputeClient, expected: int) -> None:

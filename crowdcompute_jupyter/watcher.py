@@ -10,12 +10,11 @@ its item's index).
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import TYPE_CHECKING, Any
 
 from crowdcompute.errors import CrowdComputeError, JobCancelledError
 from crowdcompute.job import JobState
-from crowdcompute.progress import RichProgress, in_jupyter_kernel
+from crowdcompute.progress import RichProgress, choose_renderer
 
 from .widget import ProgressWidget
 
@@ -30,12 +29,16 @@ CANCEL_CONFIRM_TIMEOUT = 5.0
 
 
 def make_progress(job: Job) -> ProgressWidget | RichProgress:
-    """The widget in a kernel, a rich bar on a terminal, else a widget kept up to date but not shown."""
-    if in_jupyter_kernel():
-        return ProgressWidget(job)
-    if sys.stdout.isatty():
-        return RichProgress(job)
-    return ProgressWidget(job, display=False)
+    """The renderer :func:`crowdcompute.progress.choose_renderer` picks for a magic.
+
+    Where it picks none, a widget kept up to date but not shown, so that
+    ``last_progress`` still tells how the job went. The magic prints the
+    stats line itself, so the rich bar does not.
+    """
+    shown = choose_renderer(None)
+    if shown == "rich":
+        return RichProgress(job, summary=False)
+    return ProgressWidget(job, display=shown == "widget")
 
 
 async def watch_job(
