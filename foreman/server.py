@@ -207,10 +207,11 @@ class ForemanServer:
             compression=None,  # payloads are pickles: compression costs CPU and buys little
             max_size=self.max_frame_size,  # the Hello is held to MAX_HELLO_SIZE once read
             # A peer that answers no ping within the heartbeat timeout is dropped,
-            # and a dropped worker's tasks go to others.
+            # and a dropped worker's tasks go to others: a ping goes out every third
+            # of it, and the wait for its pong plus the closing handshake after an
+            # unanswered one (CLOSE_TIMEOUT, not websockets' 10 s) fit in the rest.
             ping_interval=self.heartbeat_timeout / 3,
-            ping_timeout=self.heartbeat_timeout * 2 / 3,
-            # ... and once a ping went unanswered, not 10 s more for a closing handshake.
+            ping_timeout=max(self.heartbeat_timeout * 2 / 3 - CLOSE_TIMEOUT, self.heartbeat_timeout / 3),
             close_timeout=CLOSE_TIMEOUT,
             process_request=self.status_pages.process_request,
         )
