@@ -37,7 +37,7 @@ from .limits import (
     RESULT_TTL,
     TASK_SECONDS_WEIGHT,
 )
-from .splitting import split_queued, split_task, target_items
+from .splitting import split_queued, split_task, tail_target, target_items
 from .state import (
     Close,
     DeleteJob,
@@ -305,7 +305,18 @@ class Scheduler:
             task.retries_used += 1
             self._enqueue(job, task, front=True)
             return self._assign()
-        return self._result(job, task, worker_id, msg) + self._assign()
+        return self._result(job, task, worker_id, msg) + self._split_tail(job) + self._assign()
+
+    def _split_tail(self, job: Job) -> list[Action]:
+        """Fewer tasks queued than slots: cut what is left so that every slot gets a share."""
+        target = tail_target(job, self.total_slots) if job.splittable and job.state is JobState.RUNNING else None
+        if target is None:
+            return []
+        changed = split_queued(job, self.total_slots, target)
+        actions: list[Action] = [SaveTask(job.job_id, t) for t in changed]
+        if changed:
+            actions.append(SaveJob(job))  # its task count grew
+        return actions
 
     def _result(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
         """The task's accepted outcome goes to the client (and the journal)."""

@@ -9,6 +9,9 @@ without reading its payload. When slots join, or a task arrives, each queued
 task that was never leased and holds more than the job's target (its items
 over CHUNKS_PER_SLOT tasks per slot, counting at least MIN_SPLIT_SLOTS
 slots) is cut into parts of about the target.
+At a job's tail, when fewer tasks are queued than there are slots, what is
+left is cut to spread over every slot, so that no slot idles while one
+works through a big last chunk.
 The first part keeps the task's id; the others take ids after the client's
 and follow it in the queue. Results carry their items' indexes, so the client
 needs to know nothing of it.
@@ -23,12 +26,21 @@ from crowdcompute.wire.constants import CHUNKS_PER_SLOT
 
 from .state import Job, Task, TaskState
 
-__all__ = ["MIN_SPLIT_SLOTS", "split_queued", "split_task", "target_items"]
+__all__ = ["MIN_SPLIT_SLOTS", "split_queued", "split_task", "tail_target", "target_items"]
 
 #: Cuts assume at least this many slots. A crowd grows in bursts: the first worker to
 #: join is the whole crowd for a moment, and what it leases then (its slots and its
 #: prefetch) it keeps; with this floor that is at most a few small tasks.
 MIN_SPLIT_SLOTS = 8
+
+
+def tail_target(job: Job, slots: int) -> int | None:
+    """At a job's tail (fewer queued tasks than ``slots``): items per task that spread what is
+    left over every slot (as guided self-scheduling does), or None before the tail."""
+    if len(job.queue) >= slots or not job.queue:
+        return None
+    left = sum(job.tasks[task_id].count for task_id in job.queue)
+    return max(1, math.ceil(left / slots))
 
 
 def target_items(job: Job, slots: int) -> int:
@@ -73,11 +85,11 @@ def split_task(job: Job, task: Task, target: int) -> list[Task]:
     return made
 
 
-def split_queued(job: Job, slots: int) -> list[Task]:
-    """Cut the job's queued tasks for ``slots``; the tasks changed or made (to journal)."""
+def split_queued(job: Job, slots: int, target: int | None = None) -> list[Task]:
+    """Cut the job's queued tasks for ``slots`` (or to ``target`` items); the tasks changed or made (to journal)."""
     if not job.splittable or job.redundancy != 1:
         return []
-    target = target_items(job, slots)
+    target = target or target_items(job, slots)
     queue: deque[int] = deque()
     changed: list[Task] = []
     splittable = False

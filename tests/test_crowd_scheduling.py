@@ -168,3 +168,28 @@ def test_idle_slots_are_served_before_a_far_workers_prefetch():
         "c1", p.SubmitTask("j1", 1, 1, 1, b"x")
     )
     assert [worker for worker, *_ in leased(actions)] == ["w2", "w2"], "the idle worker's slots come first"
+
+
+def test_the_tail_of_a_job_is_cut_to_spread_over_every_slot():
+    s = started(8)  # 8 slots, target 96 / 32 = 3 items: the client's 3-item chunks are not cut
+    s.submit_job("c1", p.SubmitJob("j1", function("j1"), 32, 96, None, 0, "f", ack=False))
+    pending = []
+    for n in range(32):
+        pending += assigned(s.submit_task("c1", pieced_task("j1", n, 3 * n, 3)))
+    assert {t.count for t in pending} == {3}
+    counts, seen = [], []
+    while pending:
+        task = pending.pop(0)
+        actions = s.task_done("w1", p.TaskDone("j1", task.task_id, task.attempt, 0, b"r"))
+        seen += [
+            i
+            for _, m in sent(actions)
+            if isinstance(m, p.TaskResult)
+            for i in range(m.first_index, m.first_index + m.count)
+        ]
+        handed = assigned(actions)
+        check_payloads(handed)
+        counts += [t.count for t in handed]
+        pending += handed
+    assert 1 in counts, f"the last queued chunks were never cut: {counts}"
+    assert sorted(seen) == list(range(96)), "items lost or duplicated by the tail's cuts"
