@@ -391,7 +391,7 @@ class CrowdComputeClient:
         job = self._jobs.get(job_id)
         feed = self._feeds.get(job_id)
         if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
-            feed.finished(msg.task_id)
+            feed.finished(msg.first_index, msg.count)
         if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskFailed)):
             if job is not None:
                 sent_at = feed.sent_at.get(msg.task_id) if feed is not None else None

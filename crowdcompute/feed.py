@@ -6,10 +6,15 @@ the call, not the job), then keeps at most ``max_queued_tasks`` tasks and
 outcome makes room for the next task. After a reconnect the feed sends the
 job and its outstanding tasks again (the foreman ignores what it has) and
 attaches, so a foreman that lost the job (no journal) gets it back.
+
+The foreman may cut a queued task into parts (for workers that joined), each
+with an outcome of its own: a task is finished once outcomes covered all its
+items, whatever ids they came with.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
 
@@ -37,6 +42,9 @@ class Feed:
         self.max_queued_bytes = max_queued_bytes
         self.sent = 0  # tasks[:sent] went out
         self._finished: set[int] = set()
+        self._starts = [task.first_index for task in tasks]  # in input order: tasks are chunks of it
+        self._left = [task.count for task in tasks]  # items of each task without an outcome yet
+        self._counted: set[int] = set()  # first indexes of the outcomes counted (replays come again)
         self._queued_bytes = 0
         self.sent_at: dict[int, float] = {}  # task id -> monotonic time it was first sent
 
@@ -49,9 +57,15 @@ class Feed:
         self._send(self.submit)
         self._pump()
 
-    def finished(self, task_id: int) -> None:
-        """A task's outcome arrived: make room for the next ones."""
-        if task_id in self._finished or task_id >= len(self.tasks):
+    def finished(self, first_index: int, count: int) -> None:
+        """An outcome for items ``first_index`` .. ``+count`` arrived (a task, or a part of one
+        the foreman cut): once a task's items are all back, make room for the next ones."""
+        task_id = bisect.bisect_right(self._starts, first_index) - 1
+        if task_id < 0 or task_id in self._finished or first_index in self._counted:
+            return
+        self._counted.add(first_index)
+        self._left[task_id] -= count
+        if self._left[task_id] > 0:
             return
         self._finished.add(task_id)
         if task_id < self.sent:

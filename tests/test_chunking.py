@@ -58,3 +58,25 @@ def test_workers_that_join_after_the_map_share_it(foreman, start_worker):
             assert max(per_worker.values()) <= 200, f"one worker held most of the map: {dict(per_worker)}"
 
     arun(main(), timeout=50)
+
+
+def test_a_task_cut_by_the_foreman_is_finished_only_when_all_its_parts_are():
+    from crowdcompute.feed import Feed
+    from crowdcompute.wire import messages as p
+
+    sent: list = []
+    tasks = [p.SubmitTask("j", n, 10 * n, 10, b"x" * 10) for n in range(3)]
+    feed = Feed(p.SubmitJob("j", b"f", 3, 30), tasks, sent.append, max_queued_tasks=2, max_queued_bytes=10**6)
+    feed.start()
+    assert [m.task_id for m in sent if isinstance(m, p.SubmitTask)] == [0, 1]
+    feed.finished(0, 4)  # task 0's first part (the foreman cut it: its other part has another id)
+    feed.finished(0, 4)  # replayed after a reconnect: counted once
+    assert feed.sent == 2, "a part of a task must not make room for the next task"
+    feed.finished(4, 6)
+    assert feed.sent == 3 and not feed.complete
+    sent.clear()
+    feed.resend()  # after a reconnect: only the tasks with items still missing
+    assert [m.task_id for m in sent if isinstance(m, p.SubmitTask)] == [1, 2]
+    feed.finished(10, 10)
+    feed.finished(20, 10)
+    assert feed.complete
