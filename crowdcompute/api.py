@@ -31,7 +31,7 @@ async def connect(
     reconnect_timeout: float = 60,
     task_timeout: float | None = None,
     cafile: str | None = None,
-    trust_workers: bool = True,
+    trust_workers: bool | None = None,
     serializer: str = "cloudpickle",
 ) -> CrowdComputeClient:
     """Connect to a foreman and make it the default for map, run, submit.
@@ -40,7 +40,8 @@ async def connect(
     ``$CROWDCOMPUTE_ADDRESS`` (+ ``$CROWDCOMPUTE_TOKEN``) if set, else an
     embedded foreman with ``workers`` worker processes (default: CPU count),
     stopped by ``disconnect()``. A previous default client is disconnected.
-    ``trust_workers=False`` decodes results as plain data only.
+    ``trust_workers=False`` decodes results as plain data only; by default only
+    results from untrusted volunteers are, and ``True`` unpickles those too.
     ``serializer``: the default of map and submit ("cloudpickle" or "portable").
 
     Raises ForemanUnavailableError, AuthenticationError.
@@ -76,6 +77,8 @@ async def map(
     trust_workers: bool | None = None,
     redundancy: int = 1,
     serializer: str | None = None,
+    quorum: int | None = None,
+    quorum_timeout: float | None = None,
 ) -> list[Any]:
     """``func`` over ``iterable`` on the cluster; results in input order (see CrowdComputeClient.map)."""
     return await default_client().map(
@@ -88,6 +91,8 @@ async def map(
         trust_workers=trust_workers,
         redundancy=redundancy,
         serializer=serializer,
+        quorum=quorum,
+        quorum_timeout=quorum_timeout,
     )
 
 
@@ -106,6 +111,8 @@ async def submit(
     trust_workers: bool | None = None,
     redundancy: int = 1,
     serializer: str | None = None,
+    quorum: int | None = None,
+    quorum_timeout: float | None = None,
 ) -> Job:
     """Send a job and return its Job once the foreman accepted it."""
     return await default_client().submit(
@@ -117,6 +124,8 @@ async def submit(
         trust_workers=trust_workers,
         redundancy=redundancy,
         serializer=serializer,
+        quorum=quorum,
+        quorum_timeout=quorum_timeout,
     )
 
 

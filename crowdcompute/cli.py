@@ -1,4 +1,4 @@
-"""The ``crowdcompute`` command: foreman, worker, local, status, demo."""
+"""The ``crowdcompute`` command: foreman, worker, local, status, invite, revoke, workers, demo."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 
+from .volunteers import add_commands as add_volunteer_commands
 from .wire.addresses import DEFAULT_PORT
 
 __all__ = ["main"]
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("url", nargs="?", help="the foreman (default: $CROWDCOMPUTE_ADDRESS or ws://127.0.0.1:9000)")
     status.add_argument("--token", help="client token (default: $CROWDCOMPUTE_TOKEN or the connection file)")
     status.add_argument("--cafile", help="CA certificate to verify a wss:// foreman")
+    add_volunteer_commands(commands)
     demo = commands.add_parser("demo", help="run a demo job on an embedded foreman and workers")
     demo.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     demo.add_argument("--items", type=int, default=200, help="how many items to map (default: 200)")
@@ -59,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         from .commands import show_status
 
         return asyncio.run(show_status(args.url, args.token, args.cafile))
+    if args.command in ("invite", "revoke", "workers"):
+        from . import volunteers
+
+        command = {"invite": volunteers.invite, "revoke": volunteers.revoke, "workers": volunteers.show_workers}
+        return asyncio.run(command[args.command](args))
     if args.command == "demo":
         from .demo import run_demo
 

@@ -49,6 +49,8 @@ class JobOptions:
     trust_workers: bool | None = None
     redundancy: int = 1
     serializer: str | None = None
+    quorum: int | None = None
+    quorum_timeout: float | None = None
 
     def check(self) -> None:
         """Raise ValueError for an option out of range, saying which."""
@@ -60,6 +62,15 @@ class JobOptions:
             raise ValueError(f"retries must not be negative, not {self.retries}")
         if not 1 <= self.redundancy <= p.MAX_REDUNDANCY:
             raise ValueError(f"redundancy must be 1 to {p.MAX_REDUNDANCY}, not {self.redundancy}")
+        if self.quorum is not None and not 1 <= self.quorum <= self.redundancy:
+            raise ValueError(
+                f"quorum must be 1 to redundancy ({self.redundancy}), not {self.quorum}: it is how many of the "
+                "redundant runs must agree"
+            )
+        if self.quorum_timeout is not None and not (0 < self.quorum_timeout < math.inf):
+            raise ValueError(f"quorum_timeout must be a positive number of seconds, not {self.quorum_timeout}")
+        if self.redundancy == 1 and (self.quorum or 1) > 1:
+            raise ValueError("quorum needs redundancy: pass redundancy=k with quorum=q <= k")
 
 
 def chunk_size(items: int, slots: int) -> int:
@@ -79,6 +90,8 @@ class CrowdComputeClient:
     ``trust_workers=False`` results are decoded as plain data only (builtin
     containers and scalars, numpy arrays); anything else raises
     UntrustedPayloadError, and remote exceptions stay TaskErrors with text.
+    By default (None) that happens only to results that untrusted volunteers
+    returned; ``trust_workers=True`` unpickles those too.
     """
 
     def __init__(
@@ -92,7 +105,7 @@ class CrowdComputeClient:
         reconnect_timeout: float = 60,
         task_timeout: float | None = None,
         cafile: str | None = None,
-        trust_workers: bool = True,
+        trust_workers: bool | None = None,
         serializer: str = "cloudpickle",
     ) -> None:
         self.host = host
@@ -114,6 +127,7 @@ class CrowdComputeClient:
         self._accepting: dict[str, asyncio.Future] = {}
         self._attaching: dict[str, asyncio.Future] = {}
         self._status_waiters: deque[asyncio.Future] = deque()
+        self._admin_waiters: deque[asyncio.Future] = deque()  # answers come in the order of the requests
 
     @property
     def connected(self) -> bool:
@@ -196,6 +210,8 @@ class CrowdComputeClient:
         trust_workers: bool | None = None,
         redundancy: int = 1,
         serializer: str | None = None,
+        quorum: int | None = None,
+        quorum_timeout: float | None = None,
     ) -> Job:
         """Send a job; return its Job once the foreman has accepted (and journaled) it.
 
@@ -203,7 +219,7 @@ class CrowdComputeClient:
         (before sending anything) when the function or an item cannot be
         serialized.
         """
-        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer)
+        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer, quorum, quorum_timeout)
         return await self._submit(func, iterable, options)
 
     async def map(
@@ -218,22 +234,29 @@ class CrowdComputeClient:
         trust_workers: bool | None = None,
         redundancy: int = 1,
         serializer: str | None = None,
+        quorum: int | None = None,
+        quorum_timeout: float | None = None,
     ) -> list[Any]:
         """``func`` applied to every item, as a list in input order.
 
         ``timeout`` limits each task (each item when ``chunksize`` is left
         automatic: a timeout makes every item its own task). ``retries``: how
         often a task whose function raised runs again. ``redundancy=k`` runs
-        each task on k distinct workers and accepts the outcome a majority
-        agrees on (QuorumError if none does); workers that keep disagreeing
-        are quarantined. ``serializer="portable"`` sends the function as
+        each task on k distinct workers and accepts an outcome as soon as
+        ``quorum`` runs returned it (default: a strict majority of k;
+        ``quorum=k``: all must agree); without agreement after two rounds, or
+        ``quorum_timeout`` seconds after the task's first outcome, its items
+        fail with QuorumError. Workers that keep disagreeing are quarantined.
+        ``trust_workers``: None (default) unpickles results from trusted
+        workers only, and decodes those only untrusted volunteers returned
+        as plain data; True unpickles every result; False none. ``serializer="portable"`` sends the function as
         source and data as JSON, so workers of any Python version can run it.
         ``progress``: None picks a widget in Jupyter, a rich bar on a
         terminal, nothing otherwise; True or "rich" forces the bar; False hides it.
         Raises TaskError (the first failed item), SerializationError,
         JobCancelledError, ConnectionLostError.
         """
-        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer)
+        options = JobOptions(chunksize, timeout, retries, trust_workers, redundancy, serializer, quorum, quorum_timeout)
         choose_renderer(progress)  # a bad value fails here, before anything is sent
         # No need to wait for the foreman's acceptance: a refusal fails the job, and we wait on it anyway.
         job = await self._submit(func, iterable, options, wait_accepted=False)
@@ -282,6 +305,34 @@ class CrowdComputeClient:
         self._status_waiters.append(waiter)
         self._link.send(p.StatusRequest())
         return await asyncio.wait_for(waiter, self.timeout)
+
+    async def invite(
+        self, name: str, *, slots: int = 0, expires_in: float | None = None, trusted: bool = False
+    ) -> tuple[str, dict]:
+        """Admin: a credential for volunteer ``name``, and the volunteer as the foreman records it.
+
+        Raises CrowdComputeError saying why the foreman refused (a bad name, a name with a valid credential).
+        """
+        answer = await self._admin(p.InviteVolunteer(name, slots, expires_in, trusted))
+        return answer["credential"], answer["volunteer"]
+
+    async def revoke(self, name: str) -> dict:
+        """Admin: refuse volunteer ``name`` from now on; its connections close. Its record, and how many closed."""
+        return await self._admin(p.RevokeVolunteer(name))
+
+    async def volunteers(self) -> list[dict]:
+        """Admin: every invited volunteer and its record (tasks done, agreed, disagreed, missed deadlines...)."""
+        return (await self._admin(p.ListVolunteers()))["volunteers"]
+
+    async def _admin(self, request: p.Message) -> dict:
+        self._require_connection()
+        waiter = asyncio.get_running_loop().create_future()
+        self._admin_waiters.append(waiter)
+        self._link.send(request)
+        answer = await asyncio.wait_for(waiter, self.timeout)
+        if "error" in answer:
+            raise CrowdComputeError(f"the foreman refused: {answer['error']}")
+        return answer
 
     async def _submit(
         self,
@@ -333,6 +384,8 @@ class CrowdComputeClient:
             options.redundancy,
             serializer,
             ack=wait_accepted,
+            quorum=options.quorum or 0,
+            quorum_timeout=options.quorum_timeout,
         )
         feed = Feed(
             submit,
@@ -408,6 +461,17 @@ class CrowdComputeClient:
                 job.handle(msg)
             else:
                 log.warning("%s", refusal(msg))
+        elif isinstance(msg, p.JobWaiting):
+            if job is not None:
+                job.handle(msg)
+        elif isinstance(msg, p.VolunteersReply):
+            if self._admin_waiters:
+                waiter = self._admin_waiters.popleft()
+                try:
+                    _resolve(waiter, msg.answer)
+                except CrowdComputeError as exc:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
         elif isinstance(msg, p.StatusReply):
             if self._status_waiters:
                 waiter = self._status_waiters.popleft()
@@ -446,7 +510,12 @@ class CrowdComputeClient:
                 self._link.send(p.AttachJob(job_id))
 
     def _connection_lost(self, lost: ConnectionLostError) -> None:
-        for waiter in [*self._accepting.values(), *self._attaching.values(), *self._status_waiters]:
+        for waiter in [
+            *self._accepting.values(),
+            *self._attaching.values(),
+            *self._status_waiters,
+            *self._admin_waiters,
+        ]:
             if not waiter.done():
                 waiter.set_exception(lost)
         for job in list(self._jobs.values()):

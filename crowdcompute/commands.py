@@ -76,20 +76,31 @@ def status_tables(status: dict, url: str) -> list[Table]:
     slots = sum(w["slots"] for w in workers)
     busy = sum(w["busy"] for w in workers)
     table = Table(title=f"foreman {url}: {len(workers)} workers, {busy}/{slots} slots busy", title_justify="left")
-    for column in ("worker", "slots", "busy", "tasks done", "state"):
-        table.add_column(column, justify="left" if column in ("worker", "state") else "right")
+    for column in ("worker", "identity", "slots", "busy", "tasks done", "state"):
+        table.add_column(column, justify="left" if column in ("worker", "identity", "state") else "right")
     for w in workers:
         state = "quarantined" if w.get("quarantined") else "draining" if w.get("draining") else "ok"
         if w.get("agreed") or w.get("disagreed"):
             state += f" (agreed {w.get('agreed', 0)}, disagreed {w.get('disagreed', 0)})"
-        table.add_row(w["name"], str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)), state)
+        if not w.get("trusted", True):
+            state += ", untrusted"
+        identity = w.get("identity") or "(worker token)"
+        table.add_row(w["name"], identity, str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)), state)
     jobs = Table(title=f"{len(status.get('jobs', []))} jobs", title_justify="left")
-    for column in ("job", "name", "progress", "failed", "state"):
+    for column in ("job", "name", "progress", "failed", "state", "notes"):
         jobs.add_column(column, justify="right" if column in ("progress", "failed") else "left")
     for job in status.get("jobs", []):
         done = job["completed"] + job["failed"]
         percent = f" ({100 * done / job['total']:.0f}%)" if job["total"] else ""
+        notes = [f"{job['untrusted_workers']} untrusted workers"] if job.get("untrusted_workers") else []
+        if job.get("waiting"):
+            notes.append(job["waiting"])
         jobs.add_row(
-            job["id"][:12], job.get("name", ""), f"{done}/{job['total']}{percent}", str(job["failed"]), job["state"]
+            job["id"][:12],
+            job.get("name", ""),
+            f"{done}/{job['total']}{percent}",
+            str(job["failed"]),
+            job["state"],
+            "; ".join(notes),
         )
     return [table, jobs]

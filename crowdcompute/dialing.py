@@ -133,6 +133,8 @@ async def dial(
         raise ForemanUnavailableError(address.url, *_explain(exc, address, cafile)) from exc
     if isinstance(reply, p.Refused):
         await websocket.close()
+        if reply.code == "revoked":  # a volunteer's credential, revoked or expired: retrying cannot help
+            raise AuthenticationError(f"{reply.reason} (foreman {address.url})")
         if reply.code == "auth":
             if hello.role == Role.WORKER:
                 what = "pass the foreman's worker token with --token (or $CROWDCOMPUTE_WORKER_TOKEN)"

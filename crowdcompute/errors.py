@@ -172,7 +172,8 @@ class WorkerCrashedError(TaskError):
 
 
 class QuorumError(TaskError):
-    """Raised when, with ``redundancy=k``, no majority of a task's runs agreed.
+    """Raised when, with ``redundancy=k``, not ``quorum`` of a task's runs agreed (after two
+    rounds of runs, or ``quorum_timeout`` seconds after its first run reported).
 
     The message names the groups of workers that returned different outcomes.
     """

@@ -71,7 +71,7 @@ class Job:
         *,
         total: int | None = None,
         name: str = "",
-        trusted: bool = True,
+        trusted: bool | None = None,
         call: bool = False,
         portable: bool = False,
         outbox: Callable[[Instruction], None] = _drop,
@@ -132,6 +132,16 @@ class Job:
         return self._machine.finished
 
     @property
+    def waiting(self) -> str:
+        """What the foreman says the job waits for beyond free slots ("task 12 needs 1 more distinct worker")."""
+        return self._machine.waiting
+
+    @property
+    def untrusted_workers(self) -> int:
+        """Untrusted volunteers whose results arrived (decoded as plain data unless trust_workers=True)."""
+        return len(self._machine.untrusted)
+
+    @property
     def timings(self) -> list[TaskTiming]:
         return self._machine.timings
 
@@ -152,6 +162,7 @@ class Job:
             self.serialize_seconds,
             m.decode_seconds,
             m.timings,
+            m.waiting,
         )
 
     @property

@@ -68,7 +68,7 @@ class Lost:
     error: CrowdComputeError
 
 
-Event = p.TaskResult | p.TaskFailed | p.TaskOutput | p.JobAttached | p.RequestError | Cancel | Lost
+Event = p.TaskResult | p.TaskFailed | p.TaskOutput | p.JobAttached | p.JobWaiting | p.RequestError | Cancel | Lost
 
 
 # --- instructions ----------------------------------------------------------------
@@ -139,6 +139,8 @@ class JobMachine:
     """Counters, ordered results and errors of one job; :meth:`handle` feeds it.
 
     ``items`` (None after attach) name a failed item's input in its error;
+    ``trusted``: True unpickles every result, False none (plain data only),
+    None those that a trusted worker returned (TaskResult.trusted);
     ``call``: one call of ``run()``, whose errors name no item; ``portable``:
     outcomes are JSON; ``clock`` gives monotonic seconds.
     """
@@ -149,7 +151,7 @@ class JobMachine:
         items: Sequence[Any] | None,
         *,
         total: int | None = None,
-        trusted: bool = True,
+        trusted: bool | None = None,
         call: bool = False,
         portable: bool = False,
         clock: Callable[[], float] = time.monotonic,
@@ -167,6 +169,8 @@ class JobMachine:
         self.results: list[Any] = [MISSING] * self.total
         self.errors: dict[int, CrowdComputeError] = {}  # TaskError, or UntrustedPayloadError
         self.fatal: CrowdComputeError | None = None  # what waiting raises once the job cannot finish
+        self.waiting = ""  # what the foreman says the job waits for beyond free slots
+        self.untrusted: set[str] = set()  # untrusted workers whose results arrived
         self._items = items
         self._trusted = trusted
         self._call = call
@@ -188,11 +192,16 @@ class JobMachine:
         """Apply one event; what to do about it. ``sent_at``: when a TaskResult's task was sent."""
         if isinstance(event, p.TaskResult):
             self._time(event, sent_at)
-            return self._deliver(event.first_index, event.count, event.payload)
+            return self._deliver(event.first_index, event.count, event.payload, event.trusted)
         if isinstance(event, p.TaskFailed):
             return self._fail(event)
         if isinstance(event, p.TaskOutput):
             return [Echo(event.index, event.stream, event.text)]
+        if isinstance(event, p.JobWaiting):
+            if self.done or event.reason == self.waiting:
+                return []
+            self.waiting = event.reason
+            return [Changed()]
         if isinstance(event, p.JobAttached):
             return self._end(JobState.CANCELLED, JobCancelledError(self.id)) if event.state == "cancelled" else []
         if isinstance(event, p.RequestError):
@@ -220,15 +229,32 @@ class JobMachine:
         self._timed_tasks.add(msg.task_id)
         now = self.clock()
         round_trip = None if sent_at is None else now - sent_at
+        if not msg.trusted:
+            self.untrusted.add(msg.worker)
         self.timings.append(
-            TaskTiming(msg.task_id, msg.count, msg.worker, msg.seconds, msg.queued, msg.attempts, round_trip, now)
+            TaskTiming(
+                msg.task_id,
+                msg.count,
+                msg.worker,
+                msg.seconds,
+                msg.queued,
+                msg.attempts,
+                round_trip,
+                now,
+                msg.trusted,
+                msg.reissued,
+                msg.backups,
+            )
         )
 
-    def _deliver(self, first_index: int, count: int, payload: bytes) -> list[Instruction]:
+    def _deliver(self, first_index: int, count: int, payload: bytes, from_trusted: bool = True) -> list[Instruction]:
+        """Decode a task's outcomes: a result only untrusted volunteers returned is unpickled
+        only when the job opted in with ``trust_workers=True``; else it must be plain data."""
         if self.done or first_index < 0 or first_index + count > self.total:
             return []
         started = time.perf_counter()
-        values, errors = decode_outcomes(payload, count, self._trusted, self._portable)
+        trusted = self._trusted is True or (self._trusted is None and from_trusted)
+        values, errors = decode_outcomes(payload, count, trusted, self._portable)
         self.decode_seconds += time.perf_counter() - started
         if self._delivered.get(first_index) == count:
             return []  # the same task again (a replay after a reconnect): each result reaches the user once
@@ -253,7 +279,7 @@ class JobMachine:
                 continue
             error = errors[offset]
             if isinstance(error, dict):  # the user's exception, as plain data
-                error = build_task_error(error, *self._where(index), trusted=self._trusted)
+                error = build_task_error(error, *self._where(index), trusted=trusted)
             error.index = index if not self._call else None
             self.errors[index] = error
             self.failed += 1

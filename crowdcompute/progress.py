@@ -50,6 +50,8 @@ class ProgressModel:
     state: str = "running"
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
+    untrusted: int = 0  # untrusted volunteers whose results the job used
+    waiting: str = ""  # what the job waits for beyond free slots
 
     @classmethod
     def of(cls, job: Job) -> ProgressModel:
@@ -62,6 +64,15 @@ class ProgressModel:
         self.failed = job.failed
         self.state = job.state.value
         self.ended = job.finished
+        self.waiting = getattr(job, "waiting", "")
+        self.untrusted = getattr(job, "untrusted_workers", 0)
+
+    def notes(self) -> list[str]:
+        """What the user should know beyond the counts: untrusted workers, what the job waits for."""
+        notes = [f"{self.untrusted} untrusted workers"] if self.untrusted else []
+        if self.waiting and self.state == "running":
+            notes.append(self.waiting)
+        return notes
 
     @property
     def elapsed(self) -> float:
@@ -85,8 +96,9 @@ class ProgressModel:
     def summary(self) -> str:
         """One line: counts, time and rate."""
         failed = f", {self.failed} failed" if self.failed else ""
+        notes = "".join(f", {note}" for note in self.notes())
         return (
-            f"{self.done + self.failed}/{self.total} items{failed} in {self.elapsed:.2f} s "
+            f"{self.done + self.failed}/{self.total} items{failed}{notes} in {self.elapsed:.2f} s "
             f"({self.rate:,.1f} items/s) - {self.state}"
         )
 
@@ -130,6 +142,9 @@ class RichProgress:
     def _update(self, job: Job) -> None:
         self.model.update(job)
         failed = f"[red]{self.model.failed} failed" if self.model.failed else ""
+        notes = self.model.notes()
+        if notes:
+            failed += f"[yellow] {'; '.join(notes)}"
         self._progress.update(
             self._task,
             completed=self.model.done + self.model.failed,

@@ -33,6 +33,9 @@ class TaskTiming:
     attempts: int
     round_trip: float | None  # from sending it to its outcome arriving (None after attach)
     arrived: float  # monotonic time its outcome arrived
+    trusted: bool = True  # False: only untrusted volunteers returned it
+    reissued: int = 0  # runs started because its leases passed their deadline
+    backups: int = 0  # backup copies run at the tail of the job
 
     @property
     def transit(self) -> float | None:
@@ -59,6 +62,7 @@ class JobStats:
     serializing: float
     decoding: float
     tasks: list[TaskTiming] = field(default_factory=list)
+    waiting: str = ""  # what the job waits for beyond free slots ("task 12 needs 1 more distinct worker")
 
     @classmethod
     def measure(
@@ -71,10 +75,11 @@ class JobStats:
         serializing: float,
         decoding: float,
         tasks: Iterable[TaskTiming],
+        waiting: str = "",
     ) -> JobStats:
         """The stats of a job that started at monotonic time ``started`` (and ``finished``, or is running)."""
         end = finished or time.monotonic()
-        return cls(items, total, end - started, slots, serializing, decoding, list(tasks))
+        return cls(items, total, end - started, slots, serializing, decoding, list(tasks), waiting)
 
     @property
     def workers(self) -> dict[str, WorkerStats]:
@@ -86,6 +91,21 @@ class JobStats:
             w.tasks += 1
             w.busy += t.seconds
         return found
+
+    @property
+    def reissued(self) -> int:
+        """Runs started again elsewhere because a worker held a task past its deadline."""
+        return sum(t.reissued for t in self.tasks)
+
+    @property
+    def backups(self) -> int:
+        """Backup copies of slow tasks run at the tail of the job."""
+        return sum(t.backups for t in self.tasks)
+
+    @property
+    def untrusted_workers(self) -> int:
+        """Untrusted volunteers whose results the job used (decoded as plain data unless trust_workers=True)."""
+        return len({t.worker for t in self.tasks if not t.trusted})
 
     @property
     def mean_task(self) -> float:
@@ -132,6 +152,12 @@ class JobStats:
         )
         if self.extra_attempts:
             text += f"; {self.extra_attempts} reassigned or retried"
+        if self.reissued or self.backups:
+            text += f"; {self.reissued} runs reissued past their deadline, {self.backups} backup runs"
+        if self.untrusted_workers:
+            text += f"; results from {self.untrusted_workers} untrusted workers"
+        if self.waiting:
+            text += f"; waiting: {self.waiting}"
         return text
 
     def report(self) -> str:

@@ -67,6 +67,7 @@ def describe_progress(model: ProgressModel) -> str:
     if model.failed:
         parts.append(f"{model.failed} failed")
     parts.append(f"{model.rate:,.1f} items/s")
+    parts += model.notes()
     if model.state == "running":
         left = model.time_left
         parts.append("time left unknown" if left is None else f"{_duration(left)} left")

@@ -80,10 +80,14 @@ def _take(job: Job, worker: Worker) -> Task | None:
     """The next queued replica of ``job`` that ``worker`` may run, removed from the queue."""
     if worker.portable_only and job.serializer != Serializer.PORTABLE:
         return None  # cloudpickle needs the client's Python and cloudpickle versions
-    if job.redundancy == 1:
+    if job.redundancy == 1 and job.queue and not job.tasks[job.queue[0]].leases:
         return job.tasks[job.queue.popleft()]
     for position, task_id in enumerate(job.queue):
-        if worker.worker_id not in job.tasks[task_id].tried:
+        task = job.tasks[task_id]
+        if task.state is TaskState.DONE:  # a reissued or backup run no longer needed
+            continue
+        # Replicas go to workers that never ran the task; reissued runs and backups to one not running it.
+        if not (worker.key in task.tried if job.redundancy > 1 else worker.worker_id in task.leases):
             del job.queue[position]
             return job.tasks[task_id]
     return None
@@ -98,7 +102,9 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     task.state = TaskState.RUNNING
     task.attempt += 1
     task.leases[worker.worker_id] = task.attempt
-    task.tried.add(worker.worker_id)
+    task.tried.add(worker.key)
+    if not worker.trusted:
+        job.untrusted.add(worker.key)
     task.assigned_at = now
     worker.running.add((job.job_id, task.task_id))
     worker.last_lease = next(_LEASES)

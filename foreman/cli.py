@@ -22,6 +22,7 @@ from crowdcompute.wire.addresses import (
 from crowdcompute.wire.constants import FOREMAN_READY, FOREMAN_TOKEN_VARIABLE
 
 from .journal import Journal
+from .limits import MAX_SLOTS_PER_WORKER
 from .scheduler import RESULT_TTL
 from .server import IDLE_TIMEOUT, MAX_FRAME_SIZE, ForemanServer
 
@@ -71,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=IDLE_TIMEOUT,
         help=f"seconds a client with no running job may stay silent before it is closed (default: {IDLE_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--max-slots-per-worker",
+        type=int,
+        default=MAX_SLOTS_PER_WORKER,
+        help=f"most task slots a worker is granted, whatever it claims (default: {MAX_SLOTS_PER_WORKER}; "
+        "an invite's --slots may grant fewer)",
+    )
+    parser.add_argument(
+        "--no-backup-tasks",
+        action="store_true",
+        help="do not run backup copies of the slowest tasks at the tail of a job",
+    )
     parser.add_argument("--certfile", help="TLS certificate (serves wss://)")
     parser.add_argument("--keyfile", help="TLS private key")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
@@ -91,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.idle_timeout <= 0:
         print("error: --idle-timeout must be positive", file=sys.stderr)
+        return 2
+    if args.max_slots_per_worker < 1:
+        print("error: --max-slots-per-worker must be at least 1", file=sys.stderr)
         return 2
     if args.heartbeat_timeout <= 0:
         print("error: --heartbeat-timeout must be positive", file=sys.stderr)
@@ -139,6 +155,8 @@ async def _serve(args: argparse.Namespace) -> int:
         result_ttl=args.result_ttl,
         max_frame_size=args.max_frame_size,
         idle_timeout=args.idle_timeout,
+        max_slots_per_worker=args.max_slots_per_worker,
+        backup_tasks=not args.no_backup_tasks,
         sock=socket.socket(fileno=args.fd) if args.fd is not None else None,
     )
     address = await server.start()

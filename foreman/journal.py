@@ -23,7 +23,9 @@ from typing import Any
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import Serializer
 
-from .state import DeleteJob, Job, JobState, SaveJob, SaveJobState, SaveResult, SaveTask, Task, TaskState
+from .credentials import Record as Reputation
+from .credentials import Volunteer
+from .state import DeleteJob, Job, JobState, SaveJob, SaveJobState, SaveResult, SaveTask, SaveVolunteer, Task, TaskState
 
 __all__ = ["Journal", "read_outcome_frame", "read_outcome_ids"]
 
@@ -55,6 +57,21 @@ CREATE TABLE IF NOT EXISTS tasks (
     payload_file TEXT,
     PRIMARY KEY (job_id, task_id)
 );
+CREATE TABLE IF NOT EXISTS volunteers (
+    name TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    slots INTEGER NOT NULL,
+    trusted INTEGER NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    joined_at REAL,
+    tasks_done INTEGER NOT NULL,
+    agreed INTEGER NOT NULL,
+    disagreed INTEGER NOT NULL,
+    missed INTEGER NOT NULL,
+    quarantined INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outcomes (
     job_id TEXT NOT NULL,
     task_id INTEGER NOT NULL,
@@ -66,7 +83,10 @@ CREATE TABLE IF NOT EXISTS outcomes (
 );
 """
 
-Record = SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob
+#: Columns added after the first release: a journal written before them gets them on open.
+_ADDED_COLUMNS = (("jobs", "quorum", "INTEGER NOT NULL DEFAULT 0"), ("jobs", "quorum_timeout", "REAL"))
+
+Record = SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob | SaveVolunteer
 
 #: Payloads larger than this (bytes) go to a file beside the journal, not into SQLite,
 #: which writes big blobs several times slower than a plain file.
@@ -118,6 +138,10 @@ class Journal:
             db.execute("PRAGMA wal_autocheckpoint=10000")
             db.execute("PRAGMA journal_size_limit=67108864")
             db.executescript(_SCHEMA)
+            for table, column, kind in _ADDED_COLUMNS:
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self._db = db
         except sqlite3.Error:
             log.exception("cannot open the journal %s", self.path)
@@ -198,6 +222,10 @@ class Journal:
         """Jobs to resume (running), and summaries of ended ones, as a restarted foreman needs them."""
         return self.call(read_jobs, self.blobs)
 
+    def load_volunteers(self) -> list[Volunteer]:
+        """Every invited volunteer: credential digest, terms and record."""
+        return self.call(read_volunteers)
+
     def outcome_frames(self, job_id: str) -> Iterator[bytes]:
         """Every stored outcome of a job, as the frames to send."""
         for task_id in self.call(read_outcome_ids, job_id):
@@ -237,7 +265,8 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]
         return [
             (
                 "INSERT OR REPLACE INTO jobs (job_id, function, total_tasks, total_items, task_timeout, retries,"
-                " name, redundancy, serializer, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " name, redundancy, serializer, state, created_at, quorum, quorum_timeout)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     job.function,
@@ -250,6 +279,8 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]
                     job.serializer,
                     job.state.value,
                     job.created_at,
+                    job.quorum,
+                    job.quorum_timeout,
                 ),
             )
         ]
@@ -299,6 +330,28 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]
                 (record.state, record.finished_at, record.completed, record.failed, record.job_id),
             )
         ]
+    if isinstance(record, SaveVolunteer):
+        v, r = record.volunteer, record.volunteer.record
+        return [
+            (
+                "INSERT OR REPLACE INTO volunteers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    v.name,
+                    v.digest,
+                    v.created_at,
+                    v.slots,
+                    int(v.trusted),
+                    v.expires_at,
+                    v.revoked_at,
+                    v.joined_at,
+                    r.tasks_done,
+                    r.agreed,
+                    r.disagreed,
+                    r.missed,
+                    int(r.quarantined),
+                ),
+            )
+        ]
     if isinstance(record, DeleteJob):
         prefix = _blob_name(record.job_id, 0, "x").split("-")[0]
         ops = [(f"DELETE FROM {table} WHERE job_id = ?", (record.job_id,)) for table in ("outcomes", "tasks", "jobs")]
@@ -339,7 +392,7 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
     ended: list[dict] = []
     rows = db.execute(
         "SELECT job_id, function, total_tasks, total_items, task_timeout, retries, name, state,"
-        " created_at, finished_at, completed, failed, redundancy, serializer FROM jobs"
+        " created_at, finished_at, completed, failed, redundancy, serializer, quorum, quorum_timeout FROM jobs"
     ).fetchall()
     for row in rows:
         job_id, function, total_tasks, total_items, timeout, retries, name, state, created, finished = row[:10]
@@ -369,6 +422,8 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
             name,
             redundancy=row[12],
             serializer=Serializer(row[13]),
+            quorum=row[14],
+            quorum_timeout=row[15],
             created_at=created,
         )
         for task_id, first_index, count, payload, name in db.execute(
@@ -390,3 +445,16 @@ def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict
         job.accepted = job.all_received
         running.append(job)
     return running, ended
+
+
+def read_volunteers(db: sqlite3.Connection) -> list[Volunteer]:
+    """Every volunteer in the journal."""
+    volunteers = []
+    for row in db.execute("SELECT * FROM volunteers"):
+        name, digest, created, slots, trusted, expires, revoked, joined = row[:8]
+        tasks_done, agreed, disagreed, missed, quarantined = row[8:]
+        record = Reputation(tasks_done, agreed, disagreed, missed, bool(quarantined))
+        volunteers.append(
+            Volunteer(name, digest, created, slots, bool(trusted), expires, revoked, joined, record=record)
+        )
+    return volunteers

@@ -7,11 +7,13 @@ __all__ = [
     "ENDED_JOBS_SHOWN",
     "MAX_QUEUED_BYTES",
     "MAX_QUEUED_BYTES_TOTAL",
-    "MAX_QUEUED_TASKS",
     "MAX_PREFETCH_PER_SLOT",
+    "MAX_QUEUED_TASKS",
+    "MAX_SLOTS_PER_WORKER",
     "MAX_WORKER_LOSSES",
     "PREFETCH_MARGIN",
     "RESULT_TTL",
+    "TASK_SECONDS_WEIGHT",
 ]
 
 #: How many times a task may kill its process before it fails with WorkerCrashedError.
@@ -39,3 +41,6 @@ PREFETCH_MARGIN = 0.01
 #: Weight of the newest task in a worker's running average of task durations: high, so that a
 #: new job with longer tasks than the last one stops a deep prefetch within a few tasks.
 TASK_SECONDS_WEIGHT = 0.5
+#: Slots a worker is granted at most, whatever it claims (``--max-slots-per-worker``; an invite's
+#: ``--slots`` may grant fewer). It holds at most its slots plus its prefetch (Worker.size_prefetch).
+MAX_SLOTS_PER_WORKER = 64

@@ -1,4 +1,12 @@
-"""Redundant execution: accept a task's outcome when a majority of its runs agree.
+"""Redundant execution: accept a task's outcome when ``quorum`` of its runs agree.
+
+A job asks for ``redundancy=k`` runs of each task on distinct workers and
+``quorum=q`` agreeing outcomes (default: a strict majority of k). An outcome
+is accepted the moment q runs returned the same bytes: with k=3 and the
+default q=2, two agreeing runs decide and the third run's outcome is only
+counted for its worker's record. When all k runs are in and no outcome has
+q votes, a fresh round of k runs starts on workers that have not run the
+task; after ROUNDS rounds the task fails with QuorumError.
 
 Runs are compared by a digest of the outcome bytes the worker sent (the
 foreman hashes them; it never decodes them). Each worker's agreements and
@@ -9,13 +17,27 @@ is quarantined: it gets no more work.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from crowdcompute.wire import messages as p
 
-from .state import Note, Task, Worker
+from .state import Job, Note, Task, Worker
 
-__all__ = ["QUARANTINE_AFTER", "ROUNDS", "Verdict", "digest", "disagreement", "quorum", "tally", "vote"]
+__all__ = [
+    "QUARANTINE_AFTER",
+    "ROUNDS",
+    "Verdict",
+    "digest",
+    "disagreement",
+    "missed_deadline",
+    "quorum",
+    "tally",
+    "timed_out",
+    "vote",
+    "waiting",
+]
 
 #: Rounds of k runs a task gets to reach a majority before it fails.
 ROUNDS = 2
@@ -35,9 +57,18 @@ class Verdict:
 
 
 def vote(
-    task: Task, redundancy: int, worker_id: str, msg: p.TaskDone, workers: dict[str, Worker], done: bool
+    task: Task,
+    redundancy: int,
+    worker_id: str,
+    msg: p.TaskDone,
+    workers: dict[str, Worker],
+    done: bool,
+    needed: int = 0,
 ) -> Verdict:
-    """Count ``msg`` as ``worker_id``'s run of ``task``; ``done``: the task already has its outcome."""
+    """Count ``msg`` as ``worker_id``'s run of ``task``; ``done``: the task already has its outcome.
+
+    ``needed``: agreeing runs that accept an outcome (0: a strict majority of ``redundancy``).
+    """
     ballot = digest(msg)
     verdict = Verdict()
     if done:  # a late run: count its agreement with the majority, if there was one
@@ -46,7 +77,7 @@ def vote(
         return verdict
     task.votes.setdefault(ballot, []).append(worker_id)
     task.ballots.setdefault(ballot, msg)
-    if len(task.votes[ballot]) >= quorum(redundancy):
+    if len(task.votes[ballot]) >= (needed or quorum(redundancy)):
         task.winner = ballot
         for voted, voters in task.votes.items():
             for voter in voters:
@@ -65,6 +96,40 @@ def vote(
     return verdict
 
 
+def waiting(job: Job, workers: Iterable[Worker]) -> str:
+    """What a redundant job waits for beyond free slots: its first task that has fewer
+    distinct workers left to run it than it has runs queued; "" when none."""
+    queued = Counter(job.queue)
+    if not queued:
+        return ""
+    able = {w.key for w in workers if w.capacity > 0 and not (w.portable_only and job.serializer != "portable")}
+    short = []
+    for task_id, runs in queued.items():
+        missing = runs - len(able - job.tasks[task_id].tried)
+        if missing > 0:
+            short.append((task_id, missing))
+    if not short:
+        return ""
+    task_id, missing = min(short)
+    text = f"task {task_id} needs {missing} more distinct worker{'s' if missing > 1 else ''}"
+    if len(short) > 1:
+        text += f" (and {len(short) - 1} more tasks)"
+    return text
+
+
+def timed_out(task: Task, job: Job, workers: dict[str, Worker]) -> str:
+    """Why a redundant task fails at its quorum_timeout: what it got, and what it lacked."""
+    needed = job.quorum or quorum(job.redundancy)
+    best = max((len(v) for v in task.votes.values()), default=0)
+    text = (
+        f"no {needed} agreeing outcomes within quorum_timeout={job.quorum_timeout:g} s "
+        f"(best: {best} of {job.redundancy} runs agree"
+    )
+    if len(task.votes) > 1:
+        text += "; " + disagreement(task, workers)
+    return text + ")"
+
+
 def digest(msg: p.TaskDone) -> bytes:
     """What runs are compared by: the failed count and the outcome bytes."""
     digest = hashlib.sha256(b"%d:" % msg.failed)
@@ -81,17 +146,35 @@ def tally(worker: Worker | None, agreed: bool) -> Note | None:
     """Count a run against the majority; a Note when the worker is quarantined by it."""
     if worker is None:
         return None
+    record = worker.record  # its volunteer's, when it joined with an invite: quarantine follows the credential
     if agreed:
-        worker.agreed += 1
+        record.agreed += 1
         return None
-    worker.disagreed += 1
-    if not worker.quarantined and worker.disagreed >= QUARANTINE_AFTER and worker.disagreed > worker.agreed:
-        worker.quarantined = True
+    record.disagreed += 1
+    return _judge(worker, "disagreed with the majority")
+
+
+def _judge(worker: Worker, what: str) -> Note | None:
+    """Quarantine a worker that disagrees more than it agrees, or a volunteer that misses more
+    deadlines than it finishes tasks (a slow but honest one finishes more than it misses; the
+    operator's own shared-token machines are never quarantined for being slow)."""
+    record = worker.record
+    disagrees = record.disagreed >= QUARANTINE_AFTER and record.disagreed > record.agreed
+    misses = worker.volunteer is not None and record.missed >= QUARANTINE_AFTER and record.missed > record.tasks_done
+    if not record.quarantined and (disagrees or misses):
+        record.quarantined = True
+        who = worker.name if worker.identity in (None, worker.name) else f"{worker.name} (volunteer {worker.identity})"
         return Note(
-            f"quarantined worker {worker.name}: it disagreed with the majority {worker.disagreed} times "
-            f"and agreed {worker.agreed} times; it gets no more work"
+            f"quarantined worker {who}: it {what}; it disagreed {record.disagreed} times, missed "
+            f"{record.missed} deadlines and agreed {record.agreed} times; it gets no more work"
         )
     return None
+
+
+def missed_deadline(worker: Worker) -> Note | None:
+    """Count a lease the worker held past its deadline; a Note when that quarantines it."""
+    worker.record.missed += 1
+    return _judge(worker, "missed a deadline")
 
 
 def disagreement(task: Task, workers: dict[str, Worker]) -> str:

@@ -9,6 +9,9 @@ client to worker and back. Time comes from an injected clock.
 
 Who gets which task is :mod:`foreman.assignment`; redundant runs are
 counted by :mod:`foreman.quorum`; limits are in :mod:`foreman.limits`.
+Two mixins hold the rest of its events: :mod:`foreman.volunteering`
+(invites, revocations, the record that follows a credential) and
+:mod:`foreman.timers` (``tick()``: deadlines, backup runs, quorum timeouts).
 Every lease is (task, attempt, worker): an outcome is accepted only from its
 holder, so a late result from a frozen worker is dropped. Jobs outlive their
 client's connection: any client holding the token attaches by job id and
@@ -19,26 +22,29 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import CloseCode, ErrorKind, Serializer
 
-from . import quorum
+from . import deadlines, quorum
 from .assignment import assign, drop_leases, enqueue, unlease
+from .credentials import Registry, Volunteer
 from .limits import (
     ALLOWED_FAILURES,
     ENDED_JOBS_SHOWN,
     MAX_QUEUED_BYTES,
     MAX_QUEUED_BYTES_TOTAL,
     MAX_QUEUED_TASKS,
+    MAX_SLOTS_PER_WORKER,
     MAX_WORKER_LOSSES,
     RESULT_TTL,
     TASK_SECONDS_WEIGHT,
 )
 from .splitting import split_queued, split_task, tail_target, target_items
 from .state import (
+    Action,
     Close,
     DeleteJob,
     Job,
@@ -49,11 +55,14 @@ from .state import (
     SaveJobState,
     SaveResult,
     SaveTask,
+    SaveVolunteer,
     Send,
     Task,
     TaskState,
     Worker,
 )
+from .timers import TimedEvents
+from .volunteering import VolunteerEvents
 
 __all__ = [
     "ALLOWED_FAILURES",
@@ -65,10 +74,8 @@ __all__ = [
     "Scheduler",
 ]
 
-Action = Send | Close | Note | Replay | SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob
 
-
-class Scheduler:
+class Scheduler(VolunteerEvents, TimedEvents):
     """Jobs, tasks and workers; events in, actions out.
 
     ``journaled``: a journal keeps every outcome, so the scheduler does not
@@ -86,9 +93,16 @@ class Scheduler:
         max_queued_tasks: int = MAX_QUEUED_TASKS,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
         max_queued_bytes_total: int = MAX_QUEUED_BYTES_TOTAL,
+        max_slots_per_worker: int = MAX_SLOTS_PER_WORKER,
+        min_lease_deadline: float = deadlines.MIN_LEASE_DEADLINE,
+        backup_tasks: bool = True,
     ) -> None:
         self.allowed_failures = allowed_failures
         self.max_worker_losses = max_worker_losses
+        self.min_lease_deadline = min_lease_deadline
+        self.backup_tasks = backup_tasks  # run copies of the slowest tasks at the tail of a job
+        self.max_slots_per_worker = max_slots_per_worker
+        self.volunteers = Registry()  # invited workers' credential digests and records
         self.max_queued_tasks = max_queued_tasks
         self.max_queued_bytes = max_queued_bytes
         self.max_queued_bytes_total = max_queued_bytes_total
@@ -121,10 +135,26 @@ class Scheduler:
                 job.client = None
         return []
 
-    def add_worker(self, worker_id: str, name: str, slots: int, portable_only: bool = False) -> list[Action]:
-        self.workers[worker_id] = Worker(worker_id, name, slots, portable_only=portable_only)
+    def add_worker(
+        self, worker_id: str, name: str, slots: int, portable_only: bool = False, volunteer: Volunteer | None = None
+    ) -> list[Action]:
+        """A worker joined (``volunteer``: the invite it joined with). Slots are granted, not claimed:
+        at most ``max_slots_per_worker``, or the invite's ``--slots``."""
+        granted = self.granted_slots(slots, volunteer)
+        worker = Worker(worker_id, name, granted, portable_only=portable_only, volunteer=volunteer, claimed=slots)
+        if volunteer is not None:
+            worker.record = volunteer.record  # reputation follows the credential, not the name
+        self.workers[worker_id] = worker
+        actions: list[Action] = []
+        if granted < slots:
+            limit = "its invite's --slots" if volunteer and volunteer.slots else "--max-slots-per-worker"
+            actions.append(Note(f"worker {name} claims {slots} slots; it is granted {granted} ({limit})"))
+        if volunteer is not None:
+            actions.append(SaveVolunteer(volunteer))
+            if worker.quarantined:
+                actions.append(Note(f"worker {name} joined as volunteer {volunteer.name}, which is quarantined"))
         self._total_slots = None
-        return self._split_for_slots() + self._assign()
+        return actions + self._split_for_slots() + self._assign()
 
     def remove_worker(self, worker_id: str, how: str = "disconnected") -> list[Action]:
         """A worker went away: its leased tasks go back to the front of their queues.
@@ -147,6 +177,8 @@ class Scheduler:
             task = job.tasks[task_id]
             task.leases.pop(worker_id, None)
             if task.state is TaskState.DONE:  # a redundant run no longer needed
+                continue
+            if job.redundancy == 1 and task.leases:  # a reissued or backup run of it goes on elsewhere
                 continue
             if worker.draining:  # handed back on purpose: not the task's fault
                 self._enqueue(job, task, front=True)
@@ -200,6 +232,8 @@ class Scheduler:
             retries=msg.retries,
             name=msg.name,
             redundancy=msg.redundancy,
+            quorum=msg.quorum,
+            quorum_timeout=msg.quorum_timeout,
             serializer=msg.serializer,
             ack=msg.ack,
             created_at=self.clock(),
@@ -275,6 +309,8 @@ class Scheduler:
                 p.JobAttached(job_id, job.total_items, job.total_tasks, job.state.value, job.name, job.serializer),
             )
         ]
+        if job.waiting:  # else the new client would hear it only when it changes
+            actions.append(Send(client_id, p.JobWaiting(job_id, job.waiting)))
         if self.journaled:
             return actions + [Replay(client_id, job_id)]
         return actions + [Send(client_id, outcome) for outcome in job.results.values()]
@@ -293,12 +329,15 @@ class Scheduler:
         if leased is None:  # a late, replayed or forged result: its task is not leased to this worker
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
         job, task = leased
+        deadlines.observe(job, task, worker_id, self.clock())
         unlease(self.workers, job, task, worker_id)
         worker = self.workers.get(worker_id)
         if worker is not None and msg.seconds > 0:  # its tasks' duration sizes its prefetch
             seen = worker.task_seconds
             worker.task_seconds = msg.seconds if not seen else seen + TASK_SECONDS_WEIGHT * (msg.seconds - seen)
             worker.size_prefetch()
+        if task.state is TaskState.DONE and job.redundancy == 1:  # a reissued or backup run that lost the race
+            return self._assign()
         if job.redundancy > 1:
             return self._vote(job, task, worker_id, msg) + self._assign()
         if msg.failed and task.retries_used < job.retries:
@@ -323,8 +362,11 @@ class Scheduler:
         job.completed_items += task.count - msg.failed
         job.failed_items += msg.failed
         worker = self.workers.get(worker_id)
+        records: list[Action] = []
         if worker is not None:
-            worker.tasks_done += 1
+            worker.record.tasks_done += 1
+            if worker.volunteer is not None:
+                records.append(SaveVolunteer(worker.volunteer))
         result = p.TaskResult(
             job.job_id,
             task.task_id,
@@ -336,13 +378,21 @@ class Scheduler:
             seconds=msg.seconds,
             queued=max(0.0, task.assigned_at - task.received_at),
             attempts=task.attempt,
+            trusted=self._trusted_outcome(task, worker_id),
+            reissued=task.reissues,
+            backups=task.backups,
         )
-        return self._outcome(job, task, result)
+        return records + self._outcome(job, task, result)
 
     def _vote(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
         """A redundant run reported: accept the outcome once a majority agrees."""
-        verdict = quorum.vote(task, job.redundancy, worker_id, msg, self.workers, done=task.state is TaskState.DONE)
+        if task.first_outcome_at is None:
+            task.first_outcome_at = self.clock()
+        done = task.state is TaskState.DONE
+        verdict = quorum.vote(task, job.redundancy, worker_id, msg, self.workers, done=done, needed=job.quorum)
         actions: list[Action] = list(verdict.notes)
+        voters = {worker_id, *(w for ws in task.votes.values() for w in ws)}
+        actions += self._save_records(voters)
         if verdict.accepted is not None:
             return actions + self._result(job, task, verdict.voter, verdict.accepted)
         if verdict.rerun:
@@ -389,8 +439,11 @@ class Scheduler:
 
     # --- restart -----------------------------------------------------------
 
-    def restore(self, jobs: list[Job], ended: list[dict[str, Any]]) -> list[Action]:
-        """Take back jobs from the journal after a restart: unfinished tasks queue again."""
+    def restore(
+        self, jobs: list[Job], ended: list[dict[str, Any]], volunteers: Sequence[Volunteer] = ()
+    ) -> list[Action]:
+        """Take back jobs and volunteers from the journal after a restart: unfinished tasks queue again."""
+        self.volunteers.restore(list(volunteers))
         actions: list[Action] = []
         for summary in ended:
             self.ended[summary["id"]] = summary
@@ -413,7 +466,11 @@ class Scheduler:
         public = ("id", "name", "total", "completed", "failed", "state")
         return {
             "workers": [worker.summary() for worker in self.workers.values()],
-            "jobs": [job.summary() for job in self.jobs.values()] + [{k: s[k] for k in public} for s in ended],
+            "jobs": [job.summary() for job in self.jobs.values()]
+            + [
+                {**{k: s[k] for k in public}, "untrusted_workers": s.get("untrusted_workers", 0), "waiting": ""}
+                for s in ended
+            ],
             "clients": len(self.clients),
         }
 
@@ -492,7 +549,9 @@ class Scheduler:
     def _outcome(self, job: Job, task: Task, outcome: p.TaskResult | p.TaskFailed) -> list[Action]:
         """Record a task's final outcome, pass it to the client, and end the job if it was the last."""
         task.state = TaskState.DONE
-        if job.redundancy > 1 and task.task_id in job.queue:  # replicas no longer needed
+        if (
+            job.redundancy > 1 or task.reissues or task.backups
+        ) and task.task_id in job.queue:  # replicas no longer needed
             job.queue = deque(t for t in job.queue if t != task.task_id)
             if not job.queue and job.job_id in self._ready:
                 self._ready.remove(job.job_id)
@@ -549,5 +608,12 @@ class Scheduler:
         return actions
 
     def _assign(self) -> list[Action]:
-        """Lease queued tasks to free worker capacity, jobs taking turns."""
-        return list(assign(self.workers, self.jobs, self._ready, self.clock()))
+        """Lease queued tasks to free worker capacity, jobs taking turns; note when each lease began."""
+        now = self.clock()
+        sends = assign(self.workers, self.jobs, self._ready, now)
+        for action in sends:
+            if isinstance(action.message, p.AssignTask):
+                task = self.jobs[action.message.job_id].tasks[action.message.task_id]
+                task.lease_started[action.to] = now
+                task.overdue.discard(action.to)
+        return list(sends)

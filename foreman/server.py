@@ -26,8 +26,10 @@ from crowdcompute.wire.addresses import Address
 from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CLOSE_TIMEOUT, CloseCode, Role
 from crowdcompute.wire.runtime import runtime_mismatch
 
+from .credentials import CredentialRefused, Volunteer
 from .http import StatusPages
 from .journal import Journal, read_outcome_frame, read_outcome_ids
+from .limits import MAX_SLOTS_PER_WORKER
 from .scheduler import RESULT_TTL, Action, Scheduler
 from .state import Close, Note, Replay, Send
 
@@ -59,6 +61,8 @@ CONNECT_PING_TIMEOUT = 10.0
 
 #: Seconds between purges of jobs older than the result TTL (and idle checks).
 EXPIRE_INTERVAL = 60.0
+#: Seconds between two ticks of the scheduler's clock (deadlines, quorum timeouts, what jobs wait for).
+TICK_INTERVAL = 1.0
 #: Seconds a client with no running job may stay silent before it is closed (1000, "idle").
 IDLE_TIMEOUT = 3600.0
 
@@ -90,6 +94,10 @@ ROUTES: dict[type[p.Message], Route] = {
         _route(p.StatusRequest, Role.CLIENT, lambda s, conn, msg: [Send(conn, p.StatusReply.of(s.status()))]),
         _route(p.AttachJob, Role.CLIENT, lambda s, conn, msg: s.attach_job(conn, msg.job_id)),
         _route(p.CollectJob, Role.CLIENT, lambda s, conn, msg: s.collect_job(conn, msg.job_id)),
+        # Admin requests on a client connection (the client token is the admin's): see foreman.credentials.
+        _route(p.InviteVolunteer, Role.CLIENT, lambda s, conn, msg: s.invite_volunteer(conn, msg)),
+        _route(p.RevokeVolunteer, Role.CLIENT, lambda s, conn, msg: s.revoke_volunteer(conn, msg)),
+        _route(p.ListVolunteers, Role.CLIENT, lambda s, conn, msg: s.list_volunteers(conn)),
         _route(p.TaskDone, Role.WORKER, lambda s, conn, msg: s.task_done(conn, msg)),
         _route(p.TaskCrashed, Role.WORKER, lambda s, conn, msg: s.task_crashed(conn, msg)),
         _route(p.TaskOutput, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
@@ -141,6 +149,7 @@ class _Peer:
     websocket: ServerConnection
     slots: int = 0
     mismatch: str | None = None  # why its runtime cannot take or give cloudpickle jobs
+    volunteer: Volunteer | None = None  # the invite a worker joined with (None: the shared worker token)
     last_seen: float = 0.0  # loop time of its last frame
     outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0  # in the outbox, not yet written
@@ -166,6 +175,8 @@ class ForemanServer:
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
         sock: socket.socket | None = None,
+        max_slots_per_worker: int = MAX_SLOTS_PER_WORKER,
+        backup_tasks: bool = True,
     ) -> None:
         """``journal``: a Journal, or a function of the bound port that opens one."""
         if not token:
@@ -184,12 +195,16 @@ class ForemanServer:
         self._open_journal = journal
         self.journal: Journal | None = None
         self.scheduler = Scheduler(
-            journaled=journal is not None, result_ttl=RESULT_TTL if result_ttl is None else result_ttl
+            journaled=journal is not None,
+            result_ttl=RESULT_TTL if result_ttl is None else result_ttl,
+            max_slots_per_worker=max_slots_per_worker,
+            backup_tasks=backup_tasks,
         )
         self._peers: dict[str, _Peer] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._expiry: asyncio.Task | None = None
+        self._ticker: asyncio.Task | None = None
         # GET /, /api/status and /healthz on the same port (see foreman.http).
         self.status_pages = StatusPages(self.scheduler, token, secure=ssl_context is not None)
 
@@ -222,10 +237,11 @@ class ForemanServer:
         self.journal = journal(self.port) if callable(journal) else journal
         if self.journal is not None:
             jobs, ended = self.journal.load()
-            self._execute(self.scheduler.restore(jobs, ended))
+            self._execute(self.scheduler.restore(jobs, ended, self.journal.load_volunteers()))
             if jobs:
                 log.info("resumed %d unfinished jobs from %s", len(jobs), self.journal.path)
         self._expiry = asyncio.create_task(self._expire_regularly())
+        self._ticker = asyncio.create_task(self._tick_regularly())
         self.status_pages.start()
         return self.address
 
@@ -233,6 +249,8 @@ class ForemanServer:
         """Close every connection and stop listening."""
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
         self.status_pages.stop()
         if self._server is not None:
             self._server.close()
@@ -240,6 +258,11 @@ class ForemanServer:
             self._server = None
         if self.journal is not None:
             self.journal.close()
+
+    async def _tick_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            self._execute(self.scheduler.tick())
 
     async def _expire_regularly(self) -> None:
         loop = asyncio.get_running_loop()
@@ -285,7 +308,7 @@ class ForemanServer:
                     max_frame_size=self.max_frame_size,
                     max_queued_tasks=self.scheduler.max_queued_tasks,
                     max_queued_bytes=self.scheduler.max_queued_bytes,
-                    notice=f"{peer.mismatch}; it runs portable jobs only" if peer.mismatch else "",
+                    notice=self._notice(peer),
                 )
             ),
         )
@@ -293,7 +316,8 @@ class ForemanServer:
             peer.pinger = asyncio.create_task(_ping(websocket))
         try:
             if peer.role == Role.WORKER:
-                log.info("worker %s connected from %s", peer.name, _where(websocket))
+                who = f" (volunteer {peer.volunteer.name})" if peer.volunteer else ""
+                log.info("worker %s%s connected from %s", peer.name, who, _where(websocket))
             self._execute(self._joined(peer))
             await self._read_frames(peer)
         finally:
@@ -308,6 +332,15 @@ class ForemanServer:
                 self._execute(self.scheduler.remove_client(peer.conn_id))
             peer.outbox.put_nowait(Stop())
             await sender
+
+    def _notice(self, peer: _Peer) -> str:
+        """What the peer should tell its user: it runs portable jobs only, it was granted fewer slots."""
+        notices = [f"{peer.mismatch}; it runs portable jobs only"] if peer.mismatch else []
+        if peer.role == Role.WORKER:
+            granted = self.scheduler.granted_slots(max(1, peer.slots), peer.volunteer)
+            if granted < peer.slots:
+                notices.append(f"the foreman grants it {granted} of its {peer.slots} slots")
+        return "; ".join(notices)
 
     async def _authenticate(self, websocket: ServerConnection) -> _Peer | None:
         """Read the Hello; return the peer, or refuse and close and return None."""
@@ -343,18 +376,29 @@ class ForemanServer:
             await self._refuse(websocket, "version", reason, CloseCode.PROTOCOL_ERROR)
             return None
         expected = self.token if hello.role == Role.CLIENT else self.worker_token
+        volunteer = None
         if not hmac.compare_digest(hello.token.encode(), expected.encode()):
-            log.warning("refused %s %s: wrong or missing %s token", hello.role, _where(websocket), hello.role)
-            await asyncio.sleep(AUTH_FAILURE_DELAY)
-            await self._refuse(websocket, "auth", f"the foreman refused this {hello.role} token", CloseCode.POLICY)
-            return None
+            try:
+                if hello.role != Role.WORKER:
+                    raise CredentialRefused("wrong or missing client token")
+                volunteer = self.scheduler.volunteers.authenticate(hello.token, self.scheduler.clock())
+            except CredentialRefused as refused:
+                # Never the token itself: the log names the volunteer only when the credential was once valid.
+                log.warning("refused %s %s: %s", hello.role, _where(websocket), refused.reason)
+                await asyncio.sleep(AUTH_FAILURE_DELAY)
+                if refused.name is not None:
+                    await self._refuse(websocket, "revoked", refused.reason, CloseCode.POLICY)
+                else:
+                    reason = f"the foreman refused this {hello.role} token"
+                    await self._refuse(websocket, "auth", reason, CloseCode.POLICY)
+                return None
         conn_id = f"{hello.role[0]}{next(self._ids)}"
         name = hello.name or conn_id
         # Another Python or cloudpickle: cloudpickle jobs cannot cross, portable ones can.
         mismatch = runtime_mismatch(hello.role, hello.python, hello.cloudpickle)
         if mismatch is not None:
             log.warning("%s %s gets portable jobs only: %s", hello.role, name, mismatch)
-        return _Peer(conn_id, hello.role, name, websocket, hello.slots, mismatch=mismatch)
+        return _Peer(conn_id, hello.role, name, websocket, hello.slots, mismatch=mismatch, volunteer=volunteer)
 
     async def _refuse(self, websocket: ServerConnection, code: str, reason: str, close_code: int) -> None:
         try:
@@ -365,7 +409,9 @@ class ForemanServer:
 
     def _joined(self, peer: _Peer) -> list[Action]:
         if peer.role == Role.WORKER:
-            return self.scheduler.add_worker(peer.conn_id, peer.name, max(1, peer.slots), bool(peer.mismatch))
+            return self.scheduler.add_worker(
+                peer.conn_id, peer.name, max(1, peer.slots), bool(peer.mismatch), volunteer=peer.volunteer
+            )
         return self.scheduler.add_client(peer.conn_id, peer.mismatch)
 
     async def _read_frames(self, peer: _Peer) -> None:

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from crowdcompute.wire.constants import Serializer
 from crowdcompute.wire.messages import Message, TaskDone, TaskFailed, TaskResult
 
+from .credentials import Record, Volunteer
 from .limits import MAX_PREFETCH_PER_SLOT, PREFETCH_MARGIN
 
 __all__ = [
+    "Action",
     "Close",
     "DeleteJob",
     "Note",
@@ -23,6 +25,7 @@ __all__ = [
     "SaveJobState",
     "SaveResult",
     "SaveTask",
+    "SaveVolunteer",
     "Send",
     "Task",
     "TaskState",
@@ -99,6 +102,13 @@ class DeleteJob:
     job_id: str
 
 
+@dataclass(frozen=True)
+class SaveVolunteer:
+    """A volunteer's credential digest, terms and record (never the credential itself)."""
+
+    volunteer: Volunteer
+
+
 class TaskState(enum.Enum):
     QUEUED = "queued"  # waiting for a worker slot
     RUNNING = "running"  # leased to a worker (possibly still in its prefetch queue)
@@ -122,10 +132,10 @@ class Task:
     state: TaskState = TaskState.QUEUED
     attempt: int = 0  # grows with every lease, so each lease is unique
     leases: dict[str, int] = field(default_factory=dict)  # worker id -> attempt it holds
-    tried: set[str] = field(default_factory=set)  # workers that ran or run it (replicas go elsewhere)
+    tried: set[str] = field(default_factory=set)  # Worker.key of those that ran or run it (replicas go elsewhere)
     votes: dict[bytes, list[str]] = field(default_factory=dict)  # outcome digest -> workers (redundancy)
     ballots: dict[bytes, TaskDone] = field(default_factory=dict)  # outcome digest -> first TaskDone with it
-    winner: bytes | None = None  # the digest a majority agreed on
+    winner: bytes | None = None  # the digest a quorum agreed on
     rounds: int = 0  # extra rounds of runs after a round without a majority
     crashes: int = 0  # times it killed its process (counts toward allowed_failures)
     losses: int = 0  # times its worker went away while holding it (counts toward max_worker_losses)
@@ -133,6 +143,11 @@ class Task:
     pieces: list[list[int]] | None = None  # [items, bytes] of its payload's pieces: where it may be cut
     received_at: float = 0.0  # when the client's task arrived
     assigned_at: float = 0.0  # when its current lease began
+    first_outcome_at: float | None = None  # when its first redundant run reported (quorum_timeout counts from it)
+    lease_started: dict[str, float] = field(default_factory=dict)  # worker id -> when its lease began
+    overdue: set[str] = field(default_factory=set)  # workers whose lease passed its deadline
+    reissues: int = 0  # runs queued because every lease passed its deadline
+    backups: int = 0  # backup copies run at the tail of its job
 
 
 @dataclass
@@ -147,7 +162,9 @@ class Job:
     task_timeout: float | None
     retries: int
     name: str = ""
-    redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
+    redundancy: int = 1  # runs of each task on distinct workers
+    quorum: int = 0  # agreeing runs that accept an outcome; 0: a strict majority of redundancy
+    quorum_timeout: float | None = None  # seconds after a task's first outcome to reach the quorum
     serializer: Serializer = Serializer.CLOUDPICKLE  # portable jobs run on any worker
     ack: bool = True  # the client wants JobAccepted
     tasks: dict[int, Task] = field(default_factory=dict)
@@ -164,6 +181,9 @@ class Job:
     queued_bytes: int = 0  # input bytes of received tasks without an outcome yet
     splits: int = 0  # tasks the foreman made by cutting the client's (their ids follow the client's)
     splittable: bool = False  # some queued task may be cut (it came in pieces)
+    untrusted: set[str] = field(default_factory=set)  # untrusted volunteers leased its tasks
+    waiting: str = ""  # what it waits for beyond free slots ("task 12 needs 1 more distinct worker")
+    durations: list[float] = field(default_factory=list)  # recent lease round trips (its deadlines follow them)
 
     @property
     def all_received(self) -> bool:
@@ -182,39 +202,74 @@ class Job:
             "completed": self.completed_items,
             "failed": self.failed_items,
             "state": self.state.value,
+            "untrusted_workers": len(self.untrusted),
+            "waiting": self.waiting,
         }
 
 
 @dataclass
 class Worker:
-    """A connected worker agent with ``slots`` task processes."""
+    """A connected worker agent with ``slots`` task processes (as many as the foreman granted)."""
 
     worker_id: str
     name: str
     slots: int
     running: set[tuple[str, int]] = field(default_factory=set)  # (job_id, task_id) leased
     jobs: set[str] = field(default_factory=set)  # jobs whose function it holds
-    tasks_done: int = 0
     draining: bool = False  # stopping: it gets no new tasks
-    agreed: int = 0  # redundant runs where it sided with the majority
-    disagreed: int = 0  # ... and where it did not
-    quarantined: bool = False  # kept disagreeing: it gets no new tasks
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
     rtt: float = 0.0  # seconds: its latest ping round trip (0: not measured yet)
     task_seconds: float = 0.0  # running average of its tasks' durations (0: none finished yet)
     prefetch: int = 0  # tasks it holds beyond its running ones (see size_prefetch); set on creation
     last_lease: int = 0  # order of its latest lease: among equally free workers, the longest unserved goes first
+    volunteer: Volunteer | None = None  # the invite it joined with; None: the shared worker token
+    record: Record = field(default_factory=Record)  # the volunteer's record, or this connection's
+    claimed: int = 0  # slots it asked for
+
+    @property
+    def identity(self) -> str | None:
+        """Who it is for reputation and quarantine: its volunteer's name (None with the shared token)."""
+        return self.volunteer.name if self.volunteer is not None else None
+
+    @property
+    def key(self) -> str:
+        """What "distinct workers" means: one per volunteer (however many connections it opens)."""
+        return f"volunteer:{self.volunteer.name}" if self.volunteer is not None else self.worker_id
+
+    @property
+    def trusted(self) -> bool:
+        """Shared-token workers are the operator's own machines; volunteers only if invited --trusted."""
+        return self.volunteer is None or self.volunteer.trusted
+
+    @property
+    def tasks_done(self) -> int:
+        return self.record.tasks_done
+
+    @property
+    def agreed(self) -> int:
+        return self.record.agreed
+
+    @property
+    def disagreed(self) -> int:
+        return self.record.disagreed
+
+    @property
+    def quarantined(self) -> bool:
+        return self.record.quarantined
 
     def summary(self) -> dict:
         """The worker as the status reply shows it."""
         return {
             "name": self.name,
+            "identity": self.identity,
+            "trusted": self.trusted,
             "slots": self.slots,
             "busy": min(len(self.running), self.slots),
             "tasks_done": self.tasks_done,
             "draining": self.draining,
             "agreed": self.agreed,
             "disagreed": self.disagreed,
+            "missed_deadlines": self.record.missed,
             "quarantined": self.quarantined,
             "portable_only": self.portable_only,
         }
@@ -249,3 +304,7 @@ class Worker:
     @property
     def free(self) -> int:
         return self.capacity - len(self.running)
+
+
+#: Everything an event of the scheduler may return, for the server to carry out in order.
+Action = Send | Close | Note | Replay | SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob | SaveVolunteer

@@ -26,3 +26,30 @@ LOCK = __import__("threading").Lock()
 def uses_a_lock(x):
     with LOCK:
         return x
+
+
+SETTINGS = {"scale": 4.0}
+
+
+def hypot(x):  # named like the attribute it reads: math.hypot is not this module's hypot
+    return math.hypot(x, SETTINGS["scale"])
+
+
+def _double(x):
+    return 2 * x
+
+
+def doubled_range(n):  # a helper of this module, read inside a comprehension
+    return [_double(v) for v in range(n)]
+
+
+class Scaled:
+    def __init__(self, x):
+        self.x = x
+
+    def value(self):
+        return _double(self.x) * FACTOR
+
+
+def uses_a_class(x):
+    return Scaled(x).value()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,21 @@ def test_a_function_from_a_module_runs_portably(cluster):
             with pytest.raises(ZeroDivisionError) as caught:  # builtin types are rebuilt from the JSON error
                 await cc.map(funcs.fails_on_zero, [1, 0])
             assert isinstance(caught.value, TaskError) and caught.value.index == 1
+
+    arun(main())
+
+
+def test_helpers_from_the_users_module_travel_as_source(cluster):
+    document = json.loads(dumps_portable_function(funcs.hypot))
+    assert document["imports"] == {} and document["modules"] == {"math": "math"}  # not portable_funcs.hypot
+    assert json.loads(dumps_portable_function(funcs.doubled_range))["helpers"] == ["def _double(x):\n    return 2 * x"]
+
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token, serializer="portable") as cc:
+            # The worker cannot import portable_funcs (it is not on its path): all of it travels as source.
+            assert await cc.map(funcs.hypot, [3.0]) == [5.0]
+            assert await cc.map(funcs.doubled_range, [3]) == [[0, 2, 4]]
+            assert await cc.map(funcs.uses_a_class, [1, 2]) == [6, 12]
 
     arun(main())
 

@@ -27,7 +27,15 @@ from crowdcompute.wire import messages as p
 from foreman.scheduler import ALLOWED_FAILURES, Scheduler
 from foreman.state import Note, Replay, SaveJob, SaveJobState, SaveResult, SaveTask, Send
 
-NO_VOTES = {"agreed": 0, "disagreed": 0, "quarantined": False, "portable_only": False}
+NO_VOTES = {
+    "agreed": 0,
+    "disagreed": 0,
+    "quarantined": False,
+    "portable_only": False,
+    "identity": None,
+    "trusted": True,
+    "missed_deadlines": 0,
+}
 
 
 # --- assignment --------------------------------------------------------------------
@@ -385,7 +393,18 @@ def test_an_empty_job_is_accepted_and_done_at_once():
     assert [type(a) for a in actions] == [SaveJob, Send, SaveJobState]
     assert sent(actions) == [("c1", p.JobAccepted("j0"))]  # no worker hears of it
     assert records(actions, SaveJobState)[0].state == "done"
-    assert s.status()["jobs"] == [{"id": "j0", "name": "", "total": 0, "completed": 0, "failed": 0, "state": "done"}]
+    assert s.status()["jobs"] == [
+        {
+            "id": "j0",
+            "name": "",
+            "total": 0,
+            "completed": 0,
+            "failed": 0,
+            "state": "done",
+            "untrusted_workers": 0,
+            "waiting": "",
+        }
+    ]
 
 
 def test_status_has_the_documented_shape():

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     agent = WorkerAgent(address, token=args.token, procs=args.procs, name=args.name, cafile=args.cafile)
     try:
         asyncio.run(_serve(agent, args.exit_with_parent))
-    except AuthenticationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except AuthenticationError as exc:  # a wrong token, or a volunteer's revoked or expired credential
+        print(f"error: AuthenticationError: {exc}", file=sys.stderr)
         return 1
     return 0
 

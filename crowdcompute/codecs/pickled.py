@@ -10,15 +10,13 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
-import sys
-import sysconfig
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
 from ..errors import SerializationError
+from .origins import users_module
 from .outcomes import ITEM_REPR_LIMIT, PICKLE_PROTOCOL, short_repr
 
 __all__ = [
@@ -74,24 +72,9 @@ def dumps_function(func: Callable) -> bytes:
             cloudpickle.unregister_pickle_by_value(module)
 
 
-_INSTALLED = tuple(
-    {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
-)
-#: Our own packages are on every worker: they always travel by reference.
-_OURS = ("crowdcompute", "crowdcompute_jupyter", "foreman", "worker")
-
-
 def _own_module(func: Callable):
     """The module of ``func`` if it is the user's own (not installed, not ours), else None."""
-    name = getattr(func, "__module__", None)
-    module = sys.modules.get(name) if isinstance(name, str) else None
-    path = getattr(module, "__file__", None)
-    if module is None or not isinstance(name, str) or name == "__main__" or path is None or name.split(".")[0] in _OURS:
-        return None
-    resolved = Path(path).resolve()
-    if any(resolved.is_relative_to(root) for root in _INSTALLED):
-        return None
-    return module
+    return users_module(getattr(func, "__module__", None))
 
 
 def _explain_function(func: Callable, exc: Exception) -> str:

@@ -39,6 +39,11 @@ __all__ = [
     "CollectJob",
     "WorkerDraining",
     "RequestError",
+    "InviteVolunteer",
+    "RevokeVolunteer",
+    "ListVolunteers",
+    "VolunteersReply",
+    "JobWaiting",
     "JobFunction",
     "AssignTask",
     "ReleaseJob",
@@ -98,7 +103,8 @@ class Welcome(Message):
 class Refused(Message):
     """The foreman's answer to a refused Hello, just before it closes.
 
-    ``code`` is ``"auth"`` (wrong token), ``"version"`` (protocol mismatch)
+    ``code`` is ``"auth"`` (wrong token), ``"revoked"`` (a volunteer's credential
+    that was revoked or expired), ``"version"`` (protocol mismatch)
     or ``"protocol"`` (a malformed first message).
     """
 
@@ -122,13 +128,17 @@ class SubmitJob(Message):
     task_timeout: float | None = None
     retries: int = 0
     name: str = ""
-    redundancy: int = 1  # runs of each task on distinct workers; a majority must agree
+    redundancy: int = 1  # runs of each task on distinct workers
     serializer: Serializer = Serializer.CLOUDPICKLE
     ack: bool = True  # answer JobAccepted (a client that waits on the results anyway needs none)
+    quorum: int = 0  # agreeing runs that accept an outcome; 0: a strict majority of redundancy
+    quorum_timeout: float | None = None  # seconds after a task's first outcome to reach the quorum
 
     def validate(self) -> None:
         _require(bool(self.job_id), "job_id must not be empty")
         _require(1 <= self.redundancy <= MAX_REDUNDANCY, f"redundancy must be 1 to {MAX_REDUNDANCY}")
+        _require(0 <= self.quorum <= self.redundancy, "quorum must be 1 to redundancy (0: a majority)")
+        _require(self.quorum_timeout is None or self.quorum_timeout > 0, "quorum_timeout must be positive")
         _require(self.total_tasks >= 0, "total_tasks must not be negative")
         _require(self.total_items >= 0, "total_items must not be negative")
         _require(self.retries >= 0, "retries must not be negative")
@@ -206,7 +216,69 @@ class StatusRequest(Message):
     TYPE: ClassVar[str] = "status_request"
 
 
+@message
+class InviteVolunteer(Message):
+    """Admin: create a credential for volunteer ``name`` (answered with a VolunteersReply)."""
+
+    TYPE: ClassVar[str] = "invite_volunteer"
+    name: str
+    slots: int = 0  # most slots it is granted; 0: the foreman's --max-slots-per-worker
+    expires_in: float | None = None  # seconds the credential is valid; None: until revoked
+    trusted: bool = False  # clients may unpickle its results without opting in
+
+    def validate(self) -> None:
+        _require(bool(self.name), "name must not be empty")
+        _require(self.slots >= 0, "slots must not be negative")
+        _require(self.expires_in is None or self.expires_in > 0, "expires_in must be positive")
+
+
+@message
+class RevokeVolunteer(Message):
+    """Admin: refuse volunteer ``name`` from now on and close its connections."""
+
+    TYPE: ClassVar[str] = "revoke_volunteer"
+    name: str
+
+
+@message
+class ListVolunteers(Message):
+    """Admin: every volunteer and its record."""
+
+    TYPE: ClassVar[str] = "list_volunteers"
+
+
 # --- foreman -> client ------------------------------------------------------
+
+
+@message
+class VolunteersReply(Message):
+    """The answer to an admin request, as a JSON object: ``{"error": ...}`` when it was refused."""
+
+    TYPE: ClassVar[str] = "volunteers_reply"
+    body: bytes
+
+    @classmethod
+    def of(cls, answer: dict[str, Any]) -> VolunteersReply:
+        return cls(json.dumps(answer, separators=(",", ":")).encode())
+
+    @property
+    def answer(self) -> dict[str, Any]:
+        try:
+            value = json.loads(bytes(self.body))
+        except ValueError as exc:
+            raise ProtocolError(f"volunteers_reply: body is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ProtocolError("volunteers_reply: body must be a JSON object")
+        return value
+
+
+@message
+class JobWaiting(Message):
+    """What a job waits for beyond free slots (``"task 12 needs 1 more distinct worker"``); empty: nothing."""
+
+    TYPE: ClassVar[str] = "job_waiting"
+    job_id: str
+    reason: str
 
 
 @message
@@ -245,6 +317,9 @@ class TaskResult(Message):
     seconds: float = 0.0  # time the worker spent running it
     queued: float = 0.0  # time it waited on the foreman for a slot
     attempts: int = 1  # leases it took (more than 1: it was reassigned or retried)
+    trusted: bool = True  # False: only untrusted volunteers returned it (clients decode it as plain data)
+    reissued: int = 0  # runs started because its leases passed their deadline
+    backups: int = 0  # backup copies run at the tail of its job
 
 
 @message

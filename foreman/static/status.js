@@ -132,8 +132,12 @@ function renderJobs(status) {
     const rate = jobRates.get(job.id);
     const running = job.state === "running";
     const left = running && rate > 0 ? formatDuration((total - done) / rate) : "–";
+    const notes = [];
+    if (job.untrusted_workers) notes.push(`${job.untrusted_workers} untrusted workers`);
+    if (running && job.waiting) notes.push(job.waiting);
+    const noted = notes.length ? [el("span", { class: "id", title: "notes" }, notes.join(" · "))] : [];
     return el("tr", { "data-job-id": job.id, "data-state": job.state },
-      el("td", {}, job.name || "job", el("span", { class: "id", title: job.id }, job.id.slice(0, 8))),
+      el("td", {}, job.name || "job", el("span", { class: "id", title: job.id }, job.id.slice(0, 8)), ...noted),
       el("td", {}, el("span", { class: `badge ${state}` }, state)),
       el("td", {}, bar),
       el("td", { class: "count" }, `${done}/${total}`),
@@ -158,8 +162,12 @@ function renderWorkers(status) {
     }
     if (!(worker.tasks || []).length) tasks.append(el("span", { class: "empty" }, "idle"));
     const state = worker.quarantined ? "quarantined" : worker.draining ? "draining" : "up";
+    // Invited volunteers show their identity (the invite's name), and whether their results are trusted.
+    const who = worker.identity
+      ? [el("span", { class: "id", title: "volunteer" }, `${worker.identity}${worker.trusted ? "" : " · untrusted"}`)]
+      : [];
     return el("tr", { "data-worker": worker.name },
-      el("td", {}, worker.name),
+      el("td", {}, worker.name, ...who),
       el("td", { class: "slot-cell" }, slots, `${worker.busy}/${worker.slots}`),
       el("td", {}, String(worker.tasks_done ?? "–")),
       tasks,

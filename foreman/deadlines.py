@@ -1,0 +1,120 @@
+"""Lease deadlines and backup runs: a hoarded or stalled task does not hold a job back.
+
+Pure functions over the scheduler's records. Every lease gets a deadline
+from the job's observed round trips (lease to outcome, as the foreman sees
+them, so a worker cannot talk its deadline up): ``LEASE_DEADLINE_FACTOR``
+times the slowest recent one, at least ``MIN_LEASE_DEADLINE`` seconds. A
+job with no outcome yet has no deadline; a task timeout caps it at twice the
+timeout plus the minimum. A task whose every lease is past its deadline
+is queued again for another worker: the first outcome to arrive wins, and a
+later one is dropped. A lease past its deadline counts as a missed deadline
+on its worker's record, even when another run finished the task first (the
+lease stays until the worker answers or the job ends, so a worker that
+hoards tasks fills its own capacity).
+
+At the tail of a job (nothing left in its queue) a slot that would idle
+runs a backup copy of the task that has run longest, once it has run
+longer than ``BACKUP_AFTER_FACTOR`` times the job's typical round trip
+(MapReduce's backup tasks). Redundant jobs get neither: their runs must be
+on distinct workers and agree anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .state import Job, JobState, Task, TaskState, Worker
+
+__all__ = [
+    "BACKUP_AFTER_FACTOR",
+    "DURATIONS_KEPT",
+    "LEASE_DEADLINE_FACTOR",
+    "MIN_LEASE_DEADLINE",
+    "Overdue",
+    "allowance",
+    "backups",
+    "observe",
+    "overdue",
+]
+
+#: A lease's deadline is this many times the slowest recent round trip of its job...
+LEASE_DEADLINE_FACTOR = 4.0
+#: ... and never less than this many seconds.
+MIN_LEASE_DEADLINE = 2.0
+#: A running task gets a backup copy at the tail of its job after this many typical round trips.
+BACKUP_AFTER_FACTOR = 2.0
+#: Round trips of a job kept to set its deadlines.
+DURATIONS_KEPT = 50
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """A lease past its deadline."""
+
+    job: Job
+    task: Task
+    worker_id: str
+    reissue: bool  # every lease of the task is overdue: queue another run
+
+
+def observe(job: Job, task: Task, worker_id: str, now: float) -> None:
+    """Keep the round trip of ``worker_id``'s lease on ``task``, which just reported."""
+    started = task.lease_started.pop(worker_id, None)
+    if started is not None and worker_id not in task.overdue:
+        job.durations.append(max(0.0, now - started))
+        del job.durations[:-DURATIONS_KEPT]
+
+
+def allowance(job: Job, min_deadline: float = MIN_LEASE_DEADLINE) -> float | None:
+    """Seconds a lease of ``job`` may last; None: no deadline yet (nothing observed, no timeout).
+
+    With a task timeout, never more than twice that (the worker stops a task at its timeout,
+    so a lease that outlives it by that much is stalled, not slow)."""
+    limits = []
+    if job.durations:
+        limits.append(max(min_deadline, LEASE_DEADLINE_FACTOR * max(job.durations)))
+    if job.task_timeout is not None:
+        limits.append(2 * job.task_timeout + min_deadline)
+    return min(limits, default=None)
+
+
+def overdue(
+    jobs: dict[str, Job], workers: Iterable[Worker], now: float, min_deadline: float = MIN_LEASE_DEADLINE
+) -> list[Overdue]:
+    """Leases that passed their deadline since the last call (each is reported once)."""
+    found: list[Overdue] = []
+    for worker in workers:
+        for job_id, task_id in sorted(worker.running):
+            job = jobs.get(job_id)
+            if job is None or job.redundancy > 1 or job.state is not JobState.RUNNING:
+                continue
+            task = job.tasks[task_id]
+            started = task.lease_started.get(worker.worker_id)
+            limit = allowance(job, min_deadline)
+            if started is None or limit is None or worker.worker_id in task.overdue or now - started <= limit:
+                continue
+            task.overdue.add(worker.worker_id)
+            live = [w for w in task.leases if w not in task.overdue]
+            found.append(Overdue(job, task, worker.worker_id, reissue=not live and task.state is not TaskState.DONE))
+    return found
+
+
+def backups(jobs: dict[str, Job], workers: Iterable[Worker], now: float) -> list[tuple[Job, Task]]:
+    """Running tasks at the tail of their job that idle slots should run a copy of, longest-running first."""
+    idle = sum(max(0, w.free) for w in workers)  # room that nothing queued will fill: the job's tail
+    if idle == 0:
+        return []
+    candidates: list[tuple[float, Job, Task]] = []
+    for job in jobs.values():
+        if job.redundancy > 1 or job.state is not JobState.RUNNING or job.queue or not job.durations:
+            continue
+        typical = sorted(job.durations)[len(job.durations) // 2]
+        for task in job.tasks.values():
+            if task.state is not TaskState.RUNNING or task.backups or len(task.leases) != 1:
+                continue
+            started = min((task.lease_started.get(w, now) for w in task.leases), default=now)
+            if now - started > BACKUP_AFTER_FACTOR * typical:
+                candidates.append((started, job, task))
+    candidates.sort(key=lambda found: found[0])
+    return [(job, task) for _, job, task in candidates[:idle]]

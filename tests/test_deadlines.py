@@ -1,0 +1,167 @@
+"""Lease deadlines and backup runs: a hoarding or stalled worker does not hold a job back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from helpers import arun, wait_until
+from scheduler_events import Clock, done, leased, make, sent, submit
+
+from crowdcompute import CrowdComputeClient
+from crowdcompute.dialing import dial
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.addresses import parse_address
+from crowdcompute.wire.runtime import runtime_fields
+from foreman import deadlines
+from foreman.state import Note
+
+
+def results(actions) -> list[p.TaskResult]:
+    return [m for _, m in sent(actions) if isinstance(m, p.TaskResult)]
+
+
+def test_a_lease_past_its_deadline_runs_again_elsewhere_and_the_first_outcome_wins():
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    s.add_worker("hoarder", "hoarder", 1)
+    s.add_worker("honest", "honest", 1)
+    first = leased(submit(s, "c1", "j1", tasks=4))  # two for each: nothing left for the honest one
+    held = [(task, attempt) for worker, _, task, attempt in first if worker == "hoarder"]
+    assert held and s.tick() == []  # no outcome yet: no deadline yet
+    clock.now += 0.1
+    honest = [(task, attempt) for worker, _, task, attempt in first if worker == "honest"]
+    for task, attempt in honest:
+        actions = s.task_done("honest", done("j1", task, attempt))
+    assert deadlines.allowance(s.jobs["j1"]) == deadlines.MIN_LEASE_DEADLINE  # 4 x 0.1 s is below the minimum
+    clock.now += deadlines.MIN_LEASE_DEADLINE + 0.5
+    actions = s.tick()
+    assert any(isinstance(a, Note) and "passed its deadline on worker hoarder" in a.text for a in actions)
+    assert s.workers["hoarder"].record.missed == len(held)
+    reissued = [(task, attempt) for worker, _, task, attempt in leased(actions) if worker == "honest"]
+    assert reissued, "the overdue tasks were not run again elsewhere"
+    task, attempt = reissued[0]
+    (accepted,) = results(s.task_done("honest", done("j1", task, attempt)))
+    assert accepted.reissued == 1
+    assert results(s.task_done("hoarder", done("j1", task, dict(held)[task]))) == []  # the first outcome won
+
+
+def test_a_volunteer_that_misses_more_deadlines_than_it_finishes_tasks_is_quarantined():
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    _, volunteer = s.volunteers.invite("hoarder", clock.now)
+    s.add_worker("hoarder", "hoarder", 2, volunteer=volunteer)
+    s.add_worker("honest", "honest", 1)
+    actions = submit(s, "c1", "j1", tasks=12)
+    notes = []
+    for _ in range(20):
+        clock.now += 0.1
+        for worker, _, task, attempt in leased(actions):
+            if worker == "honest":
+                actions += s.task_done("honest", done("j1", task, attempt))
+        clock.now += deadlines.MIN_LEASE_DEADLINE + 0.1
+        actions = s.tick() + [a for a in actions if not isinstance(a, Note)]
+        notes += [a.text for a in actions if isinstance(a, Note) and "quarantined" in a.text]
+        if s.workers["hoarder"].quarantined:
+            break
+    assert s.workers["hoarder"].quarantined and "missed a deadline" in notes[0]
+    assert not s.workers["honest"].quarantined
+    assert volunteer.record.quarantined  # the credential's record: it stays quarantined if it comes back
+
+
+def test_the_operators_own_slow_worker_is_never_quarantined_for_missed_deadlines():
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    s.add_worker("slow", "slow", 2)  # the shared worker token: trusted
+    s.add_worker("fast", "fast", 1)
+    actions = submit(s, "c1", "j1", tasks=20)
+    for _ in range(10):
+        clock.now += 0.1
+        for worker, _, task, attempt in leased(actions):
+            if worker == "fast":
+                actions += s.task_done("fast", done("j1", task, attempt))
+        clock.now += deadlines.MIN_LEASE_DEADLINE + 0.1
+        actions = s.tick() + [a for a in actions if not isinstance(a, Note)]
+    assert s.workers["slow"].record.missed >= 3 and not s.workers["slow"].quarantined
+
+
+def test_at_the_tail_of_a_job_an_idle_slot_runs_a_backup_of_the_slowest_task():
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    s.add_worker("slow", "slow", 1)
+    s.add_worker("fast", "fast", 1)
+    first = leased(submit(s, "c1", "j1", tasks=2))
+    by_worker = {worker: (task, attempt) for worker, _, task, attempt in first}
+    clock.now += 1.0
+    s.task_done("fast", done("j1", *by_worker["fast"]))
+    clock.now += 1.5  # the slow task has run 2.5 s, more than twice the typical 1 s
+    backup = leased(s.tick())
+    assert [(w, t) for w, _, t, _ in backup] == [("fast", by_worker["slow"][0])]
+    (accepted,) = results(s.task_done("fast", done("j1", by_worker["slow"][0], backup[0][3])))
+    assert accepted.backups == 1 and s.jobs["j1"].state.value == "done"
+    assert make(clock=clock, backup_tasks=False).tick() == []
+
+
+def sleepy_abs(x):
+    import time
+
+    time.sleep(0.1)
+    return abs(x)
+
+
+def test_a_worker_that_takes_tasks_and_never_answers_does_not_stall_a_job(foreman, start_worker):
+    start_worker(foreman.url, "--procs", "1", "--name", "honest")
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            credential, _ = await cc.invite("hoarder")
+            hello = p.Hello("worker", credential, p.PROTOCOL_VERSION, name="hoarder", slots=4, **runtime_fields())
+            hoarder, _ = await dial(parse_address(foreman.url), hello)  # answers pings, never a task
+            try:
+
+                async def joined():
+                    return len((await cc.status())["workers"]) == 2
+
+                await wait_until(joined, 20, "the hoarder never joined")
+                job = await cc.submit(sleepy_abs, range(-50, 0), chunksize=1)  # 5 s on the honest worker
+                assert await asyncio.wait_for(job.result(), 30) == list(range(50, 0, -1))
+                # Its tasks ran again elsewhere: as backups at the tail, or reissued past their deadline.
+                assert job.stats.reissued + job.stats.backups >= 1, job.stats.summary()
+                assert "reissued past their deadline" in job.stats.summary()
+                (record,) = await cc.volunteers()
+                assert record["missed_deadlines"] >= 1 and record["tasks_done"] == 0, record
+            finally:
+                await hoarder.close()
+
+    arun(main(), timeout=50)
+
+
+def test_an_expired_volunteer_is_closed_on_the_next_tick():
+    clock = Clock()
+    s = make(clock=clock)
+    _, volunteer = s.volunteers.invite("temp", clock.now, expires_in=60)
+    s.add_worker("w1", "laptop", 2, volunteer=volunteer)
+    assert s.tick() == []
+    clock.now += 61
+    actions = s.tick()
+    assert [(a.to, a.reason) for a in actions if type(a).__name__ == "Close"] == [("w1", "credential expired")]
+    assert "w1" not in s.workers
+
+
+def test_losing_a_worker_that_runs_a_backup_copy_is_not_a_crash_of_the_task():
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    s.add_worker("slow", "slow", 1)
+    s.add_worker("fast", "fast", 1)
+    by_worker = {worker: (task, attempt) for worker, _, task, attempt in leased(submit(s, "c1", "j1", tasks=2))}
+    clock.now += 1.0
+    s.task_done("fast", done("j1", *by_worker["fast"]))
+    clock.now += 1.5
+    assert leased(s.tick())  # a backup of the slow worker's task on the fast one
+    s.remove_worker("fast")
+    task = s.jobs["j1"].tasks[by_worker["slow"][0]]
+    assert task.crashes == 0 and list(task.leases) == ["slow"]  # the first run goes on
