@@ -74,6 +74,8 @@ def build_failed_task_error(
         return TaskTimeoutError(reason, index=index, exc_type="TaskTimeoutError")
     if error == ErrorKind.DISAGREEMENT:
         return QuorumError(reason, index=index, exc_type="QuorumError")
+    if error == ErrorKind.LIMIT:  # reason: "task exceeded --max-memory 512 MiB"
+        return WorkerCrashedError(reason, attempts=attempts, cause=reason, index=index)
     what = "the task" if index is None else f"the task holding item {index}"
     if error == ErrorKind.LOST:
         # The task crashed nothing: the workers holding it went away (their link or their host failed).

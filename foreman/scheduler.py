@@ -409,8 +409,8 @@ class Scheduler(VolunteerEvents, TimedEvents):
         unlease(self.workers, job, task, worker_id)
         if task.state is TaskState.DONE:  # a redundant run no longer needed
             return self._assign()
-        if msg.error == ErrorKind.TIMEOUT:
-            return self._fail(job, task, ErrorKind.TIMEOUT, msg.reason) + self._assign()
+        if msg.error in (ErrorKind.TIMEOUT, ErrorKind.LIMIT):  # running it again would do the same
+            return self._fail(job, task, msg.error, msg.reason) + self._assign()
         return self._crashed(job, task, msg.reason) + self._assign()
 
     def task_output(self, worker_id: str, msg: p.TaskOutput) -> list[Action]:

@@ -279,6 +279,14 @@ def test_timeout_fails_the_task_at_once():
     assert sent(actions) == [("c1", p.TaskFailed("j1", 0, 0, 1, "timeout", "ran past 0.5 s", 1))]  # not run again
 
 
+def test_a_broken_worker_limit_fails_the_task_at_once():
+    s = started(1)
+    submit(s, "c1", "j1", tasks=2)
+    reason = "task exceeded --max-memory 512 MiB"
+    actions = s.task_crashed("w1", p.TaskCrashed("j1", 0, 1, "limit", reason))
+    assert sent(actions) == [("c1", p.TaskFailed("j1", 0, 0, 1, "limit", reason, 1))]  # not run again
+
+
 def test_the_task_timeout_travels_with_each_assignment():
     s = started(1)
     frames = sent(submit(s, "c1", "j1", tasks=1, task_timeout=2.5))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import socket
 
 from websockets.exceptions import ConnectionClosed
@@ -23,7 +24,7 @@ from crowdcompute.wire.addresses import Address, read_connection_file
 from crowdcompute.wire.constants import Role
 from crowdcompute.wire.runtime import runtime_fields
 
-from .pool import Finished, Lost, Slot, process_context
+from .pool import Finished, Lost, Slot, SlotSettings
 
 __all__ = ["RECONNECT_DELAY_MAX", "WorkerAgent"]
 
@@ -48,6 +49,7 @@ class WorkerAgent:
         name: str | None = None,
         cafile: str | None = None,
         heartbeat_interval: float = 5.0,
+        slot_settings: SlotSettings | None = None,
     ) -> None:
         self.address = address
         self.token = token
@@ -55,8 +57,8 @@ class WorkerAgent:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.cafile = cafile
         self.heartbeat_interval = heartbeat_interval
-        ctx = process_context()
-        self.slots = [Slot(ctx, i) for i in range(procs)]
+        self.slot_settings = slot_settings or SlotSettings()
+        self.slots = [Slot(self.slot_settings, i) for i in range(procs)]
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
         self._running: dict[int, str] = {}  # slot index -> job id of its task
         self._queue: asyncio.Queue[p.AssignTask] = asyncio.Queue()
@@ -106,6 +108,8 @@ class WorkerAgent:
         for slot in self.slots:
             slot.kill()
         await asyncio.gather(*(loop.run_in_executor(None, slot.close) for slot in self.slots))
+        if self.slot_settings.scratch is not None:
+            shutil.rmtree(self.slot_settings.scratch, ignore_errors=True)
 
     def _hello(self) -> p.Hello:
         """The Hello to send; with no token, the one in the foreman's connection file."""

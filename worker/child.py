@@ -6,6 +6,12 @@ It talks to its worker agent over a ``multiprocessing`` pipe:
                      ("forget", job_id)
     child -> agent   ("output", index, stream, text)      while the task runs
                      ("done", failed, seconds) + outcome bytes   when it ends
+                     ("limit", name)                       the task broke a limit; then it exits
+
+``settings`` (from the launcher) holds the worker's ``limits`` (a
+:class:`~worker.limits.Limits` as a dict), ``nproc`` (the ``RLIMIT_NPROC``
+to set, or None) and ``scratch``: a folder in which each task gets a fresh
+folder of its own (its cwd and TMPDIR), removed when it ends.
 
 A crash here (segfault, ``os._exit``, out of memory) kills this process only;
 the agent notices, reports it and starts a fresh one. If the agent dies, this
@@ -15,7 +21,9 @@ process notices within half a second and exits, leaving no orphan.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +35,9 @@ from crowdcompute.codecs.portable import load_portable_function
 from crowdcompute.wire.constants import Serializer
 
 from .execution import run_items, run_portable
+from .limits import LimitBroken, Limits, apply_in_task_process, limit_for_error
 
-__all__ = ["main"]
+__all__ = ["main", "serve_fd"]
 
 #: Functions of this many jobs stay loaded in a task process.
 CACHED_FUNCTIONS = 8
@@ -77,8 +86,13 @@ def _exit_when_orphaned() -> None:
             os._exit(1)
 
 
-def main(conn: Connection) -> None:
+def main(conn: Connection, settings: dict | None = None) -> None:
     """Serve tasks from ``conn`` until it closes."""
+    settings = settings or {}
+    limits = Limits(**settings.get("limits", {}))
+    apply_in_task_process(limits, settings.get("nproc"))
+    scratch = settings.get("scratch")
+    task_pid = os.getpid()
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
     stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
     sys.stdout, sys.stderr = outputs
@@ -113,15 +127,27 @@ def main(conn: Connection) -> None:
 
         if isinstance(func, BaseException):
             func = _raiser(func)
+        if limits.any:
+            func = _watched(func, limits, task_pid)
+        folder = _enter_scratch(scratch, job_id, first_index) if scratch else None
         started = time.perf_counter()
-        if portable:
-            result, failed = run_portable(func, payload, count, on_item)
-        else:
-            try:
-                items = loads_items(payload)
-            except Exception as exc:  # an input whose type this worker cannot import
-                items, func = [None] * count, _raiser(RuntimeError(f"cannot load the task's input here: {exc!r}"))
-            result, failed = run_items(func, items, on_item)
+        try:
+            if portable:
+                result, failed = run_portable(func, payload, count, on_item)
+            else:
+                try:
+                    items = loads_items(payload)
+                except Exception as exc:  # an input whose type this worker cannot import
+                    items, func = [None] * count, _raiser(RuntimeError(f"cannot load the task's input here: {exc!r}"))
+                result, failed = run_items(func, items, on_item)
+        except LimitBroken as broken:
+            conn.send(("limit", broken.args[0]))
+            os._exit(1)  # a fresh process takes the next task
+        finally:
+            if os.getpid() != task_pid:  # the user's function forked and this copy returned
+                os._exit(0)
+            if scratch is not None and folder is not None:
+                _leave_scratch(scratch, folder)
         seconds = time.perf_counter() - started
         for output in outputs:
             output.flush()
@@ -129,8 +155,50 @@ def main(conn: Connection) -> None:
         conn.send_bytes(result)
 
 
+def _watched(func: Callable[[Any], Any], limits: Limits, task_pid: int) -> Callable[[Any], Any]:
+    """``func``, raising LimitBroken when it fails because it broke a limit."""
+
+    def call(item: Any) -> Any:
+        try:
+            return func(item)
+        except (MemoryError, OSError) as exc:
+            name = limit_for_error(exc, limits)
+            if name is None:
+                raise
+            if os.getpid() != task_pid:  # a process the task forked: it must not talk on our pipe
+                os._exit(1)
+            raise LimitBroken(name) from None
+
+    return call
+
+
+def _enter_scratch(scratch: str, job_id: str, first_index: int) -> str:
+    folder = os.path.join(scratch, f"task-{job_id}-{first_index}")
+    os.makedirs(folder, exist_ok=True)
+    os.chdir(folder)
+    for name in ("TMPDIR", "TEMP", "TMP", "HOME") if os.environ.get("HOME") == scratch else ("TMPDIR", "TEMP", "TMP"):
+        os.environ[name] = folder  # HOME too where the sandbox made the scratch folder the home
+    tempfile.tempdir = None
+    return folder
+
+
+def _leave_scratch(scratch: str, folder: str) -> None:
+    os.chdir(scratch)
+    if os.environ.get("HOME") == folder:
+        os.environ["HOME"] = scratch
+    shutil.rmtree(folder, ignore_errors=True)
+    tempfile.tempdir = None
+
+
 def _raiser(exc: BaseException) -> Callable[[Any], Any]:
     def fail(_item: Any) -> Any:
         raise exc
 
     return fail
+
+
+def serve_fd(fd: str, settings: str) -> None:
+    """Serve tasks over the inherited socket ``fd``, with ``settings`` as JSON (a CommandLauncher's child)."""
+    import json
+
+    main(Connection(int(fd)), json.loads(settings))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
+import tempfile
 
 from crowdcompute.errors import AuthenticationError
 from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
@@ -13,8 +15,16 @@ from crowdcompute.wire.addresses import parse_address
 from crowdcompute.wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
 
 from .agent import WorkerAgent
+from .cgroups import pids_cgroups_available
+from .launch import CommandLauncher
+from .limits import MIN_MEMORY, Limits, UnenforceableLimitError, check_processes_limit, format_size, parse_size
+from .pool import SlotSettings
+from .sandbox import SandboxUnavailableError, find_bwrap
+from .scratch import SCRATCH_PREFIX, remove_stale_scratch
 
 __all__ = ["build_parser", "main"]
+
+log = logging.getLogger("crowdcompute.worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +47,88 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", help="name shown in status (default: HOST-PID)")
     parser.add_argument("--cafile", help="CA certificate to verify a wss:// foreman")
+    sandbox = parser.add_argument_group("sandbox and limits (per task)")
+    sandbox.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run task processes under bubblewrap: read-only system, homes hidden, a private scratch "
+        "folder per task, no network, own PID namespace (refuses to start where it cannot)",
+    )
+    sandbox.add_argument("--allow-network", action="store_true", help="with --sandbox: let tasks use the network")
+    sandbox.add_argument(
+        "--max-memory", type=_size, metavar="SIZE", help="address space per task process, e.g. 2GiB (default: no limit)"
+    )
+    sandbox.add_argument(
+        "--max-cpu-seconds", type=_seconds, metavar="S", help="CPU seconds per task (default: no limit)"
+    )
+    sandbox.add_argument(
+        "--max-disk", type=_size, metavar="SIZE", help="size of a task's scratch folder, e.g. 1GB (default: no limit)"
+    )
+    sandbox.add_argument(
+        "--max-processes", type=_count, metavar="N", help="processes a task may run at once (default: no limit)"
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def slot_settings(args: argparse.Namespace) -> SlotSettings:
+    """The launcher and limits the options ask for; SandboxUnavailableError or UnenforceableLimitError why not."""
+    if args.allow_network and not args.sandbox:
+        raise UnenforceableLimitError(
+            "--allow-network only makes sense with --sandbox (without it tasks have the network)"
+        )
+    limits = Limits(args.max_memory, args.max_cpu_seconds, args.max_disk, args.max_processes)
+    if limits.memory is not None and limits.memory < MIN_MEMORY:
+        raise UnenforceableLimitError(
+            f"--max-memory {format_size(limits.memory)} is too small: a task process needs at least "
+            f"{format_size(MIN_MEMORY)} of address space to start"
+        )
+    settings = SlotSettings(limits=limits)
+    if args.sandbox:
+        settings.launcher = CommandLauncher(bwrap=find_bwrap(), network=args.allow_network)
+        settings.sandboxed = True
+    settings.processes_by = check_processes_limit(limits, args.sandbox)
+    if args.sandbox and not settings.processes_by and pids_cgroups_available():
+        settings.processes_by = "cgroup"  # no limit, but a cheap count of what a task leaves running
+    if args.sandbox or limits.disk is not None:
+        remove_stale_scratch()
+        settings.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+    return settings
+
+
+def describe(settings: SlotSettings) -> str:
+    """One line saying how task processes are confined, for the log."""
+    parts = []
+    if settings.sandboxed:
+        network = getattr(settings.launcher, "network", False)
+        parts.append(f"sandboxed by bubblewrap ({'with' if network else 'no'} network)")
+    limits = settings.limits
+    parts += [limits.option(name) for name, value in limits.to_dict().items() if value is not None]
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
-    agent = WorkerAgent(address, token=args.token, procs=args.procs, name=args.name, cafile=args.cafile)
+    try:
+        settings = slot_settings(args)
+    except (SandboxUnavailableError, UnenforceableLimitError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if settings.sandboxed or settings.limits.any:
+        log.info("task processes: %s", describe(settings))
+    agent = WorkerAgent(
+        address, token=args.token, procs=args.procs, name=args.name, cafile=args.cafile, slot_settings=settings
+    )
     try:
         asyncio.run(_serve(agent, args.exit_with_parent))
     except AuthenticationError as exc:  # a wrong token, or a volunteer's revoked or expired credential

@@ -4,28 +4,30 @@
 task to the child's pipe and then waits for the pipe to become readable
 (``loop.add_reader``), so no thread sits between the agent and its
 children and a task costs one message each way. User code never runs in
-the agent. A slot whose process dies (crash, timeout, cancel) starts a
-fresh one before its next task.
+the agent. A slot whose process dies (crash, timeout, cancel, broken
+limit) starts a fresh one before its next task. How a process is started
+is the launcher's business (:mod:`worker.launch`); the limits a slot
+enforces itself (CPU seconds, scratch size) are watched here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import os
+import shutil
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crowdcompute.wire.constants import ErrorKind
 
-from . import child
+from .cgroups import PidsCgroup
+from .launch import ForkLauncher, Launcher, TaskProcess
+from .limits import WATCH_INTERVAL, Limits, folder_bytes, tree_cpu_seconds, tree_size
 
-__all__ = ["Finished", "Lost", "Slot", "process_context"]
-
-if TYPE_CHECKING:  # the start methods task processes use (no forkserver on Windows)
-    ProcessContext = multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext
+__all__ = ["Finished", "Lost", "Slot", "SlotSettings"]
 
 #: Seconds a child gets to exit after the pipe closes before it is killed.
 CHILD_EXIT_GRACE = 1.0
@@ -42,19 +44,26 @@ class Finished:
 
 @dataclass(frozen=True)
 class Lost:
-    """The task produced no outcomes: it crashed, ran out of time, or was cancelled."""
+    """The task produced no outcomes: it crashed, ran out of time, broke a limit, or was cancelled."""
 
     error: ErrorKind | None  # None: cancelled (the job was released), nothing to report
     reason: str
 
 
-def process_context() -> ProcessContext:
-    """Forkserver where there is one (cheap fresh processes, no forked threads), else spawn."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["worker.child"])
-        return ctx
-    return multiprocessing.get_context("spawn")
+@dataclass
+class SlotSettings:
+    """What every slot of a worker shares: how to start processes, and the limits."""
+
+    launcher: Launcher = field(default_factory=ForkLauncher)
+    limits: Limits = field(default_factory=Limits)
+    scratch: str | None = None  # folder holding each slot's scratch folder; None: tasks run in the cwd
+    processes_by: str = ""  # how processes are counted and limited: "cgroup", "rlimit" or ""
+    sandboxed: bool = False
+
+    @property
+    def strict(self) -> bool:
+        """Whether a task may leave no process behind (checked after each task)."""
+        return self.sandboxed or self.limits.processes is not None
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -74,15 +83,18 @@ def describe_exit(exitcode: int | None) -> str:
 class Slot:
     """One task process and the pipe to it."""
 
-    def __init__(self, ctx: ProcessContext, index: int) -> None:
+    def __init__(self, settings: SlotSettings, index: int) -> None:
         self.index = index
-        self._ctx = ctx
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self.settings = settings
+        self._process: TaskProcess | None = None
         self._conn: Connection[Any, Any] | None = None
         self._jobs: set[str] = set()  # jobs whose function the child holds
         self._forget: list[str] = []
         self._stopping = False  # set by kill(): the next loss is a cancel
         self._timed_out = False
+        self._broken: str | None = None  # the limit the running task broke, as the agent saw it
+        self._scratch = os.path.join(settings.scratch, f"slot-{index}") if settings.scratch else None
+        self._cgroup: PidsCgroup | None = None
 
     @property
     def pid(self) -> int | None:
@@ -92,12 +104,24 @@ class Slot:
         """Start the child process (if it is not running) and return its pipe; blocking, a few ms with forkserver."""
         if self._process is not None and self._process.is_alive() and self._conn is not None:
             return self._conn
-        parent, child_end = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=child.main, args=(child_end,), name=f"crowdcompute-task-{self.index}", daemon=True
-        )
-        process.start()
-        child_end.close()
+        limits, launcher = self.settings.limits, self.settings.launcher
+        if self._cgroup is not None:
+            self._cgroup.kill_all()  # what the last process left behind
+        elif self.settings.processes_by == "cgroup":  # to count, limit and kill the task's processes
+            cgroup_name = f"worker-{os.getpid()}-{self.index}"
+            limit = limits.processes + launcher.overhead if limits.processes is not None else None
+            self._cgroup = PidsCgroup(cgroup_name, limit)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            os.makedirs(self._scratch, mode=0o700)
+        settings = {
+            "limits": limits.to_dict(),
+            # RLIMIT_NPROC counts in the sandbox's user namespace: its init process too
+            "nproc": limits.processes + 1 if limits.processes and self.settings.processes_by == "rlimit" else None,
+            "scratch": self._scratch,
+        }
+        procs = str(self._cgroup.path / "cgroup.procs") if self._cgroup else None
+        process, parent = launcher.start(self.index, settings, procs)
         if self._conn is not None:
             self._conn.close()
         self._process, self._conn, self._jobs = process, parent, set()
@@ -126,6 +150,7 @@ class Slot:
         """
         loop = asyncio.get_running_loop()
         self._stopping = self._timed_out = False
+        self._broken = None
         conn = self.start()
         outcome: asyncio.Future = loop.create_future()
         timer = None
@@ -143,6 +168,7 @@ class Slot:
         loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output)
         if timeout is not None:
             timer = loop.call_later(timeout, self._time_out)
+        watch = self._watch(outcome) if self._watched else None
         try:
             result = await outcome
         except asyncio.CancelledError:
@@ -152,11 +178,31 @@ class Slot:
             loop.remove_reader(conn.fileno())
             if timer is not None:
                 timer.cancel()
+            if watch is not None:
+                watch.cancel()
+        if isinstance(result, Lost) or (result is None and self._broken):
+            return await self._lost()
         if result is None:
             if self._timed_out:
                 return Lost(ErrorKind.TIMEOUT, f"the task ran longer than its timeout of {timeout:g} s and was stopped")
             return await self._lost()
+        process = self._process
+        if process is not None and self.settings.strict:
+            if await self._processes(process) > 1 + self.settings.launcher.overhead:
+                await self._restart(process)  # the task left processes running: they go with this one
         return result
+
+    async def _processes(self, process: TaskProcess) -> int:
+        """How many processes the slot's process tree holds (its cgroup's count, else a scan of /proc)."""
+        if self._cgroup is not None:
+            return len(self._cgroup.pids())
+        return await asyncio.get_running_loop().run_in_executor(None, tree_size, process.pid)  # a few ms
+
+    async def _restart(self, process: TaskProcess) -> None:
+        process.kill()
+        await asyncio.get_running_loop().run_in_executor(None, process.join, CHILD_EXIT_GRACE)
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
 
     def _readable(self, conn, outcome: asyncio.Future, on_output: Callable[[int, str, str], None]) -> None:
         """Read what the child sent: output lines, then the outcome (None: the pipe closed)."""
@@ -165,11 +211,39 @@ class Slot:
                 message = conn.recv()
                 if message[0] == "output":
                     on_output(*message[1:])
+                elif message[0] == "limit":  # the child found it (MemoryError, EAGAIN); it exits now
+                    self._broken = message[1]
+                    outcome.set_result(Lost(ErrorKind.LIMIT, self.settings.limits.reason(message[1])))
                 else:
                     outcome.set_result(Finished(message[1], conn.recv_bytes(), message[2]))
         except (EOFError, OSError):
             if not outcome.done():
                 outcome.set_result(None)
+
+    @property
+    def _watched(self) -> bool:
+        limits = self.settings.limits
+        return limits.cpu_seconds is not None or (limits.disk is not None and self._scratch is not None)
+
+    def _watch(self, outcome: asyncio.Future) -> asyncio.Task:
+        """Stop the task when its CPU time or scratch size passes its limit."""
+        assert self._process is not None  # a task runs in it
+        limits, pid = self.settings.limits, self._process.pid
+
+        async def watch() -> None:
+            start = tree_cpu_seconds(pid) if limits.cpu_seconds is not None else 0.0
+            while not outcome.done():
+                await asyncio.sleep(WATCH_INTERVAL)
+                if limits.cpu_seconds is not None and tree_cpu_seconds(pid) - start > limits.cpu_seconds:
+                    self._broken = "cpu_seconds"
+                elif limits.disk is not None and self._scratch and folder_bytes(self._scratch) > limits.disk:
+                    self._broken = "disk"
+                else:
+                    continue
+                self._kill_process()
+                return
+
+        return asyncio.create_task(watch())
 
     def _time_out(self) -> None:
         self._timed_out = True
@@ -179,9 +253,26 @@ class Slot:
         process = self._process
         if process is not None:  # reap it, off the loop: join may wait a moment
             await asyncio.get_running_loop().run_in_executor(None, process.join, CHILD_EXIT_GRACE)
+        if self._cgroup is not None:
+            self._cgroup.kill_all()
         if self._stopping:
             return Lost(None, "the job was released")
-        return Lost(ErrorKind.CRASHED, describe_exit(process.exitcode if process else None))
+        exitcode = process.exitcode if process else None
+        broken = self._broken or self._limit_signal(exitcode)
+        if broken:
+            return Lost(ErrorKind.LIMIT, self.settings.limits.reason(broken))
+        return Lost(ErrorKind.CRASHED, describe_exit(exitcode))
+
+    def _limit_signal(self, exitcode: int | None) -> str | None:
+        """The limit a process killed by the kernel for breaking one broke."""
+        limits = self.settings.limits
+        if exitcode is None or exitcode >= 0:
+            return None
+        if -exitcode == getattr(signal, "SIGXCPU", None) and limits.cpu_seconds is not None:
+            return "cpu_seconds"
+        if -exitcode == getattr(signal, "SIGXFSZ", None) and limits.disk is not None:
+            return "disk"
+        return None
 
     def kill(self) -> None:
         """Stop the running task now: its process is killed (the next task gets a fresh one)."""
@@ -203,3 +294,7 @@ class Slot:
             if process.is_alive():
                 process.kill()
                 process.join(CHILD_EXIT_GRACE)
+        if self._cgroup is not None:
+            self._cgroup.remove()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)

@@ -14,6 +14,7 @@ import enum
 __all__ = [
     "ADDRESS_VARIABLE",
     "AUTH_FAILURE_DELAY",
+    "BWRAP_VARIABLE",
     "CHUNKS_PER_SLOT",
     "CLOSE_TIMEOUT",
     "DEFAULT_HOST",
@@ -100,3 +101,4 @@ TOKEN_VARIABLE = "CROWDCOMPUTE_TOKEN"  # the client token that goes with it
 HOME_VARIABLE = "CROWDCOMPUTE_HOME"  # folder for connection files and journals
 FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"  # token handed to an embedded foreman
 WORKER_TOKEN_VARIABLE = "CROWDCOMPUTE_WORKER_TOKEN"  # token handed to an embedded worker
+BWRAP_VARIABLE = "CROWDCOMPUTE_BWRAP"  # the bubblewrap binary a --sandbox worker uses

@@ -326,9 +326,10 @@ class TaskResult(Message):
 class TaskFailed(Message):
     """A task that produced no outcomes: it timed out, kept crashing, or kept losing its worker.
 
-    ``error`` is an ErrorKind; ``attempts`` how often it was leased; ``crashes``
-    how often it killed its process; ``losses`` how often its worker went away
-    while holding it (the link's or the host's failure, not the task's).
+    ``error`` is an ErrorKind (``"timeout"``, ``"crashed"``, ``"limit"``, ``"lost"``, ...);
+    ``attempts`` how often it was leased; ``crashes`` how often it killed its process;
+    ``losses`` how often its worker went away while holding it (the link's or the
+    host's failure, not the task's).
     """
 
     TYPE: ClassVar[str] = "task_failed"
