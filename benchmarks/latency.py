@@ -11,9 +11,11 @@ efficiency of ``--tasks`` tasks of ``--seconds`` each (ideal time over
 measured time) with ``chunksize=1`` and with automatic chunks, and the
 median ``run()`` round trip, whose floor is twice the round trip.
 
-Needs root (network namespaces). dask is not installed here: its column is
-left out, not guessed. Run it on a quiet machine: its figures are noise while
-other work loads the CPUs.
+With dask.distributed installed (the ``bench`` extra), the same map runs on
+a dask scheduler on the foreman's host and a dask worker of ``--procs``
+threads on each worker host, every link through the same relay (``client.map``:
+a task per item). Needs root (network namespaces). Run it on a quiet machine:
+its figures are noise while other work loads the CPUs.
 """
 
 from __future__ import annotations
@@ -63,6 +65,58 @@ async def _measure(url: str, tasks: int, seconds: float, slots: int) -> tuple[fl
             await cc.run(_pause, 0.0)
             trips.append(time.perf_counter() - started)
     return single, automatic, statistics.median(trips)
+
+
+async def _measure_dask(address: str, tasks: int, seconds: float, slots: int) -> float:
+    """Efficiency of dask.distributed's ``client.map`` (a task per item) over the same crowd."""
+    from distributed import Client
+
+    ideal = tasks * seconds / slots
+    async with Client(address, asynchronous=True) as client:
+        await client.gather(client.map(_pause, [0.0] * slots, pure=False))
+        started = time.perf_counter()
+        await client.gather(client.map(_pause, [seconds] * tasks, pure=False))
+        return ideal / (time.perf_counter() - started)
+
+
+def _dask_row(network: Network, foreman, client, hosts, args, delay: float) -> float | None:
+    """dask on the same hosts, the scheduler on the foreman's, every link through a relay; None without dask."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return None
+    scheduler = network.start(
+        foreman, "-m", "distributed.cli.dask_scheduler", "--host", foreman.address, "--port", "0",
+        "--dashboard-address", ":0", "--no-show",
+    )  # fmt: skip
+    port = int(scheduler.wait_for_line("Scheduler at:", timeout=60).rsplit(":", 1)[1])
+    relay = Relay(network, foreman, (foreman.address, port), delay)
+    address = f"tcp://{foreman.address}:{relay.port}"
+    workers = [
+        network.start(
+            host,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--nthreads",
+            str(args.procs),
+            "--nworkers",
+            "1",
+            "--no-nanny",
+            "--host",
+            host.address,
+            "--no-dashboard",
+        )  # fmt: skip
+        for host in hosts
+    ]
+    for worker in workers:
+        worker.wait_for_line("Registered to:", timeout=60)
+    slots = args.hosts * args.procs
+    try:
+        return network.run_in(client, lambda: _measure_dask(address, args.tasks, args.seconds, slots), PHASE_TIMEOUT)
+    finally:
+        for proc in (*workers, relay.proc, scheduler):
+            proc.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,19 +170,20 @@ def main(argv: list[str] | None = None) -> int:
             single, automatic, trip = network.run_in(
                 client, lambda url=url, slots=slots: _measure(url, args.tasks, args.seconds, slots), PHASE_TIMEOUT
             )
-            rows.append((delay, single, automatic, trip))
             for agent in agents:
                 agent.stop()
             relay.proc.stop()
+            rows.append((delay, single, automatic, trip, _dask_row(network, foreman, client, hosts, args, delay)))
     finally:
         network.close()
     print(f"{args.tasks} tasks of {args.seconds * 1000:g} ms over {args.hosts} hosts x {args.procs} slots")
     print("| added one-way delay | " + " | ".join(f"{d * 1000:g} ms" for d, *_ in rows) + " |")
     print("|---|" + "---|" * len(rows))
-    print("| efficiency, `chunksize=1` | " + " | ".join(f"{s:.2f}" for _, s, _, _ in rows) + " |")
-    print("| efficiency, automatic chunks | " + " | ".join(f"{a:.2f}" for _, _, a, _ in rows) + " |")
-    print("| `run()` round trip | " + " | ".join(f"{t * 1000:.1f} ms" for *_, t in rows) + " |")
-    print("| dask, same topology | not installed here |")
+    print("| efficiency, `chunksize=1` | " + " | ".join(f"{s:.2f}" for _, s, _, _, _ in rows) + " |")
+    print("| efficiency, automatic chunks | " + " | ".join(f"{a:.2f}" for _, _, a, _, _ in rows) + " |")
+    dask = " | ".join("not installed" if d is None else f"{d:.2f}" for *_, d in rows)
+    print(f"| dask, same topology | {dask} |")
+    print("| `run()` round trip | " + " | ".join(f"{t * 1000:.1f} ms" for _, _, _, t, _ in rows) + " |")
     return 0
 
 
