@@ -15,6 +15,7 @@ from typing import Any
 
 from .codecs.pickled import Apply, dumps_chunks, dumps_function, dumps_pieced_chunks
 from .codecs.portable import dumps_portable_function, dumps_portable_items
+from .dashboard import client_html, dashboard_url
 from .errors import ConnectionLostError, CrowdComputeError, SerializationError
 from .feed import Feed
 from .job import Job
@@ -433,6 +434,22 @@ class CrowdComputeClient:
             if followed and instruction.collect and self.connected:
                 self._link.send(p.CollectJob(instruction.job_id))
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The foreman's status page: under Jupyter's ``/crowdcompute/`` in a kernel whose server has it."""
+        return dashboard_url(self.address) if self.address is not None else None
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the foreman, its workers and slots, and a link to its status page."""
+        if self.address is None:
+            return "<b>CrowdCompute</b> client, not connected"
+        welcome = self._link.welcome if self._link is not None else None
+        workers = self.cluster.workers if self.cluster else (welcome.workers if welcome else 0)
+        slots = max(self.slots, self.cluster.slots if self.cluster else 0)
+        return client_html(
+            self.address.url, self.dashboard_link, workers, slots, self.cluster is not None, self.connected
+        )
+
     def _require_connection(self) -> None:
         if not self.connected:
             raise CrowdComputeError("not connected: call `await crowdcompute.connect()` first")
@@ -445,7 +462,7 @@ class CrowdComputeClient:
         feed = self._feeds.get(job_id)
         if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
             feed.finished(msg.first_index, msg.count)
-        if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskFailed)):
+        if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskProgress, p.TaskFailed)):
             if job is not None:
                 sent_at = feed.sent_at.get(msg.task_id) if feed is not None else None
                 job.handle(msg, sent_at)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 
 from rich.console import Console
@@ -15,7 +16,7 @@ from .local import LocalCluster
 from .processes import install_stop_handlers
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY, TOKEN_VARIABLE
 
-__all__ = ["run_local", "show_status", "status_tables"]
+__all__ = ["job_state", "run_local", "show_status", "sorted_workers", "status_tables"]
 
 #: How often ``crowdcompute local`` checks that its foreman is still alive, in seconds.
 LOCAL_WATCH_INTERVAL = 0.5
@@ -70,9 +71,24 @@ async def show_status(url: str | None, token: str | None, cafile: str | None) ->
     return 0
 
 
+def job_state(job: dict) -> str:
+    """The job's state as the progress widget says it: a finished job with a failed item "failed"."""
+    state = str(job.get("state", ""))
+    return "failed" if state == "done" and job.get("failed") else state
+
+
+def sorted_workers(workers: list[dict]) -> list[dict]:
+    """Workers by name, numbers in names compared as numbers (local-2 before local-10)."""
+
+    def key(worker: dict) -> list:
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(worker.get("name", "")))]
+
+    return sorted(workers, key=key)
+
+
 def status_tables(status: dict, url: str) -> list[Table]:
     """The status as rich tables: workers, then jobs."""
-    workers = status.get("workers", [])
+    workers = sorted_workers(status.get("workers", []))
     slots = sum(w["slots"] for w in workers)
     busy = sum(w["busy"] for w in workers)
     table = Table(title=f"foreman {url}: {len(workers)} workers, {busy}/{slots} slots busy", title_justify="left")
@@ -100,7 +116,7 @@ def status_tables(status: dict, url: str) -> list[Table]:
             job.get("name", ""),
             f"{done}/{job['total']}{percent}",
             str(job["failed"]),
-            job["state"],
+            job_state(job),
             "; ".join(notes),
         )
     return [table, jobs]

@@ -48,5 +48,7 @@ async def run_demo(workers: int | None, items: int) -> int:
         f"({model.rate:,.1f} items/s; cluster ready in {ready:.2f} s)"
     )
     print(f"found {sum(counts):,} primes below {items * SPAN:,}")
-    print(f"stats: {job.stats.report()}")
+    report = job.stats.report()
+    if report:
+        print(report)
     return 0

@@ -125,24 +125,43 @@ class TaskError(CrowdComputeError):
         self.remote_traceback = remote_traceback
         self.item_repr = item_repr
 
-    def _headline(self) -> str:
-        where = f"item {self.index}" if self.index is not None else "the task"
+    def _where(self) -> str:
+        """``in item 3 (its input)``, or ``on a worker`` for a single call."""
+        if self.index is None:
+            return "on a worker"
+        where = f"in item {self.index}"
         if self.item_repr is not None:
             where += f" ({self.item_repr})"
-        return f"{self.exc_type} in {where}: {self.message}"
+        return where
+
+    def _headline(self) -> str:
+        return f"{self.exc_type} {self._where()}: {self.message}"
+
+    def _traceback_text(self) -> str:
+        from .tracebacks import localize_traceback  # the client's source lines for remote frames
+
+        text = localize_traceback(self.remote_traceback.rstrip())
+        return text.replace("Traceback (most recent call last):", "Remote traceback (most recent call last):", 1)
 
     def __str__(self) -> str:
-        text = self._headline()
+        # Python prints "ValueError: " before this when the class is the remote type: do not say it twice.
+        if type(self).__name__ == self.exc_type:
+            text = f"{self.message} ({self._where()})"
+        else:
+            text = self._headline()
         if self.remote_traceback:
-            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+            text += "\n\n" + self._traceback_text()
         return text
 
     def _render_traceback_(self) -> list[str]:
-        """How IPython shows this error: the remote traceback, not ours."""
-        lines = [f"\x1b[31m{type(self).__name__}\x1b[0m: {self._headline()}"]
+        """How IPython shows this error: where it happened, then the remote traceback, not ours."""
+        name = type(self).__name__
+        if name == self.exc_type:
+            lines = [f"\x1b[31m{name}\x1b[0m {self._where()}: {self.message}"]
+        else:
+            lines = [f"\x1b[31m{name}\x1b[0m: {self._headline()}"]
         if self.remote_traceback:
-            lines.append("Remote traceback:")
-            lines.extend(self.remote_traceback.rstrip().splitlines())
+            lines.extend(self._traceback_text().splitlines())
         return lines
 
 

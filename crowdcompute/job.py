@@ -170,6 +170,26 @@ class Job:
         """The failed items so far, by input index."""
         return dict(self._machine.errors)
 
+    @property
+    def in_progress(self) -> int:
+        """Items finished inside running tasks, as their workers report (their values come with the task)."""
+        return self._machine.in_progress
+
+    @property
+    def in_progress_failed(self) -> int:
+        """Of :attr:`in_progress`, the items that failed."""
+        return self._machine.in_progress_failed
+
+    @property
+    def early_error(self) -> tuple[int, str] | None:
+        """``(index, "Type: message")`` of a failure a worker reported before its task's outcome arrived."""
+        return self._machine.early_error
+
+    def partial_results(self) -> list[Any]:
+        """The results so far in input order: errors in place of failed items, a JobCancelledError
+        in place of each item that has no outcome (all of a cancelled job's unfinished ones)."""
+        return self._machine.partial_outcomes()
+
     # --- waiting -------------------------------------------------------------
 
     def __await__(self):

@@ -68,7 +68,17 @@ class Lost:
     error: CrowdComputeError
 
 
-Event = p.TaskResult | p.TaskFailed | p.TaskOutput | p.JobAttached | p.JobWaiting | p.RequestError | Cancel | Lost
+Event = (
+    p.TaskResult
+    | p.TaskFailed
+    | p.TaskOutput
+    | p.TaskProgress
+    | p.JobAttached
+    | p.JobWaiting
+    | p.RequestError
+    | Cancel
+    | Lost
+)
 
 
 # --- instructions ----------------------------------------------------------------
@@ -180,6 +190,8 @@ class JobMachine:
         # 1 for each item a result filled without a per-item loop: the foreman may cut a task
         # into parts, so a later outcome (after a foreman lost its memory) can overlap earlier ones.
         self._filled = bytearray(self.total)
+        self._running: dict[int, tuple[int, int]] = {}  # task id -> (items done, failed) it reported
+        self.early_error: tuple[int, str] | None = None  # (index, "Type: message") reported before its task ended
         if self.total == 0:
             self.state = JobState.DONE
             self.finished = self.started
@@ -197,6 +209,8 @@ class JobMachine:
             return self._fail(event)
         if isinstance(event, p.TaskOutput):
             return [Echo(event.index, event.stream, event.text)]
+        if isinstance(event, p.TaskProgress):
+            return self._progress(event)
         if isinstance(event, p.JobWaiting):
             if self.done or event.reason == self.waiting:
                 return []
@@ -214,6 +228,22 @@ class JobMachine:
             return self._end(JobState.LOST, event.error)
         raise TypeError(f"a job cannot handle {type(event).__name__}")
 
+    @property
+    def in_progress(self) -> int:
+        """Items finished inside tasks whose outcomes have not arrived (their workers reported them)."""
+        return sum(done for done, _ in self._running.values())
+
+    @property
+    def in_progress_failed(self) -> int:
+        """Of those, the items that failed."""
+        return sum(failed for _, failed in self._running.values())
+
+    def partial_outcomes(self) -> list[Any]:
+        """The results in input order so far: errors in place of failed items, and a
+        JobCancelledError in place of those that never finished (a cancelled job's)."""
+        cancelled = JobCancelledError(self.id)
+        return [self.errors.get(i, cancelled) if r is MISSING else r for i, r in enumerate(self.results)]
+
     def outcomes(self) -> list[Any]:
         """The results in input order, errors in place of the failed items."""
         if not self.errors and self.completed == self.total:
@@ -222,8 +252,21 @@ class JobMachine:
 
     # --- the events -------------------------------------------------------------
 
+    def _progress(self, msg: p.TaskProgress) -> list[Instruction]:
+        """A running task finished some of its items: count them now (its outcome brings the values)."""
+        if self.done or msg.task_id in self._timed_tasks:
+            return []  # over, or the outcome already arrived (a late report)
+        before = self._running.get(msg.task_id, (0, 0))
+        if (msg.done, msg.failed) <= before:
+            return []
+        self._running[msg.task_id] = (max(msg.done, before[0]), max(msg.failed, before[1]))
+        if msg.error and self.early_error is None and not self.errors and 0 <= msg.error_index < self.total:
+            self.early_error = (msg.error_index, msg.error)
+        return [Changed()]
+
     def _time(self, msg: p.TaskResult, sent_at: float | None) -> None:
         """Keep a TaskResult's timing for the stats (once per task, replays aside)."""
+        self._running.pop(msg.task_id, None)
         if msg.task_id in self._timed_tasks:
             return
         self._timed_tasks.add(msg.task_id)
@@ -244,6 +287,7 @@ class JobMachine:
                 msg.trusted,
                 msg.reissued,
                 msg.backups,
+                msg.waited,
             )
         )
 
@@ -287,6 +331,7 @@ class JobMachine:
         return [*done, *self._changed()] if done else []
 
     def _fail(self, msg: p.TaskFailed) -> list[Instruction]:
+        self._running.pop(msg.task_id, None)
         first_index, count = msg.first_index, msg.count
         if self.done or first_index < 0 or first_index + count > self.total:
             return []

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .rate import RateMeter
+
 if TYPE_CHECKING:
     from .job import Job
 
@@ -42,7 +44,14 @@ PROGRESS_CHOICES = (None, True, False, "rich", "widget")
 
 @dataclass
 class ProgressModel:
-    """Counts of one job, and what follows from them."""
+    """Counts of one job, and what follows from them.
+
+    ``done`` and ``failed`` count items finished inside running tasks too (the
+    workers report them as they go), so a slow map moves item by item. While
+    the job runs, the rate and time left come from recent item completions
+    (:class:`~crowdcompute.rate.RateMeter`); once it ended, the rate is the
+    whole job's.
+    """
 
     total: int
     done: int = 0
@@ -50,20 +59,26 @@ class ProgressModel:
     state: str = "running"
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
+    meter: RateMeter | None = None
     untrusted: int = 0  # untrusted volunteers whose results the job used
     waiting: str = ""  # what the job waits for beyond free slots
 
     @classmethod
     def of(cls, job: Job) -> ProgressModel:
-        model = cls(job.total, started=job.started)
+        model = cls(job.total, started=job.started, meter=RateMeter(started=job.started))
         model.update(job)
         return model
 
     def update(self, job: Job) -> None:
-        self.done = job.completed
-        self.failed = job.failed
+        running = job.state.value == "running"
+        in_progress = job.in_progress if running else 0
+        in_progress_failed = job.in_progress_failed if running else 0
+        self.failed = min(job.failed + in_progress_failed, job.total)
+        self.done = min(job.completed + in_progress - in_progress_failed, job.total - self.failed)
         self.state = job.state.value
         self.ended = job.finished
+        if self.meter is not None:
+            self.meter.update(self.done + self.failed)
         self.waiting = getattr(job, "waiting", "")
         self.untrusted = getattr(job, "untrusted_workers", 0)
 
@@ -80,7 +95,9 @@ class ProgressModel:
 
     @property
     def rate(self) -> float:
-        """Items per second so far."""
+        """Items per second: recently while the job runs, over its whole life once it ended."""
+        if self.meter is not None and self.ended is None:
+            return self.meter.rate()
         elapsed = self.elapsed
         return (self.done + self.failed) / elapsed if elapsed > 0 else 0.0
 
@@ -90,6 +107,8 @@ class ProgressModel:
         remaining = self.total - self.done - self.failed
         if remaining <= 0:
             return 0.0
+        if self.meter is not None and self.ended is None:
+            return self.meter.time_left(remaining)
         rate = self.rate
         return remaining / rate if rate > 0 else None
 
@@ -154,8 +173,9 @@ class RichProgress:
 
     def close(self) -> None:
         self._progress.stop()
-        if self._summary and self._job.done:
-            self._progress.console.print(self._job.stats.report(), style="dim", markup=False, highlight=False)
+        report = self._job.stats.report() if self._summary and self._job.done else ""
+        if report:  # only when it helps (see JobStats.report)
+            self._progress.console.print(report, style="dim", markup=False, highlight=False)
 
 
 def in_jupyter_kernel() -> bool:

@@ -1,14 +1,21 @@
 """Where a job's time went: per worker, per task, and hints for tuning ``chunksize``.
 
 Timings come from three places: the worker measures how long the user's
-function ran, the foreman how long each task waited for a slot, and the
-client how long it spent serializing and how long each task took from
-being sent to its outcome arriving. Transit is what remains of that round
-trip. ``job.stats`` computes a :class:`JobStats` at any moment.
+function ran and how long each task waited on it for a free task process,
+the foreman how long each task waited for a slot, and the client how long
+it spent serializing and how long each task took from being sent to its
+outcome arriving. The network's share (transit) is what remains of that
+round trip. ``job.stats`` computes a :class:`JobStats` at any moment.
+
+What a map prints when it ends (:meth:`JobStats.report`) is empty unless it
+helps: for a long job, or one whose chunks were badly sized (with a hint).
+Its lines are short, in plain words, so a notebook never wraps them
+mid-number.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +26,14 @@ __all__ = ["JobStats", "TaskTiming", "WorkerStats"]
 SMALL_TASK_SECONDS = 0.005
 #: A job whose last tasks leave slots idle this share of its wall time gets a hint.
 IDLE_TAIL_SHARE = 0.25
+#: Jobs that take longer than this (seconds) print where their time went.
+LONG_JOB_SECONDS = 30.0
+#: Jobs shorter than this (seconds) get no chunksize hint: there is nothing worth saving.
+HINT_MIN_SECONDS = 0.5
+#: Jobs of fewer tasks get no "larger chunksize" hint.
+HINT_MIN_TASKS = 8
+#: Workers listed by name in the report; more are summed up.
+WORKERS_LISTED = 8
 
 
 @dataclass(frozen=True)
@@ -36,12 +51,14 @@ class TaskTiming:
     trusted: bool = True  # False: only untrusted volunteers returned it
     reissued: int = 0  # runs started because its leases passed their deadline
     backups: int = 0  # backup copies run at the tail of the job
+    waited: float = 0.0  # waiting on the worker for a free task process
 
     @property
     def transit(self) -> float | None:
+        """Time on the network: the round trip less running and waiting on the foreman and the worker."""
         if self.round_trip is None:
             return None
-        return max(0.0, self.round_trip - self.seconds - self.queued)
+        return max(0.0, self.round_trip - self.seconds - self.queued - self.waited)
 
 
 @dataclass
@@ -121,8 +138,13 @@ class JobStats:
         return sum(t.queued for t in self.tasks) / len(self.tasks) if self.tasks else 0.0
 
     @property
+    def waited(self) -> float:
+        """Mean seconds a task waited on its worker for a free task process."""
+        return sum(t.waited for t in self.tasks) / len(self.tasks) if self.tasks else 0.0
+
+    @property
     def transit(self) -> float:
-        """Mean seconds a task spent on the wire and in queues other than the foreman's."""
+        """Mean seconds a task spent on the network (there and back)."""
         known = [t.transit for t in self.tasks if t.transit is not None]
         return sum(known) / len(known) if known else 0.0
 
@@ -142,46 +164,103 @@ class JobStats:
         return min(1.0, self.busy / capacity) if capacity > 0 else 0.0
 
     def summary(self) -> str:
-        """One line: items, tasks, workers, wall time, rate, utilization and overheads."""
+        """Where the time went, in a few short lines: items, time and rate; items and busy time
+        per worker; per task, time running, waiting (on the foreman, on the worker) and on the
+        network. Empty for a job with no items."""
+        if not self.total:
+            return ""
         rate = self.items / self.wall if self.wall > 0 else 0.0
-        text = (
-            f"{self.items}/{self.total} items in {len(self.tasks)} tasks on {len(self.workers)} workers: "
-            f"{self.wall:.2f} s ({rate:,.1f} items/s), slots {self.utilization:.0%} busy; per task "
-            f"{_ms(self.mean_task)} run (slowest {_ms(self.slowest_task)}), {_ms(self.queued)} queued, "
-            f"{_ms(self.transit)} transit; {_ms(self.serializing)} serializing"
-        )
+        workers = self.workers
+        lines = [
+            f"{_count(self.items, 'item')} of {self.total} in {_seconds(self.wall)} ({rate:,.1f} items/s).",
+            f"{_count(len(self.tasks), 'task')} on {_count(len(workers), 'worker')}, "
+            f"busy {self.utilization:.0%} of the time:",
+        ]
+        shown = sorted(workers.items(), key=lambda pair: _natural_key(pair[0]))
+        listed = [f"{name}: {_count(w.items, 'item')}, busy {_seconds(w.busy)}" for name, w in shown[:WORKERS_LISTED]]
+        if len(shown) > WORKERS_LISTED:
+            rest = shown[WORKERS_LISTED:]
+            listed.append(
+                f"{len(rest)} more: {_count(sum(w.items for _, w in rest), 'item')}, "
+                f"busy {_seconds(sum(w.busy for _, w in rest))}"
+            )
+        lines.extend(f"  {entry}" for entry in listed)
+        if self.tasks:
+            lines.append(
+                f"Per task: {_seconds(self.mean_task)} running (slowest {_seconds(self.slowest_task)}), "
+                f"{_seconds(self.transit)} on the network,"
+            )
+            lines.append(
+                f"  {_seconds(self.queued)} waiting for a worker, {_seconds(self.waited)} queued on the worker."
+            )
         if self.extra_attempts:
-            text += f"; {self.extra_attempts} reassigned or retried"
+            lines.append(f"{_count(self.extra_attempts, 'task')} reassigned or retried.")
         if self.reissued or self.backups:
-            text += f"; {self.reissued} runs reissued past their deadline, {self.backups} backup runs"
+            lines.append(
+                f"{_count(self.reissued, 'run')} reissued past their deadline, {_count(self.backups, 'backup run')}."
+            )
         if self.untrusted_workers:
-            text += f"; results from {self.untrusted_workers} untrusted workers"
+            lines.append(f"Results from {_count(self.untrusted_workers, 'untrusted worker')}.")
         if self.waiting:
-            text += f"; waiting: {self.waiting}"
-        return text
+            lines.append(f"Waiting: {self.waiting}")
+        return "\n".join(lines)
+
+    def worth_showing(self) -> bool:
+        """True when the summary helps: a long job, one with a hint, or one that used untrusted workers."""
+        if not self.total or self.items < self.total:
+            return False
+        return self.wall >= LONG_JOB_SECONDS or bool(self.untrusted_workers) or bool(self.hints())
 
     def report(self) -> str:
-        """What a map prints when it ends: the summary, then one ``hint:`` line per hint."""
+        """What a map prints when it ends: nothing, unless :meth:`worth_showing`; then the
+        summary and one ``hint:`` line per hint."""
+        if not self.worth_showing():
+            return ""
         return "\n".join([self.summary(), *(f"hint: {hint}" for hint in self.hints())])
 
     def hints(self) -> list[str]:
         """Advice when chunks are so small that overhead dominates, or so large that slots idle."""
         hints = []
-        if len(self.tasks) >= 4 and self.mean_task < SMALL_TASK_SECONDS and self.transit + self.queued > self.mean_task:
+        overhead = self.transit + self.queued + self.waited
+        if (
+            len(self.tasks) >= HINT_MIN_TASKS
+            and self.wall >= HINT_MIN_SECONDS
+            and self.mean_task < SMALL_TASK_SECONDS
+            and overhead > self.mean_task
+        ):
             hints.append(
-                f"tasks run {_ms(self.mean_task)} each but spend {_ms(self.transit + self.queued)} in transit and "
-                "queues: pass a larger chunksize"
+                f"each task ran {_seconds(self.mean_task)} but spent {_seconds(overhead)} waiting and on "
+                "the network: pass a larger chunksize"
             )
-        if self.tasks and self.items >= self.total and self.wall > 1.0:
+        if self.tasks and self.items >= self.total and self.wall > HINT_MIN_SECONDS:
             first_idle = sorted(t.arrived for t in self.tasks)[max(0, len(self.tasks) - max(1, self.slots))]
             tail = max(t.arrived for t in self.tasks) - first_idle
             if self.slots > 1 and tail > IDLE_TAIL_SHARE * self.wall and self.slowest_task > 2 * self.mean_task:
                 hints.append(
-                    f"slots sat idle for the last {tail:.1f} s while the slowest tasks finished "
-                    f"({_ms(self.slowest_task)} vs {_ms(self.mean_task)} mean): pass a smaller chunksize"
+                    f"task processes sat idle for the last {_seconds(tail)} while the slowest tasks finished "
+                    f"({_seconds(self.slowest_task)}, {_seconds(self.mean_task)} on average): pass a smaller chunksize"
                 )
         return hints
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.1f} ms" if seconds < 10 else f"{seconds:,.1f} s"
+def _seconds(seconds: float) -> str:
+    """``0.4 ms``, ``12 ms``, ``1.25 s``, ``3 min 5 s``: with a non-breaking space, so no line breaks mid-figure."""
+    if seconds < 0.01:
+        text = f"{seconds * 1000:.1f} ms"
+    elif seconds < 1:
+        text = f"{seconds * 1000:.0f} ms"
+    elif seconds < 60:
+        text = f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
+    else:
+        minutes, rest = divmod(round(seconds), 60)
+        text = f"{minutes} min {rest} s"
+    return text.replace(" ", "\u00a0")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,}\u00a0{noun}" if n == 1 else f"{n:,}\u00a0{noun}s"
+
+
+def _natural_key(name: str) -> list:
+    """local-2 before local-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

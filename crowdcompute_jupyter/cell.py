@@ -14,7 +14,7 @@ import hashlib
 import linecache
 from typing import Any
 
-__all__ = ["function_names", "names_read", "run_cell"]
+__all__ = ["CellRun", "function_names", "names_read", "run_cell"]
 
 
 def names_read(source: str) -> set[str]:
@@ -37,13 +37,15 @@ def function_names(source: str) -> list[str]:
     return [node.name for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
 
 
-def run_cell(source: str, inputs: dict[str, Any]) -> Any:
+def run_cell(source: str, inputs: dict[str, Any], filename: str | None = None) -> Any:
     """Execute ``source`` with ``inputs`` as its globals; return its last expression's value.
 
-    Runs on the worker. The source is registered with ``linecache`` under a
-    name of its own so that a traceback shows the failing line.
+    Runs on the worker. The source is registered with ``linecache`` under
+    ``filename`` (the notebook's name for the cell, so that the client shows
+    its frames as ``Cell In[n]``; default: a name of its own) so that a
+    traceback shows the failing line.
     """
-    filename = f"<crowdcompute cell {hashlib.sha1(source.encode()).hexdigest()[:8]}>"
+    filename = filename or f"<crowdcompute cell {hashlib.sha1(source.encode()).hexdigest()[:8]}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     tree = ast.parse(source, filename)
     last = None
@@ -56,3 +58,13 @@ def run_cell(source: str, inputs: dict[str, Any]) -> Any:
     if last is None:
         return None
     return eval(compile(last, filename, "eval"), namespace)
+
+
+class CellRun:
+    """:func:`run_cell` under a name of its own: the job's name on the status page and in ``%crowdstatus``."""
+
+    def __init__(self, name: str) -> None:
+        self.__name__ = name
+
+    def __call__(self, source: str, inputs: dict[str, Any], filename: str | None = None) -> Any:
+        return run_cell(source, inputs, filename)

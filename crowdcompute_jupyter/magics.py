@@ -24,11 +24,12 @@ import crowdcompute
 from crowdcompute.api import default_client
 from crowdcompute.client import CrowdComputeClient
 from crowdcompute.codecs.pickled import PICKLE_PROTOCOL, Apply
-from crowdcompute.errors import CrowdComputeError, SerializationError, TaskError
+from crowdcompute.errors import CrowdComputeError, JobCancelledError, SerializationError, TaskError
 from crowdcompute.job import Job
+from crowdcompute.wire.constants import ADDRESS_VARIABLE
 
 from .arguments import split_expression
-from .cell import function_names, names_read, run_cell
+from .cell import CellRun, function_names, names_read
 from .runner import run_sync
 from .status import StatusView
 from .watcher import make_progress, watch_job
@@ -90,13 +91,30 @@ class CrowdComputeMagics(Magics):
         if args.workers is not None and args.workers < 1:
             raise UsageError(f"--workers must be at least 1, not {args.workers}")
 
+        if args.workers is not None and args.url:
+            raise UsageError(
+                f"--workers applies to an embedded cluster only; {args.url} is a foreman with workers of its "
+                "own. Leave out the address for a cluster of this notebook's own."
+            )
+
         async def connect() -> StatusView:
             client = await crowdcompute.connect(args.url, token=args.token, workers=args.workers)
             if client.cluster is not None:
                 await _wait_for_workers(client, client.cluster.workers)
             status = await client.status()
-            kind = f"embedded cluster, {client.cluster.workers} workers" if client.cluster else "remote foreman"
-            return StatusView(client.address.url, status, heading=f"Connected to {client.address.url} ({kind}).")
+            if client.cluster:
+                count = client.cluster.workers
+                kind = f"embedded cluster, {count} worker{'' if count == 1 else 's'}"
+            else:
+                kind = "remote foreman"
+            heading = f"Connected to {client.address.url} ({kind})."
+            if args.workers is not None and client.cluster is None:
+                heading += (
+                    f" --workers {args.workers} does not apply: {ADDRESS_VARIABLE} names a shared foreman "
+                    "(the Jupyter server's cluster, say), whose workers serve every notebook. For a cluster "
+                    f"of this notebook's own, run `del os.environ['{ADDRESS_VARIABLE}']` first."
+                )
+            return StatusView(client.address.url, status, heading=heading, link=client.dashboard_link)
 
         self._display(run_sync(connect()))
 
@@ -109,7 +127,7 @@ class CrowdComputeMagics(Magics):
         if line.strip():
             raise UsageError("%crowdstatus takes no arguments")
         client = self._client()
-        self._display(StatusView(client.address.url, run_sync(client.status())))
+        self._display(StatusView(client.address.url, run_sync(client.status()), link=client.dashboard_link))
 
     @line_magic
     def crowddisconnect(self, line: str) -> None:
@@ -176,7 +194,11 @@ class CrowdComputeMagics(Magics):
             self.last_progress = make_progress(job)
             return await watch_job(client, job, progress=self.last_progress)
 
-        results = run_sync(map_items())
+        try:
+            results = run_sync(map_items())
+        except JobCancelledError:
+            self._keep_partial_results(output)
+            raise
         job = self.last_job
         if job is not None:
             _print_stats(job)
@@ -192,6 +214,23 @@ class CrowdComputeMagics(Magics):
             print(f"{job.failed} of {job.total} items failed; item {first} is shown below; {kept}.")
             raise job.errors[first]
         return None if output is not None else results
+
+    def _keep_partial_results(self, output: str | None) -> None:
+        """An interrupted %%crowdmap or %crowdattach: the finished items' results go to ``output``
+        (if given); say so."""
+        job = self.last_job
+        if job is None:
+            return
+        finished = job.completed
+        if output is not None:
+            self.shell.user_ns[output] = job.partial_results()
+            kept = f"their results are in `{output}`, with a JobCancelledError in place of each unfinished item" + (
+                " and the errors of the failed ones" if job.failed else ""
+            )
+        else:
+            kept = "they are not kept: with -o NAME, a cancelled map keeps the finished items' results in NAME"
+        failed = f" ({job.failed} failed)" if job.failed else ""
+        print(f"The job was cancelled after {finished + job.failed} of {job.total} items{failed}; {kept}.")
 
     @line_magic
     @magic_arguments()
@@ -217,7 +256,11 @@ class CrowdComputeMagics(Magics):
             self.last_progress = make_progress(job)
             return await watch_job(client, job, progress=self.last_progress)
 
-        results = run_sync(follow())
+        try:
+            results = run_sync(follow())
+        except JobCancelledError:
+            self._keep_partial_results(output)
+            raise
         job = self.last_job
         if output is not None:
             self.shell.user_ns[output] = results
@@ -240,10 +283,17 @@ class CrowdComputeMagics(Magics):
         output = _output_name(args.output)
         inputs = {name: self.shell.user_ns[name] for name in sorted(names_read(cell)) if name in self.shell.user_ns}
         client = self._client()
+        # The cell's name here ("Cell In[n]" in tracebacks), and its source for our linecache.
+        filename = self.shell.compile.cache(cell, self.shell.execution_count, raw_code=cell)
         self.last_job = None
 
         async def compute() -> Any:
-            job = await client.submit(Apply(run_cell), [((cell, inputs), {})], chunksize=1, timeout=client.task_timeout)
+            job = await client.submit(
+                Apply(CellRun(f"%%crowdcompute In[{self.shell.execution_count}]")),
+                [((cell, inputs, filename), {})],
+                chunksize=1,
+                timeout=client.task_timeout,
+            )
             self.last_job = job
             (outcome,) = await watch_job(client, job, progress=None)
             return outcome
@@ -301,8 +351,10 @@ class CrowdComputeMagics(Magics):
 
 
 def _print_stats(job: Job) -> None:
-    """One line on where the job's time went, and a hint when its chunks are badly sized."""
-    print(job.stats.report())
+    """Where the job's time went, when that helps: a long job, or badly sized chunks (with a hint)."""
+    report = job.stats.report()
+    if report:
+        print(report)
 
 
 async def _wait_for_workers(client: CrowdComputeClient, expected: int) -> None:

@@ -14,6 +14,14 @@ stops them when it stops, and exports ``CROWDCOMPUTE_ADDRESS`` and
 ``connect()``) with no address in any notebook uses that shared cluster.
 Without it, the page shows the foreman named by ``c.CrowdCompute.address``
 (default ``$CROWDCOMPUTE_ADDRESS``).
+
+Every foreman of this user on this machine (a notebook's embedded cluster
+included) writes a connection file; ``/crowdcompute/foremen/`` lists the
+running ones and ``/crowdcompute/foreman/PORT/`` shows one of them. The
+kernels learn that path from ``$CROWDCOMPUTE_DASHBOARD_URL``, so
+``%crowdconnect`` and the client's notebook repr link to their own cluster's
+page. With no foreman configured, ``/crowdcompute/`` lists them (or opens the
+only one).
 """
 
 from __future__ import annotations
@@ -31,9 +39,12 @@ from tornado import httpclient, web
 from traitlets import Integer, Unicode
 
 from crowdcompute.local import LocalCluster
-from crowdcompute.wire.addresses import Address, parse_address, read_connection_file
+from crowdcompute.wire.addresses import Address, live_connection_files, parse_address, read_connection_file
+from crowdcompute.wire.constants import DASHBOARD_VARIABLE
 
-__all__ = ["CrowdCompute", "StatusProxyHandler"]
+from .foremen import foremen_page
+
+__all__ = ["CrowdCompute", "ForemenHandler", "StatusProxyHandler"]
 
 #: Seconds the shared cluster gets to start with the server.
 CLUSTER_START_TIMEOUT = 60.0
@@ -82,6 +93,10 @@ class CrowdCompute(ExtensionApp):
         self.problem = ""
         self._exported: dict[str, str] = {}
         self.target: tuple[Address, str] | None = None
+        # Kernels link to the pages here (they inherit the server's environment).
+        base_url = self.serverapp.base_url if self.serverapp else "/"
+        self._exported = {DASHBOARD_VARIABLE: f"{base_url}crowdcompute/"}
+        os.environ.update(self._exported)
         if self.local_workers > 0:
             self._start_cluster()
         else:
@@ -91,6 +106,10 @@ class CrowdCompute(ExtensionApp):
         self.handlers.extend(
             [
                 (r"/crowdcompute", web.RedirectHandler, {"url": "crowdcompute/"}),
+                (r"/crowdcompute/foremen", web.RedirectHandler, {"url": "foremen/"}),
+                (r"/crowdcompute/foremen/", ForemenHandler, {"extension": self}),
+                (r"/crowdcompute/foreman/(\d+)", web.RedirectHandler, {"url": "{0}/"}),
+                (r"/crowdcompute/foreman/(\d+)/(.*)", StatusProxyHandler, {"extension": self}),
                 (r"/crowdcompute/(.*)", StatusProxyHandler, {"extension": self}),
             ]
         )
@@ -131,11 +150,12 @@ class CrowdCompute(ExtensionApp):
         address: Address = outcome["address"]
         token = cluster.token or ""  # LocalCluster made one
         self.target = (address, token)
-        self._exported = {"CROWDCOMPUTE_ADDRESS": address.url, "CROWDCOMPUTE_TOKEN": token}
+        exported = {"CROWDCOMPUTE_ADDRESS": address.url, "CROWDCOMPUTE_TOKEN": token}
         previous = os.environ.get("CROWDCOMPUTE_ADDRESS")
         if previous and previous != address.url:
             self.log.warning("CrowdCompute: kernels get the shared cluster, not CROWDCOMPUTE_ADDRESS=%s", previous)
-        os.environ.update(self._exported)  # kernels inherit the server's environment
+        self._exported.update(exported)
+        os.environ.update(exported)  # kernels inherit the server's environment
         self.log.info(
             "CrowdCompute: shared cluster of %d worker%s at %s; status page at %scrowdcompute/",
             self.local_workers,
@@ -165,13 +185,45 @@ class CrowdCompute(ExtensionApp):
             token = found["token"] if found else ""
         self.target = (address, token)
 
-    def http_url(self, path: str) -> str:
-        """The foreman's HTTP URL for ``path`` (it serves HTTP on its websocket port)."""
-        if self.target is None:
-            raise RuntimeError(f"no CrowdCompute foreman: {self.problem}")
-        address, _ = self.target
-        host = f"[{address.host}]" if ":" in address.host else address.host
-        return f"{'https' if address.secure else 'http'}://{host}:{address.port}/{path}"
+    def foremen(self) -> list[dict]:
+        """The running foremen of this user on this machine, from their connection files."""
+        return live_connection_files()
+
+    def local_target(self, port: int) -> tuple[Address, str] | None:
+        """The foreman on loopback ``port`` and its token, if it is one of this user's (or the configured one)."""
+        for found in self.foremen():
+            if found["port"] == port:
+                try:
+                    return parse_address(found.get("url") or f"ws://127.0.0.1:{port}"), found["token"]
+                except ValueError:
+                    return None
+        if self.target is not None and self.target[0].loopback and self.target[0].port == port:
+            return self.target
+        return None
+
+
+def http_url(address: Address, path: str) -> str:
+    """The foreman's HTTP URL for ``path`` (it serves HTTP on its websocket port)."""
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{'https' if address.secure else 'http'}://{host}:{address.port}/{path}"
+
+
+class ForemenHandler(JupyterHandler):
+    """``/crowdcompute/foremen/``: this user's foremen on this machine, each a link to its page."""
+
+    auth_resource = "crowdcompute"
+
+    def initialize(self, extension: CrowdCompute) -> None:
+        self.extension = extension
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        extension = self.extension
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        configured = extension.target[0].url if extension.target else None
+        self.finish(foremen_page(extension.foremen(), configured, extension.problem, prefix="../"))
 
 
 class StatusProxyHandler(JupyterHandler):
@@ -184,19 +236,36 @@ class StatusProxyHandler(JupyterHandler):
 
     @web.authenticated
     @authorized
-    async def get(self, path: str) -> None:
+    async def get(self, *parts: str) -> None:
         extension = self.extension
+        path = parts[-1]
         if path not in PROXIED_FILES:
             raise web.HTTPError(404)
-        if extension.target is None:
+        if len(parts) == 2:  # /crowdcompute/foreman/PORT/PATH
+            target = extension.local_target(int(parts[0]))
+            if target is None:
+                self._answer(404, f"CrowdCompute: no foreman of yours runs on port {parts[0]} of this machine.\n")
+                return
+        else:
+            target = extension.target
+        if target is None:
+            if path in ("", "index.html"):
+                foremen = extension.foremen()
+                if len(foremen) == 1:  # the notebook's own cluster, most likely: open it
+                    self.redirect(f"foreman/{foremen[0]['port']}/")
+                    return
+                self.set_header("Content-Type", "text/html; charset=utf-8")
+                self.set_header("Cache-Control", "no-store")
+                self.finish(foremen_page(foremen, None, extension.problem, prefix=""))
+                return
             self._answer(503, f"CrowdCompute: {extension.problem}\n")
             return
-        address, token = extension.target
+        address, token = target
         context = None
         if address.secure:
             context = ssl.create_default_context(cafile=extension.cafile or None)
         request = httpclient.HTTPRequest(
-            extension.http_url(path),
+            http_url(address, path),
             headers={"Authorization": f"Bearer {token}"},
             request_timeout=PROXY_TIMEOUT,
             follow_redirects=False,

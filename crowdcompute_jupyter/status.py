@@ -16,9 +16,25 @@ __all__ = ["StatusView"]
 TEXT_WIDTH = 100
 
 
+#: A job state's colour, as the progress widget draws it (ipywidgets' bootstrap colours).
+STATE_COLOURS = {"running": "#00bcd4", "done": "#4caf50", "failed": "#f44336", "cancelled": "#ff9800"}
+
+
+class _State(str):
+    """A job state, drawn in its colour."""
+
+    def html(self) -> str:
+        colour = STATE_COLOURS.get(self, "inherit")
+        return f'<span style="color: {colour}; font-weight: 600">{html.escape(self)}</span>'
+
+
+def _cell(value: Any) -> str:
+    return value.html() if isinstance(value, _State) else html.escape(str(value))
+
+
 def _table(caption: str, headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     if not rows:
         body = f'<tr><td colspan="{len(headers)}"><i>none</i></td></tr>'
     return (
@@ -27,17 +43,25 @@ def _table(caption: str, headers: list[str], rows: list[list[Any]]) -> str:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class StatusView:
     """A foreman's status (the dict ``client.status()`` returns) at ``url``."""
 
-    def __init__(self, url: str, status: dict, heading: str = "") -> None:
+    def __init__(self, url: str, status: dict, heading: str = "", link: str | None = None) -> None:
+        """``link``: the foreman's status page, shown under the summary."""
         self.url = url
         self.status = status
         self.heading = heading
+        self.link = link
 
     @property
     def workers(self) -> list[dict]:
-        return list(self.status.get("workers", []))
+        from crowdcompute.commands import sorted_workers
+
+        return sorted_workers(self.status.get("workers", []))
 
     @property
     def jobs(self) -> list[dict]:
@@ -52,10 +76,13 @@ class StatusView:
         running = sum(1 for j in self.jobs if j.get("state") == "running")
         busy = sum(w.get("busy", 0) for w in self.workers)
         return (
-            f"foreman {self.url}: {len(self.workers)} workers, {self.slots} slots ({busy} busy), {running} running jobs"
+            f"foreman {self.url}: {_count(len(self.workers), 'worker')}, {_count(self.slots, 'slot')} "
+            f"({busy} busy), {_count(running, 'running job')}"
         )
 
     def _repr_html_(self) -> str:
+        from crowdcompute.commands import job_state
+
         workers = [[w["name"], w.get("slots", 0), w.get("busy", 0), w.get("tasks_done", 0)] for w in self.workers]
         jobs = []
         for job in self.jobs:
@@ -68,12 +95,16 @@ class StatusView:
                     job.get("name", ""),
                     f"{done}/{total}{percent}",
                     job.get("failed", 0),
-                    job.get("state", ""),
+                    _State(job_state(job)),
                 ]
             )
         heading = f"<p>{html.escape(self.heading)}</p>" if self.heading else ""
+        link = ""
+        if self.link:
+            href = html.escape(self.link, quote=True)
+            link = f'<p>Status page: <a href="{href}" target="_blank" rel="noopener">{html.escape(self.link)}</a></p>'
         return (
-            f"<div>{heading}<p><b>{html.escape(self.summary())}</b></p>"
+            f"<div>{heading}<p><b>{html.escape(self.summary())}</b></p>{link}"
             + _table("workers", ["worker", "slots", "busy", "tasks done"], workers)
             + _table("jobs", ["job", "name", "progress", "failed", "state"], jobs)
             + "</div>"
@@ -91,6 +122,8 @@ class StatusView:
         if self.heading:
             console.print(self.heading, markup=False)
         console.print(self.summary(), markup=False)
+        if self.link:
+            console.print(f"status page: {self.link}", markup=False, overflow="ignore", crop=False)
         for table in status_tables(self.status, self.url):
             table.title = None  # the summary line says it, without wrapping to the table's width
             console.print(table)

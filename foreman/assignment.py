@@ -106,6 +106,7 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     if not worker.trusted:
         job.untrusted.add(worker.key)
     task.assigned_at = now
+    task.progress = 0
     worker.running.add((job.job_id, task.task_id))
     worker.last_lease = next(_LEASES)
     assert task.payload is not None

@@ -17,6 +17,7 @@ from crowdcompute.wire.addresses import (
     generate_token,
     is_loopback,
     read_connection_file,
+    remove_connection_file,
     write_connection_file,
 )
 from crowdcompute.wire.constants import FOREMAN_READY, FOREMAN_TOKEN_VARIABLE
@@ -136,7 +137,10 @@ async def _serve(args: argparse.Namespace) -> int:
     # A parent (the embedded cluster) hands its token over in the environment, not
     # on the command line, where other users could read it with ps.
     token = args.token or os.environ.get(FOREMAN_TOKEN_VARIABLE)
-    write_file = token is None
+    # An embedded foreman (token from its parent) writes its connection file too, so that
+    # this user's Jupyter server can find it and show its status page; it removes it on exit.
+    embedded = not args.token and token is not None
+    write_file = token is None or embedded
     if token is None:
         previous = read_connection_file(args.port) if args.port else None
         token = previous["token"] if previous else generate_token()
@@ -160,8 +164,9 @@ async def _serve(args: argparse.Namespace) -> int:
         sock=socket.socket(fileno=args.fd) if args.fd is not None else None,
     )
     address = await server.start()
+    path = None
     if write_file:
-        path = write_connection_file(address.port, address.url, token)
+        path = write_connection_file(address.port, address.url, token, embedded=embedded)
         log.info("connection file: %s", path)
     if not is_loopback(args.host) and ssl_context is None:
         print(
@@ -175,4 +180,6 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("stopping")
     await server.stop()
+    if embedded and path is not None:
+        remove_connection_file(address.port)
     return 0

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections import deque
 from http import HTTPStatus
@@ -80,7 +81,7 @@ class Throughput:
         first = not self.samples
         seen: dict[str, int] = {}
         for job in jobs:
-            done = int(job.get("completed", 0)) + int(job.get("failed", 0))
+            done = int(job.get("completed", 0)) + int(job.get("failed", 0)) + int(job.get("in_progress", 0))
             # At the first sample, what jobs had done before is history we did not watch.
             before = self._seen.get(job["id"], done if first else 0)
             self.total += max(0, done - before)
@@ -119,7 +120,7 @@ class StatusPages:
             self._sample()
 
     def _sample(self) -> None:
-        self.throughput.record(time.time(), self.scheduler.status()["jobs"])
+        self.throughput.record(time.time(), self.status(sampled=False)["jobs"])
 
     # --- requests ------------------------------------------------------------
 
@@ -182,26 +183,53 @@ class StatusPages:
                     return hmac.compare_digest(value.encode(), self._session.encode())
         return None
 
-    def status(self) -> dict:
-        """The scheduler's status plus each worker's leased tasks, the time and the throughput."""
+    def status(self, sampled: bool = True) -> dict:
+        """The scheduler's status plus each worker's leased tasks, items done in running tasks,
+        the time and (``sampled``) the throughput."""
         status = self.scheduler.status()
-        # Each worker's own record, so that its tasks never land on another's line.
-        status["workers"] = [self._worker(worker) for worker in self.scheduler.workers.values()]
+        # Each worker's own record, so that its tasks never land on another's line; sorted by name.
+        workers = sorted(self.scheduler.workers.values(), key=lambda worker: _natural_key(worker.name))
+        status["workers"] = [self._worker(worker) for worker in workers]
+        # Items finished inside running tasks (their workers' progress reports): bars and rates move per item.
+        in_progress: dict[str, int] = {}
+        for job_id, task_id in {lease for worker in workers for lease in worker.running}:
+            job = self.scheduler.jobs.get(job_id)
+            task = job.tasks.get(task_id) if job else None
+            if task is not None and task.progress:
+                in_progress[job_id] = in_progress.get(job_id, 0) + task.progress
+        for job in status["jobs"]:
+            job["in_progress"] = in_progress.get(job["id"], 0) if job.get("state") == "running" else 0
         status["slots"] = sum(w.get("slots", 0) for w in status["workers"])
         status["time"] = time.time()
-        status["throughput"] = {"interval": self.sample_interval, "samples": list(self.throughput.samples)}
+        if sampled:
+            status["throughput"] = {"interval": self.sample_interval, "samples": list(self.throughput.samples)}
         return status
 
     def _worker(self, worker: Worker) -> dict[str, Any]:
-        """A worker as the status shows it, plus the tasks it holds."""
-        tasks = []
-        for job_id, task_id in sorted(worker.running):
+        """A worker as the status shows it, plus the tasks it holds: the oldest leases fill its
+        slots, the others wait in its prefetch queue (``queued``)."""
+        leased = []
+        for job_id, task_id in worker.running:
             job = self.scheduler.jobs.get(job_id)
             task = job.tasks.get(task_id) if job else None
-            tasks.append(
-                {"job": job_id, "name": job.name if job else "", "task": task_id, "items": task.count if task else 0}
-            )
+            leased.append((task.assigned_at if task else 0.0, job_id, task_id, job, task))
+        leased.sort(key=lambda lease: lease[:3])
+        tasks = [
+            {
+                "job": job_id,
+                "name": job.name if job else "",
+                "task": task_id,
+                "items": task.count if task else 0,
+                "queued": n >= worker.slots,
+            }
+            for n, (_, job_id, task_id, job, task) in enumerate(leased)
+        ]
         return {**worker.summary(), "tasks": tasks}
+
+
+def _natural_key(name: str) -> list:
+    """Sort key that puts local-2 before local-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _how_to_authenticate(port: int) -> str:

@@ -381,6 +381,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
             trusted=self._trusted_outcome(task, worker_id),
             reissued=task.reissues,
             backups=task.backups,
+            waited=msg.waited,
         )
         return records + self._outcome(job, task, result)
 
@@ -413,12 +414,15 @@ class Scheduler(VolunteerEvents, TimedEvents):
             return self._fail(job, task, msg.error, msg.reason) + self._assign()
         return self._crashed(job, task, msg.reason) + self._assign()
 
-    def task_output(self, worker_id: str, msg: p.TaskOutput) -> list[Action]:
+    def task_output(self, worker_id: str, msg: p.TaskOutput | p.TaskProgress) -> list[Action]:
+        """Printed text or progress of a running task: passed on to the job's client."""
         job = self.jobs.get(msg.job_id)
         task = job.tasks.get(msg.task_id) if job else None
-        if job is None or task is None or worker_id not in task.leases or job.client is None:
+        if job is None or task is None or worker_id not in task.leases:
             return []
-        return [Send(job.client, msg)]
+        if isinstance(msg, p.TaskProgress):
+            task.progress = max(task.progress, min(msg.done, task.count))
+        return [Send(job.client, msg)] if job.client is not None else []
 
     # --- time --------------------------------------------------------------
 

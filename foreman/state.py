@@ -143,6 +143,7 @@ class Task:
     pieces: list[list[int]] | None = None  # [items, bytes] of its payload's pieces: where it may be cut
     received_at: float = 0.0  # when the client's task arrived
     assigned_at: float = 0.0  # when its current lease began
+    progress: int = 0  # items its current lease reported done (TaskProgress), for the status page
     first_outcome_at: float | None = None  # when its first redundant run reported (quorum_timeout counts from it)
     lease_started: dict[str, float] = field(default_factory=dict)  # worker id -> when its lease began
     overdue: set[str] = field(default_factory=set)  # workers whose lease passed its deadline

@@ -9,6 +9,7 @@ from helpers import arun
 
 import crowdcompute
 from crowdcompute import CrowdComputeClient, SerializationError, TaskError
+from crowdcompute.stats import HINT_MIN_SECONDS
 
 
 def test_map_keeps_input_order_and_chunks(cluster):
@@ -136,8 +137,11 @@ def test_job_stats_explain_where_the_time_went(cluster):
             assert sum(w.items for w in stats.workers.values()) == 40
             assert list(stats.workers) == ["w1"]
             assert all(t.round_trip is not None and t.round_trip >= t.seconds for t in stats.tasks)
-            assert "40/40 items in 40 tasks on 1 workers" in stats.summary()
-            assert any("larger chunksize" in hint for hint in stats.hints())  # 40 trivial tasks
+            summary = stats.summary()
+            assert summary.startswith("40\u00a0items of 40 in") and "  w1: 40\u00a0items, busy" in summary, summary
+            assert "on the network" in summary and "queued on the worker" in summary
+            hinted = any("larger chunksize" in hint for hint in stats.hints())  # 40 trivial tasks
+            assert hinted == (stats.wall >= HINT_MIN_SECONDS), (stats.wall, stats.hints())
 
     arun(main())
 

@@ -5,6 +5,8 @@ a shared cluster that kernels use with no address, and that stops with the serve
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,7 +78,7 @@ def test_shared_cluster_behind_jupyter_login_used_by_kernels(jupyter_server):
     assert sorted((w["name"], w["slots"]) for w in workers) == [("local-1", 1), ("local-2", 1)]
 
     connected, mapped = server.run_in_kernel(
-        "%load_ext crowdcompute\n%crowdconnect",
+        "%load_ext crowdcompute\n%crowdconnect --workers 3",
         "import os, crowdcompute\n"
         "print(os.environ['CROWDCOMPUTE_ADDRESS'])\n"
         "print('total', sum(await crowdcompute.map(abs, range(-20, 0), progress=False)))",
@@ -84,6 +86,7 @@ def test_shared_cluster_behind_jupyter_login_used_by_kernels(jupyter_server):
     address = mapped.splitlines()[0]
     assert address.startswith("ws://127.0.0.1:") and address in connected  # %crowdconnect used it
     assert "remote foreman" in connected  # not an embedded cluster of the kernel's own
+    assert "--workers 3 does not apply" in connected and "shared foreman" in connected, connected
     assert "total 210" in mapped
     (job,) = page_status(server)["jobs"]
     assert (job["name"], job["total"], job["completed"], job["state"]) == ("abs", 20, 20, "done")
@@ -122,3 +125,37 @@ def test_the_package_build_installs_the_config_file_that_enables_the_extension()
     installed = Path(sys.prefix) / "etc/jupyter/jupyter_server_config.d/crowdcompute_jupyter.json"
     if installed.exists():  # a regular (not editable) install copied it
         assert installed.read_text() == shipped.read_text()
+
+
+def test_the_foremen_of_this_user_are_listed_and_each_has_its_page(jupyter_server, foreman, crowd_home):
+    server = jupyter_server()  # no foreman configured: /crowdcompute/ finds this user's
+    status, headers, _ = server.get("/crowdcompute/")
+    assert status == 302 and headers["Location"] == f"foreman/{foreman.port}/"  # the only one: opened
+    status, _, body = server.get(f"/crowdcompute/foreman/{foreman.port}/api/status")
+    assert status == 200 and json.loads(body)["workers"] == []
+    status, _, body = server.get(f"/crowdcompute/foreman/{foreman.port}/")
+    assert status == 200 and b'src="static/status.js"' in body
+    status, _, body = server.get("/crowdcompute/foremen/")
+    assert status == 200 and f'href="../foreman/{foreman.port}/"'.encode() in body
+    assert foreman.token.encode() not in body
+    assert server.get(f"/crowdcompute/foreman/{foreman.port}/api/status", authenticated=False)[0] in (302, 403)
+    status, _, body = server.get("/crowdcompute/foreman/1/api/status")  # not a foreman of this user
+    assert status == 404 and b"no foreman of yours" in body
+
+    # A second foreman (a running process of this user holds the pid): the page lists both.
+    second = {"url": "ws://127.0.0.1:2", "token": "t", "pid": os.getpid()}
+    (crowd_home / "foreman-2.json").write_text(json.dumps(second))
+    status, _, body = server.get("/crowdcompute/")
+    assert status == 200 and b"foreman/2/" in body and f"foreman/{foreman.port}/".encode() in body
+
+
+def test_kernels_link_to_their_own_embedded_clusters_page(jupyter_server):
+    server = jupyter_server()
+    connected, card = server.run_in_kernel(
+        "%load_ext crowdcompute\n%crowdconnect --workers 1",
+        "from crowdcompute.api import default_client\nprint(default_client()._repr_html_())\n%crowddisconnect",
+    )
+    port = re.search(r"ws://127\.0\.0\.1:(\d+)", connected).group(1)
+    assert f"status page: /crowdcompute/foreman/{port}/" in connected, connected
+    # The client's notebook repr, like dask's Client: workers, slots and the same link.
+    assert "1 worker, 1 slot" in card and f'href="/crowdcompute/foreman/{port}/"' in card, card

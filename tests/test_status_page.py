@@ -124,6 +124,34 @@ def test_api_status_shows_workers_their_tasks_jobs_and_throughput(cluster, start
     assert status["throughput"]["interval"] == 2.0
 
 
+def test_items_finished_inside_a_running_task_show_at_once(cluster):
+    """One task of 10 slow items: the workers' progress reports move the job before its task ends."""
+
+    def slow(x):
+        import time
+
+        time.sleep(0.2)
+        return x
+
+    async def body():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as client:
+            job = await client.submit(slow, range(10), chunksize=10)
+            seen = []
+
+            async def moving():
+                (shown,) = [j for j in (await asyncio.to_thread(api_status, cluster))["jobs"] if j["id"] == job.id]
+                seen.append((shown["completed"], shown["in_progress"]))
+                return shown["completed"] == 0 and 2 <= shown["in_progress"] < 10
+
+            await wait_until(moving, 10, "the job showed no items done inside its one running task")
+            assert await job == list(range(10))
+            assert [p for _, p in seen] == sorted(p for _, p in seen), seen  # it never goes back
+        (shown,) = api_status(cluster)["jobs"]
+        assert (shown["completed"], shown["in_progress"]) == (10, 0)
+
+    arun(body())
+
+
 def test_https_page_with_tls_sets_a_secure_cookie(start_foreman, tmp_path):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()

@@ -116,7 +116,7 @@ def test_invite_join_revoke_mid_job(foreman, start_worker):
             assert not job.done, "the job ended before the revocation: make its tasks longer"
             assert await job == [x * x for x in range(60)]  # its tasks ran elsewhere
             assert job.stats.untrusted_workers == 1
-            assert "results from 1 untrusted workers" in job.stats.summary()
+            assert "Results from 1\u00a0untrusted worker." in job.stats.summary()
             (record,) = await cc.volunteers()
             assert record["identity"] == "alice" and record["revoked"] and record["tasks_done"] >= 1
             assert record["joined_at"] is not None

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 
 from websockets.exceptions import ConnectionClosed
 
@@ -61,7 +62,7 @@ class WorkerAgent:
         self.slots = [Slot(self.slot_settings, i) for i in range(procs)]
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
         self._running: dict[int, str] = {}  # slot index -> job id of its task
-        self._queue: asyncio.Queue[p.AssignTask] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[p.AssignTask, float]] = asyncio.Queue()  # with arrival times
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._draining = False
         self._idle = asyncio.Event()  # set while no slot runs a task
@@ -177,7 +178,7 @@ class WorkerAgent:
                 if isinstance(msg, p.JobFunction):
                     self._functions[msg.job_id] = (bytes(msg.function), msg.serializer)
                 elif isinstance(msg, p.AssignTask):
-                    self._queue.put_nowait(msg)
+                    self._queue.put_nowait((msg, time.monotonic()))
                 elif isinstance(msg, p.ReleaseJob):
                     self._release(msg.job_id)
                 else:
@@ -200,13 +201,18 @@ class WorkerAgent:
     async def _run_slot(self, slot: Slot) -> None:
         await asyncio.shield(self._started)
         while True:
-            task = await self._queue.get()
+            task, arrived = await self._queue.get()
+            waited = time.monotonic() - arrived  # in our queue, for a free task process
             function = self._functions.get(task.job_id)  # (bytes, serializer)
             if function is None or self._draining:
                 continue  # released while it waited here, or handed back when we close
 
             def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
                 message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
+                self._outbox.put_nowait(p.encode(message))
+
+            def on_progress(done: int, failed: int, error: str, error_index: int, task: p.AssignTask = task) -> None:
+                message = p.TaskProgress(task.job_id, task.task_id, done, failed, error, error_index)
                 self._outbox.put_nowait(p.encode(message))
 
             self._running[slot.index] = task.job_id
@@ -220,6 +226,7 @@ class WorkerAgent:
                     task.payload,
                     task.task_timeout,
                     on_output,
+                    on_progress,
                 )
             finally:
                 self._running.pop(slot.index, None)
@@ -227,7 +234,13 @@ class WorkerAgent:
                     self._idle.set()
             if isinstance(outcome, Finished):
                 reply: p.Message = p.TaskDone(
-                    task.job_id, task.task_id, task.attempt, outcome.failed, outcome.payload, outcome.seconds
+                    task.job_id,
+                    task.task_id,
+                    task.attempt,
+                    outcome.failed,
+                    outcome.payload,
+                    outcome.seconds,
+                    waited=waited,
                 )
             elif isinstance(outcome, Lost) and outcome.error is not None:
                 log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)

@@ -5,6 +5,7 @@ It talks to its worker agent over a ``multiprocessing`` pipe:
     agent -> child   ("run", job_id, first_index, count, function_bytes | None, serializer) + payload bytes
                      ("forget", job_id)
     child -> agent   ("output", index, stream, text)      while the task runs
+                     ("progress", done, failed, error, error_index)   now and then while it runs
                      ("done", failed, seconds) + outcome bytes   when it ends
                      ("limit", name)                       the task broke a limit; then it exits
 
@@ -43,6 +44,15 @@ __all__ = ["main", "serve_fd"]
 CACHED_FUNCTIONS = 8
 #: How often the process checks that its parent is alive, in seconds.
 PARENT_CHECK_INTERVAL = 0.5
+#: Seconds between two progress reports of a running task; a task that ends sooner reports none,
+#: so fast maps send no extra message. A first failure is reported at the next item after it.
+PROGRESS_INTERVAL = 0.25
+#: Looks at the clock per PROGRESS_INTERVAL (the stride between looks follows the items' pace),
+#: and most items between two looks.
+CLOCK_READS_PER_INTERVAL = 4
+MAX_STRIDE = 256
+#: Longest error text a progress report carries.
+PROGRESS_ERROR_LIMIT = 300
 
 
 class _Output:
@@ -119,11 +129,15 @@ def main(conn: Connection, settings: dict | None = None) -> None:
         if func is None:
             func = RuntimeError(f"the worker lost the function of job {job_id}")
 
-        def on_item(offset: int, first_index: int = first_index) -> None:
+        progress = _Progress(conn, first_index)
+
+        def on_item(offset: int, errors: dict, first_index: int = first_index, progress: _Progress = progress) -> None:
             if stdout._buffer or stderr._buffer:  # a partial line belongs to the item before
                 stdout.flush()
                 stderr.flush()
             stdout.index = stderr.index = first_index + offset
+            if offset >= progress.check_at or (errors and not progress.failed):
+                progress.item(offset, errors)
 
         if isinstance(func, BaseException):
             func = _raiser(func)
@@ -153,6 +167,51 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             output.flush()
         conn.send(("done", failed, seconds))
         conn.send_bytes(result)
+
+
+class _Progress:
+    """Reports items done within a running task, at most every PROGRESS_INTERVAL seconds.
+
+    Reading the clock before every item would cost tiny items more than
+    their work: the clock is read every ``stride`` items, a stride sized
+    from the items' pace so that it is read a few times per interval.
+    """
+
+    def __init__(self, conn: Connection, first_index: int) -> None:
+        self._conn = conn
+        self._first_index = first_index
+        now = time.monotonic()
+        self._next = now + PROGRESS_INTERVAL
+        self._checked = (now, 0)  # (time, offset) of the last look at the clock
+        self.check_at = 1  # the offset of the next look
+        self.failed = 0  # failures reported so far
+
+    def item(self, offset: int, errors: dict) -> None:
+        """Called before item ``offset`` (the ``offset`` items before it are done) when it is time to look."""
+        now = time.monotonic()
+        then, before = self._checked
+        if offset > before and now > then:
+            pace = (now - then) / (offset - before)  # seconds per item
+            stride = int(PROGRESS_INTERVAL / CLOCK_READS_PER_INTERVAL / pace) if pace > 0 else MAX_STRIDE
+            self.check_at = offset + max(1, min(MAX_STRIDE, stride))
+        else:
+            self.check_at = offset + 1
+        self._checked = (now, offset)
+        first_failure = bool(errors) and not self.failed
+        if now < self._next and not first_failure:
+            return
+        self._next = now + PROGRESS_INTERVAL
+        error, error_index = "", -1
+        if first_failure:  # the task's first failure: say what it was
+            first = min(errors)
+            described = errors[first]
+            if isinstance(described, dict):
+                error = f"{described.get('type', 'Exception')}: {described.get('message', '')}"
+            else:
+                error = f"{type(described).__name__}: {described}"
+            error, error_index = error[:PROGRESS_ERROR_LIMIT], self._first_index + first
+        self.failed = len(errors)
+        self._conn.send(("progress", offset, len(errors), error, error_index))
 
 
 def _watched(func: Callable[[Any], Any], limits: Limits, task_pid: int) -> Callable[[Any], Any]:

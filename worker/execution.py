@@ -12,17 +12,21 @@ from typing import Any
 
 from crowdcompute.codecs.outcomes import describe_exception, dumps_outcomes
 
-__all__ = ["run_items", "run_portable"]
+__all__ = ["OnItem", "run_items", "run_portable"]
 
 
-def run_items(func: Callable, items: Iterable, on_item: Callable[[int], None] | None = None) -> tuple[bytes, int]:
+#: Called before each item with its offset and the errors so far (offset -> error dict).
+OnItem = Callable[[int, dict], None]
+
+
+def run_items(func: Callable, items: Iterable, on_item: OnItem | None = None) -> tuple[bytes, int]:
     """Call ``func`` on each item; return (pickled ``(values, errors)``, number that raised)."""
     values: list[Any] = []
     errors: dict[int, dict] = {}
     append = values.append
     for offset, item in enumerate(items):
         if on_item is not None:
-            on_item(offset)
+            on_item(offset, errors)
         try:
             append(func(item))
         except Exception as exc:  # the user's error travels back; KeyboardInterrupt does not
@@ -32,9 +36,7 @@ def run_items(func: Callable, items: Iterable, on_item: Callable[[int], None] | 
     return dumps_outcomes(values, errors), len(errors)
 
 
-def run_portable(
-    func: Callable, payload: bytes, count: int, on_item: Callable[[int], None] | None = None
-) -> tuple[bytes, int]:
+def run_portable(func: Callable, payload: bytes, count: int, on_item: OnItem | None = None) -> tuple[bytes, int]:
     """Call ``func`` on each JSON item; return (JSON outcomes, number that failed)."""
     values: list[Any] = []
     errors: dict[int, dict] = {}
@@ -46,7 +48,7 @@ def run_portable(
         values = [None] * count
     for offset, item in enumerate(items):
         if on_item is not None:
-            on_item(offset)
+            on_item(offset, errors)
         try:
             value = func(item)
             json.dumps(value)  # a result that is not JSON fails here, as this item's error

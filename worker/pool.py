@@ -143,10 +143,12 @@ class Slot:
         payload: bytes,
         timeout: float | None,
         on_output: Callable[[int, str, str], None],
+        on_progress: Callable[[int, int, str, int], None] | None = None,
     ) -> Finished | Lost:
         """Run one task in the child. Never raises for user errors or crashes.
 
-        ``function`` is (its bytes, its serializer: "cloudpickle" or "portable").
+        ``function`` is (its bytes, its serializer: "cloudpickle" or "portable");
+        ``on_progress(done, failed, error, error_index)`` hears of items done while it runs.
         """
         loop = asyncio.get_running_loop()
         self._stopping = self._timed_out = False
@@ -165,7 +167,7 @@ class Slot:
             self._jobs.add(job_id)
         except (OSError, EOFError):
             return await self._lost()
-        loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output)
+        loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output, on_progress)
         if timeout is not None:
             timer = loop.call_later(timeout, self._time_out)
         watch = self._watch(outcome) if self._watched else None
@@ -204,13 +206,22 @@ class Slot:
         if self._cgroup is not None:
             self._cgroup.kill_all()
 
-    def _readable(self, conn, outcome: asyncio.Future, on_output: Callable[[int, str, str], None]) -> None:
-        """Read what the child sent: output lines, then the outcome (None: the pipe closed)."""
+    def _readable(
+        self,
+        conn,
+        outcome: asyncio.Future,
+        on_output: Callable[[int, str, str], None],
+        on_progress: Callable[[int, int, str, int], None] | None,
+    ) -> None:
+        """Read what the child sent: output lines and progress, then the outcome (None: the pipe closed)."""
         try:
             while not outcome.done() and conn.poll():
                 message = conn.recv()
                 if message[0] == "output":
                     on_output(*message[1:])
+                elif message[0] == "progress":
+                    if on_progress is not None:
+                        on_progress(*message[1:])
                 elif message[0] == "limit":  # the child found it (MemoryError, EAGAIN); it exits now
                     self._broken = message[1]
                     outcome.set_result(Lost(ErrorKind.LIMIT, self.settings.limits.reason(message[1])))

@@ -14,12 +14,12 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import traceback
 from typing import Any
 
 import cloudpickle
 
 from ..errors import CrowdComputeError, SerializationError, UntrustedPayloadError
+from ..tracebacks import format_user_traceback
 
 __all__ = [
     "ITEM_REPR_LIMIT",
@@ -56,7 +56,7 @@ def describe_exception(exc: BaseException, pickled: bool = True) -> dict:
         "type": type(exc).__name__,
         "module": type(exc).__module__,
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "traceback": format_user_traceback(exc),
         "exception": data,
     }
 

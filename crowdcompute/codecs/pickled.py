@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
+import types
+from collections import ChainMap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,12 +66,31 @@ def dumps_function(func: Callable) -> bytes:
     if module is not None:
         cloudpickle.register_pickle_by_value(module)
     try:
-        return cloudpickle.dumps(func, protocol=PICKLE_PROTOCOL)
+        with io.BytesIO() as file:
+            _SourcePickler(file, protocol=PICKLE_PROTOCOL).dump(func)
+            return file.getvalue()
     except Exception as exc:
         raise SerializationError(_describe(func), _explain_function(func, exc)) from exc
     finally:
         if module is not None:
             cloudpickle.unregister_pickle_by_value(module)
+
+
+def _reduce_code_keeping_its_file(code: types.CodeType) -> tuple:
+    """cloudpickle's reduction of a code object, with its file name kept (cloudpickle drops it).
+
+    The file name is what lets the client show a remote frame with its source
+    (``Cell In[3], line 4``): the worker has no notebook, the client does.
+    """
+    constructor, args = _CLOUDPICKLE_CODE_REDUCE(code)
+    return constructor, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+
+_CLOUDPICKLE_CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+class _SourcePickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap({types.CodeType: _reduce_code_keeping_its_file}, cloudpickle.Pickler.dispatch_table)
 
 
 def _own_module(func: Callable):

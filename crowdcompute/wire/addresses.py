@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ __all__ = [
     "connection_file_path",
     "generate_token",
     "is_loopback",
+    "live_connection_files",
     "parse_address",
     "read_connection_file",
+    "remove_connection_file",
     "write_connection_file",
 ]
 
@@ -100,14 +103,21 @@ def generate_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def write_connection_file(port: int, url: str, token: str) -> Path:
-    """Write ``url`` and ``token`` to the port's connection file, readable by this user only."""
+def write_connection_file(port: int, url: str, token: str, *, embedded: bool = False) -> Path:
+    """Write ``url`` and ``token`` to the port's connection file, readable by this user only.
+
+    ``embedded``: the foreman belongs to another process (a notebook's kernel,
+    say), whose pid the file records as ``parent``.
+    """
     path = connection_file_path(port)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    data = {"url": url, "token": token, "pid": os.getpid(), "started": time.time()}
+    if embedded:
+        data.update(embedded=True, parent=os.getppid())
     with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "token": token, "pid": os.getpid()}, f)
+        json.dump(data, f)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return path
@@ -122,3 +132,32 @@ def read_connection_file(port: int) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not isinstance(data.get("token"), str):
         return None
     return data
+
+
+def remove_connection_file(port: int) -> None:
+    """Remove the port's connection file if this process wrote it."""
+    found = read_connection_file(port)
+    if found is not None and found.get("pid") == os.getpid():
+        connection_file_path(port).unlink(missing_ok=True)
+
+
+def live_connection_files() -> list[dict[str, Any]]:
+    """The connection files of foremen of this user that still run, by port; each with its ``port``."""
+    found = []
+    for path in sorted(crowdcompute_home().glob("foreman-*.json")):
+        port = path.stem.removeprefix("foreman-")
+        data = read_connection_file(int(port)) if port.isdigit() else None
+        if data is None or not isinstance(data.get("pid"), int) or not _running(data["pid"]):
+            continue
+        found.append({**data, "port": int(port)})
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process took the pid
+        return False
+    return True

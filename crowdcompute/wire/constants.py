@@ -19,6 +19,7 @@ __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "DASHBOARD_VARIABLE",
     "DEFAULT_URL",
     "FOREMAN_READY",
     "FOREMAN_TOKEN_VARIABLE",
@@ -102,3 +103,5 @@ HOME_VARIABLE = "CROWDCOMPUTE_HOME"  # folder for connection files and journals
 FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"  # token handed to an embedded foreman
 WORKER_TOKEN_VARIABLE = "CROWDCOMPUTE_WORKER_TOKEN"  # token handed to an embedded worker
 BWRAP_VARIABLE = "CROWDCOMPUTE_BWRAP"  # the bubblewrap binary a --sandbox worker uses
+#: Set by the Jupyter server extension for its kernels: the path of its status pages, e.g. "/crowdcompute/".
+DASHBOARD_VARIABLE = "CROWDCOMPUTE_DASHBOARD_URL"

@@ -32,6 +32,7 @@ __all__ = [
     "TaskResult",
     "TaskFailed",
     "TaskOutput",
+    "TaskProgress",
     "StatusRequest",
     "StatusReply",
     "AttachJob",
@@ -320,6 +321,7 @@ class TaskResult(Message):
     trusted: bool = True  # False: only untrusted volunteers returned it (clients decode it as plain data)
     reissued: int = 0  # runs started because its leases passed their deadline
     backups: int = 0  # backup copies run at the tail of its job
+    waited: float = 0.0  # time it waited on the worker for a free task process
 
 
 @message
@@ -354,6 +356,26 @@ class TaskOutput(Message):
     index: int
     stream: str
     text: str
+
+
+@message
+class TaskProgress(Message):
+    """Items a running task has finished so far (worker -> foreman -> client).
+
+    Sent at most every few tenths of a second per task, and only by tasks
+    that run long enough for it to matter: a fast task reports nothing
+    before its outcome. ``error`` names the task's first failure
+    (``"ValueError: ..."``, item ``error_index``) so the client can show it
+    before the task ends.
+    """
+
+    TYPE: ClassVar[str] = "task_progress"
+    job_id: str
+    task_id: int
+    done: int  # items finished, failed ones included
+    failed: int = 0
+    error: str = ""
+    error_index: int = -1
 
 
 @message
@@ -441,6 +463,7 @@ class TaskDone(Message):
     failed: int
     payload: bytes
     seconds: float = 0.0  # time spent running the task
+    waited: float = 0.0  # time it waited on the worker for a free task process
 
 
 @message

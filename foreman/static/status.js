@@ -6,12 +6,12 @@
 const POLL_MS = 1000;
 const HISTORY_SECONDS = 600;
 const MIN_SPAN_SECONDS = 60;
+const SMOOTH_SECONDS = 10;
 const SVG = "http://www.w3.org/2000/svg";
 const CHART = { width: 800, height: 180, left: 46, right: 10, top: 10, bottom: 22 };
 
-// Items done per job at the previous poll, for items/s and time left.
-let previousJobs = new Map();
-let previousTime = null;
+// Items done per job at recent polls, [time, done] oldest first, for items/s and time left.
+const jobHistory = new Map();
 const jobRates = new Map();
 
 function el(tag, attrs = {}, ...children) {
@@ -68,30 +68,38 @@ function showProblem(text) {
 // --- rates ------------------------------------------------------------------
 
 function updateRates(status) {
+  // As the notebook's widget: items finished over the last SMOOTH_SECONDS (the job's whole
+  // life while it is younger), so the number neither jumps with each chunk nor lags for long.
   const now = status.time;
-  const current = new Map();
+  const seen = new Set();
   for (const job of status.jobs) {
-    const done = job.completed + job.failed;
-    current.set(job.id, done);
-    if (previousTime !== null && previousJobs.has(job.id) && now > previousTime) {
-      const rate = (done - previousJobs.get(job.id)) / (now - previousTime);
-      const old = jobRates.get(job.id);
-      // Smooth over a few polls so the number does not jump with every chunk.
-      jobRates.set(job.id, old === undefined ? rate : 0.6 * old + 0.4 * rate);
+    seen.add(job.id);
+    const done = job.completed + job.failed + (job.in_progress || 0);
+    const history = jobHistory.get(job.id) || [];
+    history.push([now, done]);
+    while (history.length > 2 && history[1][0] <= now - SMOOTH_SECONDS) history.shift();
+    jobHistory.set(job.id, history);
+    const [then, before] = history[0];
+    if (now > then) jobRates.set(job.id, Math.max(0, (done - before) / (now - then)));
+  }
+  for (const id of [...jobHistory.keys()]) {
+    if (!seen.has(id)) {
+      jobHistory.delete(id);
+      jobRates.delete(id);
     }
   }
-  for (const id of [...jobRates.keys()]) if (!current.has(id)) jobRates.delete(id);
-  previousJobs = current;
-  previousTime = now;
 }
 
 function throughputPoints(throughput) {
-  // Samples are [time, items finished so far]; a point is the rate between two samples.
+  // Samples are [time, items finished so far]; a point is the rate over the last SMOOTH_SECONDS,
+  // so that work finishing in chunks draws a level line, not a sawtooth.
   const samples = throughput.samples || [];
   const points = [];
+  let start = 0;
   for (let i = 1; i < samples.length; i++) {
-    const [t0, n0] = samples[i - 1];
     const [t1, n1] = samples[i];
+    while (start < i - 1 && t1 - samples[start + 1][0] >= SMOOTH_SECONDS) start++;
+    const [t0, n0] = samples[start];
     if (t1 > t0) points.push([t1, Math.max(0, (n1 - n0) / (t1 - t0))]);
   }
   return points;
@@ -99,10 +107,12 @@ function throughputPoints(throughput) {
 
 // --- drawing ----------------------------------------------------------------
 
-function renderSummary(status, points) {
+function renderSummary(status) {
   const busy = status.workers.reduce((sum, w) => sum + w.busy, 0);
-  const running = status.jobs.filter((job) => job.state === "running").length;
-  const latest = points.length ? points[points.length - 1][1] : 0;
+  const runningJobs = status.jobs.filter((job) => job.state === "running");
+  const running = runningJobs.length;
+  // The sum of the rates the jobs table shows, so the two never disagree (0 once nothing runs).
+  const latest = runningJobs.reduce((sum, job) => sum + (jobRates.get(job.id) || 0), 0);
   document.getElementById("stat-workers").textContent = status.workers.length;
   document.getElementById("stat-slots").textContent = `${busy}/${status.slots}`;
   document.getElementById("stat-jobs").textContent = running;
@@ -113,30 +123,34 @@ function renderSummary(status, points) {
 function renderJobs(status) {
   const body = document.querySelector("#jobs tbody");
   const rows = status.jobs.map((job) => {
-    const done = job.completed + job.failed;
+    // Items finished inside running tasks count too (the workers report them): the bar moves per item.
+    const running = job.state === "running";
+    const inProgress = running ? job.in_progress || 0 : 0;
+    const done = job.completed + job.failed + inProgress;
     const total = Math.max(job.total, 0);
     const share = (n) => (total ? (100 * n) / total : 100);
+    // As the notebook's widget: a job with a failed item is "failed" once over, and red at once.
     const state = job.state === "done" && job.failed ? "failed" : job.state;
+    const colour = job.failed && job.state !== "cancelled" ? "failed" : state;
     const bar = el("div", {
-      class: "bar" + (job.state === "running" ? "" : " finished"),
+      class: `bar ${colour}` + (job.state === "running" ? "" : " finished"),
       role: "progressbar",
       "aria-valuemin": "0",
       "aria-valuemax": String(total),
       "aria-valuenow": String(done),
       "aria-label": `${job.name || "job"} progress`,
     },
-      el("div", { class: "done", width: `${share(job.completed).toFixed(2)}%` }),
+      el("div", { class: "done", width: `${share(job.completed + inProgress).toFixed(2)}%` }),
       el("div", { class: "failed", width: `${share(job.failed).toFixed(2)}%` }),
       el("span", { class: "label" }, `${Math.floor(share(done))}%`),
     );
     const rate = jobRates.get(job.id);
-    const running = job.state === "running";
     const left = running && rate > 0 ? formatDuration((total - done) / rate) : "–";
     const notes = [];
     if (job.untrusted_workers) notes.push(`${job.untrusted_workers} untrusted workers`);
     if (running && job.waiting) notes.push(job.waiting);
     const noted = notes.length ? [el("span", { class: "id", title: "notes" }, notes.join(" · "))] : [];
-    return el("tr", { "data-job-id": job.id, "data-state": job.state },
+    return el("tr", { "data-job-id": job.id, "data-state": state },
       el("td", {}, job.name || "job", el("span", { class: "id", title: job.id }, job.id.slice(0, 8)), ...noted),
       el("td", {}, el("span", { class: `badge ${state}` }, state)),
       el("td", {}, bar),
@@ -156,11 +170,14 @@ function renderWorkers(status) {
     const slots = el("span", { class: "slots", title: `${worker.busy} of ${worker.slots} slots busy` });
     for (let i = 0; i < worker.slots; i++) slots.append(el("span", { class: i < worker.busy ? "slot busy" : "slot" }));
     const tasks = el("td", { class: "tasks" });
-    for (const task of worker.tasks || []) {
+    const leased = worker.tasks || [];
+    for (const task of leased.filter((t) => !t.queued)) {
       const items = task.items === 1 ? "1 item" : `${task.items} items`;
       tasks.append(el("span", { class: "chip", title: `job ${task.job}` }, `${task.name || "job"} #${task.task} · ${items}`));
     }
-    if (!(worker.tasks || []).length) tasks.append(el("span", { class: "empty" }, "idle"));
+    const waiting = leased.filter((t) => t.queued).length;
+    if (waiting) tasks.append(el("span", { class: "chip queued", title: "sent ahead, waiting for a free slot on the worker" }, `+${waiting} queued`));
+    if (!leased.length) tasks.append(el("span", { class: "empty" }, "idle"));
     const state = worker.quarantined ? "quarantined" : worker.draining ? "draining" : "up";
     // Invited volunteers show their identity (the invite's name), and whether their results are trusted.
     const who = worker.identity
@@ -217,6 +234,7 @@ function renderChart(status, points) {
     nodes.push(svg("polyline", { class: "line", points: line }));
   }
   chart.replaceChildren(...nodes);
+  document.getElementById("chart-window").textContent = `items finished per second, last ${formatAge(span)}`;
   chart.dataset.points = String(visible.length);
   chart.dataset.maxRate = String(Math.max(0, ...visible.map(([, r]) => r)));
 }
@@ -224,7 +242,7 @@ function renderChart(status, points) {
 function render(status) {
   updateRates(status);
   const points = throughputPoints(status.throughput || {});
-  renderSummary(status, points);
+  renderSummary(status);
   renderChart(status, points);
   renderJobs(status);
   renderWorkers(status);
