@@ -69,9 +69,11 @@ def _repeat(peer: Peer, workload: Workload, repeats: int) -> dict[str, Any]:
             error = f"{type(exc).__name__}: {exc}"
             print(f"  {peer.label}: {workload.name}: {error}", file=sys.stderr)
             break
+        rss = ""
         if peak.bytes is not None:
             peaks.append(peak.bytes)
-        print(f"  {peer.label}: {workload.name}: {runs[-1]:.4g} {workload.unit}", file=sys.stderr, flush=True)
+            rss = f" (foreman peak RSS {peak.bytes / 2**20:.0f} MiB)"
+        print(f"  {peer.label}: {workload.name}: {runs[-1]:.4g} {workload.unit}{rss}", file=sys.stderr, flush=True)
         if time.monotonic() - started > REPEAT_BUDGET:
             break
     return {

@@ -35,6 +35,8 @@ ROUND_TRIPS = 50
 SLEEP_TASKS, SLEEP = 200, 0.010
 #: The big-payload workloads: this many items of BLOB_SIZE bytes, there and back.
 BLOBS, BLOB_SIZE = 20, 10_000_000
+#: The big-job workload: this many items of BLOB_SIZE bytes (2 GB), the BLOBS distinct blobs repeated.
+MANY_BLOBS = 200
 WORKERS = 2
 
 
@@ -132,6 +134,19 @@ def big_bytes(peer) -> float:
     return BLOBS * BLOB_SIZE / elapsed / 1e6
 
 
+def big_job(peer) -> float:
+    """2 GB there and back: the foreman's memory must stay bounded by the data in flight."""
+    blobs = _blobs()
+    inputs = [blobs[n % BLOBS] for n in range(MANY_BLOBS)]
+    start = time.perf_counter()
+    results = peer.map_items(echo, inputs)
+    elapsed = time.perf_counter() - start
+    if len(results) != MANY_BLOBS or any(a != b for a, b in zip(results, inputs, strict=False)):
+        raise RuntimeError("big job: results differ")
+    del results
+    return MANY_BLOBS * BLOB_SIZE / elapsed / 1e6
+
+
 def big_arrays(peer) -> float:
     import numpy as np
 
@@ -166,6 +181,7 @@ WORKLOADS = [
     Workload(f"{SLEEP_TASKS} x {SLEEP * 1000:g} ms tasks", "efficiency", True, sleeping_tasks),
     Workload(f"{BLOBS} x {BLOB_SIZE // 1_000_000} MB bytes, there and back", "MB/s", True, big_bytes),
     Workload(f"{BLOBS} x {BLOB_SIZE // 1_000_000} MB numpy, there and back", "MB/s", True, big_arrays),
+    Workload(f"{MANY_BLOBS} x {BLOB_SIZE // 1_000_000} MB bytes (2 GB), there and back", "MB/s", True, big_job),
 ]
 
 

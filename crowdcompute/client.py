@@ -36,6 +36,9 @@ log = logging.getLogger("crowdcompute.client")
 #: cut a queued chunk down to the slots it has when it hands the chunk out (workers join
 #: after a client connected). A job has at most about CHUNKS_PER_SLOT * PIECE_SLOTS pieces.
 PIECE_SLOTS = 256
+#: Input bytes per task when ``chunksize`` is automatic: a chunk of big items is split further,
+#: so that the foreman's window (Welcome.max_queued_bytes) holds several tasks.
+TASK_BYTES_TARGET = 4 * 1024 * 1024
 #: Bytes of a frame kept for its header when sizing payloads against the foreman's limit.
 FRAME_HEADER_ROOM = 64 * 1024
 
@@ -366,12 +369,12 @@ class CrowdComputeClient:
         items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
         size = options.chunksize or (1 if options.timeout is not None else chunk_size(len(items), slots))
+        target = None if options.chunksize else TASK_BYTES_TARGET
         if options.chunksize or portable or size == 1:
-            chunks = [
-                (*chunk, None) for chunk in dumps_chunks(items, size, limit, dumps_portable_items if portable else None)
-            ]
-        else:  # automatic: in pieces the foreman may split between as workers join
-            chunks = dumps_pieced_chunks(items, size, chunk_size(len(items), PIECE_SLOTS), limit)
+            dump = dumps_portable_items if portable else None
+            chunks = [(*chunk, None) for chunk in dumps_chunks(items, size, limit, dump, target)]
+        else:  # automatic: in pieces the foreman may cut between as workers join
+            chunks = dumps_pieced_chunks(items, size, chunk_size(len(items), PIECE_SLOTS), limit, target)
         job_id = uuid.uuid4().hex
         name = getattr(func, "__name__", "") or ""
         submit = p.SubmitJob(
@@ -461,7 +464,8 @@ class CrowdComputeClient:
         job = self._jobs.get(job_id)
         feed = self._feeds.get(job_id)
         if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
-            feed.finished(msg.first_index, msg.count)
+            outcome_size = len(msg.payload) if isinstance(msg, p.TaskResult) else 0
+            feed.finished(msg.task_id, msg.first_index, msg.count, outcome_size)
         if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskProgress, p.TaskFailed)):
             if job is not None:
                 sent_at = feed.sent_at.get(msg.task_id) if feed is not None else None
@@ -524,7 +528,7 @@ class CrowdComputeClient:
             if feed is not None:
                 feed.resend()  # the foreman ignores what it already has
             else:
-                self._link.send(p.AttachJob(job_id))
+                self._link.send(p.AttachJob(job_id, resume=True))
 
     def _connection_lost(self, lost: ConnectionLostError) -> None:
         for waiter in [

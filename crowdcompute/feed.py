@@ -10,6 +10,10 @@ attaches, so a foreman that lost the job (no journal) gets it back.
 The foreman may cut a queued task into parts (for workers that joined), each
 with an outcome of its own: a task is finished once outcomes covered all its
 items, whatever ids they came with.
+
+Outcomes are acknowledged (AckResults) once ``ACK_AFTER_BYTES`` of them have
+arrived, so that a foreman without a journal may drop them: its memory is
+then bounded by the window, not by the job's size.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from collections.abc import Callable
 
 from .wire import messages as p
 
-__all__ = ["Feed"]
+__all__ = ["ACK_AFTER_BYTES", "Feed"]
+
+#: Outcome bytes received before the client acknowledges them to the foreman (small
+#: outcomes are never acknowledged one by one: collecting the job frees them).
+ACK_AFTER_BYTES = 1024 * 1024
 
 
 class Feed:
@@ -47,6 +55,8 @@ class Feed:
         self._counted: set[int] = set()  # first indexes of the outcomes counted (replays come again)
         self._queued_bytes = 0
         self.sent_at: dict[int, float] = {}  # task id -> monotonic time it was first sent
+        self._unacked: list[int] = []  # task ids of outcomes not yet acknowledged
+        self._unacked_bytes = 0
 
     @property
     def complete(self) -> bool:
@@ -57,19 +67,21 @@ class Feed:
         self._send(self.submit)
         self._pump()
 
-    def finished(self, first_index: int, count: int) -> None:
-        """An outcome for items ``first_index`` .. ``+count`` arrived (a task, or a part of one
-        the foreman cut): once a task's items are all back, make room for the next ones."""
-        task_id = bisect.bisect_right(self._starts, first_index) - 1
-        if task_id < 0 or task_id in self._finished or first_index in self._counted:
+    def finished(self, task_id: int, first_index: int, count: int, outcome_size: int = 0) -> None:
+        """An outcome (``outcome_size`` bytes) for items ``first_index`` .. ``+count`` arrived, with
+        the id of a task or of a part of one the foreman cut: acknowledge it, and once a task's
+        items are all back, make room for the next ones."""
+        task = bisect.bisect_right(self._starts, first_index) - 1
+        if task < 0 or task in self._finished or first_index in self._counted:
             return
         self._counted.add(first_index)
-        self._left[task_id] -= count
-        if self._left[task_id] > 0:
+        self._acknowledge(task_id, outcome_size)
+        self._left[task] -= count
+        if self._left[task] > 0:
             return
-        self._finished.add(task_id)
-        if task_id < self.sent:
-            self._queued_bytes -= len(self.tasks[task_id].payload)
+        self._finished.add(task)
+        if task < self.sent:
+            self._queued_bytes -= len(self.tasks[task].payload)
         self._pump()
 
     def resend(self) -> None:
@@ -78,8 +90,15 @@ class Feed:
         for task in self.tasks[: self.sent]:
             if task.task_id not in self._finished:
                 self._send(task)
-        self._send(p.AttachJob(self.submit.job_id))
+        self._send(p.AttachJob(self.submit.job_id, resume=True))
         self._pump()
+
+    def _acknowledge(self, task_id: int, size: int) -> None:
+        self._unacked.append(task_id)
+        self._unacked_bytes += size
+        if self._unacked_bytes >= ACK_AFTER_BYTES and not self.complete:  # complete: collecting frees them
+            self._send(p.AckResults(self.submit.job_id, self._unacked))
+            self._unacked, self._unacked_bytes = [], 0
 
     def _pump(self) -> None:
         while self.sent < len(self.tasks):

@@ -21,6 +21,8 @@ from .dialing import Backoff, RetryNotices, dial
 from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
 from .wire import messages as p
 from .wire.addresses import Address
+from .wire.constants import FRAGMENT_SIZE
+from .wire.framing import split_parts
 
 __all__ = ["Link", "RECONNECT_DELAY_MAX"]
 
@@ -58,7 +60,7 @@ class Link:
         self._on_lost = on_lost
         self._busy = busy  # the owner follows jobs: an idle close must not leave them waiting
         self._websocket: ClientConnection | None = None
-        self._frames: deque[bytes] = deque()  # waiting to go out, in order
+        self._frames: deque[list[bytes | memoryview]] = deque()  # waiting to go out, in order
         self._queued = asyncio.Event()  # set when _frames is not empty
         self._drained = asyncio.Event()  # set when _frames is empty
         self._drained.set()
@@ -81,7 +83,7 @@ class Link:
 
     def send(self, msg: p.Message) -> None:
         """Queue a message; it goes out in order, after a reconnect if need be."""
-        self._frames.append(p.encode(msg))
+        self._frames.append(p.encode_parts(msg))
         self._queued.set()
         self._drained.clear()
         if self._dormant and not self.closed:
@@ -119,7 +121,10 @@ class Link:
                 await self._queued.wait()
                 continue
             try:
-                await websocket.send(self._frames[0])
+                # Several parts go as one fragmented message: a payload is not joined to its header,
+                # and goes in pieces, so that no side buffers a whole one in its websocket layer.
+                parts = split_parts(self._frames[0], FRAGMENT_SIZE)
+                await websocket.send(parts[0] if len(parts) == 1 else parts)
             except ConnectionClosed:
                 return  # the frame stays first in line for the next connection
             self._frames.popleft()
@@ -129,8 +134,9 @@ class Link:
         if websocket is None:
             return  # never started before open()
         try:
-            async for frame in websocket:
-                self._on_message(p.decode(frame))
+            while True:
+                fragments = [fragment async for fragment in websocket.recv_streaming()]
+                self._on_message(p.decode_parts(fragments))
         except ConnectionClosed:
             pass
         except ProtocolError as exc:

@@ -91,6 +91,9 @@ Record = SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob | SaveVolunt
 #: Payloads larger than this (bytes) go to a file beside the journal, not into SQLite,
 #: which writes big blobs several times slower than a plain file.
 BLOB_FILE_THRESHOLD = 1024 * 1024
+#: Bytes of payload files queued for the journal's thread past which the foreman stops reading
+#: frames until the disk catches up (backpressure: its memory stays bounded on a slow disk).
+MAX_BACKLOG_BYTES = 32 * 1024 * 1024
 
 
 class Journal:
@@ -111,6 +114,11 @@ class Journal:
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._db: sqlite3.Connection | None = None
         self._dirty = False
+        # Bytes of payload files queued and not yet written: the foreman stops reading past
+        # MAX_BACKLOG_BYTES, so a slow disk bounds its memory instead of growing it.
+        self._backlog = 0
+        self._backlog_lock = threading.Lock()
+        self._room_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         opened = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(opened,), name="journal", daemon=True)
         self._thread.start()
@@ -157,7 +165,10 @@ class Journal:
                         self._dirty = True
                     for sql, params in arg:
                         if sql == "file":  # written before the row that names it: no dangling name
-                            Path(params[0]).write_bytes(params[1])
+                            try:
+                                _write_blob(Path(params[0]), params[1])
+                            finally:
+                                self._written(_blob_size(params[1]))
                         elif sql == "unlink":
                             for found in self.blobs.glob(params[0]):
                                 found.unlink(missing_ok=True)
@@ -237,7 +248,33 @@ class Journal:
 
     def apply(self, record: Record) -> None:
         """Queue one scheduler record (inside the open batch)."""
-        self._requests.put(("write", _statements(record, self.blobs)))
+        statements = _statements(record, self.blobs)
+        size = sum(_blob_size(params[1]) for sql, params in statements if sql == "file")
+        if size:
+            with self._backlog_lock:
+                self._backlog += size
+        self._requests.put(("write", statements))
+
+    async def wait_for_room(self) -> None:
+        """Return once the payload files still to write are at most MAX_BACKLOG_BYTES."""
+        with self._backlog_lock:
+            if self._backlog <= MAX_BACKLOG_BYTES:
+                return
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            self._room_waiters.append((loop, future))
+        await future
+
+    def _written(self, size: int) -> None:
+        """In the journal's thread: a payload file is on disk; wake readers if there is room again."""
+        with self._backlog_lock:
+            self._backlog -= size
+            if self._backlog > MAX_BACKLOG_BYTES:
+                return
+            waiters, self._room_waiters = self._room_waiters, []
+        for loop, future in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_settle, future, None, None)
 
     def commit(self, then: Callable[[], object] | None = None) -> None:
         """End the batch; ``then()`` runs in the journal's thread once it is committed."""
@@ -290,8 +327,10 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]
         ops: list[tuple[str, tuple[Any, ...]]] = []
         if payload is not None and len(payload) > BLOB_FILE_THRESHOLD:
             name = _blob_name(record.job_id, task.task_id, "in")
-            ops.append(("file", (str(blobs / name), payload)))
+            ops.append(("file", (str(blobs / name), [payload])))  # the bytes that arrived, not a copy
             payload = None
+        elif isinstance(payload, p.Pieces):  # small, but cut by someone on the way: SQLite wants one buffer
+            payload = bytes(payload)
         ops.append(
             (
                 "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
@@ -302,13 +341,14 @@ def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]
     if isinstance(record, SaveResult):
         msg = record.message
         failed = msg.failed if isinstance(msg, p.TaskResult) else msg.count
-        encoded = p.encode(msg)
-        frame: bytes | None = encoded
+        parts = p.encode_parts(msg)
+        frame: bytes | None = None
         name, ops = None, []
-        if len(encoded) > BLOB_FILE_THRESHOLD:
+        if p.frame_size(parts) > BLOB_FILE_THRESHOLD:
             name = _blob_name(record.job_id, record.task_id, "out")
-            ops.append(("file", (str(blobs / name), encoded)))
-            frame = None
+            ops.append(("file", (str(blobs / name), parts)))  # header, then the payload as it arrived
+        else:
+            frame = b"".join(parts)
         ops.append(
             (
                 "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
@@ -376,6 +416,16 @@ def read_outcome_frame(db: sqlite3.Connection, job_id: str, task_id: int, blobs:
     if row is None:
         return None
     return row[0] if row[1] is None else _read_blob(blobs / row[1])
+
+
+def _blob_size(parts: list) -> int:
+    return sum(len(part) for part in parts)
+
+
+def _write_blob(path: Path, parts: list) -> None:
+    with open(path, "wb") as out:
+        for part in parts:  # a payload kept in the pieces it arrived in is written piece by piece
+            out.writelines(part.pieces if isinstance(part, p.Pieces) else (part,))
 
 
 def _read_blob(path: Path) -> bytes | None:

@@ -9,6 +9,7 @@ __all__ = [
     "MAX_QUEUED_BYTES_TOTAL",
     "MAX_PREFETCH_PER_SLOT",
     "MAX_QUEUED_TASKS",
+    "MAX_KEPT_OUTCOME_BYTES",
     "MAX_SLOTS_PER_WORKER",
     "MAX_WORKER_LOSSES",
     "PREFETCH_MARGIN",
@@ -29,8 +30,12 @@ RESULT_TTL = 24 * 3600.0
 ENDED_JOBS_SHOWN = 20
 #: Tasks of one job a client may have sent without their outcome yet (its window).
 MAX_QUEUED_TASKS = 4096
-#: Input bytes of one job a client may have sent without their outcome yet.
-MAX_QUEUED_BYTES = 256 * 1024 * 1024
+#: Input bytes of one job a client may have sent without their outcome yet (at least one task
+#: always goes): the window that bounds the foreman's memory, so 10 MB inputs keep 3 tasks in flight.
+MAX_QUEUED_BYTES = 32 * 1024 * 1024
+#: Outcome bytes of one job a foreman without a journal keeps after its client acknowledged
+#: them (so that another process can still attach); past this it drops the acknowledged ones.
+MAX_KEPT_OUTCOME_BYTES = 16 * 1024 * 1024
 #: Input bytes waiting on the foreman over all jobs; past this, new jobs are refused until it drains.
 MAX_QUEUED_BYTES_TOTAL = 2 * 1024 * 1024 * 1024
 #: Most tasks a worker may hold beyond its running ones, per slot, however far away it is.

@@ -133,7 +133,9 @@ def timed_out(task: Task, job: Job, workers: dict[str, Worker]) -> str:
 def digest(msg: p.TaskDone) -> bytes:
     """What runs are compared by: the failed count and the outcome bytes."""
     digest = hashlib.sha256(b"%d:" % msg.failed)
-    digest.update(msg.payload)
+    payload = msg.payload
+    for piece in payload.pieces if isinstance(payload, p.Pieces) else (payload,):
+        digest.update(piece)
     return digest.digest()
 
 

@@ -34,6 +34,7 @@ from .credentials import Registry, Volunteer
 from .limits import (
     ALLOWED_FAILURES,
     ENDED_JOBS_SHOWN,
+    MAX_KEPT_OUTCOME_BYTES,
     MAX_QUEUED_BYTES,
     MAX_QUEUED_BYTES_TOTAL,
     MAX_QUEUED_TASKS,
@@ -93,6 +94,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         max_queued_tasks: int = MAX_QUEUED_TASKS,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
         max_queued_bytes_total: int = MAX_QUEUED_BYTES_TOTAL,
+        max_kept_outcome_bytes: int = MAX_KEPT_OUTCOME_BYTES,
         max_slots_per_worker: int = MAX_SLOTS_PER_WORKER,
         min_lease_deadline: float = deadlines.MIN_LEASE_DEADLINE,
         backup_tasks: bool = True,
@@ -106,6 +108,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         self.max_queued_tasks = max_queued_tasks
         self.max_queued_bytes = max_queued_bytes
         self.max_queued_bytes_total = max_queued_bytes_total
+        self.max_kept_outcome_bytes = max_kept_outcome_bytes
         self.result_ttl = result_ttl
         self.journaled = journaled
         self.clock = clock
@@ -286,9 +289,18 @@ class Scheduler(VolunteerEvents, TimedEvents):
             self._ready.remove(job.job_id)
         return [self._save_state(job), *self._release(job), *self._archive(job), *self._assign()]
 
-    def attach_job(self, client_id: str, job_id: str) -> list[Action]:
-        """Follow a job: its size and state, then every outcome so far, then the rest."""
+    def attach_job(self, client_id: str, job_id: str, resume: bool = False) -> list[Action]:
+        """Follow a job: its size and state, then every outcome so far, then the rest.
+
+        ``resume``: the client followed it before and holds what it acknowledged.
+        """
         job = self.jobs.get(job_id)
+        if job is not None and job.dropped and not resume:
+            reason = (
+                f"{job.dropped} of its outcomes were already delivered to the client that submitted it and "
+                "dropped to bound the foreman's memory (a foreman with a journal keeps them)"
+            )
+            return [Send(client_id, p.RequestError(job_id, reason))]
         if job is None:
             summary = self.ended.get(job_id)
             if summary is None:
@@ -321,6 +333,20 @@ class Scheduler(VolunteerEvents, TimedEvents):
         if job is None or job.state is JobState.RUNNING:
             return []
         return self._archive(job)
+
+    def ack_results(self, client_id: str, job_id: str, task_ids: list[int]) -> list[Action]:
+        """The client holds these outcomes: past the budget, drop the acknowledged ones."""
+        job = self.jobs.get(job_id)
+        if job is None or job.client != client_id:
+            return []
+        job.acked.update(task_id for task_id in task_ids if task_id in job.results)
+        if job.dropped or job.kept_bytes > self.max_kept_outcome_bytes:  # once past it, keep none acknowledged
+            for task_id in job.acked:
+                outcome = job.results.pop(task_id)
+                job.kept_bytes -= len(getattr(outcome, "payload", b""))
+                job.dropped += 1
+            job.acked.clear()
+        return []
 
     # --- worker events -----------------------------------------------------
 
@@ -564,6 +590,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         job.finished_tasks += 1
         if not self.journaled:
             job.results[task.task_id] = outcome
+            job.kept_bytes += len(getattr(outcome, "payload", b""))
         actions: list[Action] = [SaveResult(job.job_id, task.task_id, outcome)]
         if job.client is not None:
             actions.append(Send(job.client, outcome))

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from crowdcompute.errors import ProtocolError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address
-from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CLOSE_TIMEOUT, CloseCode, Role
+from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CLOSE_TIMEOUT, FRAGMENT_SIZE, CloseCode, Role
 from crowdcompute.wire.runtime import runtime_mismatch
 
 from .credentials import CredentialRefused, Volunteer
@@ -58,6 +58,8 @@ MAX_OUTBOX_BYTES = 512 * 1024 * 1024
 
 #: Seconds the foreman waits for the pong to the ping it sends a worker as it joins.
 CONNECT_PING_TIMEOUT = 10.0
+#: Websocket frames the foreman reads ahead of its handler per connection, before it stops reading.
+READ_AHEAD_FRAMES = 4
 
 #: Seconds between purges of jobs older than the result TTL (and idle checks).
 EXPIRE_INTERVAL = 60.0
@@ -92,8 +94,9 @@ ROUTES: dict[type[p.Message], Route] = {
         _route(p.SubmitTask, Role.CLIENT, lambda s, conn, msg: s.submit_task(conn, msg)),
         _route(p.CancelJob, Role.CLIENT, lambda s, conn, msg: s.cancel_job(conn, msg.job_id)),
         _route(p.StatusRequest, Role.CLIENT, lambda s, conn, msg: [Send(conn, p.StatusReply.of(s.status()))]),
-        _route(p.AttachJob, Role.CLIENT, lambda s, conn, msg: s.attach_job(conn, msg.job_id)),
+        _route(p.AttachJob, Role.CLIENT, lambda s, conn, msg: s.attach_job(conn, msg.job_id, msg.resume)),
         _route(p.CollectJob, Role.CLIENT, lambda s, conn, msg: s.collect_job(conn, msg.job_id)),
+        _route(p.AckResults, Role.CLIENT, lambda s, conn, msg: s.ack_results(conn, msg.job_id, msg.task_ids)),
         # Admin requests on a client connection (the client token is the admin's): see foreman.credentials.
         _route(p.InviteVolunteer, Role.CLIENT, lambda s, conn, msg: s.invite_volunteer(conn, msg)),
         _route(p.RevokeVolunteer, Role.CLIENT, lambda s, conn, msg: s.revoke_volunteer(conn, msg)),
@@ -112,9 +115,14 @@ ROUTES: dict[type[p.Message], Route] = {
 
 @dataclass(frozen=True)
 class Frame:
-    """An encoded message to send."""
+    """An encoded message to send, as parts: its header, then its payloads as they arrived (not copied).
 
-    data: bytes
+    A frame of several parts goes out as a fragmented websocket message, so
+    the foreman never joins a payload into a new buffer.
+    """
+
+    parts: list[bytes | memoryview]
+    size: int
 
 
 @dataclass(frozen=True)
@@ -222,6 +230,8 @@ class ForemanServer:
             ssl=self.ssl_context,
             compression=None,  # payloads are pickles: compression costs CPU and buys little
             max_size=self.max_frame_size,  # the Hello is held to MAX_HELLO_SIZE once read
+            # Frames read ahead per connection (each at most FRAGMENT_SIZE): a bound on the foreman's memory.
+            max_queue=READ_AHEAD_FRAMES,
             # A peer that answers no ping within the heartbeat timeout is dropped,
             # and a dropped worker's tasks go to others: a ping goes out every third
             # of it, and the wait for its pong plus the closing handshake after an
@@ -300,7 +310,7 @@ class ForemanServer:
         self._peers[peer.conn_id] = peer
         self._queue_frame(
             peer,
-            p.encode(
+            p.encode_parts(
                 p.Welcome(
                     p.PROTOCOL_VERSION,
                     peer.conn_id,
@@ -419,12 +429,16 @@ class ForemanServer:
         loop = asyncio.get_running_loop()
         peer.last_seen = loop.time()
         try:
-            async for frame in peer.websocket:
+            while True:
+                if self.journal is not None:
+                    await self.journal.wait_for_room()  # a disk slower than the network slows the peers
+                # Piece by piece: a payload that came as a fragment of its own is used as it is, not joined.
+                fragments = [fragment async for fragment in peer.websocket.recv_streaming()]
                 peer.last_seen = loop.time()
                 try:
-                    msg = p.decode(frame)
+                    msg = p.decode_parts(fragments, join=False)  # payloads are forwarded, never read
                 except ProtocolError as exc:
-                    code = CloseCode.UNSUPPORTED if isinstance(frame, str) else CloseCode.PROTOCOL_ERROR
+                    code = CloseCode.UNSUPPORTED if isinstance(fragments[0], str) else CloseCode.PROTOCOL_ERROR
                     self._close_peer(peer, code, str(exc))
                     return
                 route = ROUTES.get(type(msg))
@@ -470,7 +484,7 @@ class ForemanServer:
                 elif self.journal is not None and isinstance(action.message, p.JobAccepted):
                     accepted.append(action)
                 else:
-                    self._queue_frame(peer, p.encode(action.message))
+                    self._queue_frame(peer, p.encode_parts(action.message))
             elif self.journal is not None:
                 self.journal.apply(action)
         if self.journal is not None:
@@ -484,16 +498,17 @@ class ForemanServer:
         for action in sends:
             peer = self._peers.get(action.to)
             if peer is not None:
-                self._queue_frame(peer, p.encode(action.message))
+                self._queue_frame(peer, p.encode_parts(action.message))
 
-    def _queue_frame(self, peer: _Peer, frame: bytes) -> None:
-        if peer.queued_bytes + len(frame) > MAX_OUTBOX_BYTES and peer.queued_bytes:
+    def _queue_frame(self, peer: _Peer, parts: list[bytes | memoryview]) -> None:
+        size = p.frame_size(parts)
+        if peer.queued_bytes + size > MAX_OUTBOX_BYTES and peer.queued_bytes:
             reason = f"{peer.queued_bytes} bytes wait for this {peer.role} to read them"
             # Now, not after the backlog: a client comes back and attaches; nothing is lost.
             self._close_peer(peer, CloseCode.POLICY, reason, now=True)
             return
-        peer.queued_bytes += len(frame)
-        peer.outbox.put_nowait(Frame(frame))
+        peer.queued_bytes += size
+        peer.outbox.put_nowait(Frame(parts, size))
 
     async def _send_frames(self, peer: _Peer) -> None:
         """Write the peer's queued frames in order; a slow peer delays only itself."""
@@ -504,8 +519,9 @@ class ForemanServer:
                 return
             try:
                 if isinstance(item, Frame):
-                    peer.queued_bytes -= len(item.data)
-                    await websocket.send(item.data)
+                    peer.queued_bytes -= item.size
+                    parts = p.split_parts(item.parts, FRAGMENT_SIZE)
+                    await websocket.send(parts[0] if len(parts) == 1 else parts)
                 elif isinstance(item, Hangup):
                     await websocket.close(item.code, item.reason)
                 else:
@@ -520,7 +536,8 @@ class ForemanServer:
         for task_id in await self.journal.call_async(read_outcome_ids, job_id):
             frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
             if frame is not None:
-                await websocket.send(frame)
+                parts = p.split_parts(p.frame_parts(frame), FRAGMENT_SIZE)
+                await websocket.send(parts[0] if len(parts) == 1 else parts)
 
 
 async def _ping(websocket: ServerConnection) -> None:

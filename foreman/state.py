@@ -177,6 +177,9 @@ class Job:
     state: JobState = JobState.RUNNING
     accepted: bool = False  # JobAccepted went out (all tasks received and journaled)
     results: dict[int, TaskResult | TaskFailed] = field(default_factory=dict)  # task id -> outcome, if kept
+    kept_bytes: int = 0  # payload bytes of ``results``
+    acked: set[int] = field(default_factory=set)  # task ids in ``results`` the client acknowledged
+    dropped: int = 0  # acknowledged outcomes dropped to bound memory: only a resuming client may attach
     created_at: float = 0.0
     finished_at: float | None = None
     queued_bytes: int = 0  # input bytes of received tasks without an outcome yet

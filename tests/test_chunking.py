@@ -69,14 +69,14 @@ def test_a_task_cut_by_the_foreman_is_finished_only_when_all_its_parts_are():
     feed = Feed(p.SubmitJob("j", b"f", 3, 30), tasks, sent.append, max_queued_tasks=2, max_queued_bytes=10**6)
     feed.start()
     assert [m.task_id for m in sent if isinstance(m, p.SubmitTask)] == [0, 1]
-    feed.finished(0, 4)  # task 0's first part (the foreman cut it: its other part has another id)
-    feed.finished(0, 4)  # replayed after a reconnect: counted once
+    feed.finished(0, 0, 4)  # task 0's first part (the foreman cut it: its other part has id 3)
+    feed.finished(0, 0, 4)  # replayed after a reconnect: counted once
     assert feed.sent == 2, "a part of a task must not make room for the next task"
-    feed.finished(4, 6)
+    feed.finished(3, 4, 6)
     assert feed.sent == 3 and not feed.complete
     sent.clear()
     feed.resend()  # after a reconnect: only the tasks with items still missing
     assert [m.task_id for m in sent if isinstance(m, p.SubmitTask)] == [1, 2]
-    feed.finished(10, 10)
-    feed.finished(20, 10)
+    feed.finished(1, 10, 10)
+    feed.finished(2, 20, 10)
     assert feed.complete

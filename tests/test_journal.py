@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from crowdcompute.wire import messages as p
 from foreman.journal import Journal
 from foreman.scheduler import Scheduler
@@ -108,7 +110,8 @@ def test_ended_jobs_come_back_as_summaries_that_can_be_replayed(tmp_path):
     journal.close()
 
 
-def test_big_payloads_live_in_files_beside_the_journal_and_go_with_their_job(tmp_path):
+@pytest.mark.parametrize("in_pieces", [False, True], ids=["joined", "in pieces"])
+def test_big_payloads_live_in_files_beside_the_journal_and_go_with_their_job(tmp_path, in_pieces):
     from foreman.journal import BLOB_FILE_THRESHOLD
 
     path = tmp_path / "journal.sqlite3"
@@ -116,16 +119,18 @@ def test_big_payloads_live_in_files_beside_the_journal_and_go_with_their_job(tmp
     clock = [1000.0]
     scheduler = Scheduler(journaled=True, result_ttl=60, clock=lambda: clock[0])
     big = bytes(range(256)) * (BLOB_FILE_THRESHOLD // 256 + 1)
+    # The foreman keeps a payload in the fragments it arrived in; the journal writes them as they are.
+    sent = p.Pieces([memoryview(big)[n : n + 100_000] for n in range(0, len(big), 100_000)]) if in_pieces else big
     scheduler.add_client("c1")
     apply(journal, scheduler.submit_job("c1", p.SubmitJob("../../evil", b"FUNC", 2, 2)))
     for n in range(2):
-        apply(journal, scheduler.submit_task("c1", p.SubmitTask("../../evil", n, n, 1, big)))
+        apply(journal, scheduler.submit_task("c1", p.SubmitTask("../../evil", n, n, 1, sent)))
     assert sorted(f.suffix for f in journal.blobs.iterdir()) == [".in", ".in"]  # hashed names, never the job id
     assert all(f.parent == journal.blobs for f in journal.blobs.iterdir())
     (first, _) = [
         a.message for a in apply(journal, scheduler.add_worker("w1", "one", 1)) if isinstance(a.message, p.AssignTask)
     ]
-    apply(journal, scheduler.task_done("w1", p.TaskDone("../../evil", first.task_id, first.attempt, 0, big)))
+    apply(journal, scheduler.task_done("w1", p.TaskDone("../../evil", first.task_id, first.attempt, 0, sent)))
     assert sorted(f.suffix for f in journal.blobs.iterdir()) == [".in", ".out"]  # the finished input is gone
     journal.close()
 
@@ -168,4 +173,34 @@ def test_tasks_cut_for_joining_workers_are_resumed_whole_after_a_restart(tmp_pat
     assert covered == sorted(set(range(40)) - set(range(done.first_index, done.first_index + done.count)))
     for m in handed:
         assert bytes(m.payload) == b"".join(b"<%02d>" % i for i in range(m.first_index, m.first_index + m.count))
+    journal.close()
+
+
+def test_the_foreman_waits_for_room_while_the_disk_is_behind(tmp_path, monkeypatch):
+    # Payload files queued for the journal's thread count against a backlog limit: past it the
+    # foreman stops reading frames until they are written, so a slow disk cannot grow its memory.
+    import asyncio
+    import threading
+
+    import foreman.journal as journal_module
+    from foreman.journal import BLOB_FILE_THRESHOLD
+    from foreman.state import SaveTask, Task
+
+    monkeypatch.setattr(journal_module, "MAX_BACKLOG_BYTES", BLOB_FILE_THRESHOLD)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    disk = threading.Event()
+    journal._requests.put(("call", (lambda db: disk.wait(10), (), lambda value, error: None)))  # a stuck disk
+    big = bytes(BLOB_FILE_THRESHOLD + 1)
+
+    async def main():
+        await asyncio.wait_for(journal.wait_for_room(), 5)  # nothing queued: room
+        journal.apply(SaveTask("j1", Task(0, 0, 1, big)))
+        waiting = asyncio.ensure_future(journal.wait_for_room())
+        # The disk is stuck: it must still wait (a wrong answer returns at once).
+        done, _ = await asyncio.wait([waiting], timeout=0.2)
+        assert not done, "the foreman read on although the journal is behind"
+        disk.set()
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(main())
     journal.close()

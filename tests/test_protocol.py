@@ -45,6 +45,8 @@ SAMPLES: dict[str, p.Message] = {
         p.JobFunction("job-1", RAW),
         p.AssignTask("job-1", 2, 4, 20, 5, RAW, task_timeout=0.5),
         p.ReleaseJob("job-1"),
+        p.AckResults("job-1", [0, 2, 3]),
+        p.AttachJob("job-1", resume=True),
         p.TaskDone("job-1", 2, 4, 0, RAW),
         p.TaskCrashed("job-1", 2, 4, "timeout", "ran past 0.5 s"),
     ]

@@ -347,6 +347,29 @@ def test_a_client_that_leaves_does_not_stop_its_job_and_gets_it_back_on_attach()
     assert sent(s.task_done("w1", done("j1", 1))) == [("c2", result("j1", 1)), ("w1", p.ReleaseJob("j1"))]
 
 
+def test_acknowledged_outcomes_are_kept_within_the_budget_then_dropped_and_only_a_resume_attaches():
+    # Without a journal the foreman keeps outcomes for attach; past a budget it drops those the
+    # client acknowledged, so its memory follows the window, not the job's size.
+    budget = len(result("j1", 0).payload) * 2
+    s = started(4, max_kept_outcome_bytes=budget)
+    submit(s, "c1", "j1", tasks=4)
+    for task_id in (0, 1):
+        s.task_done("w1", done("j1", task_id))
+    assert s.ack_results("c1", "j1", [0, 1]) == []
+    assert sorted(s.jobs["j1"].results) == [0, 1]  # within the budget: kept
+    s.task_done("w1", done("j1", 2))
+    assert s.ack_results("c2", "j1", [2]) == []  # only the job's client acknowledges
+    assert sorted(s.jobs["j1"].results) == [0, 1, 2]
+    s.ack_results("c1", "j1", [2])
+    assert s.jobs["j1"].results == {} and s.jobs["j1"].kept_bytes == 0
+    s.add_client("c2")
+    refused = sent(s.attach_job("c2", "j1"))
+    assert refused[0][1].TYPE == "request_error" and "journal" in refused[0][1].reason
+    resumed = sent(s.attach_job("c1", "j1", resume=True))
+    assert resumed == [("c1", p.JobAttached("j1", 4, 4, "running", "f"))]
+    assert sent(s.task_done("w1", done("j1", 3))) == [("c1", result("j1", 3)), ("w1", p.ReleaseJob("j1"))]
+
+
 def test_attach_with_a_journal_replays_from_it():
     s = make(journaled=True)
     s.add_client("c1")

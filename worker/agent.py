@@ -22,7 +22,7 @@ from crowdcompute.dialing import Backoff, RetryNotices, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
-from crowdcompute.wire.constants import Role
+from crowdcompute.wire.constants import FRAGMENT_SIZE, Role
 from crowdcompute.wire.runtime import runtime_fields
 
 from .pool import Finished, Lost, Slot, SlotSettings
@@ -63,7 +63,7 @@ class WorkerAgent:
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
         self._running: dict[int, str] = {}  # slot index -> job id of its task
         self._queue: asyncio.Queue[tuple[p.AssignTask, float]] = asyncio.Queue()  # with arrival times
-        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._outbox: asyncio.Queue[list[bytes | memoryview]] = asyncio.Queue()
         self._draining = False
         self._idle = asyncio.Event()  # set while no slot runs a task
 
@@ -151,7 +151,7 @@ class WorkerAgent:
         Queued tasks go back to the foreman when the connection closes.
         """
         self._draining = True
-        self._outbox.put_nowait(p.encode(p.WorkerDraining()))
+        self._outbox.put_nowait(p.encode_parts(p.WorkerDraining()))
         idle = asyncio.create_task(self._idle.wait())
         await asyncio.wait([idle, reader], timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         idle.cancel()
@@ -169,9 +169,11 @@ class WorkerAgent:
 
     async def _read_frames(self, websocket) -> None:
         try:
-            async for frame in websocket:
+            while True:
+                # Piece by piece: a task's input that came as a fragment of its own is not joined.
+                fragments = [fragment async for fragment in websocket.recv_streaming()]
                 try:
-                    msg = p.decode(frame)
+                    msg = p.decode_parts(fragments)
                 except CrowdComputeError as exc:
                     log.error("bad frame from the foreman: %s", exc)
                     return
@@ -209,11 +211,11 @@ class WorkerAgent:
 
             def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
                 message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
-                self._outbox.put_nowait(p.encode(message))
+                self._outbox.put_nowait(p.encode_parts(message))
 
             def on_progress(done: int, failed: int, error: str, error_index: int, task: p.AssignTask = task) -> None:
                 message = p.TaskProgress(task.job_id, task.task_id, done, failed, error, error_index)
-                self._outbox.put_nowait(p.encode(message))
+                self._outbox.put_nowait(p.encode_parts(message))
 
             self._running[slot.index] = task.job_id
             self._idle.clear()
@@ -247,13 +249,16 @@ class WorkerAgent:
                 reply = p.TaskCrashed(task.job_id, task.task_id, task.attempt, outcome.error, outcome.reason)
             else:
                 continue
-            self._outbox.put_nowait(p.encode(reply))
+            self._outbox.put_nowait(p.encode_parts(reply))
 
     async def _send_frames(self, websocket) -> None:
         while True:
-            frame = await self._outbox.get()
+            parts = await self._outbox.get()
             try:
-                await websocket.send(frame)
+                # Several parts go as one fragmented message: the outcome is not joined to its header,
+                # and goes in pieces, so that the foreman never buffers a whole one in its websocket layer.
+                parts = p.split_parts(parts, FRAGMENT_SIZE)
+                await websocket.send(parts[0] if len(parts) == 1 else parts)
             except ConnectionClosed:
                 return
             finally:

@@ -168,6 +168,9 @@ class Slot:
         except (OSError, EOFError):
             return await self._lost()
         loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output, on_progress)
+        # uvloop (libuv) makes a watched descriptor non-blocking; this pipe's messages are read
+        # and written whole by blocking calls (a 10 MB input would fail half-written): undo it.
+        os.set_blocking(conn.fileno(), True)
         if timeout is not None:
             timer = loop.call_later(timeout, self._time_out)
         watch = self._watch(outcome) if self._watched else None

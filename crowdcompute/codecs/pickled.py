@@ -134,31 +134,44 @@ def dumps_items(items: list, first_index: int = 0) -> bytes:
 
 
 def dumps_chunks(
-    items: Sequence, size: int, limit: int, dump: Callable[[list, int], bytes] | None = None
+    items: Sequence,
+    size: int,
+    limit: int,
+    dump: Callable[[list, int], bytes] | None = None,
+    target: int | None = None,
 ) -> list[tuple[int, int, bytes]]:
     """Serialize ``items`` in chunks of ``size`` with ``dump`` (default: pickle): (first index, count, payload).
 
-    A chunk over ``limit`` bytes is split; a single item over the limit raises
+    A chunk over ``limit`` bytes is split, and so is one over ``target``
+    bytes (when given: big items make small tasks, so that the foreman holds
+    a few of them at a time); a single item over the limit raises
     SerializationError saying which and how large.
     """
     chunks: list[tuple[int, int, bytes]] = []
-    for start in range(0, len(items), size):
-        _dump_range(items, start, min(size, len(items) - start), limit, chunks, dump or dumps_items)
+    bound = limit if target is None else min(target, limit)
+    start = 0
+    while start < len(items):
+        count = min(size, len(items) - start)
+        # A chunk that had to be split sets the size of the next ones: each item is pickled about once.
+        size = min(size, _dump_range(items, start, count, limit, bound, chunks, dump or dumps_items))
+        start += count
     return chunks
 
 
 def dumps_pieced_chunks(
-    items: Sequence, size: int, piece: int, limit: int
+    items: Sequence, size: int, piece: int, limit: int, target: int | None = None
 ) -> list[tuple[int, int, bytes, list[list[int]] | None]]:
     """Chunks of ``size`` items made of pickled pieces of ``piece`` items, one after another:
     (first index, count, payload, ``[items, bytes]`` of each piece, or None for one piece).
 
     The foreman may cut a queued chunk between pieces when more slots join
     than the chunks were sized for; :func:`loads_items` reads any number of
-    pieces. Neither a chunk nor a piece exceeds ``limit`` bytes.
+    pieces. Neither a chunk nor a piece exceeds ``limit`` bytes (nor ``target``,
+    when given, unless a single item does: see :func:`dumps_chunks`).
     """
     chunks: list[tuple[int, int, bytes, list[list[int]] | None]] = []
-    pieces = dumps_chunks(items, max(1, min(piece, size)), limit)
+    pieces = dumps_chunks(items, max(1, min(piece, size)), limit, target=target)
+    bound = limit if target is None else min(target, limit)
     group: list[tuple[int, int, bytes]] = []
 
     def close_group() -> None:
@@ -170,7 +183,7 @@ def dumps_pieced_chunks(
 
     held = held_bytes = 0
     for start, count, blob in pieces:
-        if group and (held + count > size or held_bytes + len(blob) > limit):
+        if group and (held + count > size or held_bytes + len(blob) > bound):
             close_group()
             held = held_bytes = 0
         group.append((start, count, blob))
@@ -180,20 +193,26 @@ def dumps_pieced_chunks(
     return chunks
 
 
-def _dump_range(items: Sequence, start: int, count: int, limit: int, out: list, dump: Callable) -> None:
+def _dump_range(items: Sequence, start: int, count: int, limit: int, bound: int, out: list, dump: Callable) -> int:
+    """Append the chunks of ``items[start:start + count]``; return the largest count that fitted."""
     payload = dump(list(items[start : start + count]), start)
-    if len(payload) <= limit:
+    if len(payload) <= bound or (count == 1 and len(payload) <= limit):
         out.append((start, count, payload))
-        return
+        return count
     if count == 1:
         raise SerializationError(
             f"item {start} ({short_repr(items[start])})",
             f"it pickles to {_megabytes(len(payload))}, over the foreman's limit of {_megabytes(limit)} "
             "per task (its max frame size); send a path or a smaller piece instead",
         )
-    half = count // 2
-    _dump_range(items, start, half, limit, out, dump)
-    _dump_range(items, start + half, count - half, limit, out, dump)
+    # Split into pieces of about ``bound`` bytes at once (items are usually alike), not by halves.
+    pieces = min(count, -(-len(payload) // bound))
+    step = -(-count // pieces)
+    del payload
+    fitted = step
+    for first in range(start, start + count, step):
+        fitted = min(fitted, _dump_range(items, first, min(step, start + count - first), limit, bound, out, dump))
+    return fitted
 
 
 def _megabytes(size: int) -> str:

@@ -105,3 +105,7 @@ WORKER_TOKEN_VARIABLE = "CROWDCOMPUTE_WORKER_TOKEN"  # token handed to an embedd
 BWRAP_VARIABLE = "CROWDCOMPUTE_BWRAP"  # the bubblewrap binary a --sandbox worker uses
 #: Set by the Jupyter server extension for its kernels: the path of its status pages, e.g. "/crowdcompute/".
 DASHBOARD_VARIABLE = "CROWDCOMPUTE_DASHBOARD_URL"
+#: Largest websocket fragment anyone writes: a payload goes out in pieces of this size, so that
+#: the websocket layers, which copy what they write and buffer what they read frame by frame,
+#: never hold a whole one.
+FRAGMENT_SIZE = 1024 * 1024

@@ -25,7 +25,7 @@ import math
 import struct
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -39,7 +39,20 @@ else:  # Python 3.10: the marker only matters to type checkers
 
 from ..errors import ProtocolError
 
-__all__ = ["MAX_HEADER_SIZE", "Message", "decode", "encode", "message", "require"]
+__all__ = [
+    "MAX_HEADER_SIZE",
+    "Message",
+    "Pieces",
+    "decode",
+    "decode_parts",
+    "encode",
+    "encode_parts",
+    "frame_parts",
+    "frame_size",
+    "message",
+    "require",
+    "split_parts",
+]
 
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
@@ -141,6 +154,12 @@ def require(condition: bool, sentence: str) -> None:
 
 def encode(msg: Message) -> bytes:
     """Return the frame for ``msg``: length, JSON header, raw payloads."""
+    return b"".join(encode_parts(msg))  # a header alone is returned as it is, not copied
+
+
+def encode_parts(msg: Message) -> list[bytes | memoryview]:
+    """The frame for ``msg`` as buffers that follow each other: length and header, then each
+    non-empty payload as it is (not copied). Written one after the other, they are the frame."""
     header: dict[str, Any] = {"type": msg.TYPE}
     payloads = []
     for f in dataclasses.fields(msg):
@@ -152,22 +171,90 @@ def encode(msg: Message) -> bytes:
     if payloads:
         header["sizes"] = [len(p) for p in payloads]
     head = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join([_LENGTH.pack(len(head)), head, *payloads])
+    parts: list[bytes | memoryview] = [_LENGTH.pack(len(head)) + head]
+    for payload in payloads:
+        if isinstance(payload, Pieces):
+            parts.extend(payload.pieces)
+        elif len(payload):
+            parts.append(payload)
+    return parts
+
+
+class Pieces:
+    """A payload kept as the fragments it arrived in, never joined: what the foreman forwards.
+
+    Its length is the payload's; :func:`encode_parts` sends the pieces as
+    they are; ``bytes()`` joins them (for whoever needs one buffer).
+    """
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: Sequence[memoryview]) -> None:
+        self.pieces = tuple(pieces)
+
+    def __len__(self) -> int:
+        return sum(len(piece) for piece in self.pieces)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pieces)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Pieces, bytes, bytearray, memoryview)):
+            return bytes(self) == bytes(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Pieces: {len(self)} bytes in {len(self.pieces)}>"
+
+
+def frame_size(parts: list[bytes | memoryview]) -> int:
+    """Bytes of a frame given as parts."""
+    return sum(len(part) for part in parts)
 
 
 def decode(frame: bytes | bytearray | memoryview | str) -> Message:
     """Return the message in ``frame``; raise ProtocolError saying what was wrong."""
     if isinstance(frame, str):
         raise ProtocolError("expected a binary frame, got a text frame")
-    view = memoryview(frame)
+    return _decode(memoryview(frame), None)
+
+
+def decode_parts(fragments: Sequence[bytes | bytearray | memoryview | str], join: bool = True) -> Message:
+    """The message in a frame received in pieces (a fragmented websocket message), like :func:`decode`.
+
+    When the pieces are those :func:`encode_parts` made (the header, then each
+    non-empty payload), a payload that is one piece is that piece; one that
+    came in several is joined once, or with ``join=False`` (the foreman, which
+    only forwards and stores payloads) kept as :class:`Pieces`.
+    """
+    parts: list[memoryview] = []
+    for part in fragments:
+        if isinstance(part, str):
+            raise ProtocolError("expected a binary frame, got a text frame")
+        if len(part):  # the last piece of a fragmented message is empty
+            parts.append(memoryview(part))
+    if len(parts) <= 1:
+        return _decode(parts[0] if parts else memoryview(b""), None)
+    if len(parts[0]) < _LENGTH.size:  # not cut where we cut: join (a proxy may re-fragment)
+        return _decode(memoryview(b"".join(parts)), None)
+    return _decode(parts[0], parts[1:], join)
+
+
+def _decode(view: memoryview, pieces: list[memoryview] | None, join: bool = True) -> Message:
+    """The message whose frame is ``view`` followed by ``pieces`` (None: the frame is ``view``)."""
+    total = len(view) + sum(len(piece) for piece in pieces or ())
     if len(view) < _LENGTH.size:
         raise ProtocolError(f"frame of {len(view)} bytes is too short to hold a header")
     (head_size,) = _LENGTH.unpack_from(view)
     if head_size > MAX_HEADER_SIZE:
         raise ProtocolError(f"header of {head_size} bytes exceeds {MAX_HEADER_SIZE}")
     end = _LENGTH.size + head_size
-    if end > len(view):
+    if end > total:
         raise ProtocolError(f"header says {head_size} bytes but the frame is truncated")
+    if end > len(view) and pieces:  # the header is split across pieces: join them (not what we send)
+        view, pieces = memoryview(b"".join([view, *pieces])), None
     try:
         header = json.loads(bytes(view[_LENGTH.size : end]), parse_float=_finite_number, parse_constant=_finite_number)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
@@ -185,8 +272,8 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
         or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)
     ):
         raise ProtocolError(f"{kind}: 'sizes' must list {len(cls._payloads)} payload lengths")
-    if end + sum(sizes) != len(view):
-        raise ProtocolError(f"{kind}: payloads should take {sum(sizes)} bytes but {len(view) - end} follow the header")
+    if end + sum(sizes) != total:
+        raise ProtocolError(f"{kind}: payloads should take {sum(sizes)} bytes but {total - end} follow the header")
     fields: dict[str, Any] = {}
     for name, check in cls._checks.items():
         if name in header:
@@ -197,11 +284,77 @@ def decode(frame: bytes | bytearray | memoryview | str) -> Message:
             fields[name] = value if enum_type is None else enum_type(value)
     if header:
         raise ProtocolError(f"{kind}: unknown fields {sorted(header)}")
+    if pieces is not None:
+        payloads = _payload_pieces(pieces, sizes, join) if len(view) == end else None
+        if payloads is not None:
+            fields.update(zip(cls._payloads, payloads, strict=True))
+            return _build(cls, kind, fields)
+        view = memoryview(b"".join([view, *pieces]))  # cut elsewhere (by a proxy, say)
     offset = end
     for name, size in zip(cls._payloads, sizes, strict=True):
         # A view into the frame, not a copy: a 100 MB input crosses the foreman without being copied here.
         fields[name] = view[offset : offset + size]
         offset += size
+    return _build(cls, kind, fields)
+
+
+def _payload_pieces(pieces: list[memoryview], sizes: list[int], join: bool) -> list[memoryview | Pieces] | None:
+    """Each payload from the pieces after the header, if no piece straddles two payloads, else None.
+
+    A payload that is one piece is that piece (no copy); one sent in several
+    pieces (see :func:`split_parts`) is joined once, or kept as Pieces unless ``join``.
+    """
+    payloads: list[memoryview | Pieces] = []
+    position = 0
+    for size in sizes:
+        run: list[memoryview] = []
+        taken = 0
+        while taken < size and position < len(pieces):
+            run.append(pieces[position])
+            taken += len(pieces[position])
+            position += 1
+        if taken != size:
+            return None
+        if len(run) > 1:
+            payloads.append(memoryview(b"".join(run)) if join else Pieces(run))
+        else:
+            payloads.append(run[0] if run else memoryview(b""))
+    return payloads if position == len(pieces) else None
+
+
+def frame_parts(frame: bytes) -> list[bytes | memoryview]:
+    """An encoded frame as parts, like :func:`encode_parts`: its header, then the rest (views, no copy).
+
+    Raises ProtocolError for a frame too short to hold its header.
+    """
+    view = memoryview(frame)
+    if len(view) < _LENGTH.size:
+        raise ProtocolError(f"frame of {len(view)} bytes is too short to hold a header")
+    end = _LENGTH.size + _LENGTH.unpack_from(view)[0]
+    if end > len(view):
+        raise ProtocolError("the header runs past the end of the frame")
+    return [view[:end], view[end:]] if end < len(view) else [view]
+
+
+def split_parts(parts: list[bytes | memoryview], largest: int) -> list[bytes | memoryview]:
+    """``parts`` with each payload over ``largest`` bytes cut into views of at most that size.
+
+    Sent as fragments, a big payload then never needs a buffer of its full
+    size in the websocket layer (which copies each fragment it writes).
+    """
+    if all(len(part) <= largest for part in parts):
+        return parts
+    pieces: list[bytes | memoryview] = []
+    for part in parts:
+        if len(part) <= largest:  # Pieces were expanded by encode_parts: parts are buffers
+            pieces.append(part)
+        else:
+            view = memoryview(part)
+            pieces.extend(view[start : start + largest] for start in range(0, len(view), largest))
+    return pieces
+
+
+def _build(cls: type[Message], kind: str, fields: dict[str, Any]) -> Message:
     try:
         msg = cls(**fields)
     except TypeError as exc:

@@ -15,13 +15,27 @@ from typing import Any, ClassVar
 
 from ..errors import ProtocolError
 from .constants import ErrorKind, Role, Serializer
-from .framing import _MESSAGES, MAX_HEADER_SIZE, Message, decode, encode, message  # noqa: F401 (re-exported)
+from .framing import (  # noqa: F401 (re-exported)
+    _MESSAGES,
+    MAX_HEADER_SIZE,
+    Message,
+    Pieces,
+    decode,
+    decode_parts,
+    encode,
+    encode_parts,
+    frame_parts,
+    frame_size,
+    message,
+    split_parts,
+)
 from .framing import require as _require
 
 __all__ = [
     "PROTOCOL_VERSION",
     "MAX_HEADER_SIZE",
     "Message",
+    "Pieces",
     "Hello",
     "Welcome",
     "Refused",
@@ -38,6 +52,7 @@ __all__ = [
     "AttachJob",
     "JobAttached",
     "CollectJob",
+    "AckResults",
     "WorkerDraining",
     "RequestError",
     "InviteVolunteer",
@@ -51,7 +66,12 @@ __all__ = [
     "TaskDone",
     "TaskCrashed",
     "encode",
+    "encode_parts",
+    "frame_size",
     "decode",
+    "decode_parts",
+    "split_parts",
+    "frame_parts",
 ]
 
 #: 2: a task's payload may be several pickles one after another (SubmitTask.pieces), which
@@ -200,6 +220,7 @@ class AttachJob(Message):
 
     TYPE: ClassVar[str] = "attach_job"
     job_id: str
+    resume: bool = False  # the client followed the job before and holds the outcomes it acknowledged
 
 
 @message
@@ -208,6 +229,20 @@ class CollectJob(Message):
 
     TYPE: ClassVar[str] = "collect_job"
     job_id: str
+
+
+@message
+class AckResults(Message):
+    """The client holds these tasks' outcomes: a foreman without a journal may free them.
+
+    It keeps them while they are small (so that another process can still
+    attach); past a budget it drops the acknowledged ones, which bounds its
+    memory by the outcomes in flight rather than by the job's size.
+    """
+
+    TYPE: ClassVar[str] = "ack_results"
+    job_id: str
+    task_ids: list[int]
 
 
 @message

@@ -1,0 +1,138 @@
+"""Big payloads: small tasks, frames as parts (no copy), and a foreman whose memory follows the window.
+
+Pure tests for chunking and framing; integration tests run a real foreman
+without a journal (its outcomes live in memory) and real workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+
+import pytest
+from helpers import Proxy, arun, wait_until
+
+import crowdcompute.codecs.pickled as pickled
+from crowdcompute import CrowdComputeClient
+from crowdcompute.errors import CrowdComputeError, ProtocolError
+from crowdcompute.feed import ACK_AFTER_BYTES
+from crowdcompute.wire import messages as p
+from foreman.limits import MAX_KEPT_OUTCOME_BYTES
+
+MB = 1_000_000
+
+
+def echo_slow_last(item):
+    """Echo; the item "slow" waits, so the job is still running while the test looks at it."""
+    if isinstance(item, str):
+        import time
+
+        time.sleep(4)
+    return item
+
+
+def test_big_items_make_tasks_near_the_target_and_each_item_is_pickled_about_once(monkeypatch):
+    calls: list[int] = []
+    dumps = pickled.dumps_items
+    monkeypatch.setattr(pickled, "dumps_items", lambda items, first=0: calls.append(len(items)) or dumps(items, first))
+    items = [os.urandom(1000) for _ in range(100)]
+    chunks = pickled.dumps_chunks(items, 30, 10**9, target=4500)
+    assert all(len(payload) <= 4500 for _, _, payload in chunks)
+    assert [x for _, _, payload in chunks for x in pickle.loads(payload)] == items
+    assert [first for first, _, _ in chunks] == sorted({first for first, _, _ in chunks})
+    assert sum(calls) < 2 * len(items), f"items pickled {sum(calls)} times for {len(items)} items"
+    # Without a target the chunk size holds; one item over the target still makes a task of its own.
+    assert [count for _, count, _ in pickled.dumps_chunks(items, 30, 10**9)] == [30, 30, 30, 10]
+    assert [count for _, count, _ in pickled.dumps_chunks([os.urandom(9000)], 30, 10**9, target=4500)] == [1]
+
+
+def test_a_frame_as_parts_holds_the_payload_itself_and_joins_to_the_frame():
+    payload = os.urandom(3 * MB)
+    view = memoryview(payload)[MB:]
+    msg = p.TaskResult("job-1", 2, 20, 5, 0, view, worker="w")
+    parts = p.encode_parts(msg)
+    assert parts[1] is view  # not copied
+    assert b"".join(parts) == p.encode(msg) and p.frame_size(parts) == len(p.encode(msg))
+    assert p.decode(b"".join(parts)).payload == view
+    assert len(p.encode_parts(p.TaskResult("job-1", 2, 20, 5, 0, b""))) == 1  # no empty part
+
+
+def test_a_frame_received_in_the_pieces_we_send_uses_each_piece_as_its_payload():
+    function, payload = os.urandom(1000), os.urandom(2 * MB)
+    msg = p.SubmitTask("job-1", 3, 30, 10, payload)
+    parts = p.encode_parts(msg)
+    decoded = p.decode_parts([*parts, b""])  # websockets ends a fragmented message with an empty piece
+    assert decoded == msg and decoded.payload.obj is payload  # the piece itself, not a copy
+    two = p.SubmitJob("job-1", function, 1, 10)
+    assert p.decode_parts(p.encode_parts(two)).function.obj is function
+    # Cut anywhere else (a proxy may re-fragment), the pieces are joined and decode the same.
+    whole = p.encode(msg)
+    for cut in (2, 10, len(parts[0]) + 7, len(whole) - 1):
+        assert p.decode_parts([whole[:cut], whole[cut:]]) == msg
+    # Sent in pieces of at most a fragment, each payload is joined once, from its own pieces only.
+    pieces = p.split_parts(p.encode_parts(p.TaskResult("job-1", 2, 20, 5, 0, payload)), 300_000)
+    assert max(len(piece) for piece in pieces) <= 300_000 and len(pieces) == 1 + -(-len(payload) // 300_000)
+    assert p.decode_parts(pieces).payload == payload
+    with pytest.raises(ProtocolError, match="payloads should take"):
+        p.decode_parts([*parts, b"extra"])
+    with pytest.raises(ProtocolError, match="text frame"):
+        p.decode_parts(["text"])
+
+
+def test_the_foreman_keeps_a_payload_in_the_pieces_it_arrived_in_and_forwards_them_as_they_are():
+    payload = os.urandom(2 * MB + 5)
+    pieces = p.split_parts(p.encode_parts(p.TaskDone("job-1", 2, 1, 0, payload)), 500_000)
+    done = p.decode_parts(pieces, join=False)
+    assert isinstance(done.payload, p.Pieces) and len(done.payload) == len(payload)
+    assert [piece.obj for piece in done.payload.pieces] == [piece.obj for piece in pieces[1:]]  # no copy
+    forwarded = p.encode_parts(p.TaskResult("job-1", 2, 20, 5, 0, done.payload))
+    assert forwarded[1:] == list(done.payload.pieces)  # the same pieces go out
+    assert p.decode_parts(forwarded).payload == payload == done.payload
+    # A frame stored whole (the journal's) goes out the same way: its header, then its payload in pieces.
+    stored = p.encode(p.TaskResult("job-1", 2, 20, 5, 0, payload))
+    replayed = p.split_parts(p.frame_parts(stored), 500_000)
+    assert len(replayed) == 1 + 5 and p.decode_parts(replayed, join=False).payload == payload
+    assert p.frame_parts(p.encode(p.CancelJob("job-1"))) == [p.encode(p.CancelJob("job-1"))]
+
+
+def test_outcomes_past_the_budget_are_dropped_once_delivered_and_only_their_client_attaches(
+    start_foreman, start_worker
+):
+    foreman = start_foreman("--journal", "none")
+    start_worker(foreman.url, "--procs", "2")
+    size = 2 * MB
+    blobs = [os.urandom(size) for _ in range((MAX_KEPT_OUTCOME_BYTES // size) + 4)]
+    assert size >= ACK_AFTER_BYTES
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            job = await cc.submit(echo_slow_last, [*blobs, "slow"])
+            await wait_until(lambda: job.completed >= len(blobs), 30, "the big outcomes did not arrive")
+            async with CrowdComputeClient(foreman.url, token=foreman.token) as other:
+                with pytest.raises(CrowdComputeError, match="journal"):
+                    await other.attach(job.id)
+            assert await job == [*blobs, "slow"]
+
+    arun(main(), timeout=60)
+
+
+def test_a_client_cut_off_mid_job_gets_every_big_outcome_exactly(start_foreman, start_worker):
+    foreman = start_foreman("--journal", "none")
+    start_worker(foreman.url, "--procs", "2")
+    blobs = [os.urandom(2 * MB) for _ in range(16)]
+
+    async def main():
+        proxy = Proxy(foreman.port)
+        await proxy.start()
+        try:
+            async with CrowdComputeClient(f"ws://127.0.0.1:{proxy.port}", token=foreman.token) as cc:
+                job = await cc.submit(echo_slow_last, [*blobs, "slow"])
+                await wait_until(lambda: job.completed >= 10, 30, "no outcomes before the drop")
+                proxy.drop_all()
+                assert await asyncio.wait_for(job.result(), 40) == [*blobs, "slow"]
+                assert proxy.connections >= 2, "the client never reconnected"
+        finally:
+            await proxy.close()
+
+    arun(main(), timeout=60)
