@@ -23,6 +23,7 @@ import math
 from collections import deque
 
 from crowdcompute.wire.constants import CHUNKS_PER_SLOT
+from crowdcompute.wire.framing import Pieces
 
 from .state import Job, Task, TaskState
 
@@ -72,7 +73,7 @@ def split_task(job: Job, task: Task, target: int) -> list[Task]:
     first, offset = task.first_index, 0
     for group in groups:
         count, size = sum(items for items, _ in group), sum(size for _, size in group)
-        parts.append((first, count, payload[offset : offset + size], group if len(group) > 1 else None))
+        parts.append((first, count, _cut(payload, offset, offset + size), group if len(group) > 1 else None))
         first, offset = first + count, offset + size
     _, task.count, task.payload, task.pieces = parts[0]
     made = []
@@ -83,6 +84,21 @@ def split_task(job: Job, task: Task, target: int) -> list[Task]:
         job.splits += 1
         made.append(part)
     return made
+
+
+def _cut(payload, start: int, stop: int):
+    """``payload[start:stop]``, also of a payload kept as the fragments it arrived in (never joined)."""
+    if not isinstance(payload, Pieces):
+        return payload[start:stop]
+    kept, offset = [], 0
+    for fragment in payload.pieces:
+        end = offset + len(fragment)
+        if end > start and offset < stop:
+            kept.append(fragment[max(0, start - offset) : min(len(fragment), stop - offset)])
+        offset = end
+        if offset >= stop:
+            break
+    return Pieces(kept)
 
 
 def split_queued(job: Job, slots: int, target: int | None = None) -> list[Task]:

@@ -193,3 +193,17 @@ def test_the_tail_of_a_job_is_cut_to_spread_over_every_slot():
         pending += handed
     assert 1 in counts, f"the last queued chunks were never cut: {counts}"
     assert sorted(seen) == list(range(96)), "items lost or duplicated by the tail's cuts"
+
+
+def test_a_payload_kept_as_fragments_is_cut_without_joining():
+    from crowdcompute.wire.framing import Pieces
+
+    s = make()
+    s.add_client("c1")
+    s.submit_job("c1", p.SubmitJob("j1", function("j1"), 1, 20, None, 0, "f", ack=False))
+    whole = b"".join(item(i) for i in range(20))
+    fragments = Pieces([memoryview(whole)[n : n + 7] for n in range(0, len(whole), 7)])  # cuts mid-piece
+    s.submit_task("c1", p.SubmitTask("j1", 0, 0, 20, fragments, [[1, 5]] * 20))
+    handed = assigned(s.add_worker("w1", "one", 8))
+    assert len(handed) > 1 and all(isinstance(t.payload, Pieces) for t in handed)
+    check_payloads(handed)
