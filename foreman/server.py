@@ -229,7 +229,9 @@ class ForemanServer:
             **where,
             ssl=self.ssl_context,
             compression=None,  # payloads are pickles: compression costs CPU and buys little
-            max_size=self.max_frame_size,  # the Hello is held to MAX_HELLO_SIZE once read
+            # Every peer of ours sends fragments of at most FRAGMENT_SIZE; a message may
+            # reach max_frame_size only after authentication (see _read_hello).
+            max_size=(self.max_frame_size, FRAGMENT_SIZE),
             # Frames read ahead per connection (each at most FRAGMENT_SIZE): a bound on the foreman's memory.
             max_queue=READ_AHEAD_FRAMES,
             # A peer that answers no ping within the heartbeat timeout is dropped,
@@ -356,16 +358,16 @@ class ForemanServer:
     async def _authenticate(self, websocket: ServerConnection) -> _Peer | None:
         """Read the Hello; return the peer, or refuse and close and return None."""
         try:
-            frame = await asyncio.wait_for(websocket.recv(), AUTH_TIMEOUT)
+            frame = await asyncio.wait_for(_read_hello(websocket), AUTH_TIMEOUT)
         except asyncio.TimeoutError:
             log.warning("closed %s: no hello within %s s", _where(websocket), AUTH_TIMEOUT)
             await websocket.close(CloseCode.POLICY, f"authenticate within {AUTH_TIMEOUT:g} seconds")
             return None
         except ConnectionClosed:
             return None
-        if len(frame) > MAX_HELLO_SIZE:
-            # The server reads frames up to max_frame_size; before the Hello, far less will do.
-            reason = f"the first frame (hello) may be at most {MAX_HELLO_SIZE} bytes, not {len(frame)}"
+        if frame is None:
+            # Read fragment by fragment: an unauthenticated peer never makes the foreman hold more.
+            reason = f"the first frame (hello) may be at most {MAX_HELLO_SIZE} bytes"
             log.warning("refused %s: %s", _where(websocket), reason)
             await websocket.close(CloseCode.TOO_BIG, reason)
             return None
@@ -559,3 +561,21 @@ def _how_it_went(websocket: ServerConnection, heartbeat_timeout: float) -> str:
 def _where(websocket: ServerConnection) -> str:
     address = websocket.remote_address
     return f"{address[0]}:{address[1]}" if address else "?"
+
+
+async def _read_hello(websocket: ServerConnection) -> bytes | str | None:
+    """The first message, read a fragment at a time; None once it passes MAX_HELLO_SIZE.
+
+    websockets assembles a message up to ``max_size`` before ``recv`` returns;
+    streaming it lets the foreman stop at the Hello's own limit instead.
+    """
+    pieces: list[bytes | str] = []
+    size = 0
+    async for fragment in websocket.recv_streaming():
+        size += len(fragment)
+        if size > MAX_HELLO_SIZE:
+            return None
+        pieces.append(fragment)
+    if pieces and isinstance(pieces[0], str):
+        return "".join(str(piece) for piece in pieces)
+    return b"".join(piece for piece in pieces if isinstance(piece, bytes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import sys
@@ -136,6 +137,11 @@ def test_oversized_frames_close_only_their_connection(start_foreman, start_worke
         async with ws_connect(foreman.url, max_size=None) as early:  # a huge first frame, before any hello
             await early.send(b"\x00" * (100 * 1024))
             assert await closed_with(early) == 1009
+        async with ws_connect(foreman.url, max_size=None) as fragmented:  # a 64 MB first message in pieces
+            pieces = (b"\x00" * (64 * 1024) for _ in range(1024))
+            with contextlib.suppress(ConnectionClosed):
+                await fragmented.send(pieces)
+            assert await closed_with(fragmented) == 1009
         await still_serving(foreman.url, foreman.token)
 
     arun(main())
