@@ -27,7 +27,7 @@ import sys
 import time
 
 from crowdcompute import CrowdComputeClient
-from crowdcompute.codecs.pickled import loads
+from crowdcompute.codecs.pickled import loads, loads_items
 from crowdcompute.dialing import dial
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import parse_address
@@ -47,6 +47,14 @@ def rss(pid: int) -> int:
     import psutil
 
     return psutil.Process(pid).memory_info().rss
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far: its cost, whatever else loads the machine."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def start_foreman(token: str) -> tuple[subprocess.Popen, str]:
@@ -88,7 +96,7 @@ async def simulated_worker(url: str, token: str, name: str, done: collections.Co
             if isinstance(msg, p.JobFunction):
                 functions[msg.job_id] = loads(msg.function)
             elif isinstance(msg, p.AssignTask):
-                payload, failed = run_items(functions[msg.job_id], loads(msg.payload))
+                payload, failed = run_items(functions[msg.job_id], loads_items(msg.payload))
                 await websocket.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, failed, payload)))
                 done[name] += 1
             elif isinstance(msg, p.ReleaseJob):
@@ -118,17 +126,20 @@ async def many_workers(count: int, tasks: int) -> None:
                 f"foreman RSS idle {idle / MIB:.0f} MiB; with {count} workers {with_workers / MIB:.0f} MiB "
                 f"(+{(with_workers - idle) / MIB:.0f} MiB, {(with_workers - idle) / count / 1024:.0f} KiB each)"
             )
+            cpu_before = cpu_seconds(foreman.pid)
             with PeakRSS(foreman.pid) as peak:
                 start = time.perf_counter()
                 results = await asyncio.wait_for(
                     client.map(lambda x: x * 2, range(tasks), chunksize=1, progress=False), PHASE_TIMEOUT
                 )
                 elapsed = time.perf_counter() - start
+            cpu = cpu_seconds(foreman.pid) - cpu_before
             if results != [x * 2 for x in range(tasks)]:
                 raise RuntimeError("the job over simulated workers returned wrong results")
             print(
                 f"job of {tasks} one-item tasks: {elapsed:.2f} s ({tasks / elapsed:.0f} tasks/s), "
-                f"ran on {len(done)} of {count} workers; foreman peak RSS {peak.bytes / MIB:.0f} MiB"
+                f"ran on {len(done)} of {count} workers; foreman peak RSS {peak.bytes / MIB:.0f} MiB; "
+                f"foreman CPU {cpu / tasks * 1000:.3f} ms per task"
             )
         for worker in workers:
             worker.cancel()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .codecs.modules import WithModules, local_modules, read_modules
-from .codecs.pickled import Apply, dumps_chunks, dumps_function
+from .codecs.pickled import Apply, dumps_chunks, dumps_function, dumps_pieced_chunks
 from .codecs.portable import dumps_portable_function, dumps_portable_items
 from .dashboard import client_html, dashboard_url
 from .errors import ConnectionLostError, CrowdComputeError, LocalModuleWarning, SerializationError
@@ -28,15 +28,17 @@ from .progress import choose_renderer, show_progress
 from .sizes import parse_amount
 from .wire import messages as p
 from .wire.addresses import Address, parse_address, read_connection_file
-from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role, Serializer
+from .wire.constants import ADDRESS_VARIABLE, CHUNKS_PER_SLOT, TOKEN_VARIABLE, Role, Serializer
 from .wire.runtime import runtime_fields
 
 __all__ = ["CrowdComputeClient", "chunk_size"]
 
 log = logging.getLogger("crowdcompute.client")
 
-#: Chunks per slot when ``chunksize`` is automatic, as in multiprocessing.Pool.
-CHUNKS_PER_SLOT = 4
+#: Automatic chunks are made of pieces sized for this many slots, so that the foreman can
+#: cut a queued chunk down to the slots it has when it hands the chunk out (workers join
+#: after a client connected). A job has at most about CHUNKS_PER_SLOT * PIECE_SLOTS pieces.
+PIECE_SLOTS = 256
 #: Input bytes per task when ``chunksize`` is automatic: a chunk of big items is split further,
 #: so that the foreman's window (Welcome.max_queued_bytes) holds several tasks.
 TASK_BYTES_TARGET = 4 * 1024 * 1024
@@ -464,7 +466,11 @@ class CrowdComputeClient:
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
         size = options.chunksize or (1 if options.timeout is not None else chunk_size(len(items), slots))
         target = None if options.chunksize else TASK_BYTES_TARGET
-        chunks = dumps_chunks(items, size, limit, dumps_portable_items if portable else None, target)
+        if options.chunksize or portable or size == 1:
+            dump = dumps_portable_items if portable else None
+            chunks = [(*chunk, None) for chunk in dumps_chunks(items, size, limit, dump, target)]
+        else:  # automatic: in pieces the foreman may cut between as workers join
+            chunks = dumps_pieced_chunks(items, size, chunk_size(len(items), PIECE_SLOTS), limit, target)
         job_id = uuid.uuid4().hex
         name = getattr(func, "__name__", "") or ""
         submit = p.SubmitJob(
@@ -486,7 +492,10 @@ class CrowdComputeClient:
         )
         feed = Feed(
             submit,
-            [p.SubmitTask(job_id, n, start, count, payload) for n, (start, count, payload) in enumerate(chunks)],
+            [
+                p.SubmitTask(job_id, n, start, count, payload, pieces)
+                for n, (start, count, payload, pieces) in enumerate(chunks)
+            ],
             self._link.send,
             max_queued_tasks=welcome.max_queued_tasks or len(chunks),
             max_queued_bytes=welcome.max_queued_bytes or 2**62,
@@ -554,7 +563,8 @@ class CrowdComputeClient:
         job = self._jobs.get(job_id)
         feed = self._feeds.get(job_id)
         if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
-            feed.finished(msg.task_id, len(msg.payload) if isinstance(msg, p.TaskResult) else 0)
+            outcome_size = len(msg.payload) if isinstance(msg, p.TaskResult) else 0
+            feed.finished(msg.task_id, msg.first_index, msg.count, outcome_size)
         if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskProgress, p.TaskFailed, p.JobWaiting)):
             if job is not None:
                 timed = feed is not None and isinstance(msg, p.TaskResult)

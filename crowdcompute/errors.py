@@ -57,20 +57,21 @@ class AuthenticationError(CrowdComputeError):
 class ForemanUnavailableError(CrowdComputeError, ConnectionError):
     """Raised when ``connect`` finds no foreman that answers within ``timeout``.
 
-    ``address`` is the URL that was tried.
+    ``address`` is the URL that was tried, ``reason`` what went wrong and
+    ``hint`` what to do about it (by default: start a foreman).
     """
 
-    def __init__(self, address: str, reason: str) -> None:
+    def __init__(self, address: str, reason: str, hint: str = "") -> None:
         super().__init__(address, reason)
         self.address = address
         self.reason = reason
-
-    def __str__(self) -> str:
-        return (
-            f"no foreman answered at {self.address}: {self.reason}. "
+        self.hint = hint or (
             "Start one with `crowdcompute foreman` (or `crowdcompute local`), "
             "or call connect() with no address for an embedded one."
         )
+
+    def __str__(self) -> str:
+        return f"no foreman answered at {self.address}: {self.reason}. {self.hint}"
 
 
 class ConnectionLostError(CrowdComputeError, ConnectionError):
@@ -175,13 +176,21 @@ class WorkerCrashedError(TaskError):
     """Raised when a task's executions kept killing their process.
 
     ``attempts`` is how many times it was tried; ``cause`` says how the
-    process died (exit code, signal, out of memory).
+    process died (exit code, signal, out of memory) or how its worker went
+    away. ``crashes`` counts the runs that killed their process (the task's
+    fault, up to ``allowed_failures``); ``losses`` the runs whose worker went
+    away (disconnected or silent: the link's or the host's fault, up to the
+    foreman's much higher ``MAX_WORKER_LOSSES``).
     """
 
-    def __init__(self, message: str = "", *, attempts: int = 0, cause: str = "", **kwargs) -> None:
+    def __init__(
+        self, message: str = "", *, attempts: int = 0, cause: str = "", crashes: int = 0, losses: int = 0, **kwargs
+    ) -> None:
         super().__init__(message, exc_type="WorkerCrashedError", **kwargs)
         self.attempts = attempts
         self.cause = cause
+        self.crashes = crashes
+        self.losses = losses
 
 
 class QuorumError(TaskError):

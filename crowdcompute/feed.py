@@ -7,6 +7,10 @@ outcome makes room for the next task. After a reconnect the feed sends the
 job and its outstanding tasks again (the foreman ignores what it has) and
 attaches, so a foreman that lost the job (no journal) gets it back.
 
+The foreman may cut a queued task into parts (for workers that joined), each
+with an outcome of its own: a task is finished once outcomes covered all its
+items, whatever ids they came with.
+
 Outcomes are acknowledged (AckResults) once ``ACK_AFTER_BYTES`` of them have
 arrived, so that a foreman without a journal may drop them: its memory is
 then bounded by the window, not by the job's size.
@@ -14,6 +18,7 @@ then bounded by the window, not by the job's size.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
 
@@ -45,6 +50,9 @@ class Feed:
         self.max_queued_bytes = max_queued_bytes
         self.sent = 0  # tasks[:sent] went out
         self._finished: set[int] = set()
+        self._starts = [task.first_index for task in tasks]  # in input order: tasks are chunks of it
+        self._left = [task.count for task in tasks]  # items of each task without an outcome yet
+        self._counted: set[int] = set()  # first indexes of the outcomes counted (replays come again)
         self._queued_bytes = 0
         self.sent_at: dict[int, float] = {}  # task id -> monotonic time it was first sent
         self._unacked: list[int] = []  # task ids of outcomes not yet acknowledged
@@ -59,14 +67,21 @@ class Feed:
         self._send(self.submit)
         self._pump()
 
-    def finished(self, task_id: int, outcome_size: int = 0) -> None:
-        """A task's outcome (of ``outcome_size`` bytes) arrived: make room for the next ones."""
-        if task_id in self._finished or task_id >= len(self.tasks):
+    def finished(self, task_id: int, first_index: int, count: int, outcome_size: int = 0) -> None:
+        """An outcome (``outcome_size`` bytes) for items ``first_index`` .. ``+count`` arrived, with
+        the id of a task or of a part of one the foreman cut: acknowledge it, and once a task's
+        items are all back, make room for the next ones."""
+        task = bisect.bisect_right(self._starts, first_index) - 1
+        if task < 0 or task in self._finished or first_index in self._counted:
             return
-        self._finished.add(task_id)
+        self._counted.add(first_index)
         self._acknowledge(task_id, outcome_size)
-        if task_id < self.sent:
-            self._queued_bytes -= len(self.tasks[task_id].payload)
+        self._left[task] -= count
+        if self._left[task] > 0:
+            return
+        self._finished.add(task)
+        if task < self.sent:
+            self._queued_bytes -= len(self.tasks[task].payload)
         self._pump()
 
     def resend(self) -> None:

@@ -186,7 +186,10 @@ class JobMachine:
         self._call = call
         self._portable = portable
         self._timed_tasks: set[int] = set()
-        self._delivered: set[int] = set()  # first indexes of the tasks whose outcomes arrived
+        self._delivered: dict[int, int] = {}  # first index -> item count of each outcome that arrived
+        # 1 for each item a result filled without a per-item loop: the foreman may cut a task
+        # into parts, so a later outcome (after a foreman lost its memory) can overlap earlier ones.
+        self._filled = bytearray(self.total)
         self._running: dict[int, tuple[int, int]] = {}  # task id -> (items done, failed) it reported
         self.early_error: tuple[int, str] | None = None  # (index, "Type: message") reported before its task ended
         if self.total == 0:
@@ -298,13 +301,15 @@ class JobMachine:
         trusted = self._trusted is True or (self._trusted is None and from_trusted)
         values, errors = decode_outcomes(payload, count, trusted, self._portable)
         self.decode_seconds += time.perf_counter() - started
-        if first_index in self._delivered:
+        if self._delivered.get(first_index) == count:
             return []  # the same task again (a replay after a reconnect): each result reaches the user once
-        self._delivered.add(first_index)
+        self._delivered[first_index] = count
         end = first_index + count
         results = self.results
-        if not errors and not self.errors:  # the common case, without a loop per item
+        if not errors and not self.errors and self._filled.find(1, first_index, end) == -1:
+            # The common case, without a loop per item.
             results[first_index:end] = values
+            self._filled[first_index:end] = b"\x01" * count
             self.completed += count
             return [Deliver(first_index, values), *self._changed()]
         done: list[Instruction] = []
@@ -334,7 +339,9 @@ class JobMachine:
         done: list[Instruction] = []
         for index in range(first_index, first_index + count):
             if self.results[index] is MISSING and index not in self.errors:
-                failure = build_failed_task_error(msg.error, msg.reason, self._where(index)[0], msg.attempts)
+                failure = build_failed_task_error(
+                    msg.error, msg.reason, self._where(index)[0], msg.attempts, crashes=msg.crashes, losses=msg.losses
+                )
                 self.errors[index] = failure
                 self.failed += 1
                 done.append(Fail(index, failure))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from .dialing import Backoff, dial
+from .dialing import Backoff, RetryNotices, dial
 from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
 from .wire import messages as p
 from .wire.addresses import Address
@@ -164,6 +164,7 @@ class Link:
         deadline = loop.time() + self.reconnect_timeout
         backoff = Backoff(RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX)
         reason = "the connection dropped"
+        notices = RetryNotices(lambda text: log.warning("%s (retrying)", text))
         if not waking:
             log.warning("lost the foreman at %s; reconnecting for up to %g s", self.address.url, self.reconnect_timeout)
         while not self.closed:
@@ -179,6 +180,7 @@ class Link:
                 break
             except CrowdComputeError as exc:
                 reason = str(exc)
+                notices.failed(reason)
                 await asyncio.sleep(min(backoff.next(), max(0.0, deadline - loop.time())))
                 continue
             if not waking:

@@ -66,9 +66,10 @@ def _mixed_class(original: type) -> type | None:
 
 
 def build_failed_task_error(
-    error: str, reason: str, index: int | None, attempts: int
+    error: str, reason: str, index: int | None, attempts: int, *, crashes: int = 0, losses: int = 0
 ) -> TaskError | EnvironmentBuildError:
-    """The error for each item of a task that timed out, kept crashing, found no majority or no environment."""
+    """The error for each item of a task (a TaskFailed) that timed out, kept crashing,
+    kept losing its worker, found no majority or no environment."""
     if error == ErrorKind.ENVIRONMENT:
         return EnvironmentBuildError(reason, index=index)
     if error == ErrorKind.TIMEOUT:
@@ -78,9 +79,23 @@ def build_failed_task_error(
     if error == ErrorKind.LIMIT:  # reason: "task exceeded --max-memory 512 MiB"
         return WorkerCrashedError(reason, attempts=attempts, cause=reason, index=index)
     what = "the task" if index is None else f"the task holding item {index}"
+    if error == ErrorKind.LOST:
+        # The task crashed nothing: the workers holding it went away (their link or their host failed).
+        times = f"{losses} times" if losses else "repeatedly"
+        message = (
+            f"{what} never finished: the workers holding it went away {times} "
+            f"(the link or the host failed, not the task); last: {reason}"
+        )
+    else:
+        crashes = crashes or attempts  # a foreman that does not count them apart
+        message = f"{what} killed its process {crashes} times; last cause: {reason}"
+        if losses:
+            message += f" (its worker also went away {losses} times; those do not count against it)"
     return WorkerCrashedError(
-        f"{what} killed its process {attempts} times; last cause: {reason}",
+        message,
         attempts=attempts,
         cause=reason,
         index=index,
+        crashes=crashes,
+        losses=losses,
     )

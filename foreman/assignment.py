@@ -1,7 +1,10 @@
 """Leasing queued tasks to workers: who gets what next. Pure functions over the scheduler's records.
 
 Jobs with queued tasks take turns (round robin over ``ready``), and the
-worker with the most free room is served first. A queue entry is one
+worker with the most free room is served first: a worker with an idle slot
+before any prefetch room (a far worker may hold many tasks ahead, which must
+not keep work from idle slots), then the most room, then the one whose last
+lease is oldest (so that ties do not always go the same way). A queue entry is one
 replica of a task to run: a redundant job queues each task several times,
 and no worker gets two replicas of the same task. A job that needs
 resources or labels goes only to workers that have the labels and enough
@@ -11,6 +14,7 @@ of each resource free (a lease holds its job's resources until it ends);
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 
 from crowdcompute.wire import messages as p
@@ -19,6 +23,8 @@ from crowdcompute.wire.constants import Serializer
 from .state import Job, Send, Task, TaskState, Worker
 
 __all__ = ["assign", "can_run", "drop_leases", "enqueue", "job_notice", "unlease", "waiting_reason"]
+
+_LEASES = itertools.count(1)  # orders leases, for fair ties between equally free workers
 
 
 def enqueue(ready: deque[str], job: Job, task: Task, *, front: bool = False, replicas: int = 1) -> None:
@@ -104,7 +110,7 @@ def assign(workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], 
         candidates = [w for w in workers.values() if w.free > 0 and w.worker_id not in stuck]
         if not candidates:
             break
-        worker = max(candidates, key=lambda w: w.free)
+        worker = max(candidates, key=lambda w: (w.slots > len(w.running), w.free, -w.last_lease))
         for _ in range(len(ready)):
             job = jobs[ready[0]]
             task = _take(job, worker)
@@ -155,6 +161,7 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     worker.running.add((job.job_id, task.task_id))
     for name, amount in job.resources.items():
         worker.used[name] = worker.used.get(name, 0.0) + amount
+    worker.last_lease = next(_LEASES)
     assert task.payload is not None
     assign = p.AssignTask(
         job.job_id, task.task_id, task.attempt, task.first_index, task.count, task.payload, job.task_timeout

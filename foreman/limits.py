@@ -7,14 +7,23 @@ __all__ = [
     "ENDED_JOBS_SHOWN",
     "MAX_QUEUED_BYTES",
     "MAX_QUEUED_BYTES_TOTAL",
+    "MAX_PREFETCH_PER_SLOT",
     "MAX_QUEUED_TASKS",
     "MAX_KEPT_OUTCOME_BYTES",
     "MAX_SLOTS_PER_WORKER",
+    "MAX_WORKER_LOSSES",
+    "PREFETCH_MARGIN",
     "RESULT_TTL",
+    "TASK_SECONDS_WEIGHT",
 ]
 
 #: How many times a task may kill its process before it fails with WorkerCrashedError.
 ALLOWED_FAILURES = 3
+#: How many times the worker holding a task may go away (disconnect, go silent) before the
+#: task fails with WorkerCrashedError. A lost worker is its link's or its host's failure,
+#: not the task's, so this is far above ALLOWED_FAILURES: only a task that keeps taking
+#: its hosts down with it (or a crowd that cannot keep any worker) reaches it.
+MAX_WORKER_LOSSES = 10
 #: Seconds a finished job's outcomes are kept for ``attach`` before they are purged.
 RESULT_TTL = 24 * 3600.0
 #: How many ended jobs the status keeps showing.
@@ -29,6 +38,14 @@ MAX_QUEUED_BYTES = 32 * 1024 * 1024
 MAX_KEPT_OUTCOME_BYTES = 16 * 1024 * 1024
 #: Input bytes waiting on the foreman over all jobs; past this, new jobs are refused until it drains.
 MAX_QUEUED_BYTES_TOTAL = 2 * 1024 * 1024 * 1024
+#: Most tasks a worker may hold beyond its running ones, per slot, however far away it is.
+MAX_PREFETCH_PER_SLOT = 8
+#: Seconds added to a worker's round trip when sizing its prefetch: the foreman's and the
+#: worker's own time to turn a finished task into the next one.
+PREFETCH_MARGIN = 0.01
+#: Weight of the newest task in a worker's running average of task durations: high, so that a
+#: new job with longer tasks than the last one stops a deep prefetch within a few tasks.
+TASK_SECONDS_WEIGHT = 0.5
 #: Slots a worker is granted at most, whatever it claims (``--max-slots-per-worker``; an invite's
-#: ``--slots`` may grant fewer). It holds at most its slots plus a prefetch of half as many.
+#: ``--slots`` may grant fewer). It holds at most its slots plus its prefetch (Worker.size_prefetch).
 MAX_SLOTS_PER_WORKER = 64

@@ -39,8 +39,11 @@ from .limits import (
     MAX_QUEUED_BYTES_TOTAL,
     MAX_QUEUED_TASKS,
     MAX_SLOTS_PER_WORKER,
+    MAX_WORKER_LOSSES,
     RESULT_TTL,
+    TASK_SECONDS_WEIGHT,
 )
+from .splitting import split_queued, split_task, tail_target, target_items
 from .state import (
     Action,
     Close,
@@ -62,7 +65,15 @@ from .state import (
 from .timers import TimedEvents
 from .volunteering import VolunteerEvents
 
-__all__ = ["ALLOWED_FAILURES", "MAX_QUEUED_BYTES", "MAX_QUEUED_TASKS", "RESULT_TTL", "Action", "Scheduler"]
+__all__ = [
+    "ALLOWED_FAILURES",
+    "MAX_QUEUED_BYTES",
+    "MAX_QUEUED_TASKS",
+    "MAX_WORKER_LOSSES",
+    "RESULT_TTL",
+    "Action",
+    "Scheduler",
+]
 
 
 class Scheduler(VolunteerEvents, TimedEvents):
@@ -76,6 +87,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         self,
         *,
         allowed_failures: int = ALLOWED_FAILURES,
+        max_worker_losses: int = MAX_WORKER_LOSSES,
         result_ttl: float = RESULT_TTL,
         journaled: bool = False,
         clock: Callable[[], float] = time.time,
@@ -88,6 +100,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         backup_tasks: bool = True,
     ) -> None:
         self.allowed_failures = allowed_failures
+        self.max_worker_losses = max_worker_losses
         self.min_lease_deadline = min_lease_deadline
         self.backup_tasks = backup_tasks  # run copies of the slowest tasks at the tail of a job
         self.max_slots_per_worker = max_slots_per_worker
@@ -105,6 +118,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         self.clients: set[str] = set()
         self._mismatched: dict[str, str] = {}  # client id -> why it may submit portable jobs only
         self._ready: deque[str] = deque()  # job ids with queued tasks, in turn order
+        self._total_slots: int | None = None  # cached sum of the workers' slots; None when the crowd changed
 
     # --- connections -------------------------------------------------------
 
@@ -155,11 +169,19 @@ class Scheduler(VolunteerEvents, TimedEvents):
             actions.append(SaveVolunteer(volunteer))
             if worker.quarantined:
                 actions.append(Note(f"worker {name} joined as volunteer {volunteer.name}, which is quarantined"))
-        return actions + self._assign() + self._notices()
+        self._total_slots = None
+        return actions + self._split_for_slots() + self._assign() + self._notices()
 
-    def remove_worker(self, worker_id: str) -> list[Action]:
-        """A worker went away: its leased tasks go back to the front of their queues."""
+    def remove_worker(self, worker_id: str, how: str = "disconnected") -> list[Action]:
+        """A worker went away: its leased tasks go back to the front of their queues.
+
+        ``how`` it went away ("disconnected", "went silent ..."), for the error
+        of a task that reaches ``max_worker_losses``. A lost worker does not
+        count toward a task's ``allowed_failures``: that is for tasks that kill
+        their process.
+        """
         worker = self.workers.pop(worker_id, None)
+        self._total_slots = None
         if worker is None:
             return []
         actions: list[Action] = []
@@ -177,12 +199,19 @@ class Scheduler(VolunteerEvents, TimedEvents):
             if worker.draining:  # handed back on purpose: not the task's fault
                 self._enqueue(job, task, front=True)
             else:
-                actions += self._crashed(job, task, f"worker {worker.name} disconnected")
+                actions += self._lost(job, task, f"worker {worker.name} {how}")
         for job_id in worker.jobs:
             if job_id in self.jobs:
                 self.jobs[job_id].workers.discard(worker_id)
                 self.jobs[job_id].preparing.discard(worker_id)
         return actions + self._assign() + self._notices()
+
+    def note_latency(self, worker_id: str, rtt: float) -> None:
+        """The latest ping round trip to a worker, in seconds: it sizes the worker's prefetch."""
+        worker = self.workers.get(worker_id)
+        if worker is not None and rtt > 0:
+            worker.rtt = rtt
+            worker.size_prefetch()
 
     def worker_draining(self, worker_id: str) -> list[Action]:
         """The worker is stopping: it gets nothing new."""
@@ -242,7 +271,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
             return [Send(client_id, p.RequestError(msg.job_id, "no such job: submit_job must come first"))]
         if msg.task_id in job.tasks:
             return []  # sent again after a reconnect
-        if msg.task_id >= job.total_tasks or msg.first_index + msg.count > job.total_items:
+        if msg.task_id >= job.total_tasks - job.splits or msg.first_index + msg.count > job.total_items:
             return [Send(client_id, p.RequestError(msg.job_id, f"task {msg.task_id} is out of the job's range"))]
         queued = len(job.tasks) - job.finished_tasks
         if queued >= self.max_queued_tasks or (queued and job.queued_bytes + len(msg.payload) > self.max_queued_bytes):
@@ -251,13 +280,22 @@ class Scheduler(VolunteerEvents, TimedEvents):
                 f"the limits are {self.max_queued_tasks} tasks and {self.max_queued_bytes} bytes"
             )
             return [Note(f"closed client {client_id}: {reason}"), Close(client_id, CloseCode.POLICY, reason[:120])]
-        task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, received_at=self.clock())
+        task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, pieces=msg.pieces, received_at=self.clock())
         job.tasks[task.task_id] = task
         job.queued_bytes += len(msg.payload)
         if job.environment_error:  # its environment could not be built anywhere
             return [SaveTask(job.job_id, task), *self._fail(job, task, ErrorKind.ENVIRONMENT, job.environment_error)]
         self._enqueue(job, task, replicas=job.redundancy)
-        return [SaveTask(job.job_id, task), *self._assign()]
+        actions: list[Action] = [SaveTask(job.job_id, task)]
+        if task.pieces and job.redundancy == 1:
+            job.splittable = True
+            parts = split_task(job, task, target_items(job, self.total_slots)) if self.workers else []
+            for part in parts:
+                job.queue.append(part.task_id)
+                actions.append(SaveTask(job.job_id, part))
+            if parts:
+                actions.append(SaveJob(job))  # its task count grew
+        return actions + self._assign()
 
     def cancel_job(self, client_id: str, job_id: str) -> list[Action]:
         job = self.jobs.get(job_id)
@@ -338,6 +376,11 @@ class Scheduler(VolunteerEvents, TimedEvents):
         job, task = leased
         deadlines.observe(job, task, worker_id, self.clock())
         unlease(self.workers, job, task, worker_id)
+        worker = self.workers.get(worker_id)
+        if worker is not None and msg.seconds > 0:  # its tasks' duration sizes its prefetch
+            seen = worker.task_seconds
+            worker.task_seconds = msg.seconds if not seen else seen + TASK_SECONDS_WEIGHT * (msg.seconds - seen)
+            worker.size_prefetch()
         if task.state is TaskState.DONE and job.redundancy == 1:  # a reissued or backup run that lost the race
             return self._assign()
         if job.redundancy > 1:
@@ -346,7 +389,18 @@ class Scheduler(VolunteerEvents, TimedEvents):
             task.retries_used += 1
             self._enqueue(job, task, front=True)
             return self._assign()
-        return self._result(job, task, worker_id, msg) + self._assign()
+        return self._result(job, task, worker_id, msg) + self._split_tail(job) + self._assign()
+
+    def _split_tail(self, job: Job) -> list[Action]:
+        """Fewer tasks queued than slots: cut what is left so that every slot gets a share."""
+        target = tail_target(job, self.total_slots) if job.splittable and job.state is JobState.RUNNING else None
+        if target is None:
+            return []
+        changed = split_queued(job, self.total_slots, target)
+        actions: list[Action] = [SaveTask(job.job_id, t) for t in changed]
+        if changed:
+            actions.append(SaveJob(job))  # its task count grew
+        return actions
 
     def _result(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
         """The task's accepted outcome goes to the client (and the journal)."""
@@ -519,7 +573,10 @@ class Scheduler(VolunteerEvents, TimedEvents):
 
     @property
     def total_slots(self) -> int:
-        return sum(w.slots for w in self.workers.values())
+        """Slots of every connected worker (summed once per change of the crowd, not per task)."""
+        if self._total_slots is None:
+            self._total_slots = sum(w.slots for w in self.workers.values())
+        return self._total_slots
 
     # --- internals ---------------------------------------------------------
 
@@ -553,9 +610,28 @@ class Scheduler(VolunteerEvents, TimedEvents):
         self._enqueue(job, task, front=True)
         return []
 
+    def _lost(self, job: Job, task: Task, cause: str) -> list[Action]:
+        """A task's worker went away: run it again, or fail it after max_worker_losses."""
+        task.losses += 1
+        if task.losses >= self.max_worker_losses:
+            reason = f"{cause} (the foreman's limit is {self.max_worker_losses} lost workers per task)"
+            return self._fail(job, task, ErrorKind.LOST, reason)
+        self._enqueue(job, task, front=True)
+        return []
+
     def _fail(self, job: Job, task: Task, error: ErrorKind, reason: str) -> list[Action]:
         job.failed_items += task.count
-        failed = p.TaskFailed(job.job_id, task.task_id, task.first_index, task.count, error, reason, task.attempt)
+        failed = p.TaskFailed(
+            job.job_id,
+            task.task_id,
+            task.first_index,
+            task.count,
+            error,
+            reason,
+            task.attempt,
+            crashes=task.crashes,
+            losses=task.losses,
+        )
         return self._outcome(job, task, failed)
 
     def _outcome(self, job: Job, task: Task, outcome: p.TaskResult | p.TaskFailed) -> list[Action]:
@@ -607,6 +683,18 @@ class Scheduler(VolunteerEvents, TimedEvents):
         summary.update(tasks=job.total_tasks, finished_at=job.finished_at or self.clock(), serializer=job.serializer)
         self.ended[job.job_id] = summary
         return []
+
+    def _split_for_slots(self) -> list[Action]:
+        """Slots joined: cut queued tasks that came in pieces down to the crowd there is now."""
+        actions: list[Action] = []
+        slots = self.total_slots
+        for job in self.jobs.values():
+            if job.splittable and job.state is JobState.RUNNING:
+                changed = split_queued(job, slots)
+                actions += [SaveTask(job.job_id, task) for task in changed]
+                if changed:
+                    actions.append(SaveJob(job))  # its task count grew
+        return actions
 
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns; note when each lease began."""

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from crowdcompute.errors import ProtocolError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address
-from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, FRAGMENT_SIZE, CloseCode, Role
+from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CLOSE_TIMEOUT, FRAGMENT_SIZE, CloseCode, Role
 from crowdcompute.wire.runtime import runtime_mismatch
 
 from .credentials import CredentialRefused, Volunteer
@@ -56,6 +56,8 @@ MAX_CONNECTIONS = 4096
 #: (a client reconnects and attaches; nothing is lost).
 MAX_OUTBOX_BYTES = 512 * 1024 * 1024
 
+#: Seconds the foreman waits for the pong to the ping it sends a worker as it joins.
+CONNECT_PING_TIMEOUT = 10.0
 #: Websocket frames the foreman reads ahead of its handler per connection, before it stops reading.
 READ_AHEAD_FRAMES = 4
 
@@ -161,6 +163,7 @@ class _Peer:
     last_seen: float = 0.0  # loop time of its last frame
     outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0  # in the outbox, not yet written
+    pinger: asyncio.Task | None = None  # the ping that measures a joining worker's round trip
     closing: asyncio.Task[None] | None = None  # an immediate close under way
     resources: dict = field(default_factory=dict)  # a worker's resources and labels, from its Hello
     labels: dict = field(default_factory=dict)
@@ -236,9 +239,12 @@ class ForemanServer:
             # Frames read ahead per connection (each at most FRAGMENT_SIZE): a bound on the foreman's memory.
             max_queue=READ_AHEAD_FRAMES,
             # A peer that answers no ping within the heartbeat timeout is dropped,
-            # and a dropped worker's tasks go to others.
+            # and a dropped worker's tasks go to others: a ping goes out every third
+            # of it, and the wait for its pong plus the closing handshake after an
+            # unanswered one (CLOSE_TIMEOUT, not websockets' 10 s) fit in the rest.
             ping_interval=self.heartbeat_timeout / 3,
-            ping_timeout=self.heartbeat_timeout * 2 / 3,
+            ping_timeout=max(self.heartbeat_timeout * 2 / 3 - CLOSE_TIMEOUT, self.heartbeat_timeout / 3),
+            close_timeout=CLOSE_TIMEOUT,
             process_request=self.status_pages.process_request,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -323,6 +329,8 @@ class ForemanServer:
                 )
             ),
         )
+        if peer.role == Role.WORKER:  # its round trip sizes its prefetch: measure it now, not at the first keepalive
+            peer.pinger = asyncio.create_task(_ping(websocket))
         try:
             if peer.role == Role.WORKER:
                 who = f" (volunteer {peer.volunteer.name})" if peer.volunteer else ""
@@ -330,10 +338,13 @@ class ForemanServer:
             self._execute(self._joined(peer))
             await self._read_frames(peer)
         finally:
+            if peer.pinger is not None:
+                peer.pinger.cancel()
             del self._peers[peer.conn_id]
             if peer.role == Role.WORKER:
-                log.info("worker %s disconnected", peer.name)
-                self._execute(self.scheduler.remove_worker(peer.conn_id))
+                how = _how_it_went(peer.websocket, self.heartbeat_timeout)
+                log.info("worker %s %s", peer.name, how)
+                self._execute(self.scheduler.remove_worker(peer.conn_id, how))
             else:
                 self._execute(self.scheduler.remove_client(peer.conn_id))
             peer.outbox.put_nowait(Stop())
@@ -458,6 +469,8 @@ class ForemanServer:
                 if route is None or route.role != peer.role:
                     self._close_peer(peer, CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
                     return
+                if isinstance(msg, p.TaskDone):  # the latest ping's round trip sizes the worker's prefetch
+                    self.scheduler.note_latency(peer.conn_id, peer.websocket.latency)
                 self._execute(route.handler(self.scheduler, peer.conn_id, msg))
         except ConnectionClosed:
             pass
@@ -549,6 +562,22 @@ class ForemanServer:
             if frame is not None:
                 parts = p.split_parts(p.frame_parts(frame), FRAGMENT_SIZE)
                 await websocket.send(parts[0] if len(parts) == 1 else parts)
+
+
+async def _ping(websocket: ServerConnection) -> None:
+    """One ping, so that ``websocket.latency`` holds a round trip before the first keepalive."""
+    try:
+        await asyncio.wait_for(await websocket.ping(), CONNECT_PING_TIMEOUT)
+    except (ConnectionClosed, asyncio.TimeoutError):
+        pass
+
+
+def _how_it_went(websocket: ServerConnection, heartbeat_timeout: float) -> str:
+    """How a connection ended, for logs and for the error of a task that kept losing its worker."""
+    sent = websocket.protocol.close_sent
+    if sent is not None and sent.reason == "keepalive ping timeout":
+        return f"went silent (no answer to pings for {heartbeat_timeout:g} s)"
+    return "disconnected"
 
 
 def _where(websocket: ServerConnection) -> str:

@@ -273,3 +273,16 @@ def test_as_completed_raises_a_failed_items_error_and_printed_text_goes_to_outpu
         assert outcomes[0] == "A" and isinstance(outcomes[1], TaskError)
 
     asyncio.run(asyncio.wait_for(story(), 10))
+
+
+def test_outcomes_of_parts_and_of_the_whole_task_overlapping_count_each_item_once():
+    # The foreman cut task 0 (items 0..3) into parts; it lost its memory (no journal) and ran
+    # the whole task again, and its parts in another cut: every item still counts once.
+    m = machine(items=("a", "b", "c", "d", "e", "f"))
+    m.handle(result(0, 0, ["A", "B"]))  # part 1 of task 0
+    m.handle(result(7, 2, ["C"]))  # another part, another id
+    m.handle(result(0, 0, ["A", "B", "C", "D"]))  # the whole task, run again
+    m.handle(result(9, 1, ["B", "C"]))  # a middle part, again
+    assert (m.completed, m.failed) == (4, 0) and m.results[:4] == ["A", "B", "C", "D"]
+    m.handle(result(1, 4, ["E", "F"]))
+    assert m.done and m.results == ["A", "B", "C", "D", "E", "F"]

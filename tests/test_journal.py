@@ -31,23 +31,33 @@ def start_job(scheduler: Scheduler, journal: Journal, tasks: int) -> None:
         apply(journal, scheduler.submit_task("c1", p.SubmitTask("j1", n, n, 1, b"IN%d" % n)))
 
 
+def finish_one_and_die(scheduler: Scheduler, journal: Journal, slots: int) -> p.AssignTask:
+    """A worker joins and finishes one task; then the foreman dies (all it committed is on disk;
+    see the fault tests for a real SIGKILL). The task that finished."""
+    actions = apply(journal, scheduler.add_worker("w1", "one", slots))
+    done = [a.message for a in actions if isinstance(a.message, p.AssignTask)][0]
+    apply(journal, scheduler.task_done("w1", p.TaskDone("j1", done.task_id, done.attempt, 0, b"OUT")))
+    journal.close()
+    return done
+
+
+def restart(path) -> tuple[Journal, Scheduler, list]:
+    """A new foreman on the journal at ``path``: (journal, scheduler, what restoring asked to send)."""
+    journal = Journal(path)
+    scheduler = Scheduler(journaled=True)
+    jobs, ended = journal.load()
+    assert ended == [] and [job.job_id for job in jobs] == ["j1"]
+    return journal, scheduler, apply(journal, scheduler.restore(jobs, ended))
+
+
 def test_a_restarted_foreman_resumes_unfinished_tasks_and_replays_outcomes(tmp_path):
     path = tmp_path / "journal.sqlite3"
     journal = Journal(path)
     first = Scheduler(journaled=True)
     start_job(first, journal, tasks=3)
-    actions = apply(journal, first.add_worker("w1", "one", 1))
-    assigned = [a.message for a in actions if isinstance(a.message, p.AssignTask)]
-    done = assigned[0]
-    apply(journal, first.task_done("w1", p.TaskDone("j1", done.task_id, done.attempt, 0, b"OUT")))
-    # The foreman dies here (all it committed is on disk; see the fault tests for a real SIGKILL).
-    journal.close()
-
-    journal = Journal(path)
-    second = Scheduler(journaled=True)
-    jobs, ended = journal.load()
-    assert ended == [] and [job.job_id for job in jobs] == ["j1"]
-    assert apply(journal, second.restore(jobs, ended)) == []
+    done = finish_one_and_die(first, journal, slots=1)
+    journal, second, restored = restart(path)
+    assert restored == []
     job = second.jobs["j1"]
     assert job.accepted and job.finished_tasks == 1 and job.completed_items == 1
     actions = apply(journal, second.add_worker("w2", "two", 4))
@@ -162,6 +172,31 @@ def test_what_a_job_needs_survives_a_restart_and_older_journals_gain_the_column(
     journal = Journal(path)
     (job,), _ = journal.load()
     assert (job.resources, job.labels, job.requirements) == ({"gpu": 1.0}, {"site": "lab1"}, ["tinypkg==1.0"])
+
+
+def test_tasks_cut_for_joining_workers_are_resumed_whole_after_a_restart(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    first = Scheduler(journaled=True)
+    first.add_client("c1")
+    apply(journal, first.submit_job("c1", p.SubmitJob("j1", b"FUNC", 2, 40)))
+    for n in range(2):  # two tasks of 20 one-item pieces: cut when workers join
+        payload = b"".join(b"<%02d>" % i for i in range(20 * n, 20 * n + 20))
+        apply(journal, first.submit_task("c1", p.SubmitTask("j1", n, 20 * n, 20, payload, [[1, 4]] * 20)))
+    done = finish_one_and_die(first, journal, slots=2)
+    assert len(first.jobs["j1"].tasks) > 2, "the tasks were not cut"
+    journal, second, _ = restart(path)
+    job = second.jobs["j1"]
+    assert job.accepted and job.finished_tasks == 1 and job.total_tasks == len(job.tasks)
+    assert sorted((t.first_index, t.count) for t in job.tasks.values()) == sorted(
+        (t.first_index, t.count) for t in first.jobs["j1"].tasks.values()
+    )
+    actions = apply(journal, second.add_worker("w2", "two", 64))
+    handed = [a.message for a in actions if isinstance(a.message, p.AssignTask)]
+    covered = sorted(i for m in handed for i in range(m.first_index, m.first_index + m.count))
+    assert covered == sorted(set(range(40)) - set(range(done.first_index, done.first_index + done.count)))
+    for m in handed:
+        assert bytes(m.payload) == b"".join(b"<%02d>" % i for i in range(m.first_index, m.first_index + m.count))
     journal.close()
 
 

@@ -223,19 +223,46 @@ def test_crashes_up_to_allowed_failures_then_task_failed():
         actions = s.task_crashed("w1", p.TaskCrashed("j1", 0, attempt, "crashed", "killed by SIGSEGV"))
         assert sent(actions) == [("w1", assign("j1", 0, attempt + 1))]
     actions = s.task_crashed("w1", p.TaskCrashed("j1", 0, ALLOWED_FAILURES, "crashed", "killed by SIGKILL"))
-    failed = p.TaskFailed("j1", 0, 0, 1, "crashed", "killed by SIGKILL", ALLOWED_FAILURES)
+    failed = p.TaskFailed("j1", 0, 0, 1, "crashed", "killed by SIGKILL", ALLOWED_FAILURES, crashes=ALLOWED_FAILURES)
     assert sent(actions) == [("c1", failed), ("w1", p.ReleaseJob("j1"))]
     summary = s.status()["jobs"][0]
     assert (summary["completed"], summary["failed"], summary["state"]) == (0, 1, "done")
 
 
-def test_worker_disconnects_count_as_crashes():
+def test_lost_workers_do_not_count_as_crashes():
     s = started(1, allowed_failures=2)
     submit(s, "c1", "j1", tasks=1)
-    assert leased(s.remove_worker("w1")) == []
+    for n in range(5):  # far more than allowed_failures: the link's fault, not the task's
+        s.add_worker(f"x{n}", f"flaky{n}", 1)
+        s.remove_worker("w1" if n == 0 else f"x{n - 1}", "went silent (no answer to pings for 5 s)")
+    holder = next(w for w in s.workers.values() if w.running)
+    actions = s.task_done(holder.worker_id, done("j1", 0, attempt=6))
+    assert sent(actions)[0] == ("c1", result("j1", 0, attempt=6))
+
+
+def test_a_task_fails_after_max_worker_losses_saying_its_workers_went_away():
+    s = started(1, max_worker_losses=3)
+    submit(s, "c1", "j1", tasks=1)
+    assert sent(s.remove_worker("w1")) == []
     s.add_worker("w2", "two", 1)
-    actions = s.remove_worker("w2")
-    assert sent(actions) == [("c1", p.TaskFailed("j1", 0, 0, 1, "crashed", "worker two disconnected", 2))]
+    assert sent(s.remove_worker("w2")) == []
+    s.add_worker("w3", "three", 1)
+    actions = s.remove_worker("w3", "went silent (no answer to pings for 5 s)")
+    reason = "worker three went silent (no answer to pings for 5 s) (the foreman's limit is 3 lost workers per task)"
+    assert sent(actions) == [("c1", p.TaskFailed("j1", 0, 0, 1, "lost", reason, 3, losses=3))]
+
+
+def test_crashes_and_losses_are_counted_apart():
+    s = started(1, allowed_failures=2, max_worker_losses=3)
+    submit(s, "c1", "j1", tasks=1)
+    s.task_crashed("w1", p.TaskCrashed("j1", 0, 1, "crashed", "killed by SIGSEGV"))  # crash 1 of 2
+    s.remove_worker("w1")  # loss 1 of 3
+    s.add_worker("w2", "two", 1)
+    s.remove_worker("w2")  # loss 2 of 3
+    s.add_worker("w3", "three", 1)
+    actions = s.task_crashed("w3", p.TaskCrashed("j1", 0, 4, "crashed", "killed by SIGKILL"))  # crash 2 of 2
+    failed = p.TaskFailed("j1", 0, 0, 1, "crashed", "killed by SIGKILL", 4, crashes=2, losses=2)
+    assert sent(actions)[0] == ("c1", failed)
 
 
 def test_a_draining_worker_gets_nothing_new_and_hands_back_without_a_crash():

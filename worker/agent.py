@@ -20,7 +20,7 @@ import time
 
 from websockets.exceptions import ConnectionClosed
 
-from crowdcompute.dialing import Backoff, dial
+from crowdcompute.dialing import Backoff, RetryNotices, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
@@ -91,6 +91,9 @@ class WorkerAgent:
         # Task processes start while we dial: a first task waits for them, not the connection.
         self._started = asyncio.gather(*(loop.run_in_executor(None, slot.start) for slot in self.slots))
         backoff = Backoff(RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX)
+        # Why the foreman cannot be reached (a TLS certificate it cannot verify, a wrong
+        # address, ...) is said at once, then again at a lower rate while retrying.
+        notices = RetryNotices(lambda text: log.warning("worker %s: %s (retrying)", self.name, text))
         try:
             while not stop.is_set():
                 try:
@@ -101,10 +104,11 @@ class WorkerAgent:
                 except AuthenticationError:
                     raise
                 except ForemanUnavailableError as exc:
-                    log.debug("foreman not reachable: %s", exc)
+                    notices.failed(str(exc))
                     await _wait(stop, backoff.next())
                     continue
                 backoff.reset()
+                notices.reset()
                 print(f"worker {self.name} connected to {self.address.url}", flush=True)
                 if welcome.notice:
                     print(f"worker {self.name}: {welcome.notice}", flush=True)
@@ -131,7 +135,11 @@ class WorkerAgent:
             token = found["token"] if found else None
         if token is None:
             # The foreman may not have written its file yet: keep trying like an absent foreman.
-            raise ForemanUnavailableError(self.address.url, "no token given and no connection file found")
+            raise ForemanUnavailableError(
+                self.address.url,
+                "no token given and no connection file found",
+                "Pass the foreman's worker token with --token (or $CROWDCOMPUTE_WORKER_TOKEN).",
+            )
         return p.Hello(
             Role.WORKER,
             token,

@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from crowdcompute.codecs.modules import WithModules
-from crowdcompute.codecs.pickled import loads
+from crowdcompute.codecs.pickled import loads, loads_items
 from crowdcompute.codecs.portable import load_portable_function
 from crowdcompute.wire.constants import Serializer
 
@@ -171,7 +171,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
                 result, failed = run_portable(func, payload, count, on_item)
             else:
                 try:
-                    items = loads(payload)
+                    items = loads_items(payload)
                 except Exception as exc:  # an input whose type this worker cannot import
                     items, func = [None] * count, _raiser(RuntimeError(f"cannot load the task's input here: {exc!r}"))
                 result, failed = run_items(func, items, on_item)

@@ -21,7 +21,16 @@ from ..errors import SerializationError
 from .origins import users_module
 from .outcomes import ITEM_REPR_LIMIT, PICKLE_PROTOCOL, short_repr
 
-__all__ = ["PICKLE_PROTOCOL", "Apply", "dumps_chunks", "dumps_function", "dumps_items", "loads"]
+__all__ = [
+    "PICKLE_PROTOCOL",
+    "Apply",
+    "dumps_chunks",
+    "dumps_function",
+    "dumps_items",
+    "dumps_pieced_chunks",
+    "loads",
+    "loads_items",
+]
 
 
 class Apply:
@@ -156,6 +165,41 @@ def dumps_chunks(
     return chunks
 
 
+def dumps_pieced_chunks(
+    items: Sequence, size: int, piece: int, limit: int, target: int | None = None
+) -> list[tuple[int, int, bytes, list[list[int]] | None]]:
+    """Chunks of ``size`` items made of pickled pieces of ``piece`` items, one after another:
+    (first index, count, payload, ``[items, bytes]`` of each piece, or None for one piece).
+
+    The foreman may cut a queued chunk between pieces when more slots join
+    than the chunks were sized for; :func:`loads_items` reads any number of
+    pieces. Neither a chunk nor a piece exceeds ``limit`` bytes (nor ``target``,
+    when given, unless a single item does: see :func:`dumps_chunks`).
+    """
+    chunks: list[tuple[int, int, bytes, list[list[int]] | None]] = []
+    pieces = dumps_chunks(items, max(1, min(piece, size)), limit, target=target)
+    bound = limit if target is None else min(target, limit)
+    group: list[tuple[int, int, bytes]] = []
+
+    def close_group() -> None:
+        if group:
+            payload = b"".join(blob for _, _, blob in group)
+            sizes = [[count, len(blob)] for _, count, blob in group] if len(group) > 1 else None
+            chunks.append((group[0][0], sum(count for _, count, _ in group), payload, sizes))
+            group.clear()
+
+    held = held_bytes = 0
+    for start, count, blob in pieces:
+        if group and (held + count > size or held_bytes + len(blob) > bound):
+            close_group()
+            held = held_bytes = 0
+        group.append((start, count, blob))
+        held += count
+        held_bytes += len(blob)
+    close_group()
+    return chunks
+
+
 def _dump_range(items: Sequence, start: int, count: int, limit: int, bound: int, out: list, dump: Callable) -> int:
     """Append the chunks of ``items[start:start + count]``; return the largest count that fitted."""
     payload = dump(list(items[start : start + count]), start)
@@ -184,3 +228,12 @@ def _megabytes(size: int) -> str:
 
 def loads(data: bytes) -> Any:
     return pickle.loads(data)
+
+
+def loads_items(data: bytes) -> list:
+    """A task's items: one pickled list, or several one after another (a task made of pieces)."""
+    stream = io.BytesIO(data)
+    items = pickle.load(stream)
+    while stream.tell() < len(data):
+        items.extend(pickle.load(stream))
+    return items

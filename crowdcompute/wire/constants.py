@@ -15,6 +15,8 @@ __all__ = [
     "ADDRESS_VARIABLE",
     "AUTH_FAILURE_DELAY",
     "BWRAP_VARIABLE",
+    "CHUNKS_PER_SLOT",
+    "CLOSE_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DASHBOARD_VARIABLE",
@@ -57,6 +59,7 @@ class ErrorKind(str, enum.Enum):
 
     TIMEOUT = "timeout"  # it ran past the job's timeout
     CRASHED = "crashed"  # it kept killing its process
+    LOST = "lost"  # the workers holding it kept going away (disconnected, went silent): not its fault
     DISAGREEMENT = "disagreement"  # redundant runs never reached a quorum
     LIMIT = "limit"  # it broke a worker's resource limit (memory, CPU, disk, processes)
     ENVIRONMENT = "environment"  # the worker could not build the job's environment
@@ -94,8 +97,16 @@ FOREMAN_READY = "foreman listening on "
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
 DEFAULT_URL = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}"
+#: Tasks per slot that automatic chunking aims for, as in multiprocessing.Pool: the client
+#: when it chunks a map, the foreman when it splits queued tasks for the slots it has.
+CHUNKS_PER_SLOT = 4
 #: Seconds the foreman waits before answering a wrong token (slows guessing).
 AUTH_FAILURE_DELAY = 0.2
+#: Seconds either side waits for the peer's closing handshake before it aborts the
+#: TCP connection. A peer that answered no ping is gone (frozen, or its network is):
+#: waiting the websockets default of 10 s would keep a silent worker's tasks that much
+#: longer. Half a second covers the round trip of any healthy link.
+CLOSE_TIMEOUT = 0.5
 
 #: Environment variables.
 ADDRESS_VARIABLE = "CROWDCOMPUTE_ADDRESS"  # the foreman a client connects to by default

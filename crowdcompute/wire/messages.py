@@ -76,7 +76,9 @@ __all__ = [
     "frame_parts",
 ]
 
-PROTOCOL_VERSION = 1
+#: 2: a task's payload may be several pickles one after another (SubmitTask.pieces), which
+#: a worker of version 1 would read as the first one only.
+PROTOCOL_VERSION = 2
 #: Most runs of one task a job may ask for.
 MAX_REDUNDANCY = 9
 #: How a job's function, inputs and results travel: cloudpickle (same Python
@@ -182,7 +184,13 @@ class SubmitJob(Message):
 
 @message
 class SubmitTask(Message):
-    """One chunk of a job's input: items ``first_index`` .. ``first_index+count-1``."""
+    """One chunk of a job's input: items ``first_index`` .. ``first_index+count-1``.
+
+    ``pieces``, if given, lists ``[items, bytes]`` of the standalone pieces the
+    payload is made of, one after another: the foreman may cut a queued task
+    between pieces (for the slots it has when it hands the task out) without
+    reading the payload.
+    """
 
     TYPE: ClassVar[str] = "submit_task"
     job_id: str
@@ -190,11 +198,21 @@ class SubmitTask(Message):
     first_index: int
     count: int
     payload: bytes
+    pieces: list[list[int]] | None = None
 
     def validate(self) -> None:
         _require(self.task_id >= 0, "task_id must not be negative")
         _require(self.first_index >= 0, "first_index must not be negative")
         _require(self.count >= 1, "a task must hold at least one item")
+        if self.pieces is not None:
+            _require(
+                all(len(piece) == 2 and piece[0] >= 1 and piece[1] >= 1 for piece in self.pieces),
+                "each of pieces must be [items, bytes], both positive",
+            )
+            _require(sum(piece[0] for piece in self.pieces) == self.count, "pieces must add up to count items")
+            _require(
+                sum(piece[1] for piece in self.pieces) == len(self.payload), "pieces must add up to the payload's size"
+            )
 
 
 @message
@@ -357,9 +375,12 @@ class TaskResult(Message):
 
 @message
 class TaskFailed(Message):
-    """A task that produced no outcomes: it timed out or kept crashing.
+    """A task that produced no outcomes: it timed out, kept crashing, or kept losing its worker.
 
-    ``error`` is ``"timeout"``, ``"crashed"`` or ``"limit"``; ``attempts`` how often it ran.
+    ``error`` is an ErrorKind (``"timeout"``, ``"crashed"``, ``"limit"``, ``"lost"``, ...);
+    ``attempts`` how often it was leased; ``crashes`` how often it killed its process;
+    ``losses`` how often its worker went away while holding it (the link's or the
+    host's failure, not the task's).
     """
 
     TYPE: ClassVar[str] = "task_failed"
@@ -370,6 +391,8 @@ class TaskFailed(Message):
     error: ErrorKind
     reason: str
     attempts: int = 1
+    crashes: int = 0
+    losses: int = 0
 
 
 @message

@@ -1,0 +1,122 @@
+"""Cutting queued tasks down to the crowd there is when they are handed out. Pure functions.
+
+A client sizes automatic chunks for the slots connected when it maps (about
+CHUNKS_PER_SLOT tasks per slot): workers that join later would find too few
+tasks to share, and a few workers would hold the whole map. Such chunks are
+sent as pieces (standalone pickles, one after another; ``SubmitTask.pieces``
+gives their sizes), so the foreman can cut a queued task between pieces
+without reading its payload. When slots join, or a task arrives, each queued
+task that was never leased and holds more than the job's target (its items
+over CHUNKS_PER_SLOT tasks per slot, counting at least MIN_SPLIT_SLOTS
+slots) is cut into parts of about the target.
+At a job's tail, when fewer tasks are queued than there are slots, what is
+left is cut to spread over every slot, so that no slot idles while one
+works through a big last chunk.
+The first part keeps the task's id; the others take ids after the client's
+and follow it in the queue. Results carry their items' indexes, so the client
+needs to know nothing of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from crowdcompute.wire.constants import CHUNKS_PER_SLOT
+from crowdcompute.wire.framing import Pieces
+
+from .state import Job, Task, TaskState
+
+__all__ = ["MIN_SPLIT_SLOTS", "split_queued", "split_task", "tail_target", "target_items"]
+
+#: Cuts assume at least this many slots. A crowd grows in bursts: the first worker to
+#: join is the whole crowd for a moment, and what it leases then (its slots and its
+#: prefetch) it keeps; with this floor that is at most a few small tasks.
+MIN_SPLIT_SLOTS = 8
+
+
+def tail_target(job: Job, slots: int) -> int | None:
+    """At a job's tail (fewer queued tasks than ``slots``): items per task that spread what is
+    left over every slot (as guided self-scheduling does), or None before the tail."""
+    if len(job.queue) >= slots or not job.queue:
+        return None
+    left = sum(job.tasks[task_id].count for task_id in job.queue)
+    return max(1, math.ceil(left / slots))
+
+
+def target_items(job: Job, slots: int) -> int:
+    """Items per task that give the job about CHUNKS_PER_SLOT tasks per slot (at least MIN_SPLIT_SLOTS slots)."""
+    return max(1, math.ceil(job.total_items / (max(MIN_SPLIT_SLOTS, slots) * CHUNKS_PER_SLOT)))
+
+
+def split_task(job: Job, task: Task, target: int) -> list[Task]:
+    """Cut a queued, never leased ``task`` into parts of at most ``target`` items (whole pieces).
+
+    ``task`` keeps the first part; the others are added to the job and returned
+    (the caller queues them right after ``task``). Nothing to cut: [].
+    """
+    if task.pieces is None or task.count <= target or task.attempt or task.state is not TaskState.QUEUED:
+        return []
+    groups: list[list[list[int]]] = [[]]
+    held = 0
+    for piece in task.pieces:
+        if groups[-1] and held + piece[0] > target:
+            groups.append([])
+            held = 0
+        groups[-1].append(piece)
+        held += piece[0]
+    if len(groups) == 1:
+        return []
+    payload = task.payload
+    assert payload is not None
+    parts: list[tuple[int, int, bytes, list[list[int]] | None]] = []
+    first, offset = task.first_index, 0
+    for group in groups:
+        count, size = sum(items for items, _ in group), sum(size for _, size in group)
+        parts.append((first, count, _cut(payload, offset, offset + size), group if len(group) > 1 else None))
+        first, offset = first + count, offset + size
+    _, task.count, task.payload, task.pieces = parts[0]
+    made = []
+    for first, count, blob, pieces in parts[1:]:
+        part = Task(job.total_tasks, first, count, blob, pieces=pieces, received_at=task.received_at)
+        job.tasks[part.task_id] = part
+        job.total_tasks += 1
+        job.splits += 1
+        made.append(part)
+    return made
+
+
+def _cut(payload, start: int, stop: int):
+    """``payload[start:stop]``, also of a payload kept as the fragments it arrived in (never joined)."""
+    if not isinstance(payload, Pieces):
+        return payload[start:stop]
+    kept, offset = [], 0
+    for fragment in payload.pieces:
+        end = offset + len(fragment)
+        if end > start and offset < stop:
+            kept.append(fragment[max(0, start - offset) : min(len(fragment), stop - offset)])
+        offset = end
+        if offset >= stop:
+            break
+    return Pieces(kept)
+
+
+def split_queued(job: Job, slots: int, target: int | None = None) -> list[Task]:
+    """Cut the job's queued tasks for ``slots`` (or to ``target`` items); the tasks changed or made (to journal)."""
+    if not job.splittable or job.redundancy != 1:
+        return []
+    target = target or target_items(job, slots)
+    queue: deque[int] = deque()
+    changed: list[Task] = []
+    splittable = False
+    for task_id in job.queue:
+        queue.append(task_id)
+        task = job.tasks[task_id]
+        parts = split_task(job, task, target)
+        if parts:
+            changed += [task, *parts]
+            queue.extend(part.task_id for part in parts)
+        splittable = splittable or any(t.pieces for t in (task, *parts))
+    job.queue = queue
+    job.splittable = splittable
+    return changed

@@ -1,0 +1,278 @@
+"""Several hosts on one machine: Linux network namespaces joined by a bridge, for tests and benchmarks.
+
+A :class:`Network` makes a namespace per host (the foreman's, the workers',
+the client's) and one for the switch, which holds a bridge; each host has an
+``eth0`` whose veth peer sits on the bridge. Nothing is added to the
+machine's own namespace, so every packet stays inside the namespaces the
+test made, and the same subnet serves parallel tests. Names carry a random
+tag, so that parallel or crashed runs never collide. ``close()`` (a
+finalizer) kills every process started here and deletes every namespace,
+whatever happened.
+
+Processes run in a host with ``ip netns exec``; the test's own client code
+runs in a host through :meth:`Network.run_in` (a thread that entered the
+host's namespace). A :class:`Relay` process adds one-way delay to TCP
+connections (there is no netem here) and can cut them all at once.
+
+Needs root and iproute2 (``ip``): :func:`unavailable` says why not.
+
+Run as a script, this module is the relay:
+``python tests/netns.py relay LISTEN_HOST TARGET_HOST TARGET_PORT DELAY_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import Proc
+
+#: Seconds a process started here gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 5.0
+#: The hosts' subnet: every Network has its own namespaces, so each can use the same one.
+SUBNET = "10.77.0"
+#: The relay's line once it listens (followed by HOST:PORT).
+RELAY_READY = "relay listening on "
+
+_CLONE_NEWNET = 0x40000000
+
+
+def unavailable() -> str | None:
+    """Why network namespaces cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces need root (CI runs these tests as root)"
+    if shutil.which("ip") is None:
+        return "network namespaces need iproute2's `ip`"
+    return None
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+class Host:
+    """One namespace with an address on the bridge."""
+
+    def __init__(self, network: Network, name: str, address: str, port_name: str) -> None:
+        self.network = network
+        self.name = name
+        self.namespace = f"{network.tag}-{name}"
+        self.address = address
+        self.port_name = port_name  # its veth peer on the bridge, in the switch's namespace
+
+    def command(self, *args: str) -> list[str]:
+        """``args`` run in this host."""
+        return ["ip", "netns", "exec", self.namespace, *args]
+
+
+class Network:
+    """A switch and the hosts on it; close() removes everything."""
+
+    def __init__(self) -> None:
+        self.tag = f"cc{uuid.uuid4().hex[:6]}"
+        self.switch = f"{self.tag}-switch"
+        self.hosts: dict[str, Host] = {}
+        self.processes: list[Proc] = []
+        self._made: list[str] = []  # namespaces, to delete
+        _ip("netns", "add", self.switch)
+        self._made.append(self.switch)
+        self._in(self.switch, "link", "add", "br0", "type", "bridge")
+        self._in(self.switch, "link", "set", "br0", "up")
+
+    def _in(self, namespace: str, *args: str) -> None:
+        _ip("-n", namespace, *args)
+
+    def add_host(self, name: str) -> Host:
+        """A new host with the next address on the subnet."""
+        number = len(self.hosts) + 1
+        host = Host(self, name, f"{SUBNET}.{number}", f"p{number}")
+        _ip("netns", "add", host.namespace)
+        self._made.append(host.namespace)
+        # Both ends are made inside their namespaces: nothing appears in the machine's own.
+        _ip(
+            "link", "add", "eth0", "netns", host.namespace, "type", "veth",
+            "peer", "name", host.port_name, "netns", self.switch,
+        )  # fmt: skip
+        self._in(self.switch, "link", "set", host.port_name, "master", "br0", "up")
+        self._in(host.namespace, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        self._in(host.namespace, "link", "set", "eth0", "up")
+        self._in(host.namespace, "link", "set", "lo", "up")
+        self.hosts[name] = host
+        return host
+
+    def cut(self, host: Host) -> None:
+        """Unplug the host: its packets go nowhere (connections are not closed, they go silent)."""
+        self._in(self.switch, "link", "set", host.port_name, "down")
+
+    def mend(self, host: Host) -> None:
+        """Plug the host back in."""
+        self._in(self.switch, "link", "set", host.port_name, "up")
+
+    def start(self, host: Host, *args: str) -> Proc:
+        """``python ARGS`` in ``host``, its output lines read in a thread; stopped by close()."""
+        popen = subprocess.Popen(
+            host.command(sys.executable, *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        proc = Proc(popen)
+        self.processes.append(proc)
+        return proc
+
+    def run_in(self, host: Host, main: Callable[[], Awaitable[Any]], timeout: float) -> Any:
+        """Run the coroutine ``main()`` in a thread inside ``host``'s namespace; its result.
+
+        Fails after ``timeout`` seconds. Sockets it opens belong to the host.
+        """
+        outcome: dict[str, Any] = {}
+
+        def body() -> None:
+            try:
+                _enter(host.namespace)
+                outcome["value"] = asyncio.run(asyncio.wait_for(main(), timeout))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=body, name=f"in-{host.name}", daemon=True)
+        thread.start()
+        thread.join(timeout + 5)
+        if thread.is_alive():
+            raise AssertionError(f"the code run in host {host.name} did not end within {timeout} s")
+        if "error" in outcome:
+            error = outcome["error"]
+            if isinstance(error, asyncio.TimeoutError):
+                raise AssertionError(f"the code run in host {host.name} did not end within {timeout} s") from error
+            raise error
+        return outcome.get("value")
+
+    def close(self) -> None:
+        """Kill every process started here, then delete every namespace (in any state)."""
+        for proc in self.processes:
+            if proc.popen.poll() is None:
+                try:
+                    os.kill(proc.popen.pid, signal.SIGCONT)  # a stopped process would not see SIGTERM
+                    proc.popen.terminate()
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for proc in self.processes:
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(STOP_TIMEOUT)
+            proc.close()
+        for namespace in reversed(self._made):
+            try:
+                _ip("netns", "del", namespace)
+            except RuntimeError:
+                pass
+        self._made.clear()
+
+
+def _enter(namespace: str) -> None:
+    """Move the calling thread into a named network namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(Path("/run/netns") / namespace, os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns into {namespace}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
+class Relay:
+    """The relay process in a host: ``port`` forwards to ``target`` with ``delay`` seconds each way."""
+
+    def __init__(self, network: Network, host: Host, target: tuple[str, int], delay: float) -> None:
+        self.proc = network.start(
+            host, str(Path(__file__).resolve()), "relay", host.address, target[0], str(target[1]), str(delay)
+        )
+        self.port = int(self.proc.wait_for_line(RELAY_READY).rsplit(":", 1)[1])
+        self.host = host
+
+    def cut(self) -> None:
+        """Abort every connection through the relay (new ones are accepted)."""
+        os.kill(self.proc.popen.pid, signal.SIGUSR1)
+
+
+# --- the relay process --------------------------------------------------------------
+
+
+async def _relay(listen_host: str, target_host: str, target_port: int, delay: float) -> None:
+    transports: set[asyncio.Transport] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Each chunk is written ``delay`` seconds after it was read, in order.
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await queue.get()
+                if not data:
+                    break
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        sender = asyncio.create_task(deliver())
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((loop.time() + delay, data))
+        except (ConnectionError, OSError):
+            pass
+        queue.put_nowait((0.0, b""))
+        try:
+            await sender
+        except (ConnectionError, OSError):
+            pass
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(target_host, target_port)
+        except OSError:
+            writer.close()
+            return
+        pair = {writer.transport, up_writer.transport}
+        transports.update(pair)  # type: ignore[arg-type]
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+        transports.difference_update(pair)  # type: ignore[arg-type]
+
+    def cut_all() -> None:
+        for transport in list(transports):
+            transport.abort()
+
+    server = await asyncio.start_server(handle, listen_host, 0)
+    port = server.sockets[0].getsockname()[1]
+    print(f"{RELAY_READY}{listen_host}:{port}", flush=True)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, cut_all)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 6 or sys.argv[1] != "relay":
+        sys.exit("usage: netns.py relay LISTEN_HOST TARGET_HOST TARGET_PORT DELAY_SECONDS")
+    asyncio.run(_relay(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
