@@ -87,7 +87,7 @@ class JobOptions:
         """The job's resources (amounts as numbers) and labels; ValueError for a bad one, saying which."""
         resources: dict[str, float] = {}
         for name, amount in (self.resources or {}).items():
-            value = parse_amount(amount) if isinstance(amount, str) else amount
+            value: object = parse_amount(amount) if isinstance(amount, str) else amount
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
                 raise ValueError(
                     f"resources: {name!r} must be a number of at least 0 (or a size like '8GB'), not {amount!r}"
@@ -383,7 +383,7 @@ class CrowdComputeClient:
             return job
         waiter = asyncio.get_running_loop().create_future()
         self._attaching[job_id] = waiter
-        self._link.send(p.AttachJob(job_id))
+        self._open_link.send(p.AttachJob(job_id))
         try:
             return await asyncio.wait_for(waiter, self.timeout)
         finally:
@@ -394,7 +394,7 @@ class CrowdComputeClient:
         self._require_connection()
         waiter = asyncio.get_running_loop().create_future()
         self._status_waiters.append(waiter)
-        self._link.send(p.StatusRequest())
+        self._open_link.send(p.StatusRequest())
         return await asyncio.wait_for(waiter, self.timeout)
 
     async def invite(
@@ -419,7 +419,7 @@ class CrowdComputeClient:
         self._require_connection()
         waiter = asyncio.get_running_loop().create_future()
         self._admin_waiters.append(waiter)
-        self._link.send(request)
+        self._open_link.send(request)
         answer = await asyncio.wait_for(waiter, self.timeout)
         if "error" in answer:
             raise CrowdComputeError(f"the foreman refused: {answer['error']}")
@@ -446,7 +446,7 @@ class CrowdComputeClient:
             raise ValueError(
                 "modules= needs the cloudpickle serializer: portable jobs send only their function's source"
             )
-        welcome = self._link.welcome
+        welcome = self._welcome
         limit = (welcome.max_frame_size or 2**31) - FRAME_HEADER_ROOM
         started = time.perf_counter()
         if portable:
@@ -468,7 +468,9 @@ class CrowdComputeClient:
         target = None if options.chunksize else TASK_BYTES_TARGET
         if options.chunksize or portable or size == 1:
             dump = dumps_portable_items if portable else None
-            chunks = [(*chunk, None) for chunk in dumps_chunks(items, size, limit, dump, target)]
+            chunks: list[tuple[int, int, bytes, list[list[int]] | None]] = [
+                (*chunk, None) for chunk in dumps_chunks(items, size, limit, dump, target)
+            ]
         else:  # automatic: in pieces the foreman may cut between as workers join
             chunks = dumps_pieced_chunks(items, size, chunk_size(len(items), PIECE_SLOTS), limit, target)
         job_id = uuid.uuid4().hex
@@ -482,7 +484,7 @@ class CrowdComputeClient:
             options.retries or 0,
             name,
             options.redundancy,
-            serializer,
+            Serializer(serializer),
             ack=wait_accepted,
             resources=resources,
             labels=labels,
@@ -496,7 +498,7 @@ class CrowdComputeClient:
                 p.SubmitTask(job_id, n, start, count, payload, pieces)
                 for n, (start, count, payload, pieces) in enumerate(chunks)
             ],
-            self._link.send,
+            self._open_link.send,
             max_queued_tasks=welcome.max_queued_tasks or len(chunks),
             max_queued_bytes=welcome.max_queued_bytes or 2**62,
         )
@@ -517,7 +519,7 @@ class CrowdComputeClient:
             await accepted
         except BaseException:
             if self.connected:  # it may be accepted anyway: nobody waits for it now
-                self._link.send(p.CancelJob(job_id))
+                self._open_link.send(p.CancelJob(job_id))
             self._jobs.pop(job_id, None)
             self._feeds.pop(job_id, None)
             raise
@@ -529,12 +531,12 @@ class CrowdComputeClient:
         """Carry out what a Job asks of the connection."""
         if isinstance(instruction, SendCancel):
             if self.connected:
-                self._link.send(p.CancelJob(instruction.job_id))
+                self._open_link.send(p.CancelJob(instruction.job_id))
         elif isinstance(instruction, Forget):
             self._feeds.pop(instruction.job_id, None)
             followed = self._jobs.pop(instruction.job_id, None) is not None
             if followed and instruction.collect and self.connected:
-                self._link.send(p.CollectJob(instruction.job_id))
+                self._open_link.send(p.CollectJob(instruction.job_id))
 
     @property
     def dashboard_link(self) -> str | None:
@@ -549,8 +551,30 @@ class CrowdComputeClient:
         workers = self.cluster.workers if self.cluster else (welcome.workers if welcome else 0)
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
         return client_html(
-            self.address.url, self.dashboard_link, workers, slots, self.cluster is not None, self.connected
+            self.address.url, self.dashboard_link or "", workers, slots, self.cluster is not None, self.connected
         )
+
+    @property
+    def url(self) -> str:
+        """The foreman's URL; CrowdComputeError before ``connect``."""
+        if self.address is None:
+            raise CrowdComputeError("not connected: call connect() first")
+        return self.address.url
+
+    @property
+    def _open_link(self) -> Link:
+        """The connection to the foreman; CrowdComputeError before ``connect``."""
+        if self._link is None:
+            raise CrowdComputeError("not connected: call connect() first")
+        return self._link
+
+    @property
+    def _welcome(self) -> p.Welcome:
+        """The foreman's Welcome (its limits), which every open link has."""
+        welcome = self._open_link.welcome
+        if welcome is None:
+            raise ConnectionLostError("the connection to the foreman is not open")
+        return welcome
 
     def _require_connection(self) -> None:
         if not self.connected:
@@ -568,7 +592,8 @@ class CrowdComputeClient:
         if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskProgress, p.TaskFailed, p.JobWaiting)):
             if job is not None:
                 timed = feed is not None and isinstance(msg, p.TaskResult)
-                job.handle(msg, feed.sent_at.get(msg.task_id) if timed else None)
+                sent_at = feed.sent_at.get(msg.task_id) if feed is not None and isinstance(msg, p.TaskResult) else None
+                job.handle(msg, sent_at if timed else None)
         elif isinstance(msg, p.JobAccepted):
             _resolve(self._accepting.get(msg.job_id), None)
         elif isinstance(msg, p.JobAttached):
@@ -627,7 +652,7 @@ class CrowdComputeClient:
             if feed is not None:
                 feed.resend()  # the foreman ignores what it already has
             else:
-                self._link.send(p.AttachJob(job_id, resume=True))
+                self._open_link.send(p.AttachJob(job_id, resume=True))
 
     def _connection_lost(self, lost: ConnectionLostError) -> None:
         for waiter in [

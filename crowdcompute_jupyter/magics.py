@@ -108,14 +108,14 @@ class CrowdComputeMagics(Magics):
                 kind = f"embedded cluster, {count} worker{'' if count == 1 else 's'}"
             else:
                 kind = "remote foreman"
-            heading = f"Connected to {client.address.url} ({kind})."
+            heading = f"Connected to {client.url} ({kind})."
             if args.workers is not None and client.cluster is None:
                 heading += (
                     f" --workers {args.workers} does not apply: {ADDRESS_VARIABLE} names a shared foreman "
                     "(the Jupyter server's cluster, say), whose workers serve every notebook. For a cluster "
                     f"of this notebook's own, run `del os.environ['{ADDRESS_VARIABLE}']` first."
                 )
-            return StatusView(client.address.url, status, heading=heading, link=client.dashboard_link)
+            return StatusView(client.url, status, heading=heading, link=client.dashboard_link)
 
         self._display(run_sync(connect()))
 
@@ -128,7 +128,7 @@ class CrowdComputeMagics(Magics):
         if line.strip():
             raise UsageError("%crowdstatus takes no arguments")
         client = self._client()
-        self._display(StatusView(client.address.url, run_sync(client.status()), link=client.dashboard_link))
+        self._display(StatusView(client.url, run_sync(client.status()), link=client.dashboard_link))
 
     @line_magic
     def crowddisconnect(self, line: str) -> None:

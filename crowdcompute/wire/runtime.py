@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import TypedDict
 
 __all__ = ["cloudpickle_version", "python_version", "runtime_fields", "runtime_mismatch"]
 
@@ -41,6 +42,13 @@ def runtime_mismatch(role: str, python: str, cloudpickle: str) -> str | None:
     )
 
 
-def runtime_fields() -> dict[str, str]:
+class RuntimeFields(TypedDict):
+    """The Hello fields that announce a runtime."""
+
+    python: str
+    cloudpickle: str
+
+
+def runtime_fields() -> RuntimeFields:
     """The Hello fields that announce this process's runtime."""
     return {"python": python_version(), "cloudpickle": cloudpickle_version()}
