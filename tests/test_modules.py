@@ -77,6 +77,28 @@ def test_a_function_using_a_local_module_not_sent_warns_naming_it(foreman, start
     assert arun(body()) == [0, 3]
 
 
+def test_a_function_calling_helpers_of_its_own_module_travels_whole_without_a_warning(
+    foreman, start_worker, tmp_path, monkeypatch
+):
+    folder = tmp_path / "script"
+    folder.mkdir()
+    (folder / "crowdtest_own.py").write_text(
+        "def helper(x):\n    return x + 1\n\ndef work(x):\n    return helper(x) * 2\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    own = importlib.import_module("crowdtest_own")
+    start_worker(foreman.url, "--procs", "1")  # in another folder: crowdtest_own is not importable there
+
+    async def body():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            return await cc.map(own.work, range(3))  # warnings are errors: none may be raised
+
+    try:
+        assert arun(body()) == [2, 4, 6]
+    finally:
+        sys.modules.pop("crowdtest_own", None)
+
+
 def test_what_a_job_needs_is_checked_before_anything_is_sent(foreman, tmp_path):
     async def body():
         async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:

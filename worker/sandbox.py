@@ -117,11 +117,20 @@ def _python_paths(python: str) -> list[str]:
     else:
         paths.add(os.path.dirname(os.path.abspath(python)))
     paths.update(entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry)
-    for name in ("crowdcompute", "worker"):  # where an editable install lives (both are imported by now)
+    paths.update(_code_roots())  # where an editable install lives
+    return sorted(os.path.realpath(path) for path in paths if os.path.exists(path))
+
+
+def _code_roots() -> list[str]:
+    """The folders this worker imported our own packages from (both are imported by now)."""
+    roots: list[str] = []
+    for name in ("crowdcompute", "worker"):
         package = sys.modules.get(name)
         if package is not None and package.__file__:
-            paths.add(os.path.dirname(os.path.dirname(os.path.abspath(package.__file__))))
-    return sorted(os.path.realpath(path) for path in paths if os.path.exists(path))
+            root = os.path.dirname(os.path.dirname(os.path.abspath(package.__file__)))
+            if root not in roots:
+                roots.append(root)
+    return roots
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -158,4 +167,8 @@ def bwrap_command(bwrap: str, python: str, scratch: str, network: bool, readable
     for path in [*hidden, "/dev"]:  # not recursive: the mounts inside stay as they are
         command += ["--remount-ro", path]
     command += ["--setenv", "HOME", scratch, "--setenv", "TMPDIR", scratch]
+    # The task process imports our code from where this worker did, whatever an
+    # installer's path hooks point at (an editable install elsewhere, say).
+    inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    command += ["--setenv", "PYTHONPATH", os.pathsep.join([*_code_roots(), *inherited])]
     return [*command, "--"]

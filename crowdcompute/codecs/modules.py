@@ -169,8 +169,11 @@ def local_modules(func: Callable, sent: Iterable[str] = ()) -> list[str]:
         module_name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
         if isinstance(module_name, str) and (inspect.ismodule(value) or inspect.isclass(value) or callable(value)):
             names.add(module_name)
+    # The function's own module travels by value with it (dumps_function
+    # registers it with cloudpickle), helpers and all: only other modules are missing.
+    own = getattr(target, "__module__", None)
     sent = set(sent)
-    return sorted(name for name in names if name.split(".")[0] not in sent and _is_local(name))
+    return sorted(name for name in names if name != own and name.split(".")[0] not in sent and _is_local(name))
 
 
 def _roots() -> list[Path]:
