@@ -115,11 +115,23 @@ async def run(
     modules: Sequence[Any] = (),
     resources: Mapping[str, float | str] | None = None,
     labels: Mapping[str, str] | None = None,
+    redundancy: int = 1,
+    quorum: int | None = None,
+    quorum_timeout: float | None = None,
     **kwargs: Any,
 ) -> Any:
     """``func(*args, **kwargs)`` on one worker; its result (what it needs as for ``map``)."""
     return await default_client().run(
-        func, *args, requirements=requirements, modules=modules, resources=resources, labels=labels, **kwargs
+        func,
+        *args,
+        requirements=requirements,
+        modules=modules,
+        resources=resources,
+        labels=labels,
+        redundancy=redundancy,
+        quorum=quorum,
+        quorum_timeout=quorum_timeout,
+        **kwargs,
     )
 
 

@@ -349,16 +349,23 @@ class CrowdComputeClient:
         modules: Sequence[Any] = (),
         resources: Mapping[str, float | str] | None = None,
         labels: Mapping[str, str] | None = None,
+        redundancy: int = 1,
+        quorum: int | None = None,
+        quorum_timeout: float | None = None,
         **kwargs: Any,
     ) -> Any:
         """``func(*args, **kwargs)`` on one worker; its result. Raises TaskError if it raised.
 
-        ``requirements``, ``modules``, ``resources`` and ``labels`` are what
-        the call needs, as for :meth:`map`; every other keyword goes to ``func``.
+        ``requirements``, ``modules``, ``resources``, ``labels``, ``redundancy``,
+        ``quorum`` and ``quorum_timeout`` are what the call needs, as for
+        :meth:`map` (CONTRACT's "What a job needs"); every other keyword goes to ``func``.
         """
         options = JobOptions(
             chunksize=1,
             timeout=self.task_timeout,
+            redundancy=redundancy,
+            quorum=quorum,
+            quorum_timeout=quorum_timeout,
             requirements=requirements,
             modules=modules,
             resources=resources,

@@ -107,6 +107,7 @@ def test_a_rogue_worker_cannot_corrupt_a_redundant_job(foreman, start_worker):
 
                 await wait_until(three_workers, 20, "the rogue never joined")
                 assert await cc.map(lambda x: x * x, range(12), chunksize=1, redundancy=3) == [x * x for x in range(12)]
+                assert await cc.run(lambda x, y: x + y, 40, y=2, redundancy=3) == 42  # run() takes it too
                 workers = {w["name"]: w for w in (await cc.status())["workers"]}
                 assert workers["rogue"]["quarantined"], workers
                 assert all(workers[f"honest{n}"]["disagreed"] == 0 for n in range(2))
