@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 import uuid
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from .codecs.modules import WithModules, local_modules, read_modules
+from .codecs.modules import WithModules, read_modules, warn_local_modules
 from .codecs.pickled import Apply, dumps_chunks, dumps_function, dumps_pieced_chunks
 from .codecs.portable import dumps_portable_function, dumps_portable_items
 from .dashboard import client_html, dashboard_url
-from .errors import ConnectionLostError, CrowdComputeError, LocalModuleWarning, SerializationError
+from .errors import ConnectionLostError, CrowdComputeError, SerializationError
 from .feed import Feed
 from .job import Job
 from .job_state import Forget, Instruction, Lost, SendCancel, refusal
 from .link import Link
 from .local import LocalCluster
+from .options import JobOptions, chunk_size, parse_requirements
 from .progress import choose_renderer, show_progress
-from .sizes import parse_amount
 from .wire import messages as p
 from .wire.addresses import Address, parse_address, read_connection_file
-from .wire.constants import ADDRESS_VARIABLE, CHUNKS_PER_SLOT, TOKEN_VARIABLE, Role, Serializer
+from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role, Serializer
 from .wire.runtime import runtime_fields
 
 __all__ = ["CrowdComputeClient", "chunk_size"]
@@ -44,66 +41,6 @@ PIECE_SLOTS = 256
 TASK_BYTES_TARGET = 4 * 1024 * 1024
 #: Bytes of a frame kept for its header when sizing payloads against the foreman's limit.
 FRAME_HEADER_ROOM = 64 * 1024
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """How a job runs; the keyword arguments of map and submit."""
-
-    chunksize: int | None = None
-    timeout: float | None = None
-    retries: int | None = None
-    trust_workers: bool | None = None
-    redundancy: int = 1
-    serializer: str | None = None
-    quorum: int | None = None
-    quorum_timeout: float | None = None
-    requirements: Sequence[str] | str | None = None  # None: the client's default
-    modules: Sequence[Any] = ()
-    resources: Mapping[str, float | str] | None = None
-    labels: Mapping[str, str] | None = None
-
-    def check(self) -> None:
-        """Raise ValueError for an option out of range, saying which."""
-        if self.chunksize is not None and self.chunksize < 1:
-            raise ValueError(f"chunksize must be at least 1, not {self.chunksize}")
-        if self.timeout is not None and not (0 < self.timeout < math.inf):
-            raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout}")
-        if self.retries is not None and self.retries < 0:
-            raise ValueError(f"retries must not be negative, not {self.retries}")
-        if not 1 <= self.redundancy <= p.MAX_REDUNDANCY:
-            raise ValueError(f"redundancy must be 1 to {p.MAX_REDUNDANCY}, not {self.redundancy}")
-        if self.quorum is not None and not 1 <= self.quorum <= self.redundancy:
-            raise ValueError(
-                f"quorum must be 1 to redundancy ({self.redundancy}), not {self.quorum}: it is how many of the "
-                "redundant runs must agree"
-            )
-        if self.quorum_timeout is not None and not (0 < self.quorum_timeout < math.inf):
-            raise ValueError(f"quorum_timeout must be a positive number of seconds, not {self.quorum_timeout}")
-        if self.redundancy == 1 and (self.quorum or 1) > 1:
-            raise ValueError("quorum needs redundancy: pass redundancy=k with quorum=q <= k")
-
-    def needs(self) -> tuple[dict[str, float], dict[str, str]]:
-        """The job's resources (amounts as numbers) and labels; ValueError for a bad one, saying which."""
-        resources: dict[str, float] = {}
-        for name, amount in (self.resources or {}).items():
-            value: object = parse_amount(amount) if isinstance(amount, str) else amount
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
-                raise ValueError(
-                    f"resources: {name!r} must be a number of at least 0 (or a size like '8GB'), not {amount!r}"
-                )
-            resources[str(name)] = float(value)
-        labels = {str(name): value for name, value in (self.labels or {}).items()}
-        for name, value in labels.items():
-            if not isinstance(value, str):
-                raise ValueError(f"labels: {name!r} must be text, not {value!r}")
-        return resources, labels
-
-
-def chunk_size(items: int, slots: int) -> int:
-    """Items per task: about CHUNKS_PER_SLOT tasks per slot, at least one item."""
-    size, extra = divmod(items, max(1, slots) * CHUNKS_PER_SLOT)
-    return max(1, size + (1 if extra else 0))
 
 
 class CrowdComputeClient:
@@ -146,7 +83,7 @@ class CrowdComputeClient:
         self.cafile = cafile
         self.trust_workers = trust_workers
         self.serializer = serializer  # the default of map and submit
-        self.requirements = _requirements(requirements)  # the default of map, submit and run
+        self.requirements = parse_requirements(requirements)  # the default of map, submit and run
         self.address: Address | None = None
         self.slots = 0  # task slots on the foreman when we connected
         self.cluster: LocalCluster | None = None
@@ -448,7 +385,7 @@ class CrowdComputeClient:
             raise ValueError(f"serializer must be one of {p.SERIALIZERS}, not {serializer!r}")
         portable = serializer == Serializer.PORTABLE
         resources, labels = options.needs()
-        requirements = self.requirements if options.requirements is None else _requirements(options.requirements)
+        requirements = self.requirements if options.requirements is None else parse_requirements(options.requirements)
         if portable and options.modules:
             raise ValueError(
                 "modules= needs the cloudpickle serializer: portable jobs send only their function's source"
@@ -460,7 +397,7 @@ class CrowdComputeClient:
             function = dumps_portable_function(func, call=call)
         else:
             bundle = read_modules(options.modules) if options.modules else None
-            _warn_local_modules(func, bundle.names if bundle else ())
+            warn_local_modules(func, bundle.names if bundle else ())
             wrapped = Apply(func) if call else func
             function = dumps_function(WithModules(bundle, wrapped) if bundle else wrapped)
         if len(function) > limit:
@@ -672,39 +609,6 @@ class CrowdComputeClient:
                 waiter.set_exception(lost)
         for job in list(self._jobs.values()):
             job.handle(Lost(lost))
-
-
-def _requirements(requirements: Sequence[str] | str | None) -> list[str]:
-    """A job's requirements as a list of non-empty strings (one string is one requirement)."""
-    if requirements is None:
-        return []
-    if isinstance(requirements, str):
-        requirements = [requirements]
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    result = []
-    for requirement in requirements:
-        if not isinstance(requirement, str) or not requirement.strip():
-            raise ValueError(f"requirements: each must be a requirement like 'numpy>=2', not {requirement!r}")
-        try:
-            Requirement(requirement)
-        except InvalidRequirement as exc:
-            raise ValueError(f"requirements: {requirement!r} is not a requirement like 'numpy>=2': {exc}") from None
-        result.append(requirement.strip())
-    return result
-
-
-def _warn_local_modules(func: Callable, sent: Sequence[str]) -> None:
-    """Warn when ``func`` uses one of the user's own modules that is not sent with the job."""
-    missing = local_modules(func, sent)
-    if missing:
-        names = ", ".join(name.split(".")[0] for name in missing)
-        warnings.warn(
-            f"{getattr(func, '__name__', 'the function')} uses your module(s) {names}, which workers on other "
-            f"machines may not have; pass modules=[{names}] to send them with the job",
-            LocalModuleWarning,
-            stacklevel=4,
-        )
 
 
 def _resolve(waiter: asyncio.Future | None, value: Any) -> None:

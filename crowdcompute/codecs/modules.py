@@ -23,11 +23,14 @@ import sys
 import sysconfig
 import tempfile
 import types
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_MODULE_BYTES", "ModuleBundle", "WithModules", "local_modules", "read_modules"]
+from ..errors import LocalModuleWarning
+
+__all__ = ["MAX_MODULE_BYTES", "ModuleBundle", "WithModules", "local_modules", "read_modules", "warn_local_modules"]
 
 #: Most bytes of source the modules of one job may hold.
 MAX_MODULE_BYTES = 10 * 1024 * 1024
@@ -193,3 +196,16 @@ def _is_local(name: str) -> bool:
         return False
     resolved = Path(path).resolve()
     return not any(resolved.is_relative_to(root) for root in _roots())
+
+
+def warn_local_modules(func: Callable, sent: Sequence[str]) -> None:
+    """Warn when ``func`` uses one of the user's own modules that is not sent with the job."""
+    missing = local_modules(func, sent)
+    if missing:
+        names = ", ".join(name.split(".")[0] for name in missing)
+        warnings.warn(
+            f"{getattr(func, '__name__', 'the function')} uses your module(s) {names}, which workers on other "
+            f"machines may not have; pass modules=[{names}] to send them with the job",
+            LocalModuleWarning,
+            stacklevel=4,
+        )
