@@ -21,8 +21,7 @@ from .dialing import Backoff, RetryNotices, dial
 from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
 from .wire import messages as p
 from .wire.addresses import Address
-from .wire.constants import FRAGMENT_SIZE
-from .wire.framing import split_parts
+from .wire.framing import to_send
 
 __all__ = ["Link", "RECONNECT_DELAY_MAX"]
 
@@ -123,8 +122,7 @@ class Link:
             try:
                 # Several parts go as one fragmented message: a payload is not joined to its header,
                 # and goes in pieces, so that no side buffers a whole one in its websocket layer.
-                parts = split_parts(self._frames[0], FRAGMENT_SIZE)
-                await websocket.send(parts[0] if len(parts) == 1 else parts)
+                await websocket.send(to_send(self._frames[0]))
             except ConnectionClosed:
                 return  # the frame stays first in line for the next connection
             self._frames.popleft()

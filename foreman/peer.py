@@ -11,7 +11,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from crowdcompute.wire import messages as p
-from crowdcompute.wire.constants import FRAGMENT_SIZE, CloseCode, Role
+from crowdcompute.wire.constants import CloseCode, Role
 
 from .credentials import Volunteer
 
@@ -125,8 +125,7 @@ class Peer:
             try:
                 if isinstance(item, Frame):
                     self.queued_bytes -= item.size
-                    parts = p.split_parts(item.parts, FRAGMENT_SIZE)
-                    await websocket.send(parts[0] if len(parts) == 1 else parts)
+                    await websocket.send(p.to_send(item.parts))
                 elif isinstance(item, Hangup):
                     await websocket.close(item.code, item.reason)
                 else:

@@ -332,5 +332,4 @@ class ForemanServer:
         for task_id in await self.journal.call_async(read_outcome_ids, job_id):
             frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
             if frame is not None:
-                parts = p.split_parts(p.frame_parts(frame), FRAGMENT_SIZE)
-                await websocket.send(parts[0] if len(parts) == 1 else parts)
+                await websocket.send(p.to_send(p.frame_parts(frame)))

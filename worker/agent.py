@@ -24,7 +24,7 @@ from crowdcompute.dialing import Backoff, RetryNotices, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
-from crowdcompute.wire.constants import FRAGMENT_SIZE, EnvironmentState, Role
+from crowdcompute.wire.constants import EnvironmentState, Role
 from crowdcompute.wire.runtime import runtime_fields
 
 from .environments import BuildFailed, Environments
@@ -337,8 +337,7 @@ class WorkerAgent:
             try:
                 # Several parts go as one fragmented message: the outcome is not joined to its header,
                 # and goes in pieces, so that the foreman never buffers a whole one in its websocket layer.
-                parts = p.split_parts(parts, FRAGMENT_SIZE)
-                await websocket.send(parts[0] if len(parts) == 1 else parts)
+                await websocket.send(p.to_send(parts))
             except ConnectionClosed:
                 return
             finally:

@@ -38,6 +38,7 @@ else:  # Python 3.10: the marker only matters to type checkers
 
 
 from ..errors import ProtocolError
+from .constants import FRAGMENT_SIZE
 
 __all__ = [
     "MAX_HEADER_SIZE",
@@ -52,10 +53,14 @@ __all__ = [
     "message",
     "require",
     "split_parts",
+    "to_send",
 ]
 
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
+#: A frame up to this many bytes goes out as one websocket message, its parts joined (one
+#: write, one wake-up of the reader); a bigger one as fragments (see :func:`to_send`).
+SMALL_FRAME = 64 * 1024
 
 _T = TypeVar("_T")
 _LENGTH = struct.Struct("!I")
@@ -352,6 +357,21 @@ def split_parts(parts: list[bytes | memoryview], largest: int) -> list[bytes | m
             view = memoryview(part)
             pieces.extend(view[start : start + largest] for start in range(0, len(view), largest))
     return pieces
+
+
+def to_send(parts: list[bytes | memoryview]) -> bytes | memoryview | list[bytes | memoryview]:
+    """What to hand ``websocket.send`` for a frame given as parts.
+
+    A small frame (at most SMALL_FRAME bytes) is one buffer, joined if need
+    be: one websocket frame costs one write, where fragments cost one each
+    plus an empty last one. A bigger frame goes as fragments of at most
+    FRAGMENT_SIZE, its payloads never joined (:func:`split_parts`).
+    """
+    if len(parts) == 1 and len(parts[0]) <= FRAGMENT_SIZE:
+        return parts[0]
+    if frame_size(parts) <= SMALL_FRAME:
+        return b"".join(parts)
+    return split_parts(parts, FRAGMENT_SIZE)
 
 
 def _build(cls: type[Message], kind: str, fields: dict[str, Any]) -> Message:

@@ -29,6 +29,7 @@ from .framing import (  # noqa: F401 (re-exported)
     frame_size,
     message,
     split_parts,
+    to_send,
 )
 from .framing import require as _require
 
@@ -73,6 +74,7 @@ __all__ = [
     "decode",
     "decode_parts",
     "split_parts",
+    "to_send",
     "frame_parts",
 ]
 
