@@ -93,9 +93,9 @@ async def simulated_worker(url: str, token: str, name: str, done: collections.Co
     try:
         async for frame in websocket:
             msg = p.decode(frame)
-            if isinstance(msg, p.JobFunction):
-                functions[msg.job_id] = loads(msg.function)
-            elif isinstance(msg, p.AssignTask):
+            if isinstance(msg, p.AssignTask):
+                if msg.function:  # the first task of its job here
+                    functions[msg.job_id] = loads(msg.function)
                 payload, failed = run_items(functions[msg.job_id], loads_items(msg.payload))
                 await websocket.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, failed, payload)))
                 done[name] += 1

@@ -144,12 +144,10 @@ def _take(job: Job, worker: Worker) -> Task | None:
 
 
 def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
-    actions: list[Send] = []
-    if job.job_id not in worker.jobs:
+    first = job.job_id not in worker.jobs  # the worker's first task of the job carries its function
+    if first:
         worker.jobs.add(job.job_id)
         job.workers.add(worker.worker_id)
-        function = p.JobFunction(job.job_id, job.function, job.serializer, list(job.requirements))
-        actions.append(Send(worker.worker_id, function))
     task.state = TaskState.RUNNING
     task.attempt += 1
     task.leases[worker.worker_id] = task.attempt
@@ -164,7 +162,15 @@ def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
     worker.last_lease = next(_LEASES)
     assert task.payload is not None
     assign = p.AssignTask(
-        job.job_id, task.task_id, task.attempt, task.first_index, task.count, task.payload, job.task_timeout
+        job.job_id,
+        task.task_id,
+        task.attempt,
+        task.first_index,
+        task.count,
+        task.payload,
+        job.task_timeout,
+        function=job.function if first else b"",
+        serializer=job.serializer,
+        requirements=list(job.requirements) if first else [],
     )
-    actions.append(Send(worker.worker_id, assign))
-    return actions
+    return [Send(worker.worker_id, assign)]

@@ -106,10 +106,25 @@ def submit(
 
 
 def assign(
-    job_id: str, task_id: int, attempt: int = 1, *, items_per_task: int = 1, task_timeout: float | None = None
+    job_id: str,
+    task_id: int,
+    attempt: int = 1,
+    *,
+    items_per_task: int = 1,
+    task_timeout: float | None = None,
+    first: bool = False,
 ) -> p.AssignTask:
-    first = task_id * items_per_task
-    return p.AssignTask(job_id, task_id, attempt, first, items_per_task, task_input(job_id, task_id), task_timeout)
+    """The lease of a task; ``first``: the worker's first task of the job, which carries its function."""
+    return p.AssignTask(
+        job_id,
+        task_id,
+        attempt,
+        task_id * items_per_task,
+        items_per_task,
+        task_input(job_id, task_id),
+        task_timeout,
+        function=function(job_id) if first else b"",
+    )
 
 
 def done(job_id: str, task_id: int, attempt: int = 1, failed: int = 0) -> p.TaskDone:

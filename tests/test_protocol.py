@@ -42,7 +42,7 @@ SAMPLES: dict[str, p.Message] = {
         p.TaskOutput("job-1", 2, 21, "stderr", "hello\nwörld\n"),
         p.StatusReply.of({"workers": [{"name": "w", "slots": 2, "busy": 1}], "jobs": []}),
         p.RequestError("job-1", "no such job for this client"),
-        p.JobFunction("job-1", RAW),
+        p.AssignTask("job-1", 2, 1, 20, 5, RAW, function=RAW[::-1], serializer="portable", requirements=["numpy"]),
         p.AssignTask("job-1", 2, 4, 20, 5, RAW, task_timeout=0.5),
         p.ReleaseJob("job-1"),
         p.AckResults("job-1", [0, 2, 3]),
@@ -133,7 +133,7 @@ def test_int_is_accepted_where_a_float_is_expected():
                 "first_index": 0,
                 "count": 1,
                 "task_timeout": 3,
-                "sizes": [1],
+                "sizes": [1, 0],
             },
             b"x",
         )
@@ -167,9 +167,12 @@ def test_several_payloads_keep_their_order_and_sizes():
     data = p.encode(p.SubmitJob("j", function, 1, 1))
     header, rest = split(data)
     assert header["sizes"] == [7] and rest == function
-    data = p.encode(p.AssignTask("j", 0, 1, 0, 1, payload))
+    data = p.encode(p.AssignTask("j", 0, 1, 0, 1, payload, function=function))
     header, rest = split(data)
-    assert header["sizes"] == [3] and rest == payload
+    assert header["sizes"] == [3, 7] and rest == payload + function
+    assert p.decode(data).function == function
+    header, rest = split(p.encode(p.AssignTask("j", 0, 1, 0, 1, payload)))
+    assert header["sizes"] == [3, 0] and rest == payload  # no function: the worker holds it
 
 
 def test_empty_and_large_payloads_round_trip():
@@ -265,7 +268,7 @@ def test_bool_is_not_a_float_and_a_dict_is_not_a_string():
         "first_index": 0,
         "count": 1,
         "task_timeout": True,
-        "sizes": [1],
+        "sizes": [1, 0],
     }
     assert_refused(frame(header, b"x"), "'task_timeout'", "bool")
     assert_refused(frame({"type": "cancel_job", "job_id": {"all": "good"}}), "'job_id'", "dict")
@@ -292,7 +295,8 @@ def test_unknown_fields_are_named():
 
 
 def test_payload_field_in_the_header_is_unknown():
-    header = {"type": "job_function", "job_id": "j", "function": "aGVsbG8=", "sizes": [0]}
+    header = {"type": "submit_job", "job_id": "j", "function": "aGVsbG8=", "total_tasks": 1, "total_items": 1}
+    header["sizes"] = [0]
     assert_refused(frame(header), "unknown fields", "'function'")
 
 

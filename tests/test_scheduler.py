@@ -51,8 +51,7 @@ def test_worker_gets_its_slots_plus_prefetch_and_a_freed_place_is_refilled():
     # 2 slots + 1 prefetched.
     assert sent(actions) == [
         ("c1", p.JobAccepted("j1")),  # once journaled; its tasks stream in after
-        ("w1", p.JobFunction("j1", function("j1"))),
-        ("w1", assign("j1", 0)),
+        ("w1", assign("j1", 0, first=True)),  # the worker's first task of the job carries its function
         ("w1", assign("j1", 1)),
         ("w1", assign("j1", 2)),
     ]
@@ -65,8 +64,7 @@ def test_tasks_queued_before_any_worker_go_to_the_first_that_joins():
     s.add_client("c1")
     assert sent(submit(s, "c1", "j1", tasks=2)) == [("c1", p.JobAccepted("j1"))]
     assert sent(s.add_worker("w1", "one", 4)) == [
-        ("w1", p.JobFunction("j1", function("j1"))),
-        ("w1", assign("j1", 0)),
+        ("w1", assign("j1", 0, first=True)),
         ("w1", assign("j1", 1)),
     ]
 
@@ -120,25 +118,25 @@ def test_function_is_sent_once_per_worker_per_job():
         new = sent(s.task_done(to, done(m.job_id, m.task_id, m.attempt)))
         frames += new
         pending += [(w, a) for w, a in new if isinstance(a, p.AssignTask)]
-    functions = [(to, m.job_id) for to, m in frames if isinstance(m, p.JobFunction)]
+    functions = [(to, m.job_id) for to, m in frames if isinstance(m, p.AssignTask) and m.function]
     assert sorted(functions) == [("w1", "j1"), ("w2", "j1")]
-    for worker in ("w1", "w2"):  # the function comes before the worker's first task of the job
+    for worker in ("w1", "w2"):  # the function comes with the worker's first task of the job
         mine = [m for to, m in frames if to == worker]
-        assert isinstance(mine[0], p.JobFunction)
+        assert isinstance(mine[0], p.AssignTask) and mine[0].function == function("j1")
     assert sum(isinstance(m, p.TaskResult) for _, m in frames) == 10
     # The job ended: both workers drop its function, and a new job sends its own.
     assert [(to, m) for to, m in frames if isinstance(m, p.ReleaseJob)] == [
         ("w1", p.ReleaseJob("j1")),
         ("w2", p.ReleaseJob("j1")),
     ]
-    assert ("w1", p.JobFunction("j2", function("j2"))) in sent(submit(s, "c1", "j2"))
+    assert ("w1", assign("j2", 0, first=True)) in sent(submit(s, "c1", "j2"))
 
 
 def test_a_worker_that_joins_again_gets_the_function_again():
     s = started(1)
     submit(s, "c1", "j1", tasks=3)
     s.remove_worker("w1")
-    assert sent(s.add_worker("w2", "one", 1))[0] == ("w2", p.JobFunction("j1", function("j1")))
+    assert sent(s.add_worker("w2", "one", 1))[0] == ("w2", assign("j1", 0, 2, first=True))
 
 
 # --- results ---------------------------------------------------------------------------
@@ -292,7 +290,7 @@ def test_a_broken_worker_limit_fails_the_task_at_once():
 def test_the_task_timeout_travels_with_each_assignment():
     s = started(1)
     frames = sent(submit(s, "c1", "j1", tasks=1, task_timeout=2.5))
-    assert [m for _, m in frames if isinstance(m, p.AssignTask)] == [assign("j1", 0, task_timeout=2.5)]
+    assert [m for _, m in frames if isinstance(m, p.AssignTask)] == [assign("j1", 0, task_timeout=2.5, first=True)]
 
 
 def test_tasks_with_failed_items_are_retried_then_forwarded():

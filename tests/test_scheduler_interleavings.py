@@ -39,11 +39,11 @@ def run_random_schedule(seed: int, allowed_failures: int = 3) -> None:
 
     def apply(actions: list) -> None:
         for to, m in sent(actions):
-            if isinstance(m, p.JobFunction):
-                assert m.job_id not in holding[to], f"function of {m.job_id} sent twice to {to}"
-                holding[to].add(m.job_id)
-            elif isinstance(m, p.AssignTask):
-                assert m.job_id in holding[to], f"{to} got a task of {m.job_id} before its function"
+            if isinstance(m, p.AssignTask):
+                if m.function:
+                    assert m.job_id not in holding[to], f"function of {m.job_id} sent twice to {to}"
+                    holding[to].add(m.job_id)
+                assert m.job_id in holding[to], f"{to} got a task of {m.job_id} without its function"
                 inbox[to].append(m)
             elif isinstance(m, p.ReleaseJob):
                 holding[to].discard(m.job_id)

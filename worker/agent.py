@@ -206,11 +206,11 @@ class WorkerAgent:
                 except CrowdComputeError as exc:
                     log.error("bad frame from the foreman: %s", exc)
                     return
-                if isinstance(msg, p.JobFunction):
-                    self._functions[msg.job_id] = (bytes(msg.function), msg.serializer)
-                    if msg.requirements:
-                        self._requirements[msg.job_id] = list(msg.requirements)
-                elif isinstance(msg, p.AssignTask):
+                if isinstance(msg, p.AssignTask):
+                    if msg.function:  # the first task of its job here
+                        self._functions[msg.job_id] = (bytes(msg.function), msg.serializer)
+                        if msg.requirements:
+                            self._requirements[msg.job_id] = list(msg.requirements)
                     self._queue.put_nowait((msg, time.monotonic()))
                 elif isinstance(msg, p.ReleaseJob):
                     self._release(msg.job_id)

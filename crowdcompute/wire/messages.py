@@ -62,7 +62,6 @@ __all__ = [
     "ListVolunteers",
     "VolunteersReply",
     "JobWaiting",
-    "JobFunction",
     "AssignTask",
     "ReleaseJob",
     "TaskDone",
@@ -80,7 +79,8 @@ __all__ = [
 
 #: 2: a task's payload may be several pickles one after another (SubmitTask.pieces), which
 #: a worker of version 1 would read as the first one only.
-PROTOCOL_VERSION = 2
+#: 3: a job's function travels in its first AssignTask to each worker (no JobFunction).
+PROTOCOL_VERSION = 3
 #: Most runs of one task a job may ask for.
 MAX_REDUNDANCY = 9
 #: How a job's function, inputs and results travel: cloudpickle (same Python
@@ -466,22 +466,13 @@ class RequestError(Message):
 
 
 @message
-class JobFunction(Message):
-    """A job's function, sent to a worker once before its first task."""
-
-    TYPE: ClassVar[str] = "job_function"
-    job_id: str
-    function: bytes
-    serializer: Serializer = Serializer.CLOUDPICKLE
-    requirements: list[str] = field(default_factory=list)  # the worker runs its tasks in an environment with these
-
-    def validate(self) -> None:
-        _check_requirements("job_function", self.requirements)
-
-
-@message
 class AssignTask(Message):
-    """Run one task; ``attempt`` makes the lease (job, task, attempt) unique."""
+    """Run one task; ``attempt`` makes the lease (job, task, attempt) unique.
+
+    A worker's first task of a job carries the job's ``function`` (with its
+    ``serializer`` and ``requirements``); later ones leave it empty: the
+    worker holds it until ReleaseJob.
+    """
 
     TYPE: ClassVar[str] = "assign_task"
     job_id: str
@@ -491,6 +482,14 @@ class AssignTask(Message):
     count: int
     payload: bytes
     task_timeout: float | None = None
+    function: bytes = b""
+    serializer: Serializer = Serializer.CLOUDPICKLE
+    requirements: list[str] = field(
+        default_factory=list
+    )  # the worker runs the job's tasks in an environment with these
+
+    def validate(self) -> None:
+        _check_requirements("assign_task", self.requirements)
 
 
 @message
