@@ -423,7 +423,7 @@ class CrowdComputeClient:
             self._feeds.pop(instruction.job_id, None)
             followed = self._jobs.pop(instruction.job_id, None) is not None
             if followed and instruction.collect and self.connected:
-                self._open_link.send(p.CollectJob(instruction.job_id))
+                self._open_link.send(p.CollectJob(instruction.job_id), hold=True)  # rides with the next frame
 
     @property
     def dashboard_link(self) -> str | None:

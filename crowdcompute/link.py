@@ -19,9 +19,9 @@ from websockets.exceptions import ConnectionClosed
 
 from .dialing import Backoff, RetryNotices, dial
 from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
+from .sending import Held, write_frames
 from .wire import messages as p
 from .wire.addresses import Address
-from .wire.framing import to_send
 
 __all__ = ["Link", "RECONNECT_DELAY_MAX"]
 
@@ -60,6 +60,7 @@ class Link:
         self._busy = busy  # the owner follows jobs: an idle close must not leave them waiting
         self._websocket: ClientConnection | None = None
         self._frames: deque[list[bytes | memoryview]] = deque()  # waiting to go out, in order
+        self._held = Held(self._queue)  # housekeeping frames riding along with the next one
         self._queued = asyncio.Event()  # set when _frames is not empty
         self._drained = asyncio.Event()  # set when _frames is empty
         self._drained.set()
@@ -80,9 +81,18 @@ class Link:
         self._start()
         return self.welcome
 
-    def send(self, msg: p.Message) -> None:
-        """Queue a message; it goes out in order, after a reconnect if need be."""
-        self._frames.append(p.encode_parts(msg))
+    def send(self, msg: p.Message, *, hold: bool = False) -> None:
+        """Queue a message; it goes out in order, after a reconnect if need be.
+
+        ``hold``: it may wait a moment (HOLD_DELAY) to go out with the next message.
+        """
+        if hold:
+            self._held.hold(p.encode_parts(msg))
+            return
+        self._queue([*self._held.take(), p.encode_parts(msg)])
+
+    def _queue(self, frames: list[list[bytes | memoryview]]) -> None:
+        self._frames.extend(frames)
         self._queued.set()
         self._drained.clear()
         if self._dormant and not self.closed:
@@ -96,6 +106,8 @@ class Link:
         self.closed = True
         if self._recovery is not None:
             self._recovery.cancel()
+        if self._held:
+            self._queue(self._held.take())
         if self._websocket is not None and not self.lost:
             try:
                 await asyncio.wait_for(self._drained.wait(), self.timeout)
@@ -120,12 +132,11 @@ class Link:
                 await self._queued.wait()
                 continue
             try:
-                # Several parts go as one fragmented message: a payload is not joined to its header,
-                # and goes in pieces, so that no side buffers a whole one in its websocket layer.
-                await websocket.send(to_send(self._frames[0]))
+                # All queued frames at once. A big payload is not joined to its header, and goes in
+                # pieces, so that no side buffers a whole one in its websocket layer (framing.to_send).
+                await write_frames(websocket, self._frames)
             except ConnectionClosed:
-                return  # the frame stays first in line for the next connection
-            self._frames.popleft()
+                return  # the frame being written stays first in line for the next connection
 
     async def _read_frames(self) -> None:
         websocket = self._websocket

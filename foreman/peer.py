@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from crowdcompute.sending import Held, write_frames
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import CloseCode, Role
 
@@ -85,9 +87,26 @@ class Peer:
     resources: dict = field(default_factory=dict)  # a worker's resources and labels, from its Hello
     labels: dict = field(default_factory=dict)
     installs: bool = True  # it builds environments (not --no-install)
+    held: Held = field(init=False)  # housekeeping frames waiting to ride along with the next one
 
-    def queue_frame(self, parts: list[bytes | memoryview]) -> None:
-        """Queue an encoded message; a peer that lets MAX_OUTBOX_BYTES pile up is closed at once."""
+    def __post_init__(self) -> None:
+        self.held = Held(self._queue_all)
+
+    def queue_frame(self, parts: list[bytes | memoryview], *, hold: bool = False) -> None:
+        """Queue an encoded message; a peer that lets MAX_OUTBOX_BYTES pile up is closed at once.
+
+        ``hold``: it may wait a moment (HOLD_DELAY) to go out with the next frame.
+        """
+        if hold:
+            self.held.hold(parts)
+            return
+        self._queue_all([*self.held.take(), parts])
+
+    def _queue_all(self, frames: list[list[bytes | memoryview]]) -> None:
+        for parts in frames:
+            self._queue(parts)
+
+    def _queue(self, parts: list[bytes | memoryview]) -> None:
         size = p.frame_size(parts)
         if self.queued_bytes + size > MAX_OUTBOX_BYTES and self.queued_bytes:
             reason = f"{self.queued_bytes} bytes wait for this {self.role} to read them"
@@ -98,9 +117,11 @@ class Peer:
         self.outbox.put_nowait(Frame(parts, size))
 
     def queue_replay(self, job_id: str) -> None:
+        self._queue_all(self.held.take())
         self.outbox.put_nowait(ReplayJob(job_id))
 
     def stop_sending(self) -> None:
+        self.held.take()  # the connection is gone: nobody will read them
         self.outbox.put_nowait(Stop())
 
     def close(self, code: int, reason: str, *, now: bool = False, logged: bool = False) -> None:
@@ -111,21 +132,33 @@ class Peer:
         if not logged:
             log.warning("closed %s %s: %s", self.role, self.name, reason)
         if not now:
+            self._queue_all(self.held.take())
             self.outbox.put_nowait(Hangup(code, reason[:120]))
         elif self.closing is None:
             self.closing = asyncio.create_task(self.websocket.close(code, reason[:120]))
 
     async def send_frames(self, replay: Replayer) -> None:
-        """Write the queued frames in order; a slow peer delays only itself."""
+        """Write the queued frames in order, those queued together at once; a slow peer delays only itself."""
         websocket = self.websocket
+        outbox = self.outbox
+        later: Outgoing | None = None
         while True:
-            item = await self.outbox.get()
+            item = later or await outbox.get()
+            later = None
             if isinstance(item, Stop):
                 return
             try:
                 if isinstance(item, Frame):
+                    frames = deque([item.parts])  # and every frame queued after it
                     self.queued_bytes -= item.size
-                    await websocket.send(p.to_send(item.parts))
+                    while not outbox.empty() and later is None:
+                        queued = outbox.get_nowait()
+                        if isinstance(queued, Frame):
+                            frames.append(queued.parts)
+                            self.queued_bytes -= queued.size
+                        else:
+                            later = queued
+                    await write_frames(websocket, frames)
                 elif isinstance(item, Hangup):
                     await websocket.close(item.code, item.reason)
                 else:

@@ -308,8 +308,8 @@ class ForemanServer:
                     peer.queue_replay(action.job_id)
                 elif self.journal is not None and isinstance(action.message, p.JobAccepted):
                     accepted.append(action)
-                else:
-                    peer.queue_frame(p.encode_parts(action.message))
+                else:  # a ReleaseJob may wait a moment to ride along with the worker's next frame
+                    peer.queue_frame(p.encode_parts(action.message), hold=isinstance(action.message, p.ReleaseJob))
             elif self.journal is not None:
                 self.journal.apply(action)
         if self.journal is not None:

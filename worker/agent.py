@@ -17,11 +17,13 @@ import os
 import shutil
 import socket
 import time
+from collections import deque
 
 from websockets.exceptions import ConnectionClosed
 
 from crowdcompute.dialing import Backoff, RetryNotices, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
+from crowdcompute.sending import write_frames
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
 from crowdcompute.wire.constants import EnvironmentState, Role
@@ -332,16 +334,21 @@ class WorkerAgent:
         return str(site)
 
     async def _send_frames(self, websocket) -> None:
+        outbox = self._outbox
         while True:
-            parts = await self._outbox.get()
+            frames = deque([await outbox.get()])  # and every frame queued after it: they go out together
+            while not outbox.empty():
+                frames.append(outbox.get_nowait())
+            count = len(frames)
             try:
-                # Several parts go as one fragmented message: the outcome is not joined to its header,
-                # and goes in pieces, so that the foreman never buffers a whole one in its websocket layer.
-                await websocket.send(p.to_send(parts))
+                # A big outcome is not joined to its header, and goes in pieces, so that the foreman
+                # never buffers a whole one in its websocket layer (framing.to_send).
+                await write_frames(websocket, frames)
             except ConnectionClosed:
                 return
             finally:
-                self._outbox.task_done()
+                for _ in range(count):
+                    outbox.task_done()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

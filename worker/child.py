@@ -38,6 +38,7 @@ from crowdcompute.wire.constants import Serializer
 
 from .execution import module_hint, run_items, run_portable
 from .limits import LimitBroken, Limits, apply_in_task_process, limit_for_error
+from .pipes import pickled, send_together
 
 __all__ = ["main", "serve_fd"]
 
@@ -186,8 +187,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
         seconds = time.perf_counter() - started
         for output in outputs:
             output.flush()
-        conn.send(("done", failed, seconds))
-        conn.send_bytes(result)
+        send_together(conn, [pickled(("done", failed, seconds)), result])  # a small outcome wakes the agent once
 
 
 class _Progress:

@@ -29,6 +29,7 @@ from crowdcompute.wire.constants import ErrorKind
 from .cgroups import PidsCgroup
 from .launch import ForkLauncher, Launcher, TaskProcess
 from .limits import WATCH_INTERVAL, Limits, folder_bytes, tree_cpu_seconds, tree_size
+from .pipes import pickled, send_together
 
 __all__ = ["Finished", "Lost", "Slot", "SlotSettings"]
 
@@ -170,13 +171,13 @@ class Slot:
         outcome: asyncio.Future = loop.create_future()
         timer = None
         try:
-            for old in self._forget:
-                conn.send(("forget", old))
-            self._forget.clear()
             function_bytes, serializer = function
             new = job_id not in self._jobs
-            conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer))
-            conn.send_bytes(payload)
+            messages = [pickled(("forget", old)) for old in self._forget]
+            messages.append(pickled(("run", job_id, first_index, count, function_bytes if new else None, serializer)))
+            messages.append(payload)
+            send_together(conn, messages)  # a small task wakes its process once
+            self._forget.clear()
             self._jobs.add(job_id)
         except (OSError, EOFError):
             return await self._lost()

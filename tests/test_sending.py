@@ -1,0 +1,93 @@
+"""Writing several frames at once: over a real loopback websocket, and on a task process's pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections import deque
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+
+from crowdcompute.sending import HOLD_DELAY, Held, corked, write_frames
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.constants import FRAGMENT_SIZE
+from worker.pipes import TOGETHER_BYTES, pickled, send_together
+
+WAIT = 10.0
+
+
+async def _received_by_a_server(send) -> list[p.Message]:
+    """What a loopback websocket server reads while ``send(websocket)`` writes and then closes."""
+    got: list[p.Message] = []
+
+    async def handler(websocket) -> None:
+        async for frame in websocket:
+            got.append(p.decode(frame))
+
+    async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", max_size=None) as websocket:
+            await asyncio.wait_for(send(websocket), WAIT)
+        await asyncio.wait_for(_until(lambda: len(got) >= 3), WAIT)
+    return got
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+def test_frames_written_together_arrive_whole_and_in_order_and_leave_the_queue():
+    big = b"b" * (FRAGMENT_SIZE + 10)  # goes as fragments, inside the corked write
+    messages = [p.CancelJob("job-1"), p.SubmitTask("job-1", 0, 0, 1, big), p.CollectJob("job-1")]
+    frames = deque(p.encode_parts(m) for m in messages)
+
+    async def send(websocket) -> None:
+        await write_frames(websocket, frames)
+
+    assert asyncio.run(_received_by_a_server(send)) == messages
+    assert not frames  # each frame is taken off the queue once written
+
+
+def test_corking_a_socket_that_is_not_tcp_does_nothing():
+    class NoTransport:
+        pass
+
+    with corked(NoTransport()):
+        pass
+
+
+def test_a_held_frame_goes_with_the_next_one_or_alone_after_the_delay():
+    async def scenario() -> tuple[list, list, float]:
+        released: list = []
+        held = Held(released.append)
+        held.hold([b"release j1"])
+        held.hold([b"release j2"])
+        taken = held.take()  # the owner sends them ahead of its next frame
+        assert not held
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        held.hold([b"release j3"])
+        await asyncio.wait_for(_until(lambda: bool(released)), WAIT)
+        return taken, released, loop.time() - started
+
+    taken, released, waited = asyncio.run(scenario())
+    assert taken == [[b"release j1"], [b"release j2"]]
+    assert released == [[[b"release j3"]]] and waited >= HOLD_DELAY * 0.9
+
+
+@pytest.mark.parametrize("size", [10, TOGETHER_BYTES + 1])
+def test_messages_sent_together_are_read_back_one_by_one(size):
+    ours, theirs = multiprocessing.Pipe()
+    try:
+        payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        send_together(ours, [pickled(("forget", "j0")), pickled(("run", "j1", 0, 1)), payload])
+        assert theirs.recv() == ("forget", "j0")
+        assert theirs.recv() == ("run", "j1", 0, 1)
+        assert theirs.recv_bytes() == payload
+        assert not theirs.poll()
+    finally:
+        ours.close()
+        theirs.close()

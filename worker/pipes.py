@@ -1,0 +1,49 @@
+"""Several messages on a task process's pipe in one write.
+
+The pipe is a ``multiprocessing`` Connection: each message is a 4-byte
+length and its bytes. Written one ``send`` at a time, a task's header and
+its input are two writes, and the reader may wake up for each. Small
+messages written together here are read back one by one by the other end's
+ordinary ``recv``/``recv_bytes``, but cost one write and one wake-up.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+__all__ = ["TOGETHER_BYTES", "pickled", "send_together"]
+
+#: Messages up to this many bytes in all go in one write; bigger ones one by one, never joined.
+TOGETHER_BYTES = 64 * 1024
+
+_LENGTH = struct.Struct("!i")  # multiprocessing's own message header
+
+
+def pickled(message: Any) -> bytes:
+    """``message`` as ``Connection.send`` would pickle it (``recv`` reads it back)."""
+    return bytes(ForkingPickler.dumps(message))
+
+
+def send_together(conn: Connection[Any, Any], messages: Sequence[bytes | memoryview]) -> None:
+    """Send each of ``messages`` as if by ``conn.send_bytes``; when they are small, in one write.
+
+    Raises OSError (BrokenPipeError) like ``send_bytes`` when the other end is gone.
+    """
+    if sum(len(message) for message in messages) > TOGETHER_BYTES:
+        for message in messages:
+            conn.send_bytes(message)
+        return
+    buffer = bytearray()
+    for message in messages:
+        buffer += _LENGTH.pack(len(message))
+        buffer += message
+    view = memoryview(buffer)
+    fd = conn.fileno()
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
