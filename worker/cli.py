@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 from crowdcompute.errors import AuthenticationError
 from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
@@ -15,7 +16,6 @@ from crowdcompute.sizes import parse_amount
 from crowdcompute.wire.addresses import parse_address
 from crowdcompute.wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
 
-from .agent import WorkerAgent
 from .cgroups import pids_cgroups_available
 from .environments import DEFAULT_CACHE_SIZE, Environments, InstallSource
 from .launch import CommandLauncher
@@ -23,6 +23,9 @@ from .limits import MIN_MEMORY, Limits, UnenforceableLimitError, check_processes
 from .pool import SlotSettings
 from .sandbox import SandboxUnavailableError, find_bwrap
 from .scratch import SCRATCH_PREFIX, remove_stale_scratch
+
+if TYPE_CHECKING:
+    from .agent import WorkerAgent
 
 __all__ = ["build_parser", "main"]
 
@@ -185,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings.sandboxed or settings.limits.any:
         log.info("task processes: %s", describe(settings))
+    settings.launcher.warm()  # task processes' forkserver boots while the agent's modules load
+    from .agent import WorkerAgent
+
     agent = WorkerAgent(
         address,
         token=args.token,

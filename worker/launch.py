@@ -89,6 +89,10 @@ class Launcher(Protocol):
         """Start a task process with ``settings``, in the cgroup whose ``cgroup.procs`` is given."""
         ...
 
+    def warm(self) -> None:
+        """Get ready to start task processes soon (called once, early); may do nothing."""
+        ...
+
 
 class ForkLauncher:
     """Task processes from a forkserver where there is one (no forked threads), else spawn."""
@@ -102,6 +106,13 @@ class ForkLauncher:
             self._ctx.set_forkserver_preload(["worker.child"])
         else:
             self._ctx = multiprocessing.get_context("spawn")
+
+    def warm(self) -> None:
+        """Start the forkserver now, so that it boots (and preloads) while the agent goes on starting."""
+        if self._ctx.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
 
     def start(
         self, index: int, settings: dict[str, Any], cgroup_procs: str | None = None
@@ -130,6 +141,9 @@ class CommandLauncher:
         self.bwrap = bwrap
         self.network = network
         self.overhead = 2 if bwrap else 0  # bwrap and the sandbox's init process
+
+    def warm(self) -> None:
+        """Nothing to start ahead: each task process is a new program."""
 
     def with_python(self, python: str) -> CommandLauncher:
         """The same launcher (sandbox and all) for another Python, e.g. a job's virtual environment."""

@@ -65,6 +65,7 @@ SMALL_FRAME = 64 * 1024
 _T = TypeVar("_T")
 _LENGTH = struct.Struct("!I")
 _MESSAGES: dict[str, type[Message]] = {}
+_EVALUATED: dict[tuple[str, str], Any] = {}  # (module, annotation text) -> the type it names
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ M = TypeVar("M", bound=Message)
 def message(cls: type[M]) -> type[M]:
     """Class decorator: make ``cls`` a frozen dataclass and register its TYPE."""
     cls = dataclass(frozen=True)(cls)
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     checks: dict[str, Callable[[Any], bool]] = {}
     payloads = []
     for f in dataclasses.fields(cls):
@@ -103,6 +104,23 @@ def message(cls: type[M]) -> type[M]:
         raise RuntimeError(f"message type {cls.TYPE!r} defined twice")
     _MESSAGES[cls.TYPE] = cls
     return cls
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> type, its annotation evaluated in the class's module (``typing.get_type_hints``
+    for the fields alone, each annotation text evaluated once for every message: every process
+    defines them all at import)."""
+    namespace = vars(sys.modules[cls.__module__])
+    types = {}
+    for f in dataclasses.fields(cls):
+        hint = f.type
+        if isinstance(hint, str):
+            key = (cls.__module__, hint)
+            if key not in _EVALUATED:
+                _EVALUATED[key] = eval(hint, namespace)  # our own annotations
+            hint = _EVALUATED[key]
+        types[f.name] = hint
+    return types
 
 
 def _type_check(hint: Any) -> Callable[[Any], bool]:
