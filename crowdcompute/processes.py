@@ -14,7 +14,30 @@ import signal
 import sys
 import threading
 
-__all__ = ["configure_logging", "install_stop_handlers", "stop_with_parent"]
+__all__ = ["configure_logging", "install_stop_handlers", "keep_read_buffers_off_mmap", "stop_with_parent"]
+
+#: glibc's mallopt parameters, and what the foreman and the worker set them to.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 1024 * 1024
+TRIM_THRESHOLD = 4 * 1024 * 1024
+
+
+def keep_read_buffers_off_mmap() -> None:
+    """Make each socket read cheaper in this process (glibc only; elsewhere nothing happens).
+
+    asyncio reads a socket with ``recv(256 KiB)``: glibc gives a buffer that
+    big its own mmap, which Python shrinks to what arrived and later unmaps,
+    three system calls and a page fault on every read (about 14 us here,
+    several times the read itself). Above these thresholds it does not.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    except (OSError, AttributeError):  # no C library to load, or one without mallopt (macOS)
+        pass
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:

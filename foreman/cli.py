@@ -10,7 +10,12 @@ import socket
 import ssl
 import sys
 
-from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
+from crowdcompute.processes import (
+    configure_logging,
+    install_stop_handlers,
+    keep_read_buffers_off_mmap,
+    stop_with_parent,
+)
 from crowdcompute.wire.addresses import (
     DEFAULT_PORT,
     crowdcompute_home,
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --heartbeat-timeout must be positive", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
+    keep_read_buffers_off_mmap()
     try:
         return asyncio.run(_serve(args))
     except OSError as exc:

@@ -11,7 +11,12 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from crowdcompute.errors import AuthenticationError
-from crowdcompute.processes import configure_logging, install_stop_handlers, stop_with_parent
+from crowdcompute.processes import (
+    configure_logging,
+    install_stop_handlers,
+    keep_read_buffers_off_mmap,
+    stop_with_parent,
+)
 from crowdcompute.sizes import parse_amount
 from crowdcompute.wire.addresses import parse_address
 from crowdcompute.wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
@@ -181,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         source = InstallSource.from_pip(args.find_links, args.index_url, args.no_index)
         environments = Environments(source, cache_size=cache_size)
     configure_logging(args.log_level)
+    keep_read_buffers_off_mmap()
     try:
         settings = slot_settings(args)
     except (SandboxUnavailableError, UnenforceableLimitError) as exc:
