@@ -74,10 +74,42 @@ def processes_of(client) -> dict[str, int]:
     return found
 
 
+#: What a sample was doing, by its innermost frame (and, for our code, any frame): first match wins.
+WAITING = ("select (selectors", "_recv (multiprocessing", "sleep", "wait (threading")
+KINDS = (
+    (
+        "socket and pipe syscalls",
+        ("_SelectorSocketTransport.write", "setsockopt", "send_together", "Connection._send", "data_received"),
+    ),
+    ("frames (JSON)", ("json/", "framing.py")),
+    ("pickling", ("cloudpickle", "pickled.py", "outcomes.py", "pickle")),
+    ("websockets", ("websockets/",)),
+    ("asyncio loop", ("asyncio/", "selectors")),
+)
+
+
+def kind_of(frames: list[str]) -> str | None:
+    """What the sample whose stack is ``frames`` was doing (None: waiting)."""
+    leaf = frames[-1]
+    if any(word in leaf for word in WAITING):
+        return None
+    if any(word in leaf for word in KINDS[0][1]):
+        return KINDS[0][0]
+    stack = ";".join(frames)
+    for kind, words in KINDS[1:3]:
+        if any(word in stack for word in words):
+            return kind
+    for kind, words in KINDS[3:]:
+        if any(word in leaf for word in words):
+            return kind
+    return "the rest (our code: scheduler, Job, Feed, ...)"
+
+
 def summarize(path: Path, seconds: float) -> str:
-    """Busy share and the top functions of one collapsed-stack file."""
+    """Busy share, what the busy samples did, and the top functions of one collapsed-stack file."""
     self_count: collections.Counter[str] = collections.Counter()
     total_count: collections.Counter[str] = collections.Counter()
+    kinds: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -88,12 +120,19 @@ def summarize(path: Path, seconds: float) -> str:
         samples += count
         if frames:
             self_count[frames[-1]] += count
+            kind = kind_of(stack.split(";")[1:])
+            if kind is not None:
+                kinds[kind] += count
         for frame in set(frames):
             total_count[frame] += count
     if not samples:
         return "  (no samples: idle all along)\n"
     busy = samples / (RATE * seconds)
     lines = [f"  busy {busy:.0%} of one core ({samples} samples)"]
+    working = sum(kinds.values())
+    if working:
+        shares = "; ".join(f"{_pct(c, working)} {kind}" for kind, c in kinds.most_common())
+        lines.append(f"  not waiting ({working} samples): {shares}")
     lines.append("  self:  " + "; ".join(f"{_pct(c, samples)} {f}" for f, c in self_count.most_common(TOP)))
     ours = [(f, c) for f, c in total_count.most_common() if any(o in f for o in OURS)][:TOP]
     lines.append("  total (our code): " + "; ".join(f"{_pct(c, samples)} {f}" for f, c in ours))
