@@ -133,7 +133,7 @@ class Link:
                 continue
             try:
                 # All queued frames at once. A big payload is not joined to its header, and goes in
-                # pieces, so that no side buffers a whole one in its websocket layer (framing.to_send).
+                # pieces, so that no side buffers a whole one in its websocket layer (framing.outgoing).
                 await write_frames(websocket, self._frames)
             except ConnectionClosed:
                 return  # the frame being written stays first in line for the next connection

@@ -5,7 +5,7 @@ A writer that finds several frames queued hands them all to
 where the system has it): the kernel sends what was written as full
 segments, and the rest at once when uncorked, so that the reader wakes
 once for the lot rather than once per frame. Each frame still goes as its
-own websocket message (:func:`~crowdcompute.wire.framing.to_send`).
+own websocket message (:func:`~crowdcompute.wire.framing.outgoing`).
 
 :class:`Held` keeps housekeeping frames (a ReleaseJob, a CollectJob) for
 up to ``HOLD_DELAY`` seconds, so that they ride along with the next frame
@@ -21,7 +21,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .wire.framing import to_send
+from .wire.constants import FRAGMENT_SIZE
+from .wire.framing import outgoing
 
 __all__ = ["HOLD_DELAY", "Held", "corked", "write_frames"]
 
@@ -64,12 +65,12 @@ async def write_frames(websocket: Any, frames: deque[Parts]) -> None:
     being written, and those after it, are then still in ``frames``.
     """
     if len(frames) == 1:
-        await websocket.send(to_send(frames[0]))
+        await websocket.send(outgoing(frames[0], FRAGMENT_SIZE))
         frames.popleft()
         return
     with corked(websocket):
         while frames:
-            await websocket.send(to_send(frames[0]))
+            await websocket.send(outgoing(frames[0], FRAGMENT_SIZE))
             frames.popleft()
 
 

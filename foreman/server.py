@@ -332,4 +332,4 @@ class ForemanServer:
         for task_id in await self.journal.call_async(read_outcome_ids, job_id):
             frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
             if frame is not None:
-                await websocket.send(p.to_send(p.frame_parts(frame)))
+                await websocket.send(p.outgoing(p.frame_parts(frame), FRAGMENT_SIZE))

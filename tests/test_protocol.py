@@ -463,15 +463,14 @@ def test_an_enum_field_decodes_to_its_member():
 
 def test_a_small_frame_goes_as_one_buffer_and_a_big_one_as_fragments_that_decode_the_same():
     from crowdcompute.wire.constants import FRAGMENT_SIZE
-    from crowdcompute.wire.framing import SMALL_FRAME
 
     small = p.SubmitTask("job-1", 3, 30, 10, b"x" * 1000)
-    sent = p.to_send(p.encode_parts(small))
+    sent = p.outgoing(p.encode_parts(small), FRAGMENT_SIZE)
     assert isinstance(sent, bytes) and p.decode(sent) == small  # one websocket message: one write
     alone = p.encode_parts(p.CancelJob("job-1"))
-    assert p.to_send(alone) is alone[0]  # a header alone is not copied
-    payload = b"y" * (SMALL_FRAME + FRAGMENT_SIZE)
+    assert p.outgoing(alone, FRAGMENT_SIZE) is alone[0]  # a header alone is not copied
+    payload = b"y" * (p.SMALL_MESSAGE + FRAGMENT_SIZE)
     big = p.TaskDone("job-1", 2, 1, 0, payload)
-    pieces = p.to_send(p.encode_parts(big))
+    pieces = p.outgoing(p.encode_parts(big), FRAGMENT_SIZE)
     assert isinstance(pieces, list) and max(len(piece) for piece in pieces) <= FRAGMENT_SIZE
     assert p.decode_parts(pieces) == big

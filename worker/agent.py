@@ -342,7 +342,7 @@ class WorkerAgent:
             count = len(frames)
             try:
                 # A big outcome is not joined to its header, and goes in pieces, so that the foreman
-                # never buffers a whole one in its websocket layer (framing.to_send).
+                # never buffers a whole one in its websocket layer (framing.outgoing).
                 await write_frames(websocket, frames)
             except ConnectionClosed:
                 return

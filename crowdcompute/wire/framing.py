@@ -38,7 +38,6 @@ else:  # Python 3.10: the marker only matters to type checkers
 
 
 from ..errors import ProtocolError
-from .constants import FRAGMENT_SIZE
 
 __all__ = [
     "MAX_HEADER_SIZE",
@@ -51,16 +50,16 @@ __all__ = [
     "frame_parts",
     "frame_size",
     "message",
+    "outgoing",
     "require",
     "split_parts",
-    "to_send",
+    "SMALL_MESSAGE",
 ]
 
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
-#: A frame up to this many bytes goes out as one websocket message, its parts joined (one
-#: write, one wake-up of the reader); a bigger one as fragments (see :func:`to_send`).
-SMALL_FRAME = 64 * 1024
+#: Bytes up to which a message goes as one websocket frame, its parts joined (see :func:`outgoing`).
+SMALL_MESSAGE = 64 * 1024
 
 _T = TypeVar("_T")
 _LENGTH = struct.Struct("!I")
@@ -359,6 +358,22 @@ def frame_parts(frame: bytes) -> list[bytes | memoryview]:
     return [view[:end], view[end:]] if end < len(view) else [view]
 
 
+def outgoing(parts: list[bytes | memoryview], largest: int) -> bytes | memoryview | list[bytes | memoryview]:
+    """What to hand ``websocket.send`` for a frame given as parts.
+
+    A small message (at most SMALL_MESSAGE bytes) is joined into one websocket
+    frame: the copy costs far less than the two more frames (and writes) that
+    sending its header and its payload as fragments takes. A bigger one goes as
+    a fragmented message (see :func:`split_parts`), never joined.
+    """
+    if len(parts) == 1:
+        part = parts[0]
+        return part if len(part) <= largest else split_parts(parts, largest)
+    if frame_size(parts) <= SMALL_MESSAGE:
+        return b"".join(parts)
+    return split_parts(parts, largest)
+
+
 def split_parts(parts: list[bytes | memoryview], largest: int) -> list[bytes | memoryview]:
     """``parts`` with each payload over ``largest`` bytes cut into views of at most that size.
 
@@ -375,21 +390,6 @@ def split_parts(parts: list[bytes | memoryview], largest: int) -> list[bytes | m
             view = memoryview(part)
             pieces.extend(view[start : start + largest] for start in range(0, len(view), largest))
     return pieces
-
-
-def to_send(parts: list[bytes | memoryview]) -> bytes | memoryview | list[bytes | memoryview]:
-    """What to hand ``websocket.send`` for a frame given as parts.
-
-    A small frame (at most SMALL_FRAME bytes) is one buffer, joined if need
-    be: one websocket frame costs one write, where fragments cost one each
-    plus an empty last one. A bigger frame goes as fragments of at most
-    FRAGMENT_SIZE, its payloads never joined (:func:`split_parts`).
-    """
-    if len(parts) == 1 and len(parts[0]) <= FRAGMENT_SIZE:
-        return parts[0]
-    if frame_size(parts) <= SMALL_FRAME:
-        return b"".join(parts)
-    return split_parts(parts, FRAGMENT_SIZE)
 
 
 def _build(cls: type[Message], kind: str, fields: dict[str, Any]) -> Message:
