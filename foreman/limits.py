@@ -47,5 +47,5 @@ PREFETCH_MARGIN = 0.01
 #: new job with longer tasks than the last one stops a deep prefetch within a few tasks.
 TASK_SECONDS_WEIGHT = 0.5
 #: Slots a worker is granted at most, whatever it claims (``--max-slots-per-worker``; an invite's
-#: ``--slots`` may grant fewer). It holds at most its slots plus its prefetch (Worker.size_prefetch).
+#: ``--slots`` may grant fewer). It holds at most its slots plus its prefetch (foreman.prefetch).
 MAX_SLOTS_PER_WORKER = 64

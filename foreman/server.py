@@ -219,7 +219,7 @@ class ForemanServer:
             ),
         )
         if peer.role == Role.WORKER:  # its round trip sizes its prefetch: measure it now, not at the first keepalive
-            peer.pinger = asyncio.create_task(ping(websocket))
+            peer.pinger = asyncio.create_task(self._measure_round_trip(peer))
         try:
             if peer.role == Role.WORKER:
                 who = f" (volunteer {peer.volunteer.name})" if peer.volunteer else ""
@@ -283,10 +283,16 @@ class ForemanServer:
                     peer.close(CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
                     return
                 if isinstance(msg, p.TaskDone):  # the latest ping's round trip sizes the worker's prefetch
-                    self.scheduler.note_latency(peer.conn_id, peer.websocket.latency)
+                    self._execute(self.scheduler.note_latency(peer.conn_id, peer.websocket.latency))
                 self._execute(route.handler(self.scheduler, peer.conn_id, msg))
         except ConnectionClosed:
             pass
+
+    async def _measure_round_trip(self, peer: Peer) -> None:
+        """Ping a joining worker once: its round trip sizes its prefetch before its first task ends."""
+        await ping(peer.websocket)
+        if peer.conn_id in self._peers:
+            self._execute(self.scheduler.note_latency(peer.conn_id, peer.websocket.latency))
 
     def _execute(self, actions: list[Action]) -> None:
         """Carry out the scheduler's actions in order; commit the journal once at the end.

@@ -9,9 +9,13 @@ without reading its payload. When slots join, or a task arrives, each queued
 task that was never leased and holds more than the job's target (its items
 over CHUNKS_PER_SLOT tasks per slot, counting at least MIN_SPLIT_SLOTS
 slots) is cut into parts of about the target.
+As each task is leased it is cut down to a guided share (guided
+self-scheduling): at most the job's queued items over GUIDED_PARTS tasks
+per slot. Early leases are the job's full-size chunks,
+later ones shrink down to one item, so that at the tail no slot idles while
+another works through a big chunk, also one a far worker holds in its prefetch.
 At a job's tail, when fewer tasks are queued than there are slots, what is
-left is cut to spread over every slot, so that no slot idles while one
-works through a big last chunk.
+left is cut to spread over every slot.
 The first part keeps the task's id; the others take ids after the client's
 and follow it in the queue. Results carry their items' indexes, so the client
 needs to know nothing of it.
@@ -27,12 +31,53 @@ from crowdcompute.wire.framing import Pieces
 
 from .state import Job, Task, TaskState
 
-__all__ = ["MIN_SPLIT_SLOTS", "split_queued", "split_task", "tail_target", "target_items"]
+__all__ = [
+    "GUIDED_PARTS",
+    "MIN_SPLIT_SLOTS",
+    "cut_for_lease",
+    "guided_target",
+    "split_queued",
+    "split_task",
+    "tail_target",
+    "target_items",
+]
 
 #: Cuts assume at least this many slots. A crowd grows in bursts: the first worker to
 #: join is the whole crowd for a moment, and what it leases then (its slots and its
 #: prefetch) it keeps; with this floor that is at most a few small tasks.
 MIN_SPLIT_SLOTS = 8
+
+
+#: A task being leased holds at most the job's items without an outcome over this many
+#: tasks per slot: leases shrink as the job runs out, to one item at its tail.
+GUIDED_PARTS = 2
+
+
+def guided_target(job: Job, slots: int) -> int:
+    """Items a task being leased may hold now: a share of the items still queued (GUIDED_PARTS
+    tasks per slot), never more than the job's usual size (``target_items``).
+
+    The queued items are estimated as the tasks queued or still to come from the client
+    times the job's mean task size, so that a lease costs O(1) however long the queue is.
+    """
+    coming = job.total_tasks - len(job.tasks)  # the client streams its tasks in
+    queued = (len(job.queue) + coming) * job.total_items / max(1, job.total_tasks)
+    guided = math.ceil(queued / (max(1, slots) * GUIDED_PARTS))
+    return max(1, min(guided, target_items(job, slots)))
+
+
+def cut_for_lease(job: Job, task: Task, slots: int) -> None:
+    """``task`` (just taken from the queue) is about to be leased: cut it to ``guided_target``.
+
+    The parts after the first go to the front of the queue, in order; every task
+    changed or made is kept in ``job.cuts`` for the journal.
+    """
+    if not job.splittable or job.redundancy != 1 or task.pieces is None:
+        return
+    parts = split_task(job, task, guided_target(job, slots))
+    if parts:
+        job.queue.extendleft(part.task_id for part in reversed(parts))
+        job.cuts += [task, *parts]
 
 
 def tail_target(job: Job, slots: int) -> int | None:

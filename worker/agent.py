@@ -239,8 +239,13 @@ class WorkerAgent:
 
     async def _run_slot(self, slot: Slot) -> None:
         await asyncio.shield(self._started)
+        following: tuple[p.AssignTask, float, bool] | None = None  # claimed while the last task ran
         while True:
-            task, arrived = await self._queue.get()
+            if following is None:
+                task, arrived = await self._queue.get()
+                preloaded = False
+            else:
+                (task, arrived, preloaded), following = following, None
             waited = time.monotonic() - arrived  # in our queue, for a free task process
             function = self._functions.get(task.job_id)  # (bytes, serializer)
             if function is None or self._draining:
@@ -260,6 +265,10 @@ class WorkerAgent:
                 message = p.TaskProgress(task.job_id, task.task_id, done, failed, error, error_index)
                 self._outbox.put_nowait(p.encode_parts(message))
 
+            def claim_next(site: str | None = site) -> None:
+                nonlocal following
+                following = self._claim_next(slot, site)
+
             self._running[slot.index] = task.job_id
             self._idle.clear()
             try:
@@ -273,6 +282,8 @@ class WorkerAgent:
                     on_output,
                     on_progress,
                     site,
+                    token=task if preloaded else None,
+                    then=claim_next,
                 )
             finally:
                 self._running.pop(slot.index, None)
@@ -295,6 +306,23 @@ class WorkerAgent:
             else:
                 continue
             self._outbox.put_nowait(p.encode_parts(reply))
+
+    def _claim_next(self, slot: Slot, site: str | None) -> tuple[p.AssignTask, float, bool] | None:
+        """While ``slot`` runs a task: when every slot has a task waiting here, take the slot's next
+        one now and write it to its process's pipe (``Slot.preload``), so that the process starts it
+        the moment the running one ends instead of waiting for us to read the outcome and answer.
+        With fewer waiting (the tail of a job), tasks stay here for whichever slot frees first."""
+        if self._draining or self._queue.qsize() < len(self.slots):
+            return None
+        task, arrived = self._queue.get_nowait()
+        function = self._functions.get(task.job_id)
+        preloaded = (
+            function is not None
+            and site is None
+            and task.job_id not in self._requirements
+            and slot.preload(task, task.job_id, task.first_index, task.count, function, task.payload)
+        )
+        return task, arrived, preloaded
 
     async def _prepare(self, job_id: str, requirements: list[str]) -> str | None:
         """The site-packages folder of the job's environment, built once per job; None if it failed."""

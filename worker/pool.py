@@ -34,6 +34,9 @@ __all__ = ["Finished", "Lost", "Slot", "SlotSettings"]
 
 #: Seconds a child gets to exit after the pipe closes before it is killed.
 CHILD_EXIT_GRACE = 1.0
+#: Largest task (input and function bytes) written to a busy process's pipe ahead of time: it
+#: must fit in the pipe's buffer (64 KiB on Linux), or the write would wait for the running task.
+PRELOAD_MAX_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Slot:
         self._scratch = os.path.join(settings.scratch, f"slot-{index}") if settings.scratch else None
         self._cgroup: PidsCgroup | None = None
         self._site: str | None = None  # the job environment its process serves
+        self._preloaded: object = None  # the task already written to the pipe behind the running one
 
     @property
     def pid(self) -> int | None:
@@ -131,6 +135,7 @@ class Slot:
             self._conn.close()
         self._process, self._conn, self._jobs = process, parent, set()
         self._forget.clear()
+        self._preloaded = None  # whatever the last process held died with it
         return parent
 
     def forget(self, job_id: str) -> None:
@@ -138,6 +143,50 @@ class Slot:
         if job_id in self._jobs:
             self._jobs.discard(job_id)
             self._forget.append(job_id)
+
+    def _send(
+        self,
+        conn: Connection[Any, Any],
+        job_id: str,
+        first_index: int,
+        count: int,
+        function: tuple[bytes, str],
+        payload,
+    ) -> None:
+        for old in self._forget:
+            conn.send(("forget", old))
+        self._forget.clear()
+        function_bytes, serializer = function
+        new = job_id not in self._jobs
+        conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer))
+        conn.send_bytes(payload)
+        self._jobs.add(job_id)
+
+    def preload(
+        self, token: object, job_id: str, first_index: int, count: int, function: tuple[bytes, str], payload
+    ) -> bool:
+        """Write the next task to the pipe while the running one runs: the process starts it the moment
+        the running one ends, without waiting for the agent to read the outcome and answer.
+
+        Only behind a running task of the same environment, and never with per-task checks (a
+        strict slot counts processes after each task). ``execute(..., token=token)`` then runs
+        it; if another task is run next instead, the slot's process is replaced first.
+        Whether it was written.
+        """
+        process, conn = self._process, self._conn
+        if self._preloaded is not None or self.settings.strict or process is None or conn is None:
+            return False
+        size = len(payload) + (len(function[0]) if job_id not in self._jobs else 0)
+        if size > PRELOAD_MAX_BYTES:  # it would not fit in the pipe: writing it would block until the running task ends
+            return False
+        if not process.is_alive():
+            return False
+        try:
+            self._send(conn, job_id, first_index, count, function, payload)
+        except (OSError, EOFError):
+            return False
+        self._preloaded = token
+        return True
 
     async def execute(
         self,
@@ -150,15 +199,22 @@ class Slot:
         on_output: Callable[[int, str, str], None],
         on_progress: Callable[[int, int, str, int], None] | None = None,
         site: str | None = None,
+        token: object = None,
+        then: Callable[[], None] | None = None,
     ) -> Finished | Lost:
         """Run one task in the child. Never raises for user errors or crashes.
 
         ``function`` is (its bytes, its serializer: "cloudpickle" or "portable");
         ``on_progress(done, failed, error, error_index)`` hears of items done while it runs.
         ``site``: the job environment's site-packages folder (None: the worker's own).
+        ``token``: the one given to ``preload`` if this task was preloaded (it is not sent again).
+        ``then()`` is called once the task is in the pipe (the place to ``preload`` the next one).
         """
         loop = asyncio.get_running_loop()
-        if site != self._site:  # another environment: another process
+        # Another environment needs another process; so does another task than the one preloaded
+        # (the process would run that one first, and its outcome would be read as this one's).
+        stale = self._preloaded is not None and self._preloaded is not token
+        if site != self._site or stale:
             process = self._process
             self._kill_process()
             if process is not None:
@@ -170,16 +226,13 @@ class Slot:
         outcome: asyncio.Future = loop.create_future()
         timer = None
         try:
-            for old in self._forget:
-                conn.send(("forget", old))
-            self._forget.clear()
-            function_bytes, serializer = function
-            new = job_id not in self._jobs
-            conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer))
-            conn.send_bytes(payload)
-            self._jobs.add(job_id)
+            if self._preloaded is None or self._preloaded is not token:
+                self._send(conn, job_id, first_index, count, function, payload)
+            self._preloaded = None
         except (OSError, EOFError):
             return await self._lost()
+        if then is not None:
+            then()
         loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output, on_progress)
         # uvloop (libuv) makes a watched descriptor non-blocking; this pipe's messages are read
         # and written whole by blocking calls (a 10 MB input would fail half-written): undo it.
