@@ -42,7 +42,7 @@ from .limits import (
     MAX_WORKER_LOSSES,
     RESULT_TTL,
 )
-from .splitting import guided_target, split_queued, split_task, tail_target, target_items
+from .splitting import next_items, split_queued, split_task, tail_target, target_items
 from .state import (
     Action,
     Close,
@@ -378,7 +378,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         unlease(self.workers, job, task, worker_id)
         worker = self.workers.get(worker_id)
         if worker is not None:  # its tasks' duration sizes its prefetch
-            upcoming = guided_target(job, self.total_slots) if job.splittable else task.count
+            upcoming = next_items(job, self.total_slots) if job.splittable else task.count
             prefetch.observe_task(worker, job.job_id, msg.seconds, task.count, upcoming)
         if task.state is TaskState.DONE and job.redundancy == 1:  # a reissued or backup run that lost the race
             return self._assign()

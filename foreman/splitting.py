@@ -36,6 +36,7 @@ __all__ = [
     "MIN_SPLIT_SLOTS",
     "cut_for_lease",
     "guided_target",
+    "next_items",
     "split_queued",
     "split_task",
     "tail_target",
@@ -64,6 +65,15 @@ def guided_target(job: Job, slots: int) -> int:
     queued = (len(job.queue) + coming) * job.total_items / max(1, job.total_tasks)
     guided = math.ceil(queued / (max(1, slots) * GUIDED_PARTS))
     return max(1, min(guided, target_items(job, slots)))
+
+
+def next_items(job: Job, slots: int) -> int:
+    """About how many items the job's next lease holds: its first queued task, cut to ``guided_target``
+    (a worker sizes what it holds ahead by it)."""
+    guided = guided_target(job, slots)
+    if not job.queue:
+        return guided
+    return min(guided, job.tasks[job.queue[0]].count)
 
 
 def cut_for_lease(job: Job, task: Task, slots: int) -> None:
@@ -95,21 +105,30 @@ def target_items(job: Job, slots: int) -> int:
 
 
 def split_task(job: Job, task: Task, target: int) -> list[Task]:
-    """Cut a queued, never leased ``task`` into parts of at most ``target`` items (whole pieces).
+    """Cut a queued, never leased ``task`` into parts of at most ``target`` items (whole pieces),
+    as even as its pieces allow (25 items for 4 a part: 4, 3, 4, 3, 4, 3, 4, not six 4s and a 1:
+    a worker sizes what it holds ahead by the tasks it gets, and a small last part would leave
+    it short).
 
     ``task`` keeps the first part; the others are added to the job and returned
     (the caller queues them right after ``task``). Nothing to cut: [].
     """
     if task.pieces is None or task.count <= target or task.attempt or task.state is not TaskState.QUEUED:
         return []
+    parts_wanted = math.ceil(task.count / target)
     groups: list[list[list[int]]] = [[]]
-    held = 0
+    held = done = 0  # items in the group being filled, items in the groups before it
     for piece in task.pieces:
         if groups[-1] and held + piece[0] > target:
             groups.append([])
-            held = 0
+            done, held = done + held, 0
         groups[-1].append(piece)
         held += piece[0]
+        if done + held >= round(len(groups) * task.count / parts_wanted) and len(groups) < parts_wanted:
+            groups.append([])  # this part has its even share
+            done, held = done + held, 0
+    if not groups[-1]:
+        groups.pop()
     if len(groups) == 1:
         return []
     payload = task.payload

@@ -50,13 +50,13 @@ def test_queued_tasks_are_cut_for_the_workers_that_join():
     job = s.jobs["j1"]
     assert sorted((t.first_index, t.count) for t in job.tasks.values())[:7] == [
         (0, 4),
-        (4, 4),
-        (8, 4),
-        (12, 4),
-        (16, 4),
-        (20, 4),
-        (24, 1),
-    ]
+        (4, 3),
+        (7, 4),
+        (11, 3),
+        (14, 4),
+        (18, 3),
+        (21, 4),
+    ], "25 items cut as evenly as parts of at most 4 allow"
     assert sum(t.count for t in job.tasks.values()) == 100 and job.total_tasks == len(job.tasks) == 28
     saved = [a for a in actions if isinstance(a, SaveJob)]
     assert saved and saved[-1].job.total_tasks == 28, "the journal must learn the job's new task count"
