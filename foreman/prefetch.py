@@ -13,10 +13,13 @@ worker's first task of a job starts from a prior instead:
 
 - the round trip is not known yet (the foreman's first ping has not come
   back): half a task per slot, at least one (``least``);
-- it is known: what covers the round trip if the tasks took
-  PRIOR_TASK_SECONDS (shorter ones are better sent as automatic chunks), but
-  no more than a share of what the job has left (half of its remaining
-  tasks per slot of the crowd). A long job gives a far worker enough at
+- it is known: what covers the round trip if each item took
+  PRIOR_ITEM_SECONDS, but no more than a share of what the job has left
+  (half of its remaining tasks per slot of the crowd). Too little ahead
+  costs a slot at most one round trip, at the job's start; too much costs
+  at its tail, as long as the hoarded tasks take, so the guess leans low:
+  shorter items are better sent several to a task (automatic chunks), and
+  the first outcome sizes the prefetch anyway. A long job gives a far worker enough at
   once to cover its round trip before any duration is measured; a worker
   close by holds little; a short job (a few tasks per slot) does not let
   the first workers hold it all.
@@ -32,12 +35,13 @@ from __future__ import annotations
 import math
 
 from .limits import MAX_PREFETCH_PER_SLOT, PREFETCH_MARGIN, TASK_SECONDS_WEIGHT
+from .splitting import next_items
 from .state import Job, Worker
 
-__all__ = ["PRIOR_TASK_SECONDS", "begin_job", "least", "observe_task", "prefetch_for", "set_rtt"]
+__all__ = ["PRIOR_ITEM_SECONDS", "begin_job", "least", "observe_task", "prefetch_for", "set_rtt"]
 
-#: Task duration assumed, in seconds, before a worker ran any task of a job (see the docstring).
-PRIOR_TASK_SECONDS = 0.05
+#: Item duration assumed, in seconds, before a worker ran any task of a job (see the docstring).
+PRIOR_ITEM_SECONDS = 0.05
 
 
 def least(slots: int) -> int:
@@ -60,7 +64,9 @@ def _prior(worker: Worker, job: Job, crowd_slots: int) -> int:
         return least(worker.slots)
     remaining = job.total_tasks - job.finished_tasks
     share = remaining // (2 * max(1, crowd_slots)) * worker.slots
-    return max(least(worker.slots), min(share, prefetch_for(worker.slots, worker.rtt, PRIOR_TASK_SECONDS)))
+    items = next_items(job, crowd_slots) if job.splittable else job.total_items / max(1, job.total_tasks)
+    guess = prefetch_for(worker.slots, worker.rtt, PRIOR_ITEM_SECONDS * max(1.0, items))
+    return max(least(worker.slots), min(share, guess))
 
 
 def begin_job(worker: Worker, job: Job, crowd_slots: int) -> None:

@@ -7,7 +7,7 @@ from scheduler_events import function, leased, make, sent, started
 
 from crowdcompute.wire import messages as p
 from foreman.limits import MAX_PREFETCH_PER_SLOT
-from foreman.prefetch import PRIOR_TASK_SECONDS
+from foreman.prefetch import PRIOR_ITEM_SECONDS
 
 
 def submit_single(s, job_id: str, tasks: int) -> list:
@@ -31,7 +31,7 @@ def test_a_new_job_does_not_inherit_the_last_jobs_durations():
     assert worker.prefetch == 2 * MAX_PREFETCH_PER_SLOT
     handed = leased(submit_single(s, "slow", 100))
     # Its tasks may take 10 s each: it starts from the prior, not from the instant tasks.
-    prior = -(-2 * (0.1 + 0.01) // PRIOR_TASK_SECONDS)  # ceil: tasks of PRIOR_TASK_SECONDS cover 110 ms
+    prior = -(-2 * (0.1 + 0.01) // PRIOR_ITEM_SECONDS)  # ceil: tasks of PRIOR_ITEM_SECONDS cover 110 ms
     assert len(handed) == 2 + prior < 2 + 2 * MAX_PREFETCH_PER_SLOT, len(handed)
     _, _, task_id, attempt = handed[0]
     finish(s, "w1", "slow", task_id, attempt, 10.0)
