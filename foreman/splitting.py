@@ -68,12 +68,13 @@ def guided_target(job: Job, slots: int) -> int:
 
 
 def next_items(job: Job, slots: int) -> int:
-    """About how many items the job's next lease holds: its first queued task, cut to ``guided_target``
-    (a worker sizes what it holds ahead by it)."""
+    """About how many items the job's next lease holds (at least): its first queued task, cut
+    evenly to ``guided_target`` (a worker sizes what it holds ahead by it)."""
     guided = guided_target(job, slots)
     if not job.queue:
         return guided
-    return min(guided, job.tasks[job.queue[0]].count)
+    head = job.tasks[job.queue[0]].count
+    return head // math.ceil(head / guided)  # its smallest part once cut evenly
 
 
 def cut_for_lease(job: Job, task: Task, slots: int) -> None:
