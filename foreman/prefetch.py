@@ -19,10 +19,10 @@ worker's first task of a job starts from a prior instead:
   costs a slot at most one round trip, at the job's start; too much costs
   at its tail, as long as the hoarded tasks take, so the guess leans low:
   shorter items are better sent several to a task (automatic chunks), and
-  the first outcome sizes the prefetch anyway. A long job gives a far worker enough at
-  once to cover its round trip before any duration is measured; a worker
-  close by holds little; a short job (a few tasks per slot) does not let
-  the first workers hold it all.
+  the first outcome sizes the prefetch anyway. A long job gives a far worker
+  enough at once to cover its round trip before any duration is measured; a
+  worker close by holds little; a short job (a few tasks per slot) does not
+  let the first workers hold it all.
 
 At most MAX_PREFETCH_PER_SLOT per slot, however far the worker is, so that
 little is held back from other workers at a job's tail. The assignment reads
