@@ -3,7 +3,8 @@
 Pure functions over a :class:`foreman.state.Worker`. While one finished task's
 outcome travels to the foreman and the next task travels back (the worker's
 ping round trip, ``rtt``), each slot goes through ``rtt / task_seconds`` more
-tasks: the worker must already hold them. A task's duration is the
+tasks: the worker must already hold them, rounded up per slot, since its
+slots may all finish at once (a job's first tasks start together). A task's duration is the
 worker's running average of its item durations *in one job* (``item_seconds``)
 times the items of the tasks it will get next: automatic chunks shrink as a
 job runs out (``splitting.guided_target``), and a worker that held one big
@@ -54,7 +55,7 @@ def prefetch_for(slots: int, rtt: float, task_seconds: float) -> int:
     seconds and tasks of ``task_seconds`` (0: not measured)."""
     if rtt <= 0 or task_seconds <= 0:
         return least(slots)
-    needed = math.ceil(slots * (rtt + PREFETCH_MARGIN) / task_seconds)
+    needed = slots * math.ceil((rtt + PREFETCH_MARGIN) / task_seconds)
     return min(max(least(slots), needed), slots * MAX_PREFETCH_PER_SLOT)
 
 

@@ -3,6 +3,8 @@ leased are (guided cuts, foreman.splitting). No sockets, no processes."""
 
 from __future__ import annotations
 
+import math
+
 from scheduler_events import function, leased, make, sent, started
 
 from crowdcompute.wire import messages as p
@@ -31,11 +33,11 @@ def test_a_new_job_does_not_inherit_the_last_jobs_durations():
     assert worker.prefetch == 2 * MAX_PREFETCH_PER_SLOT
     handed = leased(submit_single(s, "slow", 100))
     # Its tasks may take 10 s each: it starts from the prior, not from the instant tasks.
-    prior = -(-2 * (0.1 + 0.01) // PRIOR_ITEM_SECONDS)  # ceil: tasks of PRIOR_ITEM_SECONDS cover 110 ms
+    prior = 2 * math.ceil((0.1 + 0.01) / PRIOR_ITEM_SECONDS)  # per slot, items of PRIOR_ITEM_SECONDS cover 110 ms
     assert len(handed) == 2 + prior < 2 + 2 * MAX_PREFETCH_PER_SLOT, len(handed)
     _, _, task_id, attempt = handed[0]
     finish(s, "w1", "slow", task_id, attempt, 10.0)
-    assert worker.prefetch == 1, "10 s tasks 100 ms away: the least prefetch"
+    assert worker.prefetch == 2, "10 s tasks 100 ms away: one queued per slot"
 
 
 def test_the_prior_is_no_more_than_a_share_of_a_short_job():
@@ -66,7 +68,11 @@ def test_prefetch_counts_the_items_of_the_tasks_to_come():
     s.submit_task("c1", p.SubmitTask("j1", 0, 0, 10, b"x" * 10))  # opaque: never cut
     finish(s, "w1", "j1", 0, 1, 0.5)  # 10 items in 0.5 s: 50 ms an item, tasks of 10 items
     assert worker.item_seconds == 0.05 and worker.task_seconds == 0.5
-    assert worker.prefetch == 1
+    assert worker.prefetch == 2, "one 0.5 s task per slot covers 110 ms"
+    s.submit_job("c1", p.SubmitJob("j2", function("j2"), 1, 1, None, 0, "f", ack=False))
+    s.submit_task("c1", p.SubmitTask("j2", 0, 0, 1, b"x"))
+    finish(s, "w1", "j2", 0, 1, 0.05)  # one item of 50 ms a task: 110 ms needs 3 per slot
+    assert worker.prefetch == 6
 
 
 # --- guided cuts --------------------------------------------------------------------------
