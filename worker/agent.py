@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import time
+from typing import cast
 
 from websockets.exceptions import ConnectionClosed
 
@@ -284,7 +285,7 @@ class WorkerAgent:
                     task.task_id,
                     task.attempt,
                     outcome.failed,
-                    outcome.payload,
+                    cast(bytes, outcome.payload),  # Pieces are sent as they are (encode_parts)
                     outcome.seconds,
                     waited=waited,
                     setup=self._setup.pop(task.job_id, 0.0),

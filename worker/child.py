@@ -2,11 +2,11 @@
 
 It talks to its worker agent over a ``multiprocessing`` pipe:
 
-    agent -> child   ("run", job_id, first_index, count, function_bytes | None, serializer) + payload bytes
+    agent -> child   ("run", job_id, first_index, count, function_bytes | None, serializer, size) + payload bytes
                      ("forget", job_id)
     child -> agent   ("output", index, stream, text)      while the task runs
                      ("progress", done, failed, error, error_index)   now and then while it runs
-                     ("done", failed, seconds) + outcome bytes   when it ends
+                     ("done", failed, seconds, parts) + the outcome in that many parts   when it ends
                      ("limit", name)                       the task broke a limit; then it exits
 
 ``settings`` (from the launcher) holds the worker's ``limits`` (a
@@ -35,6 +35,7 @@ from crowdcompute.codecs.modules import WithModules
 from crowdcompute.codecs.pickled import loads, loads_items
 from crowdcompute.codecs.portable import load_portable_function
 from crowdcompute.wire.constants import Serializer
+from crowdcompute.wire.framing import Pieces
 
 from .execution import module_hint, run_items, run_portable
 from .limits import LimitBroken, Limits, apply_in_task_process, limit_for_error
@@ -132,9 +133,10 @@ def main(conn: Connection, settings: dict | None = None) -> None:
         if header[0] == "forget":
             functions.pop(header[1], None)
             continue
-        _, job_id, first_index, count, function_bytes, serializer = header
+        _, job_id, first_index, count, function_bytes, serializer, size = header
         portable = serializer == Serializer.PORTABLE
-        payload = conn.recv_bytes()
+        payload = bytearray(size)  # writable: a numpy input sent out of band is used where it lands
+        conn.recv_bytes_into(payload)
         if function_bytes is not None:
             while len(functions) >= CACHED_FUNCTIONS:
                 functions.pop(next(iter(functions)))
@@ -166,6 +168,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             func = _watched(func, limits, task_pid)
         folder = _enter_scratch(scratch, job_id, first_index) if scratch else None
         started = time.perf_counter()
+        result: bytes | Pieces
         try:
             if portable:
                 result, failed = run_portable(func, payload, count, on_item)
@@ -186,8 +189,10 @@ def main(conn: Connection, settings: dict | None = None) -> None:
         seconds = time.perf_counter() - started
         for output in outputs:
             output.flush()
-        conn.send(("done", failed, seconds))
-        conn.send_bytes(result)
+        parts = result.pieces if isinstance(result, Pieces) else (result,)
+        conn.send(("done", failed, seconds, len(parts)))
+        for part in parts:  # out-of-band buffers as they are, not joined
+            conn.send_bytes(part)
 
 
 class _Progress:

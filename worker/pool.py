@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from crowdcompute.wire.constants import ErrorKind
+from crowdcompute.wire.framing import Pieces
 
 from .cgroups import PidsCgroup
 from .launch import ForkLauncher, Launcher, TaskProcess
@@ -41,7 +42,7 @@ class Finished:
     """The task ran to the end; ``payload`` holds its pickled outcomes."""
 
     failed: int
-    payload: bytes
+    payload: bytes | Pieces  # Pieces: out-of-band buffers as the task process sent them
     seconds: float = 0.0  # time the user's function took, measured in the task process
 
 
@@ -175,7 +176,17 @@ class Slot:
             self._forget.clear()
             function_bytes, serializer = function
             new = job_id not in self._jobs
-            conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer))
+            conn.send(
+                (
+                    "run",
+                    job_id,
+                    first_index,
+                    count,
+                    function_bytes if new else None,
+                    serializer,
+                    memoryview(payload).nbytes,
+                )
+            )
             conn.send_bytes(payload)
             self._jobs.add(job_id)
         except (OSError, EOFError):
@@ -242,7 +253,9 @@ class Slot:
                     self._broken = message[1]
                     outcome.set_result(Lost(ErrorKind.LIMIT, self.settings.limits.reason(message[1])))
                 else:
-                    outcome.set_result(Finished(message[1], conn.recv_bytes(), message[2]))
+                    parts = [conn.recv_bytes() for _ in range(message[3])]
+                    payload = parts[0] if len(parts) == 1 else Pieces(parts)
+                    outcome.set_result(Finished(message[1], payload, message[2]))
         except (EOFError, OSError):
             if not outcome.done():
                 outcome.set_result(None)
