@@ -5,17 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .codecs.modules import WithModules, read_modules, warn_local_modules
-from .codecs.pickled import Apply, dumps_chunks, dumps_function, dumps_pieced_chunks
-from .codecs.portable import dumps_portable_function, dumps_portable_items
 from .dashboard import client_html, dashboard_url
-from .errors import ConnectionLostError, CrowdComputeError, SerializationError
+from .errors import ConnectionLostError, CrowdComputeError
 from .feed import Feed
 from .job import Job
 from .job_state import Forget, Instruction, Lost, SendCancel, refusal
@@ -23,6 +18,7 @@ from .link import Link
 from .local import LocalCluster
 from .options import JobOptions, chunk_size, parse_requirements
 from .progress import choose_renderer, show_progress
+from .submission import encode_job
 from .wire import messages as p
 from .wire.addresses import Address, parse_address, read_connection_file
 from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role, Serializer
@@ -31,16 +27,6 @@ from .wire.runtime import runtime_fields
 __all__ = ["CrowdComputeClient", "chunk_size"]
 
 log = logging.getLogger("crowdcompute.client")
-
-#: Automatic chunks are made of pieces sized for this many slots, so that the foreman can
-#: cut a queued chunk down to the slots it has when it hands the chunk out (workers join
-#: after a client connected). A job has at most about CHUNKS_PER_SLOT * PIECE_SLOTS pieces.
-PIECE_SLOTS = 256
-#: Input bytes per task when ``chunksize`` is automatic: a chunk of big items is split further,
-#: so that the foreman's window (Welcome.max_queued_bytes) holds several tasks.
-TASK_BYTES_TARGET = 4 * 1024 * 1024
-#: Bytes of a frame kept for its header when sizing payloads against the foreman's limit.
-FRAME_HEADER_ROOM = 64 * 1024
 
 
 class CrowdComputeClient:
@@ -380,76 +366,33 @@ class CrowdComputeClient:
         """Serialize the job, send it within the foreman's window, and (``wait_accepted``) wait until it is accepted."""
         self._require_connection()
         options.check()
-        serializer = options.serializer or self.serializer
-        if serializer not in p.SERIALIZERS:
-            raise ValueError(f"serializer must be one of {p.SERIALIZERS}, not {serializer!r}")
-        portable = serializer == Serializer.PORTABLE
-        resources, labels = options.needs()
-        requirements = self.requirements if options.requirements is None else parse_requirements(options.requirements)
-        if portable and options.modules:
-            raise ValueError(
-                "modules= needs the cloudpickle serializer: portable jobs send only their function's source"
-            )
         welcome = self._welcome
-        limit = (welcome.max_frame_size or 2**31) - FRAME_HEADER_ROOM
-        started = time.perf_counter()
-        if portable:
-            function = dumps_portable_function(func, call=call)
-        else:
-            bundle = read_modules(options.modules) if options.modules else None
-            warn_local_modules(func, bundle.names if bundle else ())
-            wrapped = Apply(func) if call else func
-            function = dumps_function(WithModules(bundle, wrapped) if bundle else wrapped)
-        if len(function) > limit:
-            raise SerializationError(
-                getattr(func, "__name__", "the function"),
-                f"it serializes to {len(function):,} bytes with what it refers to, over the foreman's limit of "
-                f"{limit:,}; load big data inside the function instead of capturing it",
-            )
-        items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
-        size = options.chunksize or (1 if options.timeout is not None else chunk_size(len(items), slots))
-        target = None if options.chunksize else TASK_BYTES_TARGET
-        if options.chunksize or portable or size == 1:
-            dump = dumps_portable_items if portable else None
-            chunks: list[tuple[int, int, bytes, list[list[int]] | None]] = [
-                (*chunk, None) for chunk in dumps_chunks(items, size, limit, dump, target)
-            ]
-        else:  # automatic: in pieces the foreman may cut between as workers join
-            chunks = dumps_pieced_chunks(items, size, chunk_size(len(items), PIECE_SLOTS), limit, target)
-        job_id = uuid.uuid4().hex
-        name = getattr(func, "__name__", "") or ""
-        submit = p.SubmitJob(
-            job_id,
-            function,
-            len(chunks),
-            len(items),
-            options.timeout,
-            options.retries or 0,
-            name,
-            options.redundancy,
-            Serializer(serializer),
+        sub = encode_job(
+            func,
+            iterable,
+            options,
+            serializer=options.serializer or self.serializer,
+            requirements=self.requirements
+            if options.requirements is None
+            else parse_requirements(options.requirements),
+            slots=slots,
+            max_frame_size=welcome.max_frame_size,
+            call=call,
             ack=wait_accepted,
-            resources=resources,
-            labels=labels,
-            requirements=requirements,
-            quorum=options.quorum or 0,
-            quorum_timeout=options.quorum_timeout,
         )
+        job_id, name = sub.job_id, sub.job.name
         feed = Feed(
-            submit,
-            [
-                p.SubmitTask(job_id, n, start, count, payload, pieces)
-                for n, (start, count, payload, pieces) in enumerate(chunks)
-            ],
+            sub.job,
+            sub.tasks,
             self._open_link.send,
-            max_queued_tasks=welcome.max_queued_tasks or len(chunks),
+            max_queued_tasks=welcome.max_queued_tasks or len(sub.tasks),
             max_queued_bytes=welcome.max_queued_bytes or 2**62,
         )
         trusted = self.trust_workers if options.trust_workers is None else options.trust_workers
-        job = Job(job_id, items, name=name, call=call, trusted=trusted, portable=portable, outbox=self._obey)
+        job = Job(job_id, sub.items, name=name, call=call, trusted=trusted, portable=sub.portable, outbox=self._obey)
         job.slots = slots
-        job.serialize_seconds = time.perf_counter() - started
+        job.serialize_seconds = sub.serialize_seconds
         if not job.done:  # an empty job ends before anyone follows it
             self._jobs[job_id] = job
             self._feeds[job_id] = feed

@@ -11,24 +11,19 @@ commits once per batch (one incoming frame's worth).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-from crowdcompute.wire import messages as p
-from crowdcompute.wire.constants import Serializer
-
-from .credentials import Record as Reputation
 from .credentials import Volunteer
-from .state import DeleteJob, Job, JobState, SaveJob, SaveJobState, SaveResult, SaveTask, SaveVolunteer, Task, TaskState
+from .records import BLOB_FILE_THRESHOLD, Record, blob_size, statements, write_blob
+from .recovery import read_jobs, read_outcome_frame, read_outcome_ids, read_volunteers
+from .state import Job
 
-__all__ = ["Journal", "read_outcome_frame", "read_outcome_ids"]
+__all__ = ["BLOB_FILE_THRESHOLD", "Journal", "read_outcome_frame", "read_outcome_ids"]
 
 log = logging.getLogger("crowdcompute.foreman")
 
@@ -91,11 +86,7 @@ _ADDED_COLUMNS = (
     ("jobs", "needs", "TEXT NOT NULL DEFAULT '{}'"),  # resources, labels, requirements (JSON)
 )
 
-Record = SaveJob | SaveTask | SaveResult | SaveJobState | DeleteJob | SaveVolunteer
 
-#: Payloads larger than this (bytes) go to a file beside the journal, not into SQLite,
-#: which writes big blobs several times slower than a plain file.
-BLOB_FILE_THRESHOLD = 1024 * 1024
 #: Bytes of payload files queued for the journal's thread past which the foreman stops reading
 #: frames until the disk catches up (backpressure: its memory stays bounded on a slow disk).
 MAX_BACKLOG_BYTES = 32 * 1024 * 1024
@@ -171,9 +162,9 @@ class Journal:
                     for sql, params in arg:
                         if sql == "file":  # written before the row that names it: no dangling name
                             try:
-                                _write_blob(Path(params[0]), params[1])
+                                write_blob(Path(params[0]), params[1])
                             finally:
-                                self._written(_blob_size(params[1]))
+                                self._written(blob_size(params[1]))
                         elif sql == "unlink":
                             for found in self.blobs.glob(params[0]):
                                 found.unlink(missing_ok=True)
@@ -253,12 +244,12 @@ class Journal:
 
     def apply(self, record: Record) -> None:
         """Queue one scheduler record (inside the open batch)."""
-        statements = _statements(record, self.blobs)
-        size = sum(_blob_size(params[1]) for sql, params in statements if sql == "file")
+        ops = statements(record, self.blobs)
+        size = sum(blob_size(params[1]) for sql, params in ops if sql == "file")
         if size:
             with self._backlog_lock:
                 self._backlog += size
-        self._requests.put(("write", statements))
+        self._requests.put(("write", ops))
 
     async def wait_for_room(self) -> None:
         """Return once the payload files still to write are at most MAX_BACKLOG_BYTES."""
@@ -293,229 +284,3 @@ def _settle(future: asyncio.Future, value, error) -> None:
         future.set_exception(error)
     else:
         future.set_result(value)
-
-
-def _needs(job: Job) -> str:
-    return json.dumps({"resources": job.resources, "labels": job.labels, "requirements": job.requirements})
-
-
-def _blob_name(job_id: str, task_id: int, kind: str) -> str:
-    # Job ids come from clients: hash them, never use them as file names.
-    return f"{hashlib.sha256(job_id.encode()).hexdigest()[:32]}-{task_id}.{kind}"
-
-
-def _statements(record: Record, blobs: Path) -> list[tuple[str, tuple[Any, ...]]]:
-    """The SQL (and blob files) for one record, built now: the thread must not read objects the loop may change."""
-    if isinstance(record, SaveJob):
-        job = record.job
-        return [
-            (
-                "INSERT OR REPLACE INTO jobs (job_id, function, total_tasks, total_items, task_timeout, retries,"
-                " name, redundancy, serializer, state, created_at, quorum, quorum_timeout, needs)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job.job_id,
-                    job.function,
-                    job.total_tasks,
-                    job.total_items,
-                    job.task_timeout,
-                    job.retries,
-                    job.name,
-                    job.redundancy,
-                    job.serializer,
-                    job.state.value,
-                    job.created_at,
-                    job.quorum,
-                    job.quorum_timeout,
-                    _needs(job),
-                ),
-            )
-        ]
-    if isinstance(record, SaveTask):
-        task = record.task
-        payload, name = task.payload, None
-        ops: list[tuple[str, tuple[Any, ...]]] = []
-        if payload is not None and len(payload) > BLOB_FILE_THRESHOLD:
-            name = _blob_name(record.job_id, task.task_id, "in")
-            ops.append(("file", (str(blobs / name), [payload])))  # the bytes that arrived, not a copy
-            payload = None
-        elif isinstance(payload, p.Pieces):  # small, but cut by someone on the way: SQLite wants one buffer
-            payload = bytes(payload)
-        ops.append(
-            (
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?)",
-                (record.job_id, task.task_id, task.first_index, task.count, payload, name),
-            )
-        )
-        return ops
-    if isinstance(record, SaveResult):
-        msg = record.message
-        failed = msg.failed if isinstance(msg, p.TaskResult) else msg.count
-        parts = p.encode_parts(msg)
-        frame: bytes | None = None
-        name, ops = None, []
-        if p.frame_size(parts) > BLOB_FILE_THRESHOLD:
-            name = _blob_name(record.job_id, record.task_id, "out")
-            ops.append(("file", (str(blobs / name), parts)))  # header, then the payload as it arrived
-        else:
-            frame = b"".join(parts)
-        ops.append(
-            (
-                "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
-                (record.job_id, record.task_id, msg.count, failed, frame, name),
-            )
-        )
-        ops.append(
-            (
-                "UPDATE tasks SET payload = NULL, payload_file = NULL WHERE job_id = ? AND task_id = ?",
-                (record.job_id, record.task_id),
-            )
-        )
-        ops.append(("unlink", (_blob_name(record.job_id, record.task_id, "in"),)))
-        return ops
-    if isinstance(record, SaveJobState):
-        return [
-            (
-                "UPDATE jobs SET state = ?, finished_at = ?, completed = ?, failed = ? WHERE job_id = ?",
-                (record.state, record.finished_at, record.completed, record.failed, record.job_id),
-            )
-        ]
-    if isinstance(record, SaveVolunteer):
-        v, r = record.volunteer, record.volunteer.record
-        return [
-            (
-                "INSERT OR REPLACE INTO volunteers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    v.name,
-                    v.digest,
-                    v.created_at,
-                    v.slots,
-                    int(v.trusted),
-                    v.expires_at,
-                    v.revoked_at,
-                    v.joined_at,
-                    r.tasks_done,
-                    r.agreed,
-                    r.disagreed,
-                    r.missed,
-                    int(r.quarantined),
-                ),
-            )
-        ]
-    if isinstance(record, DeleteJob):
-        prefix = _blob_name(record.job_id, 0, "x").split("-")[0]
-        ops = [(f"DELETE FROM {table} WHERE job_id = ?", (record.job_id,)) for table in ("outcomes", "tasks", "jobs")]
-        return ops + [("unlink", (f"{prefix}-*",))]
-    raise TypeError(f"not a journal record: {record!r}")
-
-
-# --- reads: functions of the connection, run in the journal's thread ---------------
-
-
-def read_outcome_ids(db: sqlite3.Connection, job_id: str) -> list[int]:
-    """The task ids of a job that have a stored outcome."""
-    rows = db.execute("SELECT task_id FROM outcomes WHERE job_id = ? ORDER BY task_id", (job_id,))
-    return [task_id for (task_id,) in rows]
-
-
-def read_outcome_frame(db: sqlite3.Connection, job_id: str, task_id: int, blobs: Path) -> bytes | None:
-    """One stored outcome, as the frame to send."""
-    row = db.execute(
-        "SELECT frame, frame_file FROM outcomes WHERE job_id = ? AND task_id = ?", (job_id, task_id)
-    ).fetchone()
-    if row is None:
-        return None
-    return row[0] if row[1] is None else _read_blob(blobs / row[1])
-
-
-def _blob_size(parts: list) -> int:
-    return sum(len(part) for part in parts)
-
-
-def _write_blob(path: Path, parts: list) -> None:
-    with open(path, "wb") as out:
-        for part in parts:  # a payload kept in the pieces it arrived in is written piece by piece
-            out.writelines(part.pieces if isinstance(part, p.Pieces) else (part,))
-
-
-def _read_blob(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        log.error("journal blob %s is missing", path)
-        return None
-
-
-def read_jobs(db: sqlite3.Connection, blobs: Path) -> tuple[list[Job], list[dict]]:
-    """Jobs to resume (running), and summaries of ended ones, as a restarted foreman needs them."""
-    running: list[Job] = []
-    ended: list[dict] = []
-    rows = db.execute(
-        "SELECT job_id, function, total_tasks, total_items, task_timeout, retries, name, state,"
-        " created_at, finished_at, completed, failed, redundancy, serializer, quorum, quorum_timeout, needs FROM jobs"
-    ).fetchall()
-    for row in rows:
-        job_id, function, total_tasks, total_items, timeout, retries, name, state, created, finished = row[:10]
-        if state != JobState.RUNNING.value:
-            ended.append(
-                {
-                    "id": job_id,
-                    "name": name,
-                    "total": total_items,
-                    "completed": row[10],
-                    "failed": row[11],
-                    "state": state,
-                    "tasks": total_tasks,
-                    "finished_at": finished or created,
-                    "serializer": row[13],
-                }
-            )
-            continue
-        job = Job(
-            job_id,
-            None,
-            function,
-            total_tasks,
-            total_items,
-            timeout,
-            retries,
-            name,
-            redundancy=row[12],
-            serializer=Serializer(row[13]),
-            quorum=row[14],
-            quorum_timeout=row[15],
-            created_at=created,
-            **json.loads(row[16] or "{}"),
-        )
-        for task_id, first_index, count, payload, name in db.execute(
-            "SELECT task_id, first_index, count, payload, payload_file FROM tasks WHERE job_id = ?", (job_id,)
-        ):
-            job.tasks[task_id] = Task(
-                task_id, first_index, count, payload if name is None else _read_blob(blobs / name)
-            )
-        for task_id, count, failed in db.execute(
-            "SELECT task_id, count, failed FROM outcomes WHERE job_id = ?", (job_id,)
-        ):
-            task = job.tasks.get(task_id)
-            if task is not None:
-                task.state = TaskState.DONE
-                task.payload = None
-                job.finished_tasks += 1
-                job.completed_items += count - failed
-                job.failed_items += failed
-        job.accepted = job.all_received
-        running.append(job)
-    return running, ended
-
-
-def read_volunteers(db: sqlite3.Connection) -> list[Volunteer]:
-    """Every volunteer in the journal."""
-    volunteers = []
-    for row in db.execute("SELECT * FROM volunteers"):
-        name, digest, created, slots, trusted, expires, revoked, joined = row[:8]
-        tasks_done, agreed, disagreed, missed, quarantined = row[8:]
-        record = Reputation(tasks_done, agreed, disagreed, missed, bool(quarantined))
-        volunteers.append(
-            Volunteer(name, digest, created, slots, bool(trusted), expires, revoked, joined, record=record)
-        )
-    return volunteers

@@ -1,4 +1,4 @@
-"""The scheduler's named limits and their defaults (the server's are in foreman.server)."""
+"""The scheduler's named limits and their defaults (the server's are in foreman.server, foreman.handshake and foreman.peer)."""
 
 from __future__ import annotations
 

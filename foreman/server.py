@@ -1,21 +1,19 @@
 """The foreman's websocket server: reads frames, calls the scheduler, sends what it says.
 
 All decisions live in :mod:`foreman.scheduler`; this module only does I/O:
-authenticate each connection, decode its frames, hand the messages to the
-scheduler, and queue the frames it returns on the right connection.
+authenticate each connection (:mod:`foreman.handshake`), decode its frames,
+hand the messages to the scheduler (:mod:`foreman.routes`), and queue the
+frames it returns on the right connection (:mod:`foreman.peer`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -23,13 +21,14 @@ from websockets.exceptions import ConnectionClosed
 from crowdcompute.errors import ProtocolError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address
-from crowdcompute.wire.constants import AUTH_FAILURE_DELAY, CLOSE_TIMEOUT, FRAGMENT_SIZE, CloseCode, Role
-from crowdcompute.wire.runtime import runtime_mismatch
+from crowdcompute.wire.constants import CLOSE_TIMEOUT, FRAGMENT_SIZE, CloseCode, Role
 
-from .credentials import CredentialRefused, Volunteer
+from .handshake import AUTH_TIMEOUT, MAX_HELLO_SIZE, authenticate
 from .http import StatusPages
 from .journal import Journal, read_outcome_frame, read_outcome_ids
 from .limits import MAX_SLOTS_PER_WORKER
+from .peer import MAX_OUTBOX_BYTES, Peer, how_it_went, ping, where
+from .routes import ROUTES
 from .scheduler import RESULT_TTL, Action, Scheduler
 from .state import Close, Note, Replay, Send
 
@@ -44,20 +43,10 @@ __all__ = [
 
 log = logging.getLogger("crowdcompute.foreman")
 
-#: Seconds a new connection has to send its Hello.
-AUTH_TIMEOUT = 10.0
-#: Largest first frame (the Hello) the foreman reads from a connection, in bytes.
-MAX_HELLO_SIZE = 64 * 1024
 #: Largest frame the foreman accepts from an authenticated client or worker, in bytes.
 MAX_FRAME_SIZE = 256 * 1024 * 1024
 #: Open connections the foreman serves at once; more are closed with 1013 (try again later).
 MAX_CONNECTIONS = 4096
-#: Bytes queued for one peer that is not reading; past this it is disconnected
-#: (a client reconnects and attaches; nothing is lost).
-MAX_OUTBOX_BYTES = 512 * 1024 * 1024
-
-#: Seconds the foreman waits for the pong to the ping it sends a worker as it joins.
-CONNECT_PING_TIMEOUT = 10.0
 #: Websocket frames the foreman reads ahead of its handler per connection, before it stops reading.
 READ_AHEAD_FRAMES = 4
 
@@ -67,107 +56,6 @@ EXPIRE_INTERVAL = 60.0
 TICK_INTERVAL = 1.0
 #: Seconds a client with no running job may stay silent before it is closed (1000, "idle").
 IDLE_TIMEOUT = 3600.0
-
-M = TypeVar("M", bound=p.Message)
-Handler = Callable[[Scheduler, str, Any], list[Action]]
-
-
-@dataclass(frozen=True)
-class Route:
-    """Which role may send a message type, and the scheduler call that handles it."""
-
-    message_type: type[p.Message]
-    role: Role
-    handler: Handler
-
-
-def _route(message_type: type[M], role: Role, handler: Callable[[Scheduler, str, M], list[Action]]) -> Route:
-    """A table entry whose handler type-checks against its message type."""
-    return Route(message_type, role, handler)
-
-
-#: Every message a peer may send after its Hello, by type: who may send it and what handles it.
-ROUTES: dict[type[p.Message], Route] = {
-    route.message_type: route
-    for route in (
-        _route(p.SubmitJob, Role.CLIENT, lambda s, conn, msg: s.submit_job(conn, msg)),
-        _route(p.SubmitTask, Role.CLIENT, lambda s, conn, msg: s.submit_task(conn, msg)),
-        _route(p.CancelJob, Role.CLIENT, lambda s, conn, msg: s.cancel_job(conn, msg.job_id)),
-        _route(p.StatusRequest, Role.CLIENT, lambda s, conn, msg: [Send(conn, p.StatusReply.of(s.status()))]),
-        _route(p.AttachJob, Role.CLIENT, lambda s, conn, msg: s.attach_job(conn, msg.job_id, msg.resume)),
-        _route(p.CollectJob, Role.CLIENT, lambda s, conn, msg: s.collect_job(conn, msg.job_id)),
-        _route(p.AckResults, Role.CLIENT, lambda s, conn, msg: s.ack_results(conn, msg.job_id, msg.task_ids)),
-        # Admin requests on a client connection (the client token is the admin's): see foreman.credentials.
-        _route(p.InviteVolunteer, Role.CLIENT, lambda s, conn, msg: s.invite_volunteer(conn, msg)),
-        _route(p.RevokeVolunteer, Role.CLIENT, lambda s, conn, msg: s.revoke_volunteer(conn, msg)),
-        _route(p.ListVolunteers, Role.CLIENT, lambda s, conn, msg: s.list_volunteers(conn)),
-        _route(p.TaskDone, Role.WORKER, lambda s, conn, msg: s.task_done(conn, msg)),
-        _route(p.TaskCrashed, Role.WORKER, lambda s, conn, msg: s.task_crashed(conn, msg)),
-        _route(p.TaskOutput, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
-        _route(p.TaskProgress, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
-        _route(p.WorkerDraining, Role.WORKER, lambda s, conn, msg: s.worker_draining(conn)),
-        _route(p.EnvironmentStatus, Role.WORKER, lambda s, conn, msg: s.environment_status(conn, msg)),
-    )
-}
-
-
-# What a peer's outbox holds: its sender task writes these in order.
-
-
-@dataclass(frozen=True)
-class Frame:
-    """An encoded message to send, as parts: its header, then its payloads as they arrived (not copied).
-
-    A frame of several parts goes out as a fragmented websocket message, so
-    the foreman never joins a payload into a new buffer.
-    """
-
-    parts: list[bytes | memoryview]
-    size: int
-
-
-@dataclass(frozen=True)
-class Hangup:
-    """Close the connection after what was queued before."""
-
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class ReplayJob:
-    """Stream every outcome the journal holds for ``job_id``."""
-
-    job_id: str
-
-
-@dataclass(frozen=True)
-class Stop:
-    """The connection is gone: the sender task ends."""
-
-
-Outgoing = Frame | Hangup | ReplayJob | Stop
-
-
-@dataclass
-class _Peer:
-    """One authenticated connection and its outgoing frames."""
-
-    conn_id: str
-    role: Role
-    name: str
-    websocket: ServerConnection
-    slots: int = 0
-    mismatch: str | None = None  # why its runtime cannot take or give cloudpickle jobs
-    volunteer: Volunteer | None = None  # the invite a worker joined with (None: the shared worker token)
-    last_seen: float = 0.0  # loop time of its last frame
-    outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
-    queued_bytes: int = 0  # in the outbox, not yet written
-    pinger: asyncio.Task | None = None  # the ping that measures a joining worker's round trip
-    closing: asyncio.Task[None] | None = None  # an immediate close under way
-    resources: dict = field(default_factory=dict)  # a worker's resources and labels, from its Hello
-    labels: dict = field(default_factory=dict)
-    installs: bool = True  # it builds environments (not --no-install)
 
 
 class ForemanServer:
@@ -213,7 +101,7 @@ class ForemanServer:
             max_slots_per_worker=max_slots_per_worker,
             backup_tasks=backup_tasks,
         )
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, Peer] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._expiry: asyncio.Task | None = None
@@ -291,13 +179,13 @@ class ForemanServer:
                 idle = loop.time() - peer.last_seen
                 if peer.role == Role.CLIENT and peer.conn_id not in busy and idle > self.idle_timeout:
                     log.info("closed idle client %s (silent for %.0f s)", peer.name, idle)
-                    self._close_peer(peer, CloseCode.NORMAL, "idle", logged=True)
+                    peer.close(CloseCode.NORMAL, "idle", logged=True)
 
     # --- connections -------------------------------------------------------
 
     async def _handle(self, websocket: ServerConnection) -> None:
         if self._connections >= self.max_connections:
-            log.warning("refused %s: already %d connections", _where(websocket), self._connections)
+            log.warning("refused %s: already %d connections", where(websocket), self._connections)
             await websocket.close(
                 CloseCode.TRY_AGAIN_LATER, f"the foreman serves at most {self.max_connections} connections"
             )
@@ -309,13 +197,14 @@ class ForemanServer:
             self._connections -= 1
 
     async def _serve_peer(self, websocket: ServerConnection) -> None:
-        peer = await self._authenticate(websocket)
+        peer = await authenticate(
+            websocket, token=self.token, worker_token=self.worker_token, scheduler=self.scheduler, ids=self._ids
+        )
         if peer is None:
             return
-        sender = asyncio.create_task(self._send_frames(peer))
+        sender = asyncio.create_task(peer.send_frames(self._replay))
         self._peers[peer.conn_id] = peer
-        self._queue_frame(
-            peer,
+        peer.queue_frame(
             p.encode_parts(
                 p.Welcome(
                     p.PROTOCOL_VERSION,
@@ -330,11 +219,11 @@ class ForemanServer:
             ),
         )
         if peer.role == Role.WORKER:  # its round trip sizes its prefetch: measure it now, not at the first keepalive
-            peer.pinger = asyncio.create_task(_ping(websocket))
+            peer.pinger = asyncio.create_task(ping(websocket))
         try:
             if peer.role == Role.WORKER:
                 who = f" (volunteer {peer.volunteer.name})" if peer.volunteer else ""
-                log.info("worker %s%s connected from %s", peer.name, who, _where(websocket))
+                log.info("worker %s%s connected from %s", peer.name, who, where(websocket))
             self._execute(self._joined(peer))
             await self._read_frames(peer)
         finally:
@@ -342,15 +231,15 @@ class ForemanServer:
                 peer.pinger.cancel()
             del self._peers[peer.conn_id]
             if peer.role == Role.WORKER:
-                how = _how_it_went(peer.websocket, self.heartbeat_timeout)
+                how = how_it_went(peer.websocket, self.heartbeat_timeout)
                 log.info("worker %s %s", peer.name, how)
                 self._execute(self.scheduler.remove_worker(peer.conn_id, how))
             else:
                 self._execute(self.scheduler.remove_client(peer.conn_id))
-            peer.outbox.put_nowait(Stop())
+            peer.stop_sending()
             await sender
 
-    def _notice(self, peer: _Peer) -> str:
+    def _notice(self, peer: Peer) -> str:
         """What the peer should tell its user: it runs portable jobs only, it was granted fewer slots."""
         notices = [f"{peer.mismatch}; it runs portable jobs only"] if peer.mismatch else []
         if peer.role == Role.WORKER:
@@ -359,83 +248,7 @@ class ForemanServer:
                 notices.append(f"the foreman grants it {granted} of its {peer.slots} slots")
         return "; ".join(notices)
 
-    async def _authenticate(self, websocket: ServerConnection) -> _Peer | None:
-        """Read the Hello; return the peer, or refuse and close and return None."""
-        try:
-            frame = await asyncio.wait_for(_read_hello(websocket), AUTH_TIMEOUT)
-        except asyncio.TimeoutError:
-            log.warning("closed %s: no hello within %s s", _where(websocket), AUTH_TIMEOUT)
-            await websocket.close(CloseCode.POLICY, f"authenticate within {AUTH_TIMEOUT:g} seconds")
-            return None
-        except ConnectionClosed:
-            return None
-        if frame is None:
-            # Read fragment by fragment: an unauthenticated peer never makes the foreman hold more.
-            reason = f"the first frame (hello) may be at most {MAX_HELLO_SIZE} bytes"
-            log.warning("refused %s: %s", _where(websocket), reason)
-            await websocket.close(CloseCode.TOO_BIG, reason)
-            return None
-        try:
-            hello = p.decode(frame)
-            if not isinstance(hello, p.Hello):
-                raise ProtocolError(f"the first message must be hello, not {hello.TYPE}")
-        except ProtocolError as exc:
-            log.warning("refused %s: %s", _where(websocket), exc)
-            await self._refuse(websocket, "protocol", str(exc), CloseCode.PROTOCOL_ERROR)
-            return None
-        if hello.protocol_version != p.PROTOCOL_VERSION:
-            reason = (
-                f"protocol version mismatch: the {hello.role} speaks version "
-                f"{hello.protocol_version}, this foreman speaks version {p.PROTOCOL_VERSION}; "
-                "install the same crowdcompute version on both sides"
-            )
-            log.warning("refused %s: %s", _where(websocket), reason)
-            await self._refuse(websocket, "version", reason, CloseCode.PROTOCOL_ERROR)
-            return None
-        expected = self.token if hello.role == Role.CLIENT else self.worker_token
-        volunteer = None
-        if not hmac.compare_digest(hello.token.encode(), expected.encode()):
-            try:
-                if hello.role != Role.WORKER:
-                    raise CredentialRefused("wrong or missing client token")
-                volunteer = self.scheduler.volunteers.authenticate(hello.token, self.scheduler.clock())
-            except CredentialRefused as refused:
-                # Never the token itself: the log names the volunteer only when the credential was once valid.
-                log.warning("refused %s %s: %s", hello.role, _where(websocket), refused.reason)
-                await asyncio.sleep(AUTH_FAILURE_DELAY)
-                if refused.name is not None:
-                    await self._refuse(websocket, "revoked", refused.reason, CloseCode.POLICY)
-                else:
-                    reason = f"the foreman refused this {hello.role} token"
-                    await self._refuse(websocket, "auth", reason, CloseCode.POLICY)
-                return None
-        conn_id = f"{hello.role[0]}{next(self._ids)}"
-        name = hello.name or conn_id
-        # Another Python or cloudpickle: cloudpickle jobs cannot cross, portable ones can.
-        mismatch = runtime_mismatch(hello.role, hello.python, hello.cloudpickle)
-        if mismatch is not None:
-            log.warning("%s %s gets portable jobs only: %s", hello.role, name, mismatch)
-        return _Peer(
-            conn_id,
-            hello.role,
-            name,
-            websocket,
-            hello.slots,
-            mismatch=mismatch,
-            volunteer=volunteer,
-            resources=dict(hello.resources),
-            labels=dict(hello.labels),
-            installs=hello.installs,
-        )
-
-    async def _refuse(self, websocket: ServerConnection, code: str, reason: str, close_code: int) -> None:
-        try:
-            await websocket.send(p.encode(p.Refused(code, reason)))
-            await websocket.close(close_code, reason[:120])
-        except ConnectionClosed:
-            pass
-
-    def _joined(self, peer: _Peer) -> list[Action]:
+    def _joined(self, peer: Peer) -> list[Action]:
         if peer.role == Role.WORKER:
             return self.scheduler.add_worker(
                 peer.conn_id,
@@ -449,7 +262,7 @@ class ForemanServer:
             )
         return self.scheduler.add_client(peer.conn_id, peer.mismatch)
 
-    async def _read_frames(self, peer: _Peer) -> None:
+    async def _read_frames(self, peer: Peer) -> None:
         loop = asyncio.get_running_loop()
         peer.last_seen = loop.time()
         try:
@@ -463,29 +276,17 @@ class ForemanServer:
                     msg = p.decode_parts(fragments, join=False)  # payloads are forwarded, never read
                 except ProtocolError as exc:
                     code = CloseCode.UNSUPPORTED if isinstance(fragments[0], str) else CloseCode.PROTOCOL_ERROR
-                    self._close_peer(peer, code, str(exc))
+                    peer.close(code, str(exc))
                     return
                 route = ROUTES.get(type(msg))
                 if route is None or route.role != peer.role:
-                    self._close_peer(peer, CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
+                    peer.close(CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
                     return
                 if isinstance(msg, p.TaskDone):  # the latest ping's round trip sizes the worker's prefetch
                     self.scheduler.note_latency(peer.conn_id, peer.websocket.latency)
                 self._execute(route.handler(self.scheduler, peer.conn_id, msg))
         except ConnectionClosed:
             pass
-
-    def _close_peer(self, peer: _Peer, code: int, reason: str, *, now: bool = False, logged: bool = False) -> None:
-        """Close a peer's connection after what its outbox holds, or ``now`` (ahead of its backlog).
-
-        ``logged``: the caller (or the scheduler, with a Note) already said why.
-        """
-        if not logged:
-            log.warning("closed %s %s: %s", peer.role, peer.name, reason)
-        if not now:
-            peer.outbox.put_nowait(Hangup(code, reason[:120]))
-        elif peer.closing is None:
-            peer.closing = asyncio.create_task(peer.websocket.close(code, reason[:120]))
 
     def _execute(self, actions: list[Action]) -> None:
         """Carry out the scheduler's actions in order; commit the journal once at the end.
@@ -502,13 +303,13 @@ class ForemanServer:
                 if peer is None:
                     continue  # the connection went away; the scheduler learns it in its finally
                 if isinstance(action, Close):
-                    self._close_peer(peer, action.code, action.reason, logged=True)
+                    peer.close(action.code, action.reason, logged=True)
                 elif isinstance(action, Replay):
-                    peer.outbox.put_nowait(ReplayJob(action.job_id))
+                    peer.queue_replay(action.job_id)
                 elif self.journal is not None and isinstance(action.message, p.JobAccepted):
                     accepted.append(action)
                 else:
-                    self._queue_frame(peer, p.encode_parts(action.message))
+                    peer.queue_frame(p.encode_parts(action.message))
             elif self.journal is not None:
                 self.journal.apply(action)
         if self.journal is not None:
@@ -522,36 +323,7 @@ class ForemanServer:
         for action in sends:
             peer = self._peers.get(action.to)
             if peer is not None:
-                self._queue_frame(peer, p.encode_parts(action.message))
-
-    def _queue_frame(self, peer: _Peer, parts: list[bytes | memoryview]) -> None:
-        size = p.frame_size(parts)
-        if peer.queued_bytes + size > MAX_OUTBOX_BYTES and peer.queued_bytes:
-            reason = f"{peer.queued_bytes} bytes wait for this {peer.role} to read them"
-            # Now, not after the backlog: a client comes back and attaches; nothing is lost.
-            self._close_peer(peer, CloseCode.POLICY, reason, now=True)
-            return
-        peer.queued_bytes += size
-        peer.outbox.put_nowait(Frame(parts, size))
-
-    async def _send_frames(self, peer: _Peer) -> None:
-        """Write the peer's queued frames in order; a slow peer delays only itself."""
-        websocket = peer.websocket
-        while True:
-            item = await peer.outbox.get()
-            if isinstance(item, Stop):
-                return
-            try:
-                if isinstance(item, Frame):
-                    peer.queued_bytes -= item.size
-                    parts = p.split_parts(item.parts, FRAGMENT_SIZE)
-                    await websocket.send(parts[0] if len(parts) == 1 else parts)
-                elif isinstance(item, Hangup):
-                    await websocket.close(item.code, item.reason)
-                else:
-                    await self._replay(websocket, item.job_id)
-            except ConnectionClosed:
-                pass  # the reader sees it too and cleans up
+                peer.queue_frame(p.encode_parts(action.message))
 
     async def _replay(self, websocket: ServerConnection, job_id: str) -> None:
         """Send a job's stored outcomes one by one, so a big job never sits in memory whole."""
@@ -562,42 +334,3 @@ class ForemanServer:
             if frame is not None:
                 parts = p.split_parts(p.frame_parts(frame), FRAGMENT_SIZE)
                 await websocket.send(parts[0] if len(parts) == 1 else parts)
-
-
-async def _ping(websocket: ServerConnection) -> None:
-    """One ping, so that ``websocket.latency`` holds a round trip before the first keepalive."""
-    try:
-        await asyncio.wait_for(await websocket.ping(), CONNECT_PING_TIMEOUT)
-    except (ConnectionClosed, asyncio.TimeoutError):
-        pass
-
-
-def _how_it_went(websocket: ServerConnection, heartbeat_timeout: float) -> str:
-    """How a connection ended, for logs and for the error of a task that kept losing its worker."""
-    sent = websocket.protocol.close_sent
-    if sent is not None and sent.reason == "keepalive ping timeout":
-        return f"went silent (no answer to pings for {heartbeat_timeout:g} s)"
-    return "disconnected"
-
-
-def _where(websocket: ServerConnection) -> str:
-    address = websocket.remote_address
-    return f"{address[0]}:{address[1]}" if address else "?"
-
-
-async def _read_hello(websocket: ServerConnection) -> bytes | str | None:
-    """The first message, read a fragment at a time; None once it passes MAX_HELLO_SIZE.
-
-    websockets assembles a message up to ``max_size`` before ``recv`` returns;
-    streaming it lets the foreman stop at the Hello's own limit instead.
-    """
-    pieces: list[bytes | str] = []
-    size = 0
-    async for fragment in websocket.recv_streaming():
-        size += len(fragment)
-        if size > MAX_HELLO_SIZE:
-            return None
-        pieces.append(fragment)
-    if pieces and isinstance(pieces[0], str):
-        return "".join(str(piece) for piece in pieces)
-    return b"".join(piece for piece in pieces if isinstance(piece, bytes))

@@ -1,0 +1,157 @@
+"""One authenticated connection: who it is, and its outbox of frames written in order by its own task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.constants import FRAGMENT_SIZE, CloseCode, Role
+
+from .credentials import Volunteer
+
+__all__ = ["MAX_OUTBOX_BYTES", "Peer", "how_it_went", "ping", "where"]
+
+log = logging.getLogger("crowdcompute.foreman")
+
+#: Bytes queued for one peer that is not reading; past this it is disconnected
+#: (a client reconnects and attaches; nothing is lost).
+MAX_OUTBOX_BYTES = 512 * 1024 * 1024
+#: Seconds the foreman waits for the pong to the ping it sends a worker as it joins.
+CONNECT_PING_TIMEOUT = 10.0
+
+
+# What a peer's outbox holds: its sender task writes these in order.
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An encoded message to send, as parts: its header, then its payloads as they arrived (not copied).
+
+    A frame of several parts goes out as a fragmented websocket message, so
+    the foreman never joins a payload into a new buffer.
+    """
+
+    parts: list[bytes | memoryview]
+    size: int
+
+
+@dataclass(frozen=True)
+class Hangup:
+    """Close the connection after what was queued before."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReplayJob:
+    """Stream every outcome the journal holds for ``job_id``."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The connection is gone: the sender task ends."""
+
+
+Outgoing = Frame | Hangup | ReplayJob | Stop
+#: Streams a job's stored outcomes to a websocket (the server's, which owns the journal).
+Replayer = Callable[[ServerConnection, str], Awaitable[None]]
+
+
+@dataclass
+class Peer:
+    """One authenticated connection and its outgoing frames."""
+
+    conn_id: str
+    role: Role
+    name: str
+    websocket: ServerConnection
+    slots: int = 0
+    mismatch: str | None = None  # why its runtime cannot take or give cloudpickle jobs
+    volunteer: Volunteer | None = None  # the invite a worker joined with (None: the shared worker token)
+    last_seen: float = 0.0  # loop time of its last frame
+    outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0  # in the outbox, not yet written
+    pinger: asyncio.Task | None = None  # the ping that measures a joining worker's round trip
+    closing: asyncio.Task[None] | None = None  # an immediate close under way
+    resources: dict = field(default_factory=dict)  # a worker's resources and labels, from its Hello
+    labels: dict = field(default_factory=dict)
+    installs: bool = True  # it builds environments (not --no-install)
+
+    def queue_frame(self, parts: list[bytes | memoryview]) -> None:
+        """Queue an encoded message; a peer that lets MAX_OUTBOX_BYTES pile up is closed at once."""
+        size = p.frame_size(parts)
+        if self.queued_bytes + size > MAX_OUTBOX_BYTES and self.queued_bytes:
+            reason = f"{self.queued_bytes} bytes wait for this {self.role} to read them"
+            # Now, not after the backlog: a client comes back and attaches; nothing is lost.
+            self.close(CloseCode.POLICY, reason, now=True)
+            return
+        self.queued_bytes += size
+        self.outbox.put_nowait(Frame(parts, size))
+
+    def queue_replay(self, job_id: str) -> None:
+        self.outbox.put_nowait(ReplayJob(job_id))
+
+    def stop_sending(self) -> None:
+        self.outbox.put_nowait(Stop())
+
+    def close(self, code: int, reason: str, *, now: bool = False, logged: bool = False) -> None:
+        """Close the connection after what the outbox holds, or ``now`` (ahead of its backlog).
+
+        ``logged``: the caller (or the scheduler, with a Note) already said why.
+        """
+        if not logged:
+            log.warning("closed %s %s: %s", self.role, self.name, reason)
+        if not now:
+            self.outbox.put_nowait(Hangup(code, reason[:120]))
+        elif self.closing is None:
+            self.closing = asyncio.create_task(self.websocket.close(code, reason[:120]))
+
+    async def send_frames(self, replay: Replayer) -> None:
+        """Write the queued frames in order; a slow peer delays only itself."""
+        websocket = self.websocket
+        while True:
+            item = await self.outbox.get()
+            if isinstance(item, Stop):
+                return
+            try:
+                if isinstance(item, Frame):
+                    self.queued_bytes -= item.size
+                    parts = p.split_parts(item.parts, FRAGMENT_SIZE)
+                    await websocket.send(parts[0] if len(parts) == 1 else parts)
+                elif isinstance(item, Hangup):
+                    await websocket.close(item.code, item.reason)
+                else:
+                    await replay(websocket, item.job_id)
+            except ConnectionClosed:
+                pass  # the reader sees it too and cleans up
+
+
+async def ping(websocket: ServerConnection) -> None:
+    """One ping, so that ``websocket.latency`` holds a round trip before the first keepalive."""
+    try:
+        await asyncio.wait_for(await websocket.ping(), CONNECT_PING_TIMEOUT)
+    except (ConnectionClosed, asyncio.TimeoutError):
+        pass
+
+
+def how_it_went(websocket: ServerConnection, heartbeat_timeout: float) -> str:
+    """How a connection ended, for logs and for the error of a task that kept losing its worker."""
+    sent = websocket.protocol.close_sent
+    if sent is not None and sent.reason == "keepalive ping timeout":
+        return f"went silent (no answer to pings for {heartbeat_timeout:g} s)"
+    return "disconnected"
+
+
+def where(websocket: ServerConnection) -> str:
+    """The peer's address, for log lines."""
+    address = websocket.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"
