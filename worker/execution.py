@@ -52,7 +52,7 @@ def module_hint(exc: BaseException) -> str:
 
 
 def run_portable(
-    func: Callable, payload: bytes | bytearray, count: int, on_item: OnItem | None = None
+    func: Callable, payload: bytes | bytearray | memoryview, count: int, on_item: OnItem | None = None
 ) -> tuple[bytes, int]:
     """Call ``func`` on each JSON item; return (JSON outcomes, number that failed)."""
     values: list[Any] = []

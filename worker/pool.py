@@ -22,6 +22,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from crowdcompute.wire.constants import ErrorKind
@@ -146,13 +147,17 @@ class Slot:
         first_index: int,
         count: int,
         function: tuple[bytes, str],
-        payload: bytes,
+        payload: bytes | Path,
         timeout: float | None,
         on_output: Callable[[int, str, str], None],
         on_progress: Callable[[int, int, str, int], None] | None = None,
         site: str | None = None,
+        shared: str | None = None,
     ) -> Finished | Lost:
         """Run one task in the child. Never raises for user errors or crashes.
+
+        ``payload``: the input's bytes or the shared payload file that holds them; ``shared``:
+        the shared payload folder, where the task process writes a big outcome (unless sandboxed).
 
         ``function`` is (its bytes, its serializer: "cloudpickle" or "portable");
         ``on_progress(done, failed, error, error_index)`` hears of items done while it runs.
@@ -176,19 +181,17 @@ class Slot:
             self._forget.clear()
             function_bytes, serializer = function
             new = job_id not in self._jobs
-            conn.send(
-                (
-                    "run",
-                    job_id,
-                    first_index,
-                    count,
-                    function_bytes if new else None,
-                    serializer,
-                    memoryview(payload).nbytes,
-                )
-            )
-            conn.send_bytes(payload)
+            if isinstance(payload, Path) and self.settings.sandboxed:  # the sandbox hides the folder: hand the bytes
+                payload = payload.read_bytes()
+            # The size of the bytes that follow, or the shared file the task process maps itself.
+            size = str(payload) if isinstance(payload, Path) else memoryview(payload).nbytes
+            shared = None if self.settings.sandboxed else shared
+            conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer, size, shared))
+            if not isinstance(payload, Path):
+                conn.send_bytes(payload)
             self._jobs.add(job_id)
+        except FileNotFoundError:  # the job ended and its files went while this task waited
+            return Finished(count, b"", 0.0)
         except (OSError, EOFError):
             return await self._lost()
         loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output, on_progress)
