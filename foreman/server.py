@@ -312,9 +312,10 @@ class ForemanServer:
                         return
                 held = set(self.scheduler.jobs) if isinstance(msg, (p.CollectJob, p.CancelJob)) else None
                 acknowledged = self.payloads.acknowledging(msg, self.scheduler) if self.payloads is not None else []
-                self._execute(route.handler(self.scheduler, peer.conn_id, msg))
+                actions = route.handler(self.scheduler, peer.conn_id, msg)
+                self._execute(actions)
                 if self.payloads is not None:
-                    self.payloads.handled(msg, self.scheduler, acknowledged)
+                    self.payloads.handled(msg, self.scheduler, actions, acknowledged)
                 if held is not None:
                     self._forget_files(held)
         except ConnectionClosed:

@@ -28,7 +28,7 @@ from crowdcompute.wire import messages as p
 from crowdcompute.wire.blobs import SharedFolder, job_prefix, parse_reference
 
 from .peer import Peer
-from .scheduler import Scheduler
+from .scheduler import Action, Scheduler
 from .state import Job, SaveResult
 
 __all__ = ["SharedPayloads"]
@@ -91,9 +91,16 @@ class SharedPayloads:
         outcomes = [job.results.get(task_id) for task_id in msg.task_ids]
         return [o for o in outcomes if isinstance(o, p.TaskResult) and _is_reference(o.payload)]
 
-    def handled(self, msg: p.Message, scheduler: Scheduler, acknowledged: Sequence[p.TaskResult] = ()) -> None:
-        """After the scheduler saw ``msg``: keep the references it holds, delete the ones it did not take
-        (and, for an AckResults, the files of the results it dropped: their client holds them)."""
+    def handled(
+        self,
+        msg: p.Message,
+        scheduler: Scheduler,
+        actions: Sequence[Action] = (),
+        acknowledged: Sequence[p.TaskResult] = (),
+    ) -> None:
+        """After the scheduler saw ``msg`` (and answered ``actions``): keep the references it holds,
+        delete the ones it did not take (a late or backup run's result, a task sent again), and, for
+        an AckResults, the files of the results it dropped (their client holds them)."""
         if acknowledged and isinstance(msg, p.AckResults):
             job = scheduler.jobs.get(msg.job_id)
             kept = {id(outcome) for outcome in job.results.values()} if job is not None else set()
@@ -109,7 +116,7 @@ class SharedPayloads:
                 self._inputs[(msg.job_id, msg.task_id)] = msg.payload
                 return
             self.folder.delete(msg.payload)  # sent again after a reconnect, or for a job not held
-        elif job is None:
+        elif not any(isinstance(a, SaveResult) and getattr(a.message, "payload", None) is msg.payload for a in actions):
             self.folder.delete(msg.payload)
 
     def saved(self, record: SaveResult) -> None:
