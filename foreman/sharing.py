@@ -61,6 +61,7 @@ class SharedPayloads:
         """A peer shows it reads the folder: references may go to it from now on."""
         if hmac.compare_digest(msg.proof.encode(), self._proof.encode()):
             peer.shares_files = True
+            log.info("%s %s shares the payload folder: big payloads go to it as files", peer.role, peer.name)
         else:
             log.warning("%s %s sent a wrong payload folder proof: it gets payloads inline", peer.role, peer.name)
 

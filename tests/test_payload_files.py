@@ -188,3 +188,22 @@ def test_a_restarted_foreman_finds_the_payload_files_its_journal_names(start_for
             )
 
     arun(main(), timeout=90)
+
+
+def test_a_sandboxed_task_process_gets_its_big_input_and_returns_its_big_outcome(start_foreman, start_worker):
+    from worker.sandbox import SandboxUnavailableError, find_bwrap
+
+    try:
+        find_bwrap()
+    except SandboxUnavailableError as exc:
+        pytest.skip(str(exc))
+    foreman = start_foreman("--journal", "none")
+    start_worker(foreman.url, "--procs", "1", "--sandbox")  # the sandbox hides the folder: the agent hands bytes
+    blobs = [os.urandom(2 * MB) for _ in range(3)]
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            assert await cc.map(echo, blobs, progress=False) == blobs
+            await wait_until(lambda: not files_in(folder_of(cc)), 10, "payload files left after the job")
+
+    arun(main(), timeout=60)
