@@ -94,6 +94,9 @@ def test_a_reference_names_a_file_of_its_job_and_a_bad_one_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot be read"):
         folder.check("job-1", ref)
     assert parse_reference(pickle.dumps([1])) is None and parse_reference(b"") is None
+    # A result whose file could not be read here fails its items with a sentence saying so.
+    _, errors = decode_outcomes(ref, 2)
+    assert "payload file" in str(errors[0]) and set(errors) == {0, 1}
 
 
 # --- integration: a foreman and workers on this host ------------------------------------

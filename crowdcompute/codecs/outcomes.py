@@ -19,6 +19,7 @@ import cloudpickle
 
 from ..errors import CrowdComputeError, SerializationError, UntrustedPayloadError
 from ..tracebacks import format_user_traceback
+from ..wire.blobs import parse_reference
 from ..wire.framing import Pieces
 from . import buffers
 
@@ -145,6 +146,11 @@ def decode_outcomes(
     data, or has the wrong shape) becomes an UntrustedPayloadError for each item.
     """
     try:
+        if parse_reference(payload) is not None:  # the link could not read it (see crowdcompute.link)
+            raise UntrustedPayloadError(
+                "the result's payload file in the foreman's folder could not be read here (it is gone, "
+                "or this process does not share the foreman's files)"
+            )
         if portable:  # JSON: plain data whoever sent it
             outcomes = loads_portable_outcomes(payload)
         else:
