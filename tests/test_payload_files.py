@@ -153,6 +153,19 @@ def test_a_worker_that_cannot_share_files_gets_the_bytes_inline(start_foreman, s
     arun(main(), timeout=60)
 
 
+def test_a_foreman_told_not_to_share_files_offers_no_folder(start_foreman, start_worker):
+    foreman = start_foreman("--journal", "none", "--no-shared-files")
+    start_worker(foreman.url, "--procs", "1")
+    blobs = [os.urandom(2 * MB) for _ in range(2)]
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            assert cc._open_link.welcome.blobs == "" and cc._open_link.shared is None
+            assert await cc.map(echo, blobs, progress=False) == blobs
+
+    arun(main(), timeout=60)
+
+
 def test_a_client_that_cannot_share_files_sends_and_gets_the_bytes_inline(start_foreman, start_worker, monkeypatch):
     foreman = start_foreman("--journal", "none")
     start_worker(foreman.url, "--procs", "2")
