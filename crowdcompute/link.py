@@ -130,7 +130,7 @@ class Link:
         if self.shared is None or msg.pieces or len(msg.payload) < BLOB_THRESHOLD:
             return msg
         try:
-            return dataclasses.replace(msg, payload=self.shared.write(msg.job_id, payload_parts(msg.payload)))
+            return dataclasses.replace(msg, payload=self.shared.write(msg.job_id, payload_parts(msg.payload), "in"))
         except OSError as exc:  # a full disk, say: the bytes go inline
             log.warning("cannot write a payload file in %s (%s): sending it inline", self.shared.path, exc)
             return msg

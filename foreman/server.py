@@ -308,8 +308,10 @@ class ForemanServer:
                     try:
                         msg = self.payloads.incoming(peer, msg, self.scheduler)
                     except ValueError as exc:
-                        peer.close(CloseCode.POLICY, f"{msg.TYPE}: {exc}")
-                        return
+                        # Dropped, not fatal: a frame queued before a reconnect may name a file of a
+                        # foreman that is gone; the client sends its outstanding tasks again anyway.
+                        log.warning("ignored %s from %s %s: %s", msg.TYPE, peer.role, peer.name, exc)
+                        continue
                 held = set(self.scheduler.jobs) if isinstance(msg, (p.CollectJob, p.CancelJob)) else None
                 acknowledged = self.payloads.acknowledging(msg, self.scheduler) if self.payloads is not None else []
                 actions = route.handler(self.scheduler, peer.conn_id, msg)

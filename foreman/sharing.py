@@ -154,20 +154,31 @@ class SharedPayloads:
 
     def restored(self, jobs: Iterable[Job], ended: Iterable[str]) -> None:
         """At start, with a journal: know the input files of the jobs it resumes, and delete the
-        files of every job it does not hold (a crash between a write and its message)."""
+        files no job it holds names (a crash between a write and its message): those of other jobs,
+        and input files no task of its own names (results it keeps until the journal deletes the job)."""
         jobs = list(jobs)
+        inputs: set[str] = set()
         for job in jobs:
             for task in job.tasks.values():
-                if task.payload is not None and _is_reference(task.payload):
+                found = _reference(task.payload)
+                if found is not None and task.payload is not None:
                     self._inputs[(job.job_id, task.task_id)] = task.payload
+                    inputs.add(found)
         keep = {job_prefix(job.job_id) for job in jobs} | {job_prefix(job_id) for job_id in ended}
         for path in [*self.folder.path.glob("*.blob"), *self.folder.path.glob(".*.part")]:
-            if path.name.lstrip(".").split("-")[0] not in keep:
+            name = path.name.lstrip(".")
+            if name.split("-")[0] not in keep or (name.endswith(".in.blob") and name not in inputs):
                 path.unlink(missing_ok=True)
 
 
-def _is_reference(payload: object) -> bool:
+def _reference(payload: object) -> str | None:
+    """The file name a payload references, or None."""
     try:
-        return parse_reference(payload) is not None
+        found = parse_reference(payload)
     except ValueError:
-        return False
+        return None
+    return None if found is None else found[0]
+
+
+def _is_reference(payload: object) -> bool:
+    return _reference(payload) is not None

@@ -192,10 +192,13 @@ def test_a_restarted_foreman_finds_the_payload_files_its_journal_names(start_for
             await wait_until(lambda: len(files_in(folder)) == len(blobs), 10, "the inputs never became files")
             foreman.proc.popen.kill()
             foreman.proc.popen.wait(10)
-            stray = Path(folder) / f"{job_prefix('no-such-job')}-{'0' * 32}.blob"
+            stray = Path(folder) / f"{job_prefix('no-such-job')}-{'0' * 32}.out.blob"
             stray.write_bytes(b"left by a crash")
+            orphan = Path(folder) / f"{job_prefix(job.id)}-{'1' * 32}.in.blob"  # written, never sent
+            orphan.write_bytes(b"an input the journal never heard of")
             again = start_foreman("--journal", journal, "--token", "t0ken", port=foreman.port)
             assert not stray.exists(), "the restarted foreman kept a file no job of its journal names"
+            assert not orphan.exists(), "the restarted foreman kept an input file no task names"
             start_worker(again.url, "--procs", "2", "--token", "t0ken")
             assert await job == blobs
             # The inputs go once their tasks have outcomes; the outcomes stay with the journal for the TTL.

@@ -13,7 +13,7 @@ forwards, journals and checks but never reads through. A peer that cannot
 read the folder (another host: the crowd) proves nothing and gets every
 payload inline, as before; the foreman reads the file for it.
 
-File names are ``<job prefix>-<random>.blob``: the prefix (:func:`job_prefix`,
+File names are ``<job prefix>-<random>.<in|out>.blob``: the prefix (:func:`job_prefix`,
 a hash of the job id) lets the foreman delete a job's files together, and
 the journal's own payload files use the same prefix. A writer writes a
 temporary name and renames it, so a reader never sees half a file.
@@ -52,7 +52,7 @@ PROOF_FILE = "proof"
 #: The first bytes of a reference payload (pickles start with 0x80, JSON with [ or {, out-of-band payloads \x00CC5).
 _MAGIC = b"\x00CCR"
 _SIZE = struct.Struct("!Q")
-_NAME = re.compile(r"[0-9a-f]{32}-[0-9a-f]{32}\.blob")
+_NAME = re.compile(r"[0-9a-f]{32}-[0-9a-f]{32}\.(in|out)\.blob")
 
 
 def job_prefix(job_id: str) -> str:
@@ -159,9 +159,10 @@ class SharedFolder:
             raise ValueError(f"payload file {name} holds {actual} bytes, not {size}")
         return found
 
-    def write(self, job_id: str, parts: Iterable[bytes | memoryview]) -> bytes:
-        """Write a payload of ``parts`` as a new file of the job; return its reference. Raises OSError."""
-        name = f"{job_prefix(job_id)}-{secrets.token_hex(16)}.blob"
+    def write(self, job_id: str, parts: Iterable[bytes | memoryview], kind: str = "out") -> bytes:
+        """Write a payload of ``parts`` as a new file of the job (``kind``: "in" for a task's input,
+        "out" for an outcome); return its reference. Raises OSError."""
+        name = f"{job_prefix(job_id)}-{secrets.token_hex(16)}.{kind}.blob"
         temporary = self.path / f".{name}.part"
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
