@@ -10,8 +10,8 @@ removed when the foreman stops. A file is deleted when nothing needs it:
   journal when the job is collected, cancelled or expired; with one when
   the journal deletes the job (its own ``<prefix>-*`` files, these included);
 - a result the scheduler did not take for a job it no longer has, at once;
-- with a journal, at start, the files of jobs it does not hold (a crash
-  between a write and its message).
+- with a journal, at start, the files of jobs it does not hold and input
+  files no task names (a crash between a write and its message).
 """
 
 from __future__ import annotations
