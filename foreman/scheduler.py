@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from crowdcompute.wire import messages as p
+from crowdcompute.wire.blobs import payload_size
 from crowdcompute.wire.constants import CloseCode, EnvironmentState, ErrorKind, Serializer
 
 from . import deadlines, prefetch, quorum
@@ -362,7 +363,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         if job.dropped or job.kept_bytes > self.max_kept_outcome_bytes:  # once past it, keep none acknowledged
             for task_id in job.acked:
                 outcome = job.results.pop(task_id)
-                job.kept_bytes -= len(getattr(outcome, "payload", b""))
+                job.kept_bytes -= payload_size(getattr(outcome, "payload", b""))
                 job.dropped += 1
             job.acked.clear()
         return []
@@ -647,7 +648,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         job.finished_tasks += 1
         if not self.journaled:
             job.results[task.task_id] = outcome
-            job.kept_bytes += len(getattr(outcome, "payload", b""))
+            job.kept_bytes += payload_size(getattr(outcome, "payload", b""))
         actions: list[Action] = [SaveResult(job.job_id, task.task_id, outcome)]
         if job.client is not None:
             actions.append(Send(job.client, outcome))

@@ -17,6 +17,8 @@ import os
 import shutil
 import socket
 import time
+from pathlib import Path
+from typing import cast
 
 from websockets.exceptions import ConnectionClosed
 
@@ -24,7 +26,9 @@ from crowdcompute.dialing import Backoff, RetryNotices, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
+from crowdcompute.wire.blobs import BLOB_THRESHOLD, SharedFolder, join_folder, parse_reference, payload_parts
 from crowdcompute.wire.constants import FRAGMENT_SIZE, EnvironmentState, Role
+from crowdcompute.wire.framing import Pieces
 from crowdcompute.wire.runtime import runtime_fields
 
 from .environments import BuildFailed, Environments
@@ -81,6 +85,7 @@ class WorkerAgent:
         self._outbox: asyncio.Queue[list[bytes | memoryview]] = asyncio.Queue()
         self._draining = False
         self._idle = asyncio.Event()  # set while no slot runs a task
+        self._shared: SharedFolder | None = None  # the foreman's payload folder, when this host shares it
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve the foreman until ``stop`` is set; reconnect whenever the connection drops.
@@ -112,7 +117,7 @@ class WorkerAgent:
                 print(f"worker {self.name} connected to {self.address.url}", flush=True)
                 if welcome.notice:
                     print(f"worker {self.name}: {welcome.notice}", flush=True)
-                await self._serve(websocket, stop)
+                await self._serve(websocket, stop, welcome.blobs)
                 if not stop.is_set():
                     log.warning("lost the foreman at %s; reconnecting", self.address.url)
         finally:
@@ -152,9 +157,17 @@ class WorkerAgent:
             **runtime_fields(),
         )
 
-    async def _serve(self, websocket, stop: asyncio.Event) -> None:
-        """One connection's life: read assignments, run them, send outcomes."""
+    async def _serve(self, websocket, stop: asyncio.Event, folder: str = "") -> None:
+        """One connection's life: read assignments, run them, send outcomes.
+
+        ``folder``: the foreman's payload folder (Welcome.blobs); if this host shares it, big
+        inputs and outcomes travel as files there (see crowdcompute.wire.blobs).
+        """
         self._reset()
+        joined = join_folder(folder)
+        self._shared = None if joined is None else joined[0]
+        if joined is not None:
+            self._outbox.put_nowait(p.encode_parts(p.ShareBlobs(joined[1])))
         tasks = [asyncio.create_task(self._run_slot(slot)) for slot in self.slots]
         tasks.append(asyncio.create_task(self._send_frames(websocket)))
         reader = asyncio.create_task(self._read_frames(websocket))
@@ -277,11 +290,12 @@ class WorkerAgent:
                     task.first_index,
                     task.count,
                     function,
-                    task.payload,
+                    self._input(task),
                     task.task_timeout,
                     on_output,
                     on_progress,
                     site,
+                    self._shared_path,
                     token=task if preloaded else None,
                     then=claim_next,
                 )
@@ -295,7 +309,7 @@ class WorkerAgent:
                     task.task_id,
                     task.attempt,
                     outcome.failed,
-                    outcome.payload,
+                    self._output(task.job_id, outcome.payload),
                     outcome.seconds,
                     waited=waited,
                     setup=self._setup.pop(task.job_id, 0.0),
@@ -320,9 +334,33 @@ class WorkerAgent:
             function is not None
             and site is None
             and task.job_id not in self._requirements
-            and slot.preload(task, task.job_id, task.first_index, task.count, function, task.payload)
+            and slot.preload(
+                task, task.job_id, task.first_index, task.count, function, self._input(task), self._shared_path
+            )
         )
         return task, arrived, preloaded
+
+    @property
+    def _shared_path(self) -> str | None:
+        """The foreman's shared payload folder, if this host shares it."""
+        return str(self._shared.path) if self._shared is not None else None
+
+    def _input(self, task: p.AssignTask) -> bytes | Path:
+        """A task's input: its bytes, or the shared file that holds them."""
+        try:
+            found = parse_reference(task.payload) if self._shared is not None else None
+        except ValueError:
+            found = None
+        return task.payload if found is None or self._shared is None else self._shared.file(found[0])
+
+    def _output(self, job_id: str, payload: bytes | Pieces) -> bytes:
+        """A task's outcome as it goes to the foreman: a big one as a shared file, if this host shares them."""
+        if self._shared is not None and len(payload) >= BLOB_THRESHOLD:
+            try:
+                return self._shared.write(job_id, payload_parts(payload))
+            except OSError as exc:  # a full disk, say: the bytes go inline
+                log.warning("cannot write a payload file in %s (%s): sending it inline", self._shared.path, exc)
+        return cast(bytes, payload)  # Pieces are sent as they are (encode_parts)
 
     async def _prepare(self, job_id: str, requirements: list[str]) -> str | None:
         """The site-packages folder of the job's environment, built once per job; None if it failed."""

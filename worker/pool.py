@@ -22,9 +22,11 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from crowdcompute.wire.constants import ErrorKind
+from crowdcompute.wire.framing import Pieces
 
 from .cgroups import PidsCgroup
 from .launch import ForkLauncher, Launcher, TaskProcess
@@ -44,7 +46,7 @@ class Finished:
     """The task ran to the end; ``payload`` holds its pickled outcomes."""
 
     failed: int
-    payload: bytes
+    payload: bytes | Pieces  # Pieces: out-of-band buffers as the task process sent them
     seconds: float = 0.0  # time the user's function took, measured in the task process
 
 
@@ -151,19 +153,34 @@ class Slot:
         first_index: int,
         count: int,
         function: tuple[bytes, str],
-        payload,
+        payload: bytes | Path,
+        shared: str | None,
     ) -> None:
+        """Write one task to the pipe; FileNotFoundError when its shared input file is gone."""
         for old in self._forget:
             conn.send(("forget", old))
         self._forget.clear()
         function_bytes, serializer = function
         new = job_id not in self._jobs
-        conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer))
-        conn.send_bytes(payload)
+        if isinstance(payload, Path) and self.settings.sandboxed:  # the sandbox hides the folder: hand the bytes
+            payload = payload.read_bytes()
+        # The size of the bytes that follow, or the shared file the task process maps itself.
+        size = str(payload) if isinstance(payload, Path) else memoryview(payload).nbytes
+        shared = None if self.settings.sandboxed else shared
+        conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer, size, shared))
+        if not isinstance(payload, Path):
+            conn.send_bytes(payload)
         self._jobs.add(job_id)
 
     def preload(
-        self, token: object, job_id: str, first_index: int, count: int, function: tuple[bytes, str], payload
+        self,
+        token: object,
+        job_id: str,
+        first_index: int,
+        count: int,
+        function: tuple[bytes, str],
+        payload: bytes | Path,
+        shared: str | None = None,
     ) -> bool:
         """Write the next task to the pipe while the running one runs: the process starts it the moment
         the running one ends, without waiting for the agent to read the outcome and answer.
@@ -176,14 +193,17 @@ class Slot:
         process, conn = self._process, self._conn
         if self._preloaded is not None or self.settings.strict or process is None or conn is None:
             return False
-        size = len(payload) + (len(function[0]) if job_id not in self._jobs else 0)
+        if isinstance(payload, Path) and self.settings.sandboxed:
+            return False  # its bytes would be read now and written whole: they may not fit in the pipe
+        size = 0 if isinstance(payload, Path) else len(payload)  # a shared file: only its name is written
+        size += len(function[0]) if job_id not in self._jobs else 0
         if size > PRELOAD_MAX_BYTES:  # it would not fit in the pipe: writing it would block until the running task ends
             return False
         if not process.is_alive():
             return False
         try:
-            self._send(conn, job_id, first_index, count, function, payload)
-        except (OSError, EOFError):
+            self._send(conn, job_id, first_index, count, function, payload, shared)
+        except (OSError, EOFError):  # FileNotFoundError included: the task runs (and ends) the usual way
             return False
         self._preloaded = token
         return True
@@ -194,15 +214,19 @@ class Slot:
         first_index: int,
         count: int,
         function: tuple[bytes, str],
-        payload: bytes,
+        payload: bytes | Path,
         timeout: float | None,
         on_output: Callable[[int, str, str], None],
         on_progress: Callable[[int, int, str, int], None] | None = None,
         site: str | None = None,
+        shared: str | None = None,
         token: object = None,
         then: Callable[[], None] | None = None,
     ) -> Finished | Lost:
         """Run one task in the child. Never raises for user errors or crashes.
+
+        ``payload``: the input's bytes or the shared payload file that holds them; ``shared``:
+        the shared payload folder, where the task process writes a big outcome (unless sandboxed).
 
         ``function`` is (its bytes, its serializer: "cloudpickle" or "portable");
         ``on_progress(done, failed, error, error_index)`` hears of items done while it runs.
@@ -227,8 +251,11 @@ class Slot:
         timer = None
         try:
             if self._preloaded is None or self._preloaded is not token:
-                self._send(conn, job_id, first_index, count, function, payload)
+                self._send(conn, job_id, first_index, count, function, payload, shared)
             self._preloaded = None
+        except FileNotFoundError:  # the job ended and its files went while this task waited
+            self._preloaded = None
+            return Finished(count, b"", 0.0)
         except (OSError, EOFError):
             return await self._lost()
         if then is not None:
@@ -295,7 +322,9 @@ class Slot:
                     self._broken = message[1]
                     outcome.set_result(Lost(ErrorKind.LIMIT, self.settings.limits.reason(message[1])))
                 else:
-                    outcome.set_result(Finished(message[1], conn.recv_bytes(), message[2]))
+                    parts = [conn.recv_bytes() for _ in range(message[3])]
+                    payload = parts[0] if len(parts) == 1 else Pieces(parts)
+                    outcome.set_result(Finished(message[1], payload, message[2]))
         except (EOFError, OSError):
             if not outcome.done():
                 outcome.set_result(None)
