@@ -87,6 +87,7 @@ class Peer:
     resources: dict = field(default_factory=dict)  # a worker's resources and labels, from its Hello
     labels: dict = field(default_factory=dict)
     installs: bool = True  # it builds environments (not --no-install)
+    shares_files: bool = False  # it proved it reads the payload folder (ShareBlobs): big payloads go as files
     held: Held = field(init=False)  # housekeeping frames waiting to ride along with the next one
 
     def __post_init__(self) -> None:

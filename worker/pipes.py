@@ -34,14 +34,15 @@ def send_together(conn: Connection[Any, Any], messages: Sequence[bytes | memoryv
 
     Raises OSError (BrokenPipeError) like ``send_bytes`` when the other end is gone.
     """
-    if sum(len(message) for message in messages) > TOGETHER_BYTES:
-        for message in messages:
-            conn.send_bytes(message)
+    views = [memoryview(message).cast("B") for message in messages]  # lengths in bytes, whatever the item type
+    if sum(len(view) for view in views) > TOGETHER_BYTES:
+        for view in views:
+            conn.send_bytes(view)
         return
     buffer = bytearray()
-    for message in messages:
-        buffer += _LENGTH.pack(len(message))
-        buffer += message
+    for view in views:
+        buffer += _LENGTH.pack(len(view))
+        buffer += view
     view = memoryview(buffer)
     fd = conn.fileno()
     while view:
