@@ -31,6 +31,7 @@ from crowdcompute.wire.constants import CloseCode, EnvironmentState, ErrorKind, 
 from . import deadlines, quorum
 from .assignment import assign, drop_leases, enqueue, job_notice, unlease
 from .credentials import Registry, Volunteer
+from .free_workers import FreeWorkers
 from .limits import (
     ALLOWED_FAILURES,
     ENDED_JOBS_SHOWN,
@@ -118,7 +119,10 @@ class Scheduler(VolunteerEvents, TimedEvents):
         self.clients: set[str] = set()
         self._mismatched: dict[str, str] = {}  # client id -> why it may submit portable jobs only
         self._ready: deque[str] = deque()  # job ids with queued tasks, in turn order
-        self._total_slots: int | None = None  # cached sum of the workers' slots; None when the crowd changed
+        self._total_slots: int | None = (
+            None  # sum of the workers' slots, kept as they come and go; None: not summed yet
+        )
+        self._free = FreeWorkers()  # workers with free room, best first
 
     # --- connections -------------------------------------------------------
 
@@ -160,7 +164,11 @@ class Scheduler(VolunteerEvents, TimedEvents):
         worker.installs = installs
         if volunteer is not None:
             worker.record = volunteer.record  # reputation follows the credential, not the name
+        replaced = self.workers.get(worker_id)
         self.workers[worker_id] = worker
+        self._free.add(worker)
+        if self._total_slots is not None:
+            self._total_slots += granted - (replaced.slots if replaced else 0)
         actions: list[Action] = []
         if granted < slots:
             limit = "its invite's --slots" if volunteer and volunteer.slots else "--max-slots-per-worker"
@@ -169,7 +177,6 @@ class Scheduler(VolunteerEvents, TimedEvents):
             actions.append(SaveVolunteer(volunteer))
             if worker.quarantined:
                 actions.append(Note(f"worker {name} joined as volunteer {volunteer.name}, which is quarantined"))
-        self._total_slots = None
         return actions + self._split_for_slots() + self._assign() + self._notices()
 
     def remove_worker(self, worker_id: str, how: str = "disconnected") -> list[Action]:
@@ -181,9 +188,11 @@ class Scheduler(VolunteerEvents, TimedEvents):
         their process.
         """
         worker = self.workers.pop(worker_id, None)
-        self._total_slots = None
+        self._free.remove(worker_id)
         if worker is None:
             return []
+        if self._total_slots is not None:
+            self._total_slots -= worker.slots
         actions: list[Action] = []
         # Highest task first: each goes to the front of its queue, so they end up in input order.
         for job_id, task_id in sorted(worker.running, reverse=True):
@@ -212,6 +221,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         if worker is not None and rtt > 0:
             worker.rtt = rtt
             worker.size_prefetch()
+            self._free.touch(worker)
 
     def worker_draining(self, worker_id: str) -> list[Action]:
         """The worker is stopping: it gets nothing new."""
@@ -303,7 +313,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
             return []  # already ended: cancelling is idempotent
         job.state = JobState.CANCELLED
         job.finished_at = self.clock()
-        drop_leases(self.workers, job)
+        drop_leases(self.workers, job, self._free)
         if job.job_id in self._ready:
             self._ready.remove(job.job_id)
         return [self._save_state(job), *self._release(job), *self._archive(job), *self._assign()]
@@ -375,12 +385,13 @@ class Scheduler(VolunteerEvents, TimedEvents):
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
         job, task = leased
         deadlines.observe(job, task, worker_id, self.clock())
-        unlease(self.workers, job, task, worker_id)
+        unlease(self.workers, job, task, worker_id, self._free)
         worker = self.workers.get(worker_id)
         if worker is not None and msg.seconds > 0:  # its tasks' duration sizes its prefetch
             seen = worker.task_seconds
             worker.task_seconds = msg.seconds if not seen else seen + TASK_SECONDS_WEIGHT * (msg.seconds - seen)
             worker.size_prefetch()
+            self._free.touch(worker)
         if task.state is TaskState.DONE and job.redundancy == 1:  # a reissued or backup run that lost the race
             return self._assign()
         if job.redundancy > 1:
@@ -453,7 +464,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         if leased is None:
             return [self._rejected(worker_id, "crash report", msg.job_id, msg.task_id, msg.attempt)]
         job, task = leased
-        unlease(self.workers, job, task, worker_id)
+        unlease(self.workers, job, task, worker_id, self._free)
         if task.state is TaskState.DONE:  # a redundant run no longer needed
             return self._assign()
         if msg.error in (ErrorKind.TIMEOUT, ErrorKind.LIMIT):  # running it again would do the same
@@ -482,7 +493,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         for job_id, task_id in sorted(worker.running, reverse=True):
             if job_id == job.job_id:
                 task = job.tasks[task_id]
-                unlease(self.workers, job, task, worker_id)
+                unlease(self.workers, job, task, worker_id, self._free)
                 if task.state is not TaskState.DONE:
                     self._enqueue(job, task, front=True)
         worker.jobs.discard(job.job_id)
@@ -573,7 +584,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
 
     @property
     def total_slots(self) -> int:
-        """Slots of every connected worker (summed once per change of the crowd, not per task)."""
+        """Slots of every connected worker (summed once, then kept up to date as workers come and go)."""
         if self._total_slots is None:
             self._total_slots = sum(w.slots for w in self.workers.values())
         return self._total_slots
@@ -659,7 +670,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
     def _finish(self, job: Job) -> list[Action]:
         job.state = JobState.DONE
         job.finished_at = self.clock()
-        drop_leases(self.workers, job)
+        drop_leases(self.workers, job, self._free)
         return [self._save_state(job), *self._release(job)]
 
     def _save_state(self, job: Job) -> SaveJobState:
@@ -699,7 +710,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns; note when each lease began."""
         now = self.clock()
-        sends = assign(self.workers, self.jobs, self._ready, now)
+        sends = assign(self.jobs, self._ready, now, self._free)
         for action in sends:
             if isinstance(action.message, p.AssignTask):
                 task = self.jobs[action.message.job_id].tasks[action.message.task_id]
