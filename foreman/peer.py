@@ -125,8 +125,7 @@ class Peer:
             try:
                 if isinstance(item, Frame):
                     self.queued_bytes -= item.size
-                    parts = p.split_parts(item.parts, FRAGMENT_SIZE)
-                    await websocket.send(parts[0] if len(parts) == 1 else parts)
+                    await websocket.send(p.outgoing(item.parts, FRAGMENT_SIZE))
                 elif isinstance(item, Hangup):
                     await websocket.close(item.code, item.reason)
                 else:

@@ -561,17 +561,20 @@ class Scheduler(VolunteerEvents, TimedEvents):
 
     def status(self) -> dict[str, Any]:
         """Workers, slots and jobs as plain JSON data."""
-        ended = sorted(self.ended.values(), key=lambda s: -s["finished_at"])[:ENDED_JOBS_SHOWN]
-        public = ("id", "name", "total", "completed", "failed", "state")
         return {
             "workers": [worker.summary() for worker in self.workers.values()],
-            "jobs": [job.summary() for job in self.jobs.values()]
-            + [
-                {**{k: s[k] for k in public}, "untrusted_workers": s.get("untrusted_workers", 0), "waiting": ""}
-                for s in ended
-            ],
+            "jobs": self.job_summaries(),
             "clients": len(self.clients),
         }
+
+    def job_summaries(self) -> list[dict[str, Any]]:
+        """The jobs of ``status()``: every job held, then the latest ended ones."""
+        ended = sorted(self.ended.values(), key=lambda s: -s["finished_at"])[:ENDED_JOBS_SHOWN]
+        public = ("id", "name", "total", "completed", "failed", "state")
+        return [job.summary() for job in self.jobs.values()] + [
+            {**{k: s[k] for k in public}, "untrusted_workers": s.get("untrusted_workers", 0), "waiting": ""}
+            for s in ended
+        ]
 
     @property
     def queued_bytes(self) -> int:

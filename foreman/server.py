@@ -45,8 +45,9 @@ log = logging.getLogger("crowdcompute.foreman")
 
 #: Largest frame the foreman accepts from an authenticated client or worker, in bytes.
 MAX_FRAME_SIZE = 256 * 1024 * 1024
-#: Open connections the foreman serves at once; more are closed with 1013 (try again later).
-MAX_CONNECTIONS = 4096
+#: Open connections the foreman serves at once (``--max-connections``); more are closed with
+#: 1013 (try again later). A crowd of 10,000 workers fits (issue 12); each needs a file descriptor.
+MAX_CONNECTIONS = 16384
 #: Websocket frames the foreman reads ahead of its handler per connection, before it stops reading.
 READ_AHEAD_FRAMES = 4
 
@@ -332,5 +333,4 @@ class ForemanServer:
         for task_id in await self.journal.call_async(read_outcome_ids, job_id):
             frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
             if frame is not None:
-                parts = p.split_parts(p.frame_parts(frame), FRAGMENT_SIZE)
-                await websocket.send(parts[0] if len(parts) == 1 else parts)
+                await websocket.send(p.outgoing(p.frame_parts(frame), FRAGMENT_SIZE))

@@ -50,16 +50,21 @@ __all__ = [
     "frame_parts",
     "frame_size",
     "message",
+    "outgoing",
     "require",
     "split_parts",
+    "SMALL_MESSAGE",
 ]
 
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
+#: Bytes up to which a message goes as one websocket frame, its parts joined (see :func:`outgoing`).
+SMALL_MESSAGE = 64 * 1024
 
 _T = TypeVar("_T")
 _LENGTH = struct.Struct("!I")
 _MESSAGES: dict[str, type[Message]] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # message class -> its fields' names, in order
 
 
 @dataclass(frozen=True)
@@ -162,12 +167,15 @@ def encode_parts(msg: Message) -> list[bytes | memoryview]:
     non-empty payload as it is (not copied). Written one after the other, they are the frame."""
     header: dict[str, Any] = {"type": msg.TYPE}
     payloads = []
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        if f.name in msg._payloads:
+    names = _FIELD_NAMES.get(type(msg))
+    if names is None:
+        names = _FIELD_NAMES[type(msg)] = tuple(f.name for f in dataclasses.fields(msg))
+    for name in names:
+        value = getattr(msg, name)
+        if name in msg._payloads:
             payloads.append(value)
         else:
-            header[f.name] = value
+            header[name] = value
     if payloads:
         header["sizes"] = [len(p) for p in payloads]
     head = json.dumps(header, separators=(",", ":")).encode()
@@ -334,6 +342,22 @@ def frame_parts(frame: bytes) -> list[bytes | memoryview]:
     if end > len(view):
         raise ProtocolError("the header runs past the end of the frame")
     return [view[:end], view[end:]] if end < len(view) else [view]
+
+
+def outgoing(parts: list[bytes | memoryview], largest: int) -> bytes | memoryview | list[bytes | memoryview]:
+    """What to hand ``websocket.send`` for a frame given as parts.
+
+    A small message (at most SMALL_MESSAGE bytes) is joined into one websocket
+    frame: the copy costs far less than the two more frames (and writes) that
+    sending its header and its payload as fragments takes. A bigger one goes as
+    a fragmented message (see :func:`split_parts`), never joined.
+    """
+    if len(parts) == 1:
+        part = parts[0]
+        return part if len(part) <= largest else split_parts(parts, largest)
+    if frame_size(parts) <= SMALL_MESSAGE:
+        return b"".join(parts)
+    return split_parts(parts, largest)
 
 
 def split_parts(parts: list[bytes | memoryview], largest: int) -> list[bytes | memoryview]:

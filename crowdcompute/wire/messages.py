@@ -28,6 +28,7 @@ from .framing import (  # noqa: F401 (re-exported)
     frame_parts,
     frame_size,
     message,
+    outgoing,
     split_parts,
 )
 from .framing import require as _require
@@ -72,6 +73,7 @@ __all__ = [
     "frame_size",
     "decode",
     "decode_parts",
+    "outgoing",
     "split_parts",
     "frame_parts",
 ]
