@@ -19,6 +19,7 @@ from .constants import EnvironmentState, ErrorKind, Role, Serializer
 from .framing import (  # noqa: F401 (re-exported)
     _MESSAGES,
     MAX_HEADER_SIZE,
+    SMALL_MESSAGE,
     Message,
     Pieces,
     decode,
@@ -74,6 +75,7 @@ __all__ = [
     "decode",
     "decode_parts",
     "outgoing",
+    "SMALL_MESSAGE",
     "split_parts",
     "frame_parts",
 ]
