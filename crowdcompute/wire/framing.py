@@ -148,6 +148,12 @@ def _finite_number(text: str) -> float:
     return value
 
 
+# One encoder and one decoder for every header: json.dumps and json.loads given options build
+# a new one on every call, a cost the foreman paid four times per task.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_decode_json = json.JSONDecoder(parse_float=_finite_number, parse_constant=_finite_number).decode
+
+
 def require(condition: bool, sentence: str) -> None:
     """Raise ProtocolError with ``sentence`` unless ``condition``."""
     if not condition:
@@ -178,7 +184,7 @@ def encode_parts(msg: Message) -> list[bytes | memoryview]:
             header[name] = value
     if payloads:
         header["sizes"] = [len(p) for p in payloads]
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = _encode_json(header).encode()
     parts: list[bytes | memoryview] = [_LENGTH.pack(len(head)) + head]
     for payload in payloads:
         if isinstance(payload, Pieces):
@@ -264,7 +270,8 @@ def _decode(view: memoryview, pieces: list[memoryview] | None, join: bool = True
     if end > len(view) and pieces:  # the header is split across pieces: join them (not what we send)
         view, pieces = memoryview(b"".join([view, *pieces])), None
     try:
-        header = json.loads(bytes(view[_LENGTH.size : end]), parse_float=_finite_number, parse_constant=_finite_number)
+        raw = bytes(view[_LENGTH.size : end])
+        header = _decode_json(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         raise ProtocolError(f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
