@@ -22,6 +22,8 @@ from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import Serializer
 
 from .free_workers import FreeWorkers
+from .prefetch import begin_job
+from .splitting import cut_for_lease
 from .state import Job, Send, Task, TaskState, Worker
 
 __all__ = ["assign", "can_run", "drop_leases", "enqueue", "job_notice", "unlease", "waiting_reason"]
@@ -105,8 +107,9 @@ def drop_leases(workers: dict[str, Worker], job: Job, free: FreeWorkers) -> None
             unlease(workers, job, task, worker_id, free)
 
 
-def assign(jobs: dict[str, Job], ready: deque[str], now: float, free: FreeWorkers) -> list[Send]:
-    """Lease queued tasks to free worker capacity, best worker first (``free``); the frames to send."""
+def assign(jobs: dict[str, Job], ready: deque[str], now: float, free: FreeWorkers, crowd_slots: int = 0) -> list[Send]:
+    """Lease queued tasks to free worker capacity, best worker first (``free``); the frames to send.
+    ``crowd_slots``: the workers' slots in all (a worker's first task of a job sizes its prefetch from it)."""
     actions: list[Send] = []
     stuck: dict[str, Worker] = {}  # workers no queued replica may go to (they ran them all, or lack what jobs need)
     while ready:
@@ -117,13 +120,13 @@ def assign(jobs: dict[str, Job], ready: deque[str], now: float, free: FreeWorker
             continue
         for _ in range(len(ready)):
             job = jobs[ready[0]]
-            task = _take(job, worker)
+            task = _take(job, worker, crowd_slots)
             if job.queue:
                 ready.rotate(-1)
             else:
                 ready.popleft()
             if task is not None:
-                actions += _lease(job, task, worker, now)
+                actions += _lease(job, task, worker, now, crowd_slots)
                 free.touch(worker)
                 break
         else:
@@ -133,12 +136,15 @@ def assign(jobs: dict[str, Job], ready: deque[str], now: float, free: FreeWorker
     return actions
 
 
-def _take(job: Job, worker: Worker) -> Task | None:
-    """The next queued replica of ``job`` that ``worker`` may run, removed from the queue."""
+def _take(job: Job, worker: Worker, crowd_slots: int) -> Task | None:
+    """The next queued replica of ``job`` that ``worker`` may run, removed from the queue
+    (cut to a guided share if it came in pieces: ``splitting.cut_for_lease``)."""
     if not can_run(worker, job) or not _has_room(worker, job):
         return None
     if job.redundancy == 1 and job.queue and not job.tasks[job.queue[0]].leases:
-        return job.tasks[job.queue.popleft()]
+        task = job.tasks[job.queue.popleft()]
+        cut_for_lease(job, task, crowd_slots)
+        return task
     for position, task_id in enumerate(job.queue):
         task = job.tasks[task_id]
         if task.state is TaskState.DONE:  # a reissued or backup run no longer needed
@@ -150,9 +156,10 @@ def _take(job: Job, worker: Worker) -> Task | None:
     return None
 
 
-def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
+def _lease(job: Job, task: Task, worker: Worker, now: float, crowd_slots: int) -> list[Send]:
     actions: list[Send] = []
     if job.job_id not in worker.jobs:
+        begin_job(worker, job, crowd_slots)
         worker.jobs.add(job.job_id)
         job.workers.add(worker.worker_id)
         function = p.JobFunction(job.job_id, job.function, job.serializer, list(job.requirements))

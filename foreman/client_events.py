@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from crowdcompute.wire import messages as p
+from crowdcompute.wire.blobs import payload_size
 from crowdcompute.wire.constants import CloseCode, ErrorKind, Serializer
 
 from .assignment import drop_leases
@@ -206,7 +207,7 @@ class ClientEvents:
         if job.dropped or job.kept_bytes > self.max_kept_outcome_bytes:  # once past it, keep none acknowledged
             for task_id in job.acked:
                 outcome = job.results.pop(task_id)
-                job.kept_bytes -= len(getattr(outcome, "payload", b""))
+                job.kept_bytes -= payload_size(getattr(outcome, "payload", b""))
                 job.dropped += 1
             job.acked.clear()
         return []

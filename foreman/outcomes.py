@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from crowdcompute.wire import messages as p
+from crowdcompute.wire.blobs import payload_size
 from crowdcompute.wire.constants import ErrorKind
 
-from . import deadlines, quorum
+from . import deadlines, prefetch, quorum
 from .assignment import drop_leases, unlease
 from .free_workers import FreeWorkers
-from .limits import TASK_SECONDS_WEIGHT
-from .splitting import split_queued, tail_target
+from .splitting import next_items, split_queued, tail_target
 from .state import (
     Action,
     Job,
@@ -69,10 +69,9 @@ class OutcomeEvents:
         deadlines.observe(job, task, worker_id, self.clock())
         unlease(self.workers, job, task, worker_id, self._free)
         worker = self.workers.get(worker_id)
-        if worker is not None and msg.seconds > 0:  # its tasks' duration sizes its prefetch
-            seen = worker.task_seconds
-            worker.task_seconds = msg.seconds if not seen else seen + TASK_SECONDS_WEIGHT * (msg.seconds - seen)
-            worker.size_prefetch()
+        if worker is not None:  # its tasks' duration sizes its prefetch
+            upcoming = next_items(job, self.total_slots) if job.splittable else task.count
+            prefetch.observe_task(worker, job.job_id, msg.seconds, task.count, upcoming)
             self._free.touch(worker)
         if task.state is TaskState.DONE and job.redundancy == 1:  # a reissued or backup run that lost the race
             return self._assign()
@@ -199,7 +198,7 @@ class OutcomeEvents:
         job.finished_tasks += 1
         if not self.journaled:
             job.results[task.task_id] = outcome
-            job.kept_bytes += len(getattr(outcome, "payload", b""))
+            job.kept_bytes += payload_size(getattr(outcome, "payload", b""))
         actions: list[Action] = [SaveResult(job.job_id, task.task_id, outcome)]
         if job.client is not None:
             actions.append(Send(job.client, outcome))

@@ -31,7 +31,7 @@ from typing import Any
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import EnvironmentState, ErrorKind
 
-from . import deadlines
+from . import deadlines, prefetch
 from .assignment import assign, enqueue, job_notice, unlease
 from .client_events import ClientEvents
 from .credentials import Registry, Volunteer
@@ -216,13 +216,14 @@ class Scheduler(ClientEvents, OutcomeEvents, VolunteerEvents, TimedEvents):
                 self.jobs[job_id].preparing.discard(worker_id)
         return actions + self._assign() + self._notices()
 
-    def note_latency(self, worker_id: str, rtt: float) -> None:
-        """The latest ping round trip to a worker, in seconds: it sizes the worker's prefetch."""
+    def note_latency(self, worker_id: str, rtt: float) -> list[Action]:
+        """The latest ping round trip to a worker, in seconds: it sizes the worker's prefetch
+        (tasks go out at once if it may hold more now)."""
         worker = self.workers.get(worker_id)
-        if worker is not None and rtt > 0:
-            worker.rtt = rtt
-            worker.size_prefetch()
+        if worker is not None and prefetch.set_rtt(worker, rtt):
             self._free.touch(worker)
+            return self._assign()
+        return []
 
     def worker_draining(self, worker_id: str) -> list[Action]:
         """The worker is stopping: it gets nothing new."""
@@ -415,13 +416,18 @@ class Scheduler(ClientEvents, OutcomeEvents, VolunteerEvents, TimedEvents):
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns; note when each lease began."""
         now = self.clock()
-        sends = assign(self.jobs, self._ready, now, self._free)
+        sends = assign(self.jobs, self._ready, now, self._free, self.total_slots)
+        actions: list[Action] = []
         for action in sends:
             if isinstance(action.message, p.AssignTask):
-                task = self.jobs[action.message.job_id].tasks[action.message.task_id]
+                job = self.jobs[action.message.job_id]
+                if job.cuts:  # its tasks were cut as they were leased: the journal learns of the parts first
+                    actions += [SaveTask(job.job_id, task) for task in job.cuts] + [SaveJob(job)]
+                    job.cuts.clear()
+                task = job.tasks[action.message.task_id]
                 task.lease_started[action.to] = now
                 task.overdue.discard(action.to)
-        return list(sends)
+        return actions + list(sends)
 
     def _notices(self) -> list[Action]:
         """Tell clients why their jobs do not run, when that changed (workers came or went, builds began or ended)."""
