@@ -127,7 +127,10 @@ class StatusView:
         console.print(self.summary(), markup=False)
         if self.link:
             console.print(f"status page: {self.link}", markup=False, overflow="ignore", crop=False)
-        for table in status_tables(self.status, self.url):
+        for table, what in zip(status_tables(self.status, self.url), ("workers", "jobs"), strict=True):
+            if not table.row_count:  # a line, not a table of headers over nothing
+                console.print(f"{what}: none")
+                continue
             table.title = None  # the summary line says it, without wrapping to the table's width
             console.print(table)
         return buffer.getvalue().rstrip("\n")

@@ -82,6 +82,7 @@ def test_importing_crowdcompute_loads_no_jupyter_package():
 def test_crowdmap_maps_the_cells_function_with_a_widget(cluster, shell):
     shown = connect(cluster, shell)
     assert f"Connected to {cluster.url}" in shown and "1 worker, 2 slots" in shown
+    assert "jobs: none" in shown and "┃ job" not in shown  # no empty table
 
     result, text = run(
         shell,
