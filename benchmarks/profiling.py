@@ -1,6 +1,6 @@
 """Where CrowdCompute's time goes: py-spy on every process of an embedded cluster at once.
 
-    python -m benchmarks.profiling tiny|roundtrip [--seconds 10] [--out DIR]
+    python -m benchmarks.profiling tiny|roundtrip|bytes [--seconds 10] [--out DIR]
 
 Starts ``CrowdComputeClient(workers=2)``, then samples the client (this
 process), the foreman, both worker agents and their task processes with
@@ -43,6 +43,7 @@ async def drive(kind: str, seconds: float, start_profilers) -> int:
     from crowdcompute import CrowdComputeClient
 
     items = list(range(100_000))
+    blobs = [os.urandom(10_000_000) for _ in range(20)] if kind == "bytes" else []
     async with CrowdComputeClient(workers=2) as client:
         await client.map(lambda x: x + 1, range(16), progress=False)  # both workers connected
         profilers = start_profilers(client)
@@ -51,6 +52,8 @@ async def drive(kind: str, seconds: float, start_profilers) -> int:
         while time.monotonic() < deadline:
             if kind == "tiny":
                 await client.map(lambda x: x + 1, items, progress=False)
+            elif kind == "bytes":
+                await client.map(lambda x: x, blobs, progress=False)
             else:
                 await client.run(lambda x: x + 1, rounds)
             rounds += 1
@@ -114,7 +117,7 @@ def _pct(count: int, total: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profiling", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["tiny", "roundtrip"])
+    parser.add_argument("kind", choices=["tiny", "roundtrip", "bytes"])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", default="profiles", help="folder for the collapsed stacks")
     args = parser.parse_args(argv)
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
 
     rounds = asyncio.run(drive(args.kind, args.seconds, start_profilers))
-    unit = "maps of 100,000 items" if args.kind == "tiny" else "run() calls"
+    unit = {"tiny": "maps of 100,000 items", "bytes": "maps of 20 x 10 MB"}.get(args.kind, "run() calls")
     print(f"{rounds} {unit} in about {args.seconds:g} s ({rounds / args.seconds:.1f}/s); load {os.getloadavg()}")
     for role in roles:
         path = out / f"{args.kind}-{role}.txt"

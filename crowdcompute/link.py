@@ -10,9 +10,11 @@ or if the foreman now refuses the token, the owner learns it is lost for good.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -21,6 +23,7 @@ from .dialing import Backoff, RetryNotices, dial
 from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
 from .wire import messages as p
 from .wire.addresses import Address
+from .wire.blobs import BLOB_THRESHOLD, SharedFolder, join_folder, parse_reference, payload_parts
 from .wire.constants import FRAGMENT_SIZE
 from .wire.framing import split_parts
 
@@ -69,6 +72,7 @@ class Link:
         self.closed = False
         self.lost = False
         self._dormant = False  # the foreman closed us for being idle: redial on the next send
+        self.shared: SharedFolder | None = None  # the foreman's payload folder, when this host shares it
 
     @property
     def usable(self) -> bool:
@@ -82,7 +86,12 @@ class Link:
         return self.welcome
 
     def send(self, msg: p.Message) -> None:
-        """Queue a message; it goes out in order, after a reconnect if need be."""
+        """Queue a message; it goes out in order, after a reconnect if need be.
+
+        A big task input goes as a file in the foreman's payload folder when this host shares it.
+        """
+        if isinstance(msg, p.SubmitTask) and self.shared is not None:
+            msg = self._as_file(msg)
         self._frames.append(p.encode_parts(msg))
         self._queued.set()
         self._drained.clear()
@@ -108,7 +117,35 @@ class Link:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _start(self) -> None:
+        joined = join_folder(self.welcome.blobs) if self.welcome is not None else None
+        self.shared = None if joined is None else joined[0]
+        if joined is not None:  # first on this connection, before any reference
+            self._frames.appendleft(p.encode_parts(p.ShareBlobs(joined[1])))
+            self._queued.set()
+            self._drained.clear()
         self._tasks = [asyncio.create_task(self._read_frames()), asyncio.create_task(self._send_frames())]
+
+    def _as_file(self, msg: p.SubmitTask) -> p.SubmitTask:
+        """``msg`` with its input written to the shared folder, if it is big (and not in pieces)."""
+        if self.shared is None or msg.pieces or len(msg.payload) < BLOB_THRESHOLD:
+            return msg
+        try:
+            return dataclasses.replace(msg, payload=self.shared.write(msg.job_id, payload_parts(msg.payload), "in"))
+        except OSError as exc:  # a full disk, say: the bytes go inline
+            log.warning("cannot write a payload file in %s (%s): sending it inline", self.shared.path, exc)
+            return msg
+
+    def _as_bytes(self, msg: p.Message) -> p.Message:
+        """A result whose payload is a file reference, with the file's bytes (mapped, not read)."""
+        if self.shared is None or not isinstance(msg, p.TaskResult):
+            return msg
+        try:
+            if parse_reference(msg.payload) is None:
+                return msg
+            return dataclasses.replace(msg, payload=cast(bytes, self.shared.read(msg.payload)))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read a result's payload file: %s", exc)
+            return msg
 
     async def _send_frames(self) -> None:
         websocket = self._websocket
@@ -136,7 +173,7 @@ class Link:
         try:
             while True:
                 fragments = [fragment async for fragment in websocket.recv_streaming()]
-                self._on_message(p.decode_parts(fragments))
+                self._on_message(self._as_bytes(p.decode_parts(fragments)))
         except ConnectionClosed:
             pass
         except ProtocolError as exc:

@@ -20,6 +20,8 @@ from collections import deque
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import Serializer
 
+from .prefetch import begin_job
+from .splitting import cut_for_lease
 from .state import Job, Send, Task, TaskState, Worker
 
 __all__ = ["assign", "can_run", "drop_leases", "enqueue", "job_notice", "unlease", "waiting_reason"]
@@ -102,8 +104,11 @@ def drop_leases(workers: dict[str, Worker], job: Job) -> None:
             unlease(workers, job, task, worker_id)
 
 
-def assign(workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], now: float) -> list[Send]:
-    """Lease queued tasks to free worker capacity; the frames to send."""
+def assign(
+    workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], now: float, crowd_slots: int = 0
+) -> list[Send]:
+    """Lease queued tasks to free worker capacity; the frames to send. ``crowd_slots``: the
+    workers' slots in all (a worker's first task of a job sizes its prefetch from it)."""
     actions: list[Send] = []
     stuck: set[str] = set()  # workers no queued replica may go to (they ran them all)
     while ready:
@@ -113,25 +118,28 @@ def assign(workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], 
         worker = max(candidates, key=lambda w: (w.slots > len(w.running), w.free, -w.last_lease))
         for _ in range(len(ready)):
             job = jobs[ready[0]]
-            task = _take(job, worker)
+            task = _take(job, worker, crowd_slots)
             if job.queue:
                 ready.rotate(-1)
             else:
                 ready.popleft()
             if task is not None:
-                actions += _lease(job, task, worker, now)
+                actions += _lease(job, task, worker, now, crowd_slots)
                 break
         else:
             stuck.add(worker.worker_id)
     return actions
 
 
-def _take(job: Job, worker: Worker) -> Task | None:
-    """The next queued replica of ``job`` that ``worker`` may run, removed from the queue."""
+def _take(job: Job, worker: Worker, crowd_slots: int) -> Task | None:
+    """The next queued replica of ``job`` that ``worker`` may run, removed from the queue
+    (cut to a guided share if it came in pieces: ``splitting.cut_for_lease``)."""
     if not can_run(worker, job) or not _has_room(worker, job):
         return None
     if job.redundancy == 1 and job.queue and not job.tasks[job.queue[0]].leases:
-        return job.tasks[job.queue.popleft()]
+        task = job.tasks[job.queue.popleft()]
+        cut_for_lease(job, task, crowd_slots)
+        return task
     for position, task_id in enumerate(job.queue):
         task = job.tasks[task_id]
         if task.state is TaskState.DONE:  # a reissued or backup run no longer needed
@@ -143,9 +151,10 @@ def _take(job: Job, worker: Worker) -> Task | None:
     return None
 
 
-def _lease(job: Job, task: Task, worker: Worker, now: float) -> list[Send]:
+def _lease(job: Job, task: Task, worker: Worker, now: float, crowd_slots: int) -> list[Send]:
     actions: list[Send] = []
     if job.job_id not in worker.jobs:
+        begin_job(worker, job, crowd_slots)
         worker.jobs.add(job.job_id)
         job.workers.add(worker.worker_id)
         function = p.JobFunction(job.job_id, job.function, job.serializer, list(job.requirements))

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not run backup copies of the slowest tasks at the tail of a job",
     )
+    parser.add_argument(
+        "--no-shared-files",
+        action="store_true",
+        help="never exchange big payloads as files with clients and workers on this host "
+        "(every payload then crosses the websocket)",
+    )
     parser.add_argument("--certfile", help="TLS certificate (serves wss://)")
     parser.add_argument("--keyfile", help="TLS private key")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
@@ -161,6 +167,7 @@ async def _serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         max_slots_per_worker=args.max_slots_per_worker,
         backup_tasks=not args.no_backup_tasks,
+        share_files=not args.no_shared_files,
         sock=socket.socket(fileno=args.fd) if args.fd is not None else None,
     )
     address = await server.start()

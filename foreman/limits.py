@@ -43,9 +43,9 @@ MAX_PREFETCH_PER_SLOT = 8
 #: Seconds added to a worker's round trip when sizing its prefetch: the foreman's and the
 #: worker's own time to turn a finished task into the next one.
 PREFETCH_MARGIN = 0.01
-#: Weight of the newest task in a worker's running average of task durations: high, so that a
-#: new job with longer tasks than the last one stops a deep prefetch within a few tasks.
+#: Weight of the newest task in a worker's running average of item durations within a job
+#: (foreman.prefetch): high, so that items that grow slower stop a deep prefetch within a few tasks.
 TASK_SECONDS_WEIGHT = 0.5
 #: Slots a worker is granted at most, whatever it claims (``--max-slots-per-worker``; an invite's
-#: ``--slots`` may grant fewer). It holds at most its slots plus its prefetch (Worker.size_prefetch).
+#: ``--slots`` may grant fewer). It holds at most its slots plus its prefetch (foreman.prefetch).
 MAX_SLOTS_PER_WORKER = 64

@@ -85,6 +85,7 @@ class Peer:
     resources: dict = field(default_factory=dict)  # a worker's resources and labels, from its Hello
     labels: dict = field(default_factory=dict)
     installs: bool = True  # it builds environments (not --no-install)
+    shares_files: bool = False  # it proved it reads the payload folder (ShareBlobs): big payloads go as files
 
     def queue_frame(self, parts: list[bytes | memoryview]) -> None:
         """Queue an encoded message; a peer that lets MAX_OUTBOX_BYTES pile up is closed at once."""

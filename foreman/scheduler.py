@@ -26,9 +26,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from crowdcompute.wire import messages as p
+from crowdcompute.wire.blobs import payload_size
 from crowdcompute.wire.constants import CloseCode, EnvironmentState, ErrorKind, Serializer
 
-from . import deadlines, quorum
+from . import deadlines, prefetch, quorum
 from .assignment import assign, drop_leases, enqueue, job_notice, unlease
 from .credentials import Registry, Volunteer
 from .limits import (
@@ -41,9 +42,8 @@ from .limits import (
     MAX_SLOTS_PER_WORKER,
     MAX_WORKER_LOSSES,
     RESULT_TTL,
-    TASK_SECONDS_WEIGHT,
 )
-from .splitting import split_queued, split_task, tail_target, target_items
+from .splitting import next_items, split_queued, split_task, tail_target, target_items
 from .state import (
     Action,
     Close,
@@ -206,12 +206,13 @@ class Scheduler(VolunteerEvents, TimedEvents):
                 self.jobs[job_id].preparing.discard(worker_id)
         return actions + self._assign() + self._notices()
 
-    def note_latency(self, worker_id: str, rtt: float) -> None:
-        """The latest ping round trip to a worker, in seconds: it sizes the worker's prefetch."""
+    def note_latency(self, worker_id: str, rtt: float) -> list[Action]:
+        """The latest ping round trip to a worker, in seconds: it sizes the worker's prefetch
+        (tasks go out at once if it may hold more now)."""
         worker = self.workers.get(worker_id)
-        if worker is not None and rtt > 0:
-            worker.rtt = rtt
-            worker.size_prefetch()
+        if worker is not None and prefetch.set_rtt(worker, rtt):
+            return self._assign()
+        return []
 
     def worker_draining(self, worker_id: str) -> list[Action]:
         """The worker is stopping: it gets nothing new."""
@@ -362,7 +363,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         if job.dropped or job.kept_bytes > self.max_kept_outcome_bytes:  # once past it, keep none acknowledged
             for task_id in job.acked:
                 outcome = job.results.pop(task_id)
-                job.kept_bytes -= len(getattr(outcome, "payload", b""))
+                job.kept_bytes -= payload_size(getattr(outcome, "payload", b""))
                 job.dropped += 1
             job.acked.clear()
         return []
@@ -377,10 +378,9 @@ class Scheduler(VolunteerEvents, TimedEvents):
         deadlines.observe(job, task, worker_id, self.clock())
         unlease(self.workers, job, task, worker_id)
         worker = self.workers.get(worker_id)
-        if worker is not None and msg.seconds > 0:  # its tasks' duration sizes its prefetch
-            seen = worker.task_seconds
-            worker.task_seconds = msg.seconds if not seen else seen + TASK_SECONDS_WEIGHT * (msg.seconds - seen)
-            worker.size_prefetch()
+        if worker is not None:  # its tasks' duration sizes its prefetch
+            upcoming = next_items(job, self.total_slots) if job.splittable else task.count
+            prefetch.observe_task(worker, job.job_id, msg.seconds, task.count, upcoming)
         if task.state is TaskState.DONE and job.redundancy == 1:  # a reissued or backup run that lost the race
             return self._assign()
         if job.redundancy > 1:
@@ -648,7 +648,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         job.finished_tasks += 1
         if not self.journaled:
             job.results[task.task_id] = outcome
-            job.kept_bytes += len(getattr(outcome, "payload", b""))
+            job.kept_bytes += payload_size(getattr(outcome, "payload", b""))
         actions: list[Action] = [SaveResult(job.job_id, task.task_id, outcome)]
         if job.client is not None:
             actions.append(Send(job.client, outcome))
@@ -699,13 +699,18 @@ class Scheduler(VolunteerEvents, TimedEvents):
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns; note when each lease began."""
         now = self.clock()
-        sends = assign(self.workers, self.jobs, self._ready, now)
+        sends = assign(self.workers, self.jobs, self._ready, now, self.total_slots)
+        actions: list[Action] = []
         for action in sends:
             if isinstance(action.message, p.AssignTask):
-                task = self.jobs[action.message.job_id].tasks[action.message.task_id]
+                job = self.jobs[action.message.job_id]
+                if job.cuts:  # its tasks were cut as they were leased: the journal learns of the parts first
+                    actions += [SaveTask(job.job_id, task) for task in job.cuts] + [SaveJob(job)]
+                    job.cuts.clear()
+                task = job.tasks[action.message.task_id]
                 task.lease_started[action.to] = now
                 task.overdue.discard(action.to)
-        return list(sends)
+        return actions + list(sends)
 
     def _notices(self) -> list[Action]:
         """Tell clients why their jobs do not run, when that changed (workers came or went, builds began or ended)."""

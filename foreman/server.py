@@ -30,7 +30,8 @@ from .limits import MAX_SLOTS_PER_WORKER
 from .peer import MAX_OUTBOX_BYTES, Peer, how_it_went, ping, where
 from .routes import ROUTES
 from .scheduler import RESULT_TTL, Action, Scheduler
-from .state import Close, Note, Replay, Send
+from .sharing import SharedPayloads
+from .state import Close, Note, Replay, SaveResult, Send
 
 __all__ = [
     "AUTH_TIMEOUT",
@@ -78,8 +79,12 @@ class ForemanServer:
         sock: socket.socket | None = None,
         max_slots_per_worker: int = MAX_SLOTS_PER_WORKER,
         backup_tasks: bool = True,
+        share_files: bool = True,
     ) -> None:
-        """``journal``: a Journal, or a function of the bound port that opens one."""
+        """``journal``: a Journal, or a function of the bound port that opens one.
+
+        ``share_files``: offer peers on this host a folder for big payloads (see foreman.sharing).
+        """
         if not token:
             raise ValueError("the foreman never runs without a token")
         self.host = host
@@ -95,6 +100,8 @@ class ForemanServer:
         self._connections = 0
         self._open_journal = journal
         self.journal: Journal | None = None
+        self.share_files = share_files
+        self.payloads: SharedPayloads | None = None
         self.scheduler = Scheduler(
             journaled=journal is not None,
             result_ttl=RESULT_TTL if result_ttl is None else result_ttl,
@@ -140,8 +147,12 @@ class ForemanServer:
         # happens before any peer is served.
         journal = self._open_journal
         self.journal = journal(self.port) if callable(journal) else journal
+        if self.share_files:
+            self.payloads = SharedPayloads(str(self.journal.blobs) if self.journal is not None else None)
         if self.journal is not None:
             jobs, ended = self.journal.load()
+            if self.payloads is not None:
+                self.payloads.restored(jobs, [summary["id"] for summary in ended])
             self._execute(self.scheduler.restore(jobs, ended, self.journal.load_volunteers()))
             if jobs:
                 log.info("resumed %d unfinished jobs from %s", len(jobs), self.journal.path)
@@ -163,6 +174,8 @@ class ForemanServer:
             self._server = None
         if self.journal is not None:
             self.journal.close()
+        if self.payloads is not None:
+            self.payloads.close()
 
     async def _tick_regularly(self) -> None:
         while True:
@@ -173,7 +186,9 @@ class ForemanServer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(EXPIRE_INTERVAL, self.idle_timeout / 2))
+            held = set(self.scheduler.jobs)
             self._execute(self.scheduler.expire())
+            self._forget_files(held)
             busy = self.scheduler.busy_clients()
             for peer in list(self._peers.values()):
                 idle = loop.time() - peer.last_seen
@@ -215,11 +230,12 @@ class ForemanServer:
                     max_queued_tasks=self.scheduler.max_queued_tasks,
                     max_queued_bytes=self.scheduler.max_queued_bytes,
                     notice=self._notice(peer),
+                    blobs=self.payloads.path if self.payloads is not None else "",
                 )
             ),
         )
         if peer.role == Role.WORKER:  # its round trip sizes its prefetch: measure it now, not at the first keepalive
-            peer.pinger = asyncio.create_task(ping(websocket))
+            peer.pinger = asyncio.create_task(self._measure_round_trip(peer))
         try:
             if peer.role == Role.WORKER:
                 who = f" (volunteer {peer.volunteer.name})" if peer.volunteer else ""
@@ -278,15 +294,40 @@ class ForemanServer:
                     code = CloseCode.UNSUPPORTED if isinstance(fragments[0], str) else CloseCode.PROTOCOL_ERROR
                     peer.close(code, str(exc))
                     return
+                if isinstance(msg, p.ShareBlobs):
+                    if self.payloads is not None:
+                        self.payloads.accept(peer, msg)
+                    continue
                 route = ROUTES.get(type(msg))
                 if route is None or route.role != peer.role:
                     peer.close(CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
                     return
                 if isinstance(msg, p.TaskDone):  # the latest ping's round trip sizes the worker's prefetch
-                    self.scheduler.note_latency(peer.conn_id, peer.websocket.latency)
-                self._execute(route.handler(self.scheduler, peer.conn_id, msg))
+                    self._execute(self.scheduler.note_latency(peer.conn_id, peer.websocket.latency))
+                if self.payloads is not None:
+                    try:
+                        msg = self.payloads.incoming(peer, msg, self.scheduler)
+                    except ValueError as exc:
+                        # Dropped, not fatal: a frame queued before a reconnect may name a file of a
+                        # foreman that is gone; the client sends its outstanding tasks again anyway.
+                        log.warning("ignored %s from %s %s: %s", msg.TYPE, peer.role, peer.name, exc)
+                        continue
+                held = set(self.scheduler.jobs) if isinstance(msg, (p.CollectJob, p.CancelJob)) else None
+                acknowledged = self.payloads.acknowledging(msg, self.scheduler) if self.payloads is not None else []
+                actions = route.handler(self.scheduler, peer.conn_id, msg)
+                self._execute(actions)
+                if self.payloads is not None:
+                    self.payloads.handled(msg, self.scheduler, actions, acknowledged)
+                if held is not None:
+                    self._forget_files(held)
         except ConnectionClosed:
             pass
+
+    async def _measure_round_trip(self, peer: Peer) -> None:
+        """Ping a joining worker once: its round trip sizes its prefetch before its first task ends."""
+        await ping(peer.websocket)
+        if peer.conn_id in self._peers:
+            self._execute(self.scheduler.note_latency(peer.conn_id, peer.websocket.latency))
 
     def _execute(self, actions: list[Action]) -> None:
         """Carry out the scheduler's actions in order; commit the journal once at the end.
@@ -309,9 +350,12 @@ class ForemanServer:
                 elif self.journal is not None and isinstance(action.message, p.JobAccepted):
                     accepted.append(action)
                 else:
-                    peer.queue_frame(p.encode_parts(action.message))
-            elif self.journal is not None:
-                self.journal.apply(action)
+                    peer.queue_frame(p.encode_parts(self._readable(peer, action.message)))
+            else:
+                if isinstance(action, SaveResult) and self.payloads is not None:
+                    self.payloads.saved(action)
+                if self.journal is not None:
+                    self.journal.apply(action)
         if self.journal is not None:
             if accepted:
                 loop = asyncio.get_running_loop()
@@ -323,14 +367,26 @@ class ForemanServer:
         for action in sends:
             peer = self._peers.get(action.to)
             if peer is not None:
-                peer.queue_frame(p.encode_parts(action.message))
+                peer.queue_frame(p.encode_parts(self._readable(peer, action.message)))
+
+    def _readable(self, peer: Peer, msg: p.Message) -> p.Message:
+        """``msg`` with any payload file reference made the file's bytes for a peer that does not share files."""
+        return msg if self.payloads is None else self.payloads.outgoing(peer, msg)
+
+    def _forget_files(self, held: set[str]) -> None:
+        """Jobs the scheduler no longer holds: without a journal, nothing will ask for their files again."""
+        if self.payloads is not None and self.journal is None:
+            self.payloads.forget(held - set(self.scheduler.jobs))
 
     async def _replay(self, websocket: ServerConnection, job_id: str) -> None:
         """Send a job's stored outcomes one by one, so a big job never sits in memory whole."""
         if self.journal is None:
             return
+        peer = next((peer for peer in self._peers.values() if peer.websocket is websocket), None)
         for task_id in await self.journal.call_async(read_outcome_ids, job_id):
             frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
             if frame is not None:
+                if self.payloads is not None and peer is not None:
+                    frame = self.payloads.outgoing_frame(peer, frame)
                 parts = p.split_parts(p.frame_parts(frame), FRAGMENT_SIZE)
                 await websocket.send(parts[0] if len(parts) == 1 else parts)

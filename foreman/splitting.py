@@ -9,9 +9,13 @@ without reading its payload. When slots join, or a task arrives, each queued
 task that was never leased and holds more than the job's target (its items
 over CHUNKS_PER_SLOT tasks per slot, counting at least MIN_SPLIT_SLOTS
 slots) is cut into parts of about the target.
+As each task is leased it is cut down to a guided share (guided
+self-scheduling): at most the job's queued items over GUIDED_PARTS tasks
+per slot. Early leases are the job's full-size chunks,
+later ones shrink down to one item, so that at the tail no slot idles while
+another works through a big chunk, also one a far worker holds in its prefetch.
 At a job's tail, when fewer tasks are queued than there are slots, what is
-left is cut to spread over every slot, so that no slot idles while one
-works through a big last chunk.
+left is cut to spread over every slot.
 The first part keeps the task's id; the others take ids after the client's
 and follow it in the queue. Results carry their items' indexes, so the client
 needs to know nothing of it.
@@ -27,12 +31,64 @@ from crowdcompute.wire.framing import Pieces
 
 from .state import Job, Task, TaskState
 
-__all__ = ["MIN_SPLIT_SLOTS", "split_queued", "split_task", "tail_target", "target_items"]
+__all__ = [
+    "GUIDED_PARTS",
+    "MIN_SPLIT_SLOTS",
+    "cut_for_lease",
+    "guided_target",
+    "next_items",
+    "split_queued",
+    "split_task",
+    "tail_target",
+    "target_items",
+]
 
 #: Cuts assume at least this many slots. A crowd grows in bursts: the first worker to
 #: join is the whole crowd for a moment, and what it leases then (its slots and its
 #: prefetch) it keeps; with this floor that is at most a few small tasks.
 MIN_SPLIT_SLOTS = 8
+
+
+#: A task being leased holds at most the job's items without an outcome over this many
+#: tasks per slot: leases shrink as the job runs out, to one item at its tail.
+GUIDED_PARTS = 2
+
+
+def guided_target(job: Job, slots: int) -> int:
+    """Items a task being leased may hold now: a share of the items still queued (GUIDED_PARTS
+    tasks per slot), never more than the job's usual size (``target_items``).
+
+    The queued items are estimated as the tasks queued or still to come from the client
+    times the job's mean task size, so that a lease costs O(1) however long the queue is.
+    """
+    coming = job.total_tasks - len(job.tasks)  # the client streams its tasks in
+    queued = (len(job.queue) + coming) * job.total_items / max(1, job.total_tasks)
+    guided = math.ceil(queued / (max(1, slots) * GUIDED_PARTS))
+    return max(1, min(guided, target_items(job, slots)))
+
+
+def next_items(job: Job, slots: int) -> int:
+    """About how many items the job's next lease holds (at least): its first queued task, cut
+    evenly to ``guided_target`` (a worker sizes what it holds ahead by it)."""
+    guided = guided_target(job, slots)
+    if not job.queue:
+        return guided
+    head = job.tasks[job.queue[0]].count
+    return head // math.ceil(head / guided)  # its smallest part once cut evenly
+
+
+def cut_for_lease(job: Job, task: Task, slots: int) -> None:
+    """``task`` (just taken from the queue) is about to be leased: cut it to ``guided_target``.
+
+    The parts after the first go to the front of the queue, in order; every task
+    changed or made is kept in ``job.cuts`` for the journal.
+    """
+    if not job.splittable or job.redundancy != 1 or task.pieces is None:
+        return
+    parts = split_task(job, task, guided_target(job, slots))
+    if parts:
+        job.queue.extendleft(part.task_id for part in reversed(parts))
+        job.cuts += [task, *parts]
 
 
 def tail_target(job: Job, slots: int) -> int | None:
@@ -50,21 +106,30 @@ def target_items(job: Job, slots: int) -> int:
 
 
 def split_task(job: Job, task: Task, target: int) -> list[Task]:
-    """Cut a queued, never leased ``task`` into parts of at most ``target`` items (whole pieces).
+    """Cut a queued, never leased ``task`` into parts of at most ``target`` items (whole pieces),
+    as even as its pieces allow (25 items for 4 a part: 4, 3, 4, 3, 4, 3, 4, not six 4s and a 1:
+    a worker sizes what it holds ahead by the tasks it gets, and a small last part would leave
+    it short).
 
     ``task`` keeps the first part; the others are added to the job and returned
     (the caller queues them right after ``task``). Nothing to cut: [].
     """
     if task.pieces is None or task.count <= target or task.attempt or task.state is not TaskState.QUEUED:
         return []
+    parts_wanted = math.ceil(task.count / target)
     groups: list[list[list[int]]] = [[]]
-    held = 0
+    held = done = 0  # items in the group being filled, items in the groups before it
     for piece in task.pieces:
         if groups[-1] and held + piece[0] > target:
             groups.append([])
-            held = 0
+            done, held = done + held, 0
         groups[-1].append(piece)
         held += piece[0]
+        if done + held >= round(len(groups) * task.count / parts_wanted) and len(groups) < parts_wanted:
+            groups.append([])  # this part has its even share
+            done, held = done + held, 0
+    if not groups[-1]:
+        groups.pop()
     if len(groups) == 1:
         return []
     payload = task.payload

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -11,7 +10,6 @@ from crowdcompute.wire.constants import Serializer
 from crowdcompute.wire.messages import Message, TaskDone, TaskFailed, TaskResult
 
 from .credentials import Record, Volunteer
-from .limits import MAX_PREFETCH_PER_SLOT, PREFETCH_MARGIN
 
 __all__ = [
     "Action",
@@ -185,6 +183,7 @@ class Job:
     queued_bytes: int = 0  # input bytes of received tasks without an outcome yet
     splits: int = 0  # tasks the foreman made by cutting the client's (their ids follow the client's)
     splittable: bool = False  # some queued task may be cut (it came in pieces)
+    cuts: list[Task] = field(default_factory=list)  # tasks cut as they were leased, for the journal
     untrusted: set[str] = field(default_factory=set)  # untrusted volunteers leased its tasks
     waiting: str = ""  # what it waits for beyond free slots ("task 12 needs 1 more distinct worker")
     durations: list[float] = field(default_factory=list)  # recent lease round trips (its deadlines follow them)
@@ -242,8 +241,10 @@ class Worker:
     draining: bool = False  # stopping: it gets no new tasks
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
     rtt: float = 0.0  # seconds: its latest ping round trip (0: not measured yet)
-    task_seconds: float = 0.0  # running average of its tasks' durations (0: none finished yet)
-    prefetch: int = 0  # tasks it holds beyond its running ones (see size_prefetch); set on creation
+    item_seconds: float = 0.0  # running average of its items' durations in ``timed_job`` (0: none finished yet)
+    task_seconds: float = 0.0  # what its next tasks should take (item_seconds times their items)
+    timed_job: str = ""  # the job its durations were measured in
+    prefetch: int = 0  # tasks it holds beyond its running ones (see foreman.prefetch); set on creation
     last_lease: int = 0  # order of its latest lease: among equally free workers, the longest unserved goes first
     volunteer: Volunteer | None = None  # the invite it joined with; None: the shared worker token
     record: Record = field(default_factory=Record)  # the volunteer's record, or this connection's
@@ -312,24 +313,7 @@ class Worker:
         return self.slots + self.prefetch
 
     def __post_init__(self) -> None:
-        self.size_prefetch()
-
-    def size_prefetch(self) -> None:
-        """Set ``prefetch``, the tasks it holds beyond its running ones: enough to cover a round trip to it.
-
-        While one finished task's outcome travels to the foreman and the next task
-        travels back (``rtt``), each slot goes through ``rtt / task_seconds`` more
-        tasks: it must already hold them. Half a task per slot (at least one) before
-        anything is measured; at most MAX_PREFETCH_PER_SLOT per slot, so that little
-        is held back from other workers at the tail of a job. Kept in a field, not
-        computed on each read: ``free`` is read for every worker on every lease.
-        """
-        least = max(1, self.slots // 2)
-        if self.rtt <= 0 or self.task_seconds <= 0:
-            self.prefetch = least
-            return
-        needed = math.ceil(self.slots * (self.rtt + PREFETCH_MARGIN) / self.task_seconds)
-        self.prefetch = min(max(least, needed), self.slots * MAX_PREFETCH_PER_SLOT)
+        self.prefetch = max(1, self.slots // 2)  # nothing measured yet (foreman.prefetch sizes it later)
 
     @property
     def free(self) -> int:

@@ -12,7 +12,8 @@ whatever happened.
 Processes run in a host with ``ip netns exec``; the test's own client code
 runs in a host through :meth:`Network.run_in` (a thread that entered the
 host's namespace). A :class:`Relay` process adds one-way delay to TCP
-connections (there is no netem here) and can cut them all at once.
+connections (there is no netem here) and can cut them all at once. ``kill_host``
+powers a host off: its link drops, then every process in it is SIGKILLed.
 
 Needs root and iproute2 (``ip``): :func:`unavailable` says why not.
 
@@ -42,6 +43,8 @@ from conftest import Proc
 STOP_TIMEOUT = 5.0
 #: The hosts' subnet: every Network has its own namespaces, so each can use the same one.
 SUBNET = "10.77.0"
+#: Rounds of SIGKILL kill_host sends before it gives up on a host's processes.
+KILL_ROUNDS = 20
 #: The relay's line once it listens (followed by HOST:PORT).
 RELAY_READY = "relay listening on "
 
@@ -116,6 +119,24 @@ class Network:
     def cut(self, host: Host) -> None:
         """Unplug the host: its packets go nowhere (connections are not closed, they go silent)."""
         self._in(self.switch, "link", "set", host.port_name, "down")
+
+    def kill_host(self, host: Host) -> None:
+        """Power the host off: its link goes down first (nothing it sends gets out, as when a machine
+        loses power), then every process in its namespace is SIGKILLed."""
+        self.cut(host)
+        for _ in range(KILL_ROUNDS):  # a process may fork while we kill: again until none is left
+            listed = subprocess.run(
+                ["ip", "netns", "pids", host.namespace], capture_output=True, text=True, timeout=10
+            ).stdout.split()
+            if not listed:
+                return
+            for pid in listed:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)  # let the kernel reap them before the next look
+        raise RuntimeError(f"processes still run in host {host.name} after {KILL_ROUNDS} rounds of SIGKILL")
 
     def mend(self, host: Host) -> None:
         """Plug the host back in."""

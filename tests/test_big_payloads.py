@@ -18,6 +18,7 @@ from crowdcompute import CrowdComputeClient
 from crowdcompute.errors import CrowdComputeError, ProtocolError
 from crowdcompute.feed import ACK_AFTER_BYTES
 from crowdcompute.wire import messages as p
+from crowdcompute.wire.constants import SHARE_FILES_VARIABLE
 from foreman.limits import MAX_KEPT_OUTCOME_BYTES
 
 MB = 1_000_000
@@ -97,8 +98,10 @@ def test_the_foreman_keeps_a_payload_in_the_pieces_it_arrived_in_and_forwards_th
 
 
 def test_outcomes_past_the_budget_are_dropped_once_delivered_and_only_their_client_attaches(
-    start_foreman, start_worker
+    start_foreman, start_worker, monkeypatch
 ):
+    # Payloads inline, in the foreman's memory (payload files are not: see test_payload_files.py).
+    monkeypatch.setenv(SHARE_FILES_VARIABLE, "0")
     foreman = start_foreman("--journal", "none")
     start_worker(foreman.url, "--procs", "2")
     size = 2 * MB

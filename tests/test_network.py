@@ -1,7 +1,7 @@
 """A crowd over a real (namespaced) network: a foreman host, worker hosts and a client host on a bridge.
 
-wss with a test CA, partitions, churn and flaky links, with real processes
-(see tests/netns.py). Needs root; skipped elsewhere, saying why.
+wss with a test CA, partitions, churn (agents SIGKILLed, whole hosts powered off) and flaky
+links, with real processes (see tests/netns.py). Needs root; skipped elsewhere, saying why.
 """
 
 from __future__ import annotations
@@ -141,38 +141,57 @@ async def _has(cc, name: str) -> bool:
     return name in await _names(cc)
 
 
-#: SIGKILLs of worker agents while the churn test's job runs.
-KILLS = 5
+#: What the churn test does while its job runs, one event every 0.2-0.5 s: SIGKILL a worker
+#: agent (a new one starts on its host), or power a whole host off (its link drops, every
+#: process in it is SIGKILLed; it stays off until the job is done).
+CHURN = ("agent", "host", "agent", "agent", "agent")
 
 
 def test_churn_loses_and_duplicates_nothing(crowd):
     hosts = [*crowd.hosts, crowd.network.add_host("h3")]
-    names = [f"{host.name}-w" for host in hosts]
-    for host, name in zip(hosts, names, strict=True):
-        crowd.start_worker(host, name)
+    names = {host.name: f"{host.name}-w" for host in hosts}
+    for host in hosts:
+        crowd.start_worker(host, names[host.name])
     items = list(range(60))
     rng = random.Random(12)
+    alive = list(hosts)
 
     async def main():
         async with crowd.client_session() as cc:
             job = await cc.submit(_slow_square, items, chunksize=1)
-            generation = 0
-            for _ in range(KILLS):
+            for generation, event in enumerate(CHURN, 1):
                 await wait_until(lambda: job.completed > 0 or job.done, 20, "no result came back")
                 await asyncio.sleep(rng.uniform(0.2, 0.5))  # churn's pace, not a wait for a condition
                 if job.done:
                     break
-                victim = rng.randrange(len(hosts))
-                os.kill(crowd.workers[names[victim]].popen.pid, signal.SIGKILL)
-                generation += 1
-                names[victim] = f"{hosts[victim].name}-w{generation}"
-                crowd.start_worker(hosts[victim], names[victim], wait=False)
+                victim = rng.choice(alive)
+                if event == "host":
+                    crowd.network.kill_host(victim)
+                    alive.remove(victim)
+                    continue
+                os.kill(crowd.workers[names[victim.name]].popen.pid, signal.SIGKILL)
+                names[victim.name] = f"{victim.name}-w{generation}"
+                crowd.start_worker(victim, names[victim.name], wait=False)
             assert await job == [x * x for x in items]
             assert (job.completed, job.failed) == (len(items), 0)
             (summary,) = [j for j in (await cc.status())["jobs"] if j["id"] == job.id]
             assert summary["completed"] == len(items), f"the foreman accepted duplicates: {summary}"
+            assert len(alive) == len(hosts) - 1, "a whole host should have been powered off"
+            (dead,) = [host for host in hosts if host not in alive]
+            await wait_until(lambda: _lacks(cc, names[dead.name]), 20, "the powered-off host was never dropped")
+            # A replacement host joins the crowd and works.
+            spare = crowd.network.add_host("h4")
+            crowd.start_worker(spare, "h4-w", wait=False)
+            await wait_until(lambda: _has(cc, "h4-w"), 25, "the replacement host did not join")
+            again = await cc.submit(_slow_square, list(range(6)), chunksize=1)
+            assert await again == [x * x for x in range(6)]
+            assert "h4-w" in {t.worker for t in again.timings}, "the replacement host got no task"
 
     crowd.run(main)
+
+
+async def _lacks(cc, name: str) -> bool:
+    return name not in await _names(cc)
 
 
 def _slow_square(x):

@@ -80,7 +80,7 @@ def test_a_worker_claiming_100000_slots_is_granted_the_cap():
     leases = [
         a for a in submit(s, "c1", "j1", tasks=100) if getattr(getattr(a, "message", None), "TYPE", "") == "assign_task"
     ]
-    assert len(leases) == 4 + 2  # its slots plus a prefetch of half as many
+    assert len(leases) == 4 + 2  # its slots plus a prefetch of half as many (its round trip not measured yet)
     _, volunteer = s.volunteers.invite("v", 0.0, slots=2)
     s.add_worker("w2", "volunteer", 100_000, volunteer=volunteer)
     assert s.workers["w2"].slots == 2  # the invite's --slots grants fewer
@@ -246,7 +246,8 @@ def test_granted_slots_end_to_end(start_foreman):
                 await wait_until(lambda: len(leased()[0]["tasks"]) >= 6, 20, "the greedy worker got too few tasks")
                 await cc.status()  # after every task of the job: the foreman handled them all, in order
                 (greedy,) = leased()
-                assert greedy["slots"] == 4 and len(greedy["tasks"]) == 6, greedy  # 4 slots + 2 prefetch
+                # 4 slots and a prefetch: 2 before its round trip is measured, 4 (one a slot) after.
+                assert greedy["slots"] == 4 and len(greedy["tasks"]) in (6, 8), greedy
                 job.cancel()
         finally:
             await ws.close()

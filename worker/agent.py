@@ -17,6 +17,8 @@ import os
 import shutil
 import socket
 import time
+from pathlib import Path
+from typing import cast
 
 from websockets.exceptions import ConnectionClosed
 
@@ -24,7 +26,9 @@ from crowdcompute.dialing import Backoff, RetryNotices, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
+from crowdcompute.wire.blobs import BLOB_THRESHOLD, SharedFolder, join_folder, parse_reference, payload_parts
 from crowdcompute.wire.constants import FRAGMENT_SIZE, EnvironmentState, Role
+from crowdcompute.wire.framing import Pieces
 from crowdcompute.wire.runtime import runtime_fields
 
 from .environments import BuildFailed, Environments
@@ -81,6 +85,7 @@ class WorkerAgent:
         self._outbox: asyncio.Queue[list[bytes | memoryview]] = asyncio.Queue()
         self._draining = False
         self._idle = asyncio.Event()  # set while no slot runs a task
+        self._shared: SharedFolder | None = None  # the foreman's payload folder, when this host shares it
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve the foreman until ``stop`` is set; reconnect whenever the connection drops.
@@ -112,7 +117,7 @@ class WorkerAgent:
                 print(f"worker {self.name} connected to {self.address.url}", flush=True)
                 if welcome.notice:
                     print(f"worker {self.name}: {welcome.notice}", flush=True)
-                await self._serve(websocket, stop)
+                await self._serve(websocket, stop, welcome.blobs)
                 if not stop.is_set():
                     log.warning("lost the foreman at %s; reconnecting", self.address.url)
         finally:
@@ -152,9 +157,17 @@ class WorkerAgent:
             **runtime_fields(),
         )
 
-    async def _serve(self, websocket, stop: asyncio.Event) -> None:
-        """One connection's life: read assignments, run them, send outcomes."""
+    async def _serve(self, websocket, stop: asyncio.Event, folder: str = "") -> None:
+        """One connection's life: read assignments, run them, send outcomes.
+
+        ``folder``: the foreman's payload folder (Welcome.blobs); if this host shares it, big
+        inputs and outcomes travel as files there (see crowdcompute.wire.blobs).
+        """
         self._reset()
+        joined = join_folder(folder)
+        self._shared = None if joined is None else joined[0]
+        if joined is not None:
+            self._outbox.put_nowait(p.encode_parts(p.ShareBlobs(joined[1])))
         tasks = [asyncio.create_task(self._run_slot(slot)) for slot in self.slots]
         tasks.append(asyncio.create_task(self._send_frames(websocket)))
         reader = asyncio.create_task(self._read_frames(websocket))
@@ -239,8 +252,13 @@ class WorkerAgent:
 
     async def _run_slot(self, slot: Slot) -> None:
         await asyncio.shield(self._started)
+        following: tuple[p.AssignTask, float, bool] | None = None  # claimed while the last task ran
         while True:
-            task, arrived = await self._queue.get()
+            if following is None:
+                task, arrived = await self._queue.get()
+                preloaded = False
+            else:
+                (task, arrived, preloaded), following = following, None
             waited = time.monotonic() - arrived  # in our queue, for a free task process
             function = self._functions.get(task.job_id)  # (bytes, serializer)
             if function is None or self._draining:
@@ -260,6 +278,10 @@ class WorkerAgent:
                 message = p.TaskProgress(task.job_id, task.task_id, done, failed, error, error_index)
                 self._outbox.put_nowait(p.encode_parts(message))
 
+            def claim_next(site: str | None = site) -> None:
+                nonlocal following
+                following = self._claim_next(slot, site)
+
             self._running[slot.index] = task.job_id
             self._idle.clear()
             try:
@@ -268,11 +290,14 @@ class WorkerAgent:
                     task.first_index,
                     task.count,
                     function,
-                    task.payload,
+                    self._input(task),
                     task.task_timeout,
                     on_output,
                     on_progress,
                     site,
+                    self._shared_path,
+                    token=task if preloaded else None,
+                    then=claim_next,
                 )
             finally:
                 self._running.pop(slot.index, None)
@@ -284,7 +309,7 @@ class WorkerAgent:
                     task.task_id,
                     task.attempt,
                     outcome.failed,
-                    outcome.payload,
+                    self._output(task.job_id, outcome.payload),
                     outcome.seconds,
                     waited=waited,
                     setup=self._setup.pop(task.job_id, 0.0),
@@ -295,6 +320,47 @@ class WorkerAgent:
             else:
                 continue
             self._outbox.put_nowait(p.encode_parts(reply))
+
+    def _claim_next(self, slot: Slot, site: str | None) -> tuple[p.AssignTask, float, bool] | None:
+        """While ``slot`` runs a task: when every slot has a task waiting here, take the slot's next
+        one now and write it to its process's pipe (``Slot.preload``), so that the process starts it
+        the moment the running one ends instead of waiting for us to read the outcome and answer.
+        With fewer waiting (the tail of a job), tasks stay here for whichever slot frees first."""
+        if self._draining or self._queue.qsize() < len(self.slots):
+            return None
+        task, arrived = self._queue.get_nowait()
+        function = self._functions.get(task.job_id)
+        preloaded = (
+            function is not None
+            and site is None
+            and task.job_id not in self._requirements
+            and slot.preload(
+                task, task.job_id, task.first_index, task.count, function, self._input(task), self._shared_path
+            )
+        )
+        return task, arrived, preloaded
+
+    @property
+    def _shared_path(self) -> str | None:
+        """The foreman's shared payload folder, if this host shares it."""
+        return str(self._shared.path) if self._shared is not None else None
+
+    def _input(self, task: p.AssignTask) -> bytes | Path:
+        """A task's input: its bytes, or the shared file that holds them."""
+        try:
+            found = parse_reference(task.payload) if self._shared is not None else None
+        except ValueError:
+            found = None
+        return task.payload if found is None or self._shared is None else self._shared.file(found[0])
+
+    def _output(self, job_id: str, payload: bytes | Pieces) -> bytes:
+        """A task's outcome as it goes to the foreman: a big one as a shared file, if this host shares them."""
+        if self._shared is not None and len(payload) >= BLOB_THRESHOLD:
+            try:
+                return self._shared.write(job_id, payload_parts(payload))
+            except OSError as exc:  # a full disk, say: the bytes go inline
+                log.warning("cannot write a payload file in %s (%s): sending it inline", self._shared.path, exc)
+        return cast(bytes, payload)  # Pieces are sent as they are (encode_parts)
 
     async def _prepare(self, job_id: str, requirements: list[str]) -> str | None:
         """The site-packages folder of the job's environment, built once per job; None if it failed."""

@@ -2,11 +2,13 @@
 
 It talks to its worker agent over a ``multiprocessing`` pipe:
 
-    agent -> child   ("run", job_id, first_index, count, function_bytes | None, serializer) + payload bytes
+    agent -> child   ("run", job_id, first_index, count, function_bytes | None, serializer, size, shared) + payload
+                     (size: a path instead when the input is a shared payload file the child maps itself;
+                     shared: the shared payload folder, where a big outcome goes as a file, or None)
                      ("forget", job_id)
     child -> agent   ("output", index, stream, text)      while the task runs
                      ("progress", done, failed, error, error_index)   now and then while it runs
-                     ("done", failed, seconds) + outcome bytes   when it ends
+                     ("done", failed, seconds, parts) + the outcome in that many parts   when it ends
                      ("limit", name)                       the task broke a limit; then it exits
 
 ``settings`` (from the launcher) holds the worker's ``limits`` (a
@@ -21,6 +23,7 @@ process notices within half a second and exits, leaving no orphan.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import sys
@@ -34,7 +37,9 @@ from typing import Any
 from crowdcompute.codecs.modules import WithModules
 from crowdcompute.codecs.pickled import loads, loads_items
 from crowdcompute.codecs.portable import load_portable_function
+from crowdcompute.wire.blobs import BLOB_THRESHOLD, SharedFolder, payload_parts
 from crowdcompute.wire.constants import Serializer
+from crowdcompute.wire.framing import Pieces
 
 from .execution import module_hint, run_items, run_portable
 from .limits import LimitBroken, Limits, apply_in_task_process, limit_for_error
@@ -132,9 +137,14 @@ def main(conn: Connection, settings: dict | None = None) -> None:
         if header[0] == "forget":
             functions.pop(header[1], None)
             continue
-        _, job_id, first_index, count, function_bytes, serializer = header
+        _, job_id, first_index, count, function_bytes, serializer, size, shared = header
         portable = serializer == Serializer.PORTABLE
-        payload = conn.recv_bytes()
+        payload: bytearray | memoryview
+        if isinstance(size, str):  # a file in the foreman's shared payload folder (wire.blobs)
+            payload = _map_file(size)
+        else:
+            payload = bytearray(size)  # writable: a numpy input sent out of band is used where it lands
+            conn.recv_bytes_into(payload)
         if function_bytes is not None:
             while len(functions) >= CACHED_FUNCTIONS:
                 functions.pop(next(iter(functions)))
@@ -166,6 +176,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             func = _watched(func, limits, task_pid)
         folder = _enter_scratch(scratch, job_id, first_index) if scratch else None
         started = time.perf_counter()
+        result: bytes | Pieces
         try:
             if portable:
                 result, failed = run_portable(func, payload, count, on_item)
@@ -186,8 +197,12 @@ def main(conn: Connection, settings: dict | None = None) -> None:
         seconds = time.perf_counter() - started
         for output in outputs:
             output.flush()
-        conn.send(("done", failed, seconds))
-        conn.send_bytes(result)
+        if shared is not None and len(result) >= BLOB_THRESHOLD:
+            result = _write_file(shared, job_id, result)
+        parts = result.pieces if isinstance(result, Pieces) else (result,)
+        conn.send(("done", failed, seconds, len(parts)))
+        for part in parts:  # out-of-band buffers as they are, not joined
+            conn.send_bytes(part)
 
 
 class _Progress:
@@ -233,6 +248,23 @@ class _Progress:
             error, error_index = error[:PROGRESS_ERROR_LIMIT], self._first_index + first
         self.failed = len(errors)
         self._conn.send(("progress", offset, len(errors), error, error_index))
+
+
+def _map_file(path: str) -> memoryview:
+    """A private, writable (copy-on-write) mapping of a shared payload file; empty if it is gone."""
+    try:
+        with open(path, "rb") as file:
+            return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY))
+    except (OSError, ValueError):  # gone (its job ended), or empty: the input fails to load, named
+        return memoryview(b"")
+
+
+def _write_file(folder: str, job_id: str, result: bytes | Pieces) -> bytes | Pieces:
+    """A big outcome written to the shared payload folder: its reference; or itself if it cannot be."""
+    try:
+        return SharedFolder(folder).write(job_id, payload_parts(result))
+    except OSError:  # a full disk, say: the agent gets the bytes
+        return result
 
 
 def _watched(func: Callable[[Any], Any], limits: Limits, task_pid: int) -> Callable[[Any], Any]:

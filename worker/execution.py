@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from crowdcompute.codecs.outcomes import describe_exception, dumps_outcomes
+from crowdcompute.wire.framing import Pieces
 
 __all__ = ["OnItem", "module_hint", "run_items", "run_portable"]
 
@@ -19,7 +20,7 @@ __all__ = ["OnItem", "module_hint", "run_items", "run_portable"]
 OnItem = Callable[[int, dict], None]
 
 
-def run_items(func: Callable, items: Iterable, on_item: OnItem | None = None) -> tuple[bytes, int]:
+def run_items(func: Callable, items: Iterable, on_item: OnItem | None = None) -> tuple[bytes | Pieces, int]:
     """Call ``func`` on each item; return (pickled ``(values, errors)``, number that raised)."""
     values: list[Any] = []
     errors: dict[int, dict] = {}
@@ -50,7 +51,9 @@ def module_hint(exc: BaseException) -> str:
     return ""
 
 
-def run_portable(func: Callable, payload: bytes, count: int, on_item: OnItem | None = None) -> tuple[bytes, int]:
+def run_portable(
+    func: Callable, payload: bytes | bytearray | memoryview, count: int, on_item: OnItem | None = None
+) -> tuple[bytes, int]:
     """Call ``func`` on each JSON item; return (JSON outcomes, number that failed)."""
     values: list[Any] = []
     errors: dict[int, dict] = {}

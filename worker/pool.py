@@ -22,9 +22,11 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from crowdcompute.wire.constants import ErrorKind
+from crowdcompute.wire.framing import Pieces
 
 from .cgroups import PidsCgroup
 from .launch import ForkLauncher, Launcher, TaskProcess
@@ -34,6 +36,9 @@ __all__ = ["Finished", "Lost", "Slot", "SlotSettings"]
 
 #: Seconds a child gets to exit after the pipe closes before it is killed.
 CHILD_EXIT_GRACE = 1.0
+#: Largest task (input and function bytes) written to a busy process's pipe ahead of time: it
+#: must fit in the pipe's buffer (64 KiB on Linux), or the write would wait for the running task.
+PRELOAD_MAX_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class Finished:
     """The task ran to the end; ``payload`` holds its pickled outcomes."""
 
     failed: int
-    payload: bytes
+    payload: bytes | Pieces  # Pieces: out-of-band buffers as the task process sent them
     seconds: float = 0.0  # time the user's function took, measured in the task process
 
 
@@ -99,6 +104,7 @@ class Slot:
         self._scratch = os.path.join(settings.scratch, f"slot-{index}") if settings.scratch else None
         self._cgroup: PidsCgroup | None = None
         self._site: str | None = None  # the job environment its process serves
+        self._preloaded: object = None  # the task already written to the pipe behind the running one
 
     @property
     def pid(self) -> int | None:
@@ -131,6 +137,7 @@ class Slot:
             self._conn.close()
         self._process, self._conn, self._jobs = process, parent, set()
         self._forget.clear()
+        self._preloaded = None  # whatever the last process held died with it
         return parent
 
     def forget(self, job_id: str) -> None:
@@ -139,26 +146,99 @@ class Slot:
             self._jobs.discard(job_id)
             self._forget.append(job_id)
 
+    def _send(
+        self,
+        conn: Connection[Any, Any],
+        job_id: str,
+        first_index: int,
+        count: int,
+        function: tuple[bytes, str],
+        payload: bytes | Path,
+        shared: str | None,
+    ) -> None:
+        """Write one task to the pipe; FileNotFoundError when its shared input file is gone."""
+        for old in self._forget:
+            conn.send(("forget", old))
+        self._forget.clear()
+        function_bytes, serializer = function
+        new = job_id not in self._jobs
+        if isinstance(payload, Path) and self.settings.sandboxed:  # the sandbox hides the folder: hand the bytes
+            payload = payload.read_bytes()
+        # The size of the bytes that follow, or the shared file the task process maps itself.
+        size = str(payload) if isinstance(payload, Path) else memoryview(payload).nbytes
+        shared = None if self.settings.sandboxed else shared
+        conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer, size, shared))
+        if not isinstance(payload, Path):
+            conn.send_bytes(payload)
+        self._jobs.add(job_id)
+
+    def preload(
+        self,
+        token: object,
+        job_id: str,
+        first_index: int,
+        count: int,
+        function: tuple[bytes, str],
+        payload: bytes | Path,
+        shared: str | None = None,
+    ) -> bool:
+        """Write the next task to the pipe while the running one runs: the process starts it the moment
+        the running one ends, without waiting for the agent to read the outcome and answer.
+
+        Only behind a running task of the same environment, and never with per-task checks (a
+        strict slot counts processes after each task). ``execute(..., token=token)`` then runs
+        it; if another task is run next instead, the slot's process is replaced first.
+        Whether it was written.
+        """
+        process, conn = self._process, self._conn
+        if self._preloaded is not None or self.settings.strict or process is None or conn is None:
+            return False
+        if isinstance(payload, Path) and self.settings.sandboxed:
+            return False  # its bytes would be read now and written whole: they may not fit in the pipe
+        size = 0 if isinstance(payload, Path) else len(payload)  # a shared file: only its name is written
+        size += len(function[0]) if job_id not in self._jobs else 0
+        if size > PRELOAD_MAX_BYTES:  # it would not fit in the pipe: writing it would block until the running task ends
+            return False
+        if not process.is_alive():
+            return False
+        try:
+            self._send(conn, job_id, first_index, count, function, payload, shared)
+        except (OSError, EOFError):  # FileNotFoundError included: the task runs (and ends) the usual way
+            return False
+        self._preloaded = token
+        return True
+
     async def execute(
         self,
         job_id: str,
         first_index: int,
         count: int,
         function: tuple[bytes, str],
-        payload: bytes,
+        payload: bytes | Path,
         timeout: float | None,
         on_output: Callable[[int, str, str], None],
         on_progress: Callable[[int, int, str, int], None] | None = None,
         site: str | None = None,
+        shared: str | None = None,
+        token: object = None,
+        then: Callable[[], None] | None = None,
     ) -> Finished | Lost:
         """Run one task in the child. Never raises for user errors or crashes.
+
+        ``payload``: the input's bytes or the shared payload file that holds them; ``shared``:
+        the shared payload folder, where the task process writes a big outcome (unless sandboxed).
 
         ``function`` is (its bytes, its serializer: "cloudpickle" or "portable");
         ``on_progress(done, failed, error, error_index)`` hears of items done while it runs.
         ``site``: the job environment's site-packages folder (None: the worker's own).
+        ``token``: the one given to ``preload`` if this task was preloaded (it is not sent again).
+        ``then()`` is called once the task is in the pipe (the place to ``preload`` the next one).
         """
         loop = asyncio.get_running_loop()
-        if site != self._site:  # another environment: another process
+        # Another environment needs another process; so does another task than the one preloaded
+        # (the process would run that one first, and its outcome would be read as this one's).
+        stale = self._preloaded is not None and self._preloaded is not token
+        if site != self._site or stale:
             process = self._process
             self._kill_process()
             if process is not None:
@@ -170,16 +250,16 @@ class Slot:
         outcome: asyncio.Future = loop.create_future()
         timer = None
         try:
-            for old in self._forget:
-                conn.send(("forget", old))
-            self._forget.clear()
-            function_bytes, serializer = function
-            new = job_id not in self._jobs
-            conn.send(("run", job_id, first_index, count, function_bytes if new else None, serializer))
-            conn.send_bytes(payload)
-            self._jobs.add(job_id)
+            if self._preloaded is None or self._preloaded is not token:
+                self._send(conn, job_id, first_index, count, function, payload, shared)
+            self._preloaded = None
+        except FileNotFoundError:  # the job ended and its files went while this task waited
+            self._preloaded = None
+            return Finished(count, b"", 0.0)
         except (OSError, EOFError):
             return await self._lost()
+        if then is not None:
+            then()
         loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output, on_progress)
         # uvloop (libuv) makes a watched descriptor non-blocking; this pipe's messages are read
         # and written whole by blocking calls (a 10 MB input would fail half-written): undo it.
@@ -242,7 +322,9 @@ class Slot:
                     self._broken = message[1]
                     outcome.set_result(Lost(ErrorKind.LIMIT, self.settings.limits.reason(message[1])))
                 else:
-                    outcome.set_result(Finished(message[1], conn.recv_bytes(), message[2]))
+                    parts = [conn.recv_bytes() for _ in range(message[3])]
+                    payload = parts[0] if len(parts) == 1 else Pieces(parts)
+                    outcome.set_result(Finished(message[1], payload, message[2]))
         except (EOFError, OSError):
             if not outcome.done():
                 outcome.set_result(None)

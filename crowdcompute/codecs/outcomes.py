@@ -11,7 +11,6 @@ never calls anything here.
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 from typing import Any
@@ -20,6 +19,9 @@ import cloudpickle
 
 from ..errors import CrowdComputeError, SerializationError, UntrustedPayloadError
 from ..tracebacks import format_user_traceback
+from ..wire.blobs import parse_reference
+from ..wire.framing import Pieces
+from . import buffers
 
 __all__ = [
     "ITEM_REPR_LIMIT",
@@ -61,15 +63,16 @@ def describe_exception(exc: BaseException, pickled: bool = True) -> dict:
     }
 
 
-def dumps_outcomes(values: list, errors: dict[int, Any]) -> bytes:
+def dumps_outcomes(values: list, errors: dict[int, Any]) -> bytes | Pieces:
     """Pickle ``(values, errors)``: plain pickle when it can (fast), cloudpickle when it must;
-    a value that pickles with neither becomes its item's error."""
+    a value that pickles with neither becomes its item's error. Big buffers travel out of
+    band (:mod:`.buffers`)."""
     try:
-        return pickle.dumps((values, errors), protocol=PICKLE_PROTOCOL)
+        return buffers.dumps((values, errors), pickle.Pickler)
     except Exception:
         pass
     try:
-        return cloudpickle.dumps((values, errors), protocol=PICKLE_PROTOCOL)
+        return buffers.dumps((values, errors), cloudpickle.Pickler)
     except Exception:
         pass
     for offset, value in enumerate(values):
@@ -81,7 +84,7 @@ def dumps_outcomes(values: list, errors: dict[int, Any]) -> bytes:
             error = SerializationError(f"the result ({type(value).__name__})", f"{type(exc).__name__}: {exc}")
             values[offset] = None
             errors[offset] = describe_exception(error)
-    return cloudpickle.dumps((values, errors), protocol=PICKLE_PROTOCOL)
+    return buffers.dumps((values, errors), cloudpickle.Pickler)
 
 
 def loads_portable_outcomes(payload: bytes) -> tuple[list[Any], dict[int, Any]]:
@@ -143,12 +146,15 @@ def decode_outcomes(
     data, or has the wrong shape) becomes an UntrustedPayloadError for each item.
     """
     try:
+        if parse_reference(payload) is not None:  # the link could not read it (see crowdcompute.link)
+            raise UntrustedPayloadError(
+                "the result's payload file in the foreman's folder could not be read here (it is gone, "
+                "or this process does not share the foreman's files)"
+            )
         if portable:  # JSON: plain data whoever sent it
             outcomes = loads_portable_outcomes(payload)
-        elif trusted:
-            outcomes = pickle.loads(payload)
         else:
-            outcomes = _PlainUnpickler(io.BytesIO(payload)).load()
+            outcomes = buffers.loads(payload, pickle.Unpickler if trusted else _PlainUnpickler)
         if not (
             isinstance(outcomes, tuple)
             and len(outcomes) == 2

@@ -18,6 +18,8 @@ from typing import Any
 import cloudpickle
 
 from ..errors import SerializationError
+from ..wire.framing import Pieces
+from . import buffers
 from .origins import users_module
 from .outcomes import ITEM_REPR_LIMIT, PICKLE_PROTOCOL, short_repr
 
@@ -126,10 +128,11 @@ def _explain_function(func: Callable, exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def dumps_items(items: list, first_index: int = 0) -> bytes:
-    """Pickle a chunk of items; raise SerializationError naming the first bad item."""
+def dumps_items(items: list, first_index: int = 0) -> bytes | Pieces:
+    """Pickle a chunk of items, big buffers out of band (:mod:`.buffers`); raise
+    SerializationError naming the first bad item."""
     try:
-        return cloudpickle.dumps(items, protocol=PICKLE_PROTOCOL)
+        return buffers.dumps(items, cloudpickle.Pickler)
     except Exception as exc:
         for offset, item in enumerate(items):
             try:
@@ -183,13 +186,18 @@ def dumps_pieced_chunks(
 
     def close_group() -> None:
         if group:
-            payload = b"".join(blob for _, _, blob in group)
+            payload = group[0][2] if len(group) == 1 else b"".join(blob for _, _, blob in group)
             sizes = [[count, len(blob)] for _, count, blob in group] if len(group) > 1 else None
             chunks.append((group[0][0], sum(count for _, count, _ in group), payload, sizes))
             group.clear()
 
     held = held_bytes = 0
     for start, count, blob in pieces:
+        if isinstance(blob, Pieces):  # out-of-band buffers: a task of its own, never cut
+            close_group()
+            held = held_bytes = 0
+            chunks.append((start, count, blob, None))
+            continue
         if group and (held + count > size or held_bytes + len(blob) > bound):
             close_group()
             held = held_bytes = 0
@@ -230,8 +238,11 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def loads_items(data: bytes) -> list:
-    """A task's items: one pickled list, or several one after another (a task made of pieces)."""
+def loads_items(data: bytes | bytearray | memoryview) -> list:
+    """A task's items: one pickled list, or several one after another (a task made of pieces),
+    or one with out-of-band buffers (:mod:`.buffers`)."""
+    if buffers.is_buffered(data):
+        return buffers.loads(data)
     stream = io.BytesIO(data)
     items = pickle.load(stream)
     while stream.tell() < len(data):

@@ -115,6 +115,7 @@ HOME_VARIABLE = "CROWDCOMPUTE_HOME"  # folder for connection files and journals
 FOREMAN_TOKEN_VARIABLE = "CROWDCOMPUTE_FOREMAN_TOKEN"  # token handed to an embedded foreman
 WORKER_TOKEN_VARIABLE = "CROWDCOMPUTE_WORKER_TOKEN"  # token handed to an embedded worker
 BWRAP_VARIABLE = "CROWDCOMPUTE_BWRAP"  # the bubblewrap binary a --sandbox worker uses
+SHARE_FILES_VARIABLE = "CROWDCOMPUTE_SHARE_FILES"  # "0": never exchange big payloads as files (wire.blobs)
 #: Set by the Jupyter server extension for its kernels: the path of its status pages, e.g. "/crowdcompute/".
 DASHBOARD_VARIABLE = "CROWDCOMPUTE_DASHBOARD_URL"
 #: Largest websocket fragment anyone writes: a payload goes out in pieces of this size, so that

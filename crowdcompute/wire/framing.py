@@ -189,7 +189,7 @@ class Pieces:
 
     __slots__ = ("pieces",)
 
-    def __init__(self, pieces: Sequence[memoryview]) -> None:
+    def __init__(self, pieces: Sequence[bytes | memoryview]) -> None:
         self.pieces = tuple(pieces)
 
     def __len__(self) -> int:
@@ -316,7 +316,8 @@ def _payload_pieces(pieces: list[memoryview], sizes: list[int], join: bool) -> l
         if taken != size:
             return None
         if len(run) > 1:
-            payloads.append(memoryview(b"".join(run)) if join else Pieces(run))
+            # Joined into a bytearray: numpy arrays sent out of band are then writable where they land.
+            payloads.append(memoryview(bytearray().join(run)) if join else Pieces(run))
         else:
             payloads.append(run[0] if run else memoryview(b""))
     return payloads if position == len(pieces) else None

@@ -38,6 +38,7 @@ __all__ = [
     "Message",
     "Pieces",
     "Hello",
+    "ShareBlobs",
     "Welcome",
     "Refused",
     "SubmitJob",
@@ -125,6 +126,19 @@ class Welcome(Message):
     max_queued_tasks: int = 0  # tasks of one job a client may have sent without their outcome
     max_queued_bytes: int = 0  # input bytes of one job a client may have sent without their outcome
     notice: str = ""  # something the peer should tell its user (e.g. it gets only portable jobs)
+    blobs: str = ""  # the folder of payload files a peer on the foreman's host may share (see wire.blobs)
+
+
+@message
+class ShareBlobs(Message):
+    """A client or worker reads the foreman's payload folder: ``proof`` is the text of its proof file.
+
+    From then on payloads of at least ``wire.blobs.BLOB_THRESHOLD`` bytes may
+    travel between them as files in it, the messages carrying references.
+    """
+
+    TYPE: ClassVar[str] = "share_blobs"
+    proof: str
 
 
 @message

@@ -1,0 +1,106 @@
+"""A task process is handed its next task while it runs one (worker.pool.Slot.preload), so that it
+starts it at once. Real task processes: the preloaded task's outcome is its own, and a crash of
+the running task is never blamed on the one behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+
+import pytest
+
+from crowdcompute.codecs.pickled import dumps_function, dumps_items
+from worker.launch import CommandLauncher
+from worker.pool import Finished, Lost, Slot, SlotSettings
+
+
+def _function(kind: str) -> tuple[bytes, str]:
+    def tag(x):
+        import os
+        import time
+
+        if x == "crash":
+            os._exit(3)
+        time.sleep(0.2)
+        return f"{kind}:{x}"
+
+    return dumps_function(tag), "cloudpickle"
+
+
+def _ignore(*args) -> None:
+    return None
+
+
+async def _run(slot: Slot, job: str, index: int, item, token=None, then=None):
+    function = _function(job)
+    outcome = await slot.execute(
+        job, index, 1, function, dumps_items([item]), 30.0, _ignore, None, None, token=token, then=then
+    )
+    if isinstance(outcome, Finished):
+        values, errors = pickle.loads(outcome.payload)
+        assert not errors, errors
+        return values[0]
+    return outcome
+
+
+@pytest.fixture
+def slot():
+    slot = Slot(SlotSettings(launcher=CommandLauncher()), 0)  # a process of its own, not a forkserver's
+    try:
+        yield slot
+    finally:
+        slot.kill()
+        slot.close()
+
+
+def test_a_preloaded_task_runs_next_with_its_own_outcome(slot):
+    async def main():
+        behind = object()
+        preloaded = []
+        function = _function("j")
+
+        def then():
+            preloaded.append(slot.preload(behind, "j", 1, 1, function, dumps_items(["b"])))
+
+        first = await _run(slot, "j", 0, "a", then=then)
+        pid = slot.pid
+        assert preloaded == [True]
+        second = await _run(slot, "j", 1, "b", token=behind)
+        assert (first, second) == ("j:a", "j:b")
+        assert slot.pid == pid, "the preloaded task ran in the same process"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_crash_of_the_running_task_is_not_blamed_on_the_preloaded_one(slot):
+    async def main():
+        behind = object()
+        function = _function("j")
+        crashed = await _run(
+            slot, "j", 0, "crash", then=lambda: slot.preload(behind, "j", 1, 1, function, dumps_items(["b"]))
+        )
+        assert isinstance(crashed, Lost) and "code 3" in crashed.reason, crashed
+        assert await _run(slot, "j", 1, "b", token=behind) == "j:b", "the preloaded task was lost with the crash"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_another_task_than_the_preloaded_one_never_gets_its_outcome(slot):
+    async def main():
+        function = _function("j")
+        await _run(slot, "j", 0, "a", then=lambda: slot.preload(object(), "j", 1, 1, function, dumps_items(["b"])))
+        # The preloaded task's job was released: the next task is another one, and must get its own outcome.
+        assert await _run(slot, "k", 0, "c") == "k:c"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_big_input_is_never_preloaded(slot):
+    async def main():
+        function = _function("j")
+        written = []
+        big = dumps_items(["x" * 100_000])
+        await _run(slot, "j", 0, "a", then=lambda: written.append(slot.preload(object(), "j", 1, 1, function, big)))
+        assert written == [False], "a write bigger than the pipe holds would block the agent until the task ends"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
