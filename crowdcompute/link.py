@@ -25,7 +25,7 @@ from .wire import messages as p
 from .wire.addresses import Address
 from .wire.blobs import BLOB_THRESHOLD, SharedFolder, join_folder, parse_reference, payload_parts
 from .wire.constants import FRAGMENT_SIZE
-from .wire.framing import split_parts
+from .wire.framing import outgoing
 
 __all__ = ["Link", "RECONNECT_DELAY_MAX"]
 
@@ -158,10 +158,9 @@ class Link:
                 await self._queued.wait()
                 continue
             try:
-                # Several parts go as one fragmented message: a payload is not joined to its header,
-                # and goes in pieces, so that no side buffers a whole one in its websocket layer.
-                parts = split_parts(self._frames[0], FRAGMENT_SIZE)
-                await websocket.send(parts[0] if len(parts) == 1 else parts)
+                # A big payload is not joined to its header and goes in pieces, so that no side
+                # buffers a whole one in its websocket layer; a small message goes as one frame.
+                await websocket.send(outgoing(self._frames[0], FRAGMENT_SIZE))
             except ConnectionClosed:
                 return  # the frame stays first in line for the next connection
             self._frames.popleft()

@@ -4,7 +4,8 @@ Jobs with queued tasks take turns (round robin over ``ready``), and the
 worker with the most free room is served first: a worker with an idle slot
 before any prefetch room (a far worker may hold many tasks ahead, which must
 not keep work from idle slots), then the most room, then the one whose last
-lease is oldest (so that ties do not always go the same way). A queue entry is one
+lease is oldest (so that ties do not always go the same way); the index of
+:mod:`foreman.free_workers` finds it without looking at every worker. A queue entry is one
 replica of a task to run: a redundant job queues each task several times,
 and no worker gets two replicas of the same task. A job that needs
 resources or labels goes only to workers that have the labels and enough
@@ -20,6 +21,7 @@ from collections import deque
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import Serializer
 
+from .free_workers import FreeWorkers
 from .prefetch import begin_job
 from .splitting import cut_for_lease
 from .state import Job, Send, Task, TaskState, Worker
@@ -42,8 +44,8 @@ def enqueue(ready: deque[str], job: Job, task: Task, *, front: bool = False, rep
         ready.append(job.job_id)
 
 
-def unlease(workers: dict[str, Worker], job: Job, task: Task, worker_id: str) -> None:
-    """End ``worker_id``'s lease on ``task``."""
+def unlease(workers: dict[str, Worker], job: Job, task: Task, worker_id: str, free: FreeWorkers) -> None:
+    """End ``worker_id``'s lease on ``task`` (its room grows in ``free``)."""
     held = task.leases.pop(worker_id, None)
     worker = workers.get(worker_id)
     if worker is not None:
@@ -51,6 +53,7 @@ def unlease(workers: dict[str, Worker], job: Job, task: Task, worker_id: str) ->
         if held is not None:
             for name, amount in job.resources.items():
                 worker.used[name] = max(0.0, worker.used.get(name, 0.0) - amount)
+        free.touch(worker)
 
 
 def can_run(worker: Worker, job: Job) -> bool:
@@ -97,25 +100,24 @@ def waiting_reason(workers: dict[str, Worker], job: Job) -> str:
     return "waiting: every connected worker runs portable jobs only (submit with serializer='portable')"
 
 
-def drop_leases(workers: dict[str, Worker], job: Job) -> None:
+def drop_leases(workers: dict[str, Worker], job: Job, free: FreeWorkers) -> None:
     """End every lease of the job (it ended: stragglers' results will be dropped)."""
     for task in job.tasks.values():
         for worker_id in list(task.leases):
-            unlease(workers, job, task, worker_id)
+            unlease(workers, job, task, worker_id, free)
 
 
-def assign(
-    workers: dict[str, Worker], jobs: dict[str, Job], ready: deque[str], now: float, crowd_slots: int = 0
-) -> list[Send]:
-    """Lease queued tasks to free worker capacity; the frames to send. ``crowd_slots``: the
-    workers' slots in all (a worker's first task of a job sizes its prefetch from it)."""
+def assign(jobs: dict[str, Job], ready: deque[str], now: float, free: FreeWorkers, crowd_slots: int = 0) -> list[Send]:
+    """Lease queued tasks to free worker capacity, best worker first (``free``); the frames to send.
+    ``crowd_slots``: the workers' slots in all (a worker's first task of a job sizes its prefetch from it)."""
     actions: list[Send] = []
-    stuck: set[str] = set()  # workers no queued replica may go to (they ran them all)
+    stuck: dict[str, Worker] = {}  # workers no queued replica may go to (they ran them all, or lack what jobs need)
     while ready:
-        candidates = [w for w in workers.values() if w.free > 0 and w.worker_id not in stuck]
-        if not candidates:
+        worker = free.pop()
+        if worker is None:
             break
-        worker = max(candidates, key=lambda w: (w.slots > len(w.running), w.free, -w.last_lease))
+        if worker.worker_id in stuck:  # a second entry of a worker already found stuck
+            continue
         for _ in range(len(ready)):
             job = jobs[ready[0]]
             task = _take(job, worker, crowd_slots)
@@ -125,9 +127,12 @@ def assign(
                 ready.popleft()
             if task is not None:
                 actions += _lease(job, task, worker, now, crowd_slots)
+                free.touch(worker)
                 break
         else:
-            stuck.add(worker.worker_id)
+            stuck[worker.worker_id] = worker
+    for worker in stuck.values():  # they keep their room for what is queued next
+        free.touch(worker)
     return actions
 
 

@@ -25,11 +25,14 @@ from crowdcompute.wire.constants import FOREMAN_READY, FOREMAN_TOKEN_VARIABLE
 from .journal import Journal
 from .limits import MAX_SLOTS_PER_WORKER
 from .scheduler import RESULT_TTL
-from .server import IDLE_TIMEOUT, MAX_FRAME_SIZE, ForemanServer
+from .server import IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_FRAME_SIZE, ForemanServer
 
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("crowdcompute.foreman")
+
+#: File descriptors the foreman keeps beyond one per connection (its listening socket, journal, logs).
+SPARE_FILES = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         "an invite's --slots may grant fewer)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help=f"open connections (workers and clients) served at once; more are refused with 1013 "
+        f"(default: {MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
         "--no-backup-tasks",
         action="store_true",
         help="do not run backup copies of the slowest tasks at the tail of a job",
@@ -118,12 +128,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.heartbeat_timeout <= 0:
         print("error: --heartbeat-timeout must be positive", file=sys.stderr)
         return 2
+    if args.max_connections < 1:
+        print("error: --max-connections must be at least 1", file=sys.stderr)
+        return 2
     configure_logging(args.log_level)
+    allow_open_files(args.max_connections + SPARE_FILES)
     try:
         return asyncio.run(_serve(args))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+
+
+def allow_open_files(wanted: int) -> None:
+    """Raise this process's limit of open files towards ``wanted`` (one per connection), as far as
+    the hard limit allows; say so when that is less, since connections past it would fail to open."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "this process may open %d files, fewer than the %d that --max-connections needs: "
+            "raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit) or lower --max-connections",
+            target,
+            wanted,
+        )
 
 
 def _journal(option: str | None):
@@ -166,6 +202,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_frame_size=args.max_frame_size,
         idle_timeout=args.idle_timeout,
         max_slots_per_worker=args.max_slots_per_worker,
+        max_connections=args.max_connections,
         backup_tasks=not args.no_backup_tasks,
         share_files=not args.no_shared_files,
         sock=socket.socket(fileno=args.fd) if args.fd is not None else None,

@@ -19,7 +19,9 @@ so it only opens the status page.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import heapq
 import hmac
 import json
 import re
@@ -39,8 +41,12 @@ from crowdcompute.wire.constants import AUTH_FAILURE_DELAY
 from .scheduler import Scheduler
 from .state import Worker
 
-__all__ = ["HISTORY_SAMPLES", "SAMPLE_INTERVAL", "StatusPages", "Throughput", "cookie_name"]
+__all__ = ["HISTORY_SAMPLES", "SAMPLE_INTERVAL", "STATUS_WORKERS_SHOWN", "StatusPages", "Throughput", "cookie_name"]
 
+#: Workers the status page and /api/status list at most, the first by name (their counts cover all).
+STATUS_WORKERS_SHOWN = 500
+#: Worker names whose sort keys are kept between two requests (more than a crowd of 10,000 has).
+NAMES_KEPT = 32 * 1024
 #: Seconds between two throughput samples.
 SAMPLE_INTERVAL = 2.0
 #: Samples kept: ten minutes of history at SAMPLE_INTERVAL.
@@ -120,7 +126,7 @@ class StatusPages:
             self._sample()
 
     def _sample(self) -> None:
-        self.throughput.record(time.time(), self.status(sampled=False)["jobs"])
+        self.throughput.record(time.time(), self._jobs())
 
     # --- requests ------------------------------------------------------------
 
@@ -185,25 +191,43 @@ class StatusPages:
 
     def status(self, sampled: bool = True) -> dict:
         """The scheduler's status plus each worker's leased tasks, items done in running tasks,
-        the time and (``sampled``) the throughput."""
-        status = self.scheduler.status()
+        the time and (``sampled``) the throughput.
+
+        At most STATUS_WORKERS_SHOWN workers are listed, the first by name; ``workers_total``,
+        ``busy`` and ``slots`` count every one (a crowd of 10,000 would make a 4 MB reply
+        every second, and a page no one can read).
+        """
+        scheduler = self.scheduler
+        crowd = scheduler.workers.values()
         # Each worker's own record, so that its tasks never land on another's line; sorted by name.
-        workers = sorted(self.scheduler.workers.values(), key=lambda worker: _natural_key(worker.name))
-        status["workers"] = [self._worker(worker) for worker in workers]
-        # Items finished inside running tasks (their workers' progress reports): bars and rates move per item.
+        shown = heapq.nsmallest(STATUS_WORKERS_SHOWN, crowd, key=lambda worker: _natural_key(worker.name))
+        status: dict[str, Any] = {
+            "workers": [self._worker(worker) for worker in shown],
+            "jobs": self._jobs(),
+            "clients": len(scheduler.clients),
+            "workers_total": len(scheduler.workers),
+            "busy": sum(min(len(worker.running), worker.slots) for worker in crowd),
+            "slots": scheduler.total_slots,
+            "time": time.time(),
+        }
+        if sampled:
+            status["throughput"] = {"interval": self.sample_interval, "samples": list(self.throughput.samples)}
+        return status
+
+    def _jobs(self) -> list[dict[str, Any]]:
+        """The scheduler's jobs, with the items finished inside their running tasks (their
+        workers' progress reports), so that bars and rates move per item."""
+        jobs = self.scheduler.job_summaries()
         in_progress: dict[str, int] = {}
-        for job_id, task_id in {lease for worker in workers for lease in worker.running}:
+        for job_id, task_id in {lease for worker in self.scheduler.workers.values() for lease in worker.running}:
             job = self.scheduler.jobs.get(job_id)
             task = job.tasks.get(task_id) if job else None
             if task is not None and task.progress:
                 in_progress[job_id] = in_progress.get(job_id, 0) + task.progress
-        for job in status["jobs"]:
-            job["in_progress"] = in_progress.get(job["id"], 0) if job.get("state") == "running" else 0
-        status["slots"] = sum(w.get("slots", 0) for w in status["workers"])
-        status["time"] = time.time()
-        if sampled:
-            status["throughput"] = {"interval": self.sample_interval, "samples": list(self.throughput.samples)}
-        return status
+        for summary in jobs:
+            running = summary.get("state") == "running"
+            summary["in_progress"] = in_progress.get(summary["id"], 0) if running else 0
+        return jobs
 
     def _worker(self, worker: Worker) -> dict[str, Any]:
         """A worker as the status shows it, plus the tasks it holds: the oldest leases fill its
@@ -227,9 +251,10 @@ class StatusPages:
         return {**worker.summary(), "tasks": tasks}
 
 
-def _natural_key(name: str) -> list:
+@functools.lru_cache(maxsize=NAMES_KEPT)
+def _natural_key(name: str) -> tuple:
     """Sort key that puts local-2 before local-10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def _how_to_authenticate(port: int) -> str:

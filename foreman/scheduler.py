@@ -9,9 +9,12 @@ client to worker and back. Time comes from an injected clock.
 
 Who gets which task is :mod:`foreman.assignment`; redundant runs are
 counted by :mod:`foreman.quorum`; limits are in :mod:`foreman.limits`.
-Two mixins hold the rest of its events: :mod:`foreman.volunteering`
+Mixins hold the rest of its events: :mod:`foreman.client_events` (jobs
+and tasks coming in, cancel, attach, collect), :mod:`foreman.outcomes`
+(a task finished or crashed, and what follows), :mod:`foreman.volunteering`
 (invites, revocations, the record that follows a credential) and
-:mod:`foreman.timers` (``tick()``: deadlines, backup runs, quorum timeouts).
+:mod:`foreman.timers` (``tick()``: deadlines, backup runs, quorum timeouts);
+who has room for the next lease is :mod:`foreman.free_workers`.
 Every lease is (task, attempt, worker): an outcome is accepted only from its
 holder, so a late result from a frozen worker is dropped. Jobs outlive their
 client's connection: any client holding the token attaches by job id and
@@ -26,12 +29,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from crowdcompute.wire import messages as p
-from crowdcompute.wire.blobs import payload_size
-from crowdcompute.wire.constants import CloseCode, EnvironmentState, ErrorKind, Serializer
+from crowdcompute.wire.constants import EnvironmentState, ErrorKind
 
-from . import deadlines, prefetch, quorum
-from .assignment import assign, drop_leases, enqueue, job_notice, unlease
+from . import deadlines, prefetch
+from .assignment import assign, enqueue, job_notice, unlease
+from .client_events import ClientEvents
 from .credentials import Registry, Volunteer
+from .free_workers import FreeWorkers
 from .limits import (
     ALLOWED_FAILURES,
     ENDED_JOBS_SHOWN,
@@ -43,18 +47,16 @@ from .limits import (
     MAX_WORKER_LOSSES,
     RESULT_TTL,
 )
-from .splitting import next_items, split_queued, split_task, tail_target, target_items
+from .outcomes import OutcomeEvents
+from .splitting import split_queued
 from .state import (
     Action,
-    Close,
     DeleteJob,
     Job,
     JobState,
     Note,
-    Replay,
     SaveJob,
     SaveJobState,
-    SaveResult,
     SaveTask,
     SaveVolunteer,
     Send,
@@ -76,7 +78,7 @@ __all__ = [
 ]
 
 
-class Scheduler(VolunteerEvents, TimedEvents):
+class Scheduler(ClientEvents, OutcomeEvents, VolunteerEvents, TimedEvents):
     """Jobs, tasks and workers; events in, actions out.
 
     ``journaled``: a journal keeps every outcome, so the scheduler does not
@@ -118,7 +120,10 @@ class Scheduler(VolunteerEvents, TimedEvents):
         self.clients: set[str] = set()
         self._mismatched: dict[str, str] = {}  # client id -> why it may submit portable jobs only
         self._ready: deque[str] = deque()  # job ids with queued tasks, in turn order
-        self._total_slots: int | None = None  # cached sum of the workers' slots; None when the crowd changed
+        self._total_slots: int | None = (
+            None  # sum of the workers' slots, kept as they come and go; None: not summed yet
+        )
+        self._free = FreeWorkers()  # workers with free room, best first
 
     # --- connections -------------------------------------------------------
 
@@ -160,7 +165,11 @@ class Scheduler(VolunteerEvents, TimedEvents):
         worker.installs = installs
         if volunteer is not None:
             worker.record = volunteer.record  # reputation follows the credential, not the name
+        replaced = self.workers.get(worker_id)
         self.workers[worker_id] = worker
+        self._free.add(worker)
+        if self._total_slots is not None:
+            self._total_slots += granted - (replaced.slots if replaced else 0)
         actions: list[Action] = []
         if granted < slots:
             limit = "its invite's --slots" if volunteer and volunteer.slots else "--max-slots-per-worker"
@@ -169,7 +178,6 @@ class Scheduler(VolunteerEvents, TimedEvents):
             actions.append(SaveVolunteer(volunteer))
             if worker.quarantined:
                 actions.append(Note(f"worker {name} joined as volunteer {volunteer.name}, which is quarantined"))
-        self._total_slots = None
         return actions + self._split_for_slots() + self._assign() + self._notices()
 
     def remove_worker(self, worker_id: str, how: str = "disconnected") -> list[Action]:
@@ -181,9 +189,11 @@ class Scheduler(VolunteerEvents, TimedEvents):
         their process.
         """
         worker = self.workers.pop(worker_id, None)
-        self._total_slots = None
+        self._free.remove(worker_id)
         if worker is None:
             return []
+        if self._total_slots is not None:
+            self._total_slots -= worker.slots
         actions: list[Action] = []
         # Highest task first: each goes to the front of its queue, so they end up in input order.
         for job_id, task_id in sorted(worker.running, reverse=True):
@@ -211,6 +221,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         (tasks go out at once if it may hold more now)."""
         worker = self.workers.get(worker_id)
         if worker is not None and prefetch.set_rtt(worker, rtt):
+            self._free.touch(worker)
             return self._assign()
         return []
 
@@ -221,244 +232,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
             worker.draining = True
         return self._notices()
 
-    # --- client events -----------------------------------------------------
-
-    def submit_job(self, client_id: str, msg: p.SubmitJob) -> list[Action]:
-        job = self.jobs.get(msg.job_id)
-        if job is not None:  # sent again after a reconnect: follow it, nothing new
-            job.client = client_id
-            return [Send(client_id, p.JobAccepted(job.job_id))] if job.accepted else []
-        if msg.job_id in self.ended:
-            return [Send(client_id, p.RequestError(msg.job_id, "a job with this id already ended"))]
-        if msg.serializer != Serializer.PORTABLE and client_id in self._mismatched:
-            reason = f"{self._mismatched[client_id]}, or submit it with serializer='portable'"
-            return [Send(client_id, p.RequestError(msg.job_id, reason))]
-        queued = self.queued_bytes
-        if queued >= self.max_queued_bytes_total:
-            reason = (
-                f"the foreman is full: {queued:,} bytes of input wait for workers (its limit is "
-                f"{self.max_queued_bytes_total:,}); try again when running jobs have progressed"
-            )
-            return [Send(client_id, p.RequestError(msg.job_id, reason))]
-        job = Job(
-            job_id=msg.job_id,
-            client=client_id,
-            function=msg.function,
-            total_tasks=msg.total_tasks,
-            total_items=msg.total_items,
-            task_timeout=msg.task_timeout,
-            retries=msg.retries,
-            name=msg.name,
-            redundancy=msg.redundancy,
-            quorum=msg.quorum,
-            quorum_timeout=msg.quorum_timeout,
-            serializer=msg.serializer,
-            ack=msg.ack,
-            created_at=self.clock(),
-            resources={k: float(v) for k, v in msg.resources.items()},
-            labels=dict(msg.labels),
-            requirements=list(msg.requirements),
-        )
-        self.jobs[job.job_id] = job
-        # Accepted once journaled; its tasks stream in within the client's window.
-        actions: list[Action] = [SaveJob(job), *self._accept(job)]
-        if job.all_received:  # an empty map
-            actions += self._finish(job)
-        return actions + self._notices()
-
-    def submit_task(self, client_id: str, msg: p.SubmitTask) -> list[Action]:
-        job = self.jobs.get(msg.job_id)
-        if job is None:
-            return [Send(client_id, p.RequestError(msg.job_id, "no such job: submit_job must come first"))]
-        if msg.task_id in job.tasks:
-            return []  # sent again after a reconnect
-        if msg.task_id >= job.total_tasks - job.splits or msg.first_index + msg.count > job.total_items:
-            return [Send(client_id, p.RequestError(msg.job_id, f"task {msg.task_id} is out of the job's range"))]
-        queued = len(job.tasks) - job.finished_tasks
-        if queued >= self.max_queued_tasks or (queued and job.queued_bytes + len(msg.payload) > self.max_queued_bytes):
-            reason = (
-                f"job {job.job_id} already has {queued} tasks ({job.queued_bytes} bytes) without an outcome; "
-                f"the limits are {self.max_queued_tasks} tasks and {self.max_queued_bytes} bytes"
-            )
-            return [Note(f"closed client {client_id}: {reason}"), Close(client_id, CloseCode.POLICY, reason[:120])]
-        task = Task(msg.task_id, msg.first_index, msg.count, msg.payload, pieces=msg.pieces, received_at=self.clock())
-        job.tasks[task.task_id] = task
-        job.queued_bytes += len(msg.payload)
-        if job.environment_error:  # its environment could not be built anywhere
-            return [SaveTask(job.job_id, task), *self._fail(job, task, ErrorKind.ENVIRONMENT, job.environment_error)]
-        self._enqueue(job, task, replicas=job.redundancy)
-        actions: list[Action] = [SaveTask(job.job_id, task)]
-        if task.pieces and job.redundancy == 1:
-            job.splittable = True
-            parts = split_task(job, task, target_items(job, self.total_slots)) if self.workers else []
-            for part in parts:
-                job.queue.append(part.task_id)
-                actions.append(SaveTask(job.job_id, part))
-            if parts:
-                actions.append(SaveJob(job))  # its task count grew
-        return actions + self._assign()
-
-    def cancel_job(self, client_id: str, job_id: str) -> list[Action]:
-        job = self.jobs.get(job_id)
-        if job is None or job.state is not JobState.RUNNING:
-            return []  # already ended: cancelling is idempotent
-        job.state = JobState.CANCELLED
-        job.finished_at = self.clock()
-        drop_leases(self.workers, job)
-        if job.job_id in self._ready:
-            self._ready.remove(job.job_id)
-        return [self._save_state(job), *self._release(job), *self._archive(job), *self._assign()]
-
-    def attach_job(self, client_id: str, job_id: str, resume: bool = False) -> list[Action]:
-        """Follow a job: its size and state, then every outcome so far, then the rest.
-
-        ``resume``: the client followed it before and holds what it acknowledged.
-        """
-        job = self.jobs.get(job_id)
-        if job is not None and job.dropped and not resume:
-            reason = (
-                f"{job.dropped} of its outcomes were already delivered to the client that submitted it and "
-                "dropped to bound the foreman's memory (a foreman with a journal keeps them)"
-            )
-            return [Send(client_id, p.RequestError(job_id, reason))]
-        if job is None:
-            summary = self.ended.get(job_id)
-            if summary is None:
-                return [Send(client_id, p.RequestError(job_id, "no such job on this foreman (or it was purged)"))]
-            if summary["state"] == JobState.CANCELLED.value:
-                return [Send(client_id, p.JobAttached(job_id, summary["total"], summary["tasks"], "cancelled"))]
-            if not self.journaled:
-                reason = "its results were already collected (a foreman with a journal keeps them)"
-                return [Send(client_id, p.RequestError(job_id, reason))]
-            attached = p.JobAttached(
-                job_id, summary["total"], summary["tasks"], summary["state"], summary["name"], summary["serializer"]
-            )
-            return [Send(client_id, attached), Replay(client_id, job_id)]
-        job.client = client_id
-        actions: list[Action] = [
-            Send(
-                client_id,
-                p.JobAttached(job_id, job.total_items, job.total_tasks, job.state.value, job.name, job.serializer),
-            )
-        ]
-        if job.notice or job.waiting:  # else the new client would hear it only when it changes
-            actions.append(Send(client_id, p.JobWaiting(job_id, job.notice or job.waiting)))
-        if self.journaled:
-            return actions + [Replay(client_id, job_id)]
-        return actions + [Send(client_id, outcome) for outcome in job.results.values()]
-
-    def collect_job(self, client_id: str, job_id: str) -> list[Action]:
-        """The client holds every outcome: free them (the journal keeps them for the TTL)."""
-        job = self.jobs.get(job_id)
-        if job is None or job.state is JobState.RUNNING:
-            return []
-        return self._archive(job)
-
-    def ack_results(self, client_id: str, job_id: str, task_ids: list[int]) -> list[Action]:
-        """The client holds these outcomes: past the budget, drop the acknowledged ones."""
-        job = self.jobs.get(job_id)
-        if job is None or job.client != client_id:
-            return []
-        job.acked.update(task_id for task_id in task_ids if task_id in job.results)
-        if job.dropped or job.kept_bytes > self.max_kept_outcome_bytes:  # once past it, keep none acknowledged
-            for task_id in job.acked:
-                outcome = job.results.pop(task_id)
-                job.kept_bytes -= payload_size(getattr(outcome, "payload", b""))
-                job.dropped += 1
-            job.acked.clear()
-        return []
-
     # --- worker events -----------------------------------------------------
-
-    def task_done(self, worker_id: str, msg: p.TaskDone) -> list[Action]:
-        leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
-        if leased is None:  # a late, replayed or forged result: its task is not leased to this worker
-            return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
-        job, task = leased
-        deadlines.observe(job, task, worker_id, self.clock())
-        unlease(self.workers, job, task, worker_id)
-        worker = self.workers.get(worker_id)
-        if worker is not None:  # its tasks' duration sizes its prefetch
-            upcoming = next_items(job, self.total_slots) if job.splittable else task.count
-            prefetch.observe_task(worker, job.job_id, msg.seconds, task.count, upcoming)
-        if task.state is TaskState.DONE and job.redundancy == 1:  # a reissued or backup run that lost the race
-            return self._assign()
-        if job.redundancy > 1:
-            return self._vote(job, task, worker_id, msg) + self._assign()
-        if msg.failed and task.retries_used < job.retries:
-            task.retries_used += 1
-            self._enqueue(job, task, front=True)
-            return self._assign()
-        return self._result(job, task, worker_id, msg) + self._split_tail(job) + self._assign()
-
-    def _split_tail(self, job: Job) -> list[Action]:
-        """Fewer tasks queued than slots: cut what is left so that every slot gets a share."""
-        target = tail_target(job, self.total_slots) if job.splittable and job.state is JobState.RUNNING else None
-        if target is None:
-            return []
-        changed = split_queued(job, self.total_slots, target)
-        actions: list[Action] = [SaveTask(job.job_id, t) for t in changed]
-        if changed:
-            actions.append(SaveJob(job))  # its task count grew
-        return actions
-
-    def _result(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
-        """The task's accepted outcome goes to the client (and the journal)."""
-        job.completed_items += task.count - msg.failed
-        job.failed_items += msg.failed
-        worker = self.workers.get(worker_id)
-        records: list[Action] = []
-        if worker is not None:
-            worker.record.tasks_done += 1
-            if worker.volunteer is not None:
-                records.append(SaveVolunteer(worker.volunteer))
-        result = p.TaskResult(
-            job.job_id,
-            task.task_id,
-            task.first_index,
-            task.count,
-            msg.failed,
-            msg.payload,
-            worker=worker.name if worker else worker_id,
-            seconds=msg.seconds,
-            queued=max(0.0, task.assigned_at - task.received_at),
-            attempts=task.attempt,
-            trusted=self._trusted_outcome(task, worker_id),
-            reissued=task.reissues,
-            backups=task.backups,
-            waited=msg.waited,
-            setup=msg.setup,
-        )
-        return records + self._outcome(job, task, result)
-
-    def _vote(self, job: Job, task: Task, worker_id: str, msg: p.TaskDone) -> list[Action]:
-        """A redundant run reported: accept the outcome once a majority agrees."""
-        if task.first_outcome_at is None:
-            task.first_outcome_at = self.clock()
-        done = task.state is TaskState.DONE
-        verdict = quorum.vote(task, job.redundancy, worker_id, msg, self.workers, done=done, needed=job.quorum)
-        actions: list[Action] = list(verdict.notes)
-        voters = {worker_id, *(w for ws in task.votes.values() for w in ws)}
-        actions += self._save_records(voters)
-        if verdict.accepted is not None:
-            return actions + self._result(job, task, verdict.voter, verdict.accepted)
-        if verdict.rerun:
-            self._enqueue(job, task, replicas=job.redundancy)
-        if verdict.failure is not None:
-            return actions + self._fail(job, task, ErrorKind.DISAGREEMENT, verdict.failure)
-        return actions
-
-    def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
-        leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
-        if leased is None:
-            return [self._rejected(worker_id, "crash report", msg.job_id, msg.task_id, msg.attempt)]
-        job, task = leased
-        unlease(self.workers, job, task, worker_id)
-        if task.state is TaskState.DONE:  # a redundant run no longer needed
-            return self._assign()
-        if msg.error in (ErrorKind.TIMEOUT, ErrorKind.LIMIT):  # running it again would do the same
-            return self._fail(job, task, msg.error, msg.reason) + self._assign()
-        return self._crashed(job, task, msg.reason) + self._assign()
 
     def environment_status(self, worker_id: str, msg: p.EnvironmentStatus) -> list[Action]:
         """A worker builds, has built, or could not build a job's environment.
@@ -482,7 +256,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
         for job_id, task_id in sorted(worker.running, reverse=True):
             if job_id == job.job_id:
                 task = job.tasks[task_id]
-                unlease(self.workers, job, task, worker_id)
+                unlease(self.workers, job, task, worker_id, self._free)
                 if task.state is not TaskState.DONE:
                     self._enqueue(job, task, front=True)
         worker.jobs.discard(job.job_id)
@@ -550,17 +324,20 @@ class Scheduler(VolunteerEvents, TimedEvents):
 
     def status(self) -> dict[str, Any]:
         """Workers, slots and jobs as plain JSON data."""
-        ended = sorted(self.ended.values(), key=lambda s: -s["finished_at"])[:ENDED_JOBS_SHOWN]
-        public = ("id", "name", "total", "completed", "failed", "state")
         return {
             "workers": [worker.summary() for worker in self.workers.values()],
-            "jobs": [job.summary() for job in self.jobs.values()]
-            + [
-                {**{k: s[k] for k in public}, "untrusted_workers": s.get("untrusted_workers", 0), "waiting": ""}
-                for s in ended
-            ],
+            "jobs": self.job_summaries(),
             "clients": len(self.clients),
         }
+
+    def job_summaries(self) -> list[dict[str, Any]]:
+        """The jobs of ``status()``: every job held, then the latest ended ones."""
+        ended = sorted(self.ended.values(), key=lambda s: -s["finished_at"])[:ENDED_JOBS_SHOWN]
+        public = ("id", "name", "total", "completed", "failed", "state")
+        return [job.summary() for job in self.jobs.values()] + [
+            {**{k: s[k] for k in public}, "untrusted_workers": s.get("untrusted_workers", 0), "waiting": ""}
+            for s in ended
+        ]
 
     @property
     def queued_bytes(self) -> int:
@@ -573,7 +350,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
 
     @property
     def total_slots(self) -> int:
-        """Slots of every connected worker (summed once per change of the crowd, not per task)."""
+        """Slots of every connected worker (summed once, then kept up to date as workers come and go)."""
         if self._total_slots is None:
             self._total_slots = sum(w.slots for w in self.workers.values())
         return self._total_slots
@@ -601,66 +378,6 @@ class Scheduler(VolunteerEvents, TimedEvents):
 
     def _enqueue(self, job: Job, task: Task, front: bool = False, replicas: int = 1) -> None:
         enqueue(self._ready, job, task, front=front, replicas=replicas)
-
-    def _crashed(self, job: Job, task: Task, cause: str) -> list[Action]:
-        """A task's process died: run it again, or fail it after allowed_failures."""
-        task.crashes += 1
-        if task.crashes >= self.allowed_failures:
-            return self._fail(job, task, ErrorKind.CRASHED, cause)
-        self._enqueue(job, task, front=True)
-        return []
-
-    def _lost(self, job: Job, task: Task, cause: str) -> list[Action]:
-        """A task's worker went away: run it again, or fail it after max_worker_losses."""
-        task.losses += 1
-        if task.losses >= self.max_worker_losses:
-            reason = f"{cause} (the foreman's limit is {self.max_worker_losses} lost workers per task)"
-            return self._fail(job, task, ErrorKind.LOST, reason)
-        self._enqueue(job, task, front=True)
-        return []
-
-    def _fail(self, job: Job, task: Task, error: ErrorKind, reason: str) -> list[Action]:
-        job.failed_items += task.count
-        failed = p.TaskFailed(
-            job.job_id,
-            task.task_id,
-            task.first_index,
-            task.count,
-            error,
-            reason,
-            task.attempt,
-            crashes=task.crashes,
-            losses=task.losses,
-        )
-        return self._outcome(job, task, failed)
-
-    def _outcome(self, job: Job, task: Task, outcome: p.TaskResult | p.TaskFailed) -> list[Action]:
-        """Record a task's final outcome, pass it to the client, and end the job if it was the last."""
-        task.state = TaskState.DONE
-        if (
-            job.redundancy > 1 or task.reissues or task.backups
-        ) and task.task_id in job.queue:  # replicas no longer needed
-            job.queue = deque(t for t in job.queue if t != task.task_id)
-            if not job.queue and job.job_id in self._ready:
-                self._ready.remove(job.job_id)
-        job.queued_bytes -= len(task.payload or b"")
-        task.payload = None  # the input is no longer needed
-        job.finished_tasks += 1
-        if not self.journaled:
-            job.results[task.task_id] = outcome
-            job.kept_bytes += payload_size(getattr(outcome, "payload", b""))
-        actions: list[Action] = [SaveResult(job.job_id, task.task_id, outcome)]
-        if job.client is not None:
-            actions.append(Send(job.client, outcome))
-        if job.all_finished and job.all_received:
-            actions += self._finish(job)
-        return actions
-
-    def _finish(self, job: Job) -> list[Action]:
-        job.state = JobState.DONE
-        job.finished_at = self.clock()
-        drop_leases(self.workers, job)
-        return [self._save_state(job), *self._release(job)]
 
     def _save_state(self, job: Job) -> SaveJobState:
         return SaveJobState(job.job_id, job.state.value, job.finished_at, job.completed_items, job.failed_items)
@@ -699,7 +416,7 @@ class Scheduler(VolunteerEvents, TimedEvents):
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns; note when each lease began."""
         now = self.clock()
-        sends = assign(self.workers, self.jobs, self._ready, now, self.total_slots)
+        sends = assign(self.jobs, self._ready, now, self._free, self.total_slots)
         actions: list[Action] = []
         for action in sends:
             if isinstance(action.message, p.AssignTask):

@@ -46,8 +46,9 @@ log = logging.getLogger("crowdcompute.foreman")
 
 #: Largest frame the foreman accepts from an authenticated client or worker, in bytes.
 MAX_FRAME_SIZE = 256 * 1024 * 1024
-#: Open connections the foreman serves at once; more are closed with 1013 (try again later).
-MAX_CONNECTIONS = 4096
+#: Open connections the foreman serves at once (``--max-connections``); more are closed with
+#: 1013 (try again later). A crowd of 10,000 workers fits (issue 12); each needs a file descriptor.
+MAX_CONNECTIONS = 16384
 #: Websocket frames the foreman reads ahead of its handler per connection, before it stops reading.
 READ_AHEAD_FRAMES = 4
 
@@ -217,6 +218,11 @@ class ForemanServer:
         )
         if peer is None:
             return
+        # websockets keeps the opening handshake's request and response for the life of the
+        # connection; nothing reads their headers after it (about 2.5 KB: 25 MB per 10,000 workers).
+        for handshake in (websocket.request, websocket.response):
+            if handshake is not None:
+                handshake.headers.clear()
         sender = asyncio.create_task(peer.send_frames(self._replay))
         self._peers[peer.conn_id] = peer
         peer.queue_frame(
@@ -388,5 +394,4 @@ class ForemanServer:
             if frame is not None:
                 if self.payloads is not None and peer is not None:
                     frame = self.payloads.outgoing_frame(peer, frame)
-                parts = p.split_parts(p.frame_parts(frame), FRAGMENT_SIZE)
-                await websocket.send(parts[0] if len(parts) == 1 else parts)
+                await websocket.send(p.outgoing(p.frame_parts(frame), FRAGMENT_SIZE))

@@ -401,10 +401,9 @@ class WorkerAgent:
         while True:
             parts = await self._outbox.get()
             try:
-                # Several parts go as one fragmented message: the outcome is not joined to its header,
-                # and goes in pieces, so that the foreman never buffers a whole one in its websocket layer.
-                parts = p.split_parts(parts, FRAGMENT_SIZE)
-                await websocket.send(parts[0] if len(parts) == 1 else parts)
+                # A big outcome is not joined to its header and goes in pieces, so that the foreman
+                # never buffers a whole one in its websocket layer; a small message goes as one frame.
+                await websocket.send(p.outgoing(parts, FRAGMENT_SIZE))
             except ConnectionClosed:
                 return
             finally:

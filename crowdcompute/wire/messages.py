@@ -19,6 +19,7 @@ from .constants import EnvironmentState, ErrorKind, Role, Serializer
 from .framing import (  # noqa: F401 (re-exported)
     _MESSAGES,
     MAX_HEADER_SIZE,
+    SMALL_MESSAGE,
     Message,
     Pieces,
     decode,
@@ -28,6 +29,7 @@ from .framing import (  # noqa: F401 (re-exported)
     frame_parts,
     frame_size,
     message,
+    outgoing,
     split_parts,
 )
 from .framing import require as _require
@@ -73,6 +75,8 @@ __all__ = [
     "frame_size",
     "decode",
     "decode_parts",
+    "outgoing",
+    "SMALL_MESSAGE",
     "split_parts",
     "frame_parts",
 ]

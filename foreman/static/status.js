@@ -108,12 +108,12 @@ function throughputPoints(throughput) {
 // --- drawing ----------------------------------------------------------------
 
 function renderSummary(status) {
-  const busy = status.workers.reduce((sum, w) => sum + w.busy, 0);
+  const busy = status.busy ?? status.workers.reduce((sum, w) => sum + w.busy, 0);
   const runningJobs = status.jobs.filter((job) => job.state === "running");
   const running = runningJobs.length;
   // The sum of the rates the jobs table shows, so the two never disagree (0 once nothing runs).
   const latest = runningJobs.reduce((sum, job) => sum + (jobRates.get(job.id) || 0), 0);
-  document.getElementById("stat-workers").textContent = status.workers.length;
+  document.getElementById("stat-workers").textContent = status.workers_total ?? status.workers.length;
   document.getElementById("stat-slots").textContent = `${busy}/${status.slots}`;
   document.getElementById("stat-jobs").textContent = running;
   document.getElementById("stat-rate").textContent = formatRate(latest);
@@ -198,6 +198,11 @@ function renderWorkers(status) {
   });
   body.replaceChildren(...rows);
   document.getElementById("no-workers").hidden = rows.length > 0;
+  // A big crowd is listed in part (the foreman's STATUS_WORKERS_SHOWN): say how many are not.
+  const more = (status.workers_total ?? rows.length) - rows.length;
+  const note = document.getElementById("more-workers");
+  note.hidden = more <= 0;
+  note.textContent = more > 0 ? `and ${more} more workers (the first ${rows.length} by name are listed)` : "";
 }
 
 function formatAmount(value) {

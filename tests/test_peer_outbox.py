@@ -1,0 +1,81 @@
+"""What the foreman sends a peer: its outbox (in order, bounded in frames and bytes) and how a
+frame becomes a websocket message (a small one in one frame, a big one in fragments)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from crowdcompute.wire import messages as p
+from crowdcompute.wire.constants import CloseCode, Role
+from foreman import peer as peers
+from foreman.cli import main as foreman_main
+from foreman.peer import Frame, Outbox, Peer, Stop
+
+
+class UnreadSocket:
+    """A websocket (websockets' side, not ours) whose peer never reads: it only records closes."""
+
+    def __init__(self) -> None:
+        self.closed: list[tuple[int, str]] = []
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+
+
+def test_the_outbox_hands_items_over_in_order_and_wakes_a_waiting_sender():
+    async def scenario() -> list:
+        outbox = Outbox()
+        got = []
+
+        async def sender() -> None:
+            while not isinstance(item := await asyncio.wait_for(outbox.get(), 5), Stop):
+                got.append(item)
+
+        task = asyncio.create_task(sender())
+        await asyncio.sleep(0)  # the sender waits on an empty outbox
+        for n in range(3):
+            outbox.put_nowait(Frame([b"%d" % n], 1))
+        outbox.put_nowait(Stop())
+        await asyncio.wait_for(task, 5)
+        return [bytes(item.parts[0]) for item in got]
+
+    assert asyncio.run(scenario()) == [b"0", b"1", b"2"]
+
+
+def test_a_peer_that_lets_too_many_frames_pile_up_is_closed_with_the_limit_named(monkeypatch):
+    monkeypatch.setattr(peers, "MAX_OUTBOX_FRAMES", 4)
+
+    async def scenario() -> tuple[Peer, UnreadSocket]:
+        websocket = UnreadSocket()
+        peer = Peer("c1", Role.CLIENT, "client", websocket)  # type: ignore[arg-type]
+        for n in range(6):
+            peer.queue_frame(p.encode_parts(p.JobAccepted(f"j{n}")))
+        assert peer.closing is not None, "the fifth frame should close the connection"
+        await asyncio.wait_for(peer.closing, 5)
+        return peer, websocket
+
+    peer, websocket = asyncio.run(scenario())
+    assert len(peer.outbox) == 4, "frames past the limit are not queued"
+    ((code, reason),) = websocket.closed
+    assert code == CloseCode.POLICY
+    assert reason.startswith("4 frames (") and "4 frames" in reason and "limits" in reason
+
+
+def test_a_small_message_goes_as_one_frame_and_a_big_one_in_fragments():
+    small = p.encode_parts(p.AssignTask("j1", 0, 1, 0, 1, b"x" * 100, None))
+    assert len(small) == 2, "the header and the payload are separate parts"
+    one = p.outgoing(small, 1024)
+    assert isinstance(one, bytes) and p.decode_parts([one]) == p.decode_parts(small)
+    big = p.encode_parts(p.AssignTask("j1", 0, 1, 0, 1, b"y" * (p.SMALL_MESSAGE + 1), None))
+    fragments = p.outgoing(big, 16 * 1024)
+    assert isinstance(fragments, list) and len(fragments) > 2, "a big payload is cut, never joined"
+    assert all(len(fragment) <= 16 * 1024 for fragment in fragments)
+    assert p.decode_parts(fragments) == p.decode_parts(big)
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_max_connections_must_be_at_least_one(capsys, value):
+    assert foreman_main(["--max-connections", value, "--token", "t"]) == 2
+    assert "--max-connections must be at least 1" in capsys.readouterr().err
