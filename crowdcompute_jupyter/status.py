@@ -32,9 +32,15 @@ def _cell(value: Any) -> str:
     return value.html() if isinstance(value, _State) else html.escape(str(value))
 
 
+def _align(value: Any) -> str:
+    """Numbers to the right, words to the left (JupyterLab right-aligns every cell of a table)."""
+    return "" if isinstance(value, int) else ' style="text-align: left"'
+
+
 def _table(caption: str, headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    aligns = [_align(value) for value in rows[0]] if rows else [""] * len(headers)
+    head = "".join(f"<th{align}>{html.escape(h)}</th>" for h, align in zip(headers, aligns, strict=True))
+    body = "".join("<tr>" + "".join(f"<td{_align(cell)}>{_cell(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     if not rows:
         body = f'<tr><td colspan="{len(headers)}"><i>none</i></td></tr>'
     return (
@@ -127,7 +133,10 @@ class StatusView:
         console.print(self.summary(), markup=False)
         if self.link:
             console.print(f"status page: {self.link}", markup=False, overflow="ignore", crop=False)
-        for table in status_tables(self.status, self.url):
+        for table, what in zip(status_tables(self.status, self.url), ("workers", "jobs"), strict=True):
+            if not table.row_count:  # a line, not a table of headers over nothing
+                console.print(f"{what}: none")
+                continue
             table.title = None  # the summary line says it, without wrapping to the table's width
             console.print(table)
         return buffer.getvalue().rstrip("\n")

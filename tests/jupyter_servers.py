@@ -3,7 +3,8 @@
 The extension is enabled the way an install enables it: by the JSON file in
 ``jupyter-config/jupyter_server_config.d/`` (found through
 ``$JUPYTER_CONFIG_PATH``, since an editable install does not copy data files
-to ``etc/jupyter``).
+to ``etc/jupyter``), and JupyterLab finds the prebuilt labextension in
+``jupyter-data/labextensions/`` (through ``$JUPYTER_PATH``, for the same reason).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from conftest import Proc
 from http_client import http_request
 from websockets.sync.client import connect as ws_connect
 
-__all__ = ["JUPYTER_CONFIG", "JupyterServer", "jupyter_server"]
+__all__ = ["JUPYTER_CONFIG", "JUPYTER_DATA", "JupyterServer", "extension_enabled", "jupyter_server"]
 
 JUPYTER_CONFIG = Path(__file__).resolve().parent.parent / "jupyter-config"
+#: What the wheel installs to ``share/jupyter``: the prebuilt labextension (built from ``labextension/``).
+JUPYTER_DATA = Path(__file__).resolve().parent.parent / "jupyter-data"
 #: Seconds the server gets to print its URL.
 SERVER_START_TIMEOUT = 60.0
 #: Seconds a cell may run in a kernel.
@@ -60,6 +63,13 @@ class JupyterServer:
 
 
 @pytest.fixture
+def extension_enabled(monkeypatch):
+    """Enable the server extension and the labextension as an install does (before a server starts)."""
+    monkeypatch.setenv("JUPYTER_CONFIG_PATH", str(JUPYTER_CONFIG))
+    monkeypatch.setenv("JUPYTER_PATH", str(JUPYTER_DATA))
+
+
+@pytest.fixture
 def jupyter_server(crowd_home, tmp_path):
     """Factory: start ``jupyter server ARGS`` on 127.0.0.1, a free port and a token; stopped after the test."""
     started: list[Proc] = []
@@ -73,6 +83,7 @@ def jupyter_server(crowd_home, tmp_path):
         ]:
             environ[name] = str(tmp_path / folder)
         environ["JUPYTER_CONFIG_PATH"] = str(JUPYTER_CONFIG)
+        environ["JUPYTER_PATH"] = str(JUPYTER_DATA)
         root = tmp_path / "jroot"
         root.mkdir(exist_ok=True)
         token = secrets.token_hex(16)

@@ -10,6 +10,7 @@ from conftest import spawn
 from helpers import arun
 
 from crowdcompute import CrowdComputeClient
+from crowdcompute.wire import addresses
 
 
 def test_local_runs_a_cluster_that_ctrl_c_stops_completely(crowd_home):
@@ -91,3 +92,10 @@ def test_the_connection_file_is_for_this_user_only(foreman, crowd_home):
     path = crowd_home / f"foreman-{foreman.port}.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert json.loads(path.read_text())["url"] == foreman.url
+
+
+def test_a_generated_token_never_reads_as_an_option(monkeypatch):
+    """``crowdcompute worker URL --token -abc`` is an argparse error: a token never starts with "-"."""
+    drawn = iter(["-starts-with-a-dash", "fine-token"])
+    monkeypatch.setattr(addresses.secrets, "token_urlsafe", lambda nbytes: next(drawn))
+    assert addresses.generate_token() == "fine-token"

@@ -14,13 +14,15 @@ import re
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
 import pytest
 from conftest import Proc
 from nbformat.v4 import new_code_cell, new_notebook
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -39,6 +41,31 @@ RUN_TIMEOUT_MS = 30_000
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)"
 )
+
+
+@contextmanager
+def chromium(tmp_path: Path) -> Iterator[BrowserContext]:
+    """Debian's Chromium through Playwright, a 1280x800 window; on failure, a screenshot of each page in ``tmp_path``."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        try:
+            yield context
+        except Exception:
+            for number, page in enumerate(context.pages):  # what the person saw
+                page.screenshot(path=str(tmp_path / f"failure-{number}.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+def run_all(page: Page, notebook_url: str) -> None:
+    """Open the notebook at ``notebook_url``, wait for its kernel, and run all its cells from the Run menu."""
+    page.goto(notebook_url, timeout=PAGE_TIMEOUT_MS)
+    # The status bar names the kernel once it runs; running cells before that does nothing.
+    expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
 
 
 @pytest.fixture
@@ -104,26 +131,14 @@ def test_progress_widget_fills_up_in_a_real_browser(lab, tmp_path):
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, root / "browser.ipynb")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(f"{url}/lab/tree/browser.ipynb?token={token}", timeout=PAGE_TIMEOUT_MS)
-            # The status bar names the kernel once it runs; running cells before that does nothing.
-            expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    with chromium(tmp_path) as context:
+        page = context.new_page()
+        run_all(page, f"{url}/lab/tree/browser.ipynb?token={token}")
 
-            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-            page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
-
-            bar = page.locator(".widget-hprogress .progress-bar")
-            expect(bar).to_be_visible(timeout=RUN_TIMEOUT_MS)
-            expect(bar).to_have_class(re.compile("progress-bar-success"), timeout=RUN_TIMEOUT_MS)
-            expect(bar).to_have_attribute("style", re.compile(r"width: 100%"))
-            expect(page.locator(".widget-html-content", has_text="40/40")).to_be_visible()
-            expect(page.get_by_text("sum of squares 20540")).to_be_visible(timeout=RUN_TIMEOUT_MS)
-            page.screenshot(path=str(tmp_path / "crowdmap.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # what the person saw
-            raise
-        finally:
-            browser.close()
+        bar = page.locator(".widget-hprogress .progress-bar")
+        expect(bar).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        expect(bar).to_have_class(re.compile("progress-bar-success"), timeout=RUN_TIMEOUT_MS)
+        expect(bar).to_have_attribute("style", re.compile(r"width: 100%"))
+        expect(page.locator(".widget-html-content", has_text="40/40")).to_be_visible()
+        expect(page.get_by_text("sum of squares 20540")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        page.screenshot(path=str(tmp_path / "crowdmap.png"), full_page=True)

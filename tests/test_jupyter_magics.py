@@ -82,6 +82,7 @@ def test_importing_crowdcompute_loads_no_jupyter_package():
 def test_crowdmap_maps_the_cells_function_with_a_widget(cluster, shell):
     shown = connect(cluster, shell)
     assert f"Connected to {cluster.url}" in shown and "1 worker, 2 slots" in shown
+    assert "jobs: none" in shown and "┃ job" not in shown  # no empty table
 
     result, text = run(
         shell,
@@ -116,7 +117,7 @@ def test_crowdmap_maps_the_cells_function_with_a_widget(cluster, shell):
         shell.run_line_magic("crowdstatus", "")
     (shown,) = captured.outputs
     assert "w1" in shown.data["text/plain"] and "2 slots" in shown.data["text/plain"], shown.data["text/plain"]
-    assert "<table" in shown.data["text/html"] and "<td>w1</td>" in shown.data["text/html"]
+    assert "<table" in shown.data["text/html"] and '<td style="text-align: left">w1</td>' in shown.data["text/html"]
     result, text = run(shell, "%crowddisconnect")
     assert "disconnected" in text
     result, text = run(shell, "%crowdstatus")

@@ -100,7 +100,11 @@ def connection_file_path(port: int) -> Path:
 
 
 def generate_token() -> str:
-    return secrets.token_urlsafe(32)
+    """A random token that never starts with "-", which ``--token TOKEN`` would read as an option."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def write_connection_file(port: int, url: str, token: str, *, embedded: bool = False) -> Path:
