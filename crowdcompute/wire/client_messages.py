@@ -191,13 +191,8 @@ class VolunteersReply(Message):
 
     @property
     def answer(self) -> dict[str, Any]:
-        try:
-            value = json.loads(bytes(self.body))
-        except ValueError as exc:
-            raise ProtocolError(f"volunteers_reply: body is not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise ProtocolError("volunteers_reply: body must be a JSON object")
-        return value
+        """The answer as a dict; raises ProtocolError when the body is not a JSON object."""
+        return _json_object(self.TYPE, self.body)
 
 
 @message
@@ -324,13 +319,7 @@ class StatusReply(Message):
     @property
     def status(self) -> dict[str, Any]:
         """The status as a dict; raises ProtocolError when the body is not a JSON object."""
-        try:
-            value = json.loads(bytes(self.body))
-        except ValueError as exc:
-            raise ProtocolError(f"status_reply: body is not JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise ProtocolError("status_reply: body must be a JSON object")
-        return value
+        return _json_object(self.TYPE, self.body)
 
 
 @message
@@ -340,3 +329,14 @@ class RequestError(Message):
     TYPE: ClassVar[str] = "request_error"
     job_id: str
     reason: str
+
+
+def _json_object(kind: str, body: bytes) -> dict[str, Any]:
+    """A reply's body, which must be a JSON object."""
+    try:
+        value = json.loads(bytes(body))
+    except ValueError as exc:
+        raise ProtocolError(f"{kind}: body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{kind}: body must be a JSON object")
+    return value
