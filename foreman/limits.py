@@ -15,6 +15,7 @@ __all__ = [
     "PREFETCH_MARGIN",
     "RESULT_TTL",
     "TASK_SECONDS_WEIGHT",
+    "MIN_TASK_SECONDS",
 ]
 
 #: How many times a task may kill its process before it fails with WorkerCrashedError.
@@ -46,6 +47,10 @@ PREFETCH_MARGIN = 0.01
 #: Weight of the newest task in a worker's running average of item durations within a job
 #: (foreman.prefetch): high, so that items that grow slower stop a deep prefetch within a few tasks.
 TASK_SECONDS_WEIGHT = 0.5
+#: Seconds a task cut by the foreman should take at least, by the job's item durations measured
+#: so far (foreman.splitting): a task costs about 1-2 ms of CPU over all processes (frames,
+#: wake-ups), so cutting tiny items finer spends more on tasks than it saves at the tail.
+MIN_TASK_SECONDS = 0.02
 #: Slots a worker is granted at most, whatever it claims (``--max-slots-per-worker``; an invite's
 #: ``--slots`` may grant fewer). It holds at most its slots plus its prefetch (foreman.prefetch).
 MAX_SLOTS_PER_WORKER = 64

@@ -16,7 +16,7 @@ from crowdcompute.wire.constants import ErrorKind
 from . import deadlines, prefetch, quorum
 from .assignment import drop_leases, unlease
 from .free_workers import FreeWorkers
-from .splitting import next_items, split_queued, tail_target
+from .splitting import next_items, observe_items, split_queued, tail_target
 from .state import (
     Action,
     Job,
@@ -68,6 +68,7 @@ class OutcomeEvents:
         job, task = leased
         deadlines.observe(job, task, worker_id, self.clock())
         unlease(self.workers, job, task, worker_id, self._free)
+        observe_items(job, msg.seconds, task.count)  # the job's cuts stay worth their cost
         worker = self.workers.get(worker_id)
         if worker is not None:  # its tasks' duration sizes its prefetch
             upcoming = next_items(job, self.total_slots) if job.splittable else task.count

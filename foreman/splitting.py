@@ -29,6 +29,7 @@ from collections import deque
 from crowdcompute.wire.constants import CHUNKS_PER_SLOT
 from crowdcompute.wire.framing import Pieces
 
+from .limits import MIN_TASK_SECONDS
 from .state import Job, Task, TaskState
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "MIN_SPLIT_SLOTS",
     "cut_for_lease",
     "guided_target",
+    "least_items",
+    "observe_items",
     "next_items",
     "split_queued",
     "split_task",
@@ -64,7 +67,22 @@ def guided_target(job: Job, slots: int) -> int:
     coming = job.total_tasks - len(job.tasks)  # the client streams its tasks in
     queued = (len(job.queue) + coming) * job.total_items / max(1, job.total_tasks)
     guided = math.ceil(queued / (max(1, slots) * GUIDED_PARTS))
-    return max(1, min(guided, target_items(job, slots)))
+    return max(1, min(max(guided, least_items(job)), target_items(job, slots)))
+
+
+def least_items(job: Job) -> int:
+    """Items a cut task holds at least: what takes MIN_TASK_SECONDS by the job's durations so far
+    (1 before any is measured). Tiny items are not cut finer than their cost per task is worth."""
+    if job.item_seconds <= 0:
+        return 1
+    return max(1, math.ceil(MIN_TASK_SECONDS / job.item_seconds))
+
+
+def observe_items(job: Job, seconds: float, items: int) -> None:
+    """A task of ``items`` items took ``seconds``: the job's item duration (its slowest seen so
+    far: the floor of a cut must not make the tail's tasks long)."""
+    if seconds > 0 and items > 0:
+        job.item_seconds = max(job.item_seconds, seconds / items)
 
 
 def next_items(job: Job, slots: int) -> int:
@@ -97,7 +115,7 @@ def tail_target(job: Job, slots: int) -> int | None:
     if len(job.queue) >= slots or not job.queue:
         return None
     left = sum(job.tasks[task_id].count for task_id in job.queue)
-    return max(1, math.ceil(left / slots))
+    return max(1, math.ceil(left / slots), least_items(job))
 
 
 def target_items(job: Job, slots: int) -> int:

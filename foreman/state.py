@@ -183,6 +183,7 @@ class Job:
     queued_bytes: int = 0  # input bytes of received tasks without an outcome yet
     splits: int = 0  # tasks the foreman made by cutting the client's (their ids follow the client's)
     splittable: bool = False  # some queued task may be cut (it came in pieces)
+    item_seconds: float = 0.0  # the longest item duration measured in its tasks so far (0: none yet)
     cuts: list[Task] = field(default_factory=list)  # tasks cut as they were leased, for the journal
     untrusted: set[str] = field(default_factory=set)  # untrusted volunteers leased its tasks
     waiting: str = ""  # what it waits for beyond free slots ("task 12 needs 1 more distinct worker")

@@ -196,6 +196,35 @@ def test_the_tail_of_a_job_is_cut_to_spread_over_every_slot():
     assert sorted(seen) == list(range(96)), "items lost or duplicated by the tail's cuts"
 
 
+def test_tiny_items_are_not_cut_finer_than_a_task_is_worth():
+    """The tail test's job again, but its items take 1 ms each: a 3-item task takes 3 ms, under
+    MIN_TASK_SECONDS, so the tail is not cut (the cost of a task would outweigh the spread)."""
+    from foreman.limits import MIN_TASK_SECONDS
+
+    s = started(8)
+    s.submit_job("c1", p.SubmitJob("j1", function("j1"), 32, 96, None, 0, "f", ack=False))
+    pending = []
+    for n in range(32):
+        pending += assigned(s.submit_task("c1", pieced_task("j1", n, 3 * n, 3)))
+    counts, seen = [], []
+    while pending:
+        task = pending.pop(0)
+        done = p.TaskDone("j1", task.task_id, task.attempt, 0, b"r", 0.001 * task.count)
+        actions = s.task_done("w1", done)
+        seen += [
+            i
+            for _, m in sent(actions)
+            if isinstance(m, p.TaskResult)
+            for i in range(m.first_index, m.first_index + m.count)
+        ]
+        handed = assigned(actions)
+        counts += [t.count for t in handed]
+        pending += handed
+    assert 3 * 0.001 < MIN_TASK_SECONDS, "the test's tasks must be shorter than the floor"
+    assert set(counts) == {3}, f"tasks of 1 ms items were cut below MIN_TASK_SECONDS: {counts}"
+    assert sorted(seen) == list(range(96)), "items lost or duplicated"
+
+
 def test_a_payload_kept_as_fragments_is_cut_without_joining():
     from crowdcompute.wire.framing import Pieces
 
