@@ -190,6 +190,8 @@ class ForemanServer:
             held = set(self.scheduler.jobs)
             self._execute(self.scheduler.expire())
             self._forget_files(held)
+            if self.payloads is not None:
+                self.payloads.sweep()
             busy = self.scheduler.busy_clients()
             for peer in list(self._peers.values()):
                 idle = loop.time() - peer.last_seen

@@ -48,6 +48,8 @@ class SharedPayloads:
         self.folder = SharedFolder.create(folder)
         self._proof = self.folder.proof()
         self._inputs: dict[tuple[str, int], bytes] = {}  # (job, task) -> reference to its input file
+        self._with_files: set[str] = set()  # jobs a peer sent a file reference for
+        self._unswept: set[str] = set()  # jobs forgotten with no reference seen: a stray file is still possible
 
     @property
     def path(self) -> str:
@@ -73,6 +75,7 @@ class SharedPayloads:
         found = self.folder.check(msg.job_id, msg.payload)
         if found is None:
             return msg
+        self._with_files.add(msg.job_id)
         if not peer.shares_files:
             raise ValueError("it sent a payload file reference without sharing the payload folder")
         if isinstance(msg, p.SubmitTask) and msg.pieces:
@@ -146,11 +149,31 @@ class SharedPayloads:
         return frame if changed is msg else p.encode(changed)
 
     def forget(self, job_ids: Iterable[str]) -> None:
-        """These jobs are gone for good: delete their files."""
+        """These jobs are gone for good: delete their files now if they had any; the others (tiny
+        jobs, most of them) are left to :meth:`sweep`, which reads the folder once for many jobs
+        (a peer may have written a file and died before naming it)."""
         for job_id in job_ids:
+            if job_id not in self._with_files:
+                self._unswept.add(job_id)
+                continue
+            self._with_files.discard(job_id)
             self.folder.delete_job(job_id)
             for key in [key for key in self._inputs if key[0] == job_id]:
                 del self._inputs[key]
+
+    def sweep(self) -> None:
+        """Delete any file of the jobs :meth:`forget` left: one read of the folder for all of them."""
+        if not self._unswept:
+            return
+        prefixes = {job_prefix(job_id) for job_id in self._unswept}
+        self._unswept.clear()
+        try:
+            names = os.listdir(self.folder.path)
+        except OSError:
+            return
+        for name in names:
+            if name.lstrip(".").split("-", 1)[0] in prefixes:
+                (self.folder.path / name).unlink(missing_ok=True)
 
     def restored(self, jobs: Iterable[Job], ended: Iterable[str]) -> None:
         """At start, with a journal: know the input files of the jobs it resumes, and delete the

@@ -99,6 +99,25 @@ def test_a_reference_names_a_file_of_its_job_and_a_bad_one_is_refused(tmp_path):
     assert "payload file" in str(errors[0]) and set(errors) == {0, 1}
 
 
+def test_a_forgotten_jobs_stray_file_is_swept_and_other_jobs_files_stay():
+    """A worker that wrote an outcome file and died before naming it leaves a stray: a job the
+    foreman never saw a reference for is swept later, in one read of the folder for many jobs."""
+    from foreman.sharing import SharedPayloads
+
+    payloads = SharedPayloads(None)
+    try:
+        data = os.urandom(BLOB_THRESHOLD)
+        stray = parse_reference(payloads.folder.write("job-gone", [data]))[0]
+        kept = parse_reference(payloads.folder.write("job-running", [data]))[0]
+        payloads.forget(["job-gone"])  # no reference was ever seen: nothing read at once
+        assert (payloads.folder.path / stray).exists(), "forget read the folder for a job without files"
+        payloads.sweep()
+        assert not (payloads.folder.path / stray).exists(), "the stray file of a forgotten job was not swept"
+        assert (payloads.folder.path / kept).exists(), "the sweep deleted a file of a job still held"
+    finally:
+        payloads.close()
+
+
 # --- integration: a foreman and workers on this host ------------------------------------
 
 
