@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .admin import AdminRequests
 from .dashboard import client_html, dashboard_url
 from .errors import ConnectionLostError, CrowdComputeError
 from .feed import Feed
@@ -29,7 +30,7 @@ __all__ = ["CrowdComputeClient", "chunk_size"]
 log = logging.getLogger("crowdcompute.client")
 
 
-class CrowdComputeClient:
+class CrowdComputeClient(AdminRequests):
     """A connection to a foreman; an async context manager.
 
     With no ``host`` it uses ``$CROWDCOMPUTE_ADDRESS`` (and
@@ -319,42 +320,6 @@ class CrowdComputeClient:
         finally:
             self._attaching.pop(job_id, None)
 
-    async def status(self) -> dict:
-        """The foreman's workers, slots and jobs as a dict."""
-        self._require_connection()
-        waiter = asyncio.get_running_loop().create_future()
-        self._status_waiters.append(waiter)
-        self._open_link.send(p.StatusRequest())
-        return await asyncio.wait_for(waiter, self.timeout)
-
-    async def invite(
-        self, name: str, *, slots: int = 0, expires_in: float | None = None, trusted: bool = False
-    ) -> tuple[str, dict]:
-        """Admin: a credential for volunteer ``name``, and the volunteer as the foreman records it.
-
-        Raises CrowdComputeError saying why the foreman refused (a bad name, a name with a valid credential).
-        """
-        answer = await self._admin(p.InviteVolunteer(name, slots, expires_in, trusted))
-        return answer["credential"], answer["volunteer"]
-
-    async def revoke(self, name: str) -> dict:
-        """Admin: refuse volunteer ``name`` from now on; its connections close. Its record, and how many closed."""
-        return await self._admin(p.RevokeVolunteer(name))
-
-    async def volunteers(self) -> list[dict]:
-        """Admin: every invited volunteer and its record (tasks done, agreed, disagreed, missed deadlines...)."""
-        return (await self._admin(p.ListVolunteers()))["volunteers"]
-
-    async def _admin(self, request: p.Message) -> dict:
-        self._require_connection()
-        waiter = asyncio.get_running_loop().create_future()
-        self._admin_waiters.append(waiter)
-        self._open_link.send(request)
-        answer = await asyncio.wait_for(waiter, self.timeout)
-        if "error" in answer:
-            raise CrowdComputeError(f"the foreman refused: {answer['error']}")
-        return answer
-
     async def _submit(
         self,
         func: Callable,
@@ -493,26 +458,7 @@ class CrowdComputeClient:
                 job.handle(msg)
             else:
                 log.warning("%s", refusal(msg))
-        elif isinstance(msg, p.JobWaiting):
-            if job is not None:
-                job.handle(msg)
-        elif isinstance(msg, p.VolunteersReply):
-            if self._admin_waiters:
-                waiter = self._admin_waiters.popleft()
-                try:
-                    _resolve(waiter, msg.answer)
-                except CrowdComputeError as exc:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-        elif isinstance(msg, p.StatusReply):
-            if self._status_waiters:
-                waiter = self._status_waiters.popleft()
-                try:
-                    _resolve(waiter, msg.status)
-                except CrowdComputeError as exc:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-        else:
+        elif not self._answered(msg):
             log.warning("ignored unexpected %s from the foreman", msg.TYPE)
 
     def _attached(self, msg: p.JobAttached) -> None:
