@@ -49,7 +49,7 @@ def unlease(workers: dict[str, Worker], job: Job, task: Task, worker_id: str, fr
     held = task.leases.pop(worker_id, None)
     worker = workers.get(worker_id)
     if worker is not None:
-        worker.running.discard((job.job_id, task.task_id))
+        worker.running.pop((job.job_id, task.task_id), None)
         if held is not None:
             for name, amount in job.resources.items():
                 worker.used[name] = max(0.0, worker.used.get(name, 0.0) - amount)
@@ -170,7 +170,7 @@ def _lease(job: Job, task: Task, worker: Worker, now: float, crowd_slots: int) -
         job.untrusted.add(worker.key)
     task.assigned_at = now
     task.progress = 0
-    worker.running.add((job.job_id, task.task_id))
+    worker.running[job.job_id, task.task_id] = task.count
     for name, amount in job.resources.items():
         worker.used[name] = worker.used.get(name, 0.0) + amount
     worker.last_lease = next(_LEASES)

@@ -39,7 +39,7 @@ from .limits import MAX_PREFETCH_PER_SLOT, PREFETCH_MARGIN, TASK_SECONDS_WEIGHT
 from .splitting import next_items
 from .state import Job, Worker
 
-__all__ = ["PRIOR_ITEM_SECONDS", "begin_job", "least", "observe_task", "prefetch_for", "set_rtt"]
+__all__ = ["PRIOR_ITEM_SECONDS", "begin_job", "items_for", "least", "observe_task", "prefetch_for", "set_rtt"]
 
 #: Item duration assumed, in seconds, before a worker ran any task of a job (see the docstring).
 PRIOR_ITEM_SECONDS = 0.05
@@ -78,6 +78,7 @@ def begin_job(worker: Worker, job: Job, crowd_slots: int) -> None:
     worker.timed_job = job.job_id
     worker.item_seconds = worker.task_seconds = 0.0
     worker.prefetch = _prior(worker, job, crowd_slots)
+    worker.prefetch_items = 0
 
 
 def observe_task(worker: Worker, job_id: str, seconds: float, items: int, next_items: int) -> None:
@@ -91,6 +92,17 @@ def observe_task(worker: Worker, job_id: str, seconds: float, items: int, next_i
     worker.item_seconds = per_item if not seen else seen + TASK_SECONDS_WEIGHT * (per_item - seen)
     worker.task_seconds = worker.item_seconds * max(1, next_items)
     worker.prefetch = prefetch_for(worker.slots, worker.rtt, worker.task_seconds)
+    worker.prefetch_items = items_for(worker.slots, worker.rtt, worker.item_seconds)
+
+
+def items_for(slots: int, rtt: float, item_seconds: float) -> int:
+    """Items to hold beyond the running tasks with ``slots`` slots, a round trip of ``rtt``
+    seconds and items of ``item_seconds``: what each slot goes through while an outcome
+    travels to the foreman and the next task back (0 when the round trip is not known:
+    the task count alone bounds the prefetch)."""
+    if rtt <= 0 or item_seconds <= 0:
+        return 0
+    return slots * math.ceil((rtt + PREFETCH_MARGIN) / item_seconds)
 
 
 def set_rtt(worker: Worker, rtt: float) -> bool:
@@ -98,7 +110,8 @@ def set_rtt(worker: Worker, rtt: float) -> bool:
     if rtt <= 0:
         return False
     worker.rtt = rtt
-    before = worker.prefetch
+    before = worker.prefetch, worker.prefetch_items
     if worker.task_seconds > 0:
         worker.prefetch = prefetch_for(worker.slots, rtt, worker.task_seconds)
-    return worker.prefetch > before
+        worker.prefetch_items = items_for(worker.slots, rtt, worker.item_seconds)
+    return worker.prefetch > before[0] or worker.prefetch_items > before[1]

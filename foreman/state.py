@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ from crowdcompute.wire.messages import Message, TaskDone, TaskFailed, TaskResult
 from .credentials import Record, Volunteer
 
 __all__ = [
+    "items_ahead",
     "Action",
     "Close",
     "DeleteJob",
@@ -237,7 +239,8 @@ class Worker:
     worker_id: str
     name: str
     slots: int
-    running: set[tuple[str, int]] = field(default_factory=set)  # (job_id, task_id) leased
+    # (job_id, task_id) leased -> its items, in the order leased (the worker runs them in that order)
+    running: dict[tuple[str, int], int] = field(default_factory=dict)
     jobs: set[str] = field(default_factory=set)  # jobs whose function it holds
     draining: bool = False  # stopping: it gets no new tasks
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
@@ -246,6 +249,7 @@ class Worker:
     task_seconds: float = 0.0  # what its next tasks should take (item_seconds times their items)
     timed_job: str = ""  # the job its durations were measured in
     prefetch: int = 0  # tasks it holds beyond its running ones (see foreman.prefetch); set on creation
+    prefetch_items: int = 0  # items it holds beyond its running tasks, once durations are measured (0: not yet)
     last_lease: int = 0  # order of its latest lease: among equally free workers, the longest unserved goes first
     volunteer: Volunteer | None = None  # the invite it joined with; None: the shared worker token
     record: Record = field(default_factory=Record)  # the volunteer's record, or this connection's
@@ -318,7 +322,22 @@ class Worker:
 
     @property
     def free(self) -> int:
-        return self.capacity - len(self.running)
+        """Room for more tasks (0: none). Once its items' durations are known, a worker whose every
+        slot is busy has room only while the items it holds beyond its running tasks are fewer than
+        ``prefetch_items``: tasks are counted by what they hold, so a worker holding big chunks
+        does not also hoard small ones at a job's tail."""
+        room = self.capacity - len(self.running)
+        if room <= 0 or not self.prefetch_items or len(self.running) < self.slots:
+            return room
+        return room if items_ahead(self) < self.prefetch_items else 0
+
+
+def items_ahead(worker: Worker) -> int:
+    """Items in the tasks ``worker`` holds beyond its running ones: its leases after the ``slots``
+    oldest (it runs them in the order it was leased them)."""
+    if len(worker.running) <= worker.slots:
+        return 0
+    return sum(itertools.islice(worker.running.values(), worker.slots, None))
 
 
 #: Everything an event of the scheduler may return, for the server to carry out in order.

@@ -48,19 +48,14 @@ def test_queued_tasks_are_cut_for_the_workers_that_join():
     assert len(handed) == 12 and all(t.count <= 4 for t in handed), [t.count for t in handed]
     check_payloads(handed)
     job = s.jobs["j1"]
-    assert sorted((t.first_index, t.count) for t in job.tasks.values())[:7] == [
-        (0, 4),
-        (4, 3),
-        (7, 4),
-        (11, 3),
-        (14, 4),
-        (18, 3),
-        (21, 4),
-    ], "25 items cut as evenly as parts of at most 4 allow"
-    assert sum(t.count for t in job.tasks.values()) == 100 and job.total_tasks == len(job.tasks) == 28
+    parts = sorted((t.first_index, t.count) for t in job.tasks.values())
+    assert parts[:2] == [(0, 4), (4, 3)], "25 items cut as evenly as parts of at most 4 allow: 4, 3, 4, ..."
+    assert all(start + count == after for (start, count), (after, _) in zip(parts, parts[1:])), parts
+    assert sum(t.count for t in job.tasks.values()) == 100 and job.total_tasks == len(job.tasks) == 32
+    assert [t.count for t in handed][-4:] == [2] * 4, "leases shrink (guided cuts) as the queue runs out"
     saved = [a for a in actions if isinstance(a, SaveJob)]
-    assert saved and saved[-1].job.total_tasks == 28, "the journal must learn the job's new task count"
-    assert len([a for a in actions if isinstance(a, SaveTask)]) == 28
+    assert saved and saved[-1].job.total_tasks == 32, "the journal must learn the job's new task count"
+    assert {a.task.task_id for a in actions if isinstance(a, SaveTask)} == set(job.tasks)
 
 
 def test_every_item_comes_back_once_after_cuts():
@@ -163,7 +158,7 @@ def test_idle_slots_are_served_before_a_far_workers_prefetch():
     s = started(2, 2)
     s.workers["w1"].task_seconds = 0.05
     s.note_latency("w1", 0.5)  # far: room for many tasks ahead
-    s.workers["w1"].running = {("old", n) for n in range(2)}  # both its slots are busy
+    s.workers["w1"].running = {("old", n): 1 for n in range(2)}  # both its slots are busy
     s.submit_job("c1", p.SubmitJob("j1", function("j1"), 2, 2, None, 0, "f", ack=False))
     actions = s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"x")) + s.submit_task(
         "c1", p.SubmitTask("j1", 1, 1, 1, b"x")
@@ -177,7 +172,7 @@ def test_the_tail_of_a_job_is_cut_to_spread_over_every_slot():
     pending = []
     for n in range(32):
         pending += assigned(s.submit_task("c1", pieced_task("j1", n, 3 * n, 3)))
-    assert {t.count for t in pending} == {3}
+    assert pending[0].count == 3 and max(t.count for t in pending) == 3, "the first leases are the client's chunks"
     counts, seen = [], []
     while pending:
         task = pending.pop(0)

@@ -33,7 +33,7 @@ def crowd(*slots: int) -> tuple[dict[str, Worker], FreeWorkers]:
 def hold(worker: Worker, count: int, lease: int) -> None:
     """Give ``worker`` ``count`` more leases, the latest numbered ``lease``."""
     start = len(worker.running)
-    worker.running.update(("j", start + n) for n in range(count))
+    worker.running.update((("j", start + n), 1) for n in range(count))
     worker.last_lease = lease
 
 
@@ -125,7 +125,7 @@ def test_the_index_serves_workers_in_the_order_a_scan_over_every_worker_would():
         worker = rng.choice(list(workers.values()))
         move = rng.random()
         if move < 0.4 and worker.running:  # a lease ends
-            worker.running.pop()
+            worker.running.popitem()
             free.touch(worker)
         elif move < 0.5:  # its prefetch changes (sized from its round trip and task durations)
             worker.prefetch = rng.randint(1, 8)

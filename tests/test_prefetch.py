@@ -123,3 +123,20 @@ def test_cuts_made_as_tasks_are_leased_are_journaled():
     assert saved == set(job.tasks), "every task made by a cut must reach the journal"
     assert [a for a in actions if isinstance(a, SaveJob)][-1].job.total_tasks == len(job.tasks)
     assert not job.cuts
+
+
+def test_a_worker_holding_big_chunks_ahead_is_full_however_few_tasks_it_holds():
+    from foreman.state import Worker
+
+    worker = Worker("w1", "w1", slots=2)
+    worker.prefetch = 6  # tasks: room for six beyond its running ones
+    worker.running = {("j1", 0): 7, ("j1", 1): 7}  # both slots busy with chunks of 7 items
+    assert worker.free == 6, "before durations are measured, tasks are counted"
+    worker.prefetch_items = 6  # 50 ms items, 100 ms away: 3 items ahead per slot
+    worker.running["j1", 2] = 7
+    assert worker.free == 0, "7 items ahead cover the round trip: a small task now would be hoarded at the tail"
+    del worker.running["j1", 2]
+    worker.running["j1", 3] = 1
+    assert worker.free == 5, "one item ahead does not cover it"
+    worker.running = {("j1", 4): 7}
+    assert worker.free > 0, "an idle slot always has room"

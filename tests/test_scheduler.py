@@ -482,4 +482,4 @@ def test_a_job_whose_client_left_mid_submission_is_dropped_after_the_ttl():
     actions = s.expire()
     assert any(isinstance(a, Note) and "left before sending all its tasks" in a.text for a in actions)
     assert "j1" not in s.jobs and s.ended["j1"]["state"] == "cancelled"
-    assert s.workers["w1"].running == set()
+    assert s.workers["w1"].running == {}

@@ -128,7 +128,7 @@ def run_random_schedule(seed: int, allowed_failures: int = 3) -> None:
         assert got == tasks, f"job {job_id}: {got} of {tasks} outcomes (seed {seed})"
         assert s.jobs[job_id].state.value == "done"
     for worker in s.workers.values():
-        assert worker.running == set(), f"{worker.worker_id} still holds {worker.running}"
+        assert worker.running == {}, f"{worker.worker_id} still holds {worker.running}"
 
 
 @settings(max_examples=150, deadline=None)
