@@ -18,6 +18,7 @@ import shutil
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -84,6 +85,8 @@ class WorkerAgent:
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
         self._running: dict[int, str] = {}  # slot index -> job id of its task
         self._queue: asyncio.Queue[tuple[p.AssignTask, float]] = asyncio.Queue()  # with arrival times
+        # slot index -> how that slot, running a task with none written behind it, claims its next one
+        self._claimers: dict[int, Callable[[], None]] = {}
         self._outbox: asyncio.Queue[list[bytes | memoryview]] = asyncio.Queue()
         self._draining = False
         self._idle = asyncio.Event()  # set while no slot runs a task
@@ -207,6 +210,7 @@ class WorkerAgent:
         self._setup.clear()
         self._keys.clear()
         self._queue = asyncio.Queue()
+        self._claimers.clear()
         self._outbox = asyncio.Queue()
         self._draining = False
         self._idle.set()
@@ -227,6 +231,7 @@ class WorkerAgent:
                         if msg.requirements:
                             self._requirements[msg.job_id] = list(msg.requirements)
                     self._queue.put_nowait((msg, time.monotonic()))
+                    self._offer()
                 elif isinstance(msg, p.ReleaseJob):
                     self._release(msg.job_id)
                 else:
@@ -283,6 +288,8 @@ class WorkerAgent:
             def claim_next(site: str | None = site) -> None:
                 nonlocal following
                 following = self._claim_next(slot, site)
+                if following is None:
+                    self._claimers[slot.index] = claim_next  # a task that arrives later may be claimed
 
             self._running[slot.index] = task.job_id
             self._idle.clear()
@@ -302,6 +309,7 @@ class WorkerAgent:
                     then=claim_next,
                 )
             finally:
+                self._claimers.pop(slot.index, None)
                 self._running.pop(slot.index, None)
                 if not self._running:
                     self._idle.set()
@@ -323,12 +331,29 @@ class WorkerAgent:
                 continue
             self._outbox.put_nowait(p.encode_parts(reply))
 
+    def _offer(self) -> None:
+        """A task arrived: slots running a task with none behind it claim the next ones while
+        there are enough for all of them (``_claim_next``)."""
+        for index in list(self._claimers):
+            claim = self._claimers.pop(index)
+            if not self._claimable():
+                self._claimers[index] = claim
+                return
+            claim()
+
+    def _claimable(self) -> bool:
+        """Whether a running slot may claim its next task now: the tasks waiting here, beyond those
+        idle slots are about to take, are enough for every running slot without a next task.
+        With fewer (the tail of a job), they stay here for whichever slot frees first."""
+        idle = len(self.slots) - len(self._running)
+        return not self._draining and self._queue.qsize() - idle >= len(self._claimers) + 1
+
     def _claim_next(self, slot: Slot, site: str | None) -> tuple[p.AssignTask, float, bool] | None:
-        """While ``slot`` runs a task: when every slot has a task waiting here, take the slot's next
-        one now and write it to its process's pipe (``Slot.preload``), so that the process starts it
-        the moment the running one ends instead of waiting for us to read the outcome and answer.
-        With fewer waiting (the tail of a job), tasks stay here for whichever slot frees first."""
-        if self._draining or self._queue.qsize() < len(self.slots):
+        """While ``slot`` runs a task, when enough tasks wait here (``_claimable``): take the slot's
+        next one now and write it to its process's pipe (``Slot.preload``), so that the process
+        starts it the moment the running one ends instead of waiting for us to read the outcome and
+        answer."""
+        if not self._claimable():
             return None
         task, arrived = self._queue.get_nowait()
         function = self._functions.get(task.job_id)

@@ -103,7 +103,7 @@ class Limits:
 
     @property
     def any(self) -> bool:
-        return any(value is not None for value in asdict(self).values())
+        return any(value is not None for value in (self.memory, self.cpu_seconds, self.disk, self.processes))
 
     def option(self, name: str) -> str:
         """The command-line option of limit ``name`` with its value, e.g. ``--max-memory 512 MiB``."""
