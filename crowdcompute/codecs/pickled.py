@@ -128,9 +128,16 @@ def _explain_function(func: Callable, exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+#: Item types pickled alike by pickle and cloudpickle, with no buffer to send out of band: a chunk of
+#: them skips cloudpickle's per-call set-up (3 us against 0.3 us for a piece of two floats).
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
 def dumps_items(items: list, first_index: int = 0) -> bytes | Pieces:
     """Pickle a chunk of items, big buffers out of band (:mod:`.buffers`); raise
     SerializationError naming the first bad item."""
+    if all(type(item) in _PLAIN for item in items):  # nothing for cloudpickle to do: pickle's C code
+        return pickle.dumps(items, protocol=PICKLE_PROTOCOL)
     try:
         return buffers.dumps(items, cloudpickle.Pickler)
     except Exception as exc:
