@@ -145,18 +145,16 @@ def test_int_is_accepted_where_a_float_is_expected():
 
 
 def test_payloads_follow_the_header_as_raw_bytes():
-    data = p.encode(p.TaskDone("job-1", 2, 4, 0, RAW))
+    data = p.encode(p.TaskDone("job-1", 2, 4, 0, RAW, seconds=1.5))
     header, rest = split(data)
     assert rest == RAW  # byte for byte, after the header: no base64, no escaping
-    assert header == {
+    assert header == {  # fields that hold their default (waited, setup) are left out
         "type": "task_done",
         "job_id": "job-1",
         "task_id": 2,
         "attempt": 4,
         "failed": 0,
-        "seconds": 0.0,
-        "waited": 0.0,
-        "setup": 0.0,
+        "seconds": 1.5,
         "sizes": [len(RAW)],
     }
     assert len(data) == 4 + len(json.dumps(header, separators=(",", ":"))) + len(RAW)
@@ -474,3 +472,91 @@ def test_a_small_frame_goes_as_one_buffer_and_a_big_one_as_fragments_that_decode
     pieces = p.outgoing(p.encode_parts(big), FRAGMENT_SIZE)
     assert isinstance(pieces, list) and max(len(piece) for piece in pieces) <= FRAGMENT_SIZE
     assert p.decode_parts(pieces) == big
+
+
+# --- batches: several messages in one frame ----------------------------------------------------
+
+#: Message types that may travel in a batch (the handshake's never do).
+BATCHABLE = sorted(kind for kind in p._MESSAGES if kind not in ("hello", "welcome", "refused"))
+
+
+def test_a_batch_holds_messages_of_any_kind_in_order_with_their_payloads():
+    messages = tuple(sample(p._MESSAGES[kind]) for kind in BATCHABLE)
+    data = p.encode(p.Batch(messages))
+    decoded = p.decode(data)
+    assert isinstance(decoded, p.Batch) and decoded == p.Batch(messages)
+    assert p.unbatch(decoded) == messages and p.unbatch(messages[0]) == (messages[0],)
+    header, rest = split(data)  # each message's header as it would be alone; payloads follow in order
+    assert [h["type"] for h in header["messages"]] == [m.TYPE for m in messages]
+    assert rest == b"".join(bytes(getattr(m, name)) for m in messages for name in m._payloads)
+
+
+def test_frames_joined_into_a_batch_read_as_the_batch_and_batches_never_nest():
+    one, two, three = p.CancelJob("j"), p.SubmitTask("j", 0, 0, 1, RAW), p.TaskDone("j", 0, 1, 0, b"")
+    joined = p.join_frames([p.encode_parts(one), p.encode_parts(p.Batch((two, three)))])
+    assert p.decode(b"".join(joined)) == p.Batch((one, two, three))
+    assert p.join_frames([p.encode_parts(one)]) == p.encode_parts(one)  # one frame stays as it is
+
+
+@pytest.mark.parametrize(
+    "header, payload, words",
+    [
+        ({"type": "batch"}, b"", ["batch", "'messages'"]),
+        ({"type": "batch", "messages": []}, b"", ["one or more"]),
+        ({"type": "batch", "messages": {"type": "cancel_job"}}, b"", ["'messages'"]),
+        ({"type": "batch", "messages": [7]}, b"", ["message 1 is not a JSON object"]),
+        ({"type": "batch", "messages": [{"type": "cancel_job", "job_id": "j"}], "more": 1}, b"", ["unknown fields"]),
+        (
+            {"type": "batch", "messages": [{"type": "hello", "role": "client", "token": "t", "protocol_version": 4}]},
+            b"",
+            ["'hello'", "never travels in a batch"],
+        ),
+        ({"type": "batch", "messages": [{"type": "batch", "messages": []}]}, b"", ["never travels in a batch"]),
+        ({"type": "batch", "messages": [{"type": "nope"}]}, b"", ["unknown message type 'nope'", "message 1"]),
+        (
+            {"type": "batch", "messages": [{"type": "cancel_job", "job_id": "j"}, {"type": "cancel_job", "job_id": 5}]},
+            b"",
+            ["'job_id' has the wrong type", "message 2 of a batch"],
+        ),
+        ({"type": "batch", "messages": [{"type": "cancel_job"}]}, b"", ["missing fields ['job_id']", "message 1"]),
+        (
+            {
+                "type": "batch",
+                "messages": [
+                    {"type": "submit_task", "job_id": "j", "task_id": 0, "first_index": 0, "count": 0, "sizes": [1]}
+                ],
+            },
+            b"x",
+            ["at least one item", "message 1 of a batch"],
+        ),
+        (
+            {
+                "type": "batch",
+                "messages": [
+                    {"type": "task_done", "job_id": "j", "task_id": 0, "attempt": 1, "failed": 0, "sizes": [3]}
+                ],
+            },
+            b"xxxxx",
+            ["should take 3 bytes but 5 follow"],
+        ),
+        (
+            {"type": "batch", "messages": [{"type": "cancel_job", "job_id": "j", "sizes": [1]}]},
+            b"x",
+            ["cancel_job: 'sizes' must list 0 payload lengths", "message 1"],
+        ),
+    ],
+)
+def test_a_malformed_batch_is_refused_saying_what_and_which_message(header, payload, words):
+    assert_refused(frame(header, payload), *words)
+
+
+@FUZZ
+@given(
+    st.lists(st.sampled_from(BATCHABLE), min_size=1, max_size=4),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+)
+def test_batches_with_bytes_changed(kinds, changes):
+    mutated = bytearray(p.encode(p.Batch(tuple(sample(p._MESSAGES[kind]) for kind in kinds))))
+    for position, value in changes:
+        mutated[position % len(mutated)] = value
+    decode_or_refuse(bytes(mutated))

@@ -1,4 +1,4 @@
-"""Frames: a small JSON header plus raw payloads, and the Message base class. No I/O.
+"""Frames: a small JSON header plus raw payloads, one message or a batch of them. No I/O.
 
 A frame is one binary websocket message::
 
@@ -8,38 +8,37 @@ A frame is one binary websocket message::
     | endian         |  "sizes": [n1, ...]} |
     +----------------+----------------------+-----------+-----------+---
 
-A message is a frozen dataclass registered with :func:`message`: its
-``bytes`` fields travel as raw payloads after the header, every other field
-in the header, type-checked on the way in. Decoded payloads are read-only
+A message is a frozen dataclass registered with :func:`message` (see
+:mod:`crowdcompute.wire.schema`): its ``bytes`` fields travel as raw
+payloads after the header, every other field in the header, type-checked on
+the way in. Decoded payloads are read-only
 memoryviews into the frame (no copy). ``encode`` and ``decode`` are pure;
 anything that does not decode raises one :class:`ProtocolError` whose text
 says what was wrong. The messages themselves are in :mod:`crowdcompute.wire.messages`.
+
+A frame may also hold several small messages (a :class:`Batch`): its header
+is ``{"type": "batch", "messages": [header 1, header 2, ...]}``, each
+message's header as it would be alone (its own ``sizes``), and the payloads
+of every message follow in order. Each message in it is checked as if it had
+come alone; the reader handles them one after another, in order. Writers make
+batches of what they send in one go (:func:`join_frames`), never waiting to
+fill one: a message costs each side its websocket layers, its wake-up and its
+write once per frame, not once per message (issue 12).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import json
-import math
 import struct
-import sys
-import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
-
-if sys.version_info >= (3, 11):
-    from typing import dataclass_transform
-else:  # Python 3.10: the marker only matters to type checkers
-
-    def dataclass_transform(**kwargs: Any) -> Callable[[_T], _T]:
-        return lambda decorated: decorated
-
+from typing import Any, ClassVar
 
 from ..errors import ProtocolError
+from .schema import Message, build_message, decode_header, encode_header, message, parse_header, require
 
 __all__ = [
+    "BATCH_BYTES",
+    "Batch",
     "MAX_HEADER_SIZE",
     "Message",
     "Pieces",
@@ -49,154 +48,29 @@ __all__ = [
     "encode_parts",
     "frame_parts",
     "frame_size",
+    "join_frames",
     "message",
     "outgoing",
     "require",
     "split_parts",
     "SMALL_MESSAGE",
+    "unbatch",
 ]
 
 #: Largest JSON header a frame may carry; payloads are limited separately.
 MAX_HEADER_SIZE = 64 * 1024
 #: Bytes up to which a message goes as one websocket frame, its parts joined (see :func:`outgoing`).
 SMALL_MESSAGE = 64 * 1024
+#: Most bytes of encoded messages one batch frame carries (see :class:`Batch`); a bigger message
+#: goes alone, so that a big task input is never copied into a batch. Below SMALL_MESSAGE by room
+#: for the batch's own header: a batch is one websocket frame, and its header fits MAX_HEADER_SIZE.
+BATCH_BYTES = SMALL_MESSAGE - 1024
+#: The type tag of a batch frame.
+BATCH = "batch"
+#: Messages that never travel in a batch: the handshake's, which each side reads alone, first.
+UNBATCHED = frozenset({"hello", "welcome", "refused", BATCH})
 
-_T = TypeVar("_T")
 _LENGTH = struct.Struct("!I")
-_MESSAGES: dict[str, type[Message]] = {}
-_EVALUATED: dict[tuple[str, str], Any] = {}  # (module, annotation text) -> the type it names
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # message class -> its fields' names, in order
-
-
-@dataclass(frozen=True)
-class Message:
-    """Base of every message: subclasses are dataclasses with a ``TYPE`` tag."""
-
-    TYPE: ClassVar[str]
-    _checks: ClassVar[dict[str, Callable[[Any], bool]]]
-    _payloads: ClassVar[tuple[str, ...]]
-    _enums: ClassVar[dict[str, type[enum.Enum]]]
-
-    def validate(self) -> None:
-        """Check field values beyond their types; raise ProtocolError."""
-
-
-M = TypeVar("M", bound=Message)
-
-
-@dataclass_transform(frozen_default=True)
-def message(cls: type[M]) -> type[M]:
-    """Class decorator: make ``cls`` a frozen dataclass and register its TYPE."""
-    cls = dataclass(frozen=True)(cls)
-    hints = _field_types(cls)
-    checks: dict[str, Callable[[Any], bool]] = {}
-    payloads = []
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if hint is bytes:
-            payloads.append(f.name)
-        else:
-            checks[f.name] = _type_check(hint)
-    cls._checks = checks
-    cls._enums = {name: hint for name, hint in hints.items() if isinstance(hint, type) and issubclass(hint, enum.Enum)}
-    cls._payloads = tuple(payloads)
-    if cls.TYPE in _MESSAGES:
-        raise RuntimeError(f"message type {cls.TYPE!r} defined twice")
-    _MESSAGES[cls.TYPE] = cls
-    return cls
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    """Field name -> type, its annotation evaluated in the class's module (``typing.get_type_hints``
-    for the fields alone, each annotation text evaluated once for every message: every process
-    defines them all at import)."""
-    namespace = vars(sys.modules[cls.__module__])
-    types = {}
-    for f in dataclasses.fields(cls):
-        hint = f.type
-        if isinstance(hint, str):
-            key = (cls.__module__, hint)
-            if key not in _EVALUATED:
-                _EVALUATED[key] = eval(hint, namespace)  # our own annotations
-            hint = _EVALUATED[key]
-        types[f.name] = hint
-    return types
-
-
-def _type_check(hint: Any) -> Callable[[Any], bool]:
-    """A predicate saying whether a decoded JSON value fits ``hint``."""
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        values = {member.value for member in hint}
-        return lambda v: not isinstance(v, bool) and isinstance(v, (str, int)) and v in values
-    if hint is bool:
-        return lambda v: isinstance(v, bool)
-    if hint is int:
-        return lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if hint is float:
-        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    if hint is str:
-        return lambda v: isinstance(v, str)
-    if hint is dict or typing.get_origin(hint) is dict:
-        return lambda v: isinstance(v, dict)
-    if hint is list or typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        item_ok: Callable[[Any], bool] = (lambda v: True) if item is Any else _type_check(item)
-        return lambda v: isinstance(v, list) and all(item_ok(x) for x in v)
-    args = typing.get_args(hint)
-    if args and type(None) in args:  # X | None
-        inner = [a for a in args if a is not type(None)]
-        inner_ok = _type_check(inner[0])
-        return lambda v: v is None or inner_ok(v)
-    raise TypeError(f"unsupported field type {hint!r}")
-
-
-def _wrong_field(kind: str, name: str, value: Any, enum_type: type[enum.Enum] | None) -> str:
-    """The sentence for a header field whose value does not fit its type."""
-    if enum_type is not None and isinstance(value, (str, int)) and not isinstance(value, bool):
-        allowed = ", ".join(repr(member.value) for member in enum_type)
-        return f"{kind}: field {name!r} has unknown value {value!r} (expected one of {allowed})"
-    return f"{kind}: field {name!r} has the wrong type ({type(value).__name__})"
-
-
-def _finite_number(text: str) -> float:
-    """Parse a JSON number; NaN and infinities are not JSON and no field may hold one."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not a finite number")
-    return value
-
-
-def _header_encoder() -> Callable[[dict[str, Any]], str]:
-    """One JSON encoder for every header, made once.
-
-    ``json.dumps(..., separators=...)`` builds an encoder, and then its C
-    encoder, on every call: a fifth of the foreman's CPU per task (issue 12).
-    Headers are plain data made by ``encode_parts``, so the C encoder needs no
-    check for cycles; where there is no C encoder, the pure one is used.
-    """
-    encoder = json.JSONEncoder(separators=(",", ":"))
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return encoder.encode
-    try:
-        chunks = make(None, encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
-        sample = {"type": "x", "n": [1, 2.5, None, True], "s": "é\n"}
-        if "".join(chunks(sample, 0)) != encoder.encode(sample):
-            return encoder.encode
-    except TypeError:  # another signature in this Python
-        return encoder.encode
-    return lambda header: "".join(chunks(header, 0))
-
-
-_encode_json = _header_encoder()
-# One decoder for every header: json.loads given options builds a new one on every call.
-_decode_json = json.JSONDecoder(parse_float=_finite_number, parse_constant=_finite_number).decode
-
-
-def require(condition: bool, sentence: str) -> None:
-    """Raise ProtocolError with ``sentence`` unless ``condition``."""
-    if not condition:
-        raise ProtocolError(sentence)
 
 
 # --- encoding ---------------------------------------------------------------
@@ -210,20 +84,21 @@ def encode(msg: Message) -> bytes:
 def encode_parts(msg: Message) -> list[bytes | memoryview]:
     """The frame for ``msg`` as buffers that follow each other: length and header, then each
     non-empty payload as it is (not copied). Written one after the other, they are the frame."""
+    if isinstance(msg, Batch):
+        return join_frames([encode_parts(inner) for inner in msg.messages])
+    values = msg.__dict__
     header: dict[str, Any] = {"type": msg.TYPE}
-    payloads = []
-    names = _FIELD_NAMES.get(type(msg))
-    if names is None:
-        names = _FIELD_NAMES[type(msg)] = tuple(f.name for f in dataclasses.fields(msg))
-    for name in names:
-        value = getattr(msg, name)
-        if name in msg._payloads:
-            payloads.append(value)
-        else:
+    defaults = msg._defaults
+    for name in msg._header:
+        # A field that holds its default is left out (the decoder fills it in): shorter headers
+        # cost less to encode and to decode, on every hop of every message.
+        value = values[name]
+        if name not in defaults or value != defaults[name]:
             header[name] = value
+    payloads = [values[name] for name in msg._payloads]
     if payloads:
         header["sizes"] = [len(p) for p in payloads]
-    head = _encode_json(header).encode()
+    head = encode_header(header).encode()
     parts: list[bytes | memoryview] = [_LENGTH.pack(len(head)) + head]
     for payload in payloads:
         if isinstance(payload, Pieces):
@@ -262,9 +137,53 @@ class Pieces:
         return f"<Pieces: {len(self)} bytes in {len(self.pieces)}>"
 
 
+@dataclass(frozen=True)
+class Batch(Message):
+    """Several messages in one frame, to be read in order as if each had come alone.
+
+    What :func:`decode` returns for a batch frame; :func:`unbatch` gives the
+    messages of any decoded frame. No message of UNBATCHED may be in one.
+    """
+
+    TYPE: ClassVar[str] = BATCH
+    messages: tuple[Message, ...]
+
+
+def unbatch(msg: Message) -> tuple[Message, ...]:
+    """The messages a decoded frame holds, in order: a batch's, or the message itself."""
+    return msg.messages if isinstance(msg, Batch) else (msg,)
+
+
+_BATCH_OPENING = b'{"type":"batch","messages":['
+
+
+def join_frames(frames: Sequence[list[bytes | memoryview]]) -> list[bytes | memoryview]:
+    """Encoded messages (each as :func:`encode_parts` made it, or a batch) as one batch frame, in order.
+
+    Only their headers are copied (into the batch's header); payloads follow as they are.
+    The caller keeps the batch within BATCH_BYTES (see ``crowdcompute.sending.take_batch``).
+    """
+    if len(frames) == 1:
+        return frames[0]
+    heads = []
+    payloads: list[bytes | memoryview] = []
+    for parts in frames:
+        first = parts[0]
+        end = _LENGTH.size + _LENGTH.unpack_from(first)[0]
+        head = first[_LENGTH.size : end]
+        if head[: len(_BATCH_OPENING)] == _BATCH_OPENING:  # a batch joins as its messages: batches never nest
+            head = head[len(_BATCH_OPENING) : -2]
+        heads.append(head)
+        if len(first) > end:  # a stored frame's header and payloads in one buffer (frame_parts)
+            payloads.append(first[end:])
+        payloads.extend(parts[1:])
+    head = b"".join((_BATCH_OPENING, b",".join(heads), b"]}"))
+    return [_LENGTH.pack(len(head)) + head, *payloads]
+
+
 def frame_size(parts: list[bytes | memoryview]) -> int:
     """Bytes of a frame given as parts."""
-    return sum(len(part) for part in parts)
+    return sum(map(len, parts))
 
 
 def decode(frame: bytes | bytearray | memoryview | str) -> Message:
@@ -310,46 +229,70 @@ def _decode(view: memoryview, pieces: list[memoryview] | None, join: bool = True
         view, pieces = memoryview(b"".join([view, *pieces])), None
     try:
         raw = bytes(view[_LENGTH.size : end])
-        header = _decode_json(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+        header = decode_header(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         raise ProtocolError(f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
-    kind = header.pop("type", None)
-    cls = _MESSAGES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ProtocolError(f"unknown message type {kind!r}")
-    sizes = header.pop("sizes", [])
-    if (
-        not isinstance(sizes, list)
-        or len(sizes) != len(cls._payloads)
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)
-    ):
-        raise ProtocolError(f"{kind}: 'sizes' must list {len(cls._payloads)} payload lengths")
+    if header.get("type") == BATCH:
+        if pieces is not None:  # a batch is small: one buffer (a proxy may have fragmented it)
+            view = memoryview(b"".join([view, *pieces]))
+        return _decode_batch(header, view, end)
+    cls, kind, sizes, fields = parse_header(header)
     if end + sum(sizes) != total:
         raise ProtocolError(f"{kind}: payloads should take {sum(sizes)} bytes but {total - end} follow the header")
-    fields: dict[str, Any] = {}
-    for name, check in cls._checks.items():
-        if name in header:
-            value = header.pop(name)
-            if not check(value):
-                raise ProtocolError(_wrong_field(kind, name, value, cls._enums.get(name)))
-            enum_type = cls._enums.get(name)
-            fields[name] = value if enum_type is None else enum_type(value)
-    if header:
-        raise ProtocolError(f"{kind}: unknown fields {sorted(header)}")
     if pieces is not None:
         payloads = _payload_pieces(pieces, sizes, join) if len(view) == end else None
         if payloads is not None:
             fields.update(zip(cls._payloads, payloads, strict=True))
-            return _build(cls, kind, fields)
+            return build_message(cls, kind, fields)
         view = memoryview(b"".join([view, *pieces]))  # cut elsewhere (by a proxy, say)
     offset = end
     for name, size in zip(cls._payloads, sizes, strict=True):
         # A view into the frame, not a copy: a 100 MB input crosses the foreman without being copied here.
         fields[name] = view[offset : offset + size]
         offset += size
-    return _build(cls, kind, fields)
+    return build_message(cls, kind, fields)
+
+
+def _decode_batch(header: dict[str, Any], view: memoryview, end: int) -> Batch:
+    """The batch whose header is ``header`` (its type popped) and whose payloads follow ``end`` in ``view``.
+
+    Every message is checked as if it had come alone; an error names which one it is.
+    """
+    del header["type"]
+    entries = header.pop("messages", None)
+    if header:
+        raise ProtocolError(f"batch: unknown fields {sorted(header)}")
+    if not isinstance(entries, list) or not entries:
+        raise ProtocolError("batch: 'messages' must list the headers of one or more messages")
+    parsed = []
+    for number, entry in enumerate(entries, 1):
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            raise ProtocolError(f"batch: message {number} is not a JSON object")
+        if isinstance(kind, str) and kind in UNBATCHED:
+            raise ProtocolError(f"batch: message {number} is a {kind!r}, which never travels in a batch")
+        try:
+            parsed.append(parse_header(entry))
+        except ProtocolError as exc:
+            raise ProtocolError(f"{exc} (message {number} of a batch)") from None
+    expected = sum(sum(sizes) for _, _, sizes, _ in parsed)
+    if end + expected != len(view):
+        raise ProtocolError(
+            f"batch: its messages' payloads should take {expected} bytes but {len(view) - end} follow the header"
+        )
+    messages = []
+    offset = end
+    for number, (cls, kind, sizes, fields) in enumerate(parsed, 1):
+        for name, size in zip(cls._payloads, sizes, strict=True):
+            fields[name] = view[offset : offset + size]
+            offset += size
+        try:
+            messages.append(build_message(cls, kind, fields))
+        except ProtocolError as exc:
+            raise ProtocolError(f"{exc} (message {number} of a batch)") from None
+    return Batch(tuple(messages))
 
 
 def _payload_pieces(pieces: list[memoryview], sizes: list[int], join: bool) -> list[memoryview | Pieces] | None:
@@ -423,17 +366,3 @@ def split_parts(parts: list[bytes | memoryview], largest: int) -> list[bytes | m
             view = memoryview(part)
             pieces.extend(view[start : start + largest] for start in range(0, len(view), largest))
     return pieces
-
-
-def _build(cls: type[Message], kind: str, fields: dict[str, Any]) -> Message:
-    try:
-        msg = cls(**fields)
-    except TypeError as exc:
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in fields and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        raise ProtocolError(f"{kind}: missing fields {missing}") from exc
-    msg.validate()
-    return msg

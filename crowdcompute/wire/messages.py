@@ -41,10 +41,11 @@ from .client_messages import (
     VolunteersReply,
 )
 from .constants import Role, Serializer
-from .framing import (  # noqa: F401 (re-exported)
-    _MESSAGES,
+from .framing import (
+    BATCH_BYTES,
     MAX_HEADER_SIZE,
     SMALL_MESSAGE,
+    Batch,
     Message,
     Pieces,
     decode,
@@ -53,13 +54,16 @@ from .framing import (  # noqa: F401 (re-exported)
     encode_parts,
     frame_parts,
     frame_size,
+    join_frames,
     message,
     outgoing,
     split_parts,
+    unbatch,
 )
 from .framing import require as _require
 from .needs import check_labels as _check_labels
 from .needs import check_resources as _check_resources
+from .schema import MESSAGES as _MESSAGES  # noqa: F401 (every message type, for tests)
 from .worker_messages import (
     AssignTask,
     EnvironmentStatus,
@@ -73,6 +77,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "MAX_REDUNDANCY",
     "MAX_HEADER_SIZE",
+    "BATCH_BYTES",
+    "Batch",
     "Message",
     "Pieces",
     "Hello",
@@ -114,12 +120,15 @@ __all__ = [
     "SMALL_MESSAGE",
     "split_parts",
     "frame_parts",
+    "join_frames",
+    "unbatch",
 ]
 
 #: 2: a task's payload may be several pickles one after another (SubmitTask.pieces), which
 #: a worker of version 1 would read as the first one only.
 #: 3: a job's function travels in its first AssignTask to each worker (no JobFunction).
-PROTOCOL_VERSION = 3
+#: 4: a frame may hold several messages (framing.Batch), which a peer of version 3 would refuse.
+PROTOCOL_VERSION = 4
 #: How a job's function, inputs and results travel: cloudpickle (same Python
 #: and cloudpickle on both ends) or portable (source text and JSON).
 SERIALIZERS = tuple(Serializer)
