@@ -115,15 +115,17 @@ async def simulated_worker(
     functions = {}
     try:
         async for frame in websocket:
-            msg = p.decode(frame)
-            if isinstance(msg, p.AssignTask):
-                if msg.function:  # the first task of its job here
-                    functions[msg.job_id] = loads(msg.function)
-                payload, failed = run_items(functions[msg.job_id], loads_items(msg.payload))
-                await websocket.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, failed, payload)))
-                done[name] += 1
-            elif isinstance(msg, p.ReleaseJob):
-                functions.pop(msg.job_id, None)
+            # A batch (the tasks of one lease round) is run task by task, each answered on its own,
+            # as an agent with one slot does.
+            for msg in p.unbatch(p.decode(frame)):
+                if isinstance(msg, p.AssignTask):
+                    if msg.function:  # the first task of its job here
+                        functions[msg.job_id] = loads(msg.function)
+                    payload, failed = run_items(functions[msg.job_id], loads_items(msg.payload))
+                    await websocket.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, failed, payload)))
+                    done[name] += 1
+                elif isinstance(msg, p.ReleaseJob):
+                    functions.pop(msg.job_id, None)
     finally:
         await websocket.close()
 

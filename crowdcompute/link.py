@@ -180,7 +180,8 @@ class Link:
         try:
             while True:
                 fragments = [fragment async for fragment in websocket.recv_streaming()]
-                self._on_message(self._as_bytes(p.decode_parts(fragments)))
+                for msg in p.unbatch(p.decode_parts(fragments)):  # a batch: one by one, as if each came alone
+                    self._on_message(self._as_bytes(msg))
         except ConnectionClosed:
             pass
         except ProtocolError as exc:

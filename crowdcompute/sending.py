@@ -1,11 +1,14 @@
 """Writing frames to a websocket, several at a time: what every writer (client, foreman, worker) shares.
 
 A writer that finds several frames queued hands them all to
-:func:`write_frames`. It writes them with the socket corked (``TCP_CORK``,
-where the system has it): the kernel sends what was written as full
-segments, and the rest at once when uncorked, so that the reader wakes
-once for the lot rather than once per frame. Each frame still goes as its
-own websocket message (:func:`~crowdcompute.wire.framing.outgoing`).
+:func:`write_frames`. Small ones go together as one websocket message, a
+batch of at most ``BATCH_BYTES`` (:func:`take_batch`,
+:func:`~crowdcompute.wire.framing.join_frames`): the reader decodes one
+frame and wakes once for the lot. A bigger frame goes alone, as its own
+message (:func:`~crowdcompute.wire.framing.outgoing`), never copied into a
+batch. When that makes several websocket messages, they are written with
+the socket corked (``TCP_CORK``, where the system has it): the kernel
+sends what was written as full segments, and the rest at once when uncorked.
 
 :class:`Held` keeps housekeeping frames (a ReleaseJob, a CollectJob) for
 up to ``HOLD_DELAY`` seconds, so that they ride along with the next frame
@@ -18,13 +21,13 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .wire.constants import FRAGMENT_SIZE
-from .wire.framing import outgoing
+from .wire.framing import BATCH_BYTES, frame_size, join_frames, outgoing
 
-__all__ = ["HOLD_DELAY", "Held", "corked", "write_frames"]
+__all__ = ["HOLD_DELAY", "Held", "batches", "corked", "take_batch", "write_frames"]
 
 #: Seconds a held frame waits for another frame to the same peer before it goes alone.
 HOLD_DELAY = 0.05
@@ -57,21 +60,54 @@ def corked(websocket: Any) -> Iterator[None]:
                 sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
 
 
-async def write_frames(websocket: Any, frames: deque[Parts]) -> None:
-    """Send ``frames`` (each an encoded message as parts) in order, several in one segment,
-    taking each off the left of ``frames`` once written (frames added meanwhile go too).
+def take_batch(frames: Sequence[Parts], start: int = 0) -> tuple[Parts, int]:
+    """The first frame to write from ``frames[start:]`` and how many of them it holds: the small ones
+    that come first joined as one batch of at most BATCH_BYTES, or a bigger one alone."""
+    first = frames[start]
+    size = frame_size(first)
+    end = start + 1
+    if size <= BATCH_BYTES:
+        while end < len(frames):
+            size += frame_size(frames[end])
+            if size > BATCH_BYTES:
+                break
+            end += 1
+    if end == start + 1:
+        return first, 1
+    return join_frames([frames[n] for n in range(start, end)]), end - start  # (a deque has no slices)
 
-    Raises websockets' ConnectionClosed like ``websocket.send``: the frame
-    being written, and those after it, are then still in ``frames``.
+
+def batches(frames: Sequence[Parts]) -> list[Parts]:
+    """``frames`` as the frames to write, in order: small ones joined in batches (see take_batch)."""
+    written = []
+    start = 0
+    while start < len(frames):
+        parts, count = take_batch(frames, start)
+        written.append(parts)
+        start += count
+    return written
+
+
+async def write_frames(websocket: Any, frames: deque[Parts], *, batch: bool = True) -> None:
+    """Send ``frames`` (each an encoded message as parts) in order, small ones in batches, taking
+    each off the left of ``frames`` once written (frames added meanwhile go too).
+
+    ``batch=False``: each frame as a websocket message of its own.
+    Raises websockets' ConnectionClosed like ``websocket.send``: the frames
+    being written, and those after them, are then still in ``frames``.
     """
-    if len(frames) == 1:
-        await websocket.send(outgoing(frames[0], FRAGMENT_SIZE))
-        frames.popleft()
+    parts, count = take_batch(frames) if batch else (frames[0], 1)
+    if count == len(frames):  # one websocket message: nothing to cork
+        await websocket.send(outgoing(parts, FRAGMENT_SIZE))
+        for _ in range(count):
+            frames.popleft()
         return
     with corked(websocket):
         while frames:
-            await websocket.send(outgoing(frames[0], FRAGMENT_SIZE))
-            frames.popleft()
+            parts, count = take_batch(frames) if batch else (frames[0], 1)
+            await websocket.send(outgoing(parts, FRAGMENT_SIZE))
+            for _ in range(count):
+                frames.popleft()
 
 
 class Held:

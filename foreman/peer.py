@@ -1,4 +1,12 @@
-"""One authenticated connection: who it is, and its outbox of frames written in order by its own task."""
+"""One authenticated connection: who it is, and its outbox of frames written in order by its own task.
+
+Small frames queued for a peer within one turn of the event loop go out
+together, as one batch frame (see ``crowdcompute.wire.framing.Batch``),
+when the turn ends (:class:`EndOfTurn`): the results of several tasks that
+became ready at once, the tasks a lease round gave one worker. Nothing waits
+on a timer to fill a batch. Frames that pile up while a peer reads slowly
+are joined the same way as its sender takes them.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +20,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from crowdcompute.sending import Held, corked
+from crowdcompute.sending import Held, batches, corked
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import FRAGMENT_SIZE, CloseCode, Role
 
 from .credentials import Volunteer
 
-__all__ = ["MAX_OUTBOX_BYTES", "MAX_OUTBOX_FRAMES", "Outbox", "Peer", "how_it_went", "ping", "where"]
+__all__ = ["MAX_OUTBOX_BYTES", "MAX_OUTBOX_FRAMES", "EndOfTurn", "Outbox", "Peer", "how_it_went", "ping", "where"]
 
 log = logging.getLogger("crowdcompute.foreman")
 
@@ -45,6 +53,7 @@ class Frame:
 
     parts: list[bytes | memoryview]
     size: int
+    alone: bool = False  # never joined with others (the Welcome, which a peer reads first, alone)
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,40 @@ class Outbox:
                 self._waiter = None
         return self._items.popleft()
 
+    def take_frames(self, room: int) -> list[Frame]:
+        """The frames next in line that may join a batch, of at most ``room`` bytes in all."""
+        taken: list[Frame] = []
+        items = self._items
+        while items and isinstance(frame := items[0], Frame) and not frame.alone and frame.size <= room:
+            items.popleft()
+            taken.append(frame)
+            room -= frame.size
+        return taken
+
+
+class EndOfTurn:
+    """Peers with frames queued in this turn of the event loop: one callback flushes them all after it.
+
+    The callback runs once the loop has run what was ready in this turn (every
+    frame read in one wake-up handled): the results of tasks that ended together
+    go to their client as one message, and nothing waits on a timer.
+    """
+
+    __slots__ = ("_peers",)
+
+    def __init__(self) -> None:
+        self._peers: list[Peer] = []
+
+    def add(self, peer: Peer) -> None:
+        if not self._peers:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._peers.append(peer)
+
+    def _flush(self) -> None:
+        peers, self._peers = self._peers, []
+        for peer in peers:
+            peer.flush()
+
 
 #: Streams a job's stored outcomes to a websocket (the server's, which owns the journal).
 Replayer = Callable[[ServerConnection, str], Awaitable[None]]
@@ -131,32 +174,55 @@ class Peer:
     labels: dict = field(default_factory=dict)
     installs: bool = True  # it builds environments (not --no-install)
     shares_files: bool = False  # it proved it reads the payload folder (ShareBlobs): big payloads go as files
+    turn: EndOfTurn = field(default_factory=EndOfTurn)  # flushes pending frames (the server shares one)
+    pending: list[list[bytes | memoryview]] = field(default_factory=list)  # frames of this turn, not yet queued
     held: Held = field(init=False)  # housekeeping frames waiting to ride along with the next one
 
     def __post_init__(self) -> None:
         self.held = Held(self._queue_all)
 
-    def queue_frame(self, parts: list[bytes | memoryview], *, hold: bool = False) -> None:
-        """Queue an encoded message; a peer that lets MAX_OUTBOX_BYTES or MAX_OUTBOX_FRAMES pile up
-        is closed at once.
+    def queue_frame(self, parts: list[bytes | memoryview], *, hold: bool = False, alone: bool = False) -> None:
+        """Queue an encoded message; it goes out when this turn of the event loop ends, with the
+        others queued in it (in one batch frame, see the module's docstring). A peer that lets
+        MAX_OUTBOX_BYTES or MAX_OUTBOX_FRAMES pile up is closed at once.
 
         ``hold``: it may wait a moment (HOLD_DELAY) to go out with the next frame, in one write.
+        ``alone``: it goes now, as a frame of its own (the Welcome).
         """
         if hold:
             self.held.hold(parts)
             return
-        held = self.held.take()
-        if not held:
-            self._queue(parts)
+        if alone:
+            self._queue_all(self._take_pending())
+            self._queue(parts, alone=True)
             return
-        with corked(self.websocket):  # frames written at once go out together
-            self._queue_all([*held, parts])
+        if not self.pending:
+            self.turn.add(self)
+        self.pending.extend(self.held.take())
+        self.pending.append(parts)
+
+    def flush(self) -> None:
+        """Queue the frames of this turn (EndOfTurn calls it once the turn ended)."""
+        self._queue_all(self._take_pending())
+
+    def _take_pending(self) -> list[list[bytes | memoryview]]:
+        frames, self.pending = [*self.pending, *self.held.take()], []
+        return frames
 
     def _queue_all(self, frames: list[list[bytes | memoryview]]) -> None:
-        for parts in frames:
-            self._queue(parts)
+        if len(frames) <= 1:
+            if frames:
+                self._queue(frames[0])
+            return
+        written = batches(frames)
+        if len(written) == 1:
+            self._queue(written[0])
+            return
+        with corked(self.websocket):  # frames written at once go out together
+            for parts in written:
+                self._queue(parts)
 
-    def _queue(self, parts: list[bytes | memoryview]) -> None:
+    def _queue(self, parts: list[bytes | memoryview], alone: bool = False) -> None:
         size = p.frame_size(parts)
         too_big = self.queued_bytes + size > MAX_OUTBOX_BYTES and self.queued_bytes
         if too_big or len(self.outbox) >= MAX_OUTBOX_FRAMES:
@@ -170,7 +236,7 @@ class Peer:
         if size <= p.SMALL_MESSAGE and self.outbox.waiting and self._write_now(parts):
             return
         self.queued_bytes += size
-        self.outbox.put_nowait(Frame(parts, size))
+        self.outbox.put_nowait(Frame(parts, size, alone))
 
     def _write_now(self, parts: list[bytes | memoryview]) -> bool:
         """Write a small frame at once, when nothing is queued or being written before it; False
@@ -192,11 +258,11 @@ class Peer:
         return True
 
     def queue_replay(self, job_id: str) -> None:
-        self._queue_all(self.held.take())
+        self._queue_all(self._take_pending())
         self.outbox.put_nowait(ReplayJob(job_id))
 
     def stop_sending(self) -> None:
-        self.held.take()  # the connection is gone: nobody will read them
+        self._take_pending()  # the connection is gone: nobody will read them
         self.outbox.put_nowait(Stop())
 
     def close(self, code: int, reason: str, *, now: bool = False, logged: bool = False) -> None:
@@ -207,7 +273,7 @@ class Peer:
         if not logged:
             log.warning("closed %s %s: %s", self.role, self.name, reason)
         if not now:
-            self._queue_all(self.held.take())
+            self._queue_all(self._take_pending())
             self.outbox.put_nowait(Hangup(code, reason[:120]))
         elif self.closing is None:
             self.closing = asyncio.create_task(self.websocket.close(code, reason[:120]))
@@ -221,8 +287,11 @@ class Peer:
                 return
             try:
                 if isinstance(item, Frame):
-                    self.queued_bytes -= item.size
-                    await websocket.send(p.outgoing(item.parts, FRAGMENT_SIZE))
+                    # Frames that piled up behind it (a peer reading slowly) go with it, in one batch.
+                    joined = self.outbox.take_frames(p.BATCH_BYTES - item.size) if not item.alone else []
+                    parts = p.join_frames([item.parts, *(frame.parts for frame in joined)]) if joined else item.parts
+                    self.queued_bytes -= item.size + sum(frame.size for frame in joined)
+                    await websocket.send(p.outgoing(parts, FRAGMENT_SIZE))
                 elif isinstance(item, Hangup):
                     await websocket.close(item.code, item.reason)
                 else:

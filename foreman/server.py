@@ -27,7 +27,7 @@ from .handshake import AUTH_TIMEOUT, MAX_HELLO_SIZE, authenticate
 from .http import StatusPages
 from .journal import Journal, read_outcome_frame, read_outcome_ids
 from .limits import MAX_SLOTS_PER_WORKER
-from .peer import MAX_OUTBOX_BYTES, Peer, how_it_went, ping, where
+from .peer import MAX_OUTBOX_BYTES, EndOfTurn, Peer, how_it_went, ping, where
 from .routes import ROUTES
 from .scheduler import RESULT_TTL, Action, Scheduler
 from .sharing import SharedPayloads
@@ -110,6 +110,7 @@ class ForemanServer:
             backup_tasks=backup_tasks,
         )
         self._peers: dict[str, Peer] = {}
+        self._turn = EndOfTurn()  # flushes the frames queued for peers in one turn of the loop
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._expiry: asyncio.Task | None = None
@@ -227,6 +228,7 @@ class ForemanServer:
                 handshake.headers.clear()
         sender = asyncio.create_task(peer.send_frames(self._replay))
         self._peers[peer.conn_id] = peer
+        peer.turn = self._turn  # one end-of-turn flush for every peer
         peer.queue_frame(
             p.encode_parts(
                 p.Welcome(
@@ -241,6 +243,7 @@ class ForemanServer:
                     blobs=self.payloads.path if self.payloads is not None else "",
                 )
             ),
+            alone=True,  # the peer reads it first, alone
         )
         if peer.role == Role.WORKER:  # its round trip sizes its prefetch: measure it now, not at the first keepalive
             peer.pinger = asyncio.create_task(self._measure_round_trip(peer))
@@ -297,39 +300,52 @@ class ForemanServer:
                 fragments = [fragment async for fragment in peer.websocket.recv_streaming()]
                 peer.last_seen = loop.time()
                 try:
-                    msg = p.decode_parts(fragments, join=False)  # payloads are forwarded, never read
+                    decoded = p.decode_parts(fragments, join=False)  # payloads are forwarded, never read
                 except ProtocolError as exc:
                     code = CloseCode.UNSUPPORTED if isinstance(fragments[0], str) else CloseCode.PROTOCOL_ERROR
                     peer.close(code, str(exc))
                     return
-                if isinstance(msg, p.ShareBlobs):
-                    if self.payloads is not None:
-                        self.payloads.accept(peer, msg)
-                    continue
-                route = ROUTES.get(type(msg))
-                if route is None or route.role != peer.role:
-                    peer.close(CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
-                    return
-                if isinstance(msg, p.TaskDone):  # the latest ping's round trip sizes the worker's prefetch
-                    self._execute(self.scheduler.note_latency(peer.conn_id, peer.websocket.latency))
-                if self.payloads is not None:
-                    try:
-                        msg = self.payloads.incoming(peer, msg, self.scheduler)
-                    except ValueError as exc:
-                        # Dropped, not fatal: a frame queued before a reconnect may name a file of a
-                        # foreman that is gone; the client sends its outstanding tasks again anyway.
-                        log.warning("ignored %s from %s %s: %s", msg.TYPE, peer.role, peer.name, exc)
-                        continue
-                held = set(self.scheduler.jobs) if isinstance(msg, (p.CollectJob, p.CancelJob)) else None
-                acknowledged = self.payloads.acknowledging(msg, self.scheduler) if self.payloads is not None else []
-                actions = route.handler(self.scheduler, peer.conn_id, msg)
-                self._execute(actions)
-                if self.payloads is not None:
-                    self.payloads.handled(msg, self.scheduler, actions, acknowledged)
-                if held is not None:
-                    self._forget_files(held)
+                messages = p.unbatch(decoded)  # a batch: handled one by one, as if each came alone
+                for msg in messages:  # (a batch holding one it may not send is refused whole, like a bad frame)
+                    if not self._may_send(peer, msg):
+                        peer.close(CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
+                        return
+                for msg in messages:
+                    self._handle_message(peer, msg)
         except ConnectionClosed:
             pass
+
+    @staticmethod
+    def _may_send(peer: Peer, msg: p.Message) -> bool:
+        route = ROUTES.get(type(msg))
+        return isinstance(msg, p.ShareBlobs) or (route is not None and route.role == peer.role)
+
+    def _handle_message(self, peer: Peer, msg: p.Message) -> None:
+        """One message from ``peer`` (allowed to send it): the scheduler's call, and what it says to do."""
+        if isinstance(msg, p.ShareBlobs):
+            if self.payloads is not None:
+                self.payloads.accept(peer, msg)
+            return
+        if isinstance(msg, p.TaskDone):  # the latest ping's round trip sizes the worker's prefetch
+            sized = self.scheduler.note_latency(peer.conn_id, peer.websocket.latency)
+            if sized:
+                self._execute(sized)
+        if self.payloads is not None:
+            try:
+                msg = self.payloads.incoming(peer, msg, self.scheduler)
+            except ValueError as exc:
+                # Dropped, not fatal: a frame queued before a reconnect may name a file of a
+                # foreman that is gone; the client sends its outstanding tasks again anyway.
+                log.warning("ignored %s from %s %s: %s", msg.TYPE, peer.role, peer.name, exc)
+                return
+        held = set(self.scheduler.jobs) if isinstance(msg, (p.CollectJob, p.CancelJob)) else None
+        acknowledged = self.payloads.acknowledging(msg, self.scheduler) if self.payloads is not None else []
+        actions = ROUTES[type(msg)].handler(self.scheduler, peer.conn_id, msg)
+        self._execute(actions)
+        if self.payloads is not None:
+            self.payloads.handled(msg, self.scheduler, actions, acknowledged)
+        if held is not None:
+            self._forget_files(held)
 
     async def _measure_round_trip(self, peer: Peer) -> None:
         """Ping a joining worker once: its round trip sizes its prefetch before its first task ends."""

@@ -101,10 +101,11 @@ async def fake_worker(url: str, token: str, answer, stop: asyncio.Event, name: s
     try:
         while not stop.is_set():
             try:
-                msg = p.decode(await asyncio.wait_for(ws.recv(), 0.2))
+                frame = p.decode(await asyncio.wait_for(ws.recv(), 0.2))
             except asyncio.TimeoutError:
                 continue
-            if isinstance(msg, p.AssignTask):
-                await ws.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, 0, answer(msg))))
+            for msg in p.unbatch(frame):
+                if isinstance(msg, p.AssignTask):
+                    await ws.send(p.encode(p.TaskDone(msg.job_id, msg.task_id, msg.attempt, 0, answer(msg))))
     finally:
         await ws.close()

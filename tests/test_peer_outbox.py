@@ -52,6 +52,7 @@ def test_a_peer_that_lets_too_many_frames_pile_up_is_closed_with_the_limit_named
         peer = Peer("c1", Role.CLIENT, "client", websocket)  # type: ignore[arg-type]
         for n in range(6):
             peer.queue_frame(p.encode_parts(p.JobAccepted(f"j{n}")))
+            peer.flush()  # each in a turn of its own (frames of one turn go as one batch)
         assert peer.closing is not None, "the fifth frame should close the connection"
         await asyncio.wait_for(peer.closing, 5)
         return peer, websocket
@@ -61,6 +62,46 @@ def test_a_peer_that_lets_too_many_frames_pile_up_is_closed_with_the_limit_named
     ((code, reason),) = websocket.closed
     assert code == CloseCode.POLICY
     assert reason.startswith("4 frames (") and "4 frames" in reason and "limits" in reason
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def test_frames_queued_in_one_turn_go_as_one_batch_when_it_ends_and_the_welcome_alone():
+    async def scenario() -> list:
+        peer = Peer("w1", Role.WORKER, "worker", UnreadSocket())  # type: ignore[arg-type]
+        peer.queue_frame(p.encode_parts(p.Welcome(p.PROTOCOL_VERSION, "w1")), alone=True)
+        tasks = [p.AssignTask("j1", n, 1, n, 1, b"x", None) for n in range(3)]
+        for task in tasks:
+            peer.queue_frame(p.encode_parts(task))
+        assert len(peer.outbox) == 1, "only the Welcome is queued before the turn ends"
+        await asyncio.wait_for(_until(lambda: len(peer.outbox) == 2), 5)
+        peer.queue_frame(p.encode_parts(p.ReleaseJob("j1")))
+        peer.close(CloseCode.NORMAL, "bye", logged=True)  # what this turn queued goes before the close
+        peer.outbox.put_nowait(Stop())
+        items = []
+        while not isinstance(item := await asyncio.wait_for(peer.outbox.get(), 5), Stop):
+            items.append(item)
+        return [p.decode(b"".join(item.parts)) if isinstance(item, Frame) else item for item in items]
+
+    welcome, batch, release, hangup = asyncio.run(scenario())
+    assert isinstance(welcome, p.Welcome)
+    assert batch == p.Batch(tuple(p.AssignTask("j1", n, 1, n, 1, b"x", None) for n in range(3)))
+    assert release == p.ReleaseJob("j1") and hangup == peers.Hangup(CloseCode.NORMAL, "bye")
+
+
+def test_frames_that_piled_up_for_a_slow_peer_go_together():
+    outbox = Outbox()  # (the sender took a first frame of 30 bytes; these piled up behind it)
+    for n in range(2):
+        outbox.put_nowait(Frame(p.encode_parts(p.JobAccepted(f"j{n}")), 30))
+    outbox.put_nowait(Frame([b"x" * p.BATCH_BYTES], p.BATCH_BYTES))
+    taken = outbox.take_frames(p.BATCH_BYTES - 30)
+    assert len(taken) == 2 and len(outbox) == 1, "the big frame waits for its own turn"
+    alone = Outbox()
+    alone.put_nowait(Frame([b"welcome"], 7, alone=True))
+    assert alone.take_frames(p.BATCH_BYTES) == [], "a frame marked alone never joins a batch"
 
 
 def test_a_small_message_goes_as_one_frame_and_a_big_one_in_fragments():

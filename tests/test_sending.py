@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from crowdcompute.sending import HOLD_DELAY, Held, corked, write_frames
+from crowdcompute.sending import HOLD_DELAY, Held, corked, take_batch, write_frames
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import FRAGMENT_SIZE
 from worker.pipes import TOGETHER_BYTES, pickled, send_together
@@ -18,19 +18,22 @@ from worker.pipes import TOGETHER_BYTES, pickled, send_together
 WAIT = 10.0
 
 
-async def _received_by_a_server(send) -> list[p.Message]:
-    """What a loopback websocket server reads while ``send(websocket)`` writes and then closes."""
+async def _received_by_a_server(send, expected: int = 3, frames: list | None = None) -> list[p.Message]:
+    """What a loopback websocket server reads while ``send(websocket)`` writes and then closes:
+    the messages (a batch's one by one); ``frames`` gets each websocket message as it came."""
     got: list[p.Message] = []
 
     async def handler(websocket) -> None:
         async for frame in websocket:
-            got.append(p.decode(frame))
+            if frames is not None:
+                frames.append(p.decode(frame))
+            got.extend(p.unbatch(p.decode(frame)))
 
     async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}", max_size=None) as websocket:
             await asyncio.wait_for(send(websocket), WAIT)
-        await asyncio.wait_for(_until(lambda: len(got) >= 3), WAIT)
+        await asyncio.wait_for(_until(lambda: len(got) >= expected), WAIT)
     return got
 
 
@@ -49,6 +52,32 @@ def test_frames_written_together_arrive_whole_and_in_order_and_leave_the_queue()
 
     assert asyncio.run(_received_by_a_server(send)) == messages
     assert not frames  # each frame is taken off the queue once written
+
+
+def test_small_frames_go_in_batches_within_the_limit_and_a_big_one_alone_in_its_place():
+    small = [p.SubmitTask("job-1", n, n, 1, b"s" * 100) for n in range(3)]
+    big = p.SubmitTask("job-1", 3, 3, 1, b"b" * (p.BATCH_BYTES + 1))  # bigger than a batch: never copied into one
+    many = [p.SubmitTask("job-1", n, n, 1, b"m" * 1000) for n in range(4, 4 + 2 * p.BATCH_BYTES // 1000)]
+    messages = [*small, big, *many]
+    queued = deque(p.encode_parts(m) for m in messages)
+    received: list[p.Message] = []
+
+    async def send(websocket) -> None:
+        await write_frames(websocket, queued)
+
+    assert asyncio.run(_received_by_a_server(send, len(messages), received)) == messages  # in order
+    assert not queued
+    kinds = [type(frame).__name__ for frame in received]
+    assert kinds[:2] == ["Batch", "SubmitTask"] and len(received[0].messages) == 3
+    assert len(received) == 2 + 3, "the frames after the big one fill three batches of at most BATCH_BYTES"
+    assert all(len(p.encode(frame)) <= p.SMALL_MESSAGE for frame in received if isinstance(frame, p.Batch))
+
+
+def test_take_batch_counts_the_frames_it_joined():
+    frames = [p.encode_parts(p.CancelJob(f"j{n}")) for n in range(3)]
+    parts, count = take_batch(frames)
+    assert count == 3 and p.decode(b"".join(parts)) == p.Batch(tuple(p.CancelJob(f"j{n}") for n in range(3)))
+    assert take_batch(frames, 2) == (frames[2], 1)  # one frame goes as it is
 
 
 def test_corking_a_socket_that_is_not_tcp_does_nothing():

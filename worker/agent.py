@@ -221,23 +221,28 @@ class WorkerAgent:
                 # Piece by piece: a task's input that came as a fragment of its own is not joined.
                 fragments = [fragment async for fragment in websocket.recv_streaming()]
                 try:
-                    msg = p.decode_parts(fragments)
+                    decoded = p.decode_parts(fragments)
                 except CrowdComputeError as exc:
                     log.error("bad frame from the foreman: %s", exc)
                     return
-                if isinstance(msg, p.AssignTask):
-                    if msg.function:  # the first task of its job here
-                        self._functions[msg.job_id] = (bytes(msg.function), msg.serializer)
-                        if msg.requirements:
-                            self._requirements[msg.job_id] = list(msg.requirements)
-                    self._queue.put_nowait((msg, time.monotonic()))
-                    self._offer()
-                elif isinstance(msg, p.ReleaseJob):
-                    self._release(msg.job_id)
-                else:
-                    log.warning("ignored unexpected %s from the foreman", msg.TYPE)
+                for msg in p.unbatch(decoded):  # a batch (the tasks of one lease round): one by one
+                    self._handle(msg)
         except ConnectionClosed:
             pass
+
+    def _handle(self, msg: p.Message) -> None:
+        """One message from the foreman."""
+        if isinstance(msg, p.AssignTask):
+            if msg.function:  # the first task of its job here
+                self._functions[msg.job_id] = (bytes(msg.function), msg.serializer)
+                if msg.requirements:
+                    self._requirements[msg.job_id] = list(msg.requirements)
+            self._queue.put_nowait((msg, time.monotonic()))
+            self._offer()
+        elif isinstance(msg, p.ReleaseJob):
+            self._release(msg.job_id)
+        else:
+            log.warning("ignored unexpected %s from the foreman", msg.TYPE)
 
     def _release(self, job_id: str) -> None:
         """Forget a job: its queued tasks are skipped, its running ones killed."""
@@ -433,8 +438,10 @@ class WorkerAgent:
             count = len(frames)
             try:
                 # A big outcome is not joined to its header, and goes in pieces, so that the foreman
-                # never buffers a whole one in its websocket layer (framing.outgoing).
-                await write_frames(websocket, frames)
+                # never buffers a whole one in its websocket layer (framing.outgoing). Not in batches:
+                # outcomes of a worker's slots seldom end in one turn, and batching them measured no
+                # gain (docs/scaling.md); the foreman reads batches from anyone all the same.
+                await write_frames(websocket, frames, batch=False)
             except ConnectionClosed:
                 return
             finally:
