@@ -11,6 +11,7 @@ import ssl
 import sys
 
 from crowdcompute.processes import (
+    collect_garbage_less_often,
     configure_logging,
     install_stop_handlers,
     keep_read_buffers_off_mmap,
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(args.log_level)
     keep_read_buffers_off_mmap()
+    collect_garbage_less_often()
     allow_open_files(args.max_connections + SPARE_FILES)
     try:
         return asyncio.run(_serve(args))

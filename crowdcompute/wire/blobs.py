@@ -72,6 +72,8 @@ def parse_reference(payload: object) -> tuple[str, int] | None:
     """
     if not isinstance(payload, (bytes, bytearray, memoryview)) or len(payload) < len(_MAGIC) + _SIZE.size:
         return None
+    if payload[0] != _MAGIC[0]:  # (pickles and JSON never start with it: the common case, made cheap)
+        return None
     view = memoryview(payload)
     if view[: len(_MAGIC)] != _MAGIC:
         return None
