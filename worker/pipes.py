@@ -10,10 +10,10 @@ ordinary ``recv``/``recv_bytes``, but cost one write and one wake-up.
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 __all__ = ["TOGETHER_BYTES", "pickled", "send_together"]
@@ -25,8 +25,10 @@ _LENGTH = struct.Struct("!i")  # multiprocessing's own message header
 
 
 def pickled(message: Any) -> bytes:
-    """``message`` as ``Connection.send`` would pickle it (``recv`` reads it back)."""
-    return bytes(ForkingPickler.dumps(message))
+    """``message`` pickled for the other end's ``Connection.recv``: a plain tuple of plain values
+    (header fields, bytes), for which pickle's own ``dumps`` is what ``Connection.send`` would
+    write, without building a ForkingPickler each time (7 % of the agent's time per task)."""
+    return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
 
 
 def send_together(conn: Connection[Any, Any], messages: Sequence[bytes | memoryview]) -> None:
