@@ -13,8 +13,9 @@ from .admin import AdminRequests
 from .dashboard import client_html, dashboard_url
 from .errors import ConnectionLostError, CrowdComputeError
 from .feed import Feed
+from .frames import FrameHandling
 from .job import Job
-from .job_state import Forget, Instruction, Lost, SendCancel, refusal
+from .job_state import Forget, Instruction, SendCancel
 from .link import Link
 from .local import LocalCluster
 from .options import JobOptions, chunk_size, parse_requirements
@@ -22,7 +23,7 @@ from .progress import choose_renderer, show_progress
 from .submission import encode_job
 from .wire import messages as p
 from .wire.addresses import Address, parse_address, read_connection_file
-from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role, Serializer
+from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role
 from .wire.runtime import runtime_fields
 
 __all__ = ["CrowdComputeClient", "chunk_size"]
@@ -30,7 +31,7 @@ __all__ = ["CrowdComputeClient", "chunk_size"]
 log = logging.getLogger("crowdcompute.client")
 
 
-class CrowdComputeClient(AdminRequests):
+class CrowdComputeClient(AdminRequests, FrameHandling):
     """A connection to a foreman; an async context manager.
 
     With no ``host`` it uses ``$CROWDCOMPUTE_ADDRESS`` (and
@@ -431,75 +432,3 @@ class CrowdComputeClient(AdminRequests):
     def _require_connection(self) -> None:
         if not self.connected:
             raise CrowdComputeError("not connected: call `await crowdcompute.connect()` first")
-
-    # --- frames --------------------------------------------------------------
-
-    def _dispatch(self, msg: p.Message) -> None:
-        job_id = getattr(msg, "job_id", "")
-        job = self._jobs.get(job_id)
-        feed = self._feeds.get(job_id)
-        if isinstance(msg, (p.TaskResult, p.TaskFailed)) and feed is not None:
-            outcome_size = len(msg.payload) if isinstance(msg, p.TaskResult) else 0
-            feed.finished(msg.task_id, msg.first_index, msg.count, outcome_size)
-        if isinstance(msg, (p.TaskResult, p.TaskOutput, p.TaskProgress, p.TaskFailed, p.JobWaiting)):
-            if job is not None:
-                timed = feed is not None and isinstance(msg, p.TaskResult)
-                sent_at = feed.sent_at.get(msg.task_id) if feed is not None and isinstance(msg, p.TaskResult) else None
-                job.handle(msg, sent_at if timed else None)
-        elif isinstance(msg, p.JobAccepted):
-            _resolve(self._accepting.get(msg.job_id), None)
-        elif isinstance(msg, p.JobAttached):
-            self._attached(msg)
-        elif isinstance(msg, p.RequestError):
-            waiter = self._accepting.get(msg.job_id) or self._attaching.get(msg.job_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(refusal(msg))
-            elif job is not None:
-                job.handle(msg)
-            else:
-                log.warning("%s", refusal(msg))
-        elif not self._answered(msg):
-            log.warning("ignored unexpected %s from the foreman", msg.TYPE)
-
-    def _attached(self, msg: p.JobAttached) -> None:
-        job = self._jobs.get(msg.job_id)
-        if job is None:
-            job = Job(
-                msg.job_id,
-                None,
-                total=msg.total_items,
-                name=msg.name,
-                trusted=self.trust_workers,
-                portable=msg.serializer == Serializer.PORTABLE,
-                outbox=self._obey,
-            )
-            if not job.done:
-                self._jobs[job.id] = job
-        job.handle(msg)  # a job cancelled elsewhere ends here
-        _resolve(self._attaching.get(msg.job_id), job)
-
-    def _reattach(self) -> None:
-        """Back after a drop: our jobs and their outstanding tasks again, then follow them."""
-        for job_id in list(self._jobs):
-            feed = self._feeds.get(job_id)
-            if feed is not None:
-                feed.resend()  # the foreman ignores what it already has
-            else:
-                self._open_link.send(p.AttachJob(job_id, resume=True))
-
-    def _connection_lost(self, lost: ConnectionLostError) -> None:
-        for waiter in [
-            *self._accepting.values(),
-            *self._attaching.values(),
-            *self._status_waiters,
-            *self._admin_waiters,
-        ]:
-            if not waiter.done():
-                waiter.set_exception(lost)
-        for job in list(self._jobs.values()):
-            job.handle(Lost(lost))
-
-
-def _resolve(waiter: asyncio.Future | None, value: Any) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(value)

@@ -21,7 +21,7 @@ from collections import deque
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import Serializer
 
-from .free_workers import FreeWorkers
+from .free_workers import FreeWorkers, Kind
 from .prefetch import begin_job
 from .splitting import cut_for_lease
 from .state import Job, Send, Task, TaskState, Worker
@@ -65,6 +65,18 @@ def can_run(worker: Worker, job: Job) -> bool:
     if any(worker.labels.get(name) != value for name, value in job.labels.items()):
         return False
     return all(worker.resources.get(name, 0.0) >= amount for name, amount in job.resources.items())
+
+
+def _suits(worker: Worker, job: Job) -> bool:
+    """Whether workers of ``worker``'s kind (``free_workers.kind``) may suit ``job``: ``can_run``
+    without what differs between them (how much of each resource, environments that failed)."""
+    if worker.portable_only and job.serializer != Serializer.PORTABLE:
+        return False
+    if job.requirements and not worker.installs:
+        return False
+    if any(worker.labels.get(name) != value for name, value in job.labels.items()):
+        return False
+    return all(name in worker.resources or amount <= 0 for name, amount in job.resources.items())
 
 
 def _has_room(worker: Worker, job: Job) -> bool:
@@ -112,8 +124,9 @@ def assign(jobs: dict[str, Job], ready: deque[str], now: float, free: FreeWorker
     ``crowd_slots``: the workers' slots in all (a worker's first task of a job sizes its prefetch from it)."""
     actions: list[Send] = []
     stuck: dict[str, Worker] = {}  # workers no queued replica may go to (they ran them all, or lack what jobs need)
+    unsuited: set[Kind] = set()  # kinds of worker no queued job suits: passed over whole
     while ready:
-        worker = free.pop()
+        worker = free.pop(unsuited)
         if worker is None:
             break
         if worker.worker_id in stuck:  # a second entry of a worker already found stuck
@@ -131,6 +144,9 @@ def assign(jobs: dict[str, Job], ready: deque[str], now: float, free: FreeWorker
                 break
         else:
             stuck[worker.worker_id] = worker
+            worker_kind = free.kind_of(worker)
+            if worker_kind is not None and not any(_suits(worker, jobs[job_id]) for job_id in ready):
+                unsuited.add(worker_kind)
     for worker in stuck.values():  # they keep their room for what is queued next
         free.touch(worker)
     return actions

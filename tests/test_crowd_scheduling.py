@@ -3,6 +3,8 @@ ties between idle workers take turns; far workers hold enough to cover their rou
 
 from __future__ import annotations
 
+import itertools
+
 from scheduler_events import function, leased, make, sent, started
 
 from crowdcompute.wire import messages as p
@@ -50,7 +52,7 @@ def test_queued_tasks_are_cut_for_the_workers_that_join():
     job = s.jobs["j1"]
     parts = sorted((t.first_index, t.count) for t in job.tasks.values())
     assert parts[:2] == [(0, 4), (4, 3)], "25 items cut as evenly as parts of at most 4 allow: 4, 3, 4, ..."
-    assert all(start + count == after for (start, count), (after, _) in zip(parts, parts[1:])), parts
+    assert all(start + count == after for (start, count), (after, _) in itertools.pairwise(parts)), parts
     assert sum(t.count for t in job.tasks.values()) == 100 and job.total_tasks == len(job.tasks) == 32
     assert [t.count for t in handed][-4:] == [2] * 4, "leases shrink (guided cuts) as the queue runs out"
     saved = [a for a in actions if isinstance(a, SaveJob)]

@@ -178,3 +178,45 @@ def test_a_finished_task_frees_room_that_the_next_task_fills():
     worker, _, task_id, attempt = first[1]
     more = leased(s.task_done(worker, p.TaskDone("j1", task_id, attempt, 0, b"r")))
     assert [w for w, *_ in more] == ["w1"], "the room w1's finished task left takes the last task"
+
+
+def test_workers_of_a_kind_no_queued_job_suits_are_passed_over_whole():
+    s = make()
+    s.add_client("c1")
+    for n in range(2):
+        s.add_worker(f"g{n}", f"gpu-{n}", 1, labels={"gpu": "yes"})
+    for n in range(200):
+        s.add_worker(f"c{n}", f"cpu-{n}", 1)
+    popped: list[str] = []
+    pop = s._free.pop
+
+    def counted(skipping=frozenset()):
+        worker = pop(skipping)
+        if worker is not None:
+            popped.append(worker.worker_id)
+        return worker
+
+    s._free.pop = counted  # type: ignore[method-assign]
+    s.submit_job("c1", p.SubmitJob("j1", function("j1"), 20, 20, None, 0, "f", ack=False, labels={"gpu": "yes"}))
+    handed = []
+    for n in range(20):
+        handed += leased(s.submit_task("c1", p.SubmitTask("j1", n, n, 1, b"x")))
+    assert {worker for worker, *_ in handed} == {"g0", "g1"}
+    assert len([w for w in popped if w.startswith("c")]) <= 20, "the CPU workers were looked at one by one"
+    popped.clear()
+    worker, _, task_id, attempt = handed[0]
+    more = leased(s.task_done(worker, p.TaskDone("j1", task_id, attempt, 0, b"r")))
+    assert [w for w, *_ in more] == [worker] and len(popped) <= 2, popped
+
+
+def test_kinds_beyond_the_limit_share_one_heap_that_is_never_passed_over():
+    from foreman.free_workers import MAX_KINDS
+
+    free = FreeWorkers()
+    workers = [Worker(f"w{n}", f"w{n}", 1, labels={"host": str(n)}) for n in range(MAX_KINDS + 5)]
+    for worker in workers:
+        free.add(worker)
+    assert free.kind_of(workers[0]) is not None and free.kind_of(workers[-1]) is None
+    kept = {free.kind_of(w) for w in workers[:MAX_KINDS]}
+    assert sorted(free.pop(kept).worker_id for _ in range(5)) == sorted(w.worker_id for w in workers[MAX_KINDS:])
+    assert free.pop(kept) is None
