@@ -18,17 +18,20 @@ then bounded by the window, not by the job's size.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections.abc import Callable
 
 from .wire import messages as p
 
-__all__ = ["ACK_AFTER_BYTES", "Feed"]
+__all__ = ["ACK_AFTER_BYTES", "FIRST_TASKS", "Feed"]
 
 #: Outcome bytes received before the client acknowledges them to the foreman (small
 #: outcomes are never acknowledged one by one: collecting the job frees them).
 ACK_AFTER_BYTES = 1024 * 1024
+#: Tasks sent with the job, before the others are encoded and sent (in the next turn of the loop).
+FIRST_TASKS = 64
 
 
 class Feed:
@@ -64,8 +67,12 @@ class Feed:
         return len(self._finished) == len(self.tasks)
 
     def start(self) -> None:
+        """Send the job and its first FIRST_TASKS tasks now, the rest once the writer has sent those:
+        the foreman leases the first tasks while this process still encodes the others."""
         self._send(self.submit)
-        self._pump()
+        self._pump(FIRST_TASKS)
+        if self.sent < len(self.tasks):
+            asyncio.get_running_loop().call_soon(self._pump)
 
     def finished(self, task_id: int, first_index: int, count: int, outcome_size: int = 0) -> None:
         """An outcome (``outcome_size`` bytes) for items ``first_index`` .. ``+count`` arrived, with
@@ -100,8 +107,10 @@ class Feed:
             self._send(p.AckResults(self.submit.job_id, self._unacked))
             self._unacked, self._unacked_bytes = [], 0
 
-    def _pump(self) -> None:
-        while self.sent < len(self.tasks):
+    def _pump(self, most: int | None = None) -> None:
+        """Send the next tasks the window has room for (at most ``most``)."""
+        end = len(self.tasks) if most is None else min(len(self.tasks), self.sent + most)
+        while self.sent < end:
             queued = self.sent - len(self._finished)  # outcomes come only for tasks sent
             task = self.tasks[self.sent]
             if queued >= self.max_queued_tasks:

@@ -9,6 +9,7 @@ from helpers import arun
 
 import crowdcompute
 from crowdcompute import CrowdComputeClient, SerializationError, TaskError
+from crowdcompute.feed import FIRST_TASKS
 from crowdcompute.stats import HINT_MIN_SECONDS
 
 
@@ -18,6 +19,8 @@ def test_map_keeps_input_order_and_chunks(cluster):
             assert await cc.map(lambda x: x * 2, range(1000)) == [x * 2 for x in range(1000)]
             assert await cc.map(lambda x: x, [], chunksize=3) == []
             assert await cc.map(str.upper, iter(["a", "b"]), chunksize=1) == ["A", "B"]
+            many = FIRST_TASKS * 3 + 1  # the tasks after the first ones go in a later turn of the loop
+            assert await cc.map(lambda x: -x, range(many), chunksize=1) == [-x for x in range(many)]
 
     arun(main())
 
