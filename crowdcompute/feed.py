@@ -70,8 +70,7 @@ class Feed:
         """Send the job and its first FIRST_TASKS tasks now, the rest once the writer has sent those:
         the foreman leases the first tasks while this process still encodes the others."""
         self._send(self.submit)
-        self._pump(FIRST_TASKS)
-        if self.sent < len(self.tasks):
+        if self._pump(FIRST_TASKS):
             asyncio.get_running_loop().call_soon(self._pump)
 
     def finished(self, task_id: int, first_index: int, count: int, outcome_size: int = 0) -> None:
@@ -107,17 +106,18 @@ class Feed:
             self._send(p.AckResults(self.submit.job_id, self._unacked))
             self._unacked, self._unacked_bytes = [], 0
 
-    def _pump(self, most: int | None = None) -> None:
-        """Send the next tasks the window has room for (at most ``most``)."""
+    def _pump(self, most: int | None = None) -> bool:
+        """Send the next tasks the window has room for, at most ``most``; whether ``most`` stopped it."""
         end = len(self.tasks) if most is None else min(len(self.tasks), self.sent + most)
         while self.sent < end:
             queued = self.sent - len(self._finished)  # outcomes come only for tasks sent
             task = self.tasks[self.sent]
             if queued >= self.max_queued_tasks:
-                return
+                return False
             if queued and self._queued_bytes + len(task.payload) > self.max_queued_bytes:
-                return
+                return False
             self._send(task)
             self.sent_at[task.task_id] = time.monotonic()
             self._queued_bytes += len(task.payload)
             self.sent += 1
+        return self.sent < len(self.tasks)
