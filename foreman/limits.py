@@ -16,6 +16,8 @@ __all__ = [
     "RESULT_TTL",
     "TASK_SECONDS_WEIGHT",
     "MIN_TASK_SECONDS",
+    "RTT_SAMPLES",
+    "JOIN_PINGS",
 ]
 
 #: How many times a task may kill its process before it fails with WorkerCrashedError.
@@ -51,6 +53,10 @@ TASK_SECONDS_WEIGHT = 0.5
 #: so far (foreman.splitting): a task costs about 1-2 ms of CPU over all processes (frames,
 #: wake-ups), so cutting tiny items finer spends more on tasks than it saves at the tail.
 MIN_TASK_SECONDS = 0.02
+#: Pings whose least round trip is taken as a worker's round trip (foreman.prefetch.set_rtt).
+RTT_SAMPLES = 4
+#: Pings the foreman sends a worker as it joins, one after another, before its first task ends.
+JOIN_PINGS = 2
 #: Slots a worker is granted at most, whatever it claims (``--max-slots-per-worker``; an invite's
 #: ``--slots`` may grant fewer). It holds at most its slots plus its prefetch (foreman.prefetch).
 MAX_SLOTS_PER_WORKER = 64

@@ -106,9 +106,17 @@ def items_for(slots: int, rtt: float, item_seconds: float) -> int:
 
 
 def set_rtt(worker: Worker, rtt: float) -> bool:
-    """The latest ping round trip to ``worker``; whether its prefetch grew (it may take more now)."""
+    """The latest ping round trip to ``worker``; whether its prefetch grew (it may take more now).
+
+    The worker's round trip is the least of its last RTT_SAMPLES (limits) pings: a ping answered late
+    because the worker was busy (starting up, say) says nothing of the network, and a prefetch
+    sized from it would hold back more at a job's tail than the worker needs.
+    """
     if rtt <= 0:
         return False
+    if not worker.rtts or worker.rtts[-1] != rtt:  # (the same ping is reported with every outcome)
+        worker.rtts.append(rtt)
+    rtt = min(worker.rtts)
     worker.rtt = rtt
     before = worker.prefetch, worker.prefetch_items
     if worker.task_seconds > 0:

@@ -26,7 +26,7 @@ from crowdcompute.wire.constants import CLOSE_TIMEOUT, FRAGMENT_SIZE, CloseCode,
 from .handshake import AUTH_TIMEOUT, MAX_HELLO_SIZE, authenticate
 from .http import StatusPages
 from .journal import Journal, read_outcome_frame, read_outcome_ids
-from .limits import MAX_SLOTS_PER_WORKER
+from .limits import JOIN_PINGS, MAX_SLOTS_PER_WORKER
 from .peer import MAX_OUTBOX_BYTES, EndOfTurn, Peer, how_it_went, ping, where
 from .routes import ROUTES
 from .scheduler import RESULT_TTL, Action, Scheduler
@@ -348,9 +348,12 @@ class ForemanServer:
             self._forget_files(held)
 
     async def _measure_round_trip(self, peer: Peer) -> None:
-        """Ping a joining worker once: its round trip sizes its prefetch before its first task ends."""
-        await ping(peer.websocket)
-        if peer.conn_id in self._peers:
+        """Ping a joining worker JOIN_PINGS times: its round trip (the least of them, a worker that
+        is still starting answers late) sizes its prefetch before its first task ends."""
+        for _ in range(JOIN_PINGS):
+            await ping(peer.websocket)
+            if peer.conn_id not in self._peers:
+                return
             self._execute(self.scheduler.note_latency(peer.conn_id, peer.websocket.latency))
 
     def _execute(self, actions: list[Action]) -> None:

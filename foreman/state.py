@@ -11,6 +11,7 @@ from crowdcompute.wire.constants import Serializer
 from crowdcompute.wire.messages import Message, TaskDone, TaskFailed, TaskResult
 
 from .credentials import Record, Volunteer
+from .limits import RTT_SAMPLES
 
 __all__ = [
     "items_ahead",
@@ -244,7 +245,8 @@ class Worker:
     jobs: set[str] = field(default_factory=set)  # jobs whose function it holds
     draining: bool = False  # stopping: it gets no new tasks
     portable_only: bool = False  # its Python or cloudpickle differs: it gets portable jobs only
-    rtt: float = 0.0  # seconds: its latest ping round trip (0: not measured yet)
+    rtt: float = 0.0  # seconds: its round trip, the least of its latest pings (0: not measured yet)
+    rtts: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_SAMPLES))  # those pings
     item_seconds: float = 0.0  # running average of its items' durations in ``timed_job`` (0: none finished yet)
     task_seconds: float = 0.0  # what its next tasks should take (item_seconds times their items)
     timed_job: str = ""  # the job its durations were measured in

@@ -140,3 +140,16 @@ def test_a_worker_holding_big_chunks_ahead_is_full_however_few_tasks_it_holds():
     assert worker.free == 5, "one item ahead does not cover it"
     worker.running = {("j1", 4): 7}
     assert worker.free > 0, "an idle slot always has room"
+
+
+def test_a_ping_answered_late_does_not_deepen_the_prefetch():
+    s = started(2)
+    worker = s.workers["w1"]
+    s.note_latency("w1", 0.1)
+    _ = leased(submit_single(s, "j1", 100))
+    s.note_latency("w1", 0.1)  # the same ping, reported again with the next outcome
+    s.note_latency("w1", 0.4)  # answered late: the worker was busy, the network was not slower
+    assert worker.rtt == 0.1, worker.rtt
+    for n in range(4):  # ... until every recent ping is that slow: then the network is
+        s.note_latency("w1", 0.4 + n / 100)
+    assert worker.rtt == 0.4
