@@ -30,12 +30,13 @@ from crowdcompute.sending import write_frames
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
 from crowdcompute.wire.blobs import BLOB_THRESHOLD, SharedFolder, join_folder, parse_reference, payload_parts
-from crowdcompute.wire.constants import EnvironmentState, Role
+from crowdcompute.wire.constants import Role
 from crowdcompute.wire.framing import Pieces
 from crowdcompute.wire.runtime import runtime_fields
 
-from .environments import BuildFailed, Environments
+from .environments import Environments
 from .pool import Finished, Lost, Slot, SlotSettings
+from .preparation import EnvironmentPreparation
 
 __all__ = ["RECONNECT_DELAY_MAX", "WorkerAgent"]
 
@@ -48,7 +49,7 @@ RECONNECT_DELAY_MAX = 5.0
 DRAIN_TIMEOUT = 10.0
 
 
-class WorkerAgent:
+class WorkerAgent(EnvironmentPreparation):
     """A worker with ``procs`` task processes, serving the foreman at ``address``."""
 
     def __init__(
@@ -393,41 +394,6 @@ class WorkerAgent:
             except OSError as exc:  # a full disk, say: the bytes go inline
                 log.warning("cannot write a payload file in %s (%s): sending it inline", self._shared.path, exc)
         return cast(bytes, payload)  # Pieces are sent as they are (encode_parts)
-
-    async def _prepare(self, job_id: str, requirements: list[str]) -> str | None:
-        """The site-packages folder of the job's environment, built once per job; None if it failed."""
-        build = self._builds.get(job_id)
-        if build is None:
-            build = self._builds[job_id] = asyncio.create_task(self._build(job_id, requirements))
-        return await asyncio.shield(build)
-
-    async def _build(self, job_id: str, requirements: list[str]) -> str | None:
-        def tell(state: EnvironmentState, reason: str = "", seconds: float = 0.0) -> None:
-            self._outbox.put_nowait(p.encode_parts(p.EnvironmentStatus(job_id, state, reason, seconds)))
-
-        if self.environments is None:
-            tell(EnvironmentState.FAILED, f"worker {self.name} does not install packages (it runs with --no-install)")
-            return None
-        try:
-            key = self._keys[job_id] = self.environments.key(requirements)
-            self.environments.in_use = set(self._keys.values())
-            building = self.environments.cached(key) is None
-            if building:
-                tell(EnvironmentState.BUILDING)
-            site, seconds = await self.environments.ensure(requirements)
-        except BuildFailed as exc:
-            log.warning("job %s: %s", job_id, exc)
-            tell(EnvironmentState.FAILED, f"worker {self.name}: {exc}")
-            return None
-        except Exception as exc:  # the installer itself is missing or broken: still not a crash
-            log.exception("job %s: building its environment failed", job_id)
-            tell(EnvironmentState.FAILED, f"worker {self.name} could not run the installer: {exc!r}")
-            return None
-        if seconds:
-            self._setup[job_id] = seconds
-        if building:  # (another job may have finished building it meanwhile: ready all the same)
-            tell(EnvironmentState.READY, seconds=seconds)
-        return str(site)
 
     async def _send_frames(self, websocket) -> None:
         outbox = self._outbox
