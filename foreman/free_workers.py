@@ -80,6 +80,7 @@ class FreeWorkers:
         self._listed: dict[str, Rank] = {}  # worker id -> rank of its one live entry (absent: none)
         self._entries = 0  # in all heaps, stale ones included
         self._order = itertools.count()
+        self._kind_sizes: dict[Kind, int] = {}  # connected workers of each kind
 
     def __len__(self) -> int:
         """Entries in the heaps, stale ones included (bounded by about twice the workers)."""
@@ -92,18 +93,27 @@ class FreeWorkers:
 
     def add(self, worker: Worker) -> None:
         """``worker`` joined."""
+        self.remove(worker.worker_id)
         found = kind(worker)
         if found not in self._heaps and len(self._heaps) >= MAX_KINDS:
             found = MIXED
         self._heaps.setdefault(found, [])
         self._members[worker.worker_id] = (worker, next(self._order), found)
-        self._listed.pop(worker.worker_id, None)
+        self._kind_sizes[found] = self._kind_sizes.get(found, 0) + 1
         self.touch(worker)
 
     def remove(self, worker_id: str) -> None:
-        """The worker left: its entries are stale from now on."""
-        self._members.pop(worker_id, None)
+        """The worker left: its entries are stale from now on; a kind it was the last of is dropped
+        (with its heap), so that kinds that come and go do not use up MAX_KINDS."""
+        member = self._members.pop(worker_id, None)
         self._listed.pop(worker_id, None)
+        if member is None:
+            return
+        found = member[2]
+        self._kind_sizes[found] -= 1
+        if not self._kind_sizes[found]:
+            del self._kind_sizes[found]
+            self._entries -= len(self._heaps.pop(found, []))
 
     def touch(self, worker: Worker) -> None:
         """``worker``'s rank may have changed (a lease began or ended, its prefetch changed)."""

@@ -220,3 +220,19 @@ def test_kinds_beyond_the_limit_share_one_heap_that_is_never_passed_over():
     kept = {free.kind_of(w) for w in workers[:MAX_KINDS]}
     assert sorted(free.pop(kept).worker_id for _ in range(5)) == sorted(w.worker_id for w in workers[MAX_KINDS:])
     assert free.pop(kept) is None
+
+
+def test_a_kind_whose_last_worker_left_no_longer_counts_toward_the_limit():
+    from foreman.free_workers import MAX_KINDS
+
+    free = FreeWorkers()
+    gone = [Worker(f"g{n}", f"g{n}", 1, labels={"host": f"g{n}"}) for n in range(MAX_KINDS)]
+    for worker in gone:
+        free.add(worker)
+    for worker in gone:
+        free.remove(worker.worker_id)
+    assert len(free) == 0, "the heaps of kinds that left must go with them"
+    new = Worker("n1", "n1", 1, labels={"host": "n1"})
+    free.add(new)
+    assert free.kind_of(new) is not None, "a new kind must get a heap of its own once old kinds left"
+    assert free.pop() is new

@@ -146,7 +146,7 @@ def test_a_ping_answered_late_does_not_deepen_the_prefetch():
     s = started(2)
     worker = s.workers["w1"]
     s.note_latency("w1", 0.1)
-    _ = leased(submit_single(s, "j1", 100))
+    submit_single(s, "j1", 100)
     s.note_latency("w1", 0.1)  # the same ping, reported again with the next outcome
     s.note_latency("w1", 0.4)  # answered late: the worker was busy, the network was not slower
     assert worker.rtt == 0.1, worker.rtt
