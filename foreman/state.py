@@ -11,7 +11,7 @@ from crowdcompute.wire.constants import Serializer
 from crowdcompute.wire.messages import Message, TaskDone, TaskFailed, TaskResult
 
 from .credentials import Record, Volunteer
-from .limits import RTT_SAMPLES
+from .limits import MAX_PREFETCH_PER_SLOT, RTT_SAMPLES
 
 __all__ = [
     "items_ahead",
@@ -325,13 +325,18 @@ class Worker:
     @property
     def free(self) -> int:
         """Room for more tasks (0: none). Once its items' durations are known, a worker whose every
-        slot is busy has room only while the items it holds beyond its running tasks are fewer than
-        ``prefetch_items``: tasks are counted by what they hold, so a worker holding big chunks
-        does not also hoard small ones at a job's tail."""
-        room = self.capacity - len(self.running)
-        if room <= 0 or not self.prefetch_items or len(self.running) < self.slots:
+        slot is busy has room exactly while the items it holds beyond its running tasks are fewer
+        than ``prefetch_items``: tasks are counted by what they hold, so a worker holding big
+        chunks does not also hoard small ones at a job's tail, and one given small tasks (a job's
+        pieces cut fine) still holds enough to cover its round trip, up to MAX_PREFETCH_PER_SLOT
+        tasks per slot."""
+        capacity = self.capacity
+        room = capacity - len(self.running)
+        if not capacity or not self.prefetch_items or len(self.running) < self.slots:
             return room
-        return room if items_ahead(self) < self.prefetch_items else 0
+        if items_ahead(self) >= self.prefetch_items or len(self.running) >= self.slots * (1 + MAX_PREFETCH_PER_SLOT):
+            return 0
+        return max(room, 1)
 
 
 def items_ahead(worker: Worker) -> int:

@@ -138,6 +138,14 @@ def test_a_worker_holding_big_chunks_ahead_is_full_however_few_tasks_it_holds():
     del worker.running["j1", 2]
     worker.running["j1", 3] = 1
     assert worker.free == 5, "one item ahead does not cover it"
+    worker.running = {("j1", 5): 2, ("j1", 6): 2, **{("j1", 7 + n): 1 for n in range(6)}}
+    assert worker.free == 0, "six one-item tasks ahead cover the round trip"
+    worker.running.popitem()
+    worker.prefetch = 2  # tasks: sized for chunks bigger than those it got
+    assert worker.free == 1, "five one-item tasks ahead do not cover it, whatever the count of tasks allows"
+    worker.running = {("j1", n): 1 for n in range(18)}
+    worker.prefetch_items = 100
+    assert worker.free == 0, "at most MAX_PREFETCH_PER_SLOT tasks per slot ahead"
     worker.running = {("j1", 4): 7}
     assert worker.free > 0, "an idle slot always has room"
 

@@ -104,3 +104,60 @@ def test_a_big_input_is_never_preloaded(slot):
         assert written == [False], "a write bigger than the pipe holds would block the agent until the task ends"
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def _where(seconds):
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_tasks_arriving_together_go_first_to_an_idle_slot_then_behind_a_running_one():
+    """Two tasks in one frame, one slot busy with a long task and one idle: the idle slot takes
+    the first (the foreman counts a worker's tasks as run in the order it leased them); the
+    busy one may hold the second behind its running task."""
+    from crowdcompute.codecs.pickled import dumps_function
+    from crowdcompute.wire import messages as p
+    from crowdcompute.wire.addresses import parse_address
+    from worker.agent import WorkerAgent
+
+    async def main():
+        settings = SlotSettings(launcher=CommandLauncher())
+        agent = WorkerAgent(parse_address("127.0.0.1", 9), token=None, procs=2, slot_settings=settings)
+        loop = asyncio.get_running_loop()
+        agent._started = asyncio.gather(*(loop.run_in_executor(None, slot.start) for slot in agent.slots))
+        runners = [asyncio.create_task(agent._run_slot(slot)) for slot in agent.slots]
+        function = dumps_function(_where)
+
+        def assign(task_id: int, seconds: float) -> None:
+            agent._handle(p.AssignTask("j", task_id, 1, task_id, 1, dumps_items([seconds]), 30.0, function=function))
+
+        try:
+            assign(0, 2.0)
+            for _ in range(3000):  # 30 s
+                if agent._running:  # a slot runs the long task
+                    break
+                await asyncio.sleep(0.01)
+            assert agent._running, "no slot started the first task within 30 s"
+            assign(1, 0.0)  # these two arrive in one frame
+            assign(2, 0.0)
+            pids = {}
+            while len(pids) < 3:
+                done = p.decode_parts(await asyncio.wait_for(agent._outbox.get(), 30))
+                assert isinstance(done, p.TaskDone), done
+                values, errors = pickle.loads(done.payload)
+                assert not errors, errors
+                pids[done.task_id] = values[0]
+            assert pids[1] != pids[0], "the first task of the two went behind the long task, not to the idle slot"
+        finally:
+            for runner in runners:
+                runner.cancel()
+            await asyncio.gather(*runners, return_exceptions=True)
+            await agent._started
+            for slot in agent.slots:
+                slot.kill()
+                slot.close()
+
+    asyncio.run(main())

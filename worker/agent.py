@@ -88,6 +88,7 @@ class WorkerAgent(EnvironmentPreparation):
         self._queue: asyncio.Queue[tuple[p.AssignTask, float]] = asyncio.Queue()  # with arrival times
         # slot index -> how that slot, running a task with none written behind it, claims its next one
         self._claimers: dict[int, Callable[[], None]] = {}
+        self._offering = False  # an _offer is scheduled
         self._outbox: asyncio.Queue[list[bytes | memoryview]] = asyncio.Queue()
         self._draining = False
         self._idle = asyncio.Event()  # set while no slot runs a task
@@ -239,7 +240,9 @@ class WorkerAgent(EnvironmentPreparation):
                 if msg.requirements:
                     self._requirements[msg.job_id] = list(msg.requirements)
             self._queue.put_nowait((msg, time.monotonic()))
-            self._offer()
+            if not self._offering:  # once the frame is read and the idle slots took theirs (see _offer)
+                self._offering = True
+                asyncio.get_running_loop().call_soon(self._offer)
         elif isinstance(msg, p.ReleaseJob):
             self._release(msg.job_id)
         else:
@@ -338,8 +341,16 @@ class WorkerAgent(EnvironmentPreparation):
             self._outbox.put_nowait(p.encode_parts(reply))
 
     def _offer(self) -> None:
-        """A task arrived: slots running a task with none behind it claim the next ones while
-        there are enough for all of them (``_claim_next``)."""
+        """Tasks arrived: slots running a task with none behind it claim the next ones while
+        there are enough for all of them (``_claim_next``).
+
+        Called soon after the tasks were queued, not at once: idle slots waiting on the queue
+        are woken first and take the first tasks, in the order the foreman leased them, and
+        the slots still running claim what is left. A running slot that claimed the first of
+        two tasks arriving together would leave the idle slot the second, and start the first
+        only when its own task ends (the foreman counts tasks as run in lease order).
+        """
+        self._offering = False
         for index in list(self._claimers):
             claim = self._claimers.pop(index)
             if not self._claimable():
