@@ -111,15 +111,16 @@ async def write_frames(websocket: Any, frames: deque[Parts], *, batch: bool = Tr
 
 
 class Held:
-    """Frames that may wait (up to HOLD_DELAY) to go out with the next one.
+    """Frames that may wait (up to ``delay``, HOLD_DELAY unless told) to go out with the next one.
 
     ``release`` is called with the held frames, in order, when the delay
     passes; the owner calls :meth:`take` before queueing any other frame,
     so that held frames keep their place ahead of it.
     """
 
-    def __init__(self, release: Callable[[list[Parts]], None]) -> None:
+    def __init__(self, release: Callable[[list[Parts]], None], delay: float = HOLD_DELAY) -> None:
         self._release = release
+        self._delay = delay
         self._frames: list[Parts] = []
         self._timer: asyncio.TimerHandle | None = None
 
@@ -129,7 +130,7 @@ class Held:
     def hold(self, parts: Parts) -> None:
         self._frames.append(parts)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(HOLD_DELAY, self._due)
+            self._timer = asyncio.get_running_loop().call_later(self._delay, self._due)
 
     def take(self) -> list[Parts]:
         """The held frames (now the caller's to send), in order; none are held after."""

@@ -201,9 +201,10 @@ class OutcomeEvents:
             job.results[task.task_id] = outcome
             job.kept_bytes += payload_size(getattr(outcome, "payload", b""))
         actions: list[Action] = [SaveResult(job.job_id, task.task_id, outcome)]
+        last = job.all_finished and job.all_received
         if job.client is not None:
-            actions.append(Send(job.client, outcome))
-        if job.all_finished and job.all_received:
+            actions.append(Send(job.client, outcome, linger=not last))  # the last goes at once
+        if last:
             actions += self._finish(job)
         return actions
 

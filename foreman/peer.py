@@ -26,7 +26,7 @@ from crowdcompute.wire.constants import FRAGMENT_SIZE, CloseCode, Role
 
 from .credentials import Volunteer
 
-__all__ = ["MAX_OUTBOX_BYTES", "MAX_OUTBOX_FRAMES", "EndOfTurn", "Outbox", "Peer", "how_it_went", "ping", "where"]
+__all__ = ["MAX_OUTBOX_BYTES", "MAX_OUTBOX_FRAMES", "RESULT_LINGER", "EndOfTurn", "Outbox", "Peer", "how_it_went", "ping", "where"]
 
 log = logging.getLogger("crowdcompute.foreman")
 
@@ -36,6 +36,10 @@ MAX_OUTBOX_BYTES = 512 * 1024 * 1024
 #: Frames queued for one peer that is not reading; past this it is disconnected like the above.
 #: (Many small frames cost the foreman more than their bytes: each is an object and a send.)
 MAX_OUTBOX_FRAMES = 65536
+#: Seconds a task's outcome may wait for others to the same client before it goes: outcomes of
+#: tasks that end close together reach the client as one frame (one write here, one wake-up
+#: there). A job's last outcome never waits, nor does one that finds others queued in the turn.
+RESULT_LINGER = 0.005
 #: Seconds the foreman waits for the pong to the ping it sends a worker as it joins.
 CONNECT_PING_TIMEOUT = 10.0
 
@@ -177,20 +181,28 @@ class Peer:
     turn: EndOfTurn = field(default_factory=EndOfTurn)  # flushes pending frames (the server shares one)
     pending: list[list[bytes | memoryview]] = field(default_factory=list)  # frames of this turn, not yet queued
     held: Held = field(init=False)  # housekeeping frames waiting to ride along with the next one
+    lingering: Held = field(init=False)  # outcomes waiting a moment for more (RESULT_LINGER)
 
     def __post_init__(self) -> None:
         self.held = Held(self._queue_all)
+        self.lingering = Held(self._queue_all, RESULT_LINGER)
 
-    def queue_frame(self, parts: list[bytes | memoryview], *, hold: bool = False, alone: bool = False) -> None:
+    def queue_frame(
+        self, parts: list[bytes | memoryview], *, hold: bool = False, linger: bool = False, alone: bool = False
+    ) -> None:
         """Queue an encoded message; it goes out when this turn of the event loop ends, with the
         others queued in it (in one batch frame, see the module's docstring). A peer that lets
         MAX_OUTBOX_BYTES or MAX_OUTBOX_FRAMES pile up is closed at once.
 
         ``hold``: it may wait a moment (HOLD_DELAY) to go out with the next frame, in one write.
+        ``linger``: a small one may wait RESULT_LINGER for others (or the next frame) to go with it.
         ``alone``: it goes now, as a frame of its own (the Welcome).
         """
         if hold:
             self.held.hold(parts)
+            return
+        if linger and not self.pending and p.frame_size(parts) <= p.SMALL_MESSAGE:
+            self.lingering.hold(parts)
             return
         if alone:
             self._queue_all(self._take_pending())
@@ -199,6 +211,7 @@ class Peer:
         if not self.pending:
             self.turn.add(self)
         self.pending.extend(self.held.take())
+        self.pending.extend(self.lingering.take())
         self.pending.append(parts)
 
     def flush(self) -> None:
@@ -206,7 +219,7 @@ class Peer:
         self._queue_all(self._take_pending())
 
     def _take_pending(self) -> list[list[bytes | memoryview]]:
-        frames, self.pending = [*self.pending, *self.held.take()], []
+        frames, self.pending = [*self.pending, *self.held.take(), *self.lingering.take()], []
         return frames
 
     def _queue_all(self, frames: list[list[bytes | memoryview]]) -> None:

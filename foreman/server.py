@@ -378,7 +378,9 @@ class ForemanServer:
                     accepted.append(action)
                 else:  # a ReleaseJob may wait a moment to ride along with the worker's next frame
                     message = self._readable(peer, action.message)
-                    peer.queue_frame(p.encode_parts(message), hold=isinstance(message, p.ReleaseJob))
+                    peer.queue_frame(
+                        p.encode_parts(message), hold=isinstance(message, p.ReleaseJob), linger=action.linger
+                    )
             else:
                 if isinstance(action, SaveResult) and self.payloads is not None:
                     self.payloads.saved(action)

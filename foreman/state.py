@@ -40,6 +40,7 @@ class Send:
 
     to: str
     message: Message
+    linger: bool = False  # it may wait a moment for others to the same peer (foreman.peer.RESULT_LINGER)
 
 
 @dataclass(frozen=True)

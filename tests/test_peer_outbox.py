@@ -120,3 +120,43 @@ def test_a_small_message_goes_as_one_frame_and_a_big_one_in_fragments():
 def test_max_connections_must_be_at_least_one(capsys, value):
     assert foreman_main(["--max-connections", value, "--token", "t"]) == 2
     assert "--max-connections must be at least 1" in capsys.readouterr().err
+
+
+def test_outcomes_ending_apart_wait_a_moment_to_go_together_and_the_last_goes_at_once():
+    def result(n: int) -> p.TaskResult:
+        return p.TaskResult("j1", n, n, 1, 0, b"r")
+
+    async def scenario() -> list:
+        peer = Peer("c1", Role.CLIENT, "client", UnreadSocket())  # type: ignore[arg-type]
+        for n in range(2):  # two outcomes, each in a turn of its own
+            peer.queue_frame(p.encode_parts(result(n)), linger=True)
+            await asyncio.sleep(0)
+        assert len(peer.outbox) == 0, "an outcome that may linger went before RESULT_LINGER passed"
+        await asyncio.wait_for(_until(lambda: len(peer.outbox) == 1), 5)  # RESULT_LINGER passed
+        peer.queue_frame(p.encode_parts(result(2)), linger=True)
+        peer.queue_frame(p.encode_parts(result(3)))  # the job's last outcome: no waiting, and it takes 2 along
+        await asyncio.wait_for(_until(lambda: len(peer.outbox) == 2), 5)
+        peer.outbox.put_nowait(Stop())
+        items = []
+        while not isinstance(item := await asyncio.wait_for(peer.outbox.get(), 5), Stop):
+            items.append(p.decode(b"".join(item.parts)))
+        return items
+
+    lingered, last = asyncio.run(scenario())
+    assert lingered == p.Batch((result(0), result(1)))
+    assert last == p.Batch((result(2), result(3))), "the last outcome must go at once, after those before it"
+
+
+def test_a_jobs_last_outcome_is_sent_without_lingering():
+    from scheduler_events import done, started, submit
+
+    from foreman.state import Send
+
+    s = started(2)
+    submit(s, "c1", "j1", tasks=2)
+
+    def lingering(actions: list) -> list[bool]:
+        return [a.linger for a in actions if isinstance(a, Send) and isinstance(a.message, p.TaskResult)]
+
+    assert lingering(s.task_done("w1", done("j1", 0))) == [True]
+    assert lingering(s.task_done("w1", done("j1", 1))) == [False], "the client waits for the last one"
