@@ -26,7 +26,17 @@ from crowdcompute.wire.constants import FRAGMENT_SIZE, CloseCode, Role
 
 from .credentials import Volunteer
 
-__all__ = ["MAX_OUTBOX_BYTES", "MAX_OUTBOX_FRAMES", "RESULT_LINGER", "EndOfTurn", "Outbox", "Peer", "how_it_went", "ping", "where"]
+__all__ = [
+    "MAX_OUTBOX_BYTES",
+    "MAX_OUTBOX_FRAMES",
+    "RESULT_LINGER",
+    "EndOfTurn",
+    "Outbox",
+    "Peer",
+    "how_it_went",
+    "ping",
+    "where",
+]
 
 log = logging.getLogger("crowdcompute.foreman")
 
