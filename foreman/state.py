@@ -326,16 +326,20 @@ class Worker:
     @property
     def free(self) -> int:
         """Room for more tasks (0: none). Once its items' durations are known, a worker whose every
-        slot is busy has room exactly while the items it holds beyond its running tasks are fewer
-        than ``prefetch_items``: tasks are counted by what they hold, so a worker holding big
-        chunks does not also hoard small ones at a job's tail, and one given small tasks (a job's
-        pieces cut fine) still holds enough to cover its round trip, up to MAX_PREFETCH_PER_SLOT
-        tasks per slot."""
+        slot is busy has room while it holds fewer tasks beyond its running ones than it has slots
+        (its slots may all end at once, and a task runs on one slot however many items it holds),
+        and beyond that exactly while the items in them are fewer than ``prefetch_items``: tasks
+        are counted by what they hold, so a worker holding big chunks does not also hoard small
+        ones at a job's tail, and one given small tasks (a job's pieces cut fine) still holds
+        enough to cover its round trip; at most MAX_PREFETCH_PER_SLOT tasks per slot."""
         capacity = self.capacity
         room = capacity - len(self.running)
         if not capacity or not self.prefetch_items or len(self.running) < self.slots:
             return room
-        if items_ahead(self) >= self.prefetch_items or len(self.running) >= self.slots * (1 + MAX_PREFETCH_PER_SLOT):
+        ahead = len(self.running) - self.slots
+        if ahead >= self.slots * MAX_PREFETCH_PER_SLOT:
+            return 0
+        if ahead >= self.slots and items_ahead(self) >= self.prefetch_items:
             return 0
         return max(room, 1)
 

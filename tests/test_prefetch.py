@@ -134,8 +134,10 @@ def test_a_worker_holding_big_chunks_ahead_is_full_however_few_tasks_it_holds():
     assert worker.free == 6, "before durations are measured, tasks are counted"
     worker.prefetch_items = 6  # 50 ms items, 100 ms away: 3 items ahead per slot
     worker.running["j1", 2] = 7
-    assert worker.free == 0, "7 items ahead cover the round trip: a small task now would be hoarded at the tail"
-    del worker.running["j1", 2]
+    assert worker.free > 0, "one task ahead feeds one slot: both may end at once"
+    worker.running["j1", 9] = 7
+    assert worker.free == 0, "14 items ahead, a task for each slot: a small task now would be hoarded at the tail"
+    del worker.running["j1", 2], worker.running["j1", 9]
     worker.running["j1", 3] = 1
     assert worker.free == 5, "one item ahead does not cover it"
     worker.running = {("j1", 5): 2, ("j1", 6): 2, **{("j1", 7 + n): 1 for n in range(6)}}
