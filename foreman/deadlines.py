@@ -15,8 +15,14 @@ hoards tasks fills its own capacity).
 At the tail of a job (nothing left in its queue) a slot that would idle
 runs a backup copy of the task that has run longest, once it has run
 longer than ``BACKUP_AFTER_FACTOR`` times the job's typical round trip
-(MapReduce's backup tasks). Redundant jobs get neither: their runs must be
-on distinct workers and agree anyway.
+(MapReduce's backup tasks), or of a task still waiting in a slower worker's
+prefetch that it would finish later than that typical round trip from now
+(its turn there, then its items at that worker's pace): in a crowd of
+unequal machines, a slow one must not hold the job's last tasks while fast
+ones idle. The scheduler looks for them whenever an outcome of a job at its
+tail comes in, at most every ``TAIL_CHECK_INTERVAL`` seconds, and on its
+tick. Redundant jobs get neither: their runs must be on distinct workers
+and agree anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ __all__ = [
     "DURATIONS_KEPT",
     "LEASE_DEADLINE_FACTOR",
     "MIN_LEASE_DEADLINE",
+    "TAIL_CHECK_INTERVAL",
     "Overdue",
     "allowance",
     "backups",
@@ -46,6 +53,8 @@ MIN_LEASE_DEADLINE = 2.0
 BACKUP_AFTER_FACTOR = 2.0
 #: Round trips of a job kept to set its deadlines.
 DURATIONS_KEPT = 50
+#: Seconds between two looks for backup runs when outcomes of jobs at their tail come in.
+TAIL_CHECK_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -101,20 +110,43 @@ def overdue(
 
 
 def backups(jobs: dict[str, Job], workers: Iterable[Worker], now: float) -> list[tuple[Job, Task]]:
-    """Running tasks at the tail of their job that idle slots should run a copy of, longest-running first."""
+    """Tasks at the tail of their job that idle slots should run a copy of: those waiting in a
+    slower worker's prefetch that it would end latest, then running ones, longest-running first.
+
+    One pass over the leases (a worker's first ``slots`` leases run, the rest wait their turn,
+    in lease order), not over the jobs' tasks: the cost follows the crowd, not the jobs' sizes.
+    """
+    workers = list(workers)
     idle = sum(max(0, w.free) for w in workers)  # room that nothing queued will fill: the job's tail
     if idle == 0:
         return []
-    candidates: list[tuple[float, Job, Task]] = []
-    for job in jobs.values():
-        if job.redundancy > 1 or job.state is not JobState.RUNNING or job.queue or not job.durations:
-            continue
-        typical = sorted(job.durations)[len(job.durations) // 2]
-        for task in job.tasks.values():
+    typical = {
+        job.job_id: sorted(job.durations)[len(job.durations) // 2]
+        for job in jobs.values()
+        if job.redundancy == 1 and job.state is JobState.RUNNING and not job.queue and job.durations
+    }
+    if not typical:
+        return []
+    waiting: list[tuple[float, Job, Task]] = []
+    running: list[tuple[float, Job, Task]] = []
+    for worker in workers:
+        before = worker.slots * 0.5  # items its slots still run: half of one each, on average
+        for position, ((job_id, task_id), items) in enumerate(worker.running.items()):
+            if position >= worker.slots:
+                ends = (before / worker.slots + items) * worker.item_seconds  # from now, at its pace
+                before += items
+            if job_id not in typical:
+                continue
+            job = jobs[job_id]
+            task = job.tasks[task_id]
             if task.state is not TaskState.RUNNING or task.backups or len(task.leases) != 1:
                 continue
-            started = min((task.lease_started.get(w, now) for w in task.leases), default=now)
-            if now - started > BACKUP_AFTER_FACTOR * typical:
-                candidates.append((started, job, task))
-    candidates.sort(key=lambda found: found[0])
-    return [(job, task) for _, job, task in candidates[:idle]]
+            if position < worker.slots:
+                started = task.lease_started.get(worker.worker_id, now)
+                if now - started > BACKUP_AFTER_FACTOR * typical[job_id]:
+                    running.append((started, job, task))
+            elif worker.timed_job == job_id and ends > typical[job_id]:  # (its pace measured in this job)
+                waiting.append((-ends, job, task))
+    waiting.sort(key=lambda found: found[0])
+    running.sort(key=lambda found: found[0])
+    return [(job, task) for _, job, task in (*waiting, *running)][:idle]

@@ -30,6 +30,7 @@ class TimedEvents:
     clock: Callable[[], float]
     min_lease_deadline: float
     backup_tasks: bool
+    tail_checked: float  # clock of the last look for backup runs
 
     if TYPE_CHECKING:
 
@@ -82,9 +83,25 @@ class TimedEvents:
                         f"{worker.name}: running it elsewhere too"
                     )
                 )
-        if self.backup_tasks:
-            for job, task in deadlines.backups(self.jobs, list(self.workers.values()), now):
-                task.backups += 1
-                self._enqueue(job, task)
-                actions.append(Note(f"backup run of task {task.task_id} of job {job.job_id} (tail of the job)"))
+        return actions + self._backup_runs(now)
+
+    def _backup_runs(self, now: float) -> list[Action]:
+        """Idle slots at the tail of a job run copies of what holds it back (deadlines.backups)."""
+        if not self.backup_tasks:
+            return []
+        self.tail_checked = now
+        actions: list[Action] = []
+        for job, task in deadlines.backups(self.jobs, list(self.workers.values()), now):
+            task.backups += 1
+            self._enqueue(job, task)
+            actions.append(Note(f"backup run of task {task.task_id} of job {job.job_id} (tail of the job)"))
         return actions
+
+    def _tail_check(self) -> list[Action]:
+        """An outcome of a job at its tail came in (a slot may have nothing left to take): look for
+        backup runs now rather than at the next tick, at most every TAIL_CHECK_INTERVAL."""
+        now = self.clock()
+        if not self.backup_tasks or now - self.tail_checked < deadlines.TAIL_CHECK_INTERVAL:
+            return []
+        actions = self._backup_runs(now)
+        return actions + (self._assign() if actions else [])

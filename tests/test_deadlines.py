@@ -105,6 +105,53 @@ def test_at_the_tail_of_a_job_an_idle_slot_runs_a_backup_of_the_slowest_task():
     assert make(clock=clock, backup_tasks=False).tick() == []
 
 
+def _crowd_of_a_slow_and_a_fast_worker(tasks: int):
+    """A job on a worker at 0.5 s an item and one at 0.06 s (one slot each); the slow one has run
+    its first task, and holds its second and third. Returns the scheduler, its clock, the fast
+    worker's leased tasks and a way to report a task done."""
+    from scheduler_events import task_output
+
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    s.add_worker("slow", "slow", 1)
+    s.add_worker("fast", "fast", 1)
+    s.note_latency("slow", 0.01)
+    s.note_latency("fast", 0.01)
+    first = leased(submit(s, "c1", "j1", tasks=tasks))
+
+    def finish(worker: str, task: int, attempt: int, seconds: float) -> list:
+        return s.task_done(worker, p.TaskDone("j1", task, attempt, 0, task_output("j1", task, attempt), seconds))
+
+    clock.now += 0.5
+    finish("slow", 0, 1, 0.5)
+    return s, clock, [t for w, _, t, _ in first if w == "fast"], finish
+
+
+def test_a_task_waiting_behind_a_slow_workers_running_one_runs_on_an_idle_fast_one_at_once():
+    s, clock, fast, finish = _crowd_of_a_slow_and_a_fast_worker(8)
+    waiting = list(s.workers["slow"].running)[1][1]  # its second lease: not started before the first ends
+    backups = []
+    while fast:
+        clock.now += 0.06
+        got = leased(finish("fast", fast.pop(0), 1, 0.06))
+        fast += [t for w, _, t, a in got if w == "fast" and a == 1]
+        backups += [(w, t) for w, _, t, a in got if a > 1]
+    assert backups == [("fast", waiting)], "the fast worker should run the slow one's waiting task, not idle"
+
+
+def test_tasks_their_worker_will_end_soon_get_no_backup():
+    s, clock, fast, finish = _crowd_of_a_slow_and_a_fast_worker(8)
+    s.workers["slow"].item_seconds = 0.06  # as fast as the other after all
+    backups = []
+    while fast:
+        clock.now += 0.06
+        got = leased(finish("fast", fast.pop(0), 1, 0.06))
+        fast += [t for w, _, t, a in got if w == "fast" and a == 1]
+        backups += [(w, t) for w, _, t, a in got if a > 1]
+    assert backups == []
+
+
 def sleepy_abs(x):
     import time
 
