@@ -23,6 +23,7 @@ from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address
 from crowdcompute.wire.constants import CLOSE_TIMEOUT, FRAGMENT_SIZE, CloseCode, Role
 
+from . import deadlines
 from .handshake import AUTH_TIMEOUT, MAX_HELLO_SIZE, authenticate
 from .http import StatusPages
 from .journal import Journal, read_outcome_frame, read_outcome_ids
@@ -115,6 +116,7 @@ class ForemanServer:
         self._server: Server | None = None
         self._expiry: asyncio.Task | None = None
         self._ticker: asyncio.Task | None = None
+        self._tails: asyncio.Task | None = None
         # GET /, /api/status and /healthz on the same port (see foreman.http).
         self.status_pages = StatusPages(self.scheduler, token, secure=ssl_context is not None)
 
@@ -160,6 +162,7 @@ class ForemanServer:
                 log.info("resumed %d unfinished jobs from %s", len(jobs), self.journal.path)
         self._expiry = asyncio.create_task(self._expire_regularly())
         self._ticker = asyncio.create_task(self._tick_regularly())
+        self._tails = asyncio.create_task(self._check_tails_regularly())
         self.status_pages.start()
         return self.address
 
@@ -167,8 +170,9 @@ class ForemanServer:
         """Close every connection and stop listening."""
         if self._expiry is not None:
             self._expiry.cancel()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for timer in (self._ticker, self._tails):
+            if timer is not None:
+                timer.cancel()
         self.status_pages.stop()
         if self._server is not None:
             self._server.close()
@@ -183,6 +187,14 @@ class ForemanServer:
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             self._execute(self.scheduler.tick())
+
+    async def _check_tails_regularly(self) -> None:
+        """A job at its tail whose outcomes stopped coming in (its last tasks run long) gets its
+        backup runs within TAIL_CHECK_INTERVAL, not at the next tick."""
+        while True:
+            await asyncio.sleep(deadlines.TAIL_CHECK_INTERVAL)
+            if self.scheduler.at_tail():
+                self._execute(self.scheduler.tail_check())
 
     async def _expire_regularly(self) -> None:
         loop = asyncio.get_running_loop()

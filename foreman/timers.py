@@ -97,8 +97,14 @@ class TimedEvents:
             actions.append(Note(f"backup run of task {task.task_id} of job {job.job_id} (tail of the job)"))
         return actions
 
-    def _tail_check(self) -> list[Action]:
-        """An outcome of a job at its tail came in (a slot may have nothing left to take): look for
+    def at_tail(self) -> bool:
+        """Whether a job is at its tail (running, nothing left in its queue): backups may be due."""
+        return any(
+            job.state is JobState.RUNNING and not job.queue and job.redundancy == 1 for job in self.jobs.values()
+        )
+
+    def tail_check(self) -> list[Action]:
+        """A job is at its tail (an outcome of it came in, or TAIL_CHECK_INTERVAL passed): look for
         backup runs now rather than at the next tick, at most every TAIL_CHECK_INTERVAL."""
         now = self.clock()
         if not self.backup_tasks or now - self.tail_checked < deadlines.TAIL_CHECK_INTERVAL:

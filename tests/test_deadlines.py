@@ -138,6 +138,10 @@ def test_a_task_waiting_behind_a_slow_workers_running_one_runs_on_an_idle_fast_o
         fast += [t for w, _, t, a in got if w == "fast" and a == 1]
         backups += [(w, t) for w, _, t, a in got if a > 1]
     assert backups == [("fast", waiting)], "the fast worker should run the slow one's waiting task, not idle"
+    running = list(s.workers["slow"].running)[0][1]
+    assert s.at_tail() and not leased(s.tail_check()), "its running task has not run long yet"
+    clock.now += 1.1  # now it has, and no outcome will come in to say so: the server's tail timer asks
+    assert [(w, t) for w, _, t, _ in leased(s.tail_check())] == [("fast", running)]
 
 
 def test_tasks_their_worker_will_end_soon_get_no_backup():
