@@ -15,11 +15,12 @@ hoards tasks fills its own capacity).
 At the tail of a job (nothing left in its queue) a slot that would idle
 runs a backup copy of the task that has run longest, once it has run
 longer than ``BACKUP_AFTER_FACTOR`` times the job's typical round trip
-(MapReduce's backup tasks), or of a task still waiting in a slower worker's
-prefetch that it would finish later than that typical round trip from now
-(its turn there, then its items at that worker's pace): in a crowd of
-unequal machines, a slow one must not hold the job's last tasks while fast
-ones idle. The scheduler looks for them whenever an outcome of a job at its
+(MapReduce's backup tasks), or of a task still waiting in a worker's
+prefetch that it would end (its turn there, then its items at its pace)
+more than twice as late as a copy on the fastest worker with room (that
+worker's round trip, then the items at its pace): in a crowd of unequal
+machines, a slow one, or one holding a long queue, must not hold the job's
+last tasks while others idle. The scheduler looks for them whenever an outcome of a job at its
 tail comes in, at most every ``TAIL_CHECK_INTERVAL`` seconds, and on its
 tick. Redundant jobs get neither: their runs must be on distinct workers
 and agree anyway.
@@ -117,7 +118,8 @@ def backups(jobs: dict[str, Job], workers: Iterable[Worker], now: float) -> list
     in lease order), not over the jobs' tasks: the cost follows the crowd, not the jobs' sizes.
     """
     workers = list(workers)
-    idle = sum(max(0, w.free) for w in workers)  # room that nothing queued will fill: the job's tail
+    room = [w for w in workers if w.free > 0]  # room that nothing queued will fill: the job's tail
+    idle = sum(w.free for w in room)
     if idle == 0:
         return []
     typical = {
@@ -127,6 +129,7 @@ def backups(jobs: dict[str, Job], workers: Iterable[Worker], now: float) -> list
     }
     if not typical:
         return []
+    fresh = _fresh_runs(room, typical)
     waiting: list[tuple[float, Job, Task]] = []
     running: list[tuple[float, Job, Task]] = []
     for worker in workers:
@@ -145,8 +148,31 @@ def backups(jobs: dict[str, Job], workers: Iterable[Worker], now: float) -> list
                 started = task.lease_started.get(worker.worker_id, now)
                 if now - started > BACKUP_AFTER_FACTOR * typical[job_id]:
                     running.append((started, job, task))
-            elif worker.timed_job == job_id and ends > typical[job_id]:  # (its pace measured in this job)
+            elif worker.timed_job == job_id and _worth_a_copy(ends, items, fresh.get(job_id), typical[job_id]):
                 waiting.append((-ends, job, task))
     waiting.sort(key=lambda found: found[0])
     running.sort(key=lambda found: found[0])
     return [(job, task) for _, job, task in (*waiting, *running)][:idle]
+
+
+def _fresh_runs(room: list[Worker], typical: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Per job at its tail, the pace and round trip of its fastest worker with room: (seconds an
+    item, seconds of round trip) of a copy run there."""
+    fresh: dict[str, tuple[float, float]] = {}
+    for worker in room:
+        job_id = worker.timed_job
+        if job_id in typical and worker.item_seconds > 0:
+            pace, rtt = fresh.get(job_id, (worker.item_seconds, worker.rtt))
+            fresh[job_id] = (min(pace, worker.item_seconds), min(rtt, worker.rtt))
+    return fresh
+
+
+def _worth_a_copy(ends: float, items: int, fresh: tuple[float, float] | None, typical: float) -> bool:
+    """Whether a task of ``items`` waiting in a worker's prefetch, which that worker would end
+    ``ends`` seconds from now, should run on a worker with room too: when a copy there would end
+    in less than half that time (its round trip, then the items at its pace); with no such
+    worker measured, when it would end later than the job's typical round trip."""
+    if fresh is None:
+        return ends > typical
+    pace, rtt = fresh
+    return ends > 2 * (rtt + items * pace)

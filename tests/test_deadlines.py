@@ -216,3 +216,14 @@ def test_losing_a_worker_that_runs_a_backup_copy_is_not_a_crash_of_the_task():
     s.remove_worker("fast")
     task = s.jobs["j1"].tasks[by_worker["slow"][0]]
     assert task.crashes == 0 and list(task.leases) == ["slow"]  # the first run goes on
+
+
+def test_a_waiting_task_runs_again_on_a_worker_with_room_when_a_copy_there_ends_in_half_the_time():
+    worth = deadlines._worth_a_copy
+    fast = (0.05, 0.001)  # a worker with room: 50 ms an item, 1 ms away
+    assert worth(1.1, 3, fast, 2.0), (
+        "3 items behind 1 s of work: a copy ends in 0.15 s, however long tasks usually take"
+    )
+    assert not worth(0.075, 1, fast, 0.1), "its worker starts it in 25 ms: a copy would end about as late"
+    assert not worth(0.3, 1, (0.05, 0.1), 0.1), "a copy 100 ms away ends at 0.25 s: not worth it"
+    assert worth(0.3, 1, None, 0.1) and not worth(0.3, 1, None, 0.5), "no worker with room measured: the typical trip"
