@@ -20,9 +20,9 @@ prefetch that it would end (its turn there, then its items at its pace)
 more than twice as late as a copy on the fastest worker with room (that
 worker's round trip, then the items at its pace): in a crowd of unequal
 machines, a slow one, or one holding a long queue, must not hold the job's
-last tasks while others idle. The scheduler looks for them whenever an outcome of a job at its
-tail comes in, at most every ``TAIL_CHECK_INTERVAL`` seconds, and on its
-tick. Redundant jobs get neither: their runs must be on distinct workers
+last tasks while others idle. The server asks for them every
+``TAIL_CHECK_INTERVAL`` seconds while a job is at its tail, and the
+scheduler's tick does too. Redundant jobs get neither: their runs must be on distinct workers
 and agree anyway.
 """
 
@@ -54,7 +54,7 @@ MIN_LEASE_DEADLINE = 2.0
 BACKUP_AFTER_FACTOR = 2.0
 #: Round trips of a job kept to set its deadlines.
 DURATIONS_KEPT = 50
-#: Seconds between two looks for backup runs when outcomes of jobs at their tail come in.
+#: Seconds between two looks for backup runs while a job is at its tail.
 TAIL_CHECK_INTERVAL = 0.1
 
 
@@ -118,8 +118,8 @@ def backups(jobs: dict[str, Job], workers: Iterable[Worker], now: float) -> list
     in lease order), not over the jobs' tasks: the cost follows the crowd, not the jobs' sizes.
     """
     workers = list(workers)
-    room = [w for w in workers if w.free > 0]  # room that nothing queued will fill: the job's tail
-    idle = sum(w.free for w in room)
+    room = [(w, free) for w in workers if (free := w.free) > 0]  # room that nothing queued will fill
+    idle = sum(free for _, free in room)
     if idle == 0:
         return []
     typical = {
@@ -155,11 +155,11 @@ def backups(jobs: dict[str, Job], workers: Iterable[Worker], now: float) -> list
     return [(job, task) for _, job, task in (*waiting, *running)][:idle]
 
 
-def _fresh_runs(room: list[Worker], typical: dict[str, float]) -> dict[str, tuple[float, float]]:
+def _fresh_runs(room: list[tuple[Worker, int]], typical: dict[str, float]) -> dict[str, tuple[float, float]]:
     """Per job at its tail, the pace and round trip of its fastest worker with room: (seconds an
     item, seconds of round trip) of a copy run there."""
     fresh: dict[str, tuple[float, float]] = {}
-    for worker in room:
+    for worker, _ in room:
         job_id = worker.timed_job
         if job_id in typical and worker.item_seconds > 0:
             pace, rtt = fresh.get(job_id, (worker.item_seconds, worker.rtt))

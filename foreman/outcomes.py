@@ -60,7 +60,6 @@ class OutcomeEvents:
         def _save_records(self, worker_ids: Iterable[str]) -> list[Action]: ...
         def _save_state(self, job: Job) -> SaveJobState: ...
         def _trusted_outcome(self, task: Task, worker_id: str) -> bool: ...
-        def tail_check(self) -> list[Action]: ...
 
     def task_done(self, worker_id: str, msg: p.TaskDone) -> list[Action]:
         leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
@@ -83,8 +82,7 @@ class OutcomeEvents:
             task.retries_used += 1
             self._enqueue(job, task, front=True)
             return self._assign()
-        actions = self._result(job, task, worker_id, msg) + self._split_tail(job) + self._assign()
-        return actions + self.tail_check() if not job.queue else actions
+        return self._result(job, task, worker_id, msg) + self._split_tail(job) + self._assign()
 
     def _split_tail(self, job: Job) -> list[Action]:
         """Fewer tasks queued than slots: cut what is left so that every slot gets a share."""

@@ -105,7 +105,6 @@ class Scheduler(ClientEvents, OutcomeEvents, VolunteerEvents, TimedEvents):
         self.max_worker_losses = max_worker_losses
         self.min_lease_deadline = min_lease_deadline
         self.backup_tasks = backup_tasks  # run copies of the slowest tasks at the tail of a job
-        self.tail_checked = float("-inf")
         self.max_slots_per_worker = max_slots_per_worker
         self.volunteers = Registry()  # invited workers' credential digests and records
         self.max_queued_tasks = max_queued_tasks

@@ -30,7 +30,6 @@ class TimedEvents:
     clock: Callable[[], float]
     min_lease_deadline: float
     backup_tasks: bool
-    tail_checked: float  # clock of the last look for backup runs
 
     if TYPE_CHECKING:
 
@@ -89,9 +88,8 @@ class TimedEvents:
         """Idle slots at the tail of a job run copies of what holds it back (deadlines.backups)."""
         if not self.backup_tasks:
             return []
-        self.tail_checked = now
         actions: list[Action] = []
-        for job, task in deadlines.backups(self.jobs, list(self.workers.values()), now):
+        for job, task in deadlines.backups(self.jobs, self.workers.values(), now):
             task.backups += 1
             self._enqueue(job, task)
             actions.append(Note(f"backup run of task {task.task_id} of job {job.job_id} (tail of the job)"))
@@ -104,10 +102,7 @@ class TimedEvents:
         )
 
     def tail_check(self) -> list[Action]:
-        """A job is at its tail (an outcome of it came in, or TAIL_CHECK_INTERVAL passed): look for
-        backup runs now rather than at the next tick, at most every TAIL_CHECK_INTERVAL."""
-        now = self.clock()
-        if not self.backup_tasks or now - self.tail_checked < deadlines.TAIL_CHECK_INTERVAL:
-            return []
-        actions = self._backup_runs(now)
+        """A job is at its tail (the server asks every TAIL_CHECK_INTERVAL while ``at_tail``): look
+        for backup runs now rather than at the next tick."""
+        actions = self._backup_runs(self.clock())
         return actions + (self._assign() if actions else [])

@@ -105,10 +105,13 @@ def test_at_the_tail_of_a_job_an_idle_slot_runs_a_backup_of_the_slowest_task():
     assert make(clock=clock, backup_tasks=False).tick() == []
 
 
-def _crowd_of_a_slow_and_a_fast_worker(tasks: int):
-    """A job on a worker at 0.5 s an item and one at 0.06 s (one slot each); the slow one has run
-    its first task, and holds its second and third. Returns the scheduler, its clock, the fast
-    worker's leased tasks and a way to report a task done."""
+def _fast_worker_to_the_end(slow_item_seconds: float | None = None) -> tuple:
+    """A job of 8 tasks on a worker at 0.5 s an item and one at 0.06 s (one slot each): the slow
+    one runs its first task, then the fast one runs what it is given, the server's tail timer
+    asking for backups after each of its outcomes, until it has nothing left. ``slow_item_seconds``
+    overrides the slow worker's measured pace. Returns the scheduler, its clock, the slow worker's
+    leases (task ids, in lease order) before the fast one ran, and the backups leased, as
+    (worker, task)."""
     from scheduler_events import task_output
 
     clock = Clock()
@@ -118,41 +121,36 @@ def _crowd_of_a_slow_and_a_fast_worker(tasks: int):
     s.add_worker("fast", "fast", 1)
     s.note_latency("slow", 0.01)
     s.note_latency("fast", 0.01)
-    first = leased(submit(s, "c1", "j1", tasks=tasks))
+    first = leased(submit(s, "c1", "j1", tasks=8))
 
-    def finish(worker: str, task: int, attempt: int, seconds: float) -> list:
-        return s.task_done(worker, p.TaskDone("j1", task, attempt, 0, task_output("j1", task, attempt), seconds))
+    def finish(worker: str, task: int, seconds: float) -> list:
+        return s.task_done(worker, p.TaskDone("j1", task, 1, 0, task_output("j1", task, 1), seconds))
 
     clock.now += 0.5
-    finish("slow", 0, 1, 0.5)
-    return s, clock, [t for w, _, t, _ in first if w == "fast"], finish
-
-
-def test_a_task_waiting_behind_a_slow_workers_running_one_runs_on_an_idle_fast_one_at_once():
-    s, clock, fast, finish = _crowd_of_a_slow_and_a_fast_worker(8)
-    waiting = list(s.workers["slow"].running)[1][1]  # its second lease: not started before the first ends
+    finish("slow", 0, 0.5)
+    if slow_item_seconds is not None:
+        s.workers["slow"].item_seconds = slow_item_seconds
+    slow_leases = [task_id for _, task_id in s.workers["slow"].running]
+    fast = [t for w, _, t, _ in first if w == "fast"]
     backups = []
     while fast:
         clock.now += 0.06
-        got = leased(finish("fast", fast.pop(0), 1, 0.06))
+        got = leased(finish("fast", fast.pop(0), 0.06)) + leased(s.tail_check())
         fast += [t for w, _, t, a in got if w == "fast" and a == 1]
         backups += [(w, t) for w, _, t, a in got if a > 1]
+    return s, clock, slow_leases, backups
+
+
+def test_a_task_waiting_behind_a_slow_workers_running_one_runs_on_an_idle_fast_one():
+    s, clock, (running, waiting), backups = _fast_worker_to_the_end()
     assert backups == [("fast", waiting)], "the fast worker should run the slow one's waiting task, not idle"
-    running = list(s.workers["slow"].running)[0][1]
     assert s.at_tail() and not leased(s.tail_check()), "its running task has not run long yet"
-    clock.now += 1.1  # now it has, and no outcome will come in to say so: the server's tail timer asks
+    clock.now += 1.1  # now it has
     assert [(w, t) for w, _, t, _ in leased(s.tail_check())] == [("fast", running)]
 
 
 def test_tasks_their_worker_will_end_soon_get_no_backup():
-    s, clock, fast, finish = _crowd_of_a_slow_and_a_fast_worker(8)
-    s.workers["slow"].item_seconds = 0.06  # as fast as the other after all
-    backups = []
-    while fast:
-        clock.now += 0.06
-        got = leased(finish("fast", fast.pop(0), 1, 0.06))
-        fast += [t for w, _, t, a in got if w == "fast" and a == 1]
-        backups += [(w, t) for w, _, t, a in got if a > 1]
+    *_, backups = _fast_worker_to_the_end(slow_item_seconds=0.06)  # as fast as the other after all
     assert backups == []
 
 

@@ -130,7 +130,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
     stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
     sys.stdout, sys.stderr = outputs
     functions: dict[str, Callable[[Any], Any] | BaseException] = {}
-    spare: str | None = None  # the last task's scratch folder, left empty: the next one's, renamed
+    spare: str | None = None  # the last task's scratch folder, left empty: the next one's
     while True:
         try:
             header = conn.recv()
