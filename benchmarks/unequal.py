@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import queue
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 
@@ -49,16 +51,28 @@ def _item(_x: int) -> str:
     return os.environ.get("WORKER_KIND", "?")
 
 
-def _wait_for(process: subprocess.Popen, text: str) -> str:
-    """The first line of ``process``'s output holding ``text``; RuntimeError if it ends first or is late."""
+def _wait_for(lines: queue.Queue, text: str, what: list[str]) -> str:
+    """The first of a process's output ``lines`` holding ``text``; RuntimeError if the process ends
+    first (a None in the queue) or START_TIMEOUT passes."""
     deadline = time.monotonic() + START_TIMEOUT
-    assert process.stdout is not None
-    for line in process.stdout:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            break
         if text in line:
             return line
-        if time.monotonic() > deadline:
-            break
-    raise RuntimeError(f"no {text!r} from {process.args!r}")
+    raise RuntimeError(f"no {text!r} from {what!r} within {START_TIMEOUT:g} s")
+
+
+def _read_lines(process: subprocess.Popen, lines: queue.Queue) -> None:
+    """Every line of ``process``'s output into ``lines``, then None: its pipe never fills."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.put(line)
+    lines.put(None)
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -87,30 +101,27 @@ def _ideal(items: int, slow: float) -> float:
     return items / rate
 
 
-def _crowdcompute(args: argparse.Namespace, home: str, *options: str, chunksizes: tuple = (1, None)) -> dict:
-    env = dict(os.environ, CROWDCOMPUTE_HOME=home)
-    run = [sys.executable, "-m", "crowdcompute"]
-    foreman = subprocess.Popen(
-        [*run, "foreman", "--port", "0", "--token", TOKEN, "--journal", "none", "--log-level", "error", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+def _start(processes: list[subprocess.Popen], command: list[str], ready: str, env: dict | None = None) -> str:
+    """Start ``python -m COMMAND`` (added to ``processes``, to be stopped) and return its line holding ``ready``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
-    processes = [foreman]
+    processes.append(process)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_lines, args=(process, lines), daemon=True).start()
+    return _wait_for(lines, ready, command)
+
+
+def _crowdcompute(args: argparse.Namespace, home: str, *options: str, chunksizes: tuple = (1, None)) -> dict:
+    processes: list[subprocess.Popen] = []
     try:
-        url = _wait_for(foreman, "foreman listening on ").rsplit(" ", 1)[1].strip()
-        for kind, worker_env in _crowd(args.slow):
-            processes.append(
-                subprocess.Popen(
-                    [*run, "worker", url, "--token", TOKEN, "--procs", "2", "--name", f"{kind}-{len(processes)}"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    env={**worker_env, "CROWDCOMPUTE_HOME": home},
-                )
-            )
-            _wait_for(processes[-1], "connected to")
+        foreman = ["crowdcompute", "foreman", "--port", "0", "--token", TOKEN, "--journal", "none", "--log-level",
+                   "error", *options]  # fmt: skip
+        line = _start(processes, foreman, "foreman listening on ", dict(os.environ, CROWDCOMPUTE_HOME=home))
+        url = line.rsplit(" ", 1)[1].strip()
+        for n, (kind, worker_env) in enumerate(_crowd(args.slow)):
+            worker = ["crowdcompute", "worker", url, "--token", TOKEN, "--procs", "2", "--name", f"{kind}-{n}"]
+            _start(processes, worker, "connected to", {**worker_env, "CROWDCOMPUTE_HOME": home})
         return asyncio.run(_measure_crowdcompute(url, args, chunksizes))
     finally:
         _stop(processes)
@@ -136,49 +147,15 @@ def _dask(args: argparse.Namespace) -> dict | None:
         import distributed  # noqa: F401
     except ImportError:
         return None
-    run = [sys.executable, "-m"]
-    scheduler = subprocess.Popen(
-        [
-            *run,
-            "distributed.cli.dask_scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--dashboard-address",
-            ":0",
-            "--no-show",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    processes = [scheduler]
+    processes: list[subprocess.Popen] = []
     try:
-        address = _wait_for(scheduler, "Scheduler at:").rsplit(" ", 1)[1].strip()
+        scheduler = ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                     "--dashboard-address", ":0", "--no-show"]  # fmt: skip
+        address = _start(processes, scheduler, "Scheduler at:").rsplit(" ", 1)[1].strip()
         for _kind, worker_env in _crowd(args.slow):
-            processes.append(
-                subprocess.Popen(
-                    [
-                        *run,
-                        "distributed.cli.dask_worker",
-                        address,
-                        "--nthreads",
-                        "2",
-                        "--nworkers",
-                        "1",
-                        "--no-nanny",
-                        "--no-dashboard",
-                        "--host",
-                        "127.0.0.1",
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    env=worker_env,
-                )
-            )
-            _wait_for(processes[-1], "Registered to:")
+            worker = ["distributed.cli.dask_worker", address, "--nthreads", "2", "--nworkers", "1", "--no-nanny",
+                      "--no-dashboard", "--host", "127.0.0.1"]  # fmt: skip
+            _start(processes, worker, "Registered to:", worker_env)
         return asyncio.run(_measure_dask(address, args))
     finally:
         _stop(processes)
