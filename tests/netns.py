@@ -24,9 +24,11 @@ Run as a script, this module is the relay:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -239,57 +241,86 @@ class Relay:
 # --- the relay process --------------------------------------------------------------
 
 
-async def _relay(listen_host: str, target_host: str, target_port: int, delay: float) -> None:
-    transports: set[asyncio.Transport] = set()
+class _Leg(asyncio.Protocol):
+    """One side of a relayed connection: what it reads leaves the other side ``delay`` seconds later.
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Each chunk is written ``delay`` seconds after it was read, in order.
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    A deque and one timer per side keep chunks in order; an end of stream
+    (EOF, a reset, a cut) travels the same way and closes the other side.
+    """
+
+    def __init__(self, delay: float, transports: set[asyncio.BaseTransport]) -> None:
+        self.delay = delay
+        self.transports = transports
+        self.transport: asyncio.Transport | None = None
+        self.other: _Leg | None = None
+        self.due: collections.deque[tuple[float, bytes | None]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transports.add(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._pass_on(data)
+
+    def eof_received(self) -> bool:
+        self._pass_on(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transports.discard(self.transport)
+        self._pass_on(None)
+
+    def _pass_on(self, data: bytes | None) -> None:
         loop = asyncio.get_running_loop()
+        self.due.append((loop.time() + self.delay, data))
+        if self.timer is None:
+            self.timer = loop.call_at(self.due[0][0], self.deliver)
 
-        async def deliver() -> None:
-            while True:
-                due, data = await queue.get()
-                if not data:
-                    break
-                wait = due - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                writer.write(data)
-                await writer.drain()
-            writer.close()
+    def deliver(self) -> None:
+        """Write every chunk that is due to the other side (once it is connected)."""
+        self.timer = None
+        loop = asyncio.get_running_loop()
+        target = self.other.transport if self.other else None
+        while self.due and self.due[0][0] <= loop.time() and target is not None:
+            _, data = self.due.popleft()
+            if data is None:
+                self.due.clear()
+                target.close()
+            elif not target.is_closing():
+                target.write(data)
+        if self.due and target is not None:
+            self.timer = loop.call_at(self.due[0][0], self.deliver)
 
-        sender = asyncio.create_task(deliver())
-        try:
-            while data := await reader.read(65536):
-                queue.put_nowait((loop.time() + delay, data))
-        except (ConnectionError, OSError):
-            pass
-        queue.put_nowait((0.0, b""))
-        try:
-            await sender
-        except (ConnectionError, OSError):
-            pass
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _relay(listen_host: str, target_host: str, target_port: int, delay: float) -> None:
+    loop = asyncio.get_running_loop()
+    transports: set[asyncio.BaseTransport] = set()
+
+    def accepted() -> _Leg:
+        near = _Leg(delay, transports)
+        loop.create_task(dial(near))
+        return near
+
+    async def dial(near: _Leg) -> None:
+        far = _Leg(delay, transports)
         try:
-            up_reader, up_writer = await asyncio.open_connection(target_host, target_port)
+            await loop.create_connection(lambda: far, target_host, target_port)
         except OSError:
-            writer.close()
+            if near.transport is not None:
+                near.transport.close()
             return
-        pair = {writer.transport, up_writer.transport}
-        transports.update(pair)  # type: ignore[arg-type]
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
-        transports.difference_update(pair)  # type: ignore[arg-type]
+        near.other, far.other = far, near
+        near.deliver()  # what arrived while dialling
+        far.deliver()
 
     def cut_all() -> None:
         for transport in list(transports):
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
 
-    server = await asyncio.start_server(handle, listen_host, 0)
+    server = await loop.create_server(accepted, listen_host, 0)
     port = server.sockets[0].getsockname()[1]
     print(f"{RELAY_READY}{listen_host}:{port}", flush=True)
-    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, cut_all)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -302,4 +333,10 @@ if __name__ == "__main__":
         sys.exit("usage: netns.py relay LISTEN_HOST TARGET_HOST TARGET_PORT DELAY_SECONDS")
     with contextlib.suppress(OSError):  # a network does not wait for the hosts' CPUs: run ahead of them
         os.setpriority(os.PRIO_PROCESS, 0, RELAY_NICE)
-    asyncio.run(_relay(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
+    # epoll waits in whole milliseconds, rounded up, so every delayed chunk would go out
+    # 0.5-1 ms late; select() waits in microseconds, and a relay has few sockets.
+    loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
+    try:
+        loop.run_until_complete(_relay(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
+    finally:
+        loop.close()
