@@ -26,6 +26,7 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -58,6 +59,10 @@ PROGRESS_INTERVAL = 0.25
 #: and most items between two looks.
 CLOCK_READS_PER_INTERVAL = 4
 MAX_STRIDE = 256
+#: A scratch folder whose times are this much older than the moment it was found empty is
+#: "settled" (nanoseconds): file times tick coarsely, so a change within the same tick as the
+#: look could leave them equal; a change to a settled folder cannot.
+SETTLED_NS = 50_000_000
 #: Longest error text a progress report carries.
 PROGRESS_ERROR_LIMIT = 300
 
@@ -131,6 +136,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
     sys.stdout, sys.stderr = outputs
     functions: dict[str, Callable[[Any], Any] | BaseException] = {}
     spare: str | None = None  # the last task's scratch folder, left empty: the next one's
+    seen: os.stat_result | None = None  # the spare folder, as last found empty and settled
     while True:
         try:
             header = conn.recv()
@@ -177,6 +183,8 @@ def main(conn: Connection, settings: dict | None = None) -> None:
         if limits.any:
             func = _watched(func, limits, task_pid)
         folder = _enter_scratch(scratch, job_id, first_index, spare) if scratch else None
+        if folder != spare:
+            seen = None  # a new folder: nothing seen of it yet
         spare = None
         started = time.perf_counter()
         result: bytes | Pieces
@@ -196,7 +204,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             if os.getpid() != task_pid:  # the user's function forked and this copy returned
                 os._exit(0)
             if scratch is not None and folder is not None:
-                spare = _leave_scratch(scratch, folder)
+                spare, seen = _leave_scratch(scratch, folder, seen)
         seconds = time.perf_counter() - started
         for output in outputs:
             output.flush()
@@ -300,22 +308,49 @@ def _enter_scratch(scratch: str, job_id: str, first_index: int, spare: str | Non
     return folder
 
 
-def _leave_scratch(scratch: str, folder: str) -> str | None:
+def _leave_scratch(
+    scratch: str, folder: str, seen: os.stat_result | None = None
+) -> tuple[str | None, os.stat_result | None]:
     """The task ended: its folder, kept for the next task if the task left it empty (and usable),
-    else None once it is removed."""
+    with its ``lstat`` when that can stand for a look inside next time; else (None, None) once
+    it is removed.
+
+    ``seen``: the folder's ``lstat`` when it was last found empty and settled. Unchanged, nothing
+    was made, removed or renamed in it and its mode is the same: one call, where looking inside
+    takes five and, after a task that slept, about 0.1 ms.
+    """
     tempfile.tempdir = None
     try:
-        with os.scandir(folder) as entries:
-            empty = next(entries, None) is None
-        if empty and os.access(folder, os.R_OK | os.W_OK | os.X_OK) and not os.path.islink(folder):
-            return folder
+        now = os.lstat(folder)
+        if seen is not None and _same_folder(seen, now):
+            return folder, seen
+        if stat.S_ISDIR(now.st_mode) and _is_empty(folder) and os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            settled = max(now.st_mtime_ns, now.st_ctime_ns) < time.time_ns() - SETTLED_NS
+            return folder, (now if settled else None)
     except OSError:
         pass
     os.chdir(scratch)
     if os.environ.get("HOME") == folder:
         os.environ["HOME"] = scratch
     shutil.rmtree(folder, ignore_errors=True)
-    return None
+    return None, None
+
+
+def _is_empty(folder: str) -> bool:
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
+
+
+def _same_folder(before: os.stat_result, now: os.stat_result) -> bool:
+    """Whether two ``lstat`` of a folder show nothing changed in it (its entries, its mode, its owner)."""
+    return (before.st_ino, before.st_dev, before.st_mode, before.st_uid, before.st_mtime_ns, before.st_ctime_ns) == (
+        now.st_ino,
+        now.st_dev,
+        now.st_mode,
+        now.st_uid,
+        now.st_mtime_ns,
+        now.st_ctime_ns,
+    )
 
 
 def _raiser(exc: BaseException) -> Callable[[Any], Any]:
