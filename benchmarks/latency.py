@@ -20,7 +20,11 @@ then the client runs a warm-up map of one no-op task per slot), so their
 connect time is outside the window, as it is for dask's. The window holds
 four one-way delays no scheduler can hide (the tasks go client -> foreman
 -> worker, the last result worker -> foreman -> client): the "floor" row is
-the best any such design reaches, ``ideal / (ideal + 4 * delay)``.
+the best any such design reaches, ``ideal / (ideal + 4 * delay)``. The
+row under it adds what this machine's sleeps cost on their own: as many bare
+processes as slots each sleep their share of the tasks back to back from one
+instant, with nothing else running; the slowest takes ``bare`` seconds, and
+``ideal / (bare + 4 * delay)`` is the best a map can reach here.
 
 With dask.distributed installed (the ``bench`` extra), the same map runs on
 a dask scheduler on the foreman's host and a dask worker of ``--procs``
@@ -32,6 +36,7 @@ its figures are noise while other work loads the CPUs.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
@@ -148,6 +153,28 @@ def _dask_row(network: Network, foreman, client, hosts, args, delay: float) -> l
             proc.stop()
 
 
+def _bare_slot(start: float, count: int, seconds: float) -> float:
+    """A slot's share of the work with nothing around it: ``count`` sleeps back to back from
+    ``start`` (a time.time()); the seconds they took."""
+    while time.time() < start:
+        time.sleep(0.0005)
+    began = time.perf_counter()
+    for _ in range(count):
+        time.sleep(seconds)
+    return time.perf_counter() - began
+
+
+def _bare(slots: int, tasks: int, seconds: float, repeat: int) -> float:
+    """The median over ``repeat`` runs of the slowest of ``slots`` bare processes doing their
+    share of ``tasks`` sleeps of ``seconds`` at once."""
+    slowest = []
+    with multiprocessing.get_context("spawn").Pool(slots) as pool:
+        for _ in range(repeat):
+            start = time.time() + 0.5  # every process is up and waiting by then
+            slowest.append(max(pool.starmap(_bare_slot, [(start, tasks // slots, seconds)] * slots)))
+    return statistics.median(slowest)
+
+
 def _load() -> str:
     """The machine's 1-minute load average: figures taken under load are noise."""
     return f"{os.getloadavg()[0]:.1f}"
@@ -168,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     delays = [float(d) for d in args.delays.split(",")]
     load_before = _load()
+    bare = _bare(args.hosts * args.procs, args.tasks, args.seconds, args.repeat)
     network = Network()
     rows = []
     try:
@@ -225,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| floor: ideal / (ideal + 4 x delay) | "
         + " | ".join(f"{ideal / (ideal + 4 * d):.3f}" for d, *_ in rows)
+        + " |"
+    )
+    print(
+        "| floor with this machine's sleeps: ideal / (bare + 4 x delay) | "
+        + " | ".join(f"{ideal / (bare + 4 * d):.3f}" for d, *_ in rows)
         + " |"
     )
     print("| `run()` round trip | " + " | ".join(f"{t * 1000:.1f} ms" for _, _, _, t, _ in rows) + " |")
