@@ -4,8 +4,12 @@ the running task is never blamed on the one behind it."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import pickle
+import termios
+import time
 
 import pytest
 
@@ -68,6 +72,36 @@ def test_a_preloaded_task_runs_next_with_its_own_outcome(slot):
         second = await _run(slot, "j", 1, "b", token=behind)
         assert (first, second) == ("j:a", "j:b")
         assert slot.pid == pid, "the preloaded task ran in the same process"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def _waiting_bytes(fd: int) -> int:
+    found = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, found, True)
+    return found[0]
+
+
+def test_an_outcome_read_in_with_the_one_before_it_is_taken_from_what_was_read(slot):
+    """One read of the pipe may take in the preloaded task's outcome with the running one's: the
+    wait for it must look at what was read, not at the pipe, which stays quiet."""
+
+    async def main():
+        behind = object()
+        function = _function("j")
+        running = asyncio.ensure_future(
+            _run(slot, "j", 0, "a", then=lambda: slot.preload(behind, "j", 1, 1, function, dumps_items(["b"])))
+        )
+        while slot._conn is None or slot._preloaded is not behind:  # bounded by wait_for below
+            await asyncio.sleep(0.005)
+        # Hold this loop (the agent's) until both outcomes wait in the pipe: they are the same size.
+        fd, one, deadline = slot._conn.fileno(), 0, time.monotonic() + 10
+        while not (one and _waiting_bytes(fd) >= 2 * one):
+            assert time.monotonic() < deadline, f"the two outcomes never waited together ({one} bytes)"
+            one = one or _waiting_bytes(fd)
+            time.sleep(0.005)
+        assert await running == "j:a"
+        assert await asyncio.wait_for(_run(slot, "j", 1, "b", token=behind), 10) == "j:b"
 
     asyncio.run(asyncio.wait_for(main(), 30))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 from collections import deque
 
 import pytest
@@ -13,7 +14,8 @@ from websockets.asyncio.server import serve
 from crowdcompute.sending import HOLD_DELAY, Held, corked, take_batch, write_frames
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import FRAGMENT_SIZE
-from worker.pipes import TOGETHER_BYTES, pickled, send_together
+from worker import pipes
+from worker.pipes import READ_BYTES, TOGETHER_BYTES, Reader, pickled, send_together
 
 WAIT = 10.0
 
@@ -115,6 +117,59 @@ def test_messages_sent_together_are_read_back_one_by_one(size):
         assert theirs.recv() == ("run", "j1", 0, 1)
         assert theirs.recv_bytes() == payload
         assert not theirs.poll()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _payload(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+
+
+@pytest.mark.parametrize("size", [10, TOGETHER_BYTES + 1, 3 * READ_BYTES + 7])
+def test_a_reader_reads_back_what_was_sent_together_or_one_by_one(size):
+    ours, theirs = multiprocessing.Pipe()
+    payload = _payload(size)
+
+    def write() -> None:  # a big message fills the pipe: written beside the reads
+        send_together(ours, [pickled(("forget", "j0")), pickled(("run", "j1", 0, 1)), payload])
+        ours.send(("output", 0, "stdout", "hello\n"))
+        ours.send_bytes(payload)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        reader = Reader(theirs.fileno())
+        assert reader.recv() == ("forget", "j0")
+        assert reader.recv() == ("run", "j1", 0, 1)
+        into = bytearray(size)
+        reader.recv_bytes_into(into)
+        assert into == payload
+        assert reader.recv() == ("output", 0, "stdout", "hello\n")
+        assert reader.recv_bytes() == payload
+        writer.join(timeout=10)
+        assert not writer.is_alive() and not theirs.poll()
+        ours.close()
+        with pytest.raises(EOFError):
+            reader.recv()
+    finally:
+        writer.join(timeout=10)
+        ours.close()
+        theirs.close()
+
+
+def test_a_small_task_written_together_is_read_with_one_call(monkeypatch):
+    ours, theirs = multiprocessing.Pipe()
+    reads: list[int] = []
+    readv = pipes.os.readv
+    monkeypatch.setattr(pipes.os, "readv", lambda fd, buffers: reads.append(fd) or readv(fd, buffers))
+    try:
+        send_together(ours, [pickled(("run", "j1", 0, 1)), b"input"])
+        reader = Reader(theirs.fileno())
+        assert reader.recv() == ("run", "j1", 0, 1)
+        into = bytearray(5)
+        reader.recv_bytes_into(into)
+        assert into == b"input" and len(reads) == 1
     finally:
         ours.close()
         theirs.close()

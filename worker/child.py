@@ -44,7 +44,7 @@ from crowdcompute.wire.framing import Pieces
 
 from .execution import module_hint, run_items, run_portable
 from .limits import LimitBroken, Limits, apply_in_task_process, limit_for_error
-from .pipes import pickled, send_together
+from .pipes import Reader, pickled, send_together
 
 __all__ = ["main", "serve_fd"]
 
@@ -135,11 +135,12 @@ def main(conn: Connection, settings: dict | None = None) -> None:
     stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
     sys.stdout, sys.stderr = outputs
     functions: dict[str, Callable[[Any], Any] | BaseException] = {}
+    reader = Reader(conn.fileno())
     spare: str | None = None  # the last task's scratch folder, left empty: the next one's
     seen: os.stat_result | None = None  # the spare folder, as last found empty and settled
     while True:
         try:
-            header = conn.recv()
+            header = reader.recv()
         except (EOFError, OSError):
             return
         if header[0] == "forget":
@@ -152,7 +153,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             payload = _map_file(size)
         else:
             payload = bytearray(size)  # writable: a numpy input sent out of band is used where it lands
-            conn.recv_bytes_into(payload)
+            reader.recv_bytes_into(payload)
         if function_bytes is not None:
             while len(functions) >= CACHED_FUNCTIONS:
                 functions.pop(next(iter(functions)))

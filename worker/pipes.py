@@ -1,10 +1,12 @@
-"""Several messages on a task process's pipe in one write.
+"""Several messages on a task process's pipe in one write, and read back in one read.
 
 The pipe is a ``multiprocessing`` Connection: each message is a 4-byte
 length and its bytes. Written one ``send`` at a time, a task's header and
 its input are two writes, and the reader may wake up for each. Small
 messages written together here are read back one by one by the other end's
 ordinary ``recv``/``recv_bytes``, but cost one write and one wake-up.
+``Connection`` reads each message with two calls (its length, then its
+bytes); a :class:`Reader` takes what one write sent with one.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["TOGETHER_BYTES", "pickled", "send_together"]
+__all__ = ["READ_BYTES", "TOGETHER_BYTES", "Reader", "pickled", "send_together"]
 
 #: Messages up to this many bytes in all go in one write; bigger ones one by one, never joined.
 TOGETHER_BYTES = 64 * 1024
+#: Bytes a Reader asks for at a time: what one write of small messages holds.
+READ_BYTES = TOGETHER_BYTES
 
 _LENGTH = struct.Struct("!i")  # multiprocessing's own message header
+_LONG_LENGTH = struct.Struct("!Q")  # after a length of -1: a message of 2 GiB or more
 
 
 def pickled(message: Any) -> bytes:
@@ -50,3 +55,82 @@ def send_together(conn: Connection[Any, Any], messages: Sequence[bytes | memoryv
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+class Reader:
+    """Reads the messages of a blocking pipe's file descriptor as ``Connection`` would, through a
+    buffer: a task's header and input, written together, come in with one ``read``.
+
+    The buffer is made once (a fresh one per read costs page faults in a process
+    that slept); a message bigger than what is buffered is read straight into its place.
+    Raises EOFError when the pipe closed, OSError as ``os.readv`` does.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray(READ_BYTES)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0  # the bytes read and not taken yet
+
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of a message were read and not taken yet (``recv`` takes the rest)."""
+        return self._end > self._start
+
+    def recv(self) -> Any:
+        """The next message, unpickled (``Connection.recv``)."""
+        return pickle.loads(self.recv_bytes())
+
+    def recv_bytes(self) -> bytes:
+        """The next message's bytes (``Connection.recv_bytes``)."""
+        size = self._length()
+        if size <= self._end - self._start:
+            return self._take(size)
+        target = bytearray(size)  # the rest is read straight into it
+        self._read_into(memoryview(target))
+        return bytes(target)  # a copy, as Connection makes one
+
+    def recv_bytes_into(self, target: bytearray | memoryview) -> None:
+        """Read the next message into ``target``, which is exactly its size (ValueError if not)."""
+        size = self._length()
+        view = memoryview(target).cast("B")
+        if size != len(view):
+            raise ValueError(f"a message of {size} bytes does not fit a buffer of {len(view)}")
+        self._read_into(view)
+
+    def _length(self) -> int:
+        size = _LENGTH.unpack(self._take(_LENGTH.size))[0]
+        if size == -1:
+            size = _LONG_LENGTH.unpack(self._take(_LONG_LENGTH.size))[0]
+        return size
+
+    def _take(self, size: int) -> bytes:
+        while self._end - self._start < size:
+            self._fill()
+        taken = bytes(self._view[self._start : self._start + size])
+        self._start += size
+        return taken
+
+    def _read_into(self, view: memoryview) -> None:
+        have = min(len(view), self._end - self._start)
+        view[:have] = self._view[self._start : self._start + have]
+        self._start += have
+        done = have
+        while done < len(view):  # the rest straight from the pipe
+            count = os.readv(self._fd, [view[done:]])
+            if count == 0:
+                raise EOFError
+            done += count
+
+    def _fill(self) -> None:
+        """Read what the pipe holds, up to the room after the bytes not taken yet."""
+        left = self._end - self._start
+        if left == 0:
+            self._start = self._end = 0
+        elif self._end == len(self._buffer):  # move the bytes not taken yet to the front
+            self._view[:left] = self._view[self._start : self._end]
+            self._start, self._end = 0, left
+        count = os.readv(self._fd, [self._view[self._end :]])
+        if count == 0:
+            raise EOFError
+        self._end += count

@@ -31,7 +31,7 @@ from crowdcompute.wire.framing import Pieces
 from .cgroups import PidsCgroup
 from .launch import ForkLauncher, Launcher, TaskProcess
 from .limits import WATCH_INTERVAL, Limits, folder_bytes, tree_cpu_seconds, tree_size
-from .pipes import pickled, send_together
+from .pipes import Reader, pickled, send_together
 
 __all__ = ["Finished", "Lost", "Slot", "SlotSettings"]
 
@@ -97,6 +97,7 @@ class Slot:
         self.settings = settings
         self._process: TaskProcess | None = None
         self._conn: Connection[Any, Any] | None = None
+        self._reader: Reader | None = None  # what the child sends, read from the pipe
         self._jobs: set[str] = set()  # jobs whose function the child holds
         self._forget: list[str] = []
         self._stopping = False  # set by kill(): the next loss is a cancel
@@ -137,6 +138,7 @@ class Slot:
         if self._conn is not None:
             self._conn.close()
         self._process, self._conn, self._jobs = process, parent, set()
+        self._reader = Reader(parent.fileno())
         self._forget.clear()
         self._preloaded = None  # whatever the last process held died with it
         return parent
@@ -263,6 +265,8 @@ class Slot:
         if then is not None:
             then()
         loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output, on_progress)
+        if self._reader is not None and self._reader.buffered:  # a read for the last task took in this one's too
+            loop.call_soon(self._readable, conn, outcome, on_output, on_progress)
         # uvloop (libuv) makes a watched descriptor non-blocking; this pipe's messages are read
         # and written whole by blocking calls (a 10 MB input would fail half-written): undo it.
         os.set_blocking(conn.fileno(), True)
@@ -311,10 +315,16 @@ class Slot:
         on_output: Callable[[int, str, str], None],
         on_progress: Callable[[int, int, str, int], None] | None,
     ) -> None:
-        """Read what the child sent: output lines and progress, then the outcome (None: the pipe closed)."""
+        """Read what the child sent: output lines and progress, then the outcome (None: the pipe closed).
+
+        The messages of one write come in with one read (``Reader``); the pipe is polled only
+        when nothing read is left.
+        """
+        reader = self._reader
+        assert reader is not None  # set with the connection
         try:
-            while not outcome.done() and conn.poll():
-                message = conn.recv()
+            while not outcome.done() and (reader.buffered or conn.poll()):
+                message = reader.recv()
                 if message[0] == "output":
                     on_output(*message[1:])
                 elif message[0] == "progress":
@@ -324,7 +334,7 @@ class Slot:
                     self._broken = message[1]
                     outcome.set_result(Lost(ErrorKind.LIMIT, self.settings.limits.reason(message[1])))
                 else:
-                    parts = [conn.recv_bytes() for _ in range(message[3])]
+                    parts = [reader.recv_bytes() for _ in range(message[3])]
                     payload = parts[0] if len(parts) == 1 else Pieces(parts)
                     outcome.set_result(Finished(message[1], payload, message[2]))
         except (EOFError, OSError):
