@@ -15,7 +15,7 @@ from helpers import Proxy, arun, wait_until
 
 import crowdcompute.codecs.pickled as pickled
 from crowdcompute import CrowdComputeClient
-from crowdcompute.errors import CrowdComputeError, ProtocolError
+from crowdcompute.errors import CrowdComputeError, ProtocolError, SerializationError
 from crowdcompute.feed import ACK_AFTER_BYTES
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.constants import SHARE_FILES_VARIABLE
@@ -31,6 +31,14 @@ def echo_slow_last(item):
 
         time.sleep(4)
     return item
+
+
+def test_plain_items_one_per_task_are_pickled_as_one_by_one_and_one_too_big_is_named():
+    items = [1, 2.5, "three", None, True, 10**30]
+    fast = pickled.dumps_chunks(items, 1, 10**9)
+    assert fast == [(n, 1, pickled.dumps_items([item], n)) for n, item in enumerate(items)]
+    with pytest.raises(SerializationError, match=r"item 2 \('x{10}.*over the foreman's limit"):
+        pickled.dumps_chunks(["small", 7, "x" * 5000], 1, 4096)
 
 
 def test_big_items_make_tasks_near_the_target_and_each_item_is_pickled_about_once(monkeypatch):

@@ -166,6 +166,14 @@ def dumps_chunks(
     """
     chunks: list[tuple[int, int, bytes]] = []
     bound = limit if target is None else min(target, limit)
+    if size == 1 and dump is None and all(type(item) in _PLAIN for item in items):
+        # A plain item per task (chunksize=1, the usual choice for slow items): pickle's C code in
+        # one pass, a fifth of the time of a call through _dump_range per item.
+        chunks = [(index, 1, pickle.dumps([item], protocol=PICKLE_PROTOCOL)) for index, item in enumerate(items)]
+        for index, _, payload in chunks:
+            if len(payload) > limit:  # a huge str: the error that names it
+                _dump_range(items, index, 1, limit, bound, [], dumps_items)
+        return chunks
     start = 0
     while start < len(items):
         count = min(size, len(items) - start)
