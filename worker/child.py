@@ -323,7 +323,7 @@ def _leave_scratch(
     tempfile.tempdir = None
     try:
         now = os.lstat(folder)
-        if seen is not None and _same_folder(seen, now):
+        if seen is not None and _identity(seen) == _identity(now):
             return folder, seen
         if stat.S_ISDIR(now.st_mode) and _is_empty(folder) and os.access(folder, os.R_OK | os.W_OK | os.X_OK):
             settled = max(now.st_mtime_ns, now.st_ctime_ns) < time.time_ns() - SETTLED_NS
@@ -342,16 +342,9 @@ def _is_empty(folder: str) -> bool:
         return next(entries, None) is None
 
 
-def _same_folder(before: os.stat_result, now: os.stat_result) -> bool:
-    """Whether two ``lstat`` of a folder show nothing changed in it (its entries, its mode, its owner)."""
-    return (before.st_ino, before.st_dev, before.st_mode, before.st_uid, before.st_mtime_ns, before.st_ctime_ns) == (
-        now.st_ino,
-        now.st_dev,
-        now.st_mode,
-        now.st_uid,
-        now.st_mtime_ns,
-        now.st_ctime_ns,
-    )
+def _identity(folder: os.stat_result) -> tuple[int, ...]:
+    """What anything made, removed or renamed in a folder, or a chmod or chown of it, changes."""
+    return (folder.st_ino, folder.st_dev, folder.st_mode, folder.st_uid, folder.st_mtime_ns, folder.st_ctime_ns)
 
 
 def _raiser(exc: BaseException) -> Callable[[Any], Any]:
