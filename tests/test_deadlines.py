@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from helpers import arun, wait_until
-from scheduler_events import Clock, done, leased, make, sent, submit
+from scheduler_events import Clock, done, function, leased, make, sent, submit, task_input, task_output
 
 from crowdcompute import CrowdComputeClient
 from crowdcompute.dialing import dial
@@ -147,6 +147,19 @@ def test_a_task_waiting_behind_a_slow_workers_running_one_runs_on_an_idle_fast_o
     assert s.at_tail() and not leased(s.tail_check()), "its running task has not run long yet"
     clock.now += 1.1  # now it has
     assert [(w, t) for w, _, t, _ in leased(s.tail_check())] == [("fast", running)]
+
+
+def test_a_job_its_client_still_feeds_is_not_at_its_tail():
+    s = make(clock=Clock())
+    s.add_client("c1")
+    s.add_worker("w1", "one", 2)
+    s.submit_job("c1", p.SubmitJob("j1", function("j1"), 3, 3, None, 0, "f"))
+    for task_id in range(2):  # both leased at once: its queue is empty, but a task is still to come
+        s.submit_task("c1", p.SubmitTask("j1", task_id, task_id, 1, task_input("j1", task_id)))
+    assert not s.jobs["j1"].queue and not s.at_tail()
+    s.submit_task("c1", p.SubmitTask("j1", 2, 2, 1, task_input("j1", 2)))
+    s.task_done("w1", p.TaskDone("j1", 0, 1, 0, task_output("j1", 0, 1), 0.1))  # the last one is leased
+    assert not s.jobs["j1"].queue and s.at_tail()
 
 
 def test_tasks_their_worker_will_end_soon_get_no_backup():
