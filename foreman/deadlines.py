@@ -21,8 +21,8 @@ more than twice as late as a copy on the fastest worker with room (that
 worker's round trip, then the items at its pace): in a crowd of unequal
 machines, a slow one, or one holding a long queue, must not hold the job's
 last tasks while others idle. The server asks for them every
-``TAIL_CHECK_INTERVAL`` seconds while a job is at its tail, and the
-scheduler's tick does too. Redundant jobs get neither: their runs must be on distinct workers
+``TAIL_CHECK_INTERVAL`` seconds while a job is at its tail (its client
+has sent all its tasks), and the scheduler's tick does too. Redundant jobs get neither: their runs must be on distinct workers
 and agree anyway.
 """
 
