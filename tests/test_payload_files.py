@@ -74,6 +74,8 @@ def test_outcomes_with_big_buffers_decode_trusted_and_as_plain_data():
     for trusted in (True, False):
         values, errors = decode_outcomes(payload, 3, trusted=trusted)
         assert not errors and np.array_equal(values[0], array) and values[1] == b"y" * 200_000
+    small = dumps_outcomes([1, b"x" * 100, (2.5, "z")], {})
+    assert isinstance(small, bytes) and pickle.loads(small) == ([1, b"x" * 100, (2.5, "z")], {})  # a plain pickle
 
 
 def test_a_reference_names_a_file_of_its_job_and_a_bad_one_is_refused(tmp_path):

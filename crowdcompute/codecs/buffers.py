@@ -61,11 +61,14 @@ class _OutOfBandBytes:
 
 
 def _wrap(obj: Any) -> Any:
-    """``obj`` with its big top-level ``bytes``/``memoryview`` items wrapped to go out of band."""
+    """``obj`` with its big top-level ``bytes``/``memoryview`` items wrapped to go out of band;
+    ``obj`` itself when it has none."""
     if isinstance(obj, list) and len(obj) <= WRAP_ITEMS:
-        return [_wrap_item(item) for item in obj]
+        wrapped = [_wrap_item(item) for item in obj]
+        return wrapped if _OutOfBandBytes in map(type, wrapped) else obj
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], list):  # outcomes: (values, errors)
-        return (_wrap(obj[0]), obj[1])
+        values = _wrap(obj[0])
+        return obj if values is obj[0] else (values, obj[1])
     return obj
 
 
@@ -101,7 +104,7 @@ def dump_parts(obj: Any, pickler: type[pickle.Pickler]) -> bytes | list[Part]:
     """``obj`` pickled with its big buffers out of band, as parts (see the module docstring),
     or as a plain pickle when it holds no big buffer."""
     wrapped = _wrap(obj)
-    wrapped_ids = _wrapped_ids(wrapped)
+    wrapped_ids = _wrapped_ids(wrapped) if wrapped is not obj else set()
     buffers: list[pickle.PickleBuffer] = []
     kinds = bytearray()
 
@@ -116,9 +119,12 @@ def dump_parts(obj: Any, pickler: type[pickle.Pickler]) -> bytes | list[Part]:
         kinds.append(isinstance(raw.obj, (bytes, memoryview)) or id(raw.obj) in wrapped_ids)
         return False  # out of band
 
-    with io.BytesIO() as file:
-        pickler(file, protocol=PICKLE_PROTOCOL, buffer_callback=take).dump(wrapped)
-        stream = file.getvalue()
+    if pickler is pickle.Pickler:  # the same pickler, without a file object (most outcomes are small)
+        stream = pickle.dumps(wrapped, PICKLE_PROTOCOL, buffer_callback=take)
+    else:
+        with io.BytesIO() as file:
+            pickler(file, protocol=PICKLE_PROTOCOL, buffer_callback=take).dump(wrapped)
+            stream = file.getvalue()
     if not buffers:
         return stream
     views = [buffer.raw() for buffer in buffers]
