@@ -133,7 +133,7 @@ def test_a_reader_reads_back_what_was_sent_together_or_one_by_one(size):
 
     def write() -> None:  # a big message fills the pipe: written beside the reads
         send_together(ours, [pickled(("forget", "j0")), pickled(("run", "j1", 0, 1)), payload])
-        ours.send(("output", 0, "stdout", "hello\n"))
+        ours.send(("output", 0, "stdout", "hello\n" * (size // 6)))  # a pickled message as big as the payload
         ours.send_bytes(payload)
 
     writer = threading.Thread(target=write)
@@ -145,7 +145,7 @@ def test_a_reader_reads_back_what_was_sent_together_or_one_by_one(size):
         into = bytearray(size)
         reader.recv_bytes_into(into)
         assert into == payload
-        assert reader.recv() == ("output", 0, "stdout", "hello\n")
+        assert reader.recv() == ("output", 0, "stdout", "hello\n" * (size // 6))
         assert reader.recv_bytes() == payload
         writer.join(timeout=10)
         assert not writer.is_alive() and not theirs.poll()

@@ -79,14 +79,23 @@ class Reader:
 
     def recv(self) -> Any:
         """The next message, unpickled (``Connection.recv``)."""
-        return pickle.loads(self.recv_bytes())
+        size = self._length()
+        if size <= self._end - self._start:  # unpickled where it was read, not copied out first
+            start = self._start
+            self._start += size
+            return pickle.loads(self._view[start : self._start])
+        return pickle.loads(self._rest(size))
 
     def recv_bytes(self) -> bytes:
         """The next message's bytes (``Connection.recv_bytes``)."""
         size = self._length()
         if size <= self._end - self._start:
             return self._take(size)
-        target = bytearray(size)  # the rest is read straight into it
+        return self._rest(size)
+
+    def _rest(self, size: int) -> bytes:
+        """A message of ``size`` bytes of which fewer were read: the rest straight into its place."""
+        target = bytearray(size)
         self._read_into(memoryview(target))
         return bytes(target)  # a copy, as Connection makes one
 
@@ -99,7 +108,10 @@ class Reader:
         self._read_into(view)
 
     def _length(self) -> int:
-        size = _LENGTH.unpack(self._take(_LENGTH.size))[0]
+        while self._end - self._start < _LENGTH.size:
+            self._fill()
+        size = _LENGTH.unpack_from(self._buffer, self._start)[0]
+        self._start += _LENGTH.size
         if size == -1:
             size = _LONG_LENGTH.unpack(self._take(_LONG_LENGTH.size))[0]
         return size
