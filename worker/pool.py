@@ -236,7 +236,8 @@ class Slot:
         ``on_progress(done, failed, error, error_index)`` hears of items done while it runs.
         ``site``: the job environment's site-packages folder (None: the worker's own).
         ``token``: the one given to ``preload`` if this task was preloaded (it is not sent again).
-        ``then()`` is called once the task is in the pipe (the place to ``preload`` the next one).
+        ``then()`` is called soon after the task is in the pipe (the place to ``preload`` the next
+        one), before its outcome is read: other slots given a task in the same turn write theirs first.
         """
         loop = asyncio.get_running_loop()
         # Another environment needs another process; so does another task than the one preloaded
@@ -262,8 +263,8 @@ class Slot:
             return Finished(count, b"", 0.0)
         except (OSError, EOFError):
             return await self._lost()
-        if then is not None:
-            then()
+        if then is not None:  # after the slots woken with this one wrote their first tasks: those before preloads
+            loop.call_soon(then)
         loop.add_reader(conn.fileno(), self._readable, conn, outcome, on_output, on_progress)
         if self._reader is not None and self._reader.buffered:  # a read for the last task took in this one's too
             loop.call_soon(self._readable, conn, outcome, on_output, on_progress)
