@@ -12,7 +12,9 @@ import termios
 import time
 
 import pytest
+from helpers import arun
 
+from crowdcompute import CrowdComputeClient
 from crowdcompute.codecs.pickled import dumps_function, dumps_items
 from worker.launch import CommandLauncher
 from worker.pool import Finished, Lost, Slot, SlotSettings
@@ -195,3 +197,27 @@ def test_tasks_arriving_together_go_first_to_an_idle_slot_then_behind_a_running_
                 slot.close()
 
     asyncio.run(main())
+
+
+def span(seconds):
+    import os
+    import time
+
+    start = time.monotonic()
+    time.sleep(seconds)
+    return os.getpid(), start, time.monotonic()
+
+
+def test_a_worker_starts_the_tasks_of_a_lease_in_its_order(start_foreman, start_worker):
+    """Two idle slots handed four tasks at once start the first two together, the others preloaded
+    behind them. A slot that preloaded the second would start it only after its own first task."""
+    foreman = start_foreman("--journal", "none")
+    start_worker(foreman.url, "--procs", "2")
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            await cc.map(span, [0.0, 0.0], chunksize=1, progress=False)  # both task processes are up
+            return await cc.map(span, [0.3] * 4, chunksize=1, progress=False)
+
+    (pid0, _, end0), (pid1, start1, _), *_ = arun(main(), timeout=60)
+    assert pid1 != pid0 and start1 < end0, "the second task waited behind the first instead of starting at once"
