@@ -3,8 +3,9 @@
 Jobs with queued tasks take turns (round robin over ``ready``), and the
 worker with the most free room is served first: a worker with an idle slot
 before any prefetch room (a far worker may hold many tasks ahead, which must
-not keep work from idle slots), then the most room, then the one whose last
-lease is oldest (so that ties do not always go the same way); the index of
+not keep work from idle slots), then the most room, then the fewest items held,
+then the one whose last lease is oldest (so that ties do not always go the
+same way); the index of
 :mod:`foreman.free_workers` finds it without looking at every worker. A queue entry is one
 replica of a task to run: a redundant job queues each task several times,
 and no worker gets two replicas of the same task. A job that needs

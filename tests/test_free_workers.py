@@ -19,7 +19,7 @@ def scan(workers: dict[str, Worker]) -> Worker | None:
     candidates = [w for w in workers.values() if w.free > 0]
     if not candidates:
         return None
-    return max(candidates, key=lambda w: (w.slots > len(w.running), w.free, -w.last_lease))
+    return max(candidates, key=lambda w: (w.slots > len(w.running), w.free, -sum(w.running.values()), -w.last_lease))
 
 
 def crowd(*slots: int) -> tuple[dict[str, Worker], FreeWorkers]:
@@ -30,10 +30,10 @@ def crowd(*slots: int) -> tuple[dict[str, Worker], FreeWorkers]:
     return workers, free
 
 
-def hold(worker: Worker, count: int, lease: int) -> None:
-    """Give ``worker`` ``count`` more leases, the latest numbered ``lease``."""
+def hold(worker: Worker, count: int, lease: int, items: int = 1) -> None:
+    """Give ``worker`` ``count`` more leases of ``items`` items each, the latest numbered ``lease``."""
     start = len(worker.running)
-    worker.running.update((("j", start + n), 1) for n in range(count))
+    worker.running.update((("j", start + n), items) for n in range(count))
     worker.last_lease = lease
 
 
@@ -50,6 +50,15 @@ def test_an_idle_slot_comes_before_a_far_workers_prefetch_room():
     hold(far, 2, lease=1)
     free.touch(far)
     assert free.pop() is workers["w1"], "the idle slot of w1 (room 2) comes before w0's room of 10"
+
+
+def test_of_workers_with_as_much_room_the_one_holding_fewer_items_comes_first():
+    workers, free = crowd(2, 2)
+    hold(workers["w0"], 2, lease=1, items=4)  # its slots end later, though its lease is older
+    hold(workers["w1"], 2, lease=2, items=1)
+    for worker in workers.values():
+        free.touch(worker)
+    assert free.pop() is workers["w1"], "w1 runs out of work first: the next task is its"
 
 
 def test_ties_take_turns_oldest_lease_first():
@@ -144,7 +153,7 @@ def test_the_index_serves_workers_in_the_order_a_scan_over_every_worker_would():
             assert chosen is expected, f"step {step}: the index chose {chosen}, the scan {expected}"
             if chosen is not None:
                 lease += 1
-                hold(chosen, 1, lease)
+                hold(chosen, 1, lease, items=rng.randint(1, 3))
                 free.touch(chosen)
 
 
