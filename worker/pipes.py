@@ -78,26 +78,24 @@ class Reader:
         return self._end > self._start
 
     def recv(self) -> Any:
-        """The next message, unpickled (``Connection.recv``)."""
-        size = self._length()
-        if size <= self._end - self._start:  # unpickled where it was read, not copied out first
-            start = self._start
-            self._start += size
-            return pickle.loads(self._view[start : self._start])
-        return pickle.loads(self._rest(size))
+        """The next message, unpickled (``Connection.recv``) where it lies, not copied out first."""
+        return pickle.loads(self._next())
 
     def recv_bytes(self) -> bytes:
-        """The next message's bytes (``Connection.recv_bytes``)."""
+        """The next message's bytes (``Connection.recv_bytes``): a copy, as Connection makes one."""
+        return bytes(self._next())
+
+    def _next(self) -> memoryview | bytearray:
+        """The next message: a view of the buffer while it was read whole (good until the next
+        read), else a buffer of its own with the rest read straight into it."""
         size = self._length()
         if size <= self._end - self._start:
-            return self._take(size)
-        return self._rest(size)
-
-    def _rest(self, size: int) -> bytes:
-        """A message of ``size`` bytes of which fewer were read: the rest straight into its place."""
+            start = self._start
+            self._start += size
+            return self._view[start : self._start]
         target = bytearray(size)
         self._read_into(memoryview(target))
-        return bytes(target)  # a copy, as Connection makes one
+        return target
 
     def recv_bytes_into(self, target: bytearray | memoryview) -> None:
         """Read the next message into ``target``, which is exactly its size (ValueError if not)."""
@@ -108,20 +106,16 @@ class Reader:
         self._read_into(view)
 
     def _length(self) -> int:
-        while self._end - self._start < _LENGTH.size:
-            self._fill()
-        size = _LENGTH.unpack_from(self._buffer, self._start)[0]
-        self._start += _LENGTH.size
-        if size == -1:
-            size = _LONG_LENGTH.unpack(self._take(_LONG_LENGTH.size))[0]
-        return size
+        size = self._unpack(_LENGTH)
+        return self._unpack(_LONG_LENGTH) if size == -1 else size
 
-    def _take(self, size: int) -> bytes:
-        while self._end - self._start < size:
+    def _unpack(self, field: struct.Struct) -> int:
+        """The next ``field`` of the stream, read where it lies."""
+        while self._end - self._start < field.size:
             self._fill()
-        taken = bytes(self._view[self._start : self._start + size])
-        self._start += size
-        return taken
+        value: int = field.unpack_from(self._buffer, self._start)[0]
+        self._start += field.size
+        return value
 
     def _read_into(self, view: memoryview) -> None:
         have = min(len(view), self._end - self._start)
