@@ -354,6 +354,7 @@ class CrowdComputeClient(AdminRequests, FrameHandling):
             self._open_link.send,
             max_queued_tasks=welcome.max_queued_tasks or len(sub.tasks),
             max_queued_bytes=welcome.max_queued_bytes or 2**62,
+            slots=slots,
         )
         trusted = self.trust_workers if options.trust_workers is None else options.trust_workers
         job = Job(job_id, sub.items, name=name, call=call, trusted=trusted, portable=sub.portable, outbox=self._obey)

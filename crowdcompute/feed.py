@@ -30,7 +30,9 @@ __all__ = ["ACK_AFTER_BYTES", "FIRST_TASKS", "Feed"]
 #: Outcome bytes received before the client acknowledges them to the foreman (small
 #: outcomes are never acknowledged one by one: collecting the job frees them).
 ACK_AFTER_BYTES = 1024 * 1024
-#: Tasks sent with the job, before the others are encoded and sent (in the next turn of the loop).
+#: Tasks sent with the job, at most, before the others are encoded and sent (in the next turn of
+#: the loop): one per slot of the crowd, so that the foreman leases a task to every idle slot as
+#: soon as it has read that first frame, and the others (the workers' prefetch) a frame later.
 FIRST_TASKS = 64
 
 
@@ -45,12 +47,15 @@ class Feed:
         *,
         max_queued_tasks: int,
         max_queued_bytes: int,
+        slots: int = FIRST_TASKS,
     ) -> None:
+        """``slots``: the crowd's slots, as the client last heard (the first frame's tasks)."""
         self.submit = submit
         self.tasks = tasks
         self._send = send
         self.max_queued_tasks = max(1, max_queued_tasks)
         self.max_queued_bytes = max_queued_bytes
+        self.first = min(FIRST_TASKS, max(1, slots))
         self.sent = 0  # tasks[:sent] went out
         self._finished: set[int] = set()
         self._starts = [task.first_index for task in tasks]  # in input order: tasks are chunks of it
@@ -67,10 +72,11 @@ class Feed:
         return len(self._finished) == len(self.tasks)
 
     def start(self) -> None:
-        """Send the job and its first FIRST_TASKS tasks now, the rest once the writer has sent those:
-        the foreman leases the first tasks while this process still encodes the others."""
+        """Send the job and a task per slot now (at most FIRST_TASKS), the rest once the writer has
+        sent those: the foreman leases the first tasks while this process still encodes the others,
+        and reads a frame that small before it leases them."""
         self._send(self.submit)
-        if self._pump(FIRST_TASKS):
+        if self._pump(self.first):
             asyncio.get_running_loop().call_soon(self._pump)
 
     def finished(self, task_id: int, first_index: int, count: int, outcome_size: int = 0) -> None:
