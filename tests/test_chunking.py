@@ -80,3 +80,26 @@ def test_a_task_cut_by_the_foreman_is_finished_only_when_all_its_parts_are():
     feed.finished(1, 10, 10)
     feed.finished(2, 20, 10)
     assert feed.complete
+
+
+def test_a_job_goes_out_with_a_task_per_slot_and_its_other_tasks_a_turn_later():
+    """The foreman reads a whole frame before it leases from it: the first frame holds a task for
+    each slot of the crowd (at most FIRST_TASKS), so that every slot starts after a short read."""
+    import asyncio
+
+    from crowdcompute.feed import FIRST_TASKS, Feed
+    from crowdcompute.wire import messages as p
+
+    async def first_frame(slots: int, tasks: int = 100) -> tuple[int, int]:
+        sent: list = []
+        submit = p.SubmitJob("j", b"f", tasks, tasks)
+        made = [p.SubmitTask("j", n, n, 1, b"x") for n in range(tasks)]
+        feed = Feed(submit, made, sent.append, max_queued_tasks=10**4, max_queued_bytes=10**6, slots=slots)
+        feed.start()
+        now = len(sent)
+        await asyncio.sleep(0)  # the next turn of the loop
+        return now, len(sent)
+
+    assert asyncio.run(first_frame(3)) == (1 + 3, 1 + 100)
+    assert asyncio.run(first_frame(0)) == (1 + 1, 1 + 100)  # no slots yet: the job, and one task
+    assert asyncio.run(first_frame(10_000, 200)) == (1 + FIRST_TASKS, 1 + 200)
