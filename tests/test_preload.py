@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import fcntl
 import pickle
 import termios
@@ -150,51 +151,99 @@ def _where(seconds):
     return os.getpid()
 
 
-def test_tasks_arriving_together_go_first_to_an_idle_slot_then_behind_a_running_one():
-    """Two tasks in one frame, one slot busy with a long task and one idle: the idle slot takes
-    the first (the foreman counts a worker's tasks as run in the order it leased them); the
-    busy one may hold the second behind its running task."""
-    from crowdcompute.codecs.pickled import dumps_function
+@contextlib.asynccontextmanager
+async def _two_slots():
+    """A worker agent of two real task processes, not connected: ``assign(task_id, seconds, items)``
+    hands it a task as a lease from the foreman would, ``done()`` is the next outcome's (task id,
+    process id), ``running()`` waits until a slot runs a task, ``claimed()`` until none waits."""
     from crowdcompute.wire import messages as p
     from crowdcompute.wire.addresses import parse_address
     from worker.agent import WorkerAgent
 
+    settings = SlotSettings(launcher=CommandLauncher())
+    agent = WorkerAgent(parse_address("127.0.0.1", 9), token=None, procs=2, slot_settings=settings)
+    loop = asyncio.get_running_loop()
+    agent._started = asyncio.gather(*(loop.run_in_executor(None, slot.start) for slot in agent.slots))
+    runners = [asyncio.create_task(agent._run_slot(slot)) for slot in agent.slots]
+    function = dumps_function(_where)
+
+    def assign(task_id: int, seconds: float, items: int = 1) -> None:
+        """Task ``task_id``: ``items`` items (indexes from 10 * task_id) of ``seconds`` each."""
+        payload = dumps_items([seconds] * items)
+        agent._handle(p.AssignTask("j", task_id, 1, 10 * task_id, items, payload, 30.0, function=function))
+
+    async def done() -> tuple[int, int]:
+        message = p.decode_parts(await asyncio.wait_for(agent._outbox.get(), 30))
+        while isinstance(message, p.TaskProgress):  # a task of several items reports them as they end
+            message = p.decode_parts(await asyncio.wait_for(agent._outbox.get(), 30))
+        assert isinstance(message, p.TaskDone), message
+        values, errors = pickle.loads(message.payload)
+        assert not errors, errors
+        return message.task_id, values[0]
+
+    async def running() -> None:
+        for _ in range(3000):  # 30 s
+            if agent._running:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("no slot started the first task within 30 s")
+
+    async def claimed() -> None:
+        for _ in range(3000):  # 30 s
+            if agent._queue.empty():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the waiting task was neither claimed nor started within 30 s")
+
+    try:
+        yield assign, done, running, claimed
+    finally:
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        await agent._started
+        for slot in agent.slots:
+            slot.kill()
+            slot.close()
+
+
+def test_tasks_arriving_together_go_first_to_an_idle_slot_then_behind_a_running_one():
+    """Two tasks in one frame, one slot busy with a long task and one idle: the idle slot takes
+    the first (the foreman counts a worker's tasks as run in the order it leased them)."""
+
     async def main():
-        settings = SlotSettings(launcher=CommandLauncher())
-        agent = WorkerAgent(parse_address("127.0.0.1", 9), token=None, procs=2, slot_settings=settings)
-        loop = asyncio.get_running_loop()
-        agent._started = asyncio.gather(*(loop.run_in_executor(None, slot.start) for slot in agent.slots))
-        runners = [asyncio.create_task(agent._run_slot(slot)) for slot in agent.slots]
-        function = dumps_function(_where)
-
-        def assign(task_id: int, seconds: float) -> None:
-            agent._handle(p.AssignTask("j", task_id, 1, task_id, 1, dumps_items([seconds]), 30.0, function=function))
-
-        try:
+        async with _two_slots() as (assign, done, running, _):
             assign(0, 2.0)
-            for _ in range(3000):  # 30 s
-                if agent._running:  # a slot runs the long task
-                    break
-                await asyncio.sleep(0.01)
-            assert agent._running, "no slot started the first task within 30 s"
+            await running()  # a slot runs the long task
             assign(1, 0.0)  # these two arrive in one frame
             assign(2, 0.0)
-            pids = {}
-            while len(pids) < 3:
-                done = p.decode_parts(await asyncio.wait_for(agent._outbox.get(), 30))
-                assert isinstance(done, p.TaskDone), done
-                values, errors = pickle.loads(done.payload)
-                assert not errors, errors
-                pids[done.task_id] = values[0]
+            pids = dict([await done() for _ in range(3)])
             assert pids[1] != pids[0], "the first task of the two went behind the long task, not to the idle slot"
-        finally:
-            for runner in runners:
-                runner.cancel()
-            await asyncio.gather(*runners, return_exceptions=True)
-            await agent._started
-            for slot in agent.slots:
-                slot.kill()
-                slot.close()
+
+    asyncio.run(main())
+
+
+def test_a_task_waits_for_the_slot_that_needs_it_first_not_behind_a_long_task():
+    """One slot runs a 4-item task; the other is handed a 1-item task with another 1-item task in
+    the same frame, then one more task comes. Claimed behind the long task, either would leave
+    the short tasks' slot idle until the long one ends (a round trip of the foreman's, in a
+    crowd); both go to the slot that will need them first."""
+
+    async def main():
+        async with _two_slots() as (assign, done, running, claimed):
+            assign(0, 0.5, items=4)  # 2 s
+            await running()
+            assign(1, 0.5)  # these two arrive in one frame
+            assign(2, 0.5)
+            await claimed()
+            assign(3, 0.5)
+            order = [await done() for _ in range(4)]
+            assert [task for task, _ in order] == [1, 2, 3, 0], (
+                f"outcomes (task, process) in the order {order}: a short task waited behind the long one"
+            )
+            assert len({pid for task, pid in order if task}) == 1, (
+                "the short tasks did not share the slot that freed first"
+            )
 
     asyncio.run(main())
 
@@ -221,3 +270,19 @@ def test_a_worker_starts_the_tasks_of_a_lease_in_its_order(start_foreman, start_
 
     (pid0, _, end0), (pid1, start1, _), *_ = arun(main(), timeout=60)
     assert pid1 != pid0 and start1 < end0, "the second task waited behind the first instead of starting at once"
+
+
+def test_a_running_slot_needs_its_next_task_once_the_items_it_holds_are_done():
+    from worker.claims import Ends
+
+    ends = Ends()
+    ends.started(0, "j", 4)
+    ends.started(1, "j", 1)
+    assert ends.sooner(1, [0, 1]) == 1 and ends.sooner(0, [0, 1]) == 2
+    assert ends.first([0, 1]) == [1, 0]
+    ends.claimed(1, "j", 4)  # slot 1 now holds 5 items: slot 0 needs a task first
+    assert ends.sooner(0, [0, 1]) == 1 and ends.first([0, 1]) == [0, 1]
+    ends.ended("j", 1, 10.0)  # the job's items take 10 s here
+    ends.started(1, "j", 1)
+    assert ends.first([0, 1]) == [0, 1]
+    assert ends.sooner(2, [0, 1, 2]) == 3, "a slot with nothing known counts every running slot"

@@ -34,6 +34,7 @@ from crowdcompute.wire.constants import Role
 from crowdcompute.wire.framing import Pieces
 from crowdcompute.wire.runtime import runtime_fields
 
+from .claims import Ends
 from .environments import Environments
 from .pool import Finished, Lost, Slot, SlotSettings
 from .preparation import EnvironmentPreparation
@@ -88,6 +89,7 @@ class WorkerAgent(EnvironmentPreparation):
         self._queue: asyncio.Queue[tuple[p.AssignTask, float]] = asyncio.Queue()  # with arrival times
         # slot index -> how that slot, running a task with none written behind it, claims its next one
         self._claimers: dict[int, Callable[[], None]] = {}
+        self._ends = Ends()  # when each running slot will need its next task (worker.claims)
         self._offering = False  # an _offer is scheduled
         self._outbox: asyncio.Queue[list[bytes | memoryview]] = asyncio.Queue()
         self._draining = False
@@ -213,6 +215,7 @@ class WorkerAgent(EnvironmentPreparation):
         self._keys.clear()
         self._queue = asyncio.Queue()
         self._claimers.clear()
+        self._ends.clear()
         self._outbox = asyncio.Queue()
         self._draining = False
         self._idle.set()
@@ -255,6 +258,7 @@ class WorkerAgent(EnvironmentPreparation):
         self._builds.pop(job_id, None)
         self._setup.pop(job_id, None)
         self._keys.pop(job_id, None)
+        self._ends.forget(job_id)
         if self.environments is not None:
             self.environments.in_use = set(self._keys.values())
         for slot in self.slots:
@@ -301,6 +305,7 @@ class WorkerAgent(EnvironmentPreparation):
                     self._claimers[slot.index] = claim_next  # a task that arrives later may be claimed
 
             self._running[slot.index] = task.job_id
+            self._ends.started(slot.index, task.job_id, task.count)
             self._idle.clear()
             try:
                 outcome = await slot.execute(
@@ -320,9 +325,11 @@ class WorkerAgent(EnvironmentPreparation):
             finally:
                 self._claimers.pop(slot.index, None)
                 self._running.pop(slot.index, None)
+                self._ends.stopped(slot.index)
                 if not self._running:
                     self._idle.set()
             if isinstance(outcome, Finished):
+                self._ends.ended(task.job_id, task.count, outcome.seconds)
                 reply: p.Message = p.TaskDone(
                     task.job_id,
                     task.task_id,
@@ -351,28 +358,30 @@ class WorkerAgent(EnvironmentPreparation):
         only when its own task ends (the foreman counts tasks as run in lease order).
         """
         self._offering = False
-        for index in list(self._claimers):
+        for index in self._ends.first(self._claimers):  # the slot that will need a task first, first
             claim = self._claimers.pop(index)
-            if not self._claimable():
+            if not self._claimable(index):
                 self._claimers[index] = claim
                 return
             claim()
 
-    def _claimable(self) -> bool:
-        """Whether a running slot may claim its next task now: the tasks waiting here, beyond those
-        idle slots are about to take, are enough for every running slot without a next task.
-        With fewer (the tail of a job), they stay here for whichever slot frees first."""
+    def _claimable(self, index: int) -> bool:
+        """Whether the running slot ``index`` may claim its next task now: the tasks waiting here,
+        beyond those idle slots are about to take, are enough for every running slot that will
+        need one no later than it (``worker.claims``). With fewer (the tail of a job, or a short
+        task running beside a long one), they stay here for whichever slot frees first."""
         idle = len(self.slots) - len(self._running)
-        return not self._draining and self._queue.qsize() - idle >= len(self._claimers) + 1
+        return not self._draining and self._queue.qsize() - idle >= self._ends.sooner(index, self._running)
 
     def _claim_next(self, slot: Slot, site: str | None) -> tuple[p.AssignTask, float, bool] | None:
         """While ``slot`` runs a task, when enough tasks wait here (``_claimable``): take the slot's
         next one now and write it to its process's pipe (``Slot.preload``), so that the process
         starts it the moment the running one ends instead of waiting for us to read the outcome and
         answer."""
-        if not self._claimable():
+        if not self._claimable(slot.index):
             return None
         task, arrived = self._queue.get_nowait()
+        self._ends.claimed(slot.index, task.job_id, task.count)
         function = self._functions.get(task.job_id)
         preloaded = (
             function is not None
