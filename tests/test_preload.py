@@ -151,6 +151,15 @@ def _where(seconds):
     return os.getpid()
 
 
+async def _until(condition, failure: str, seconds: float = 30.0) -> None:
+    """Poll ``condition()`` every 10 ms until it holds; AssertionError(``failure``) after ``seconds``."""
+    for _ in range(int(seconds * 100)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{failure} within {seconds:g} s")
+
+
 @contextlib.asynccontextmanager
 async def _two_slots():
     """A worker agent of two real task processes, not connected: ``assign(task_id, seconds, items)``
@@ -182,18 +191,10 @@ async def _two_slots():
         return message.task_id, values[0]
 
     async def running() -> None:
-        for _ in range(3000):  # 30 s
-            if agent._running:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("no slot started the first task within 30 s")
+        await _until(lambda: bool(agent._running), "no slot started the first task")
 
     async def claimed() -> None:
-        for _ in range(3000):  # 30 s
-            if agent._queue.empty():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("the waiting task was neither claimed nor started within 30 s")
+        await _until(agent._queue.empty, "the waiting task was neither claimed nor started")
 
     try:
         yield assign, done, running, claimed
