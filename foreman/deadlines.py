@@ -3,9 +3,13 @@
 Pure functions over the scheduler's records. Every lease gets a deadline
 from the job's observed round trips (lease to outcome, as the foreman sees
 them, so a worker cannot talk its deadline up): ``LEASE_DEADLINE_FACTOR``
-times the slowest recent one, at least ``MIN_LEASE_DEADLINE`` seconds. A
-job with no outcome yet has no deadline; a task timeout caps it at twice the
-timeout plus the minimum. A task whose every lease is past its deadline
+times the slowest recent one, at least ``MIN_LEASE_DEADLINE`` seconds, or
+that factor times the lease's items at the pace the foreman saw the worker's
+own last outcome of the job come back, if that is longer (a slow but
+answering worker given a big chunk is not "overdue" because the job's recent
+outcomes came from fast workers with small ones; one that never answered has
+no pace of its own). A job with no outcome yet has no deadline; a task
+timeout caps it at twice the timeout plus the minimum. A task whose every lease is past its deadline
 is queued again for another worker: the first outcome to arrive wins, and a
 later one is dropped. A lease past its deadline counts as a missed deadline
 on its worker's record, even when another run finished the task first (the
@@ -15,7 +19,11 @@ hoards tasks fills its own capacity).
 At the tail of a job (nothing left in its queue) a slot that would idle
 runs a backup copy of the task that has run longest, once it has run
 longer than ``BACKUP_AFTER_FACTOR`` times the job's typical round trip
-(MapReduce's backup tasks), or of a task still waiting in a worker's
+(MapReduce's backup tasks) and either runs past what its worker's pace in
+the job allows (a stalled or slowed worker) or would end more than twice as
+late there as a copy would (not a slow worker that ends it on time sooner
+than a copy could: 21 items at 250 ms an item, 0.7 s from their end, kept
+two 50-ms slots busy for 1.05 s each), or of a task still waiting in a worker's
 prefetch that it would end (its turn there, then its items at its pace)
 more than twice as late as a copy on the fastest worker with room (that
 worker's round trip, then the items at its pace): in a crowd of unequal
@@ -68,22 +76,30 @@ class Overdue:
     reissue: bool  # every lease of the task is overdue: queue another run
 
 
-def observe(job: Job, task: Task, worker_id: str, now: float) -> None:
-    """Keep the round trip of ``worker_id``'s lease on ``task``, which just reported."""
+def observe(job: Job, task: Task, worker_id: str, now: float, worker: Worker | None = None) -> None:
+    """Keep the round trip of ``worker_id``'s lease on ``task``, which just reported (and the
+    worker's pace in the job, from it)."""
     started = task.lease_started.pop(worker_id, None)
-    if started is not None and worker_id not in task.overdue:
+    if started is None:
+        return
+    if worker is not None and task.count > 0:
+        worker.lease_pace, worker.paced_job = max(0.0, now - started) / task.count, job.job_id
+    if worker_id not in task.overdue:
         job.durations.append(max(0.0, now - started))
         del job.durations[:-DURATIONS_KEPT]
 
 
-def allowance(job: Job, min_deadline: float = MIN_LEASE_DEADLINE) -> float | None:
+def allowance(job: Job, min_deadline: float = MIN_LEASE_DEADLINE, items: int = 1, pace: float = 0.0) -> float | None:
     """Seconds a lease of ``job`` may last; None: no deadline yet (nothing observed, no timeout).
 
-    With a task timeout, never more than twice that (the worker stops a task at its timeout,
-    so a lease that outlives it by that much is stalled, not slow)."""
+    ``items``: the lease's; ``pace``: seconds an item of the job took on its worker, lease to
+    outcome (0: not seen), which may lengthen the deadline, never shorten it. With a task
+    timeout, never more than twice that (the worker stops a task at its timeout, so a lease
+    that outlives it by that much is stalled, not slow)."""
     limits = []
     if job.durations:
-        limits.append(max(min_deadline, LEASE_DEADLINE_FACTOR * max(job.durations)))
+        own = LEASE_DEADLINE_FACTOR * pace * items
+        limits.append(max(min_deadline, LEASE_DEADLINE_FACTOR * max(job.durations), own))
     if job.task_timeout is not None:
         limits.append(2 * job.task_timeout + min_deadline)
     return min(limits, default=None)
@@ -101,7 +117,8 @@ def overdue(
                 continue
             task = job.tasks[task_id]
             started = task.lease_started.get(worker.worker_id)
-            limit = allowance(job, min_deadline)
+            pace = worker.lease_pace if worker.paced_job == job_id else 0.0
+            limit = allowance(job, min_deadline, task.count, pace)
             if started is None or limit is None or worker.worker_id in task.overdue or now - started <= limit:
                 continue
             task.overdue.add(worker.worker_id)
@@ -146,7 +163,11 @@ def backups(jobs: dict[str, Job], workers: Iterable[Worker], now: float) -> list
                 continue
             if position < worker.slots:
                 started = task.lease_started.get(worker.worker_id, now)
-                if now - started > BACKUP_AFTER_FACTOR * typical[job_id]:
+                pace = worker.item_seconds if worker.timed_job == job_id else 0.0
+                ran = now - started
+                if ran > BACKUP_AFTER_FACTOR * typical[job_id] and _worth_a_backup(
+                    ran, items, pace, fresh.get(job_id), typical[job_id]
+                ):
                     running.append((started, job, task))
             elif worker.timed_job == job_id and _worth_a_copy(ends, items, fresh.get(job_id), typical[job_id]):
                 waiting.append((-ends, job, task))
@@ -165,6 +186,17 @@ def _fresh_runs(room: list[tuple[Worker, int]], typical: dict[str, float]) -> di
             pace, rtt = fresh.get(job_id, (worker.item_seconds, worker.rtt))
             fresh[job_id] = (min(pace, worker.item_seconds), min(rtt, worker.rtt))
     return fresh
+
+
+def _worth_a_backup(ran: float, items: int, pace: float, fresh: tuple[float, float] | None, typical: float) -> bool:
+    """Whether a task of ``items`` that has run ``ran`` seconds on a worker whose items of its
+    job take ``pace`` seconds (0: not measured) should run on a worker with room too: when its
+    worker's pace is not known, or it has run past what that pace allows, or its worker would
+    end it more than twice as late as a copy would (``_worth_a_copy``)."""
+    if pace <= 0:
+        return True
+    left = items * pace - ran
+    return left <= 0 or _worth_a_copy(left, items, fresh, typical)
 
 
 def _worth_a_copy(ends: float, items: int, fresh: tuple[float, float] | None, typical: float) -> bool:

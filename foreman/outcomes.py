@@ -66,7 +66,7 @@ class OutcomeEvents:
         if leased is None:  # a late, replayed or forged result: its task is not leased to this worker
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
         job, task = leased
-        deadlines.observe(job, task, worker_id, self.clock())
+        deadlines.observe(job, task, worker_id, self.clock(), self.workers.get(worker_id))
         unlease(self.workers, job, task, worker_id, self._free)
         observe_items(job, msg.seconds, task.count)  # the job's cuts stay worth their cost
         worker = self.workers.get(worker_id)

@@ -251,6 +251,9 @@ class Worker:
     item_seconds: float = 0.0  # running average of its items' durations in ``timed_job`` (0: none finished yet)
     task_seconds: float = 0.0  # what its next tasks should take (item_seconds times their items)
     timed_job: str = ""  # the job its durations were measured in
+    # seconds an item of ``paced_job`` took from lease to outcome as the foreman saw it (0: none yet)
+    lease_pace: float = 0.0
+    paced_job: str = ""
     prefetch: int = 0  # tasks it holds beyond its running ones (see foreman.prefetch); set on creation
     prefetch_items: int = 0  # items it holds beyond its running tasks, once durations are measured (0: not yet)
     last_lease: int = 0  # order of its latest lease: among equally free workers, the longest unserved goes first

@@ -46,6 +46,36 @@ def test_a_lease_past_its_deadline_runs_again_elsewhere_and_the_first_outcome_wi
     assert results(s.task_done("hoarder", done("j1", task, dict(held)[task]))) == []  # the first outcome won
 
 
+def test_a_slow_worker_that_answers_gets_the_time_its_own_pace_needs_for_a_big_task():
+    """Once the job's recent outcomes all come from a fast worker, a slow worker that answered at
+    1 s an item is not overdue on its next 4-item task before 4 x 4 s (the job's own deadline
+    is 2 s): 21 items at 250 ms were reissued to fast slots, which ran them for nothing, and
+    the slow worker's record counted a missed deadline. A worker with no outcome of the job
+    has no pace of its own and keeps the job's deadline."""
+    clock = Clock()
+    s = make(clock=clock)
+    s.add_client("c1")
+    s.add_worker("slow", "slow", 1)
+    s.add_worker("fast", "fast", 1)
+    leases = leased(submit(s, "c1", "j1", tasks=3, items_per_task=4))
+    assert [(w, t) for w, _, t, _ in leases] == [("slow", 0), ("fast", 1), ("slow", 2)]
+    clock.now += 4.0
+    s.task_done("slow", done("j1", 0))  # 1 s an item, as the foreman saw it
+    assert s.workers["slow"].lease_pace == 1.0
+    job = s.jobs["j1"]
+    job.durations[:] = [0.4] * deadlines.DURATIONS_KEPT  # since then, only the fast worker's outcomes
+    assert deadlines.allowance(job) == deadlines.MIN_LEASE_DEADLINE
+    assert deadlines.allowance(job, items=4, pace=1.0) == 16.0
+    clock.now += 10.0  # task 2 leased 14 s ago: past the job's 2 s and the fast worker's, not the slow one's
+    notes = [a.text for a in s.tick() if isinstance(a, Note)]
+    assert not any("deadline on worker slow" in text for text in notes), notes
+    assert any("passed its deadline on worker fast" in text for text in notes), "it never answered: the job's 2 s"
+    clock.now += 3.0  # 17 s
+    notes = [a.text for a in s.tick() if isinstance(a, Note)]
+    assert any("passed its deadline on worker slow" in text for text in notes), notes
+    assert s.workers["slow"].record.missed == 1
+
+
 def test_a_volunteer_that_misses_more_deadlines_than_it_finishes_tasks_is_quarantined():
     clock = Clock()
     s = make(clock=clock)
@@ -238,3 +268,12 @@ def test_a_waiting_task_runs_again_on_a_worker_with_room_when_a_copy_there_ends_
     assert not worth(0.075, 1, fast, 0.1), "its worker starts it in 25 ms: a copy would end about as late"
     assert not worth(0.3, 1, (0.05, 0.1), 0.1), "a copy 100 ms away ends at 0.25 s: not worth it"
     assert worth(0.3, 1, None, 0.1) and not worth(0.3, 1, None, 0.5), "no worker with room measured: the typical trip"
+
+
+def test_a_running_task_its_slow_worker_ends_before_a_copy_could_gets_no_backup():
+    worth = deadlines._worth_a_backup
+    fast = (0.05, 0.001)  # a worker with room: 50 ms an item, 1 ms away
+    assert not worth(4.6, 21, 0.25, fast, 0.15), "0.65 s left on its worker; a copy needs 1.05 s"
+    assert worth(1.0, 21, 0.25, fast, 0.15), "4.25 s left on its worker; a copy ends in 1.05 s"
+    assert worth(5.5, 21, 0.25, fast, 0.15), "past what its worker's pace allows: stalled or slowed"
+    assert worth(1.0, 21, 0.0, fast, 0.15), "its worker's pace in the job is not known"
