@@ -13,7 +13,7 @@ import termios
 import time
 
 import pytest
-from helpers import arun
+from helpers import arun, wait_until
 
 from crowdcompute import CrowdComputeClient
 from crowdcompute.codecs.pickled import dumps_function, dumps_items
@@ -151,15 +151,6 @@ def _where(seconds):
     return os.getpid()
 
 
-async def _until(condition, failure: str, seconds: float = 30.0) -> None:
-    """Poll ``condition()`` every 10 ms until it holds; AssertionError(``failure``) after ``seconds``."""
-    for _ in range(int(seconds * 100)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{failure} within {seconds:g} s")
-
-
 @contextlib.asynccontextmanager
 async def _two_slots():
     """A worker agent of two real task processes, not connected: ``assign(task_id, seconds, items)``
@@ -191,10 +182,10 @@ async def _two_slots():
         return message.task_id, values[0]
 
     async def running() -> None:
-        await _until(lambda: bool(agent._running), "no slot started the first task")
+        await wait_until(lambda: agent._running, 30, "no slot started the first task")
 
     async def claimed() -> None:
-        await _until(agent._queue.empty, "the waiting task was neither claimed nor started")
+        await wait_until(agent._queue.empty, 30, "the waiting task was neither claimed nor started")
 
     try:
         yield assign, done, running, claimed
