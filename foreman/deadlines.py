@@ -82,10 +82,11 @@ def observe(job: Job, task: Task, worker_id: str, now: float, worker: Worker | N
     started = task.lease_started.pop(worker_id, None)
     if started is None:
         return
+    took = max(0.0, now - started)
     if worker is not None and task.count > 0:
-        worker.lease_pace, worker.paced_job = max(0.0, now - started) / task.count, job.job_id
+        worker.lease_pace, worker.paced_job = took / task.count, job.job_id
     if worker_id not in task.overdue:
-        job.durations.append(max(0.0, now - started))
+        job.durations.append(took)
         del job.durations[:-DURATIONS_KEPT]
 
 
