@@ -66,10 +66,10 @@ class OutcomeEvents:
         if leased is None:  # a late, replayed or forged result: its task is not leased to this worker
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
         job, task = leased
-        deadlines.observe(job, task, worker_id, self.clock(), self.workers.get(worker_id))
+        worker = self.workers.get(worker_id)
+        deadlines.observe(job, task, worker_id, self.clock(), worker)
         unlease(self.workers, job, task, worker_id, self._free)
         observe_items(job, msg.seconds, task.count)  # the job's cuts stay worth their cost
-        worker = self.workers.get(worker_id)
         if worker is not None:  # its tasks' duration sizes its prefetch
             upcoming = next_items(job, self.total_slots) if job.splittable else task.count
             prefetch.observe_task(worker, job.job_id, msg.seconds, task.count, upcoming)
