@@ -148,20 +148,36 @@ class EndOfTurn:
     go to their client as one message, and nothing waits on a timer.
     """
 
-    __slots__ = ("_peers",)
+    __slots__ = ("_kept", "_peers", "_scheduled")
 
     def __init__(self) -> None:
         self._peers: list[Peer] = []
+        self._kept: list[object] = []
+        self._scheduled = False
 
     def add(self, peer: Peer) -> None:
-        if not self._peers:
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule()
         self._peers.append(peer)
 
+    def keep(self, thing: object) -> None:
+        """Hold ``thing`` until this turn's frames are out: freeing a big structure (a collected
+        job's tasks and outcomes) does not delay the leases of the job that came with it."""
+        self._schedule()
+        self._kept.append(thing)
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._scheduled = False
         peers, self._peers = self._peers, []
         for peer in peers:
             peer.flush()
+        if self._kept:  # a turn later: after the senders woken for frames that found a backlog
+            kept, self._kept = self._kept, []
+            asyncio.get_running_loop().call_soon(kept.clear)
 
 
 #: Streams a job's stored outcomes to a websocket (the server's, which owns the journal).

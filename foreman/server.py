@@ -351,6 +351,8 @@ class ForemanServer:
                 log.warning("ignored %s from %s %s: %s", msg.TYPE, peer.role, peer.name, exc)
                 return
         held = set(self.scheduler.jobs) if isinstance(msg, (p.CollectJob, p.CancelJob)) else None
+        if isinstance(msg, p.CollectJob):  # it rides with the client's next job: that job's leases go first
+            self._turn.keep(self.scheduler.jobs.get(msg.job_id))
         acknowledged = self.payloads.acknowledging(msg, self.scheduler) if self.payloads is not None else []
         actions = ROUTES[type(msg)].handler(self.scheduler, peer.conn_id, msg)
         self._execute(actions)

@@ -4,6 +4,7 @@ frame becomes a websocket message (a small one in one frame, a big one in fragme
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import pytest
 
@@ -90,6 +91,27 @@ def test_frames_queued_in_one_turn_go_as_one_batch_when_it_ends_and_the_welcome_
     assert isinstance(welcome, p.Welcome)
     assert batch == p.Batch(tuple(p.AssignTask("j1", n, 1, n, 1, b"x", None) for n in range(3)))
     assert release == p.ReleaseJob("j1") and hangup == peers.Hangup(CloseCode.NORMAL, "bye")
+
+
+def test_what_a_turn_keeps_is_freed_only_after_its_frames_are_queued():
+    class Thing:  # a collected job, say: freeing it must not delay the leases of this turn
+        pass
+
+    async def scenario() -> list[str]:
+        turn = peers.EndOfTurn()
+        peer = Peer("w1", Role.WORKER, "worker", UnreadSocket())  # type: ignore[arg-type]
+        peer.turn = turn
+        seen: list[str] = []
+        thing = Thing()
+        alive = weakref.ref(thing, lambda _: seen.append(f"freed with {len(peer.outbox)} frame(s) queued"))
+        turn.keep(thing)
+        del thing
+        peer.queue_frame(p.encode_parts(p.AssignTask("j1", 0, 1, 0, 1, b"x", None)))
+        seen.append(f"this turn: {len(peer.outbox)} frame(s) queued")
+        await asyncio.wait_for(_until(lambda: alive() is None), 5)
+        return seen
+
+    assert asyncio.run(scenario()) == ["this turn: 0 frame(s) queued", "freed with 1 frame(s) queued"]
 
 
 def test_frames_that_piled_up_for_a_slow_peer_go_together():
