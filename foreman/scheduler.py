@@ -124,6 +124,8 @@ class Scheduler(ClientEvents, OutcomeEvents, VolunteerEvents, TimedEvents):
             None  # sum of the workers' slots, kept as they come and go; None: not summed yet
         )
         self._free = FreeWorkers()  # workers with free room, best first
+        self._holding = False  # the messages of one frame are being handled: one assignment pass after them
+        self._held = False  # a message asked for a pass while holding
 
     # --- connections -------------------------------------------------------
 
@@ -413,8 +415,22 @@ class Scheduler(ClientEvents, OutcomeEvents, VolunteerEvents, TimedEvents):
                     actions.append(SaveJob(job))  # its task count grew
         return actions
 
+    def hold_assignment(self) -> None:
+        """Until ``release_assignment``, handlers lease nothing: the messages of one frame (a job
+        and its first tasks, a worker's outcomes) get one assignment pass after them, not one
+        each. Their leases go out when the turn ends either way."""
+        self._holding = True
+
+    def release_assignment(self) -> list[Action]:
+        """End ``hold_assignment``: the pass the messages asked for, if any did."""
+        asked, self._holding, self._held = self._held, False, False
+        return self._assign() if asked else []
+
     def _assign(self) -> list[Action]:
         """Lease queued tasks to free worker capacity, jobs taking turns; note when each lease began."""
+        if self._holding:
+            self._held = True
+            return []
         now = self.clock()
         sends = assign(self.jobs, self._ready, now, self._free, self.total_slots)
         actions: list[Action] = []

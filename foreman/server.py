@@ -322,8 +322,15 @@ class ForemanServer:
                     if not self._may_send(peer, msg):
                         peer.close(CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
                         return
-                for msg in messages:
-                    self._handle_message(peer, msg)
+                if len(messages) == 1:
+                    self._handle_message(peer, messages[0])
+                    continue
+                self.scheduler.hold_assignment()  # one pass for the whole batch (Scheduler.hold_assignment)
+                try:
+                    for msg in messages:
+                        self._handle_message(peer, msg)
+                finally:
+                    self._execute(self.scheduler.release_assignment())
         except ConnectionClosed:
             pass
 

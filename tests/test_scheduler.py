@@ -59,6 +59,21 @@ def test_worker_gets_its_slots_plus_prefetch_and_a_freed_place_is_refilled():
     assert sent(s.task_done("w1", done("j1", 1))) == [("c1", result("j1", 1)), ("w1", assign("j1", 3))]
 
 
+def test_the_messages_of_one_frame_get_one_assignment_pass_after_them_with_the_same_leases():
+    one_by_one, held = make(), make()
+    for s in (one_by_one, held):
+        s.add_client("c1")
+        s.add_worker("w1", "one", 2)
+        s.add_worker("w2", "two", 1)
+    expected = leased(submit(one_by_one, "c1", "j1", tasks=6))
+    held.hold_assignment()  # the server's frame of a SubmitJob and its SubmitTasks
+    assert leased(submit(held, "c1", "j1", tasks=6)) == []
+    assert leased(held.release_assignment()) == expected and len(expected) == 5  # 3 slots + 2 prefetched
+    assert held.release_assignment() == []  # nothing asked for another pass
+    held.hold_assignment()
+    assert held.release_assignment() == []  # a frame that asked for none gets none
+
+
 def test_tasks_queued_before_any_worker_go_to_the_first_that_joins():
     s = make()
     s.add_client("c1")
