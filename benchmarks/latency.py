@@ -42,9 +42,12 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from crowdcompute import CrowdComputeClient
+
+from .timeline import Breakdown, breakdown, medians, stamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -57,33 +60,40 @@ TOKEN = "latency-benchmark"
 PHASE_TIMEOUT = 300.0
 
 
-def _pause(seconds: float) -> float:
-    import time
+@dataclass
+class Row:
+    """One delay's figures: efficiencies (one per map), where the maps' time went, ``run()``'s round trip."""
 
-    time.sleep(seconds)
-    return seconds
+    delay: float
+    single: list[float] = field(default_factory=list)  # chunksize=1
+    automatic: list[float] = field(default_factory=list)
+    single_times: list[Breakdown] = field(default_factory=list)
+    automatic_times: list[Breakdown] = field(default_factory=list)
+    trip: float = 0.0
+    dask: list[float] | None = None
 
 
-async def _measure(url: str, tasks: int, seconds: float, slots: int, repeat: int) -> tuple[list, list, float]:
-    """(efficiencies with chunksize=1, efficiencies with automatic chunks, median run() round trip);
-    the two maps take turns, ``repeat`` times each."""
+async def _measure(row: Row, url: str, tasks: int, seconds: float, slots: int, repeat: int) -> Row:
+    """Fill ``row``: the two maps take turns, ``repeat`` times each; then ``run()``'s round trip."""
     ideal = tasks * seconds / slots
-    single, automatic = [], []
     async with CrowdComputeClient(url, token=TOKEN) as cc:
-        await cc.map(_pause, [0.0] * slots, chunksize=1)  # warm-up: every worker has run a task
+        await cc.map(stamp, [0.0] * slots, chunksize=1)  # warm-up: every worker has run a task
         for _ in range(repeat):
-            started = time.perf_counter()
-            await cc.map(_pause, [seconds] * tasks, chunksize=1)
-            single.append(ideal / (time.perf_counter() - started))
-            started = time.perf_counter()
-            await cc.map(_pause, [seconds] * tasks)
-            automatic.append(ideal / (time.perf_counter() - started))
+            for chunksize, found, times in (
+                (1, row.single, row.single_times),
+                (None, row.automatic, row.automatic_times),
+            ):
+                called, started = time.time(), time.perf_counter()
+                items = await cc.map(stamp, [seconds] * tasks, chunksize=chunksize)
+                found.append(ideal / (time.perf_counter() - started))
+                times.append(breakdown(called, time.time(), items, seconds))
         trips = []
         for _ in range(10):
             started = time.perf_counter()
-            await cc.run(_pause, 0.0)
+            await cc.run(stamp, 0.0)
             trips.append(time.perf_counter() - started)
-    return single, automatic, statistics.median(trips)
+    row.trip = statistics.median(trips)
+    return row
 
 
 async def _measure_dask(address: str, tasks: int, seconds: float, slots: int, repeat: int) -> list[float]:
@@ -93,10 +103,10 @@ async def _measure_dask(address: str, tasks: int, seconds: float, slots: int, re
     ideal = tasks * seconds / slots
     found = []
     async with Client(address, asynchronous=True) as client:
-        await client.gather(client.map(_pause, [0.0] * slots, pure=False))
+        await client.gather(client.map(stamp, [0.0] * slots, pure=False))
         for _ in range(repeat):
             started = time.perf_counter()
-            await client.gather(client.map(_pause, [seconds] * tasks, pure=False))
+            await client.gather(client.map(stamp, [seconds] * tasks, pure=False))
             found.append(ideal / (time.perf_counter() - started))
     return found
 
@@ -175,6 +185,28 @@ def _bare(slots: int, tasks: int, seconds: float, repeat: int) -> float:
     return statistics.median(slowest)
 
 
+def _print_breakdown(rows: list[Row], share: int, bare: float) -> None:
+    """Where the maps' time went (benchmarks.timeline), medians, `chunksize=1` / automatic chunks."""
+    print()
+    print("Where a map's time goes (ms after the call; medians; `chunksize=1` / automatic chunks):")
+    print("| added one-way delay | " + " | ".join(f"{row.delay * 1000:g} ms" for row in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    lines = [
+        ("first item starts (floor: 2 x delay)", lambda b: b.first),
+        ("the last slot's first item starts", lambda b: b.last_first),
+        (f"slowest slot: its {share} sleeps' late wake-ups, summed", lambda b: b.late),
+        ("slowest slot: gaps between its items, summed", lambda b: b.gaps),
+        ("last item ends", lambda b: b.last_end),
+        ("then every result is in the client (floor: 2 x delay)", lambda b: b.back),
+    ]
+    for label, figure in lines:
+        cells = [
+            f"{figure(medians(row.single_times)):.1f} / {figure(medians(row.automatic_times)):.1f}" for row in rows
+        ]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print(f"The slowest of as many bare processes as slots sleeping their {share} sleeps: {1000 * bare:.1f} ms.")
+
+
 def _load() -> str:
     """The machine's 1-minute load average: figures taken under load are noise."""
     return f"{os.getloadavg()[0]:.1f}"
@@ -231,36 +263,39 @@ def main(argv: list[str] | None = None) -> int:
             for agent in agents:
                 agent.wait_for_line("connected to", timeout=60)
             slots = args.hosts * args.procs
-            single, automatic, trip = network.run_in(
+            row = Row(delay)
+            network.run_in(
                 client,
-                lambda url=url, slots=slots: _measure(url, args.tasks, args.seconds, slots, args.repeat),
+                lambda url=url, slots=slots, row=row: _measure(row, url, args.tasks, args.seconds, slots, args.repeat),
                 PHASE_TIMEOUT,
             )
             for agent in agents:
                 agent.stop()
             relay.proc.stop()
-            rows.append((delay, single, automatic, trip, _dask_row(network, foreman, client, hosts, args, delay)))
+            row.dask = _dask_row(network, foreman, client, hosts, args, delay)
+            rows.append(row)
     finally:
         network.close()
     ideal = args.tasks * args.seconds / (args.hosts * args.procs)
     print(f"{args.tasks} tasks of {args.seconds * 1000:g} ms over {args.hosts} hosts x {args.procs} slots")
     print(f"load average before and after: {load_before} / {_load()}")
-    print("| added one-way delay | " + " | ".join(f"{d * 1000:g} ms" for d, *_ in rows) + " |")
+    print("| added one-way delay | " + " | ".join(f"{row.delay * 1000:g} ms" for row in rows) + " |")
     print("|---|" + "---|" * len(rows))
-    print("| efficiency, `chunksize=1` | " + " | ".join(_cell(s) for _, s, _, _, _ in rows) + " |")
-    print("| efficiency, automatic chunks | " + " | ".join(_cell(a) for _, _, a, _, _ in rows) + " |")
-    print("| dask, same topology | " + " | ".join(_cell(d) for *_, d in rows) + " |")
+    print("| efficiency, `chunksize=1` | " + " | ".join(_cell(row.single) for row in rows) + " |")
+    print("| efficiency, automatic chunks | " + " | ".join(_cell(row.automatic) for row in rows) + " |")
+    print("| dask, same topology | " + " | ".join(_cell(row.dask) for row in rows) + " |")
     print(
         "| floor: ideal / (ideal + 4 x delay) | "
-        + " | ".join(f"{ideal / (ideal + 4 * d):.3f}" for d, *_ in rows)
+        + " | ".join(f"{ideal / (ideal + 4 * row.delay):.3f}" for row in rows)
         + " |"
     )
     print(
         "| floor with this machine's sleeps: ideal / (bare + 4 x delay) | "
-        + " | ".join(f"{ideal / (bare + 4 * d):.3f}" for d, *_ in rows)
+        + " | ".join(f"{ideal / (bare + 4 * row.delay):.3f}" for row in rows)
         + " |"
     )
-    print("| `run()` round trip | " + " | ".join(f"{t * 1000:.1f} ms" for _, _, _, t, _ in rows) + " |")
+    print("| `run()` round trip | " + " | ".join(f"{row.trip * 1000:.1f} ms" for row in rows) + " |")
+    _print_breakdown(rows, args.tasks // (args.hosts * args.procs), bare)
     return 0
 
 
