@@ -26,6 +26,11 @@ processes as slots each sleep their share of the tasks back to back from one
 instant, with nothing else running; the slowest takes ``bare`` seconds, and
 ``ideal / (bare + 4 * delay)`` is the best a map can reach here.
 
+Under the table, where the maps' time went, from their items' own clocks
+(``benchmarks.timeline``): when the first item and the last slot's first
+item started, the slowest slot's late wake-ups and gaps between items, and
+the last result's way back to the client.
+
 With dask.distributed installed (the ``bench`` extra), the same map runs on
 a dask scheduler on the foreman's host and a dask worker of ``--procs``
 threads on each worker host, every link through the same relay (``client.map``:

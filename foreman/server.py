@@ -358,8 +358,9 @@ class ForemanServer:
                 log.warning("ignored %s from %s %s: %s", msg.TYPE, peer.role, peer.name, exc)
                 return
         held = set(self.scheduler.jobs) if isinstance(msg, (p.CollectJob, p.CancelJob)) else None
-        if isinstance(msg, p.CollectJob):  # it rides with the client's next job: that job's leases go first
-            self._turn.keep(self.scheduler.jobs.get(msg.job_id))
+        collected = self.scheduler.jobs.get(msg.job_id) if isinstance(msg, p.CollectJob) else None
+        if collected is not None:  # it rides with the client's next job: that job's leases go out first
+            self._turn.keep(collected)
         acknowledged = self.payloads.acknowledging(msg, self.scheduler) if self.payloads is not None else []
         actions = ROUTES[type(msg)].handler(self.scheduler, peer.conn_id, msg)
         self._execute(actions)
