@@ -40,6 +40,7 @@ class OutcomeEvents:
     """``task_done`` and ``task_crashed``, and how a task's outcome is recorded."""
 
     # Provided by the Scheduler.
+    jobs: dict[str, Job]
     workers: dict[str, Worker]
     clock: Callable[[], float]
     journaled: bool
@@ -64,6 +65,8 @@ class OutcomeEvents:
     def task_done(self, worker_id: str, msg: p.TaskDone) -> list[Action]:
         leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if leased is None:  # a late, replayed or forged result: its task is not leased to this worker
+            if self._was_cancelled(worker_id, msg.job_id, msg.task_id):
+                return []  # it crossed our CancelTask on the way: expected, and not the worker's fault
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
         job, task = leased
         worker = self.workers.get(worker_id)
@@ -144,6 +147,8 @@ class OutcomeEvents:
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
         leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if leased is None:
+            if self._was_cancelled(worker_id, msg.job_id, msg.task_id):
+                return []
             return [self._rejected(worker_id, "crash report", msg.job_id, msg.task_id, msg.attempt)]
         job, task = leased
         unlease(self.workers, job, task, worker_id, self._free)
@@ -201,12 +206,32 @@ class OutcomeEvents:
             job.results[task.task_id] = outcome
             job.kept_bytes += payload_size(getattr(outcome, "payload", b""))
         actions: list[Action] = [SaveResult(job.job_id, task.task_id, outcome)]
+        if job.redundancy == 1 and task.leases:  # a reissued or backup run of it still goes on
+            actions += self._cancel_copies(job, task)
         last = job.all_finished and job.all_received
         if job.client is not None:
             actions.append(Send(job.client, outcome, linger=not last))  # the last goes at once
         if last:
             actions += self._finish(job)
         return actions
+
+    def _cancel_copies(self, job: Job, task: Task) -> list[Action]:
+        """The task's outcome is in: its other runs stop (MapReduce's backup tasks, Spark's
+        speculative ones), and their workers' room takes other work at once."""
+        actions: list[Action] = []
+        for worker_id in list(task.leases):
+            unlease(self.workers, job, task, worker_id, self._free)
+            job.cancelled.add((worker_id, task.task_id))
+            actions.append(Send(worker_id, p.CancelTask(job.job_id, task.task_id)))
+        return actions
+
+    def _was_cancelled(self, worker_id: str, job_id: str, task_id: int) -> bool:
+        """Whether ``worker_id``'s copy of the task was told to stop (an answer may still come)."""
+        job = self.jobs.get(job_id)
+        if job is None or (worker_id, task_id) not in job.cancelled:
+            return False
+        job.cancelled.discard((worker_id, task_id))
+        return True
 
     def _finish(self, job: Job) -> list[Action]:
         job.state = JobState.DONE

@@ -20,7 +20,7 @@ def results(actions) -> list[p.TaskResult]:
     return [m for _, m in sent(actions) if isinstance(m, p.TaskResult)]
 
 
-def test_a_lease_past_its_deadline_runs_again_elsewhere_and_the_first_outcome_wins():
+def test_a_lease_past_its_deadline_runs_again_elsewhere_the_first_outcome_wins_and_the_other_run_is_cancelled():
     clock = Clock()
     s = make(clock=clock)
     s.add_client("c1")
@@ -41,9 +41,15 @@ def test_a_lease_past_its_deadline_runs_again_elsewhere_and_the_first_outcome_wi
     reissued = [(task, attempt) for worker, _, task, attempt in leased(actions) if worker == "honest"]
     assert reissued, "the overdue tasks were not run again elsewhere"
     task, attempt = reissued[0]
-    (accepted,) = results(s.task_done("honest", done("j1", task, attempt)))
+    actions = s.task_done("honest", done("j1", task, attempt))
+    (accepted,) = results(actions)
     assert accepted.reissued == 1
-    assert results(s.task_done("hoarder", done("j1", task, dict(held)[task]))) == []  # the first outcome won
+    assert ("hoarder", p.CancelTask("j1", task)) in sent(actions)  # the hoarder's run stops...
+    assert ("j1", task) not in s.workers["hoarder"].running  # ...and its room is free for other work
+    late = dict(held)[task]
+    assert s.task_done("hoarder", done("j1", task, late)) == []  # crossed the cancel: dropped, quietly
+    stray = s.task_crashed("hoarder", p.TaskCrashed("j1", task, late, "crashed", "gone"))
+    assert [type(action) for action in stray] == [Note]  # once: another answer is noted as any stray one
 
 
 def test_a_slow_worker_that_answers_gets_the_time_its_own_pace_needs_for_a_big_task():
@@ -277,3 +283,38 @@ def test_a_running_task_its_slow_worker_ends_before_a_copy_could_gets_no_backup(
     assert worth(1.0, 21, 0.25, fast, 0.15), "4.25 s left on its worker; a copy ends in 1.05 s"
     assert worth(5.5, 21, 0.25, fast, 0.15), "past what its worker's pace allows: stalled or slowed"
     assert worth(1.0, 21, 0.0, fast, 0.15), "its worker's pace in the job is not known"
+
+
+def test_a_worker_whose_copy_of_a_task_lost_the_race_is_free_at_once_for_the_rest_of_the_job(
+    foreman, start_worker, tmp_path
+):
+    """Item 0's first run hangs (a minute); past its deadline it runs again on the other worker,
+    which wins. The first run is cancelled: its worker's only slot goes on with the job's other
+    items (without the cancel it would hang until the job ended, the other worker doing them all)."""
+    start_worker(foreman.url, "--procs", "1", "--name", "a")
+    start_worker(foreman.url, "--procs", "1", "--name", "b")
+    markers = str(tmp_path)
+
+    def first_run_hangs(item: int) -> int:
+        import os
+        import time
+
+        marker = os.path.join(markers, "item-0-ran")
+        if item == 0 and not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(60)
+        time.sleep(0.2)
+        return item * 10
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            await wait_until(lambda: cc.slots >= 2, 20, "the two workers never joined")
+            job = await cc.submit(first_run_hangs, range(30), chunksize=1)
+            assert await asyncio.wait_for(job.result(), 40) == [item * 10 for item in range(30)]
+            assert job.stats.reissued >= 1, job.stats.summary()
+            assert set(job.stats.workers) == {"a", "b"}, (
+                "the worker whose run of item 0 lost the race finished no task: its slot stayed stuck "
+                + job.stats.summary()
+            )
+
+    arun(main(), timeout=60)

@@ -155,7 +155,8 @@ def _where(seconds):
 async def _two_slots():
     """A worker agent of two real task processes, not connected: ``assign(task_id, seconds, items)``
     hands it a task as a lease from the foreman would, ``done()`` is the next outcome's (task id,
-    process id), ``running()`` waits until a slot runs a task, ``claimed()`` until none waits."""
+    process id), ``running(count)`` waits until that many slots run a task, ``claimed()`` until none waits,
+    ``cancel(task_id)`` cancels a task as the foreman does when another run of it won."""
     from crowdcompute.wire import messages as p
     from crowdcompute.wire.addresses import parse_address
     from worker.agent import WorkerAgent
@@ -181,14 +182,17 @@ async def _two_slots():
         assert not errors, errors
         return message.task_id, values[0]
 
-    async def running() -> None:
-        await wait_until(lambda: agent._running, 30, "no slot started the first task")
+    async def running(count: int = 1) -> None:
+        await wait_until(lambda: len(agent._running) >= count, 30, f"{count} slot(s) never ran a task at once")
 
     async def claimed() -> None:
         await wait_until(agent._queue.empty, 30, "the waiting task was neither claimed nor started")
 
+    def cancel(task_id: int) -> None:
+        agent._handle(p.CancelTask("j", task_id))
+
     try:
-        yield assign, done, running, claimed
+        yield assign, done, running, claimed, cancel
     finally:
         for runner in runners:
             runner.cancel()
@@ -204,7 +208,7 @@ def test_tasks_arriving_together_go_first_to_an_idle_slot_then_behind_a_running_
     the first (the foreman counts a worker's tasks as run in the order it leased them)."""
 
     async def main():
-        async with _two_slots() as (assign, done, running, _):
+        async with _two_slots() as (assign, done, running, _, _):
             assign(0, 2.0)
             await running()  # a slot runs the long task
             assign(1, 0.0)  # these two arrive in one frame
@@ -222,7 +226,7 @@ def test_a_task_waits_for_the_slot_that_needs_it_first_not_behind_a_long_task():
     crowd); both go to the slot that will need them first."""
 
     async def main():
-        async with _two_slots() as (assign, done, running, claimed):
+        async with _two_slots() as (assign, done, running, claimed, _):
             assign(0, 0.5, items=4)  # 2 s
             await running()
             assign(1, 0.5)  # these two arrive in one frame
@@ -236,6 +240,45 @@ def test_a_task_waits_for_the_slot_that_needs_it_first_not_behind_a_long_task():
             assert len({pid for task, pid in order if task}) == 1, (
                 "the short tasks did not share the slot that freed first"
             )
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_task_stops_at_once_and_its_slot_runs_the_next():
+    """Both slots run a 20 s task; the foreman cancels one (another run of it won elsewhere): its
+    process stops, nothing is reported for it, and the next task runs on that slot at once."""
+
+    async def main():
+        async with _two_slots() as (assign, done, running, _, cancel):
+            assign(0, 20.0)
+            assign(1, 20.0)
+            await running(2)
+            cancel(0)
+            assign(2, 0.0)
+            task, _ = await done()
+            assert task == 2, f"the first outcome was task {task}'s: the cancelled task's slot did not take the next"
+            cancel(1)
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_task_waiting_behind_a_running_one_never_runs():
+    """Both slots run a task, and the next two wait behind them (claimed, written to their
+    processes' pipes, or queued here); one of those is cancelled: it is never reported."""
+
+    async def main():
+        async with _two_slots() as (assign, done, running, claimed, cancel):
+            assign(0, 0.5)
+            assign(1, 0.5)
+            await running(2)
+            assign(2, 0.5)
+            assign(3, 0.5)
+            await claimed()
+            cancel(2)
+            seen = [await done() for _ in range(3)]
+            assign(4, 0.0)
+            seen.append(await done())  # the cancelled task, had it run, would have been reported before this
+            assert sorted(task for task, _ in seen) == [0, 1, 3, 4], f"outcomes (task, process): {seen}"
 
     asyncio.run(main())
 

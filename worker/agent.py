@@ -85,7 +85,8 @@ class WorkerAgent(EnvironmentPreparation):
         self.slot_settings = slot_settings or SlotSettings()
         self.slots = [Slot(self.slot_settings, i) for i in range(procs)]
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
-        self._running: dict[int, str] = {}  # slot index -> job id of its task
+        self._running: dict[int, p.AssignTask] = {}  # slot index -> the task it runs
+        self._cancelled: set[tuple[str, int]] = set()  # (job, task) the foreman cancelled, not yet seen here
         self._queue: asyncio.Queue[tuple[p.AssignTask, float]] = asyncio.Queue()  # with arrival times
         # slot index -> how that slot, running a task with none written behind it, claims its next one
         self._claimers: dict[int, Callable[[], None]] = {}
@@ -215,6 +216,7 @@ class WorkerAgent(EnvironmentPreparation):
         self._keys.clear()
         self._queue = asyncio.Queue()
         self._claimers.clear()
+        self._cancelled.clear()
         self._ends.clear()
         self._outbox = asyncio.Queue()
         self._draining = False
@@ -248,6 +250,8 @@ class WorkerAgent(EnvironmentPreparation):
                 asyncio.get_running_loop().call_soon(self._offer)
         elif isinstance(msg, p.ReleaseJob):
             self._release(msg.job_id)
+        elif isinstance(msg, p.CancelTask):
+            self._cancel(msg.job_id, msg.task_id)
         else:
             log.warning("ignored unexpected %s from the foreman", msg.TYPE)
 
@@ -259,15 +263,28 @@ class WorkerAgent(EnvironmentPreparation):
         self._setup.pop(job_id, None)
         self._keys.pop(job_id, None)
         self._ends.forget(job_id)
+        self._cancelled = {key for key in self._cancelled if key[0] != job_id}
         if self.environments is not None:
             self.environments.in_use = set(self._keys.values())
         for slot in self.slots:
-            if self._running.get(slot.index) == job_id:
+            running = self._running.get(slot.index)
+            if running is not None and running.job_id == job_id:
                 slot.kill()
             slot.forget(job_id)
 
+    def _cancel(self, job_id: str, task_id: int) -> None:
+        """Another run of the task was accepted: stop it if a slot runs it; else skip it when a
+        slot takes it (it waits here, or behind a running task: ``_run_slot``)."""
+        for slot in self.slots:
+            running = self._running.get(slot.index)
+            if running is not None and (running.job_id, running.task_id) == (job_id, task_id):
+                slot.kill()  # a fresh process takes the slot's next task; nothing is reported
+                return
+        if job_id in self._functions:  # (of a job released here already, nothing is left to skip)
+            self._cancelled.add((job_id, task_id))
+
     def _release_all(self) -> None:
-        for job_id in list(self._functions) + list(self._running.values()):
+        for job_id in list(self._functions) + [task.job_id for task in self._running.values()]:
             self._release(job_id)
 
     async def _run_slot(self, slot: Slot) -> None:
@@ -280,6 +297,11 @@ class WorkerAgent(EnvironmentPreparation):
             else:
                 (task, arrived, preloaded), following = following, None
             waited = time.monotonic() - arrived  # in our queue, for a free task process
+            if self._cancelled and (task.job_id, task.task_id) in self._cancelled:
+                self._cancelled.discard((task.job_id, task.task_id))
+                if preloaded:  # its process started it the moment the last task ended: stop it
+                    slot.kill()
+                continue
             function = self._functions.get(task.job_id)  # (bytes, serializer)
             if function is None or self._draining:
                 continue  # released while it waited here, or handed back when we close
@@ -304,7 +326,7 @@ class WorkerAgent(EnvironmentPreparation):
                 if following is None:
                     self._claimers[slot.index] = claim_next  # a task that arrives later may be claimed
 
-            self._running[slot.index] = task.job_id
+            self._running[slot.index] = task
             self._ends.started(slot.index, task.job_id, task.count)
             self._idle.clear()
             try:

@@ -66,6 +66,7 @@ from .needs import check_resources as _check_resources
 from .schema import MESSAGES as _MESSAGES  # noqa: F401 (every message type, for tests)
 from .worker_messages import (
     AssignTask,
+    CancelTask,
     EnvironmentStatus,
     ReleaseJob,
     TaskCrashed,
@@ -108,6 +109,7 @@ __all__ = [
     "JobWaiting",
     "AssignTask",
     "ReleaseJob",
+    "CancelTask",
     "TaskDone",
     "TaskCrashed",
     "EnvironmentStatus",
@@ -128,7 +130,8 @@ __all__ = [
 #: a worker of version 1 would read as the first one only.
 #: 3: a job's function travels in its first AssignTask to each worker (no JobFunction).
 #: 4: a frame may hold several messages (framing.Batch), which a peer of version 3 would refuse.
-PROTOCOL_VERSION = 4
+#: 5: the foreman cancels a worker's copy of a task another run of it finished (CancelTask).
+PROTOCOL_VERSION = 5
 #: How a job's function, inputs and results travel: cloudpickle (same Python
 #: and cloudpickle on both ends) or portable (source text and JSON).
 SERIALIZERS = tuple(Serializer)

@@ -51,6 +51,16 @@ class ReleaseJob(Message):
     job_id: str
 
 
+@message
+class CancelTask(Message):
+    """Another run of the task was accepted (it was run again elsewhere, or backed up): stop this
+    worker's copy if it runs, skip it if it waits here, and report nothing for it."""
+
+    TYPE: ClassVar[str] = "cancel_task"
+    job_id: str
+    task_id: int
+
+
 # --- worker -> foreman ------------------------------------------------------
 
 
