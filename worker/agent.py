@@ -297,11 +297,6 @@ class WorkerAgent(EnvironmentPreparation):
             else:
                 (task, arrived, preloaded), following = following, None
             waited = time.monotonic() - arrived  # in our queue, for a free task process
-            if self._cancelled and (task.job_id, task.task_id) in self._cancelled:
-                self._cancelled.discard((task.job_id, task.task_id))
-                if preloaded:  # its process started it the moment the last task ended: stop it
-                    slot.kill()
-                continue
             function = self._functions.get(task.job_id)  # (bytes, serializer)
             if function is None or self._draining:
                 continue  # released while it waited here, or handed back when we close
@@ -311,6 +306,11 @@ class WorkerAgent(EnvironmentPreparation):
                 site = await self._prepare(task.job_id, requirements)
                 if site is None or task.job_id not in self._functions:
                     continue  # it could not be built (the foreman hands the task to others), or released
+            if self._cancelled and (task.job_id, task.task_id) in self._cancelled:  # (also while it was built)
+                self._cancelled.discard((task.job_id, task.task_id))
+                if preloaded:  # its process started it the moment the last task ended: stop it
+                    slot.kill()
+                continue
 
             def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
                 message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
