@@ -7,6 +7,7 @@ the foreman releases a job, its queued tasks are dropped and its running
 tasks' processes are killed. A job with requirements runs in an environment
 that :mod:`worker.environments` builds (once per set of requirements) before
 its first task; the foreman hears "building", then "ready" or "failed".
+Each slot's loop, task after task, is :mod:`worker.feeding`'s.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
-from typing import cast
 
 from websockets.exceptions import ConnectionClosed
 
@@ -29,15 +28,14 @@ from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanU
 from crowdcompute.sending import write_frames
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
-from crowdcompute.wire.blobs import BLOB_THRESHOLD, SharedFolder, join_folder, parse_reference, payload_parts
+from crowdcompute.wire.blobs import SharedFolder, join_folder
 from crowdcompute.wire.constants import Role
-from crowdcompute.wire.framing import Pieces
 from crowdcompute.wire.runtime import runtime_fields
 
 from .claims import Ends
 from .environments import Environments
-from .pool import Finished, Lost, Slot, SlotSettings
-from .preparation import EnvironmentPreparation
+from .feeding import SlotFeeding
+from .pool import Slot, SlotSettings
 
 __all__ = ["RECONNECT_DELAY_MAX", "WorkerAgent"]
 
@@ -50,7 +48,7 @@ RECONNECT_DELAY_MAX = 5.0
 DRAIN_TIMEOUT = 10.0
 
 
-class WorkerAgent(EnvironmentPreparation):
+class WorkerAgent(SlotFeeding):
     """A worker with ``procs`` task processes, serving the foreman at ``address``."""
 
     def __init__(
@@ -286,156 +284,6 @@ class WorkerAgent(EnvironmentPreparation):
     def _release_all(self) -> None:
         for job_id in list(self._functions) + [task.job_id for task in self._running.values()]:
             self._release(job_id)
-
-    async def _run_slot(self, slot: Slot) -> None:
-        await asyncio.shield(self._started)
-        following: tuple[p.AssignTask, float, bool] | None = None  # claimed while the last task ran
-        while True:
-            if following is None:
-                task, arrived = await self._queue.get()
-                preloaded = False
-            else:
-                (task, arrived, preloaded), following = following, None
-            waited = time.monotonic() - arrived  # in our queue, for a free task process
-            function = self._functions.get(task.job_id)  # (bytes, serializer)
-            if function is None or self._draining:
-                continue  # released while it waited here, or handed back when we close
-            site = None
-            requirements = self._requirements.get(task.job_id)
-            if requirements:
-                site = await self._prepare(task.job_id, requirements)
-                if site is None or task.job_id not in self._functions:
-                    continue  # it could not be built (the foreman hands the task to others), or released
-            if self._cancelled and (task.job_id, task.task_id) in self._cancelled:  # (also while it was built)
-                self._cancelled.discard((task.job_id, task.task_id))
-                if preloaded:  # its process started it the moment the last task ended: stop it
-                    slot.kill()
-                continue
-
-            def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
-                message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
-                self._outbox.put_nowait(p.encode_parts(message))
-
-            def on_progress(done: int, failed: int, error: str, error_index: int, task: p.AssignTask = task) -> None:
-                message = p.TaskProgress(task.job_id, task.task_id, done, failed, error, error_index)
-                self._outbox.put_nowait(p.encode_parts(message))
-
-            def claim_next(site: str | None = site) -> None:
-                nonlocal following
-                following = self._claim_next(slot, site)
-                if following is None:
-                    self._claimers[slot.index] = claim_next  # a task that arrives later may be claimed
-
-            self._running[slot.index] = task
-            self._ends.started(slot.index, task.job_id, task.count)
-            self._idle.clear()
-            try:
-                outcome = await slot.execute(
-                    task.job_id,
-                    task.first_index,
-                    task.count,
-                    function,
-                    self._input(task),
-                    task.task_timeout,
-                    on_output,
-                    on_progress,
-                    site,
-                    self._shared_path,
-                    token=task if preloaded else None,
-                    then=claim_next,
-                )
-            finally:
-                self._claimers.pop(slot.index, None)
-                self._running.pop(slot.index, None)
-                self._ends.stopped(slot.index)
-                if not self._running:
-                    self._idle.set()
-            if isinstance(outcome, Finished):
-                self._ends.ended(task.job_id, task.count, outcome.seconds)
-                reply: p.Message = p.TaskDone(
-                    task.job_id,
-                    task.task_id,
-                    task.attempt,
-                    outcome.failed,
-                    self._output(task.job_id, outcome.payload),
-                    outcome.seconds,
-                    waited=waited,
-                    setup=self._setup.pop(task.job_id, 0.0),
-                )
-            elif isinstance(outcome, Lost) and outcome.error is not None:
-                log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
-                reply = p.TaskCrashed(task.job_id, task.task_id, task.attempt, outcome.error, outcome.reason)
-            else:
-                continue
-            self._outbox.put_nowait(p.encode_parts(reply))
-
-    def _offer(self) -> None:
-        """Tasks arrived: slots running a task with none behind it claim the next ones while
-        there are enough for all of them (``_claim_next``).
-
-        Called soon after the tasks were queued, not at once: idle slots waiting on the queue
-        are woken first and take the first tasks, in the order the foreman leased them, and
-        the slots still running claim what is left. A running slot that claimed the first of
-        two tasks arriving together would leave the idle slot the second, and start the first
-        only when its own task ends (the foreman counts tasks as run in lease order).
-        """
-        self._offering = False
-        for index in self._ends.first(self._claimers):  # the slot that will need a task first, first
-            claim = self._claimers.pop(index)
-            if not self._claimable(index):
-                self._claimers[index] = claim
-                return
-            claim()
-
-    def _claimable(self, index: int) -> bool:
-        """Whether the running slot ``index`` may claim its next task now: the tasks waiting here,
-        beyond those idle slots are about to take, are enough for every running slot that will
-        need one no later than it (``worker.claims``). With fewer (the tail of a job, or a short
-        task running beside a long one), they stay here for whichever slot frees first."""
-        idle = len(self.slots) - len(self._running)
-        return not self._draining and self._queue.qsize() - idle >= self._ends.sooner(index, self._running)
-
-    def _claim_next(self, slot: Slot, site: str | None) -> tuple[p.AssignTask, float, bool] | None:
-        """While ``slot`` runs a task, when enough tasks wait here (``_claimable``): take the slot's
-        next one now and write it to its process's pipe (``Slot.preload``), so that the process
-        starts it the moment the running one ends instead of waiting for us to read the outcome and
-        answer."""
-        if not self._claimable(slot.index):
-            return None
-        task, arrived = self._queue.get_nowait()
-        self._ends.claimed(slot.index, task.job_id, task.count)
-        function = self._functions.get(task.job_id)
-        preloaded = (
-            function is not None
-            and site is None
-            and task.job_id not in self._requirements
-            and slot.preload(
-                task, task.job_id, task.first_index, task.count, function, self._input(task), self._shared_path
-            )
-        )
-        return task, arrived, preloaded
-
-    @property
-    def _shared_path(self) -> str | None:
-        """The foreman's shared payload folder, if this host shares it."""
-        return str(self._shared.path) if self._shared is not None else None
-
-    def _input(self, task: p.AssignTask) -> bytes | Path:
-        """A task's input: its bytes, or the shared file that holds them."""
-        try:
-            found = parse_reference(task.payload) if self._shared is not None else None
-        except ValueError:
-            found = None
-        return task.payload if found is None or self._shared is None else self._shared.file(found[0])
-
-    def _output(self, job_id: str, payload: bytes | Pieces) -> bytes:
-        """A task's outcome as it goes to the foreman: a big one as a shared file, if this host shares them."""
-        if self._shared is not None and len(payload) >= BLOB_THRESHOLD:
-            try:
-                return self._shared.write(job_id, payload_parts(payload))
-            except OSError as exc:  # a full disk, say: the bytes go inline
-                log.warning("cannot write a payload file in %s (%s): sending it inline", self._shared.path, exc)
-        return cast(bytes, payload)  # Pieces are sent as they are (encode_parts)
 
     async def _send_frames(self, websocket) -> None:
         outbox = self._outbox
