@@ -10,7 +10,9 @@ client to worker and back. Time comes from an injected clock.
 Who gets which task is :mod:`foreman.assignment`; redundant runs are
 counted by :mod:`foreman.quorum`; limits are in :mod:`foreman.limits`.
 Mixins hold the rest of its events: :mod:`foreman.client_events` (jobs
-and tasks coming in, cancel, attach, collect), :mod:`foreman.outcomes`
+and tasks coming in, cancel, attach, collect), :mod:`foreman.worker_events`
+(workers joining, leaving, draining, building environments, printing),
+:mod:`foreman.outcomes`
 (a task finished or crashed, and what follows), :mod:`foreman.volunteering`
 (invites, revocations, the record that follows a credential) and
 :mod:`foreman.timers` (``tick()``: deadlines, backup runs, quorum timeouts);
@@ -29,10 +31,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from crowdcompute.wire import messages as p
-from crowdcompute.wire.constants import EnvironmentState, ErrorKind
 
-from . import deadlines, prefetch
-from .assignment import assign, enqueue, job_notice, unlease
+from . import deadlines
+from .assignment import assign, enqueue, job_notice
 from .client_events import ClientEvents
 from .credentials import Registry, Volunteer
 from .free_workers import FreeWorkers
@@ -58,7 +59,6 @@ from .state import (
     SaveJob,
     SaveJobState,
     SaveTask,
-    SaveVolunteer,
     Send,
     Task,
     TaskState,
@@ -66,6 +66,7 @@ from .state import (
 )
 from .timers import TimedEvents
 from .volunteering import VolunteerEvents
+from .worker_events import WorkerEvents
 
 __all__ = [
     "ALLOWED_FAILURES",
@@ -78,7 +79,7 @@ __all__ = [
 ]
 
 
-class Scheduler(ClientEvents, OutcomeEvents, VolunteerEvents, TimedEvents):
+class Scheduler(ClientEvents, WorkerEvents, OutcomeEvents, VolunteerEvents, TimedEvents):
     """Jobs, tasks and workers; events in, actions out.
 
     ``journaled``: a journal keeps every outcome, so the scheduler does not
@@ -144,145 +145,6 @@ class Scheduler(ClientEvents, OutcomeEvents, VolunteerEvents, TimedEvents):
             if job.client == client_id:
                 job.client = None
         return []
-
-    def add_worker(
-        self,
-        worker_id: str,
-        name: str,
-        slots: int,
-        portable_only: bool = False,
-        volunteer: Volunteer | None = None,
-        *,
-        resources: dict[str, float] | None = None,
-        labels: dict[str, str] | None = None,
-        installs: bool = True,
-    ) -> list[Action]:
-        """A worker joined (``volunteer``: the invite it joined with). Slots are granted, not claimed:
-        at most ``max_slots_per_worker``, or the invite's ``--slots``. ``resources`` and ``labels``:
-        what it offers jobs that need them; ``installs``: it builds job environments."""
-        granted = self.granted_slots(slots, volunteer)
-        worker = Worker(worker_id, name, granted, portable_only=portable_only, volunteer=volunteer, claimed=slots)
-        worker.resources = {k: float(v) for k, v in (resources or {}).items()}
-        worker.labels = dict(labels or {})
-        worker.installs = installs
-        if volunteer is not None:
-            worker.record = volunteer.record  # reputation follows the credential, not the name
-        replaced = self.workers.get(worker_id)
-        self.workers[worker_id] = worker
-        self._free.add(worker)
-        if self._total_slots is not None:
-            self._total_slots += granted - (replaced.slots if replaced else 0)
-        actions: list[Action] = []
-        if granted < slots:
-            limit = "its invite's --slots" if volunteer and volunteer.slots else "--max-slots-per-worker"
-            actions.append(Note(f"worker {name} claims {slots} slots; it is granted {granted} ({limit})"))
-        if volunteer is not None:
-            actions.append(SaveVolunteer(volunteer))
-            if worker.quarantined:
-                actions.append(Note(f"worker {name} joined as volunteer {volunteer.name}, which is quarantined"))
-        return actions + self._split_for_slots() + self._assign() + self._notices()
-
-    def remove_worker(self, worker_id: str, how: str = "disconnected") -> list[Action]:
-        """A worker went away: its leased tasks go back to the front of their queues.
-
-        ``how`` it went away ("disconnected", "went silent ..."), for the error
-        of a task that reaches ``max_worker_losses``. A lost worker does not
-        count toward a task's ``allowed_failures``: that is for tasks that kill
-        their process.
-        """
-        worker = self.workers.pop(worker_id, None)
-        self._free.remove(worker_id)
-        if worker is None:
-            return []
-        if self._total_slots is not None:
-            self._total_slots -= worker.slots
-        actions: list[Action] = []
-        # Highest task first: each goes to the front of its queue, so they end up in input order.
-        for job_id, task_id in sorted(worker.running, reverse=True):
-            job = self.jobs.get(job_id)
-            if job is None or job.state is not JobState.RUNNING:
-                continue
-            task = job.tasks[task_id]
-            task.leases.pop(worker_id, None)
-            if task.state is TaskState.DONE:  # a redundant run no longer needed
-                continue
-            if job.redundancy == 1 and task.leases:  # a reissued or backup run of it goes on elsewhere
-                continue
-            if worker.draining:  # handed back on purpose: not the task's fault
-                self._enqueue(job, task, front=True)
-            else:
-                actions += self._lost(job, task, f"worker {worker.name} {how}")
-        for job_id in worker.jobs:
-            if job_id in self.jobs:
-                self.jobs[job_id].workers.discard(worker_id)
-                self.jobs[job_id].preparing.discard(worker_id)
-        return actions + self._assign() + self._notices()
-
-    def note_latency(self, worker_id: str, rtt: float) -> list[Action]:
-        """The latest ping round trip to a worker, in seconds: it sizes the worker's prefetch
-        (tasks go out at once if it may hold more now)."""
-        worker = self.workers.get(worker_id)
-        if worker is not None and prefetch.set_rtt(worker, rtt):
-            self._free.touch(worker)
-            return self._assign()
-        return []
-
-    def worker_draining(self, worker_id: str) -> list[Action]:
-        """The worker is stopping: it gets nothing new."""
-        worker = self.workers.get(worker_id)
-        if worker is not None:
-            worker.draining = True
-        return self._notices()
-
-    # --- worker events -----------------------------------------------------
-
-    def environment_status(self, worker_id: str, msg: p.EnvironmentStatus) -> list[Action]:
-        """A worker builds, has built, or could not build a job's environment.
-
-        A worker that could not gets none of the job's tasks (those it held
-        go back to the queue); when no worker holding the job is left, its
-        remaining tasks fail with the installer's reason, once.
-        """
-        job = self.jobs.get(msg.job_id)
-        worker = self.workers.get(worker_id)
-        if job is None or worker is None or job.state is not JobState.RUNNING:
-            return []
-        if msg.state == EnvironmentState.BUILDING:
-            job.preparing.add(worker_id)
-            return self._notices()
-        job.preparing.discard(worker_id)
-        if msg.state == EnvironmentState.READY:
-            return self._notices()
-        job.unbuildable[worker_id] = msg.reason
-        actions: list[Action] = [Note(f"worker {worker.name} could not build the environment of job {job.job_id}")]
-        for job_id, task_id in sorted(worker.running, reverse=True):
-            if job_id == job.job_id:
-                task = job.tasks[task_id]
-                unlease(self.workers, job, task, worker_id, self._free)
-                if task.state is not TaskState.DONE:
-                    self._enqueue(job, task, front=True)
-        worker.jobs.discard(job.job_id)
-        job.workers.discard(worker_id)
-        actions.append(Send(worker_id, p.ReleaseJob(job.job_id)))
-        if not job.workers:  # nobody else holds it: fail what is left rather than try every worker
-            job.environment_error = msg.reason
-            if job.job_id in self._ready:
-                self._ready.remove(job.job_id)
-            job.queue.clear()
-            for task in sorted(job.tasks.values(), key=lambda t: t.task_id):
-                if task.state is not TaskState.DONE and job.state is JobState.RUNNING:
-                    actions += self._fail(job, task, ErrorKind.ENVIRONMENT, msg.reason)
-        return actions + self._assign() + self._notices()
-
-    def task_output(self, worker_id: str, msg: p.TaskOutput | p.TaskProgress) -> list[Action]:
-        """Printed text or progress of a running task: passed on to the job's client."""
-        job = self.jobs.get(msg.job_id)
-        task = job.tasks.get(msg.task_id) if job else None
-        if job is None or task is None or worker_id not in task.leases:
-            return []
-        if isinstance(msg, p.TaskProgress):
-            task.progress = max(task.progress, min(msg.done, task.count))
-        return [Send(job.client, msg)] if job.client is not None else []
 
     # --- time --------------------------------------------------------------
 
