@@ -10,11 +10,12 @@ answering worker given a big chunk is not "overdue" because the job's recent
 outcomes came from fast workers with small ones; one that never answered has
 no pace of its own). A job with no outcome yet has no deadline; a task
 timeout caps it at twice the timeout plus the minimum. A task whose every lease is past its deadline
-is queued again for another worker: the first outcome to arrive wins, and a
-later one is dropped. A lease past its deadline counts as a missed deadline
-on its worker's record, even when another run finished the task first (the
-lease stays until the worker answers or the job ends, so a worker that
-hoards tasks fills its own capacity).
+is queued again for another worker: the first outcome to arrive wins, and
+the other runs are told to stop (CancelTask). A lease past its deadline
+counts as a missed deadline on its worker's record, even when another run
+finished the task first (the lease stays until the worker answers, with an
+outcome or TaskCancelled, or the job ends, so a worker that hoards tasks
+fills its own capacity).
 
 At the tail of a job (nothing left in its queue) a slot that would idle
 runs a backup copy of the task that has run longest, once it has run

@@ -40,7 +40,6 @@ class OutcomeEvents:
     """``task_done`` and ``task_crashed``, and how a task's outcome is recorded."""
 
     # Provided by the Scheduler.
-    jobs: dict[str, Job]
     workers: dict[str, Worker]
     clock: Callable[[], float]
     journaled: bool
@@ -65,8 +64,6 @@ class OutcomeEvents:
     def task_done(self, worker_id: str, msg: p.TaskDone) -> list[Action]:
         leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if leased is None:  # a late, replayed or forged result: its task is not leased to this worker
-            if self._was_cancelled(worker_id, msg.job_id, msg.task_id):
-                return []  # it crossed our CancelTask on the way: expected, and not the worker's fault
             return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
         job, task = leased
         worker = self.workers.get(worker_id)
@@ -147,8 +144,6 @@ class OutcomeEvents:
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
         leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if leased is None:
-            if self._was_cancelled(worker_id, msg.job_id, msg.task_id):
-                return []
             return [self._rejected(worker_id, "crash report", msg.job_id, msg.task_id, msg.attempt)]
         job, task = leased
         unlease(self.workers, job, task, worker_id, self._free)
@@ -157,6 +152,19 @@ class OutcomeEvents:
         if msg.error in (ErrorKind.TIMEOUT, ErrorKind.LIMIT):  # running it again would do the same
             return self._fail(job, task, msg.error, msg.reason) + self._assign()
         return self._crashed(job, task, msg.reason) + self._assign()
+
+    def task_cancelled(self, worker_id: str, msg: p.TaskCancelled) -> list[Action]:
+        """The worker stopped (or skipped) its run of a task, as CancelTask asked: the lease is over
+        and its room takes other work. Until it answers, the room stays taken, so a worker that
+        holds tasks and never answers keeps filling its own capacity, not taking more."""
+        leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
+        if leased is None:
+            return []  # its job ended meanwhile, and its leases with it
+        job, task = leased
+        unlease(self.workers, job, task, worker_id, self._free)
+        if task.state is not TaskState.DONE and not task.leases:  # not one we cancelled: handed back
+            self._enqueue(job, task, front=True)
+        return self._assign()
 
     def _crashed(self, job: Job, task: Task, cause: str) -> list[Action]:
         """A task's process died: run it again, or fail it after allowed_failures."""
@@ -206,32 +214,14 @@ class OutcomeEvents:
             job.results[task.task_id] = outcome
             job.kept_bytes += payload_size(getattr(outcome, "payload", b""))
         actions: list[Action] = [SaveResult(job.job_id, task.task_id, outcome)]
-        if job.redundancy == 1 and task.leases:  # a reissued or backup run of it still goes on
-            actions += self._cancel_copies(job, task)
+        if job.redundancy == 1:  # a reissued or backup run of it may still go on: stop it
+            actions += [Send(worker_id, p.CancelTask(job.job_id, task.task_id)) for worker_id in task.leases]
         last = job.all_finished and job.all_received
         if job.client is not None:
             actions.append(Send(job.client, outcome, linger=not last))  # the last goes at once
         if last:
             actions += self._finish(job)
         return actions
-
-    def _cancel_copies(self, job: Job, task: Task) -> list[Action]:
-        """The task's outcome is in: its other runs stop (MapReduce's backup tasks, Spark's
-        speculative ones), and their workers' room takes other work at once."""
-        actions: list[Action] = []
-        for worker_id in list(task.leases):
-            unlease(self.workers, job, task, worker_id, self._free)
-            job.cancelled.add((worker_id, task.task_id))
-            actions.append(Send(worker_id, p.CancelTask(job.job_id, task.task_id)))
-        return actions
-
-    def _was_cancelled(self, worker_id: str, job_id: str, task_id: int) -> bool:
-        """Whether ``worker_id``'s copy of the task was told to stop (an answer may still come)."""
-        job = self.jobs.get(job_id)
-        if job is None or (worker_id, task_id) not in job.cancelled:
-            return False
-        job.cancelled.discard((worker_id, task_id))
-        return True
 
     def _finish(self, job: Job) -> list[Action]:
         job.state = JobState.DONE

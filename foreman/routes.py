@@ -49,6 +49,7 @@ ROUTES: dict[type[p.Message], Route] = {
         _route(p.ListVolunteers, Role.CLIENT, lambda s, conn, msg: s.list_volunteers(conn)),
         _route(p.TaskDone, Role.WORKER, lambda s, conn, msg: s.task_done(conn, msg)),
         _route(p.TaskCrashed, Role.WORKER, lambda s, conn, msg: s.task_crashed(conn, msg)),
+        _route(p.TaskCancelled, Role.WORKER, lambda s, conn, msg: s.task_cancelled(conn, msg)),
         _route(p.TaskOutput, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
         _route(p.TaskProgress, Role.WORKER, lambda s, conn, msg: s.task_output(conn, msg)),
         _route(p.WorkerDraining, Role.WORKER, lambda s, conn, msg: s.worker_draining(conn)),

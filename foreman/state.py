@@ -189,7 +189,6 @@ class Job:
     splittable: bool = False  # some queued task may be cut (it came in pieces)
     item_seconds: float = 0.0  # the longest item duration measured in its tasks so far (0: none yet)
     cuts: list[Task] = field(default_factory=list)  # tasks cut as they were leased, for the journal
-    cancelled: set[tuple[str, int]] = field(default_factory=set)  # (worker, task): copies told to stop
     untrusted: set[str] = field(default_factory=set)  # untrusted volunteers leased its tasks
     waiting: str = ""  # what it waits for beyond free slots ("task 12 needs 1 more distinct worker")
     durations: list[float] = field(default_factory=list)  # recent lease round trips (its deadlines follow them)

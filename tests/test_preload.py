@@ -155,7 +155,7 @@ def _where(seconds):
 async def _two_slots():
     """A worker agent of two real task processes, not connected: ``assign(task_id, seconds, items)``
     hands it a task as a lease from the foreman would, ``done()`` is the next outcome's (task id,
-    process id), ``running(count)`` waits until that many slots run a task, ``claimed()`` until none waits,
+    process id, or "cancelled"), ``running(count)`` waits until that many slots run a task, ``claimed()`` until none waits,
     ``cancel(task_id)`` cancels a task as the foreman does when another run of it won."""
     from crowdcompute.wire import messages as p
     from crowdcompute.wire.addresses import parse_address
@@ -173,10 +173,12 @@ async def _two_slots():
         payload = dumps_items([seconds] * items)
         agent._handle(p.AssignTask("j", task_id, 1, 10 * task_id, items, payload, 30.0, function=function))
 
-    async def done() -> tuple[int, int]:
+    async def done() -> tuple[int, int | str]:
         message = p.decode_parts(await asyncio.wait_for(agent._outbox.get(), 30))
         while isinstance(message, p.TaskProgress):  # a task of several items reports them as they end
             message = p.decode_parts(await asyncio.wait_for(agent._outbox.get(), 30))
+        if isinstance(message, p.TaskCancelled):
+            return message.task_id, "cancelled"
         assert isinstance(message, p.TaskDone), message
         values, errors = pickle.loads(message.payload)
         assert not errors, errors
@@ -246,7 +248,7 @@ def test_a_task_waits_for_the_slot_that_needs_it_first_not_behind_a_long_task():
 
 def test_a_cancelled_task_stops_at_once_and_its_slot_runs_the_next():
     """Both slots run a 20 s task; the foreman cancels one (another run of it won elsewhere): its
-    process stops, nothing is reported for it, and the next task runs on that slot at once."""
+    process stops, the agent answers that it did, and the next task runs on that slot at once."""
 
     async def main():
         async with _two_slots() as (assign, done, running, _, cancel):
@@ -255,8 +257,10 @@ def test_a_cancelled_task_stops_at_once_and_its_slot_runs_the_next():
             await running(2)
             cancel(0)
             assign(2, 0.0)
-            task, _ = await done()
-            assert task == 2, f"the first outcome was task {task}'s: the cancelled task's slot did not take the next"
+            first = dict([await done(), await done()])
+            assert first.keys() == {0, 2} and first[0] == "cancelled", (
+                f"first answers (task: process or 'cancelled'): {first}; the cancelled task's slot did not take the next"
+            )
             cancel(1)
 
     asyncio.run(main())
@@ -264,7 +268,8 @@ def test_a_cancelled_task_stops_at_once_and_its_slot_runs_the_next():
 
 def test_a_cancelled_task_waiting_behind_a_running_one_never_runs():
     """Both slots run a task, and the next two wait behind them (claimed, written to their
-    processes' pipes, or queued here); one of those is cancelled: it is never reported."""
+    processes' pipes, or queued here); one of those is cancelled: it never runs, and the agent
+    answers that it skipped it."""
 
     async def main():
         async with _two_slots() as (assign, done, running, claimed, cancel):
@@ -275,10 +280,8 @@ def test_a_cancelled_task_waiting_behind_a_running_one_never_runs():
             assign(3, 0.5)
             await claimed()
             cancel(2)
-            seen = [await done() for _ in range(3)]
-            assign(4, 0.0)
-            seen.append(await done())  # the cancelled task, had it run, would have been reported before this
-            assert sorted(task for task, _ in seen) == [0, 1, 3, 4], f"outcomes (task, process): {seen}"
+            seen = dict([await done() for _ in range(4)])
+            assert seen.keys() == {0, 1, 2, 3} and seen[2] == "cancelled", f"answers (task: process): {seen}"
 
     asyncio.run(main())
 

@@ -74,6 +74,14 @@ def test_the_messages_of_one_frame_get_one_assignment_pass_after_them_with_the_s
     assert held.release_assignment() == []  # a frame that asked for none gets none
 
 
+def test_a_worker_that_drops_a_task_it_was_not_told_to_cancel_hands_it_back():
+    s = make()
+    s.add_client("c1")
+    s.add_worker("w1", "one", 1)
+    (_, _, task, attempt) = leased(submit(s, "c1", "j1", tasks=1))[0]
+    assert leased(s.task_cancelled("w1", p.TaskCancelled("j1", task, attempt))) == [("w1", "j1", task, attempt + 1)]
+
+
 def test_tasks_queued_before_any_worker_go_to_the_first_that_joins():
     s = make()
     s.add_client("c1")

@@ -271,15 +271,16 @@ class WorkerAgent(SlotFeeding):
             slot.forget(job_id)
 
     def _cancel(self, job_id: str, task_id: int) -> None:
-        """Another run of the task was accepted: stop it if a slot runs it; else skip it when a
-        slot takes it (it waits here, or behind a running task: ``_run_slot``)."""
+        """Another run of the task was accepted: stop it if a slot runs it, else skip it when a
+        slot takes it (it waits here, or behind a running task); either way ``_run_slot``
+        answers TaskCancelled. (Of a job released here already, nothing is left to stop.)"""
+        if job_id not in self._functions:
+            return
+        self._cancelled.add((job_id, task_id))
         for slot in self.slots:
             running = self._running.get(slot.index)
             if running is not None and (running.job_id, running.task_id) == (job_id, task_id):
-                slot.kill()  # a fresh process takes the slot's next task; nothing is reported
-                return
-        if job_id in self._functions:  # (of a job released here already, nothing is left to skip)
-            self._cancelled.add((job_id, task_id))
+                slot.kill()  # a fresh process takes the slot's next task
 
     def _release_all(self) -> None:
         for job_id in list(self._functions) + [task.job_id for task in self._running.values()]:

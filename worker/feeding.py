@@ -63,10 +63,10 @@ class SlotFeeding(EnvironmentPreparation):
                 site = await self._prepare(task.job_id, requirements)
                 if site is None or task.job_id not in self._functions:
                     continue  # it could not be built (the foreman hands the task to others), or released
-            if self._cancelled and (task.job_id, task.task_id) in self._cancelled:  # (also while it was built)
-                self._cancelled.discard((task.job_id, task.task_id))
+            if self._was_cancelled(task):  # (also while its environment was built)
                 if preloaded:  # its process started it the moment the last task ended: stop it
                     slot.kill()
+                self._outbox.put_nowait(p.encode_parts(p.TaskCancelled(task.job_id, task.task_id, task.attempt)))
                 continue
 
             def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
@@ -107,9 +107,11 @@ class SlotFeeding(EnvironmentPreparation):
                 self._ends.stopped(slot.index)
                 if not self._running:
                     self._idle.set()
-            if isinstance(outcome, Finished):
+            if self._was_cancelled(task) and not isinstance(outcome, Finished):  # stopped by _cancel
+                reply: p.Message = p.TaskCancelled(task.job_id, task.task_id, task.attempt)
+            elif isinstance(outcome, Finished):  # (cancelled too late: its outcome ends the lease as well)
                 self._ends.ended(task.job_id, task.count, outcome.seconds)
-                reply: p.Message = p.TaskDone(
+                reply = p.TaskDone(
                     task.job_id,
                     task.task_id,
                     task.attempt,
@@ -125,6 +127,14 @@ class SlotFeeding(EnvironmentPreparation):
             else:
                 continue
             self._outbox.put_nowait(p.encode_parts(reply))
+
+    def _was_cancelled(self, task: p.AssignTask) -> bool:
+        """Whether the foreman cancelled ``task`` (forgotten once asked: it is answered once)."""
+        key = (task.job_id, task.task_id)
+        if not self._cancelled or key not in self._cancelled:
+            return False
+        self._cancelled.discard(key)
+        return True
 
     def _offer(self) -> None:
         """Tasks arrived: slots running a task with none behind it claim the next ones while

@@ -54,7 +54,8 @@ class ReleaseJob(Message):
 @message
 class CancelTask(Message):
     """Another run of the task was accepted (it was run again elsewhere, or backed up): stop this
-    worker's copy if it runs, skip it if it waits here, and report nothing for it."""
+    worker's copy if it runs, or skip it if it waits here, and answer TaskCancelled (or, if its
+    outcome went out already, nothing more)."""
 
     TYPE: ClassVar[str] = "cancel_task"
     job_id: str
@@ -102,6 +103,16 @@ class TaskCrashed(Message):
             self.error in (ErrorKind.CRASHED, ErrorKind.TIMEOUT, ErrorKind.LIMIT),
             f"a worker reports only crashes, timeouts and broken limits, not {self.error!r}",
         )
+
+
+@message
+class TaskCancelled(Message):
+    """The worker stopped or skipped its copy of a task the foreman cancelled: the lease is over."""
+
+    TYPE: ClassVar[str] = "task_cancelled"
+    job_id: str
+    task_id: int
+    attempt: int
 
 
 @message
