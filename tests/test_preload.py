@@ -154,9 +154,10 @@ def _where(seconds):
 @contextlib.asynccontextmanager
 async def _two_slots():
     """A worker agent of two real task processes, not connected: ``assign(task_id, seconds, items)``
-    hands it a task as a lease from the foreman would, ``done()`` is the next outcome's (task id,
-    process id, or "cancelled"), ``running(count)`` waits until that many slots run a task, ``claimed()`` until none waits,
-    ``cancel(task_id)`` cancels a task as the foreman does when another run of it won."""
+    hands it a task as a lease from the foreman would, ``done()`` is the next answer's (task id,
+    process id or "cancelled"), ``running(count)`` waits until that many slots run a task,
+    ``claimed()`` until none waits, ``cancel(task_id)`` cancels a task as the foreman does when
+    another run of it won."""
     from crowdcompute.wire import messages as p
     from crowdcompute.wire.addresses import parse_address
     from worker.agent import WorkerAgent
