@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from . import child
+from .pipes import readable
 from .sandbox import bwrap_command
 
 __all__ = ["CommandLauncher", "ForkLauncher", "Launcher", "TaskProcess"]
@@ -64,10 +65,11 @@ class _ForkedProcess(TaskProcess):
     """A multiprocessing Process seen as a TaskProcess."""
 
     def is_alive(self) -> bool:
-        return self._process.is_alive()
+        # The sentinel turns readable when the process ends: polled cheaply, asked for the exit only then.
+        return not readable(self._process.sentinel) or self._process.is_alive()
 
     def kill(self) -> None:
-        if self._process.is_alive():
+        if self.is_alive():
             self._process.kill()
 
     def join(self, timeout: float | None = None) -> None:

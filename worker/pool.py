@@ -31,7 +31,7 @@ from crowdcompute.wire.framing import Pieces
 from .cgroups import PidsCgroup
 from .launch import ForkLauncher, Launcher, TaskProcess
 from .limits import WATCH_INTERVAL, Limits, folder_bytes, tree_cpu_seconds, tree_size
-from .pipes import Reader, pickled, send_together
+from .pipes import Reader, pickled, readable, send_together
 
 __all__ = ["Finished", "Lost", "Slot", "SlotSettings"]
 
@@ -324,7 +324,7 @@ class Slot:
         reader = self._reader
         assert reader is not None  # set with the connection
         try:
-            while not outcome.done() and (reader.buffered or conn.poll()):
+            while not outcome.done() and (reader.buffered or readable(conn.fileno())):
                 message = reader.recv()
                 if message[0] == "output":
                     on_output(*message[1:])
