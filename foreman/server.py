@@ -2,8 +2,9 @@
 
 All decisions live in :mod:`foreman.scheduler`; this module only does I/O:
 authenticate each connection (:mod:`foreman.handshake`), decode its frames,
-hand the messages to the scheduler (:mod:`foreman.routes`), and queue the
-frames it returns on the right connection (:mod:`foreman.peer`).
+and hand the messages to the scheduler (:mod:`foreman.routes`);
+:mod:`foreman.execution` carries out what it says (frames queued on the
+right connection, :mod:`foreman.peer`, and the journal's commits).
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ from crowdcompute.wire.addresses import Address
 from crowdcompute.wire.constants import CLOSE_TIMEOUT, FRAGMENT_SIZE, CloseCode, Role
 
 from . import deadlines
+from .execution import ActionExecution
 from .handshake import AUTH_TIMEOUT, MAX_HELLO_SIZE, authenticate
 from .http import StatusPages
-from .journal import Journal, read_outcome_frame, read_outcome_ids
+from .journal import Journal
 from .limits import JOIN_PINGS, MAX_SLOTS_PER_WORKER
 from .peer import MAX_OUTBOX_BYTES, EndOfTurn, Peer, how_it_went, ping, where
 from .routes import ROUTES
 from .scheduler import RESULT_TTL, Action, Scheduler
 from .sharing import SharedPayloads
-from .state import Close, Note, Replay, SaveResult, Send
 
 __all__ = [
     "AUTH_TIMEOUT",
@@ -61,8 +62,9 @@ TICK_INTERVAL = 1.0
 IDLE_TIMEOUT = 3600.0
 
 
-class ForemanServer:
-    """A foreman listening on ``host:port`` (port 0 picks a free one)."""
+class ForemanServer(ActionExecution):
+    """A foreman listening on ``host:port`` (port 0 picks a free one); what it does with the
+    scheduler's actions is :class:`foreman.execution.ActionExecution`."""
 
     def __init__(
         self,
@@ -377,67 +379,3 @@ class ForemanServer:
             if peer.conn_id not in self._peers:
                 return
             self._execute(self.scheduler.note_latency(peer.conn_id, peer.websocket.latency))
-
-    def _execute(self, actions: list[Action]) -> None:
-        """Carry out the scheduler's actions in order; commit the journal once at the end.
-
-        A JobAccepted goes out only once the batch that journaled its job is
-        committed (the journal writes in its own thread): "accepted" means durable.
-        """
-        accepted: list[Send] = []
-        for action in actions:
-            if isinstance(action, Note):
-                log.warning("%s", action.text)
-            elif isinstance(action, (Send, Close, Replay)):
-                peer = self._peers.get(action.to)
-                if peer is None:
-                    continue  # the connection went away; the scheduler learns it in its finally
-                if isinstance(action, Close):
-                    peer.close(action.code, action.reason, logged=True)
-                elif isinstance(action, Replay):
-                    peer.queue_replay(action.job_id)
-                elif self.journal is not None and isinstance(action.message, p.JobAccepted):
-                    accepted.append(action)
-                else:  # a ReleaseJob may wait a moment to ride along with the worker's next frame
-                    message = self._readable(peer, action.message)
-                    peer.queue_frame(
-                        p.encode_parts(message), hold=isinstance(message, p.ReleaseJob), linger=action.linger
-                    )
-            else:
-                if isinstance(action, SaveResult) and self.payloads is not None:
-                    self.payloads.saved(action)
-                if self.journal is not None:
-                    self.journal.apply(action)
-        if self.journal is not None:
-            if accepted:
-                loop = asyncio.get_running_loop()
-                self.journal.commit(lambda: loop.call_soon_threadsafe(self._send_after_commit, accepted))
-            else:
-                self.journal.commit()
-
-    def _send_after_commit(self, sends: list[Send]) -> None:
-        for action in sends:
-            peer = self._peers.get(action.to)
-            if peer is not None:
-                peer.queue_frame(p.encode_parts(self._readable(peer, action.message)))
-
-    def _readable(self, peer: Peer, msg: p.Message) -> p.Message:
-        """``msg`` with any payload file reference made the file's bytes for a peer that does not share files."""
-        return msg if self.payloads is None else self.payloads.outgoing(peer, msg)
-
-    def _forget_files(self, held: set[str]) -> None:
-        """Jobs the scheduler no longer holds: without a journal, nothing will ask for their files again."""
-        if self.payloads is not None and self.journal is None:
-            self.payloads.forget(held - set(self.scheduler.jobs))
-
-    async def _replay(self, websocket: ServerConnection, job_id: str) -> None:
-        """Send a job's stored outcomes one by one, so a big job never sits in memory whole."""
-        if self.journal is None:
-            return
-        peer = next((peer for peer in self._peers.values() if peer.websocket is websocket), None)
-        for task_id in await self.journal.call_async(read_outcome_ids, job_id):
-            frame = await self.journal.call_async(read_outcome_frame, job_id, task_id, self.journal.blobs)
-            if frame is not None:
-                if self.payloads is not None and peer is not None:
-                    frame = self.payloads.outgoing_frame(peer, frame)
-                await websocket.send(p.outgoing(p.frame_parts(frame), FRAGMENT_SIZE))
