@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+import tracemalloc
 from collections import deque
 
 import pytest
@@ -171,5 +172,27 @@ def test_a_small_task_written_together_is_read_with_one_call(monkeypatch):
         reader.recv_bytes_into(into)
         assert into == b"input" and len(reads) == 1
     finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_reader_hands_over_a_big_message_in_the_buffer_it_was_read_into():
+    """A 100 MB outcome would be held twice if it were copied out of the buffer it was read into."""
+    size = 8 * 1024 * 1024
+    ours, theirs = multiprocessing.Pipe()
+    writer = threading.Thread(target=ours.send_bytes, args=(_payload(size),))
+    writer.start()
+    try:
+        reader = Reader(theirs.fileno())
+        tracemalloc.start()
+        try:
+            message = reader.recv_bytes()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert message == _payload(size)
+        assert peak < 1.5 * size, f"reading {size} bytes took {peak} bytes at the peak: the message was copied"
+    finally:
+        writer.join(timeout=10)
         ours.close()
         theirs.close()

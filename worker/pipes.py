@@ -91,9 +91,12 @@ class Reader:
         """The next message, unpickled (``Connection.recv``) where it lies, not copied out first."""
         return pickle.loads(self._next())
 
-    def recv_bytes(self) -> bytes:
-        """The next message's bytes (``Connection.recv_bytes``): a copy, as Connection makes one."""
-        return bytes(self._next())
+    def recv_bytes(self) -> bytes | bytearray:
+        """The next message's bytes (``Connection.recv_bytes``): a copy of a small one, read whole
+        into the buffer that the next read reuses; a bigger one as it was read, in a buffer of its
+        own (a 100 MB outcome is not copied again: Connection would hold it twice)."""
+        message = self._next()
+        return message if isinstance(message, bytearray) else bytes(message)
 
     def _next(self) -> memoryview | bytearray:
         """The next message: a view of the buffer while it was read whole (good until the next

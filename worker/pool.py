@@ -336,7 +336,9 @@ class Slot:
                     outcome.set_result(Lost(ErrorKind.LIMIT, self.settings.limits.reason(message[1])))
                 else:
                     parts = [reader.recv_bytes() for _ in range(message[3])]
-                    payload = parts[0] if len(parts) == 1 else Pieces(parts)
+                    # A big part is the buffer it was read into (Reader.recv_bytes): sent as it is, never copied.
+                    only = parts[0] if len(parts) == 1 else None
+                    payload = only if isinstance(only, bytes) else Pieces([memoryview(part) for part in parts])
                     outcome.set_result(Finished(message[1], payload, message[2]))
         except (EOFError, OSError):
             if not outcome.done():
