@@ -10,6 +10,7 @@ import asyncio
 import os
 import pickle
 
+import psutil
 import pytest
 from helpers import Proxy, arun, wait_until
 
@@ -31,6 +32,10 @@ def echo_slow_last(item):
 
         time.sleep(4)
     return item
+
+
+def made(size):
+    return b"x" * size
 
 
 def test_plain_items_one_per_task_are_pickled_as_one_by_one_and_one_too_big_is_named():
@@ -145,5 +150,28 @@ def test_a_client_cut_off_mid_job_gets_every_big_outcome_exactly(start_foreman, 
                 assert proxy.connections >= 2, "the client never reconnected"
         finally:
             await proxy.close()
+
+    arun(main(), timeout=60)
+
+
+def test_a_worker_that_sent_a_big_outcome_does_not_hold_it_while_it_waits_for_work(
+    start_foreman, start_worker, monkeypatch
+):
+    monkeypatch.setenv(SHARE_FILES_VARIABLE, "0")  # the outcome passes through the agent, not a payload file
+    foreman = start_foreman("--journal", "none")
+    agent = psutil.Process(start_worker(foreman.url, "--procs", "1").popen.pid)
+    size = 64 * MB
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            assert await cc.run(made, 10) == b"x" * 10
+            before = agent.memory_info().rss
+            assert len(await cc.run(made, size)) == size
+            await wait_until(
+                lambda: agent.memory_info().rss < before + size // 2,
+                10,
+                f"the idle worker still holds {(agent.memory_info().rss - before) // MB} MB more than before "
+                f"a task sent it {size // MB} MB",
+            )
 
     arun(main(), timeout=60)

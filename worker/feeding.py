@@ -48,85 +48,95 @@ class SlotFeeding(EnvironmentPreparation):
         await asyncio.shield(self._started)
         following: tuple[p.AssignTask, float, bool] | None = None  # claimed while the last task ran
         while True:
+            following = await self._run_one(slot, following)
+
+    async def _run_one(
+        self, slot: Slot, claimed: tuple[p.AssignTask, float, bool] | None
+    ) -> tuple[p.AssignTask, float, bool] | None:
+        """Run the task ``claimed`` while the last one ran, else the next one queued; return the
+        one claimed while this one ran. What it held (the task's input, its outcome) goes when
+        it returns: a slot waiting for work holds no 100 MB outcome of the last task."""
+        following: tuple[p.AssignTask, float, bool] | None = None
+        if claimed is None:
+            task, arrived = await self._queue.get()
+            preloaded = False
+        else:
+            task, arrived, preloaded = claimed
+        waited = time.monotonic() - arrived  # in our queue, for a free task process
+        function = self._functions.get(task.job_id)  # (bytes, serializer)
+        if function is None or self._draining:
+            return None  # released while it waited here, or handed back when we close
+        site = None
+        requirements = self._requirements.get(task.job_id)
+        if requirements:
+            site = await self._prepare(task.job_id, requirements)
+            if site is None or task.job_id not in self._functions:
+                return None  # it could not be built (the foreman hands the task to others), or released
+        if self._was_cancelled(task):  # (also while its environment was built)
+            if preloaded:  # its process started it the moment the last task ended: stop it
+                slot.kill()
+            self._outbox.put_nowait(p.encode_parts(p.TaskCancelled(task.job_id, task.task_id, task.attempt)))
+            return None
+
+        def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
+            message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
+            self._outbox.put_nowait(p.encode_parts(message))
+
+        def on_progress(done: int, failed: int, error: str, error_index: int, task: p.AssignTask = task) -> None:
+            message = p.TaskProgress(task.job_id, task.task_id, done, failed, error, error_index)
+            self._outbox.put_nowait(p.encode_parts(message))
+
+        def claim_next(site: str | None = site) -> None:
+            nonlocal following
+            following = self._claim_next(slot, site)
             if following is None:
-                task, arrived = await self._queue.get()
-                preloaded = False
-            else:
-                (task, arrived, preloaded), following = following, None
-            waited = time.monotonic() - arrived  # in our queue, for a free task process
-            function = self._functions.get(task.job_id)  # (bytes, serializer)
-            if function is None or self._draining:
-                continue  # released while it waited here, or handed back when we close
-            site = None
-            requirements = self._requirements.get(task.job_id)
-            if requirements:
-                site = await self._prepare(task.job_id, requirements)
-                if site is None or task.job_id not in self._functions:
-                    continue  # it could not be built (the foreman hands the task to others), or released
-            if self._was_cancelled(task):  # (also while its environment was built)
-                if preloaded:  # its process started it the moment the last task ended: stop it
-                    slot.kill()
-                self._outbox.put_nowait(p.encode_parts(p.TaskCancelled(task.job_id, task.task_id, task.attempt)))
-                continue
+                self._claimers[slot.index] = claim_next  # a task that arrives later may be claimed
 
-            def on_output(index: int, stream: str, text: str, task: p.AssignTask = task) -> None:
-                message = p.TaskOutput(task.job_id, task.task_id, index, stream, text)
-                self._outbox.put_nowait(p.encode_parts(message))
-
-            def on_progress(done: int, failed: int, error: str, error_index: int, task: p.AssignTask = task) -> None:
-                message = p.TaskProgress(task.job_id, task.task_id, done, failed, error, error_index)
-                self._outbox.put_nowait(p.encode_parts(message))
-
-            def claim_next(site: str | None = site) -> None:
-                nonlocal following
-                following = self._claim_next(slot, site)
-                if following is None:
-                    self._claimers[slot.index] = claim_next  # a task that arrives later may be claimed
-
-            self._running[slot.index] = task
-            self._ends.started(slot.index, task.job_id, task.count)
-            self._idle.clear()
-            try:
-                outcome = await slot.execute(
-                    task.job_id,
-                    task.first_index,
-                    task.count,
-                    function,
-                    self._input(task),
-                    task.task_timeout,
-                    on_output,
-                    on_progress,
-                    site,
-                    self._shared_path,
-                    token=task if preloaded else None,
-                    then=claim_next,
-                )
-            finally:
-                self._claimers.pop(slot.index, None)
-                self._running.pop(slot.index, None)
-                self._ends.stopped(slot.index)
-                if not self._running:
-                    self._idle.set()
-            if self._was_cancelled(task) and not isinstance(outcome, Finished):  # stopped by _cancel
-                reply: p.Message = p.TaskCancelled(task.job_id, task.task_id, task.attempt)
-            elif isinstance(outcome, Finished):  # (cancelled too late: its outcome ends the lease as well)
-                self._ends.ended(task.job_id, task.count, outcome.seconds)
-                reply = p.TaskDone(
-                    task.job_id,
-                    task.task_id,
-                    task.attempt,
-                    outcome.failed,
-                    self._output(task.job_id, outcome.payload),
-                    outcome.seconds,
-                    waited=waited,
-                    setup=self._setup.pop(task.job_id, 0.0),
-                )
-            elif isinstance(outcome, Lost) and outcome.error is not None:
-                log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
-                reply = p.TaskCrashed(task.job_id, task.task_id, task.attempt, outcome.error, outcome.reason)
-            else:
-                continue
-            self._outbox.put_nowait(p.encode_parts(reply))
+        self._running[slot.index] = task
+        self._ends.started(slot.index, task.job_id, task.count)
+        self._idle.clear()
+        try:
+            outcome = await slot.execute(
+                task.job_id,
+                task.first_index,
+                task.count,
+                function,
+                self._input(task),
+                task.task_timeout,
+                on_output,
+                on_progress,
+                site,
+                self._shared_path,
+                token=task if preloaded else None,
+                then=claim_next,
+            )
+        finally:
+            self._claimers.pop(slot.index, None)
+            self._running.pop(slot.index, None)
+            self._ends.stopped(slot.index)
+            if not self._running:
+                self._idle.set()
+        if self._was_cancelled(task) and not isinstance(outcome, Finished):  # stopped by _cancel
+            reply: p.Message = p.TaskCancelled(task.job_id, task.task_id, task.attempt)
+        elif isinstance(outcome, Finished):  # (cancelled too late: its outcome ends the lease as well)
+            self._ends.ended(task.job_id, task.count, outcome.seconds)
+            reply = p.TaskDone(
+                task.job_id,
+                task.task_id,
+                task.attempt,
+                outcome.failed,
+                self._output(task.job_id, outcome.payload),
+                outcome.seconds,
+                waited=waited,
+                setup=self._setup.pop(task.job_id, 0.0),
+            )
+        elif isinstance(outcome, Lost) and outcome.error is not None:
+            log.warning("task %s/%s: %s", task.job_id, task.task_id, outcome.reason)
+            reply = p.TaskCrashed(task.job_id, task.task_id, task.attempt, outcome.error, outcome.reason)
+        else:
+            return following
+        self._outbox.put_nowait(p.encode_parts(reply))
+        return following
 
     def _was_cancelled(self, task: p.AssignTask) -> bool:
         """Whether the foreman cancelled ``task`` (forgotten once asked: it is answered once)."""
