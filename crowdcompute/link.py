@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .dialing import Backoff, RetryNotices, dial
 from .errors import AuthenticationError, ConnectionLostError, CrowdComputeError, ProtocolError
+from .receiving import read_frame
 from .sending import Held, write_frames
 from .wire import messages as p
 from .wire.addresses import Address
@@ -179,9 +180,8 @@ class Link:
             return  # never started before open()
         try:
             while True:
-                fragments = [fragment async for fragment in websocket.recv_streaming()]
-                for msg in p.unbatch(p.decode_parts(fragments)):  # a batch: one by one, as if each came alone
-                    self._on_message(self._as_bytes(msg))
+                # (A call of its own: nothing of this frame is held while the next one is awaited.)
+                self._take(await read_frame(websocket))
         except ConnectionClosed:
             pass
         except ProtocolError as exc:
@@ -199,6 +199,11 @@ class Link:
                 self._dormant = True  # nothing to follow: come back when there is something to send
             return
         self._recovery = asyncio.create_task(self._recover())
+
+    def _take(self, fragments: list[bytes | bytearray | str]) -> None:
+        """Hand on the messages of one frame (a batch: one by one, as if each came alone)."""
+        for msg in p.unbatch(p.decode_parts(fragments)):
+            self._on_message(self._as_bytes(msg))
 
     async def _recover(self, waking: bool = False) -> None:
         """Redial until the budget runs out; then tell the owner the link is lost."""

@@ -311,30 +311,36 @@ class ForemanServer(ActionExecution):
                 if self.journal is not None:
                     await self.journal.wait_for_room()  # a disk slower than the network slows the peers
                 # Piece by piece: a payload that came as a fragment of its own is used as it is, not joined.
-                fragments = [fragment async for fragment in peer.websocket.recv_streaming()]
-                peer.last_seen = loop.time()
-                try:
-                    decoded = p.decode_parts(fragments, join=False)  # payloads are forwarded, never read
-                except ProtocolError as exc:
-                    code = CloseCode.UNSUPPORTED if isinstance(fragments[0], str) else CloseCode.PROTOCOL_ERROR
-                    peer.close(code, str(exc))
+                # (A call of its own: nothing of this frame is held while the next one is awaited.)
+                if not self._take(peer, [fragment async for fragment in peer.websocket.recv_streaming()]):
                     return
-                messages = p.unbatch(decoded)  # a batch: handled one by one, as if each came alone
-                for msg in messages:  # (a batch holding one it may not send is refused whole, like a bad frame)
-                    if not self._may_send(peer, msg):
-                        peer.close(CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
-                        return
-                if len(messages) == 1:
-                    self._handle_message(peer, messages[0])
-                    continue
-                self.scheduler.hold_assignment()  # one pass for the whole batch (Scheduler.hold_assignment)
-                try:
-                    for msg in messages:
-                        self._handle_message(peer, msg)
-                finally:
-                    self._execute(self.scheduler.release_assignment())
         except ConnectionClosed:
             pass
+
+    def _take(self, peer: Peer, fragments: list[bytes | str]) -> bool:
+        """Handle the messages of one frame from ``peer``; False if it was closed for the frame."""
+        peer.last_seen = asyncio.get_running_loop().time()
+        try:
+            decoded = p.decode_parts(fragments, join=False)  # payloads are forwarded, never read
+        except ProtocolError as exc:
+            code = CloseCode.UNSUPPORTED if isinstance(fragments[0], str) else CloseCode.PROTOCOL_ERROR
+            peer.close(code, str(exc))
+            return False
+        messages = p.unbatch(decoded)  # a batch: handled one by one, as if each came alone
+        for msg in messages:  # (a batch holding one it may not send is refused whole, like a bad frame)
+            if not self._may_send(peer, msg):
+                peer.close(CloseCode.POLICY, f"a {peer.role} may not send {msg.TYPE}")
+                return False
+        if len(messages) == 1:
+            self._handle_message(peer, messages[0])
+            return True
+        self.scheduler.hold_assignment()  # one pass for the whole batch (Scheduler.hold_assignment)
+        try:
+            for msg in messages:
+                self._handle_message(peer, msg)
+        finally:
+            self._execute(self.scheduler.release_assignment())
+        return True
 
     @staticmethod
     def _may_send(peer: Peer, msg: p.Message) -> bool:

@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import tracemalloc
 
 import psutil
 import pytest
 from helpers import Proxy, arun, wait_until
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 
 import crowdcompute.codecs.pickled as pickled
 from crowdcompute import CrowdComputeClient
 from crowdcompute.errors import CrowdComputeError, ProtocolError, SerializationError
 from crowdcompute.feed import ACK_AFTER_BYTES
+from crowdcompute.receiving import read_frame
 from crowdcompute.wire import messages as p
-from crowdcompute.wire.constants import SHARE_FILES_VARIABLE
+from crowdcompute.wire.constants import FRAGMENT_SIZE, SHARE_FILES_VARIABLE
 from foreman.limits import MAX_KEPT_OUTCOME_BYTES
 
 MB = 1_000_000
@@ -92,6 +96,30 @@ def test_a_frame_received_in_the_pieces_we_send_uses_each_piece_as_its_payload()
         p.decode_parts([*parts, b"extra"])
     with pytest.raises(ProtocolError, match="text frame"):
         p.decode_parts(["text"])
+
+
+def test_a_big_frame_is_gathered_in_one_buffer_as_it_comes_and_its_payloads_are_views_of_it():
+    function, payload = os.urandom(3 * MB + 1), os.urandom(5 * MB + 3)
+    msg = p.AssignTask("job-1", 3, 1, 30, 10, payload, function=function)
+
+    async def main():
+        async def send(websocket):
+            await websocket.send(p.outgoing(p.encode_parts(msg), FRAGMENT_SIZE))
+            await websocket.send(p.encode(p.ReleaseJob("job-1")))
+            await websocket.wait_closed()
+
+        async with serve(send, "127.0.0.1", 0, max_size=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}", max_size=None) as websocket:
+                return await read_frame(websocket), await read_frame(websocket)
+
+    pieces, small = arun(main(), timeout=30)
+    # The header, then one buffer: 9 pieces of at most FRAGMENT_SIZE were added to it as they came.
+    assert len(pieces) == 2 and p.header_only(pieces[0]) and len(pieces[1]) == len(function) + len(payload)
+    decoded = p.decode_parts(pieces)
+    assert decoded == msg
+    assert decoded.function.obj is pieces[1] and decoded.payload.obj is pieces[1]  # views, not copies
+    assert small == [p.encode(p.ReleaseJob("job-1"))]  # a small frame: one piece, as it came
 
 
 def test_the_foreman_keeps_a_payload_in_the_pieces_it_arrived_in_and_forwards_them_as_they_are():
@@ -173,5 +201,29 @@ def test_a_worker_that_sent_a_big_outcome_does_not_hold_it_while_it_waits_for_wo
                 f"the idle worker still holds {(agent.memory_info().rss - before) // MB} MB more than before "
                 f"a task sent it {size // MB} MB",
             )
+
+    arun(main(), timeout=60)
+
+
+def test_a_client_holds_no_result_the_user_let_go_of(start_foreman, start_worker, monkeypatch):
+    monkeypatch.setenv(SHARE_FILES_VARIABLE, "0")  # the result comes inline, not as a payload file
+    foreman = start_foreman("--journal", "none")
+    start_worker(foreman.url, "--procs", "1")
+    size = 32 * MB
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            assert await cc.run(made, 10) == b"x" * 10
+            tracemalloc.start()
+            try:
+                assert len(await cc.run(made, size)) == size  # and let go of at once
+                await wait_until(
+                    lambda: tracemalloc.get_traced_memory()[0] < size // 2,
+                    10,
+                    f"the client still holds {tracemalloc.get_traced_memory()[0] // MB} MB after a {size // MB} MB "
+                    "result was let go of",
+                )
+            finally:
+                tracemalloc.stop()
 
     arun(main(), timeout=60)

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from crowdcompute.dialing import Backoff, RetryNotices, dial
 from crowdcompute.errors import AuthenticationError, CrowdComputeError, ForemanUnavailableError
+from crowdcompute.receiving import read_frame
 from crowdcompute.sending import write_frames
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address, read_connection_file
@@ -222,18 +223,22 @@ class WorkerAgent(SlotFeeding):
 
     async def _read_frames(self, websocket) -> None:
         try:
-            while True:
-                # Piece by piece: a task's input that came as a fragment of its own is not joined.
-                fragments = [fragment async for fragment in websocket.recv_streaming()]
-                try:
-                    decoded = p.decode_parts(fragments)
-                except CrowdComputeError as exc:
-                    log.error("bad frame from the foreman: %s", exc)
-                    return
-                for msg in p.unbatch(decoded):  # a batch (the tasks of one lease round): one by one
-                    self._handle(msg)
+            # (A call of its own per frame: nothing of one is held while the next one is awaited.)
+            while self._take(await read_frame(websocket)):
+                pass
         except ConnectionClosed:
             pass
+
+    def _take(self, fragments: list[bytes | bytearray | str]) -> bool:
+        """Handle the messages of one frame; False if it was not a frame of ours."""
+        try:
+            decoded = p.decode_parts(fragments)
+        except CrowdComputeError as exc:
+            log.error("bad frame from the foreman: %s", exc)
+            return False
+        for msg in p.unbatch(decoded):  # a batch (the tasks of one lease round): one by one
+            self._handle(msg)
+        return True
 
     def _handle(self, msg: p.Message) -> None:
         """One message from the foreman."""

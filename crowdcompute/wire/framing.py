@@ -48,6 +48,7 @@ __all__ = [
     "encode_parts",
     "frame_parts",
     "frame_size",
+    "header_only",
     "join_frames",
     "message",
     "outgoing",
@@ -296,20 +297,25 @@ def _decode_batch(header: dict[str, Any], view: memoryview, end: int) -> Batch:
 
 
 def _payload_pieces(pieces: list[memoryview], sizes: list[int], join: bool) -> list[memoryview | Pieces] | None:
-    """Each payload from the pieces after the header, if no piece straddles two payloads, else None.
+    """Each payload from the pieces after the header (None if they do not add up to ``sizes``).
 
-    A payload that is one piece is that piece (no copy); one sent in several
-    pieces (see :func:`split_parts`) is joined once, or kept as Pieces unless ``join``.
+    A payload within one piece is a view of it (no copy): the piece as it came, or one of the
+    payloads that :func:`crowdcompute.receiving.read_frame` gathered in one buffer. One cut across several pieces
+    (see :func:`split_parts`) is joined once, or kept as Pieces unless ``join``.
     """
     payloads: list[memoryview | Pieces] = []
-    position = 0
+    position = offset = 0  # the piece the next payload starts in, and where in it
     for size in sizes:
         run: list[memoryview] = []
         taken = 0
         while taken < size and position < len(pieces):
-            run.append(pieces[position])
-            taken += len(pieces[position])
-            position += 1
+            piece = pieces[position]
+            take = min(size - taken, len(piece) - offset)
+            run.append(piece if take == len(piece) else piece[offset : offset + take])
+            taken += take
+            offset += take
+            if offset == len(piece):
+                position, offset = position + 1, 0
         if taken != size:
             return None
         if len(run) > 1:
@@ -318,6 +324,15 @@ def _payload_pieces(pieces: list[memoryview], sizes: list[int], join: bool) -> l
         else:
             payloads.append(run[0] if run else memoryview(b""))
     return payloads if position == len(pieces) else None
+
+
+def header_only(piece: bytes | bytearray | memoryview | str) -> bool:
+    """Whether ``piece`` is exactly a frame's header, its length and its JSON: the first piece
+    :func:`outgoing` sends of a frame whose payloads follow in pieces of their own."""
+    if isinstance(piece, str) or len(piece) < _LENGTH.size:
+        return False
+    size: int = _LENGTH.unpack_from(piece)[0]
+    return _LENGTH.size + size == len(piece)
 
 
 def frame_parts(frame: bytes) -> list[bytes | memoryview]:
