@@ -319,24 +319,30 @@ class Peer:
 
     async def send_frames(self, replay: Replayer) -> None:
         """Write the queued frames in order; a slow peer delays only itself."""
+        while await self._send_next(replay):
+            pass
+
+    async def _send_next(self, replay: Replayer) -> bool:
+        """Write the next item of the outbox; False once told to stop. (A call of its own: nothing
+        of a frame written, a 200 MB result, say, is held while the next one is awaited.)"""
+        item = await self.outbox.get()
+        if isinstance(item, Stop):
+            return False
         websocket = self.websocket
-        while True:
-            item = await self.outbox.get()
-            if isinstance(item, Stop):
-                return
-            try:
-                if isinstance(item, Frame):
-                    # Frames that piled up behind it (a peer reading slowly) go with it, in one batch.
-                    joined = self.outbox.take_frames(p.BATCH_BYTES - item.size) if not item.alone else []
-                    parts = p.join_frames([item.parts, *(frame.parts for frame in joined)]) if joined else item.parts
-                    self.queued_bytes -= item.size + sum(frame.size for frame in joined)
-                    await websocket.send(p.outgoing(parts, FRAGMENT_SIZE))
-                elif isinstance(item, Hangup):
-                    await websocket.close(item.code, item.reason)
-                else:
-                    await replay(websocket, item.job_id)
-            except ConnectionClosed:
-                pass  # the reader sees it too and cleans up
+        try:
+            if isinstance(item, Frame):
+                # Frames that piled up behind it (a peer reading slowly) go with it, in one batch.
+                joined = self.outbox.take_frames(p.BATCH_BYTES - item.size) if not item.alone else []
+                parts = p.join_frames([item.parts, *(frame.parts for frame in joined)]) if joined else item.parts
+                self.queued_bytes -= item.size + sum(frame.size for frame in joined)
+                await websocket.send(p.outgoing(parts, FRAGMENT_SIZE))
+            elif isinstance(item, Hangup):
+                await websocket.close(item.code, item.reason)
+            else:
+                await replay(websocket, item.job_id)
+        except ConnectionClosed:
+            pass  # the reader sees it too and cleans up
+        return True
 
 
 async def ping(websocket: ServerConnection) -> None:

@@ -182,3 +182,37 @@ def test_a_jobs_last_outcome_is_sent_without_lingering():
 
     assert lingering(s.task_done("w1", done("j1", 0))) == [True]
     assert lingering(s.task_done("w1", done("j1", 1))) == [False], "the client waits for the last one"
+
+
+def test_a_frame_written_is_not_held_while_the_sender_waits_for_the_next():
+    class Payload(bytearray):  # a 200 MB result, say (a bytearray of our own can be watched)
+        pass
+
+    class RecordingSocket(UnreadSocket):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent = 0
+
+        async def send(self, message) -> None:
+            self.sent += 1
+
+    async def scenario() -> bool:
+        websocket = RecordingSocket()
+        peer = Peer("c1", Role.CLIENT, "client", websocket)  # type: ignore[arg-type]
+        payload = Payload(b"x" * 1000)
+        alive = weakref.ref(payload)
+        peer.queue_frame(p.encode_parts(p.TaskResult("j1", 0, 0, 1, 0, payload)))
+        del payload
+        sender = asyncio.create_task(peer.send_frames(lambda websocket, job_id: asyncio.sleep(0)))
+        try:
+            await asyncio.wait_for(_until(lambda: websocket.sent == 1), 5)
+            try:  # while the sender waits for its next frame
+                await asyncio.wait_for(_until(lambda: alive() is None), 2)
+            except asyncio.TimeoutError:
+                return False
+            return True
+        finally:
+            peer.stop_sending()
+            await asyncio.wait_for(sender, 5)
+
+    assert asyncio.run(scenario()), "the sender still holds the frame it wrote"
