@@ -9,6 +9,8 @@ embedded cluster never outlive a killed client.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import gc
 import logging
 import signal
@@ -21,6 +23,7 @@ __all__ = [
     "configure_logging",
     "install_stop_handlers",
     "keep_read_buffers_off_mmap",
+    "release_free_memory",
     "stop_with_parent",
 ]
 
@@ -28,6 +31,8 @@ __all__ = [
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 1024 * 1024
 TRIM_THRESHOLD = 4 * 1024 * 1024
+#: Freed bytes in the C heap past which ``release_free_memory`` hands them back to the system.
+RELEASE_AFTER_BYTES = 32 * 1024 * 1024
 #: Container objects allocated (net) between two collections of the garbage collector's youngest
 #: generation in the foreman; Python's default is 700.
 GC_YOUNG_THRESHOLD = 50_000
@@ -42,13 +47,60 @@ def keep_read_buffers_off_mmap() -> None:
     several times the read itself). Above these thresholds it does not.
     """
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None)
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     except (OSError, AttributeError):  # no C library to load, or one without mallopt (macOS)
         pass
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33 and later)."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def release_free_memory(least: int = RELEASE_AFTER_BYTES) -> bool:
+    """Hand freed memory back to the system once at least ``least`` bytes of it sit in the C heap.
+
+    A big payload forwarded in 1 MiB pieces and then dropped leaves its pages
+    in glibc's heap, between objects that live on, where they count in the
+    process's resident memory until they are reused: a foreman that forwarded
+    a 200 MB result stayed at 250 MB with 9 MB in use. ``malloc_trim`` gives
+    back every free page (about 20 ms for 200 MB). Checking costs under a
+    microsecond (``mallinfo2``). glibc only: elsewhere nothing happens.
+    Whether memory was handed back.
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2") or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.mallinfo2.restype = _MallInfo2  # (set once on the cached library; setting it again costs nothing)
+    if libc.mallinfo2().fordblks < least:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
 
 
 def collect_garbage_less_often() -> None:

@@ -20,6 +20,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from crowdcompute.errors import ProtocolError
+from crowdcompute.processes import release_free_memory
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address
 from crowdcompute.wire.constants import CLOSE_TIMEOUT, FRAGMENT_SIZE, CloseCode, Role
@@ -189,6 +190,7 @@ class ForemanServer(ActionExecution):
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             self._execute(self.scheduler.tick())
+            release_free_memory()  # what forwarded payloads left in the heap, once it adds up
 
     async def _check_tails_regularly(self) -> None:
         """A job at its tail whose outcomes stopped coming in (its last tasks run long) gets its

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import subprocess
 import sys
 
 import pytest
@@ -312,3 +313,36 @@ def test_a_full_foreman_refuses_new_jobs_with_a_reason():
     s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"x" * 20))
     (refusal,) = s.submit_job("c1", p.SubmitJob("j2", b"f", 1, 1))
     assert isinstance(refusal.message, p.RequestError) and "the foreman is full" in refusal.message.reason
+
+
+RELEASE_SCRIPT = """
+import sys
+from crowdcompute.processes import keep_read_buffers_off_mmap, release_free_memory
+
+def rss():
+    with open("/proc/self/status") as file:
+        return next(int(line.split()[1]) * 1024 for line in file if line.startswith("VmRSS:"))
+
+keep_read_buffers_off_mmap()  # as the foreman does: pieces under 1 MiB come from the heap
+pieces, keep = [], []
+for _ in range(400):  # 200 MB in pieces, with small objects that live on between them
+    pieces.append(b"x" * (512 * 1024))
+    keep.append(bytes(64))
+before = rss()
+del pieces
+assert not release_free_memory(least=1 << 40)  # under its threshold: nothing done
+held = rss()
+released = release_free_memory()
+print(before // 2**20, held // 2**20, rss() // 2**20, released)
+"""
+
+
+def test_the_foreman_hands_back_memory_freed_in_its_heap(tmp_path):
+    if sys.platform != "linux" or not os.path.exists("/proc/self/status"):
+        pytest.skip("glibc's heap and /proc: Linux only")
+    out = subprocess.run([sys.executable, "-c", RELEASE_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, held, after, released = out.stdout.split()
+    assert released == "True", f"nothing handed back: {out.stdout}"
+    assert int(held) > int(before) - 50, f"the heap kept the freed pieces ({before} -> {held} MiB): nothing to test"
+    assert int(after) < int(held) - 150, f"RSS {held} -> {after} MiB: the freed 200 MB stayed resident"
