@@ -227,3 +227,28 @@ def test_a_client_holds_no_result_the_user_let_go_of(start_foreman, start_worker
                 tracemalloc.stop()
 
     arun(main(), timeout=60)
+
+
+def test_a_task_process_holds_nothing_of_its_last_task_while_it_waits_for_the_next(
+    start_foreman, start_worker, monkeypatch
+):
+    monkeypatch.setenv(SHARE_FILES_VARIABLE, "0")  # the input comes through the pipe, into the task process's memory
+    foreman = start_foreman("--journal", "none")
+    agent = psutil.Process(start_worker(foreman.url, "--procs", "1").popen.pid)
+    size = 64 * MB
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            assert await cc.map(len, [b"warm"]) == [4]
+            # (The task process is a child of the agent's forkserver.)
+            (task_process,) = [process for child in agent.children() for process in child.children()]
+            before = task_process.memory_info().rss
+            assert await cc.map(len, [b"x" * size]) == [size]
+            await wait_until(
+                lambda: task_process.memory_info().rss < before + size // 2,
+                10,
+                f"the idle task process still holds {(task_process.memory_info().rss - before) // MB} MB more "
+                f"than before a task gave it {size // MB} MB",
+            )
+
+    arun(main(), timeout=60)

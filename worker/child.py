@@ -127,25 +127,45 @@ def main(conn: Connection, settings: dict | None = None) -> None:
     settings = settings or {}
     limits = Limits(**settings.get("limits", {}))
     apply_in_task_process(limits, settings.get("nproc"))
-    scratch = settings.get("scratch")
-    task_pid = os.getpid()
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
     if settings.get("site"):
         use_environment(settings["site"])
-    stdout, stderr = outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
-    sys.stdout, sys.stderr = outputs
-    functions: dict[str, Callable[[Any], Any] | BaseException] = {}
-    reader = Reader(conn.fileno())
-    spare: str | None = None  # the last task's scratch folder, left empty: the next one's
-    seen: os.stat_result | None = None  # the spare folder, as last found empty and settled
-    while True:
-        try:
-            header = reader.recv()
-        except (EOFError, OSError):
-            return
-        if header[0] == "forget":
-            functions.pop(header[1], None)
-            continue
+    _Server(conn, limits, settings.get("scratch")).serve()
+
+
+class _Server:
+    """What a task process keeps from one task to the next: its pipe, the jobs' functions, its
+    spare scratch folder. Each task is one call (``run``): its input and outcome go when it
+    returns, not when the next task comes (a process idle between jobs holds neither)."""
+
+    def __init__(self, conn: Connection, limits: Limits, scratch: str | None) -> None:
+        self.conn = conn
+        self.limits = limits
+        self.scratch = scratch
+        self.task_pid = os.getpid()
+        self.outputs = (_Output(conn, "stdout"), _Output(conn, "stderr"))
+        sys.stdout, sys.stderr = self.outputs
+        self.functions: dict[str, Callable[[Any], Any] | BaseException] = {}
+        self.reader = Reader(conn.fileno())
+        self.spare: str | None = None  # the last task's scratch folder, left empty: the next one's
+        self.seen: os.stat_result | None = None  # the spare folder, as last found empty and settled
+
+    def serve(self) -> None:
+        while True:
+            try:
+                header = self.reader.recv()
+            except (EOFError, OSError):
+                return
+            if header[0] == "forget":
+                self.functions.pop(header[1], None)
+            else:
+                self.run(header)
+
+    def run(self, header: tuple) -> None:
+        """Run one task: read its input, call the function on each item, send the outcome."""
+        conn, reader, functions, limits, scratch = self.conn, self.reader, self.functions, self.limits, self.scratch
+        stdout, stderr = outputs = self.outputs
+        task_pid = self.task_pid
         _, job_id, first_index, count, function_bytes, serializer, size, shared = header
         portable = serializer == Serializer.PORTABLE
         payload: bytearray | memoryview
@@ -183,10 +203,10 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             func.activate()
         if limits.any:
             func = _watched(func, limits, task_pid)
-        folder = _enter_scratch(scratch, job_id, first_index, spare) if scratch else None
-        if folder != spare:
-            seen = None  # a new folder: nothing seen of it yet
-        spare = None
+        folder = _enter_scratch(scratch, job_id, first_index, self.spare) if scratch else None
+        if folder != self.spare:
+            self.seen = None  # a new folder: nothing seen of it yet
+        self.spare = None
         started = time.perf_counter()
         result: bytes | Pieces
         try:
@@ -205,7 +225,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
             if os.getpid() != task_pid:  # the user's function forked and this copy returned
                 os._exit(0)
             if scratch is not None and folder is not None:
-                spare, seen = _leave_scratch(scratch, folder, seen)
+                self.spare, self.seen = _leave_scratch(scratch, folder, self.seen)
         seconds = time.perf_counter() - started
         for output in outputs:
             output.flush()
