@@ -182,6 +182,16 @@ def test_a_client_cut_off_mid_job_gets_every_big_outcome_exactly(start_foreman, 
     arun(main(), timeout=60)
 
 
+async def _lets_go(process: psutil.Process, before: int, size: int, what: str) -> None:
+    """Wait until ``process`` holds less than half of the ``size`` bytes a task moved through it."""
+    await wait_until(
+        lambda: process.memory_info().rss < before + size // 2,
+        10,
+        f"the idle {what} still holds {(process.memory_info().rss - before) // MB} MB more than before "
+        f"a task moved {size // MB} MB through it",
+    )
+
+
 def test_a_worker_that_sent_a_big_outcome_does_not_hold_it_while_it_waits_for_work(
     start_foreman, start_worker, monkeypatch
 ):
@@ -195,12 +205,7 @@ def test_a_worker_that_sent_a_big_outcome_does_not_hold_it_while_it_waits_for_wo
             assert await cc.run(made, 10) == b"x" * 10
             before = agent.memory_info().rss
             assert len(await cc.run(made, size)) == size
-            await wait_until(
-                lambda: agent.memory_info().rss < before + size // 2,
-                10,
-                f"the idle worker still holds {(agent.memory_info().rss - before) // MB} MB more than before "
-                f"a task sent it {size // MB} MB",
-            )
+            await _lets_go(agent, before, size, "worker's agent")
 
     arun(main(), timeout=60)
 
@@ -244,11 +249,6 @@ def test_a_task_process_holds_nothing_of_its_last_task_while_it_waits_for_the_ne
             (task_process,) = [process for child in agent.children() for process in child.children()]
             before = task_process.memory_info().rss
             assert await cc.map(len, [b"x" * size]) == [size]
-            await wait_until(
-                lambda: task_process.memory_info().rss < before + size // 2,
-                10,
-                f"the idle task process still holds {(task_process.memory_info().rss - before) // MB} MB more "
-                f"than before a task gave it {size // MB} MB",
-            )
+            await _lets_go(task_process, before, size, "task process")
 
     arun(main(), timeout=60)
