@@ -7,7 +7,7 @@ another machine) sends its outcomes inline: from its task process through
 its agent and the foreman to the client, each a websocket or a pipe away.
 This runs ``run(make, N MB)`` ``--runs`` times on an embedded cluster of one
 worker with payload files turned off (``CROWDCOMPUTE_SHARE_FILES=0``), and
-prints for the agent, the foreman and the client their peak resident memory
+prints for the task process, the agent, the foreman and the client their peak resident memory
 (the kernel's high-water mark, ``VmHWM``) over the runs and their memory once
 the runs are over, in MB and as multiples of the outcome. The same calls
 through ``multiprocessing.Pool(1).apply`` give the peak of a client whose
@@ -45,6 +45,11 @@ def status_mb(pid: int, field: str) -> float:
     raise LookupError(f"no {field} for process {pid}")
 
 
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as file:
+        return [int(word) for word in file.read().split()]
+
+
 async def crowdcompute_figures(size: int, runs: int) -> dict[str, tuple[float, float]]:
     from crowdcompute import CrowdComputeClient
     from crowdcompute.wire.constants import SHARE_FILES_VARIABLE
@@ -53,7 +58,9 @@ async def crowdcompute_figures(size: int, runs: int) -> dict[str, tuple[float, f
     async with CrowdComputeClient(workers=1) as client:
         assert await client.run(make, 10) == b"x" * 10
         cluster = client.cluster
-        pids = {"agent": cluster.agents[0].pid, "foreman": cluster.foreman.pid, "client": os.getpid()}
+        agent = cluster.agents[0].pid
+        task_process = next(pid for child in children(agent) for pid in children(child))  # (of its forkserver)
+        pids = {"task process": task_process, "agent": agent, "foreman": cluster.foreman.pid, "client": os.getpid()}
         start = time.perf_counter()
         for _ in range(runs):
             outcome = await client.run(make, size)
