@@ -70,7 +70,7 @@ async def crowdcompute_figures(size: int, runs: int) -> dict[str, tuple[float, f
         del outcome
         for _ in range(2):
             await client.run(make, 10)  # the big jobs collected: the foreman lets go of their outcomes
-        await asyncio.sleep(1.5)  # a tick of the foreman's clock: freed memory handed back (foreman.server)
+        await asyncio.sleep(2.5)  # two ticks of the foreman's clock: freed memory handed back (HeapRelease)
         figures = {role: (status_mb(pid, "VmHWM"), status_mb(pid, "VmRSS")) for role, pid in pids.items()}
     figures["seconds"] = (seconds, 0.0)
     return figures

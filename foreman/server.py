@@ -20,7 +20,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from crowdcompute.errors import ProtocolError
-from crowdcompute.processes import release_free_memory
+from crowdcompute.processes import HeapRelease
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import Address
 from crowdcompute.wire.constants import CLOSE_TIMEOUT, FRAGMENT_SIZE, CloseCode, Role
@@ -115,6 +115,7 @@ class ForemanServer(ActionExecution):
         )
         self._peers: dict[str, Peer] = {}
         self._turn = EndOfTurn()  # flushes the frames queued for peers in one turn of the loop
+        self._heap = HeapRelease()  # gives back what big payloads left in the heap
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._expiry: asyncio.Task | None = None
@@ -190,7 +191,7 @@ class ForemanServer(ActionExecution):
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             self._execute(self.scheduler.tick())
-            release_free_memory()  # what forwarded payloads left in the heap, once it adds up
+            self._heap.tick()  # what forwarded payloads left in the heap, once they stopped
 
     async def _check_tails_regularly(self) -> None:
         """A job at its tail whose outcomes stopped coming in (its last tasks run long) gets its
@@ -322,6 +323,8 @@ class ForemanServer(ActionExecution):
     def _take(self, peer: Peer, fragments: list[bytes | str]) -> bool:
         """Handle the messages of one frame from ``peer``; False if it was closed for the frame."""
         peer.last_seen = asyncio.get_running_loop().time()
+        if len(fragments) > 2:  # a big frame: its header, its payload in pieces, an empty end
+            self._heap.passed(sum(len(fragment) for fragment in fragments))
         try:
             decoded = p.decode_parts(fragments, join=False)  # payloads are forwarded, never read
         except ProtocolError as exc:

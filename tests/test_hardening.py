@@ -21,6 +21,7 @@ from crowdcompute import (
     ForemanUnavailableError,
     SerializationError,
     UntrustedPayloadError,
+    processes,
 )
 from crowdcompute.wire import messages as p
 from crowdcompute.wire.addresses import parse_address
@@ -316,8 +317,7 @@ def test_a_full_foreman_refuses_new_jobs_with_a_reason():
 
 
 RELEASE_SCRIPT = """
-import sys
-from crowdcompute.processes import keep_read_buffers_off_mmap, release_free_memory
+from crowdcompute.processes import keep_read_buffers_off_mmap, trim_heap
 
 def rss():
     with open("/proc/self/status") as file:
@@ -330,19 +330,29 @@ for _ in range(400):  # 200 MB in pieces, with small objects that live on betwee
     keep.append(bytes(64))
 before = rss()
 del pieces
-assert not release_free_memory(least=1 << 40)  # under its threshold: nothing done
 held = rss()
-released = release_free_memory()
-print(before // 2**20, held // 2**20, rss() // 2**20, released)
+trim_heap()
+print(before // 2**20, held // 2**20, rss() // 2**20)
 """
 
 
-def test_the_foreman_hands_back_memory_freed_in_its_heap(tmp_path):
+def test_the_foreman_hands_back_memory_freed_in_its_heap():
     if sys.platform != "linux" or not os.path.exists("/proc/self/status"):
         pytest.skip("glibc's heap and /proc: Linux only")
     out = subprocess.run([sys.executable, "-c", RELEASE_SCRIPT], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    before, held, after, released = out.stdout.split()
-    assert released == "True", f"nothing handed back: {out.stdout}"
-    assert int(held) > int(before) - 50, f"the heap kept the freed pieces ({before} -> {held} MiB): nothing to test"
-    assert int(after) < int(held) - 150, f"RSS {held} -> {after} MiB: the freed 200 MB stayed resident"
+    before, held, after = (int(figure) for figure in out.stdout.split())
+    assert held > before - 50, f"the heap kept the freed pieces ({before} -> {held} MiB): nothing to test"
+    assert after < held - 150, f"RSS {held} -> {after} MiB: the freed 200 MB stayed resident"
+
+
+def test_the_heap_is_trimmed_once_big_frames_stopped_passing(monkeypatch):
+    trims: list[int] = []
+    monkeypatch.setattr(processes, "trim_heap", lambda: trims.append(1))
+    heap = processes.HeapRelease(least=100)
+    heap.passed(60)
+    assert not heap.tick() and not heap.tick(), "under its threshold: nothing given back"
+    heap.passed(60)
+    assert not heap.tick(), "frames still flowed during this tick: their pages would come back at once"
+    assert heap.tick() and trims == [1], "a quiet tick after 120 bytes: trimmed"
+    assert not heap.tick() and trims == [1], "once per burst"
