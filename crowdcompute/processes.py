@@ -47,12 +47,10 @@ def keep_read_buffers_off_mmap() -> None:
     three system calls and a page fault on every read (about 14 us here,
     several times the read itself). Above these thresholds it does not.
     """
-    try:
-        libc = ctypes.CDLL(None)
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):  # (macOS's C library has none)
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    except (OSError, AttributeError):  # no C library to load, or one without mallopt (macOS)
-        pass
 
 
 class HeapRelease:

@@ -39,8 +39,8 @@ def pickled(message: Any) -> bytes:
 
 def readable(fd: int) -> bool:
     """Whether reading ``fd`` would not block now (data, or the other end closed): one ``poll``
-    call, where ``Connection.poll`` and ``Process.is_alive`` build a selector each time (three
-    per task were 10 % of the agent's time)."""
+    call (0.8-1.0 us), where ``Connection.poll`` and ``Process.is_alive`` build a selector each
+    time (3.7-4.8 us; the agent asks three times a task)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(0))
