@@ -8,7 +8,10 @@ import array
 import asyncio
 import contextlib
 import fcntl
+import os
 import pickle
+import subprocess
+import sys
 import termios
 import time
 
@@ -17,7 +20,7 @@ from helpers import arun, wait_until
 
 from crowdcompute import CrowdComputeClient
 from crowdcompute.codecs.pickled import dumps_function, dumps_items
-from worker.launch import CommandLauncher
+from worker.launch import CommandLauncher, ForkLauncher
 from worker.pool import Finished, Lost, Slot, SlotSettings
 
 
@@ -28,7 +31,7 @@ def _function(kind: str) -> tuple[bytes, str]:
 
         if x == "crash":
             os._exit(3)
-        time.sleep(0.2)
+        time.sleep(30 if x == "slow" else 0.2)
         return f"{kind}:{x}"
 
     return dumps_function(tag), "cloudpickle"
@@ -38,10 +41,10 @@ def _ignore(*args) -> None:
     return None
 
 
-async def _run(slot: Slot, job: str, index: int, item, token=None, then=None):
+async def _run(slot: Slot, job: str, index: int, item, token=None, then=None, timeout=30.0):
     function = _function(job)
     outcome = await slot.execute(
-        job, index, 1, function, dumps_items([item]), 30.0, _ignore, None, None, token=token, then=then
+        job, index, 1, function, dumps_items([item]), timeout, _ignore, None, None, token=token, then=then
     )
     if isinstance(outcome, Finished):
         values, errors = pickle.loads(outcome.payload)
@@ -120,6 +123,60 @@ def test_a_crash_of_the_running_task_is_not_blamed_on_the_preloaded_one(slot):
         assert await _run(slot, "j", 1, "b", token=behind) == "j:b", "the preloaded task was lost with the crash"
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+async def _time_out_with_a_task_behind(slot: Slot) -> None:
+    """The process killed for the timeout must be gone before the preloaded task is run: while
+    the kill was under way it looked alive, and the task behind was waited for in it and reported
+    as killed by SIGKILL (a crash charged to a task that never ran)."""
+    function = _function("j")
+    for index in range(0, 10, 2):
+        behind = object()
+        preload = lambda: slot.preload(behind, "j", index + 1, 1, function, dumps_items(["b"]))
+        timed_out = await _run(slot, "j", index, "slow", then=preload, timeout=0.3)
+        assert isinstance(timed_out, Lost) and "timeout" in timed_out.reason, timed_out
+        assert await _run(slot, "j", index + 1, "b", token=behind) == "j:b", "the task behind was lost"
+
+
+def _kill_and_reap(slot: Slot) -> None:
+    """A forkserver's sentinel can look quiet for a moment after the exit code was read from it:
+    the process must not be taken for alive then (the next task would be written to a dead one)."""
+    for _ in range(5):
+        slot.start()
+        process = slot._process
+        assert process is not None and process.is_alive()
+        process.kill()
+        process.join(5)
+        assert process.exitcode is not None, "the killed process did not end within 5 s"
+        assert not process.is_alive(), f"a process that exited with {process.exitcode} looks alive"
+
+
+def test_a_timeout_of_the_running_task_is_not_blamed_on_the_preloaded_one(slot):
+    asyncio.run(asyncio.wait_for(_time_out_with_a_task_behind(slot), 60))
+
+
+def test_a_killed_and_reaped_task_process_is_not_alive(slot):
+    _kill_and_reap(slot)
+
+
+def forkserver_checks() -> None:
+    """The two checks above with the agent's default launcher (run in a process of its own, whose
+    forkserver and resource tracker end with it)."""
+    slot = Slot(SlotSettings(launcher=ForkLauncher()), 0)
+    try:
+        _kill_and_reap(slot)
+        asyncio.run(asyncio.wait_for(_time_out_with_a_task_behind(slot), 60))
+    finally:
+        slot.kill()
+        slot.close()
+
+
+def test_the_same_with_task_processes_from_a_forkserver():
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = "import test_preload; test_preload.forkserver_checks()"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_another_task_than_the_preloaded_one_never_gets_its_outcome(slot):

@@ -64,9 +64,20 @@ class TaskProcess:
 class _ForkedProcess(TaskProcess):
     """A multiprocessing Process seen as a TaskProcess."""
 
+    def __init__(self, pid: int, process) -> None:
+        super().__init__(pid, process)
+        self._ended = False  # its exit code was read (from the sentinel, which may then look quiet)
+
     def is_alive(self) -> bool:
-        # The sentinel turns readable when the process ends: polled cheaply, asked for the exit only then.
-        return not readable(self._process.sentinel) or self._process.is_alive()
+        # The sentinel turns readable when the process ends: polled cheaply, asked for the exit only
+        # then. Once the exit code was read from it, a forkserver's sentinel can stay quiet a moment
+        # before it reports the end of the pipe: the answer is remembered, not asked of it again.
+        if self._ended:
+            return False
+        if not readable(self._process.sentinel):
+            return True
+        self._ended = not self._process.is_alive()
+        return not self._ended
 
     def kill(self) -> None:
         if self.is_alive():
@@ -74,6 +85,7 @@ class _ForkedProcess(TaskProcess):
 
     def join(self, timeout: float | None = None) -> None:
         self._process.join(timeout)
+        self._ended = self._ended or self._process.exitcode is not None
 
     @property
     def exitcode(self) -> int | None:

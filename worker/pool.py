@@ -289,6 +289,9 @@ class Slot:
             return await self._lost()
         if result is None:
             if self._timed_out:
+                # Reaped before the next task: a process being killed still looks alive, and the
+                # task preloaded behind this one would be waited for in it and reported as crashed.
+                await self._reap()
                 return Lost(ErrorKind.TIMEOUT, f"the task ran longer than its timeout of {timeout:g} s and was stopped")
             return await self._lost()
         process = self._process
@@ -373,12 +376,17 @@ class Slot:
         self._timed_out = True
         self._kill_process()
 
-    async def _lost(self) -> Lost:
+    async def _reap(self) -> None:
+        """Wait for the slot's dead or dying process, off the loop (join may wait a moment)."""
         process = self._process
-        if process is not None:  # reap it, off the loop: join may wait a moment
+        if process is not None:
             await asyncio.get_running_loop().run_in_executor(None, process.join, CHILD_EXIT_GRACE)
         if self._cgroup is not None:
             self._cgroup.kill_all()
+
+    async def _lost(self) -> Lost:
+        await self._reap()
+        process = self._process
         if self._stopping:
             return Lost(None, "the job was released")
         exitcode = process.exitcode if process else None
