@@ -15,7 +15,7 @@ from .errors import ConnectionLostError, CrowdComputeError
 from .feed import Feed
 from .frames import FrameHandling
 from .job import Job
-from .job_state import Forget, Instruction, SendCancel
+from .job_state import Forget, Instruction, Lost, SendCancel
 from .link import Link
 from .local import LocalCluster
 from .options import JobOptions, chunk_size, parse_requirements
@@ -143,10 +143,18 @@ class CrowdComputeClient(AdminRequests, FrameHandling):
     async def disconnect(self) -> None:
         """Close the connection and stop an embedded cluster; idempotent.
 
-        Jobs still running go on on the foreman; ``attach`` collects them later.
+        Jobs still running go on on the foreman; ``attach`` collects them later, from a new
+        connection. Waiting on one of them here raises ConnectionLostError, which says so
+        (an embedded cluster's jobs end with it).
         """
         if self._link is not None:
             await self._link.close()
+        for job in list(self._jobs.values()):
+            if self.cluster is not None:
+                fate = "the embedded foreman stopped with this client"
+            else:
+                fate = f"it goes on on the foreman: connect again and attach({job.id!r}) to collect its results"
+            job.handle(Lost(ConnectionLostError(f"this client disconnected before job {job.id} ended; {fate}")))
         if self.cluster is not None:
             cluster, self.cluster = self.cluster, None
             await asyncio.get_running_loop().run_in_executor(None, cluster.stop)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
-from helpers import arun
+from helpers import arun, wait_until
 
 import crowdcompute
-from crowdcompute import CrowdComputeClient, SerializationError, TaskError
+from crowdcompute import ConnectionLostError, CrowdComputeClient, SerializationError, TaskError
 from crowdcompute.feed import FIRST_TASKS
 from crowdcompute.stats import HINT_MIN_SECONDS
 
@@ -109,6 +110,51 @@ def test_embedded_cluster_starts_and_stops_with_the_client():
             # The token never shows on a command line, where any local user could read it.
             for process in [cc.cluster.foreman, *cc.cluster.agents]:
                 assert cc.cluster.token not in " ".join(psutil.Process(process.pid).cmdline())
+
+    arun(main(), timeout=60)
+
+
+def _sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+async def _running(cc: CrowdComputeClient) -> bool:
+    return any(worker["busy"] for worker in (await cc.status())["workers"])
+
+
+def test_a_job_left_running_at_disconnect_fails_its_waiters_and_is_attached_later(cluster):
+    """Nothing waits forever: awaiting a job after disconnect() says what happened and how to
+    collect it, and the job goes on on the foreman for a new connection to attach."""
+
+    async def main():
+        cc = await CrowdComputeClient(cluster.url, token=cluster.token).connect()
+        job = await cc.submit(_sleep, [1.0, 1.0], chunksize=1)
+        waiting = asyncio.ensure_future(job.result())
+        await cc.disconnect()
+        with pytest.raises(ConnectionLostError, match=f"attach\\('{job.id}'\\)"):
+            await asyncio.wait_for(waiting, 10)
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as again:
+            assert await asyncio.wait_for(await again.attach(job.id), 30) == [1.0, 1.0]
+
+    arun(main(), timeout=60)
+
+
+def test_an_embedded_cluster_stops_its_running_tasks_at_disconnect():
+    """Its owner gone, an embedded worker stops at once (not after its stop timeout, killed):
+    nobody is left to take what the running tasks would return."""
+
+    async def main():
+        cc = await CrowdComputeClient(workers=1).connect()
+        job = await cc.submit(_sleep, [60], chunksize=1)
+        await wait_until(lambda: _running(cc), 30, "the task never started")
+        agents = list(cc.cluster.agents)
+        await cc.disconnect()
+        with pytest.raises(ConnectionLostError, match="embedded foreman stopped"):
+            await asyncio.wait_for(job.result(), 10)
+        assert [agent.returncode for agent in agents] == [0], "the worker was killed after its stop timeout"
 
     arun(main(), timeout=60)
 

@@ -96,8 +96,11 @@ class WorkerAgent(SlotFeeding):
         self._idle = asyncio.Event()  # set while no slot runs a task
         self._shared: SharedFolder | None = None  # the foreman's payload folder, when this host shares it
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, *, drain: bool = True) -> None:
         """Serve the foreman until ``stop`` is set; reconnect whenever the connection drops.
+
+        ``drain``: once stopped, let running tasks finish and report first (a volunteer's
+        Ctrl-C); False stops them at once (a worker of an embedded cluster whose owner is gone).
 
         Raises AuthenticationError when the foreman refuses the token.
         """
@@ -126,7 +129,7 @@ class WorkerAgent(SlotFeeding):
                 print(f"worker {self.name} connected to {self.address.url}", flush=True)
                 if welcome.notice:
                     print(f"worker {self.name}: {welcome.notice}", flush=True)
-                await self._serve(websocket, stop, welcome.blobs)
+                await self._serve(websocket, stop, welcome.blobs, drain)
                 if not stop.is_set():
                     log.warning("lost the foreman at %s; reconnecting", self.address.url)
         finally:
@@ -166,7 +169,7 @@ class WorkerAgent(SlotFeeding):
             **runtime_fields(),
         )
 
-    async def _serve(self, websocket, stop: asyncio.Event, folder: str = "") -> None:
+    async def _serve(self, websocket, stop: asyncio.Event, folder: str = "", drain: bool = True) -> None:
         """One connection's life: read assignments, run them, send outcomes.
 
         ``folder``: the foreman's payload folder (Welcome.blobs); if this host shares it, big
@@ -183,7 +186,7 @@ class WorkerAgent(SlotFeeding):
         stopper = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
-            if stop.is_set() and not reader.done():
+            if drain and stop.is_set() and not reader.done():
                 await self._drain(reader)
         finally:
             for task in (reader, stopper, *tasks):

@@ -232,4 +232,6 @@ async def _serve(agent: WorkerAgent, exit_with_parent: bool) -> None:
     install_stop_handlers(stop)
     if exit_with_parent:
         stop_with_parent(stop)
-    await agent.run(stop)
+    # A worker of an embedded cluster stops with its owner, as its foreman does: nobody is left to
+    # take what running tasks would return, so they are not waited for.
+    await agent.run(stop, drain=not exit_with_parent)
