@@ -27,6 +27,7 @@ from crowdcompute.client import CrowdComputeClient
 from crowdcompute.codecs.pickled import PICKLE_PROTOCOL, Apply
 from crowdcompute.errors import CrowdComputeError, JobCancelledError, SerializationError, TaskError
 from crowdcompute.job import Job
+from crowdcompute.options import JobOptions
 from crowdcompute.wire.constants import ADDRESS_VARIABLE
 
 from .arguments import split_expression
@@ -329,7 +330,12 @@ class CrowdComputeMagics(Magics):
             raise UsageError(f"%%crowdmap needs an ITERABLE to map over: {_CROWDMAP_USAGE}")
         parser = self.crowdmap.parser
         parser.allow_abbrev = False  # "--chunk 2" is an unknown option, not --chunksize missing its value
-        return parser.parse_args([*options, "--", expression])
+        args = parser.parse_args([*options, "--", expression])
+        try:  # the SDK's own rules and words, before the cell runs or anything is sent
+            JobOptions(chunksize=args.chunksize, timeout=args.timeout).check()
+        except ValueError as exc:
+            raise UsageError(f"%%crowdmap: {exc}") from None
+        return args
 
     def _run_here(self, cell: str) -> None:
         """Run the cell in the notebook's namespace, as a plain cell would (tracebacks show its lines)."""
