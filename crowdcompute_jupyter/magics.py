@@ -32,6 +32,7 @@ from crowdcompute.wire.constants import ADDRESS_VARIABLE
 
 from .arguments import split_expression
 from .cell import CellRun, function_names, names_read
+from .cell_errors import check_for_worker, compile_here, run_here
 from .runner import run_sync
 from .status import StatusView
 from .watcher import make_progress, watch_job
@@ -180,13 +181,14 @@ class CrowdComputeMagics(Magics):
         args = self._parse_crowdmap(line)
         output = _output_name(args.output)
         expression = " ".join(args.iterable)
-        defined = function_names(cell)
+        source, code = compile_here(self.shell, cell)
+        defined = function_names(source)
         name = args.function or (defined[-1] if defined else None)
         if name is None:
             raise UsageError(
                 "the cell defines no function: write `def f(x): ...` in the cell, or name one with -f FUNC"
             )
-        self._run_here(cell)
+        run_here(self.shell, code)
         func = self.shell.user_ns.get(name)
         if not callable(func):
             known = ", ".join(defined) or "none"
@@ -293,10 +295,11 @@ class CrowdComputeMagics(Magics):
         """
         args = parse_argstring(self.crowdcompute, line)
         output = _output_name(args.output)
-        inputs = {name: self.shell.user_ns[name] for name in sorted(names_read(cell)) if name in self.shell.user_ns}
-        client = self._client()
         # The cell's name here ("Cell In[n]" in tracebacks), and its source for our linecache.
         filename = self.shell.compile.cache(cell, self.shell.execution_count, raw_code=cell)
+        check_for_worker(cell, filename)
+        inputs = {name: self.shell.user_ns[name] for name in sorted(names_read(cell)) if name in self.shell.user_ns}
+        client = self._client()
         self.last_job = None
 
         async def compute() -> Any:
@@ -336,12 +339,6 @@ class CrowdComputeMagics(Magics):
         except ValueError as exc:
             raise UsageError(f"%%crowdmap: {exc}") from None
         return args
-
-    def _run_here(self, cell: str) -> None:
-        """Run the cell in the notebook's namespace, as a plain cell would (tracebacks show its lines)."""
-        source = self.shell.transform_cell(cell)
-        filename = self.shell.compile.cache(source, self.shell.execution_count, raw_code=cell)
-        exec(self.shell.compile(source, filename, "exec"), self.shell.user_global_ns, self.shell.user_ns)
 
     def _evaluate(self, expression: str) -> Any:
         try:

@@ -186,6 +186,7 @@ def test_crowdcompute_runs_the_cell_on_a_worker_with_only_what_it_reads(cluster,
         ("%crowdconnect --workers 0", "--workers must be at least 1"),
         ("%crowdconnect ws://127.0.0.1:9 --workers 2", "--workers applies to an embedded cluster only"),
         ("%%crowdcompute\nprint(1)\n", "not connected"),
+        ("%%crowdcompute\nimport asyncio\nawait asyncio.sleep(0)\n5\n", "does not run top-level await (line 2)"),
     ],
 )
 def test_bad_input_says_what_to_do_in_one_line(shell, code, message):
@@ -193,6 +194,33 @@ def test_bad_input_says_what_to_do_in_one_line(shell, code, message):
     assert not result.success
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("UsageError: ") and message in lines[0], text
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def shown_error(shell, code: str) -> tuple[BaseException | None, str]:
+    """Run a failing cell; its error and the text IPython showed for it (without colours)."""
+    result, text = run(shell, code)
+    assert not result.success, text
+    return result.error_before_exec or result.error_in_exec, ANSI.sub("", text)
+
+
+@pytest.mark.parametrize(
+    ("magic", "body"),
+    [
+        ("%%crowdmap range(3)", "def f(x)\n    return x\n"),
+        ("%%crowdmap range(3)", "def f(x):\n    return x\n1 +\n"),
+        ("%%crowdcompute", "1 +\n"),
+        ("%%crowdcompute -o y", "x = 1\n  y = 2\n"),
+    ],
+)
+def test_a_syntax_error_in_a_cell_body_shows_as_in_a_plain_cell(shell, magic, body):
+    error, text = shown_error(shell, f"{magic}\n{body}")
+    plain_error, plain_text = shown_error(shell, body)
+    assert type(error) is type(plain_error) and isinstance(error, SyntaxError), text
+    assert text == plain_text, f"a plain cell shows:\n{plain_text}\nthe magic's cell shows:\n{text}"
+    assert "crowdcompute" not in text and "<unknown>" not in text, text
 
 
 def test_magics_explain_themselves(shell):
