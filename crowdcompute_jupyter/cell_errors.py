@@ -13,7 +13,8 @@ the user's own. Here:
   SyntaxError raised from a running magic would show every frame: IPython
   renders those with the traceback of where they were raised, whatever the
   exception says.
-- :func:`run_here` runs the body in the notebook's namespace.
+- :func:`run_here` runs the body in the notebook's namespace; an error it
+  raises renders (``_render_traceback_``) with the body's frames only.
 - A top-level ``await crowdcompute.map(...)`` that the kernel interrupts
   ends in a CancelledError through the SDK; :func:`install_error_display`
   shows it as one line.
@@ -68,8 +69,31 @@ def check_for_worker(body: str, filename: str) -> None:
 
 
 def run_here(shell: Any, code: CodeType) -> None:
-    """Run compiled body code in the notebook's namespace, as a plain cell would."""
-    exec(code, shell.user_global_ns, shell.user_ns)
+    """Run compiled body code in the notebook's namespace, as a plain cell would.
+
+    An exception it raises keeps its real traceback (for ``%debug``), but
+    shows only the body's frames, as a plain cell's would.
+    """
+    try:
+        exec(code, shell.user_global_ns, shell.user_ns)
+    except Exception as exc:
+        _render_from_the_cell(shell, exc)
+        raise
+
+
+def _render_from_the_cell(shell: Any, exc: Exception) -> None:
+    """Make IPython render ``exc`` from the cell's first frame on (the one after this module's)."""
+    if hasattr(exc, "_render_traceback_") or exc.__traceback__ is None:
+        return  # it renders itself (a CrowdComputeError, say)
+    cell_frames = exc.__traceback__.tb_next
+
+    def render() -> list[str]:
+        return shell.InteractiveTB.structured_traceback(type(exc), exc, cell_frames, tb_offset=0)
+
+    try:
+        exc._render_traceback_ = render  # type: ignore[attr-defined]  # IPython asks the instance
+    except AttributeError:
+        pass  # an exception type that refuses attributes keeps the long traceback
 
 
 #: The magics whose bodies :func:`check_cell_bodies` checks, and how.

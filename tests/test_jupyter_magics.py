@@ -223,6 +223,14 @@ def test_a_syntax_error_in_a_cell_body_shows_as_in_a_plain_cell(shell, magic, bo
     assert "crowdcompute" not in text and "<unknown>" not in text, text
 
 
+def test_a_cell_body_that_raises_shows_only_its_own_frames(shell):
+    body = "def f(x):\n    return x\nraise RuntimeError('cell itself fails')\n"
+    error, text = shown_error(shell, "%%crowdmap range(3)\n" + body)
+    _, plain_text = shown_error(shell, body)
+    assert isinstance(error, RuntimeError) and "cell itself fails" in text
+    assert text == plain_text, f"a plain cell shows:\n{plain_text}\nthe magic's cell shows:\n{text}"
+
+
 def test_magics_explain_themselves(shell):
     for name, words in [
         ("crowdmap", ["ITERABLE", "-o NAME", "-f FUNC", "--chunksize N", "--timeout S"]),
