@@ -186,8 +186,9 @@ class Job:
         return self._machine.early_error
 
     def partial_results(self) -> list[Any]:
-        """The results so far in input order: errors in place of failed items, a JobCancelledError
-        in place of each item that has no outcome (all of a cancelled job's unfinished ones)."""
+        """The results so far in input order: errors in place of failed items, and in place of each
+        item that has no outcome what ended the job (JobCancelledError, ConnectionLostError), else a
+        JobCancelledError."""
         return self._machine.partial_outcomes()
 
     # --- waiting -------------------------------------------------------------

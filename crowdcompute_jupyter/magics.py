@@ -25,7 +25,13 @@ import crowdcompute
 from crowdcompute.api import default_client
 from crowdcompute.client import CrowdComputeClient
 from crowdcompute.codecs.pickled import PICKLE_PROTOCOL, Apply
-from crowdcompute.errors import CrowdComputeError, JobCancelledError, SerializationError, TaskError
+from crowdcompute.errors import (
+    ConnectionLostError,
+    CrowdComputeError,
+    JobCancelledError,
+    SerializationError,
+    TaskError,
+)
 from crowdcompute.job import Job
 from crowdcompute.options import JobOptions
 from crowdcompute.wire.constants import ADDRESS_VARIABLE
@@ -35,6 +41,7 @@ from .cell import CellRun, function_names, names_read
 from .cell_errors import check_for_worker, compile_here, run_here
 from .runner import run_sync
 from .status import StatusView
+from .unfinished import keep_partial_results
 from .watcher import make_progress, watch_job
 from .widget import ProgressWidget
 
@@ -210,9 +217,8 @@ class CrowdComputeMagics(Magics):
 
         try:
             results = run_sync(map_items())
-        except JobCancelledError:
-            self._keep_partial_results(output)
-            raise
+        except (JobCancelledError, ConnectionLostError) as exc:
+            raise keep_partial_results(self.shell.user_ns, self.last_job, output, exc) from None
         job = self.last_job
         if job is not None:
             _print_stats(job)
@@ -228,23 +234,6 @@ class CrowdComputeMagics(Magics):
             print(f"{job.failed} of {job.total} items failed; item {first} is shown below; {kept}.")
             raise job.errors[first]
         return None if output is not None else results
-
-    def _keep_partial_results(self, output: str | None) -> None:
-        """An interrupted %%crowdmap or %crowdattach: the finished items' results go to ``output``
-        (if given); say so."""
-        job = self.last_job
-        if job is None:
-            return
-        finished = job.completed
-        if output is not None:
-            self.shell.user_ns[output] = job.partial_results()
-            kept = f"their results are in `{output}`, with a JobCancelledError in place of each unfinished item" + (
-                " and the errors of the failed ones" if job.failed else ""
-            )
-        else:
-            kept = "they are not kept: with -o NAME, a cancelled map keeps the finished items' results in NAME"
-        failed = f" ({job.failed} failed)" if job.failed else ""
-        print(f"The job was cancelled after {finished + job.failed} of {job.total} items{failed}; {kept}.")
 
     @line_magic
     @magic_arguments()
@@ -272,9 +261,8 @@ class CrowdComputeMagics(Magics):
 
         try:
             results = run_sync(follow())
-        except JobCancelledError:
-            self._keep_partial_results(output)
-            raise
+        except (JobCancelledError, ConnectionLostError) as exc:
+            raise keep_partial_results(self.shell.user_ns, self.last_job, output, exc) from None
         job = self.last_job
         if output is not None:
             self.shell.user_ns[output] = results

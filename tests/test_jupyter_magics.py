@@ -15,7 +15,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
-from crowdcompute import CrowdComputeClient, SerializationError, TaskError
+from crowdcompute import ConnectionLostError, CrowdComputeClient, SerializationError, TaskError
 from crowdcompute.local import LocalCluster
 
 
@@ -311,3 +311,45 @@ def test_crowdmap_requirements_and_crowdstatus_explains_a_waiting_job(
     assert "waiting: no connected worker has gpu=1" in shown.data["text/plain"], shown.data["text/plain"]
     assert "site=lab1" in shown.data["text/plain"] and "site=lab1" in shown.data["text/html"]
     run(shell, "job.cancel()")
+
+
+def test_a_lost_connection_keeps_the_finished_results_and_crowdattach_follows_the_job_later(
+    start_foreman, start_worker, shell, tmp_path
+):
+    journal = str(tmp_path / "journal.db")
+    foreman = start_foreman("--journal", journal)
+    start_worker(foreman.url, "--procs", "2", "--name", "w1")
+    result, text = run(
+        shell,
+        f"import crowdcompute\nawait crowdcompute.connect({foreman.url!r}, token={foreman.token!r}, reconnect_timeout=1)",
+    )
+    assert result.success, text
+
+    def kill_the_foreman_after_two_items() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            job = magics(shell).last_job
+            if job is not None and job.completed >= 2:
+                break
+            time.sleep(0.02)
+        foreman.proc.popen.kill()
+
+    killer = threading.Thread(target=kill_the_foreman_after_two_items, daemon=True)
+    killer.start()
+    cell = "def slow_after_two(x):\n    import time\n    if x >= 2:\n        time.sleep(3)\n    return x * 10\n"
+    result, text = run(shell, "%%crowdmap range(6) --chunksize 1 -o part\n" + cell)
+    killer.join(timeout=30)
+    job_id = magics(shell).last_job.id
+    error = result.error_in_exec
+    assert isinstance(error, ConnectionLostError), text
+    assert "The connection to the foreman was lost after 2 of 6 items; their results are in `part`" in text, text
+    assert f"`%crowdattach {job_id} -o NAME`" in text and "Traceback" not in text, text
+    part = shell.user_ns["part"]
+    assert part[:2] == [0, 10] and all(isinstance(x, ConnectionLostError) for x in part[2:]), part
+
+    # What the message promises: the foreman, back with its journal, still has the job.
+    again = start_foreman("--journal", journal, port=foreman.port)
+    connect(again, shell)
+    result, text = run(shell, f"%crowdattach {job_id} -o full")
+    assert result.success, text
+    assert shell.user_ns["full"] == [x * 10 for x in range(6)]
