@@ -16,8 +16,9 @@ the user's own. Here:
 - :func:`run_here` runs the body in the notebook's namespace; an error it
   raises renders (``_render_traceback_``) with the body's frames only.
 - A top-level ``await crowdcompute.map(...)`` that the kernel interrupts
-  ends in a CancelledError through the SDK; :func:`install_error_display`
-  shows it as one line.
+  ends in a CancelledError through the SDK, which cancelled the job;
+  :func:`install_error_display` shows it as the JobCancelledError of that
+  job, in one line, as an interrupted ``%%crowdmap`` does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from types import CodeType, TracebackType
 from typing import Any
 
 from IPython.core.error import UsageError
+
+from crowdcompute.errors import JobCancelledError
+from crowdcompute.job import Job
 
 __all__ = ["check_cell_bodies", "check_for_worker", "compile_here", "install_error_display", "run_here"]
 
@@ -123,6 +127,15 @@ def check_cell_bodies(shell: Any) -> Callable[[list[str]], list[str]]:
     return check
 
 
+def _job_in(tb: TracebackType | None) -> Job | None:
+    """The innermost Job that a frame of ``tb`` holds (``self`` of Job.result, ``job`` of client.map)."""
+    found = None
+    while tb is not None:
+        found = next((value for value in tb.tb_frame.f_locals.values() if isinstance(value, Job)), found)
+        tb = tb.tb_next
+    return found
+
+
 def _passes_through_crowdcompute(tb: TracebackType | None) -> bool:
     while tb is not None:
         if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("crowdcompute"):
@@ -132,11 +145,12 @@ def _passes_through_crowdcompute(tb: TracebackType | None) -> bool:
 
 
 def install_error_display(shell: Any) -> None:
-    """Check our magics' bodies before they run, and show an interrupted await's CancelledError as one line.
+    """Check our magics' bodies before they run; show an interrupted await's CancelledError as JobCancelledError.
 
     The CancelledError handler is the shell's custom exception handler,
     installed unless the shell already has custom handlers (which are left
-    alone); other CancelledErrors keep their usual traceback.
+    alone); CancelledErrors that did not come through a CrowdCompute job
+    keep their usual traceback.
     """
     if not any(
         getattr(t, "__qualname__", "").startswith("check_cell_bodies") for t in shell.input_transformers_cleanup
@@ -150,10 +164,16 @@ def install_error_display(shell: Any) -> None:
     ) -> None:
         # The handler displays the error itself (IPython ignores what it returns);
         # _showtraceback is the display hook that ipykernel turns into an error message.
-        if _passes_through_crowdcompute(tb):
-            self._showtraceback(
-                etype, value, [f"\x1b[31m{etype.__name__}\x1b[0m: interrupted; CrowdCompute cancelled the job"]
-            )
+        job = _job_in(tb) if _passes_through_crowdcompute(tb) else None
+        if job is not None:
+            # The SDK cancelled the job: say so as %%crowdmap does. The coroutine itself must
+            # still end in CancelledError (asyncio's contract), so only what is shown changes,
+            # and what the cell's result records (ipykernel's execute_reply reads it).
+            error = JobCancelledError(job.id)
+            result = getattr(self.displayhook, "exec_result", None)
+            if result is not None:
+                result.error_in_exec = error
+            self._showtraceback(JobCancelledError, error, error._render_traceback_())
         else:
             self.showtraceback((etype, value, tb), tb_offset=tb_offset)
 

@@ -23,7 +23,7 @@ raises KeyboardInterrupt at once, in case the loop itself is stuck.
 A top-level ``await crowdcompute.map(...)`` is interrupted by ipykernel
 itself, which cancels the cell's coroutine; the SDK then cancels the job.
 :func:`crowdcompute_jupyter.cell_errors.install_error_display` shows the
-resulting CancelledError as one line instead of a traceback through the SDK.
+resulting CancelledError as that job's JobCancelledError, in one line.
 """
 
 from __future__ import annotations
