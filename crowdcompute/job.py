@@ -79,6 +79,7 @@ class Job:
         self.name = name
         self.slots = 0  # slots on the foreman when it was submitted (for stats)
         self.serialize_seconds = 0.0
+        self.finished_before_attach = 0  # items that had an outcome before this client attached to the job
         self._machine = JobMachine(job_id, items, total=total, trusted=trusted, call=call, portable=portable)
         self._call = call
         self._outbox = outbox

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -270,6 +271,12 @@ def test_crowdattach_collects_a_job_submitted_elsewhere_and_a_short_map_prints_n
     async def submit_elsewhere() -> str:
         async with CrowdComputeClient(cluster.url, token=cluster.token) as other:
             job = await other.submit(lambda x: x * 7, range(5))
+            # Ended on the foreman before anyone attaches (not collected: the foreman keeps the results).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while not any(j["id"] == job.id and j["state"] == "done" for j in (await other.status())["jobs"]):
+                assert loop.time() < deadline, "the job did not end within 20 s"
+                await asyncio.sleep(0.05)
             return job.id  # this process leaves; the job goes on
 
     job_id = arun(submit_elsewhere())
@@ -278,6 +285,8 @@ def test_crowdattach_collects_a_job_submitted_elsewhere_and_a_short_map_prints_n
     assert shell.user_ns["seven"] == [0, 7, 14, 21, 28]
     widget = magics(shell).last_progress
     assert (widget.bar.value, widget.bar.max, widget.state) == (5, 5, "done")
+    # Its items finished before the attach: no rate (they took no time here), and it says so.
+    assert "items/s" not in widget.label.value and "done before attach" in widget.label.value, widget.label.value
     result, text = run(shell, "%crowdattach no-such-job")
     assert isinstance(result.error_in_exec, Exception) and "cannot attach to job no-such-job" in text
 
