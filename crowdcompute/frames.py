@@ -84,6 +84,7 @@ class FrameHandling:
                 portable=msg.serializer == Serializer.PORTABLE,
                 outbox=self._obey,
             )
+            job.finished_before_attach = msg.finished_items  # not this client's to time (progress rate)
             if not job.done:
                 self._jobs[job.id] = job
         job.handle(msg)  # a job cancelled elsewhere ends here

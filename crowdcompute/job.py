@@ -79,6 +79,7 @@ class Job:
         self.name = name
         self.slots = 0  # slots on the foreman when it was submitted (for stats)
         self.serialize_seconds = 0.0
+        self.finished_before_attach = 0  # items that had an outcome before this client attached to the job
         self._machine = JobMachine(job_id, items, total=total, trusted=trusted, call=call, portable=portable)
         self._call = call
         self._outbox = outbox
@@ -186,8 +187,9 @@ class Job:
         return self._machine.early_error
 
     def partial_results(self) -> list[Any]:
-        """The results so far in input order: errors in place of failed items, a JobCancelledError
-        in place of each item that has no outcome (all of a cancelled job's unfinished ones)."""
+        """The results so far in input order: errors in place of failed items, and in place of each
+        item that has no outcome what ended the job (JobCancelledError, ConnectionLostError), else a
+        JobCancelledError."""
         return self._machine.partial_outcomes()
 
     # --- waiting -------------------------------------------------------------

@@ -239,10 +239,11 @@ class JobMachine:
         return sum(failed for _, failed in self._running.values())
 
     def partial_outcomes(self) -> list[Any]:
-        """The results in input order so far: errors in place of failed items, and a
-        JobCancelledError in place of those that never finished (a cancelled job's)."""
-        cancelled = JobCancelledError(self.id)
-        return [self.errors.get(i, cancelled) if r is MISSING else r for i, r in enumerate(self.results)]
+        """The results in input order so far: errors in place of failed items, and in place of
+        those that never finished what ended the job (a JobCancelledError, a ConnectionLostError),
+        else a JobCancelledError."""
+        unfinished = self.fatal or JobCancelledError(self.id)
+        return [self.errors.get(i, unfinished) if r is MISSING else r for i, r in enumerate(self.results)]
 
     def outcomes(self) -> list[Any]:
         """The results in input order, errors in place of the failed items."""

@@ -50,7 +50,8 @@ class ProgressModel:
     workers report them as they go), so a slow map moves item by item. While
     the job runs, the rate and time left come from recent item completions
     (:class:`~crowdcompute.rate.RateMeter`); once it ended, the rate is the
-    whole job's.
+    whole job's. Items that finished before the client attached to the job
+    (``before``) count toward done but not toward the rate: they took no time here.
     """
 
     total: int
@@ -62,10 +63,12 @@ class ProgressModel:
     meter: RateMeter | None = None
     untrusted: int = 0  # untrusted volunteers whose results the job used
     waiting: str = ""  # what the job waits for beyond free slots ("preparing environment on 2 workers")
+    before: int = 0  # items finished before the client attached to the job
 
     @classmethod
     def of(cls, job: Job) -> ProgressModel:
-        model = cls(job.total, started=job.started, meter=RateMeter(started=job.started))
+        before = getattr(job, "finished_before_attach", 0)
+        model = cls(job.total, started=job.started, meter=RateMeter(started=job.started), before=before)
         model.update(job)
         return model
 
@@ -78,7 +81,7 @@ class ProgressModel:
         self.state = job.state.value
         self.ended = job.finished
         if self.meter is not None:
-            self.meter.update(self.done + self.failed)
+            self.meter.update(self.followed)
         self.waiting = getattr(job, "waiting", "")
         self.untrusted = getattr(job, "untrusted_workers", 0)
 
@@ -90,6 +93,11 @@ class ProgressModel:
         return notes
 
     @property
+    def followed(self) -> int:
+        """Items finished while this client followed the job (those before an attach excluded)."""
+        return max(0, self.done + self.failed - self.before)
+
+    @property
     def elapsed(self) -> float:
         return (self.ended or time.monotonic()) - self.started
 
@@ -99,7 +107,7 @@ class ProgressModel:
         if self.meter is not None and self.ended is None:
             return self.meter.rate()
         elapsed = self.elapsed
-        return (self.done + self.failed) / elapsed if elapsed > 0 else 0.0
+        return self.followed / elapsed if elapsed > 0 else 0.0
 
     @property
     def time_left(self) -> float | None:

@@ -26,11 +26,11 @@ register_renderer("widget", _widget)
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext crowdcompute_jupyter``: register the magics."""
+    from .cell_errors import install_error_display
     from .magics import CrowdComputeMagics
-    from .runner import shorten_interrupted_awaits
 
     ipython.register_magics(CrowdComputeMagics(ipython))
-    shorten_interrupted_awaits(ipython)
+    install_error_display(ipython)
 
 
 def _jupyter_server_extension_points() -> list[dict]:

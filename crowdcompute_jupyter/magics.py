@@ -25,14 +25,23 @@ import crowdcompute
 from crowdcompute.api import default_client
 from crowdcompute.client import CrowdComputeClient
 from crowdcompute.codecs.pickled import PICKLE_PROTOCOL, Apply
-from crowdcompute.errors import CrowdComputeError, JobCancelledError, SerializationError, TaskError
+from crowdcompute.errors import (
+    ConnectionLostError,
+    CrowdComputeError,
+    JobCancelledError,
+    SerializationError,
+    TaskError,
+)
 from crowdcompute.job import Job
+from crowdcompute.options import JobOptions
 from crowdcompute.wire.constants import ADDRESS_VARIABLE
 
 from .arguments import split_expression
 from .cell import CellRun, function_names, names_read
+from .cell_errors import check_for_worker, compile_here, run_here
 from .runner import run_sync
 from .status import StatusView
+from .unfinished import keep_partial_results
 from .watcher import make_progress, watch_job
 from .widget import ProgressWidget
 
@@ -179,13 +188,14 @@ class CrowdComputeMagics(Magics):
         args = self._parse_crowdmap(line)
         output = _output_name(args.output)
         expression = " ".join(args.iterable)
-        defined = function_names(cell)
+        source, code = compile_here(self.shell, cell)
+        defined = function_names(source)
         name = args.function or (defined[-1] if defined else None)
         if name is None:
             raise UsageError(
                 "the cell defines no function: write `def f(x): ...` in the cell, or name one with -f FUNC"
             )
-        self._run_here(cell)
+        run_here(self.shell, code)
         func = self.shell.user_ns.get(name)
         if not callable(func):
             known = ", ".join(defined) or "none"
@@ -207,9 +217,8 @@ class CrowdComputeMagics(Magics):
 
         try:
             results = run_sync(map_items())
-        except JobCancelledError:
-            self._keep_partial_results(output)
-            raise
+        except (JobCancelledError, ConnectionLostError) as exc:
+            raise keep_partial_results(self.shell.user_ns, self.last_job, output, exc) from None
         job = self.last_job
         if job is not None:
             _print_stats(job)
@@ -225,23 +234,6 @@ class CrowdComputeMagics(Magics):
             print(f"{job.failed} of {job.total} items failed; item {first} is shown below; {kept}.")
             raise job.errors[first]
         return None if output is not None else results
-
-    def _keep_partial_results(self, output: str | None) -> None:
-        """An interrupted %%crowdmap or %crowdattach: the finished items' results go to ``output``
-        (if given); say so."""
-        job = self.last_job
-        if job is None:
-            return
-        finished = job.completed
-        if output is not None:
-            self.shell.user_ns[output] = job.partial_results()
-            kept = f"their results are in `{output}`, with a JobCancelledError in place of each unfinished item" + (
-                " and the errors of the failed ones" if job.failed else ""
-            )
-        else:
-            kept = "they are not kept: with -o NAME, a cancelled map keeps the finished items' results in NAME"
-        failed = f" ({job.failed} failed)" if job.failed else ""
-        print(f"The job was cancelled after {finished + job.failed} of {job.total} items{failed}; {kept}.")
 
     @line_magic
     @magic_arguments()
@@ -269,9 +261,8 @@ class CrowdComputeMagics(Magics):
 
         try:
             results = run_sync(follow())
-        except JobCancelledError:
-            self._keep_partial_results(output)
-            raise
+        except (JobCancelledError, ConnectionLostError) as exc:
+            raise keep_partial_results(self.shell.user_ns, self.last_job, output, exc) from None
         job = self.last_job
         if output is not None:
             self.shell.user_ns[output] = results
@@ -292,10 +283,11 @@ class CrowdComputeMagics(Magics):
         """
         args = parse_argstring(self.crowdcompute, line)
         output = _output_name(args.output)
-        inputs = {name: self.shell.user_ns[name] for name in sorted(names_read(cell)) if name in self.shell.user_ns}
-        client = self._client()
         # The cell's name here ("Cell In[n]" in tracebacks), and its source for our linecache.
         filename = self.shell.compile.cache(cell, self.shell.execution_count, raw_code=cell)
+        check_for_worker(cell, filename)
+        inputs = {name: self.shell.user_ns[name] for name in sorted(names_read(cell)) if name in self.shell.user_ns}
+        client = self._client()
         self.last_job = None
 
         async def compute() -> Any:
@@ -329,13 +321,12 @@ class CrowdComputeMagics(Magics):
             raise UsageError(f"%%crowdmap needs an ITERABLE to map over: {_CROWDMAP_USAGE}")
         parser = self.crowdmap.parser
         parser.allow_abbrev = False  # "--chunk 2" is an unknown option, not --chunksize missing its value
-        return parser.parse_args([*options, "--", expression])
-
-    def _run_here(self, cell: str) -> None:
-        """Run the cell in the notebook's namespace, as a plain cell would (tracebacks show its lines)."""
-        source = self.shell.transform_cell(cell)
-        filename = self.shell.compile.cache(source, self.shell.execution_count, raw_code=cell)
-        exec(self.shell.compile(source, filename, "exec"), self.shell.user_global_ns, self.shell.user_ns)
+        args = parser.parse_args([*options, "--", expression])
+        try:  # the SDK's own rules and words, before the cell runs or anything is sent
+            JobOptions(chunksize=args.chunksize, timeout=args.timeout).check()
+        except ValueError as exc:
+            raise UsageError(f"%%crowdmap: {exc}") from None
+        return args
 
     def _evaluate(self, expression: str) -> Any:
         try:

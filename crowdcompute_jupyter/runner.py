@@ -22,8 +22,8 @@ raises KeyboardInterrupt at once, in case the loop itself is stuck.
 
 A top-level ``await crowdcompute.map(...)`` is interrupted by ipykernel
 itself, which cancels the cell's coroutine; the SDK then cancels the job.
-:func:`shorten_interrupted_awaits` shows the resulting CancelledError as one
-line instead of a traceback through the SDK.
+:func:`crowdcompute_jupyter.cell_errors.install_error_display` shows the
+resulting CancelledError as that job's JobCancelledError, in one line.
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ import asyncio
 import signal
 import threading
 from collections.abc import Coroutine
-from types import TracebackType
 from typing import Any
 
-__all__ = ["Interrupted", "event_loop", "run_sync", "shorten_interrupted_awaits"]
+__all__ = ["Interrupted", "event_loop", "run_sync"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -108,36 +107,3 @@ def run_sync(coro: Coroutine[Any, Any, Any]) -> Any:
     finally:
         if watching:
             signal.signal(signal.SIGINT, previous)
-
-
-def _passes_through_crowdcompute(tb: TracebackType | None) -> bool:
-    while tb is not None:
-        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("crowdcompute"):
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def shorten_interrupted_awaits(shell: Any) -> None:
-    """Show a cell's CancelledError that came through CrowdCompute code as one line.
-
-    Installed as the shell's custom exception handler for CancelledError,
-    unless the shell already has custom handlers (which are left alone).
-    Other CancelledErrors keep their usual traceback.
-    """
-    if shell.custom_exceptions:
-        return
-
-    def show(
-        self: Any, etype: type, value: BaseException, tb: TracebackType | None, tb_offset: int | None = None
-    ) -> None:
-        # The handler displays the error itself (IPython ignores what it returns);
-        # _showtraceback is the display hook that ipykernel turns into an error message.
-        if _passes_through_crowdcompute(tb):
-            self._showtraceback(
-                etype, value, [f"\x1b[31m{etype.__name__}\x1b[0m: interrupted; CrowdCompute cancelled the job"]
-            )
-        else:
-            self.showtraceback((etype, value, tb), tb_offset=tb_offset)
-
-    shell.set_custom_exc((asyncio.CancelledError,), show)

@@ -84,18 +84,18 @@ def describe_progress(model: ProgressModel) -> str:
     parts = [f"{percent}%", f"{finished}/{model.total}"]
     if model.failed:
         parts.append(f"{model.failed} failed")
-    parts.append(f"{model.rate:,.1f} items/s")
+    ended_before = model.state != "running" and model.before > 0 and model.followed == 0
+    if not ended_before:  # a job that had ended when we attached: no rate or time of ours to show
+        parts.append(f"{model.rate:,.1f} items/s")
     parts += model.notes()
     if model.state == "running":
         left = model.time_left
         parts.append("time left unknown" if left is None else f"{_duration(left)} left")
     else:
-        parts.append(f"{_duration(model.elapsed)}")
-        parts.append(
-            {"done": "done", "failed": "failed", "cancelled": "cancelled", "lost": "connection lost"}.get(
-                model.state, model.state
-            )
+        ended = {"done": "done", "failed": "failed", "cancelled": "cancelled", "lost": "connection lost"}.get(
+            model.state, model.state
         )
+        parts += [f"{ended} before attach"] if ended_before else [_duration(model.elapsed), ended]
     return " · ".join(parts)
 
 

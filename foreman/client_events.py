@@ -174,15 +174,30 @@ class ClientEvents:
             if not self.journaled:
                 reason = "its results were already collected (a foreman with a journal keeps them)"
                 return [Send(client_id, p.RequestError(job_id, reason))]
+            finished = summary.get("completed", 0) + summary.get("failed", 0)
             attached = p.JobAttached(
-                job_id, summary["total"], summary["tasks"], summary["state"], summary["name"], summary["serializer"]
+                job_id,
+                summary["total"],
+                summary["tasks"],
+                summary["state"],
+                summary["name"],
+                summary["serializer"],
+                finished,
             )
             return [Send(client_id, attached), Replay(client_id, job_id)]
         job.client = client_id
         actions: list[Action] = [
             Send(
                 client_id,
-                p.JobAttached(job_id, job.total_items, job.total_tasks, job.state.value, job.name, job.serializer),
+                p.JobAttached(
+                    job_id,
+                    job.total_items,
+                    job.total_tasks,
+                    job.state.value,
+                    job.name,
+                    job.serializer,
+                    job.completed_items + job.failed_items,
+                ),
             )
         ]
         if job.notice or job.waiting:  # else the new client would hear it only when it changes

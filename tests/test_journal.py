@@ -105,7 +105,7 @@ def test_ended_jobs_come_back_as_summaries_that_can_be_replayed(tmp_path):
     restarted = Scheduler(journaled=True)
     restarted.restore(*journal.load())
     actions = restarted.attach_job("c2", "j1")
-    assert actions[0] == Send("c2", p.JobAttached("j1", 1, 1, "done", ""))
+    assert actions[0] == Send("c2", p.JobAttached("j1", 1, 1, "done", "", finished_items=1))
     assert actions[1] == Replay("c2", "j1")
     journal.close()
 

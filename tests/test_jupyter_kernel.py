@@ -89,6 +89,18 @@ class Kernel:
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 cell.idle = True
 
+    def reply(self, cell: Cell, timeout: float = CELL_TIMEOUT) -> dict:
+        """The content of the execute reply to ``cell`` (replies to other cells are skipped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.client.get_shell_msg(timeout=min(deadline - time.monotonic(), 0.5))
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") == cell.msg_id:
+                return msg["content"]
+        pytest.fail(f"timed out after {timeout} s waiting for the reply to {cell.msg_id}")
+
     def run(self, code: str, timeout: float = CELL_TIMEOUT) -> Cell:
         """Execute ``code`` and wait until the kernel is done with it; fail on an error."""
         cell = self.execute(code)
@@ -192,6 +204,8 @@ def test_interrupt_cancels_the_job_and_the_kernel_stays_usable(cluster, kernel):
         kernel, "import crowdcompute\nawait crowdcompute.map(spin, range(2), chunksize=1)"
     )
     assert stopped_after <= STOP_TIMEOUT, f"the workers still ran the tasks {stopped_after:.2f} s after the interrupt"
-    assert cell.error["ename"] == "CancelledError"
+    # As CONTRACT says: JobCancelledError, in the cell and in the execute reply.
+    assert cell.error["ename"] == "JobCancelledError" and cell.error["evalue"].endswith("was cancelled")
     assert len(cell.error["traceback"]) == 1, "\n".join(cell.error["traceback"])
+    assert kernel.reply(cell)["ename"] == "JobCancelledError"
     assert kernel.run("await crowdcompute.map(abs, [-1, -2])").result == "[1, 2]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -15,7 +16,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
-from crowdcompute import CrowdComputeClient, SerializationError, TaskError
+from crowdcompute import ConnectionLostError, CrowdComputeClient, SerializationError, TaskError
 from crowdcompute.local import LocalCluster
 
 
@@ -180,10 +181,13 @@ def test_crowdcompute_runs_the_cell_on_a_worker_with_only_what_it_reads(cluster,
         ("%%crowdmap range(3) --chunk 2\ndef f(x):\n    return x\n", "unrecognized arguments: --chunk"),
         ("%%crowdmap range(3) --chunksize many\ndef f(x):\n    return x\n", "invalid int value: 'many'"),
         ("%%crowdmap range(3) -o 1x\ndef f(x):\n    return x\n", "-o needs a Python variable name"),
+        ("%%crowdmap range(3) --chunksize 0\ndef f(x):\n    return x\n", "chunksize must be at least 1, not 0"),
+        ("%%crowdmap range(3) --timeout -1\ndef f(x):\n    return x\n", "timeout must be a positive number"),
         ("%crowdstatus", "not connected"),
         ("%crowdconnect --workers 0", "--workers must be at least 1"),
         ("%crowdconnect ws://127.0.0.1:9 --workers 2", "--workers applies to an embedded cluster only"),
         ("%%crowdcompute\nprint(1)\n", "not connected"),
+        ("%%crowdcompute\nimport asyncio\nawait asyncio.sleep(0)\n5\n", "does not run top-level await (line 2)"),
     ],
 )
 def test_bad_input_says_what_to_do_in_one_line(shell, code, message):
@@ -191,6 +195,41 @@ def test_bad_input_says_what_to_do_in_one_line(shell, code, message):
     assert not result.success
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("UsageError: ") and message in lines[0], text
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def shown_error(shell, code: str) -> tuple[BaseException | None, str]:
+    """Run a failing cell; its error and the text IPython showed for it (without colours)."""
+    result, text = run(shell, code)
+    assert not result.success, text
+    return result.error_before_exec or result.error_in_exec, ANSI.sub("", text)
+
+
+@pytest.mark.parametrize(
+    ("magic", "body"),
+    [
+        ("%%crowdmap range(3)", "def f(x)\n    return x\n"),
+        ("%%crowdmap range(3)", "def f(x):\n    return x\n1 +\n"),
+        ("%%crowdcompute", "1 +\n"),
+        ("%%crowdcompute -o y", "x = 1\n  y = 2\n"),
+    ],
+)
+def test_a_syntax_error_in_a_cell_body_shows_as_in_a_plain_cell(shell, magic, body):
+    error, text = shown_error(shell, f"{magic}\n{body}")
+    plain_error, plain_text = shown_error(shell, body)
+    assert type(error) is type(plain_error) and isinstance(error, SyntaxError), text
+    assert text == plain_text, f"a plain cell shows:\n{plain_text}\nthe magic's cell shows:\n{text}"
+    assert "crowdcompute" not in text and "<unknown>" not in text, text
+
+
+def test_a_cell_body_that_raises_shows_only_its_own_frames(shell):
+    body = "def f(x):\n    return x\nraise RuntimeError('cell itself fails')\n"
+    error, text = shown_error(shell, "%%crowdmap range(3)\n" + body)
+    _, plain_text = shown_error(shell, body)
+    assert isinstance(error, RuntimeError) and "cell itself fails" in text
+    assert text == plain_text, f"a plain cell shows:\n{plain_text}\nthe magic's cell shows:\n{text}"
 
 
 def test_magics_explain_themselves(shell):
@@ -232,6 +271,12 @@ def test_crowdattach_collects_a_job_submitted_elsewhere_and_a_short_map_prints_n
     async def submit_elsewhere() -> str:
         async with CrowdComputeClient(cluster.url, token=cluster.token) as other:
             job = await other.submit(lambda x: x * 7, range(5))
+            # Ended on the foreman before anyone attaches (not collected: the foreman keeps the results).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while not any(j["id"] == job.id and j["state"] == "done" for j in (await other.status())["jobs"]):
+                assert loop.time() < deadline, "the job did not end within 20 s"
+                await asyncio.sleep(0.05)
             return job.id  # this process leaves; the job goes on
 
     job_id = arun(submit_elsewhere())
@@ -240,6 +285,8 @@ def test_crowdattach_collects_a_job_submitted_elsewhere_and_a_short_map_prints_n
     assert shell.user_ns["seven"] == [0, 7, 14, 21, 28]
     widget = magics(shell).last_progress
     assert (widget.bar.value, widget.bar.max, widget.state) == (5, 5, "done")
+    # Its items finished before the attach: no rate (they took no time here), and it says so.
+    assert "items/s" not in widget.label.value and "done before attach" in widget.label.value, widget.label.value
     result, text = run(shell, "%crowdattach no-such-job")
     assert isinstance(result.error_in_exec, Exception) and "cannot attach to job no-such-job" in text
 
@@ -273,3 +320,45 @@ def test_crowdmap_requirements_and_crowdstatus_explains_a_waiting_job(
     assert "waiting: no connected worker has gpu=1" in shown.data["text/plain"], shown.data["text/plain"]
     assert "site=lab1" in shown.data["text/plain"] and "site=lab1" in shown.data["text/html"]
     run(shell, "job.cancel()")
+
+
+def test_a_lost_connection_keeps_the_finished_results_and_crowdattach_follows_the_job_later(
+    start_foreman, start_worker, shell, tmp_path
+):
+    journal = str(tmp_path / "journal.db")
+    foreman = start_foreman("--journal", journal)
+    start_worker(foreman.url, "--procs", "2", "--name", "w1")
+    result, text = run(
+        shell,
+        f"import crowdcompute\nawait crowdcompute.connect({foreman.url!r}, token={foreman.token!r}, reconnect_timeout=1)",
+    )
+    assert result.success, text
+
+    def kill_the_foreman_after_two_items() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            job = magics(shell).last_job
+            if job is not None and job.completed >= 2:
+                break
+            time.sleep(0.02)
+        foreman.proc.popen.kill()
+
+    killer = threading.Thread(target=kill_the_foreman_after_two_items, daemon=True)
+    killer.start()
+    cell = "def slow_after_two(x):\n    import time\n    if x >= 2:\n        time.sleep(3)\n    return x * 10\n"
+    result, text = run(shell, "%%crowdmap range(6) --chunksize 1 -o part\n" + cell)
+    killer.join(timeout=30)
+    job_id = magics(shell).last_job.id
+    error = result.error_in_exec
+    assert isinstance(error, ConnectionLostError), text
+    assert "The connection to the foreman was lost after 2 of 6 items; their results are in `part`" in text, text
+    assert f"`%crowdattach {job_id} -o NAME`" in text and "Traceback" not in text, text
+    part = shell.user_ns["part"]
+    assert part[:2] == [0, 10] and all(isinstance(x, ConnectionLostError) for x in part[2:]), part
+
+    # What the message promises: the foreman, back with its journal, still has the job.
+    again = start_foreman("--journal", journal, port=foreman.port)
+    connect(again, shell)
+    result, text = run(shell, f"%crowdattach {job_id} -o full")
+    assert result.success, text
+    assert shell.user_ns["full"] == [x * 10 for x in range(6)]

@@ -366,7 +366,10 @@ def test_a_client_that_leaves_does_not_stop_its_job_and_gets_it_back_on_attach()
     assert sent(s.task_done("w1", done("j1", 0))) == []  # nobody to send it to
     s.add_client("c2")
     actions = s.attach_job("c2", "j1")
-    assert sent(actions) == [("c2", p.JobAttached("j1", 2, 2, "running", "f")), ("c2", result("j1", 0))]
+    assert sent(actions) == [
+        ("c2", p.JobAttached("j1", 2, 2, "running", "f", finished_items=1)),
+        ("c2", result("j1", 0)),
+    ]
     assert sent(s.task_done("w1", done("j1", 1))) == [("c2", result("j1", 1)), ("w1", p.ReleaseJob("j1"))]
 
 
@@ -389,7 +392,7 @@ def test_acknowledged_outcomes_are_kept_within_the_budget_then_dropped_and_only_
     refused = sent(s.attach_job("c2", "j1"))
     assert refused[0][1].TYPE == "request_error" and "journal" in refused[0][1].reason
     resumed = sent(s.attach_job("c1", "j1", resume=True))
-    assert resumed == [("c1", p.JobAttached("j1", 4, 4, "running", "f"))]
+    assert resumed == [("c1", p.JobAttached("j1", 4, 4, "running", "f", finished_items=3))]
     assert sent(s.task_done("w1", done("j1", 3))) == [("c1", result("j1", 3)), ("w1", p.ReleaseJob("j1"))]
 
 

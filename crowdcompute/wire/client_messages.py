@@ -223,6 +223,7 @@ class JobAttached(Message):
     state: str
     name: str = ""
     serializer: Serializer = Serializer.CLOUDPICKLE
+    finished_items: int = 0  # items with an outcome when the client attached (the replay sends their results)
 
 
 @message
