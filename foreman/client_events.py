@@ -41,6 +41,7 @@ class ClientEvents:
     workers: dict[str, Worker]
     jobs: dict[str, Job]
     ended: dict[str, dict[str, Any]]
+    clients: set[str]  # connected clients
     clock: Callable[[], float]
     journaled: bool
     max_queued_tasks: int
@@ -151,7 +152,13 @@ class ClientEvents:
         drop_leases(self.workers, job, self._free)
         if job.job_id in self._ready:
             self._ready.remove(job.job_id)
-        return [self._save_state(job), *self._release(job), *self._archive(job), *self._assign()]
+        # Its other followers hear it ended, as a client attaching to a cancelled job does.
+        told = [
+            Send(f, p.JobAttached(job_id, job.total_items, job.total_tasks, JobState.CANCELLED.value))
+            for f in job.followers()
+            if f != client_id
+        ]
+        return [self._save_state(job), *self._release(job), *self._archive(job), *told, *self._assign()]
 
     def attach_job(self, client_id: str, job_id: str, resume: bool = False) -> list[Action]:
         """Follow a job: its size and state, then every outcome so far, then the rest.
@@ -185,7 +192,11 @@ class ClientEvents:
                 finished,
             )
             return [Send(client_id, attached), Replay(client_id, job_id)]
-        job.client = client_id
+        if job.client is not None and job.client != client_id and job.client in self.clients:
+            job.watchers.add(client_id)  # one more follower: the client following it keeps its results
+        else:
+            job.client = client_id
+            job.watchers.discard(client_id)
         actions: list[Action] = [
             Send(
                 client_id,

@@ -217,8 +217,7 @@ class OutcomeEvents:
         if job.redundancy == 1:  # a reissued or backup run of it may still go on: stop it
             actions += [Send(worker_id, p.CancelTask(job.job_id, task.task_id)) for worker_id in task.leases]
         last = job.all_finished and job.all_received
-        if job.client is not None:
-            actions.append(Send(job.client, outcome, linger=not last))  # the last goes at once
+        actions += [Send(follower, outcome, linger=not last) for follower in job.followers()]  # the last at once
         if last:
             actions += self._finish(job)
         return actions

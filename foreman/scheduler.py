@@ -144,6 +144,7 @@ class Scheduler(ClientEvents, WorkerEvents, OutcomeEvents, VolunteerEvents, Time
         for job in self.jobs.values():
             if job.client == client_id:
                 job.client = None
+            job.watchers.discard(client_id)
         return []
 
     # --- time --------------------------------------------------------------
@@ -210,7 +211,7 @@ class Scheduler(ClientEvents, WorkerEvents, OutcomeEvents, VolunteerEvents, Time
 
     def busy_clients(self) -> set[str]:
         """Clients following a running job (never closed for being idle)."""
-        return {job.client for job in self.jobs.values() if job.client and job.state is JobState.RUNNING}
+        return {f for job in self.jobs.values() if job.state is JobState.RUNNING for f in job.followers()}
 
     @property
     def total_slots(self) -> int:
@@ -316,6 +317,6 @@ class Scheduler(ClientEvents, WorkerEvents, OutcomeEvents, VolunteerEvents, Time
             notice = job_notice(self.workers, job)
             if notice != job.notice:
                 job.notice = notice
-                if job.client is not None:  # the clients' one "waiting" line: ours first, then the quorum's
-                    actions.append(Send(job.client, p.JobWaiting(job.job_id, notice or job.waiting)))
+                # the clients' one "waiting" line: ours first, then the quorum's
+                actions += [Send(f, p.JobWaiting(job.job_id, notice or job.waiting)) for f in job.followers()]
         return actions

@@ -199,10 +199,17 @@ class Job:
     unbuildable: dict[str, str] = field(default_factory=dict)  # worker id -> why its environment failed there
     notice: str = ""  # why it does not run yet, as its client was last told
     environment_error: str = ""  # set when no worker could build its environment: its tasks fail
+    watchers: set[str] = field(default_factory=set)  # other connections that attached while ``client`` followed it
 
     @property
     def all_received(self) -> bool:
         return len(self.tasks) == self.total_tasks
+
+    def followers(self) -> list[str]:
+        """The connections that hear its outcomes, output and notices: its client, then its watchers."""
+        if not self.watchers:
+            return [self.client] if self.client is not None else []
+        return ([self.client] if self.client is not None else []) + sorted(self.watchers)
 
     @property
     def all_finished(self) -> bool:

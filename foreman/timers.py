@@ -59,8 +59,8 @@ class TimedEvents:
             waiting = quorum.waiting(job, self.workers.values())
             if waiting != job.waiting:
                 job.waiting = waiting
-                if job.client is not None:  # what resources or an environment hold it back comes first
-                    actions.append(Send(job.client, p.JobWaiting(job.job_id, job.notice or waiting)))
+                # what resources or an environment hold it back comes first
+                actions += [Send(f, p.JobWaiting(job.job_id, job.notice or waiting)) for f in job.followers()]
         actions += self._chase_stragglers(now)
         return actions + (self._assign() if actions else [])
 

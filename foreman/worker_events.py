@@ -176,4 +176,4 @@ class WorkerEvents:
             return []
         if isinstance(msg, p.TaskProgress):
             task.progress = max(task.progress, min(msg.done, task.count))
-        return [Send(job.client, msg)] if job.client is not None else []
+        return [Send(follower, msg) for follower in job.followers()]

@@ -373,6 +373,39 @@ def test_a_client_that_leaves_does_not_stop_its_job_and_gets_it_back_on_attach()
     assert sent(s.task_done("w1", done("j1", 1))) == [("c2", result("j1", 1)), ("w1", p.ReleaseJob("j1"))]
 
 
+def test_a_client_attaching_to_a_followed_job_follows_it_too_and_the_first_keeps_it():
+    # Attaching from a second process must not take the job from the one that submitted it
+    # (it waited forever): both hear every outcome, and either one's cancel ends it for both.
+    s = started(1)
+    submit(s, "c1", "j1", tasks=3)
+    s.task_done("w1", done("j1", 0))
+    s.add_client("c2")
+    assert sent(s.attach_job("c2", "j1")) == [
+        ("c2", p.JobAttached("j1", 3, 3, "running", "f", finished_items=1)),
+        ("c2", result("j1", 0)),
+    ]
+    assert sent(s.task_done("w1", done("j1", 1)))[:2] == [("c1", result("j1", 1)), ("c2", result("j1", 1))]
+    assert s.busy_clients() == {"c1", "c2"}
+    cancelled = sent(s.cancel_job("c2", "j1"))
+    assert ("c1", p.JobAttached("j1", 3, 3, "cancelled")) in cancelled
+    assert not [to for to, msg in cancelled if to == "c2"], "the client that cancelled knows"
+
+
+def test_a_watcher_goes_on_hearing_a_job_whose_client_left_and_leaves_without_a_trace():
+    s = started(1)
+    submit(s, "c1", "j1", tasks=3)
+    s.add_client("c2")
+    s.attach_job("c2", "j1")
+    s.remove_client("c1")
+    assert sent(s.task_done("w1", done("j1", 0)))[:1] == [("c2", result("j1", 0))]
+    s.remove_client("c2")
+    assert s.jobs["j1"].followers() == []
+    assert [to for to, _ in sent(s.task_done("w1", done("j1", 1))) if to.startswith("c")] == []  # nobody to tell
+    s.add_client("c1")
+    s.attach_job("c1", "j1")  # the submitter comes back: it is the job's client again
+    assert s.jobs["j1"].followers() == ["c1"]
+
+
 def test_acknowledged_outcomes_are_kept_within_the_budget_then_dropped_and_only_a_resume_attaches():
     # Without a journal the foreman keeps outcomes for attach; past a budget it drops those the
     # client acknowledged, so its memory follows the window, not the job's size.

@@ -9,7 +9,7 @@ import pytest
 from helpers import arun, wait_until
 
 import crowdcompute
-from crowdcompute import ConnectionLostError, CrowdComputeClient, SerializationError, TaskError
+from crowdcompute import ConnectionLostError, CrowdComputeClient, JobCancelledError, SerializationError, TaskError
 from crowdcompute.feed import FIRST_TASKS
 from crowdcompute.stats import HINT_MIN_SECONDS
 
@@ -138,6 +138,29 @@ def test_a_job_left_running_at_disconnect_fails_its_waiters_and_is_attached_late
             await asyncio.wait_for(waiting, 10)
         async with CrowdComputeClient(cluster.url, token=cluster.token) as again:
             assert await asyncio.wait_for(await again.attach(job.id), 30) == [1.0, 1.0]
+
+    arun(main(), timeout=60)
+
+
+def test_a_job_attached_by_another_client_still_reaches_the_one_that_submitted_it(cluster):
+    """attach() from a second process follows the job too: the first gets its results (it waited
+    forever: the foreman sent them to the last client to attach only)."""
+
+    async def main():
+        async with (
+            CrowdComputeClient(cluster.url, token=cluster.token) as first,
+            CrowdComputeClient(cluster.url, token=cluster.token) as second,
+        ):
+            job = await first.submit(_sleep, [0.2] * 6, chunksize=1)
+            attached = await second.attach(job.id)
+            assert await asyncio.wait_for(attached.result(), 30) == [0.2] * 6
+            assert await asyncio.wait_for(job.result(), 30) == [0.2] * 6
+            # Either one's cancel ends it for both.
+            running = await first.submit(_sleep, [30, 30], chunksize=1)
+            watched = await second.attach(running.id)
+            watched.cancel()
+            with pytest.raises(JobCancelledError):
+                await asyncio.wait_for(running.result(), 10)
 
     arun(main(), timeout=60)
 
