@@ -262,6 +262,27 @@ def _sandboxed_python(agent: psutil.Process) -> psutil.Process | None:
     return None
 
 
+def secret_names(_):
+    import os
+
+    return sorted(name for name in os.environ if "TOKEN" in name or "SECRET" in name)
+
+
+@pytest.mark.parametrize("options", [pytest.param(["--sandbox"], marks=needs_bwrap, id="sandboxed"), []])
+def test_a_task_never_sees_its_workers_credential_and_a_sandboxed_one_no_secret(
+    foreman, start_worker, monkeypatch, options
+):
+    """The credential a volunteer keeps out of ps in $CROWDCOMPUTE_WORKER_TOKEN was handed to every
+    job's task processes, which could then act as the worker; a sandboxed task saw every variable."""
+    monkeypatch.setenv("CROWDCOMPUTE_WORKER_TOKEN", foreman.token)
+    monkeypatch.setenv("VOLUNTEER_SECRET_KEY", "the volunteer's cloud key")
+    start_worker(foreman.url, "--procs", "1", *options)
+    [seen] = run(foreman, secret_names, [0])
+    assert "CROWDCOMPUTE_WORKER_TOKEN" not in seen
+    if options:
+        assert seen == [], f"a sandboxed task saw {seen}"
+
+
 @needs_bwrap
 def test_sandbox_allows_the_network_when_told(foreman, start_worker):
     start_worker(foreman.url, "--procs", "1", "--sandbox", "--allow-network")

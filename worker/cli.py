@@ -19,7 +19,13 @@ from crowdcompute.processes import (
 )
 from crowdcompute.sizes import parse_amount
 from crowdcompute.wire.addresses import parse_address
-from crowdcompute.wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
+from crowdcompute.wire.constants import (
+    ADDRESS_VARIABLE,
+    DEFAULT_URL,
+    FOREMAN_TOKEN_VARIABLE,
+    TOKEN_VARIABLE,
+    WORKER_TOKEN_VARIABLE,
+)
 
 from .cgroups import pids_cgroups_available
 from .environments import DEFAULT_CACHE_SIZE, Environments, InstallSource
@@ -164,8 +170,15 @@ def describe(settings: SlotSettings) -> str:
     return ", ".join(parts)
 
 
+#: Variables that may hold a credential: read by the parser, then gone from this process's environment,
+#: which every task process and installer it starts inherits (a job must not act as this worker).
+CREDENTIAL_VARIABLES = (WORKER_TOKEN_VARIABLE, TOKEN_VARIABLE, FOREMAN_TOKEN_VARIABLE)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in CREDENTIAL_VARIABLES:
+        os.environ.pop(name, None)
     if args.procs < 1:
         print("error: --procs must be at least 1", file=sys.stderr)
         return 2

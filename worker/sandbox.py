@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from crowdcompute.wire.constants import BWRAP_VARIABLE
 
-__all__ = ["SandboxUnavailableError", "bwrap_command", "find_bwrap"]
+__all__ = ["SANDBOX_ENVIRONMENT", "SandboxUnavailableError", "bwrap_command", "find_bwrap"]
 
 log = logging.getLogger("crowdcompute.worker")
 
@@ -141,6 +141,33 @@ def _inside(path: str, folder: str) -> bool:
 NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl/certs/ca-certificates.crt")
 
 
+#: What a sandboxed task sees of the worker's environment (besides HOME, TMPDIR and PYTHONPATH, which
+#: the sandbox sets): the command path, locale, time zone and the thread counts a volunteer may set for
+#: numeric libraries. Nothing else: not the worker's credential, nor the volunteer's keys and tokens.
+SANDBOX_ENVIRONMENT = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TERM",
+    "PYTHONIOENCODING",
+    "PYTHONUNBUFFERED",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def _kept_environment() -> list[str]:
+    """``--setenv`` arguments for the variables in SANDBOX_ENVIRONMENT (and LC_*) that are set here."""
+    kept: list[str] = []
+    for name, value in sorted(os.environ.items()):
+        if name in SANDBOX_ENVIRONMENT or name.startswith("LC_"):
+            kept += ["--setenv", name, value]
+    return kept
+
+
 def bwrap_command(bwrap: str, python: str, scratch: str, network: bool, readable: Sequence[str] = ()) -> list[str]:
     """The bwrap arguments that run ``python`` sandboxed with ``scratch`` as its only writable folder.
 
@@ -166,7 +193,7 @@ def bwrap_command(bwrap: str, python: str, scratch: str, network: bool, readable
     command += ["--size", str(SHM_SIZE), "--tmpfs", "/dev/shm"]  # for multiprocessing; small
     for path in [*hidden, "/dev"]:  # not recursive: the mounts inside stay as they are
         command += ["--remount-ro", path]
-    command += ["--setenv", "HOME", scratch, "--setenv", "TMPDIR", scratch]
+    command += ["--clearenv", *_kept_environment(), "--setenv", "HOME", scratch, "--setenv", "TMPDIR", scratch]
     # The task process imports our code from where this worker did, whatever an
     # installer's path hooks point at (an editable install elsewhere, say).
     inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
