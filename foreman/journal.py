@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -92,6 +93,15 @@ _ADDED_COLUMNS = (
 MAX_BACKLOG_BYTES = 32 * 1024 * 1024
 
 
+def _make_private(path: Path) -> None:
+    """Create the database file readable by this user only, or make it so (with the files SQLite keeps
+    beside it, which it creates with the database's permissions)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if name.exists():
+            os.chmod(name, 0o600)
+
+
 class Journal:
     """An SQLite file holding what the foreman must not lose, written by a thread of its own.
 
@@ -104,7 +114,8 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private(self.path)  # it holds jobs' inputs and results: this user's only
         self.blobs = self.path.with_name(self.path.name + ".blobs")  # big payloads, one file each
         self.blobs.mkdir(mode=0o700, exist_ok=True)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()

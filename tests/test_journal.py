@@ -228,3 +228,29 @@ def test_the_foreman_waits_for_room_while_the_disk_is_behind(tmp_path, monkeypat
 
     asyncio.run(main())
     journal.close()
+
+
+def test_the_journal_and_its_folder_are_this_users_only(tmp_path):
+    """It holds jobs' inputs and results: created under a usual umask it was readable by every user."""
+    import os
+    import stat
+
+    def mode(path) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "home" / "journal.sqlite3"
+        journal = Journal(path)
+        start_job(Scheduler(journaled=True), journal, tasks=2)
+        journal.close()
+        written = [name for name in path.parent.iterdir() if name.name.startswith(path.name) and name.is_file()]
+        assert path in written
+        assert mode(path.parent) == 0o700
+        assert {name.name: mode(name) for name in written} == {name.name: 0o600 for name in written}
+        # A journal an older version left readable by all is made private when opened.
+        os.chmod(path, 0o644)
+        Journal(path).close()
+        assert mode(path) == 0o600
+    finally:
+        os.umask(old)
