@@ -331,7 +331,7 @@ class CrowdComputeClient(AdminRequests, FrameHandling):
     ) -> Job:
         """Serialize the job, send it within the foreman's window, and (``wait_accepted``) wait until it is accepted."""
         self._require_connection()
-        options.check()
+        options = options.check()  # its numbers as int and float from here on
         welcome = self._welcome
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
         sub = encode_job(
