@@ -108,11 +108,13 @@ async def dial(
     timeout: float = 10.0,
     cafile: str | None = None,
     ping_interval: float | None = 20.0,
+    refused: str | None = None,
 ) -> tuple[ClientConnection, p.Welcome]:
     """Connect, send ``hello`` and return the connection with the foreman's Welcome.
 
     Raises ForemanUnavailableError (nothing answers, TLS fails, timeout),
-    AuthenticationError (token refused) or CrowdComputeError (refused otherwise).
+    AuthenticationError (token refused: with the text ``refused`` when given, which
+    says where the token came from) or CrowdComputeError (refused otherwise).
     """
     # A cafile is read even for ws://: one that cannot be is a mistake to say now, not a TLS failure later.
     ssl_context = client_ssl_context(cafile) if address.secure or cafile else None
@@ -151,6 +153,8 @@ async def dial(
         if reply.code == "revoked":  # a volunteer's credential, revoked or expired: retrying cannot help
             raise AuthenticationError(f"{reply.reason} (foreman {address.url})")
         if reply.code == "auth":
+            if refused is not None:
+                raise AuthenticationError(refused)
             if hello.role == Role.WORKER:
                 what = "pass the foreman's worker token with --token (or $CROWDCOMPUTE_WORKER_TOKEN)"
             else:
