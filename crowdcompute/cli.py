@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status = commands.add_parser("status", help="workers, slots, jobs and progress as a table")
     status.add_argument("url", nargs="?", help="the foreman (default: $CROWDCOMPUTE_ADDRESS or ws://127.0.0.1:9000)")
-    status.add_argument("--token", help="client token (default: $CROWDCOMPUTE_TOKEN or the connection file)")
+    status.add_argument("--token", help="client token (default: the connection file, else $CROWDCOMPUTE_TOKEN)")
     status.add_argument("--cafile", help="CA certificate to verify a wss:// foreman")
     add_volunteer_commands(commands)
     demo = commands.add_parser("demo", help="run a demo job on an embedded foreman and workers")

@@ -21,9 +21,10 @@ from .local import LocalCluster
 from .options import JobOptions, chunk_size, parse_requirements
 from .progress import choose_renderer, show_progress
 from .submission import encode_job
+from .tokens import choose_client_token
 from .wire import messages as p
-from .wire.addresses import Address, parse_address, read_connection_file
-from .wire.constants import ADDRESS_VARIABLE, TOKEN_VARIABLE, Role
+from .wire.addresses import Address, parse_address
+from .wire.constants import ADDRESS_VARIABLE, Role
 from .wire.runtime import runtime_fields
 
 __all__ = ["CrowdComputeClient", "chunk_size"]
@@ -104,8 +105,7 @@ class CrowdComputeClient(AdminRequests, FrameHandling):
         """
         host, token = self.host, self.token
         if host is None and os.environ.get(ADDRESS_VARIABLE):
-            host = os.environ[ADDRESS_VARIABLE]
-            token = token or os.environ.get(TOKEN_VARIABLE)
+            host = os.environ[ADDRESS_VARIABLE]  # its $CROWDCOMPUTE_TOKEN is chosen below
         if host is None and self.port is None:
             self.cluster = LocalCluster(workers=self.workers or os.cpu_count() or 1)
             try:
@@ -116,10 +116,10 @@ class CrowdComputeClient(AdminRequests, FrameHandling):
             token = self.cluster.token
         else:
             self.address = parse_address(host, self.port)
-        if token is None and self.address.loopback:
-            found = read_connection_file(self.address.port)
-            token = found["token"] if found else None
-        hello = p.Hello(Role.CLIENT, token or "", p.PROTOCOL_VERSION, name=f"client-{os.getpid()}", **runtime_fields())
+        chosen = choose_client_token(self.address, token)
+        hello = p.Hello(
+            Role.CLIENT, chosen.value or "", p.PROTOCOL_VERSION, name=f"client-{os.getpid()}", **runtime_fields()
+        )
         self._link = Link(
             self.address,
             hello,
@@ -130,6 +130,7 @@ class CrowdComputeClient(AdminRequests, FrameHandling):
             on_reconnect=self._reattach,
             on_lost=self._connection_lost,
             busy=lambda: bool(self._jobs),
+            refused=chosen.refused(self.address.url),
         )
         try:
             welcome = await self._link.open()
@@ -339,7 +340,7 @@ class CrowdComputeClient(AdminRequests, FrameHandling):
     ) -> Job:
         """Serialize the job, send it within the foreman's window, and (``wait_accepted``) wait until it is accepted."""
         self._require_connection()
-        options.check()
+        options = options.check()  # its numbers as int and float from here on
         welcome = self._welcome
         slots = max(self.slots, self.cluster.slots if self.cluster else 0)
         sub = encode_job(

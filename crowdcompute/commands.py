@@ -15,7 +15,7 @@ from .errors import CrowdComputeError
 from .local import LocalCluster
 from .processes import install_stop_handlers
 from .sizes import format_amount
-from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY, TOKEN_VARIABLE
+from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY
 
 __all__ = ["job_state", "run_local", "show_status", "sorted_workers", "status_tables", "worker_offers"]
 
@@ -59,7 +59,7 @@ def run_local(workers: int, port: int) -> int:
 async def show_status(url: str | None, token: str | None, cafile: str | None) -> int:
     """Print the foreman's workers and jobs as tables; exit 1 if it cannot be reached."""
     url = url or os.environ.get(ADDRESS_VARIABLE) or DEFAULT_URL
-    token = token or os.environ.get(TOKEN_VARIABLE)
+    # No token: the client chooses one as connect() does (crowdcompute.tokens), $CROWDCOMPUTE_TOKEN included.
     try:
         async with CrowdComputeClient(url, token=token, cafile=cafile) as client:
             status = await client.status()

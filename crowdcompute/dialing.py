@@ -82,9 +82,23 @@ class RetryNotices:
 def client_ssl_context(cafile: str | None = None) -> ssl.SSLContext:
     """Verify the foreman against the system trust store (or ``cafile``).
 
-    ``SSL_CERT_FILE`` is honoured through the default verify paths.
+    ``SSL_CERT_FILE`` is honoured through the default verify paths. Raises
+    FileNotFoundError (or the OSError that reading it raised) naming a
+    ``cafile`` that cannot be read and saying what it is for.
     """
-    return ssl.create_default_context(cafile=cafile)
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except ssl.SSLError:
+        raise
+    except OSError as exc:  # ssl's own error names no file: "[Errno 2] No such file or directory"
+        if cafile is None or exc.filename is not None:
+            raise
+        raise type(exc)(
+            exc.errno,
+            f"cannot read the cafile ({exc.strerror}): cafile= (--cafile for a worker) is the CA certificate, "
+            "a PEM file, that signed the foreman's TLS certificate",
+            cafile,
+        ) from None
 
 
 async def dial(
@@ -94,18 +108,21 @@ async def dial(
     timeout: float = 10.0,
     cafile: str | None = None,
     ping_interval: float | None = 20.0,
+    refused: str | None = None,
 ) -> tuple[ClientConnection, p.Welcome]:
     """Connect, send ``hello`` and return the connection with the foreman's Welcome.
 
     Raises ForemanUnavailableError (nothing answers, TLS fails, timeout),
-    AuthenticationError (token refused) or CrowdComputeError (refused otherwise).
+    AuthenticationError (token refused: with the text ``refused`` when given, which
+    says where the token came from) or CrowdComputeError (refused otherwise).
     """
-    ssl_context = client_ssl_context(cafile) if address.secure else None
+    # A cafile is read even for ws://: one that cannot be is a mistake to say now, not a TLS failure later.
+    ssl_context = client_ssl_context(cafile) if address.secure or cafile else None
 
     async def open_and_greet() -> tuple[ClientConnection, p.Message]:
         websocket = await connect(
             address.url,
-            ssl=ssl_context,
+            ssl=ssl_context if address.secure else None,
             compression=None,  # payloads are pickles: compression costs CPU and buys little
             max_size=MAX_FRAME_SIZE,
             open_timeout=None,  # the whole exchange is bounded by ``timeout`` below
@@ -136,6 +153,8 @@ async def dial(
         if reply.code == "revoked":  # a volunteer's credential, revoked or expired: retrying cannot help
             raise AuthenticationError(f"{reply.reason} (foreman {address.url})")
         if reply.code == "auth":
+            if refused is not None:
+                raise AuthenticationError(refused)
             if hello.role == Role.WORKER:
                 what = "pass the foreman's worker token with --token (or $CROWDCOMPUTE_WORKER_TOKEN)"
             else:

@@ -51,9 +51,11 @@ class Link:
         on_reconnect: Callable[[], None],
         on_lost: Callable[[ConnectionLostError], None],
         busy: Callable[[], bool] = lambda: False,
+        refused: str | None = None,
     ) -> None:
         self.address = address
         self.hello = hello
+        self.refused = refused  # what an AuthenticationError says: where the token came from
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
         self.cafile = cafile
@@ -82,7 +84,9 @@ class Link:
 
     async def open(self) -> p.Welcome:
         """Dial the foreman. Raises ForemanUnavailableError, AuthenticationError."""
-        self._websocket, self.welcome = await dial(self.address, self.hello, timeout=self.timeout, cafile=self.cafile)
+        self._websocket, self.welcome = await dial(
+            self.address, self.hello, timeout=self.timeout, cafile=self.cafile, refused=self.refused
+        )
         self._start()
         return self.welcome
 
@@ -223,7 +227,11 @@ class Link:
                 break
             try:
                 self._websocket, self.welcome = await dial(
-                    self.address, self.hello, timeout=min(self.timeout, remaining), cafile=self.cafile
+                    self.address,
+                    self.hello,
+                    timeout=min(self.timeout, remaining),
+                    cafile=self.cafile,
+                    refused=self.refused,
                 )
             except AuthenticationError as exc:
                 reason = str(exc)

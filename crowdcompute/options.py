@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .sizes import parse_amount
@@ -31,7 +32,24 @@ class JobOptions:
     resources: Mapping[str, float | str] | None = None
     labels: Mapping[str, str] | None = None
 
-    def check(self) -> None:
+    def check(self) -> JobOptions:
+        """These options with their numbers as int and float; TypeError for an option of the wrong
+        type and ValueError for one out of range, saying which and what it takes."""
+        options = replace(
+            self,
+            chunksize=_maybe_whole("chunksize", self.chunksize),
+            timeout=_seconds("timeout", self.timeout),
+            retries=_maybe_whole("retries", self.retries),
+            redundancy=_whole("redundancy", self.redundancy),
+            quorum=_maybe_whole("quorum", self.quorum),
+            quorum_timeout=_seconds("quorum_timeout", self.quorum_timeout),
+            resources=_mapping("resources", self.resources, "resource names and amounts", '{"gpu": 1}'),
+            labels=_mapping("labels", self.labels, "label names and values", '{"site": "lab1"}'),
+        )
+        options._check_ranges()
+        return options
+
+    def _check_ranges(self) -> None:
         """Raise ValueError for an option out of range, saying which."""
         if self.chunksize is not None and self.chunksize < 1:
             raise ValueError(f"chunksize must be at least 1, not {self.chunksize}")
@@ -66,6 +84,34 @@ class JobOptions:
             if not isinstance(value, str):
                 raise ValueError(f"labels: {name!r} must be text, not {value!r}")
         return resources, labels
+
+
+def _whole(name: str, value: object) -> int:
+    """``value`` as an int (numpy's integers too); TypeError for anything else, bool included."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be a whole number (int), not {value!r}")
+    return operator.index(value)
+
+
+def _maybe_whole(name: str, value: object) -> int | None:
+    """``value`` as an int, or None; TypeError for anything else (see ``_whole``)."""
+    return None if value is None else _whole(name, value)
+
+
+def _seconds(name: str, value: object) -> float | None:
+    """``value`` as a float (an int or numpy's numbers too), or None; TypeError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
+        raise TypeError(f"{name} must be a number of seconds (int or float), not {value!r}")
+    return float(value)
+
+
+def _mapping(name: str, value: object, holding: str, example: str) -> Mapping | None:
+    """``value`` if it is a dict (any Mapping), or None; TypeError saying the shape expected otherwise."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    raise TypeError(f"{name} must be a dict of {holding}, such as {example}, not {value!r}")
 
 
 def chunk_size(items: int, slots: int) -> int:

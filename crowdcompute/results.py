@@ -38,7 +38,8 @@ def build_task_error(error: dict, index: int | None, item: Any = None, trusted: 
         "remote_traceback": tb_text,
         "item_repr": None if item is None else short_repr(item),
     }
-    if original is not None and not issubclass(original, TaskError):
+    # Only an Exception: a SystemExit or KeyboardInterrupt the function raised must not stop the caller.
+    if original is not None and issubclass(original, Exception) and not issubclass(original, TaskError):
         cls = _mixed_class(original)
         if cls is not None:
             try:

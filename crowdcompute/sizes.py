@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_amount", "parse_amount"]
+__all__ = ["RAISE_FRAME_LIMIT", "format_amount", "format_mib", "parse_amount"]
+
+#: How to raise the foreman's limit on what one task (or a job's function) may weigh: errors about it say so.
+RAISE_FRAME_LIMIT = "start the foreman with a larger --max-frame-size (in bytes)"
 
 _UNITS = {
     "": 1,
@@ -45,3 +48,8 @@ def format_amount(value: float) -> str:
         if value >= _UNITS[unit] and value % (_UNITS[unit] // 1000 or 1) == 0:
             return f"{value / _UNITS[unit]:g}{unit}"
     return f"{value:g}"
+
+
+def format_mib(size: float) -> str:
+    """A byte count in MiB, as the README writes the limits: ``255.9 MiB``."""
+    return f"{size / 2**20:,.1f} MiB"

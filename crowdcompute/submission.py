@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .codecs.modules import WithModules, read_modules, warn_local_modules
-from .codecs.pickled import Apply, dumps_chunks, dumps_function, dumps_pieced_chunks
+from .codecs.outcomes import short_repr
+from .codecs.pickled import Apply, dumps_chunks, dumps_function, dumps_items, dumps_pieced_chunks
 from .codecs.portable import dumps_portable_function, dumps_portable_items
 from .errors import SerializationError
 from .options import JobOptions, chunk_size
+from .sizes import RAISE_FRAME_LIMIT, format_mib
 from .wire import messages as p
 from .wire.constants import Serializer
 
@@ -78,19 +80,24 @@ def encode_job(
     if len(function) > limit:
         raise SerializationError(
             getattr(func, "__name__", "the function"),
-            f"it serializes to {len(function):,} bytes with what it refers to, over the foreman's limit of "
-            f"{limit:,}; load big data inside the function instead of capturing it",
+            f"it serializes to {format_mib(len(function))} with what it refers to, over the foreman's limit of "
+            f"{format_mib(limit)}; load big data inside the function instead of capturing it, or {RAISE_FRAME_LIMIT}",
         )
     items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
     size = options.chunksize or (1 if options.timeout is not None else chunk_size(len(items), slots))
     target = None if options.chunksize else TASK_BYTES_TARGET
-    if options.chunksize or portable or size == 1:
-        dump = dumps_portable_items if portable else None
-        chunks: list[tuple[int, int, bytes, list[list[int]] | None]] = [
-            (*chunk, None) for chunk in dumps_chunks(items, size, limit, dump, target)
-        ]
-    else:  # automatic: in pieces the foreman may cut between as workers join
-        chunks = dumps_pieced_chunks(items, size, chunk_size(len(items), PIECE_SLOTS), limit, target)
+    try:
+        if options.chunksize or portable or size == 1:
+            dump = dumps_portable_items if portable else None
+            chunks: list[tuple[int, int, bytes, list[list[int]] | None]] = [
+                (*chunk, None) for chunk in dumps_chunks(items, size, limit, dump, target)
+            ]
+        else:  # automatic: in pieces the foreman may cut between as workers join
+            chunks = dumps_pieced_chunks(items, size, chunk_size(len(items), PIECE_SLOTS), limit, target)
+    except SerializationError as exc:
+        if call and not portable:  # item 0 is run()'s ((args), {kwargs}): name the argument instead
+            raise _name_argument(items[0], exc) from exc.__cause__
+        raise
     job_id = uuid.uuid4().hex
     submit = p.SubmitJob(
         job_id,
@@ -114,3 +121,21 @@ def encode_job(
         for n, (start, count, payload, pieces) in enumerate(chunks)
     ]
     return Submission(submit, tasks, items, portable, time.perf_counter() - started)
+
+
+def _name_argument(call: Any, error: SerializationError) -> SerializationError:
+    """``error`` about run()'s arguments, naming the argument that cannot be serialized, or else
+    the largest one (it made them too big), instead of the ``((args), {kwargs})`` pair."""
+    args, kwargs = call
+    named = [(f"argument {n + 1}", value) for n, value in enumerate(args)]
+    named += [(f"argument {name}=", value) for name, value in kwargs.items()]
+    largest, weight = "the arguments", -1
+    for what, value in named:
+        what = f"{what} ({short_repr(value)})"
+        try:
+            size = len(dumps_items([value]))
+        except SerializationError as exc:
+            return SerializationError(what, exc.reason)
+        if size > weight:
+            largest, weight = what, size
+    return SerializationError(largest, error.reason)

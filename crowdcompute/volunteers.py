@@ -19,7 +19,7 @@ from rich.table import Table
 from .client import CrowdComputeClient
 from .errors import CrowdComputeError
 from .wire.addresses import parse_address
-from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE
+from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL
 
 __all__ = ["add_commands", "invite", "parse_duration", "revoke", "show_workers", "workers_table"]
 
@@ -46,7 +46,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     workers_parser = commands.add_parser("workers", help="volunteers and their record")
     workers_parser.add_argument("url", nargs="?", help=_URL_HELP)
     for parser in (invite_parser, revoke_parser, workers_parser):
-        parser.add_argument("--token", help="client token (default: $CROWDCOMPUTE_TOKEN or the connection file)")
+        parser.add_argument("--token", help="client token (default: the connection file, else $CROWDCOMPUTE_TOKEN)")
         parser.add_argument("--cafile", help="CA certificate to verify a wss:// foreman")
 
 
@@ -64,7 +64,10 @@ def _url(url: str | None) -> str:
 
 def _client(args: argparse.Namespace) -> CrowdComputeClient:
     return CrowdComputeClient(
-        _url(args.url), token=args.token or os.environ.get(TOKEN_VARIABLE), cafile=args.cafile, reconnect_timeout=0
+        _url(args.url),
+        token=args.token,  # None: chosen as connect() chooses (crowdcompute.tokens)
+        cafile=args.cafile,
+        reconnect_timeout=0,
     )
 
 

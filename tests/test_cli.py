@@ -6,10 +6,11 @@ import json
 import signal
 
 import psutil
+import pytest
 from conftest import spawn
 from helpers import arun
 
-from crowdcompute import CrowdComputeClient
+from crowdcompute import AuthenticationError, CrowdComputeClient
 from crowdcompute.wire import addresses
 
 
@@ -99,3 +100,58 @@ def test_a_generated_token_never_reads_as_an_option(monkeypatch):
     drawn = iter(["-starts-with-a-dash", "fine-token"])
     monkeypatch.setattr(addresses.secrets, "token_urlsafe", lambda nbytes: next(drawn))
     assert addresses.generate_token() == "fine-token"
+
+
+def test_the_exported_token_goes_to_a_named_foreman_only_where_the_user_meant_it(start_foreman, monkeypatch):
+    foreman = start_foreman("--token", "s3cret")  # writes no connection file
+    monkeypatch.setenv("CROWDCOMPUTE_TOKEN", "s3cret")
+
+    async def connect(**kwargs):
+        async with CrowdComputeClient(foreman.url, **kwargs) as cc:
+            return (await cc.status())["jobs"]
+
+    async def main():
+        assert await connect() == []  # $CROWDCOMPUTE_TOKEN with no $CROWDCOMPUTE_ADDRESS: for any foreman
+        monkeypatch.setenv("CROWDCOMPUTE_ADDRESS", foreman.url)
+        assert await connect() == []  # the address it goes with
+        # It goes with another foreman: not sent here, and the error says so.
+        monkeypatch.setenv("CROWDCOMPUTE_ADDRESS", "wss://elsewhere.example:9000")
+        with pytest.raises(AuthenticationError) as caught:
+            await connect()
+        text = str(caught.value)
+        assert "$CROWDCOMPUTE_TOKEN" in text and "wss://elsewhere.example:9000" in text and "token=" in text, text
+        assert await connect(token="s3cret") == []  # an explicit token always goes
+        monkeypatch.delenv("CROWDCOMPUTE_ADDRESS")
+        monkeypatch.setenv("CROWDCOMPUTE_TOKEN", "wrong")
+        with pytest.raises(AuthenticationError, match=r"refused the token in \$CROWDCOMPUTE_TOKEN"):
+            await connect()
+
+    arun(main())
+    status = spawn("status", foreman.url)  # `crowdcompute status URL` chooses the same way
+    assert status.popen.wait(30) == 1
+    status.close()
+    assert any("refused the token in $CROWDCOMPUTE_TOKEN" in line for line in status.lines), status.lines
+
+
+def test_with_no_token_at_all_the_error_names_the_connection_file_looked_for(start_foreman, crowd_home):
+    foreman = start_foreman("--token", "s3cret")
+    looked_for = crowd_home / f"foreman-{foreman.port}.json"
+
+    async def main():
+        with pytest.raises(AuthenticationError) as caught:
+            await CrowdComputeClient(foreman.url).connect()
+        text = str(caught.value)
+        assert "no token was given" in text and str(looked_for) in text, text
+        assert "refused this client token" not in text, text
+
+    arun(main())
+
+
+def test_a_loopback_foremans_connection_file_comes_before_the_exported_token(cluster, monkeypatch):
+    monkeypatch.setenv("CROWDCOMPUTE_TOKEN", "the token of some other foreman")
+
+    async def main():
+        async with CrowdComputeClient("localhost", cluster.port) as cc:
+            assert await cc.run(sum, [2, 3]) == 5
+
+    arun(main())

@@ -78,6 +78,28 @@ def test_client_errors_say_what_to_pass_for_tls(tls_foreman):
     arun(main())
 
 
+def test_a_missing_cafile_is_named_and_said_what_it_is_for(tls_foreman, tmp_path):
+    foreman, _ = tls_foreman
+    missing = tmp_path / "nonexist.pem"
+
+    async def main():
+        with pytest.raises(FileNotFoundError) as caught:
+            await CrowdComputeClient(foreman.url, token="tls-token", cafile=str(missing), timeout=5).connect()
+        text = str(caught.value)
+        assert str(missing) in text and "CA certificate" in text, text
+
+    arun(main())
+    worker = _watch(foreman.url, "--token", "tls-token", "--cafile", str(missing))
+    try:
+        assert worker.popen.wait(20) == 2  # at once, not retried
+        worker.close()
+        assert len(worker.lines) == 1, worker.lines
+        assert worker.lines[0].startswith("error: ") and str(missing) in worker.lines[0], worker.lines
+        assert "--cafile" in worker.lines[0] and "CA certificate" in worker.lines[0], worker.lines
+    finally:
+        worker.stop()
+
+
 def test_worker_says_at_once_when_the_url_has_the_wrong_scheme(foreman):
     worker = _watch(foreman.url.replace("ws://", "wss://"), "--token", foreman.token)
     try:

@@ -17,6 +17,7 @@ from crowdcompute import (
     ConnectionLostError,
     CrowdComputeClient,
     JobCancelledError,
+    TaskError,
     TaskTimeoutError,
     WorkerCrashedError,
 )
@@ -100,6 +101,70 @@ def test_poison_task_fails_alone_and_the_worker_stays(cluster, func, bad, cause)
             status = await cc.status()
             assert [w["name"] for w in status["workers"]] == ["w1"]
             assert await cc.map(abs, [-1]) == [1]
+
+    arun(main(), timeout=60)
+
+
+def _exit_on_one(x):
+    import sys
+
+    if x == 1:
+        sys.exit(3)
+    return x
+
+
+def _interrupt_on_one(x):
+    if x == 1:
+        raise KeyboardInterrupt("from the function")
+    return x
+
+
+@pytest.mark.parametrize("func, exc_type", [(_exit_on_one, "SystemExit"), (_interrupt_on_one, "KeyboardInterrupt")])
+def test_system_exit_or_keyboard_interrupt_raised_by_the_function_is_its_error(cluster, tmp_path, func, exc_type):
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            job = await cc.submit(func, range(3), chunksize=1)
+            with pytest.raises(TaskError) as caught:
+                await job
+            error = caught.value
+            assert not isinstance(error, WorkerCrashedError), str(error)
+            assert not isinstance(error, (SystemExit, KeyboardInterrupt))  # which would stop the caller
+            assert error.index == 1 and error.exc_type == exc_type
+            assert exc_type in error.remote_traceback and func.__name__ in error.remote_traceback
+            assert job.completed == 2 and job.failed == 1
+            with pytest.raises(TaskError, match=exc_type):  # run() too
+                await cc.run(func, 1)
+
+    arun(main(), timeout=60)
+
+
+def _stall_once(folder):
+    """Writes its pid and stalls on its first run; returns at once on the next."""
+    import os
+    import time
+
+    done = os.path.join(folder, "started")
+    if os.path.exists(done):
+        return "again"
+    with open(os.path.join(folder, "pid.tmp"), "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.path.join(folder, "pid.tmp"), os.path.join(folder, "pid"))
+    open(done, "w").close()
+    time.sleep(60)
+    return "first"
+
+
+def test_a_real_sigint_to_the_task_process_is_a_crash_not_the_functions_error(cluster, tmp_path):
+    # Ctrl-C in the terminal of `crowdcompute worker` reaches its task processes (one process
+    # group): the task is lost and runs again, as before; it is not the function's KeyboardInterrupt.
+    pid_file = tmp_path / "pid"
+
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            job = await cc.submit(_stall_once, [str(tmp_path)], chunksize=1)
+            await wait_until(pid_file.exists, 20, "the task never started")
+            os.kill(int(pid_file.read_text()), signal.SIGINT)
+            assert await job == ["again"]
 
     arun(main(), timeout=60)
 

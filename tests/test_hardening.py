@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 
 import pytest
 from conftest import spawn
@@ -119,8 +120,19 @@ def test_the_client_refuses_an_item_over_the_frame_limit_before_sending(start_fo
 
     async def main():
         async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
-            with pytest.raises(SerializationError, match=r"item 1 .*over the foreman's limit"):
+            with pytest.raises(SerializationError, match=r"item 1 .*over the foreman's limit") as caught:
                 await cc.map(len, [b"small", b"x" * 2_000_000])
+            text = str(caught.value)  # sizes in MiB as the README writes them; what raises the limit
+            assert "it pickles to 1.9 MiB, over the foreman's limit of 0.9 MiB per task" in text, text
+            assert "--max-frame-size" in text, text
+            with pytest.raises(SerializationError) as caught:  # run(): the argument, not item 0's ((args), {kwargs})
+                await cc.run(len, b"x" * 2_000_000, key=1)
+            text = str(caught.value)
+            assert text.startswith("cannot serialize argument 1 (b'xxx") and "1.9 MiB" in text, text
+            assert "item 0" not in text and "((" not in text, text
+            lock = threading.Lock()
+            with pytest.raises(SerializationError, match=r"^cannot serialize argument key= \(<unlocked _thread.lock"):
+                await cc.run(len, b"", key=lock)
             assert (await cc.status())["jobs"] == []
             # Chunks that would be too big together are split; each item fits.
             assert await cc.map(len, [b"y" * 300_000] * 6, chunksize=6) == [300_000] * 6

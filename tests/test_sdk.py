@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import numpy
 import pytest
 from helpers import arun, wait_until
 
@@ -233,5 +234,38 @@ def test_bad_options_are_refused_before_anything_is_sent(cluster):
                 with pytest.raises(ValueError):
                     await cc.map(abs, [1], **options)
             assert (await cc.status())["jobs"] == []
+
+    arun(main())
+
+
+def test_options_of_the_wrong_type_are_refused_with_what_is_expected(cluster):
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            for name, value, expected in (
+                ("chunksize", 2.5, "chunksize must be a whole number (int), not 2.5"),
+                ("chunksize", "3", "chunksize must be a whole number (int), not '3'"),
+                ("chunksize", True, "chunksize must be a whole number (int), not True"),
+                ("retries", "x", "retries must be a whole number (int), not 'x'"),
+                ("retries", 1.0, "retries must be a whole number (int), not 1.0"),
+                ("redundancy", "2", "redundancy must be a whole number (int), not '2'"),
+                ("quorum", 1.5, "quorum must be a whole number (int), not 1.5"),
+                ("timeout", "5", "timeout must be a number of seconds (int or float), not '5'"),
+                ("timeout", False, "timeout must be a number of seconds (int or float), not False"),
+                ("quorum_timeout", "5", "quorum_timeout must be a number of seconds (int or float), not '5'"),
+                ("labels", ["a", "b"], 'labels must be a dict of label names and values, such as {"site": "lab1"}'),
+                ("labels", "site=lab1", "labels must be a dict"),
+                ("resources", ["gpu"], 'resources must be a dict of resource names and amounts, such as {"gpu": 1}'),
+                ("resources", 1, "resources must be a dict"),
+            ):
+                with pytest.raises(TypeError) as caught:
+                    await cc.map(abs, [1], **{name: value})
+                assert expected in str(caught.value), (name, value, str(caught.value))
+                if name not in ("chunksize", "retries", "timeout"):  # what run() takes as the call's needs
+                    with pytest.raises(TypeError, match=f"^{name} must be"):
+                        await cc.run(abs, 1, **{name: value})
+            assert (await cc.status())["jobs"] == []
+            # numpy's integers and floats are whole numbers and numbers all the same
+            options = {"chunksize": numpy.int64(1), "retries": numpy.int32(0), "timeout": numpy.float64(30)}
+            assert await cc.map(abs, [-1, -2], **options) == [1, 2]
 
     arun(main())

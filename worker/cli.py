@@ -187,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.cafile is not None:
+        from crowdcompute.dialing import client_ssl_context  # here: websockets loads later, with the agent
+
+        try:  # a cafile that cannot be read would fail every attempt: said once, at once
+            client_ssl_context(args.cafile)
+        except OSError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         resources = {name: parse_amount(value) for name, value in parse_pairs(args.resources, "--resources").items()}
         labels = parse_pairs(args.labels, "--labels")

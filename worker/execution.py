@@ -7,17 +7,31 @@ Runs inside a task process. Outcomes are reported in the shared
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from crowdcompute.codecs.outcomes import describe_exception, dumps_outcomes
 from crowdcompute.wire.framing import Pieces
 
-__all__ = ["OnItem", "module_hint", "run_items", "run_portable"]
+__all__ = ["USER_ERRORS", "Interrupted", "OnItem", "module_hint", "run_items", "run_portable"]
 
 
 #: Called before each item with its offset and the errors so far (offset -> error dict).
 OnItem = Callable[[int, dict], None]
+
+
+class Interrupted(KeyboardInterrupt):
+    """A real SIGINT reached the task process (Ctrl-C in the terminal of ``crowdcompute worker``
+    reaches its whole process group): the process ends, as it always did, and its task runs
+    again elsewhere. It is not the function's error. A KeyboardInterrupt still, so that the
+    user's ``except KeyboardInterrupt:`` clean-up runs."""
+
+
+#: What the function raised is its item's error: any exception, and ``sys.exit()`` or
+#: ``raise KeyboardInterrupt`` too (the function raised; its process did not crash). Not a
+#: real SIGINT (Interrupted), nor worker.limits.LimitBroken: those end the task process.
+USER_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 
 
 def run_items(func: Callable, items: Iterable, on_item: OnItem | None = None) -> tuple[bytes | Pieces, int]:
@@ -25,12 +39,17 @@ def run_items(func: Callable, items: Iterable, on_item: OnItem | None = None) ->
     values: list[Any] = []
     errors: dict[int, dict] = {}
     append = values.append
+    pid = os.getpid()
     for offset, item in enumerate(items):
         if on_item is not None:
             on_item(offset, errors)
         try:
             append(func(item))
-        except Exception as exc:  # the user's error travels back; KeyboardInterrupt does not
+        except Interrupted:
+            raise
+        except USER_ERRORS as exc:  # the user's error travels back
+            if os.getpid() != pid:  # a copy the function forked ends here (sys.exit() in it, say)
+                raise
             exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None
             hint = module_hint(exc)
             if hint and hasattr(exc, "add_note"):  # Python 3.11+
@@ -63,6 +82,7 @@ def run_portable(
         error = describe_exception(ValueError(f"the task's input is not JSON: {exc}"), pickled=False)
         items, errors = [], {offset: error for offset in range(count)}
         values = [None] * count
+    pid = os.getpid()
     for offset, item in enumerate(items):
         if on_item is not None:
             on_item(offset, errors)
@@ -70,7 +90,11 @@ def run_portable(
             value = func(item)
             json.dumps(value)  # a result that is not JSON fails here, as this item's error
             values.append(value)
-        except Exception as exc:
+        except Interrupted:
+            raise
+        except USER_ERRORS as exc:
+            if os.getpid() != pid:  # a copy the function forked ends here
+                raise
             values.append(None)
             errors[offset] = describe_exception(exc, pickled=False)  # JSON: no pickle
     return json.dumps({"values": values, "errors": errors}).encode(), len(errors)

@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle
 
 from ..errors import SerializationError
+from ..sizes import RAISE_FRAME_LIMIT, format_mib
 from ..wire.framing import Pieces
 from . import buffers
 from .origins import users_module
@@ -232,8 +233,8 @@ def _dump_range(items: Sequence, start: int, count: int, limit: int, bound: int,
     if count == 1:
         raise SerializationError(
             f"item {start} ({short_repr(items[start])})",
-            f"it pickles to {_megabytes(len(payload))}, over the foreman's limit of {_megabytes(limit)} "
-            "per task (its max frame size); send a path or a smaller piece instead",
+            f"it pickles to {format_mib(len(payload))}, over the foreman's limit of {format_mib(limit)} per task; "
+            f"send a path or a smaller piece instead, or {RAISE_FRAME_LIMIT}",
         )
     # Split into pieces of about ``bound`` bytes at once (items are usually alike), not by halves.
     pieces = min(count, -(-len(payload) // bound))
@@ -243,10 +244,6 @@ def _dump_range(items: Sequence, start: int, count: int, limit: int, bound: int,
     for first in range(start, start + count, step):
         fitted = min(fitted, _dump_range(items, first, min(step, start + count - first), limit, bound, out, dump))
     return fitted
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB"
 
 
 def loads(data: bytes) -> Any:
