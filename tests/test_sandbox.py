@@ -219,15 +219,19 @@ def test_the_sandbox_never_shows_a_home_even_on_the_python_path(volunteer_home, 
 
 
 def sleep_long(_):
+    import os
     import time
 
-    print("started", flush=True)
+    print(f"started {os.getpid()}", flush=True)
     time.sleep(60)
 
 
-@needs_bwrap
-def test_a_killed_sandboxed_worker_takes_its_task_processes_with_it(foreman, start_worker):
-    worker = start_worker(foreman.url, "--procs", "1", "--sandbox")
+@pytest.mark.parametrize("options", [pytest.param(["--sandbox"], marks=needs_bwrap, id="sandboxed"), []])
+def test_a_killed_worker_takes_its_task_processes_with_it(foreman, start_worker, options):
+    """A worker killed outright (no chance to clean up) leaves no task running: under bwrap,
+    --die-with-parent; from a forkserver, which a child keeps alive after the agent died, the
+    child sees the agent's end of its pipe close (it ran on until its task ended)."""
+    worker = start_worker(foreman.url, "--procs", "1", *options)
     agent = psutil.Process(worker.popen.pid)
 
     async def main():
@@ -236,9 +240,12 @@ def test_a_killed_sandboxed_worker_takes_its_task_processes_with_it(foreman, sta
             said: list[str] = []
             job.add_output_listener(lambda index, stream, text: said.append(text))
             await wait_until(lambda: said, 20, "the task never started")
-            task_process = _sandboxed_python(agent)
-            assert task_process is not None, "no sandboxed task process under the worker"
-            worker.popen.kill()  # no chance to clean up: bwrap --die-with-parent must
+            if options:
+                task_process = _sandboxed_python(agent)  # the pid it printed is its sandbox's
+                assert task_process is not None, "no sandboxed task process under the worker"
+            else:
+                task_process = psutil.Process(int(said[0].split()[1]))
+            worker.popen.kill()
             await wait_until(lambda: not _alive(task_process), 10, "the task process outlived its worker")
             job.cancel()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import shutil
 import signal
 import stat
@@ -51,7 +52,7 @@ __all__ = ["main", "serve_fd"]
 
 #: Functions of this many jobs stay loaded in a task process.
 CACHED_FUNCTIONS = 8
-#: How often the process checks that its parent is alive, in seconds.
+#: Where a closed pipe is not reported (no POLLRDHUP): how often the process checks its parent, in seconds.
 PARENT_CHECK_INTERVAL = 0.5
 #: Seconds between two progress reports of a running task; a task that ends sooner reports none,
 #: so fast maps send no extra message. A first failure is reported at the next item after it.
@@ -99,9 +100,21 @@ class _Output:
         return "utf-8"
 
 
-def _exit_when_orphaned() -> None:
-    # The parent is the agent, or the forkserver that the agent owns: either way it
-    # changes only when the process that started us is gone.
+def _exit_when_orphaned(fd: int) -> None:
+    """Exit when the agent is gone, whatever the task is doing: nobody is left to take its outcome.
+
+    The agent's end of the pipe (a socket) closes when it dies, which ``poll`` reports as
+    POLLRDHUP without reading anything. The parent is no sign: a forkserver's child keeps
+    the forkserver alive (it holds the forkserver's "alive" pipe) after the agent was killed.
+    Elsewhere, a change of parent is the sign (the agent, or a forkserver that outlives it).
+    """
+    hangup = getattr(select, "POLLRDHUP", 0) | select.POLLHUP
+    if hasattr(select, "POLLRDHUP"):
+        poller = select.poll()
+        poller.register(fd, hangup)
+        while True:
+            if any(events & (hangup | select.POLLERR | select.POLLNVAL) for _, events in poller.poll()):
+                os._exit(1)
     parent_pid = os.getppid()
     while True:
         time.sleep(PARENT_CHECK_INTERVAL)
@@ -130,7 +143,7 @@ def main(conn: Connection, settings: dict | None = None) -> None:
     apply_in_task_process(limits, settings.get("nproc"))
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT was ignored
         signal.signal(signal.SIGINT, _interrupt)
-    threading.Thread(target=_exit_when_orphaned, daemon=True).start()
+    threading.Thread(target=_exit_when_orphaned, args=(conn.fileno(),), daemon=True).start()
     if settings.get("site"):
         use_environment(settings["site"])
     _Server(conn, limits, settings.get("scratch")).serve()
