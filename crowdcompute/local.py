@@ -44,11 +44,15 @@ class LocalCluster:
         *,
         port: int = 0,
         token: str | None = "",
-        log_level: str = "warning",
+        log_level: str = "error",
         show_workers: bool = False,
         journal: str = "none",
     ) -> None:
-        """``journal``: the foreman's --journal ("none": an embedded cluster lives and dies with its client)."""
+        """``journal``: the foreman's --journal ("none": an embedded cluster lives and dies with its client).
+
+        ``log_level``: its processes' (stderr is the owner's: a notebook cell, a script's output). By
+        default they say only what breaks them; the owner hears of failed tasks through its jobs.
+        """
         if workers < 1:
             raise ValueError(f"a local cluster needs at least one worker, not {workers}")
         self.workers = workers

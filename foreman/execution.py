@@ -43,7 +43,7 @@ class ActionExecution:
         accepted: list[Send] = []
         for action in actions:
             if isinstance(action, Note):
-                log.warning("%s", action.text)
+                log.log(logging.INFO if action.routine else logging.WARNING, "%s", action.text)
             elif isinstance(action, (Send, Close, Replay)):
                 peer = self._peers.get(action.to)
                 if peer is None:

@@ -54,9 +54,11 @@ class Close:
 
 @dataclass(frozen=True)
 class Note:
-    """Action: log ``text`` (a dropped result, a refused request)."""
+    """Action: log ``text`` (a dropped result, a refused request); ``routine`` ones at INFO (a backup
+    run, an operator's own action), the rest as warnings."""
 
     text: str
+    routine: bool = False
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,9 @@ class TimedEvents:
         for job, task in deadlines.backups(self.jobs, self.workers.values(), now):
             task.backups += 1
             self._enqueue(job, task)
-            actions.append(Note(f"backup run of task {task.task_id} of job {job.job_id} (tail of the job)"))
+            actions.append(
+                Note(f"backup run of task {task.task_id} of job {job.job_id} (tail of the job)", routine=True)
+            )
         return actions
 
     def at_tail(self) -> bool:

@@ -49,7 +49,7 @@ class VolunteerEvents:
         trust = "trusted" if volunteer.trusted else "untrusted"
         return [
             SaveVolunteer(volunteer),
-            Note(f"invited volunteer {volunteer.name} ({trust}, slots {volunteer.slots or 'default'})"),
+            Note(f"invited volunteer {volunteer.name} ({trust}, slots {volunteer.slots or 'default'})", routine=True),
             Send(client_id, p.VolunteersReply.of(answer)),
         ]
 
@@ -62,7 +62,7 @@ class VolunteerEvents:
         actions: list[Action] = [SaveVolunteer(volunteer)]
         connections = [w for w in self.workers.values() if w.volunteer is volunteer]
         actions += self._shut_out(connections, "credential revoked")
-        actions.append(Note(f"revoked volunteer {volunteer.name}: closed {len(connections)} connections"))
+        actions.append(Note(f"revoked volunteer {volunteer.name}: closed {len(connections)} connections", routine=True))
         answer = {"volunteer": volunteer.summary(self.clock()), "closed": len(connections)}
         return actions + [Send(client_id, p.VolunteersReply.of(answer))]
 

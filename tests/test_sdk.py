@@ -166,6 +166,20 @@ def test_a_job_attached_by_another_client_still_reaches_the_one_that_submitted_i
     arun(main(), timeout=60)
 
 
+def test_an_embedded_clusters_processes_keep_routine_news_out_of_the_owners_output(capfd):
+    """Their stderr is the owner's (a notebook cell, a script's output): a task that times out is
+    the owner's TaskTimeoutError, not also a worker's warning line above it."""
+
+    async def main():
+        async with CrowdComputeClient(workers=1) as cc:
+            with pytest.raises(crowdcompute.TaskTimeoutError):
+                await cc.map(_sleep, [5, 0], timeout=0.5, chunksize=1)
+
+    arun(main(), timeout=60)
+    err = capfd.readouterr().err
+    assert "WARNING" not in err, err
+
+
 def test_an_embedded_cluster_stops_its_running_tasks_at_disconnect():
     """Its owner gone, an embedded worker stops at once (not after its stop timeout, killed):
     nobody is left to take what the running tasks would return."""
