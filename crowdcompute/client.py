@@ -18,7 +18,7 @@ from .job import Job
 from .link import Link
 from .local import LocalCluster
 from .options import JobOptions, chunk_size, parse_requirements
-from .progress import choose_renderer, show_progress
+from .progress import choose_renderer, log_waiting, show_progress
 from .tokens import choose_client_token
 from .tracking import JobTracking
 from .wire import messages as p
@@ -300,6 +300,7 @@ class CrowdComputeClient(AdminRequests, FrameHandling, JobTracking):
             labels=labels,
         )
         job = await self._submit(func, [(args, kwargs)], options, call=True, wait_accepted=False)
+        log_waiting(job)  # a call that no connected worker can take says so
         try:
             (result,) = await job
         except (asyncio.CancelledError, KeyboardInterrupt):

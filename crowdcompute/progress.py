@@ -13,6 +13,7 @@ registers its renderer with :func:`register_renderer` when it is imported
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -32,9 +33,12 @@ __all__ = [
     "RichProgress",
     "choose_renderer",
     "in_jupyter_kernel",
+    "log_waiting",
     "register_renderer",
     "show_progress",
 ]
+
+log = logging.getLogger("crowdcompute.client")
 
 #: The entry point group where packages name renderers: ``NAME = "module:factory"``, factory(job) -> Renderer.
 RENDERER_GROUP = "crowdcompute.renderers"
@@ -239,12 +243,29 @@ def choose_renderer(progress: object = None) -> str | None:
 def show_progress(job: Job, progress: object = None) -> Renderer | None:
     """Start the renderer :func:`choose_renderer` picks for ``progress``; None when it shows nothing.
 
-    A widget asked for where none is registered or installed shows nothing.
+    A widget asked for where none is registered or installed shows nothing. With nothing shown,
+    what the job waits for (a label no connected worker has, say) is logged as a warning: a
+    script must not wait in silence (:func:`log_waiting`).
     """
     name = choose_renderer(progress)
-    if name is None or job.done:
+    if job.done:
         return None
-    factory = _renderer(name)
+    factory = _renderer(name) if name is not None else None
     if factory is None and progress is True:
         factory = RichProgress  # the best available
-    return factory(job) if factory is not None else None
+    if factory is None:
+        log_waiting(job)
+        return None
+    return factory(job)
+
+
+def log_waiting(job: Job) -> None:
+    """Log a warning each time what ``job`` waits for beyond free slots changes to something new."""
+    said = {""}
+
+    def say(job: Job) -> None:
+        if job.waiting not in said:
+            said.add(job.waiting)
+            log.warning("job %s: %s", job.id, job.waiting)
+
+    job.add_listener(say)

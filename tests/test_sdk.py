@@ -180,6 +180,26 @@ def test_an_embedded_clusters_processes_keep_routine_news_out_of_the_owners_outp
     assert "WARNING" not in err, err
 
 
+def test_a_job_no_worker_can_take_says_so_where_no_progress_is_shown(cluster, caplog):
+    """A script (no terminal, no widget) waited in silence for a label no worker has."""
+
+    async def main():
+        async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
+            job = await cc.submit(abs, [1], labels={"site": "nowhere"})
+            with caplog.at_level("WARNING", logger="crowdcompute.client"):
+                mapped = asyncio.ensure_future(cc.map(abs, [1], labels={"site": "nowhere"}, progress=False))
+                called = asyncio.ensure_future(cc.run(abs, 1, labels={"site": "nowhere"}))
+                await wait_until(lambda: len(caplog.records) >= 2, 20, "nothing said why the jobs wait")
+            for waiting in (mapped, called):
+                waiting.cancel()
+            job.cancel()
+            await asyncio.gather(mapped, called, return_exceptions=True)
+        said = [record.getMessage() for record in caplog.records]
+        assert all("no connected worker has site=nowhere" in line for line in said), said
+
+    arun(main(), timeout=60)
+
+
 def test_an_embedded_cluster_stops_its_running_tasks_at_disconnect():
     """Its owner gone, an embedded worker stops at once (not after its stop timeout, killed):
     nobody is left to take what the running tasks would return."""
