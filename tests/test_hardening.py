@@ -264,6 +264,13 @@ def test_plain_data_and_numpy_pass_the_untrusted_decoder(cluster):
                 await cc.run(int, "not a number")
             assert "invalid literal" in caught.value.remote_traceback
 
+            class Point:  # defined here: it travels by value, rebuilt by cloudpickle's helpers
+                pass
+
+            # The refusal names what the user wrote and the way out, not cloudpickle's internals.
+            with pytest.raises(UntrustedPayloadError, match="defined in __main__ or a notebook.*trust_workers=True"):
+                await cc.run(lambda: Point())
+
     arun(main())
 
 

@@ -131,9 +131,13 @@ class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _PLAIN:
             return super().find_class(module, name)
+        what = f"{module}.{name}"
+        if module.startswith("cloudpickle"):  # how cloudpickle rebuilds a class or function sent by value
+            what = "a class or function defined in __main__ or a notebook"
         raise UntrustedPayloadError(
-            f"a worker's result refers to {module}.{name}, which is not plain data; with trust_workers=False "
-            "results may hold only builtin containers and scalars and numpy arrays"
+            f"a worker's result refers to {what}, which is not plain data; with trust_workers=False "
+            "results may hold only builtin containers and scalars and numpy arrays (return those, or pass "
+            "trust_workers=True to the job if you trust the workers that ran it)"
         )
 
 
