@@ -18,6 +18,7 @@ from rich.table import Table
 
 from .client import CrowdComputeClient
 from .errors import CrowdComputeError
+from .tables import Column, table_of
 from .wire.addresses import parse_address
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE
 
@@ -126,23 +127,15 @@ async def show_workers(args: argparse.Namespace) -> int:
 
 
 def workers_table(volunteers: list[dict], url: str) -> Table:
-    """Volunteers and their record as a rich table."""
-    table = Table(title=f"foreman {url}: {len(volunteers)} volunteers", title_justify="left")
-    columns = ("volunteer", "trusted", "joined", "connected", "tasks done", "agreed", "disagreed", "missed deadlines")
-    for column in (*columns, "state"):
-        table.add_column(column, justify="right" if column in columns[4:] else "left")
+    """Volunteers and their record as a rich table; the volunteer's name whole, as ``revoke`` wants it."""
+    rows = []
     for v in volunteers:
         joined = time.strftime("%Y-%m-%d %H:%M", time.localtime(v["joined_at"])) if v.get("joined_at") else "never"
         state = "quarantined, " + v["state"] if v.get("quarantined") else v["state"]
-        table.add_row(
-            v["identity"],
-            "yes" if v["trusted"] else "no",
-            joined,
-            ", ".join(v.get("connected", [])) or "-",
-            str(v["tasks_done"]),
-            str(v["agreed"]),
-            str(v["disagreed"]),
-            str(v["missed_deadlines"]),
-            state,
-        )
-    return table
+        record = [v["tasks_done"], v["agreed"], v["disagreed"], v["missed_deadlines"]]
+        connected = ", ".join(v.get("connected", [])) or "-"
+        rows.append([v["identity"], "yes" if v["trusted"] else "no", joined, connected, *record, state])
+    columns = [Column("volunteer", whole=True), Column("trusted"), Column("joined"), Column("connected")]
+    columns += [Column(c, numeric=True, whole=True) for c in ("tasks done", "agreed", "disagreed", "missed deadlines")]
+    title = f"foreman {url}: {len(volunteers)} volunteer{'' if len(volunteers) == 1 else 's'}"
+    return table_of(title, [*columns, Column("state")], rows)
