@@ -15,7 +15,7 @@ from .errors import CrowdComputeError
 from .local import LocalCluster
 from .processes import install_stop_handlers
 from .sizes import format_amount
-from .tables import Column, table_of
+from .tables import Column, counted, table_of
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY, TOKEN_VARIABLE
 
 __all__ = ["job_state", "run_local", "show_status", "sorted_workers", "status_tables", "worker_offers"]
@@ -112,22 +112,17 @@ def status_tables(status: dict, url: str) -> list[Table]:
     columns = [Column("worker", whole=True), Column("identity", whole=True)]
     columns += [Column(c, numeric=True, whole=True) for c in ("slots", "busy", "tasks done")]
     columns += [Column("state"), Column("resources; labels")]
-    table = table_of(f"foreman {url}: {_count(len(workers), 'worker')}, {busy}/{slots} slots busy", columns, rows)
+    table = table_of(f"foreman {url}: {counted(len(workers), 'worker')}, {busy}/{slots} slots busy", columns, rows)
     rows = []
     for job in status.get("jobs", []):
         done = job["completed"] + job["failed"]
         percent = f" ({100 * done / job['total']:.0f}%)" if job["total"] else ""
-        notes = [_count(job["untrusted_workers"], "untrusted worker")] if job.get("untrusted_workers") else []
+        notes = [counted(job["untrusted_workers"], "untrusted worker")] if job.get("untrusted_workers") else []
         if job.get("waiting"):
             notes.append(job["waiting"])
         progress = f"{done}/{job['total']}{percent}"
         rows.append([job["id"][:12], job.get("name", ""), progress, job["failed"], job_state(job), "; ".join(notes)])
     columns = [Column("job", whole=True), Column("name"), Column("progress", numeric=True, whole=True)]
     columns += [Column("failed", numeric=True, whole=True), Column("state"), Column("notes")]
-    jobs = table_of(_count(len(status.get("jobs", [])), "job"), columns, rows)
+    jobs = table_of(counted(len(status.get("jobs", [])), "job"), columns, rows)
     return [table, jobs]
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 worker``, ``2 workers``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["Column", "plain_markup", "printable", "table_of"]
+__all__ = ["Column", "counted", "plain_markup", "printable", "table_of"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class Column:
 def printable(text: object) -> str:
     """``text`` with every unprintable character (escape sequences, line breaks) shown as ``?``."""
     return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 worker``, ``2 workers``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def plain_markup(text: object) -> str:

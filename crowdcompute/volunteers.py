@@ -18,8 +18,9 @@ from rich.table import Table
 
 from .client import CrowdComputeClient
 from .errors import CrowdComputeError
-from .tables import Column, table_of
+from .tables import Column, counted, table_of
 from .wire.addresses import parse_address
+from .wire.client_messages import volunteer_name_problem
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, TOKEN_VARIABLE
 
 __all__ = ["add_commands", "invite", "parse_duration", "revoke", "show_workers", "workers_table"]
@@ -36,7 +37,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     invite_parser.add_argument("name", help="the volunteer's name (its identity for reputation and revocation)")
     invite_parser.add_argument("url", nargs="?", help=_URL_HELP + "; the join command uses it")
-    invite_parser.add_argument("--slots", type=int, default=0, help="most task slots it is granted")
+    invite_parser.add_argument(
+        "--slots", type=int, default=None, help="most task slots it is granted (default: the foreman's maximum)"
+    )
     invite_parser.add_argument("--expires", help="how long the credential is valid: 90s, 30m, 12h, 7d, 2w")
     invite_parser.add_argument(
         "--trusted", action="store_true", help="clients may unpickle its results (default: plain data only)"
@@ -78,8 +81,15 @@ async def invite(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --expires: {exc}", file=sys.stderr)
             return 2
-    if args.slots < 0:
-        print("error: --slots must not be negative", file=sys.stderr)
+    problem = volunteer_name_problem(args.name)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.slots is not None and args.slots < 1:
+        print(
+            f"error: --slots must be at least 1, not {args.slots} (leave it out for the foreman's maximum)",
+            file=sys.stderr,
+        )
         return 2
     try:
         url = parse_address(_url(args.url)).url  # the join command names the foreman in full
@@ -89,13 +99,15 @@ async def invite(args: argparse.Namespace) -> int:
     try:
         async with _client(args) as client:
             credential, volunteer = await client.invite(
-                args.name, slots=args.slots, expires_in=expires_in, trusted=args.trusted
+                args.name, slots=args.slots or 0, expires_in=expires_in, trusted=args.trusted
             )
     except CrowdComputeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     terms = ["trusted" if volunteer["trusted"] else "untrusted: clients decode its results as plain data"]
-    terms.append(f"up to {volunteer['slots']} slots" if volunteer["slots"] else "slots: the foreman's maximum")
+    terms.append(
+        f"up to {counted(volunteer['slots'], 'slot')}" if volunteer["slots"] else "slots: the foreman's maximum"
+    )
     if volunteer["expires_at"]:
         terms.append("expires " + time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(volunteer["expires_at"])))
     print(f"invited volunteer {volunteer['identity']} ({'; '.join(terms)})")
@@ -111,7 +123,8 @@ async def revoke(args: argparse.Namespace) -> int:
     except CrowdComputeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"revoked volunteer {answer['volunteer']['identity']}: closed {answer['closed']} connections", flush=True)
+    closed = counted(answer["closed"], "connection")
+    print(f"revoked volunteer {answer['volunteer']['identity']}: closed {closed}", flush=True)
     return 0
 
 
@@ -137,5 +150,5 @@ def workers_table(volunteers: list[dict], url: str) -> Table:
         rows.append([v["identity"], "yes" if v["trusted"] else "no", joined, connected, *record, state])
     columns = [Column("volunteer", whole=True), Column("trusted"), Column("joined"), Column("connected")]
     columns += [Column(c, numeric=True, whole=True) for c in ("tasks done", "agreed", "disagreed", "missed deadlines")]
-    title = f"foreman {url}: {len(volunteers)} volunteer{'' if len(volunteers) == 1 else 's'}"
+    title = f"foreman {url}: {counted(len(volunteers), 'volunteer')}"
     return table_of(title, [*columns, Column("state")], rows)
