@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import CrowdComputeError
 from .wire import messages as p
+from .wire.client_messages import volunteer_name_problem
 
 if TYPE_CHECKING:
     from .link import Link
@@ -41,8 +42,15 @@ class AdminRequests:
     ) -> tuple[str, dict]:
         """Admin: a credential for volunteer ``name``, and the volunteer as the foreman records it.
 
-        Raises CrowdComputeError saying why the foreman refused (a bad name, a name with a valid credential).
+        Raises ValueError, before anything is sent, for a name the foreman would refuse or negative
+        ``slots`` (0: the foreman's maximum); CrowdComputeError saying why the foreman refused (a name
+        with a valid credential).
         """
+        problem = volunteer_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        if slots < 0:
+            raise ValueError(f"slots must not be negative (0: the foreman's maximum), not {slots}")
         answer = await self._admin(p.InviteVolunteer(name, slots, expires_in, trusted))
         return answer["credential"], answer["volunteer"]
 

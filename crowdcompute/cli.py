@@ -52,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         from worker.cli import main as worker_main
 
         return worker_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "local":
         from .commands import run_local
+
+        if not 0 <= args.port <= 65535:
+            parser.error(f"--port must be 0-65535, not {args.port}")
 
         return run_local(args.workers, args.port)
     if args.command == "status":

@@ -15,6 +15,7 @@ from .errors import CrowdComputeError
 from .local import LocalCluster
 from .processes import install_stop_handlers
 from .sizes import format_amount
+from .tables import Column, counted, table_of
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY
 
 __all__ = ["job_state", "run_local", "show_status", "sorted_workers", "status_tables", "worker_offers"]
@@ -95,13 +96,11 @@ def sorted_workers(workers: list[dict]) -> list[dict]:
 
 
 def status_tables(status: dict, url: str) -> list[Table]:
-    """The status as rich tables: workers, then jobs."""
+    """The status as rich tables: workers, then jobs; names and notes from the network as plain text."""
     workers = sorted_workers(status.get("workers", []))
     slots = sum(w["slots"] for w in workers)
     busy = sum(w["busy"] for w in workers)
-    table = Table(title=f"foreman {url}: {len(workers)} workers, {busy}/{slots} slots busy", title_justify="left")
-    for column in ("worker", "identity", "slots", "busy", "tasks done", "state", "resources; labels"):
-        table.add_column(column, justify="right" if column in ("slots", "busy", "tasks done") else "left")
+    rows = []
     for w in workers:
         state = "quarantined" if w.get("quarantined") else "draining" if w.get("draining") else "ok"
         if w.get("agreed") or w.get("disagreed"):
@@ -109,24 +108,21 @@ def status_tables(status: dict, url: str) -> list[Table]:
         if not w.get("trusted", True):
             state += ", untrusted"
         identity = w.get("identity") or "(worker token)"
-        table.add_row(
-            w["name"], identity, str(w["slots"]), str(w["busy"]), str(w.get("tasks_done", 0)), state, worker_offers(w)
-        )
-    jobs = Table(title=f"{len(status.get('jobs', []))} jobs", title_justify="left")
-    for column in ("job", "name", "progress", "failed", "state", "notes"):
-        jobs.add_column(column, justify="right" if column in ("progress", "failed") else "left")
+        rows.append([w["name"], identity, w["slots"], w["busy"], w.get("tasks_done", 0), state, worker_offers(w)])
+    columns = [Column("worker", whole=True), Column("identity", whole=True)]
+    columns += [Column(c, numeric=True, whole=True) for c in ("slots", "busy", "tasks done")]
+    columns += [Column("state"), Column("resources; labels")]
+    table = table_of(f"foreman {url}: {counted(len(workers), 'worker')}, {busy}/{slots} slots busy", columns, rows)
+    rows = []
     for job in status.get("jobs", []):
         done = job["completed"] + job["failed"]
         percent = f" ({100 * done / job['total']:.0f}%)" if job["total"] else ""
-        notes = [f"{job['untrusted_workers']} untrusted workers"] if job.get("untrusted_workers") else []
+        notes = [counted(job["untrusted_workers"], "untrusted worker")] if job.get("untrusted_workers") else []
         if job.get("waiting"):
             notes.append(job["waiting"])
-        jobs.add_row(
-            job["id"][:12],
-            job.get("name", ""),
-            f"{done}/{job['total']}{percent}",
-            str(job["failed"]),
-            job_state(job),
-            "; ".join(notes),
-        )
+        progress = f"{done}/{job['total']}{percent}"
+        rows.append([job["id"][:12], job.get("name", ""), progress, job["failed"], job_state(job), "; ".join(notes)])
+    columns = [Column("job", whole=True), Column("name"), Column("progress", numeric=True, whole=True)]
+    columns += [Column("failed", numeric=True, whole=True), Column("state"), Column("notes")]
+    jobs = table_of(counted(len(status.get("jobs", [])), "job"), columns, rows)
     return [table, jobs]

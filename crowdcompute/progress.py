@@ -151,6 +151,8 @@ class RichProgress:
             TimeRemainingColumn,
         )
 
+        from .tables import plain_markup
+
         self.model = ProgressModel.of(job)
         self._job = job
         self._summary = summary
@@ -165,17 +167,20 @@ class RichProgress:
             console=console,
             transient=False,
         )
-        self._task = self._progress.add_task(job.name or "map", total=job.total, failed="", rate="")
+        # The name and the notes may come from another client or the foreman: shown as text, never as markup.
+        self._task = self._progress.add_task(plain_markup(job.name or "map"), total=job.total, failed="", rate="")
         self._progress.start()
         job.add_listener(self._update)
         self._update(job)
 
     def _update(self, job: Job) -> None:
+        from .tables import plain_markup
+
         self.model.update(job)
         failed = f"[red]{self.model.failed} failed" if self.model.failed else ""
         notes = self.model.notes()
         if notes:
-            failed += f"[yellow] {'; '.join(notes)}"
+            failed += f"[yellow] {plain_markup('; '.join(notes))}"
         self._progress.update(
             self._task,
             completed=self.model.done + self.model.failed,

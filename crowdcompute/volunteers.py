@@ -18,7 +18,9 @@ from rich.table import Table
 
 from .client import CrowdComputeClient
 from .errors import CrowdComputeError
+from .tables import Column, counted, table_of
 from .wire.addresses import parse_address
+from .wire.client_messages import volunteer_name_problem
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL
 
 __all__ = ["add_commands", "invite", "parse_duration", "revoke", "show_workers", "workers_table"]
@@ -35,7 +37,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     invite_parser.add_argument("name", help="the volunteer's name (its identity for reputation and revocation)")
     invite_parser.add_argument("url", nargs="?", help=_URL_HELP + "; the join command uses it")
-    invite_parser.add_argument("--slots", type=int, default=0, help="most task slots it is granted")
+    invite_parser.add_argument(
+        "--slots", type=int, default=None, help="most task slots it is granted (default: the foreman's maximum)"
+    )
     invite_parser.add_argument("--expires", help="how long the credential is valid: 90s, 30m, 12h, 7d, 2w")
     invite_parser.add_argument(
         "--trusted", action="store_true", help="clients may unpickle its results (default: plain data only)"
@@ -80,8 +84,15 @@ async def invite(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --expires: {exc}", file=sys.stderr)
             return 2
-    if args.slots < 0:
-        print("error: --slots must not be negative", file=sys.stderr)
+    problem = volunteer_name_problem(args.name)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.slots is not None and args.slots < 1:
+        print(
+            f"error: --slots must be at least 1, not {args.slots} (leave it out for the foreman's maximum)",
+            file=sys.stderr,
+        )
         return 2
     try:
         url = parse_address(_url(args.url)).url  # the join command names the foreman in full
@@ -91,13 +102,15 @@ async def invite(args: argparse.Namespace) -> int:
     try:
         async with _client(args) as client:
             credential, volunteer = await client.invite(
-                args.name, slots=args.slots, expires_in=expires_in, trusted=args.trusted
+                args.name, slots=args.slots or 0, expires_in=expires_in, trusted=args.trusted
             )
     except CrowdComputeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     terms = ["trusted" if volunteer["trusted"] else "untrusted: clients decode its results as plain data"]
-    terms.append(f"up to {volunteer['slots']} slots" if volunteer["slots"] else "slots: the foreman's maximum")
+    terms.append(
+        f"up to {counted(volunteer['slots'], 'slot')}" if volunteer["slots"] else "slots: the foreman's maximum"
+    )
     if volunteer["expires_at"]:
         terms.append("expires " + time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(volunteer["expires_at"])))
     print(f"invited volunteer {volunteer['identity']} ({'; '.join(terms)})")
@@ -113,7 +126,8 @@ async def revoke(args: argparse.Namespace) -> int:
     except CrowdComputeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"revoked volunteer {answer['volunteer']['identity']}: closed {answer['closed']} connections", flush=True)
+    closed = counted(answer["closed"], "connection")
+    print(f"revoked volunteer {answer['volunteer']['identity']}: closed {closed}", flush=True)
     return 0
 
 
@@ -129,23 +143,15 @@ async def show_workers(args: argparse.Namespace) -> int:
 
 
 def workers_table(volunteers: list[dict], url: str) -> Table:
-    """Volunteers and their record as a rich table."""
-    table = Table(title=f"foreman {url}: {len(volunteers)} volunteers", title_justify="left")
-    columns = ("volunteer", "trusted", "joined", "connected", "tasks done", "agreed", "disagreed", "missed deadlines")
-    for column in (*columns, "state"):
-        table.add_column(column, justify="right" if column in columns[4:] else "left")
+    """Volunteers and their record as a rich table; the volunteer's name whole, as ``revoke`` wants it."""
+    rows = []
     for v in volunteers:
         joined = time.strftime("%Y-%m-%d %H:%M", time.localtime(v["joined_at"])) if v.get("joined_at") else "never"
         state = "quarantined, " + v["state"] if v.get("quarantined") else v["state"]
-        table.add_row(
-            v["identity"],
-            "yes" if v["trusted"] else "no",
-            joined,
-            ", ".join(v.get("connected", [])) or "-",
-            str(v["tasks_done"]),
-            str(v["agreed"]),
-            str(v["disagreed"]),
-            str(v["missed_deadlines"]),
-            state,
-        )
-    return table
+        record = [v["tasks_done"], v["agreed"], v["disagreed"], v["missed_deadlines"]]
+        connected = ", ".join(v.get("connected", [])) or "-"
+        rows.append([v["identity"], "yes" if v["trusted"] else "no", joined, connected, *record, state])
+    columns = [Column("volunteer", whole=True), Column("trusted"), Column("joined"), Column("connected")]
+    columns += [Column(c, numeric=True, whole=True) for c in ("tasks done", "agreed", "disagreed", "missed deadlines")]
+    title = f"foreman {url}: {counted(len(volunteers), 'volunteer')}"
+    return table_of(title, [*columns, Column("state")], rows)

@@ -96,21 +96,63 @@ def job_notice(workers: dict[str, Worker], job: Job) -> str:
 
 
 def waiting_reason(workers: dict[str, Worker], job: Job) -> str:
-    """Why no connected worker can take ``job`` ("waiting: no connected worker has gpu=1"), or ""."""
+    """Why no connected worker can take ``job`` ("waiting: no connected worker has gpu=1"), or "".
+
+    The labels and resources first; among the workers that have them, what else
+    keeps each one from the job (--no-install, an environment it could not build,
+    portable jobs only), so that the notice names the real obstacle.
+    """
     usable = [w for w in workers.values() if not w.draining and not w.quarantined]
     if any(can_run(w, job) for w in usable):
         return ""
-    wants = [f"{name}={amount:g}" for name, amount in job.resources.items()]
-    wants += [f"{name}={value}" for name, value in job.labels.items()]
     if not usable:
         return "waiting: no worker is connected"
-    if wants:
+    wants = [f"{name}={amount:g}" for name, amount in job.resources.items()]
+    wants += [f"{name}={value}" for name, value in job.labels.items()]
+    offering = [w for w in usable if _offers(w, job)]
+    if not offering:
         return "waiting: no connected worker has " + ", ".join(wants)
-    if job.requirements and not any(w.installs for w in usable):
-        return "waiting: no connected worker installs packages (they run with --no-install)"
-    if job.unbuildable:
-        return "waiting: no connected worker could build its environment"
-    return "waiting: every connected worker runs portable jobs only (submit with serializer='portable')"
+    with_wants = f" with {', '.join(wants)}" if wants else ""
+    obstacles = [_obstacle(w, job) for w in offering]
+    if len(set(obstacles)) > 1:
+        counts = ", ".join(f"{obstacles.count(o)} {_OBSTACLES[o][1]}" for o in dict.fromkeys(obstacles))
+        return f"waiting: no connected worker{with_wants} can take it: {counts}"
+    sentence = _OBSTACLES[obstacles[0]][0]
+    return "waiting: " + sentence.format(with_wants=with_wants)
+
+
+# Why a worker that has a job's labels and resources cannot take it: the sentence when every
+# such worker is kept away by the same thing, and the phrase that counts them otherwise.
+_OBSTACLES = {
+    "no-install": (
+        "the connected workers{with_wants} install no packages (they run with --no-install)",
+        "with --no-install",
+    ),
+    "unbuildable": (
+        "no connected worker{with_wants} could build its environment",
+        "failed to build the environment",
+    ),
+    "portable": (
+        "every connected worker{with_wants} runs portable jobs only (submit with serializer='portable')",
+        "for portable jobs only",
+    ),
+}
+
+
+def _offers(worker: Worker, job: Job) -> bool:
+    """Whether ``worker`` has the job's labels and (at most, not free now) its resources."""
+    if any(worker.labels.get(name) != value for name, value in job.labels.items()):
+        return False
+    return all(worker.resources.get(name, 0.0) >= amount for name, amount in job.resources.items())
+
+
+def _obstacle(worker: Worker, job: Job) -> str:
+    """What keeps a worker that offers what ``job`` needs from it (a key of ``_OBSTACLES``), as ``can_run`` checks."""
+    if worker.portable_only and job.serializer != Serializer.PORTABLE:
+        return "portable"
+    if job.requirements and not worker.installs:
+        return "no-install"
+    return "unbuildable"
 
 
 def drop_leases(workers: dict[str, Worker], job: Job, free: FreeWorkers) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import socket
-import ssl
 import sys
 
 from crowdcompute.processes import (
@@ -28,10 +27,10 @@ from crowdcompute.wire.addresses import (
 )
 from crowdcompute.wire.constants import FOREMAN_READY, FOREMAN_TOKEN_VARIABLE
 
-from .journal import Journal
 from .limits import MAX_SLOTS_PER_WORKER
 from .scheduler import RESULT_TTL
 from .server import IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_FRAME_SIZE, ForemanServer
+from .startup import StartupError, open_journal, tls_context
 
 __all__ = ["build_parser", "main"]
 
@@ -118,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0-65535, not {args.port}")
     if bool(args.certfile) != bool(args.keyfile):
         print("error: --certfile and --keyfile go together", file=sys.stderr)
         return 2
@@ -143,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     allow_open_files(args.max_connections + SPARE_FILES)
     try:
         return asyncio.run(_serve(args))
-    except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the connection file, say: its message names the file
+        print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
@@ -171,12 +176,15 @@ def allow_open_files(wanted: int) -> None:
 
 
 def _journal(option: str | None):
-    """None for 'none'; a Journal at the path given; else one named after the bound port."""
+    """None for 'none'; a Journal at the path given; else one named after the bound port.
+
+    Raises StartupError (at once, or once the port is bound) naming the file when it cannot be opened.
+    """
     if option is not None and option.lower() == "none":
         return None
     if option is not None:
-        return Journal(option)
-    return lambda port: Journal(crowdcompute_home() / f"journal-{port}.sqlite3")
+        return open_journal(option)
+    return lambda port: open_journal(crowdcompute_home() / f"journal-{port}.sqlite3")
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -194,10 +202,8 @@ async def _serve(args: argparse.Namespace) -> int:
     if token is None:
         previous = read_connection_file(args.port) if args.port else None
         token = previous["token"] if previous else generate_token()
-    ssl_context = None
-    if args.certfile:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(args.certfile, args.keyfile)
+    ssl_context = tls_context(args.certfile, args.keyfile) if args.certfile else None
+    journal = _journal(args.journal)  # before binding: a wrong --journal is not a wrong port
     server = ForemanServer(
         args.host,
         args.port,
@@ -205,7 +211,7 @@ async def _serve(args: argparse.Namespace) -> int:
         worker_token=args.worker_token,
         heartbeat_timeout=args.heartbeat_timeout,
         ssl_context=ssl_context,
-        journal=_journal(args.journal),
+        journal=journal,
         result_ttl=args.result_ttl,
         max_frame_size=args.max_frame_size,
         idle_timeout=args.idle_timeout,
@@ -215,7 +221,10 @@ async def _serve(args: argparse.Namespace) -> int:
         share_files=not args.no_shared_files,
         sock=socket.socket(fileno=args.fd) if args.fd is not None else None,
     )
-    address = await server.start()
+    try:
+        address = await server.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
     path = None
     if write_file:
         path = write_connection_file(address.port, address.url, token, embedded=embedded)

@@ -13,9 +13,10 @@ they are the operator's own machines, trusted, with a record per connection.
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from dataclasses import dataclass, field
+
+from crowdcompute.wire.client_messages import MAX_VOLUNTEER_NAME, volunteer_name_problem
 
 __all__ = [
     "CREDENTIAL_PREFIX",
@@ -29,9 +30,6 @@ __all__ = [
 
 #: Every credential starts with this, so that a leaked one is recognisable (and never a client token).
 CREDENTIAL_PREFIX = "ccv1_"
-#: Longest volunteer name, in characters.
-MAX_VOLUNTEER_NAME = 64
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
 class CredentialRefused(Exception):
@@ -117,10 +115,9 @@ class Registry:
 
         Inviting a revoked or expired name again gives it a new credential and keeps its record.
         """
-        if not isinstance(name, str) or not name or len(name) > MAX_VOLUNTEER_NAME or not _NAME.match(name):
-            raise ValueError(
-                f"{name!r} is not a volunteer name: use up to {MAX_VOLUNTEER_NAME} letters, digits and . _ @ -"
-            )
+        problem = volunteer_name_problem(name)
+        if problem:
+            raise ValueError(problem)
         if slots < 0:
             raise ValueError(f"--slots must not be negative, not {slots}")
         if expires_in is not None and expires_in <= 0:

@@ -19,7 +19,7 @@ from .credentials import CredentialRefused
 from .peer import Peer, where
 from .scheduler import Scheduler
 
-__all__ = ["AUTH_TIMEOUT", "MAX_HELLO_SIZE", "authenticate"]
+__all__ = ["AUTH_TIMEOUT", "MAX_HELLO_SIZE", "MAX_NAME_LENGTH", "authenticate", "clean_name"]
 
 log = logging.getLogger("crowdcompute.foreman")
 
@@ -27,6 +27,8 @@ log = logging.getLogger("crowdcompute.foreman")
 AUTH_TIMEOUT = 10.0
 #: Largest first frame (the Hello) the foreman reads from a connection, in bytes.
 MAX_HELLO_SIZE = 64 * 1024
+#: Longest worker or client name (``--name``) the foreman keeps, in characters; longer ones are cut.
+MAX_NAME_LENGTH = 64
 
 
 async def authenticate(
@@ -86,7 +88,14 @@ async def authenticate(
                 await _refuse(websocket, "auth", reason, CloseCode.POLICY)
             return None
     conn_id = f"{hello.role[0]}{next(ids)}"
-    name = hello.name or conn_id
+    name = clean_name(hello.name) or conn_id
+    renamed = ""
+    if hello.name and name != hello.name:
+        # Kept, not refused: a volunteer's odd --name should not lock them out. The repr is
+        # safe to log, whatever the name held; the peer hears the name it goes by.
+        renamed = f"the foreman knows it as {name} (names are up to {MAX_NAME_LENGTH} printable characters)"
+        given = repr(hello.name[:MAX_NAME_LENGTH]) + ("..." if len(hello.name) > MAX_NAME_LENGTH else "")
+        log.warning("%s %s from %s gave the name %s: %s", hello.role, name, where(websocket), given, renamed)
     # Another Python or cloudpickle: cloudpickle jobs cannot cross, portable ones can.
     mismatch = runtime_mismatch(hello.role, hello.python, hello.cloudpickle)
     if mismatch is not None:
@@ -102,7 +111,20 @@ async def authenticate(
         resources=dict(hello.resources),
         labels=dict(hello.labels),
         installs=hello.installs,
+        renamed=renamed,
     )
+
+
+def clean_name(name: str) -> str:
+    """``name`` as the foreman shows and logs it: printable characters only, at most MAX_NAME_LENGTH.
+
+    Control and other unprintable characters (terminal escapes, bidi overrides,
+    line breaks) become ``?``, so that a name can neither move an operator's
+    cursor nor forge log lines; surrounding blanks go. Markup characters such as
+    ``[`` stay: whoever renders a name escapes them.
+    """
+    printable = "".join(c if c.isprintable() else "?" for c in name.strip())
+    return printable[:MAX_NAME_LENGTH]
 
 
 async def _refuse(websocket: ServerConnection, code: str, reason: str, close_code: int) -> None:

@@ -203,6 +203,7 @@ class Peer:
     resources: dict = field(default_factory=dict)  # a worker's resources and labels, from its Hello
     labels: dict = field(default_factory=dict)
     installs: bool = True  # it builds environments (not --no-install)
+    renamed: str = ""  # how the foreman changed the name it gave (see handshake.clean_name), to tell it
     shares_files: bool = False  # it proved it reads the payload folder (ShareBlobs): big payloads go as files
     turn: EndOfTurn = field(default_factory=EndOfTurn)  # flushes pending frames (the server shares one)
     pending: list[list[bytes | memoryview]] = field(default_factory=list)  # frames of this turn, not yet queued

@@ -284,8 +284,10 @@ class ForemanServer(ActionExecution):
             await sender
 
     def _notice(self, peer: Peer) -> str:
-        """What the peer should tell its user: it runs portable jobs only, it was granted fewer slots."""
+        """What the peer should tell its user: portable jobs only, fewer slots granted, its name changed."""
         notices = [f"{peer.mismatch}; it runs portable jobs only"] if peer.mismatch else []
+        if peer.renamed:
+            notices.append(peer.renamed)
         if peer.role == Role.WORKER:
             granted = self.scheduler.granted_slots(max(1, peer.slots), peer.volunteer)
             if granted < peer.slots:

@@ -62,7 +62,8 @@ class VolunteerEvents:
         actions: list[Action] = [SaveVolunteer(volunteer)]
         connections = [w for w in self.workers.values() if w.volunteer is volunteer]
         actions += self._shut_out(connections, "credential revoked")
-        actions.append(Note(f"revoked volunteer {volunteer.name}: closed {len(connections)} connections", routine=True))
+        closed = f"{len(connections)} connection{'' if len(connections) == 1 else 's'}"
+        actions.append(Note(f"revoked volunteer {volunteer.name}: closed {closed}", routine=True))
         answer = {"volunteer": volunteer.summary(self.clock()), "closed": len(connections)}
         return actions + [Send(client_id, p.VolunteersReply.of(answer))]
 

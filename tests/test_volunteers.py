@@ -40,6 +40,7 @@ def invite(foreman, name: str, *options: str) -> str:
     done = cli("invite", name, foreman.url, "--token", foreman.token, *options)
     assert done.returncode == 0, done.stderr
     join = done.stdout.strip().splitlines()[-1]
+    assert not re.search(r"\b1 slots\b", done.stdout), done.stdout  # "up to 1 slot"
     assert re.fullmatch(rf"crowdcompute worker {re.escape(foreman.url)} --token ccv1_\S+", join), done.stdout
     return join.split()[-1]
 
@@ -112,7 +113,7 @@ def test_invite_join_revoke_mid_job(foreman, start_worker):
 
             await wait_until(alice_worked, 20, "the volunteer never finished a task")
             revoked = await asyncio.to_thread(cli, "revoke", "alice", foreman.url, "--token", foreman.token)
-            assert "revoked volunteer alice: closed 1 connections" in revoked.stdout, revoked.stderr
+            assert "revoked volunteer alice: closed 1 connection\n" in revoked.stdout, revoked.stderr
             assert not job.done, "the job ended before the revocation: make its tasks longer"
             assert await job == [x * x for x in range(60)]  # its tasks ran elsewhere
             assert job.stats.untrusted_workers == 1
@@ -302,6 +303,14 @@ def test_invite_options_are_checked_before_anything_is_sent():
         parse_duration("soon")
     refused = cli("invite", "alice", "ws://127.0.0.1:1", "--expires", "soon")
     assert refused.returncode == 2 and "--expires: 'soon' is not a duration" in refused.stderr
+    # Refused here, not by the foreman (none listens at port 1): a name it would refuse, --slots below 1.
+    refused = cli("invite", "", "ws://127.0.0.1:1")
+    assert refused.returncode == 2 and "error: an empty name is not a volunteer name: use 1 to 64" in refused.stderr
+    refused = cli("invite", "bad name", "ws://127.0.0.1:1")
+    assert refused.returncode == 2 and "error: 'bad name' is not a volunteer name" in refused.stderr
+    refused = cli("invite", "alice", "ws://127.0.0.1:1", "--slots", "0")
+    assert refused.returncode == 2, refused
+    assert "error: --slots must be at least 1, not 0 (leave it out for the foreman's maximum)" in refused.stderr
 
 
 def test_only_results_from_trusted_workers_are_unpickled_unless_the_job_opts_in():

@@ -6,6 +6,7 @@ Part of :mod:`crowdcompute.wire.messages`, which re-exports every one of them.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import field
 from typing import Any, ClassVar
 
@@ -19,6 +20,21 @@ from .needs import check_resources as _check_resources
 
 #: Most runs of one task a job may ask for.
 MAX_REDUNDANCY = 9
+#: Longest volunteer name (``crowdcompute invite NAME``), in characters.
+MAX_VOLUNTEER_NAME = 64
+_VOLUNTEER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
+
+
+def volunteer_name_problem(name: object) -> str:
+    """Why ``name`` cannot name a volunteer, or "" when it can (the foreman and the CLI ask the same)."""
+    if isinstance(name, str) and len(name) <= MAX_VOLUNTEER_NAME and _VOLUNTEER_NAME.fullmatch(name):
+        return ""
+    shown = "an empty name" if name == "" else repr(name)
+    return (
+        f"{shown} is not a volunteer name: use 1 to {MAX_VOLUNTEER_NAME} letters, digits and . _ @ - "
+        "(starting with a letter or digit)"
+    )
+
 
 # --- client -> foreman ------------------------------------------------------
 
