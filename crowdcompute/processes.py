@@ -116,12 +116,17 @@ def collect_garbage_less_often() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def install_stop_handlers(stop: asyncio.Event) -> None:
-    """Make SIGTERM and SIGINT set ``stop`` instead of killing the process."""
+def install_stop_handlers(stop: asyncio.Event, again: asyncio.Event | None = None) -> None:
+    """Make SIGTERM and SIGINT set ``stop`` instead of killing the process; once it is set, ``again``
+    (if given: a second Ctrl-C, to stop without waiting for what stopping waits for)."""
     loop = asyncio.get_running_loop()
+
+    def signalled() -> None:
+        (again if again is not None and stop.is_set() else stop).set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, signalled)
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
             pass
 

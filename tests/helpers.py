@@ -37,6 +37,14 @@ async def wait_until(predicate, timeout: float, message: str, interval: float = 
         await asyncio.sleep(interval)
 
 
+async def printed(job, timeout: float = 20) -> list[str]:
+    """The text ``job``'s tasks print, once they printed something (a task that says it started)."""
+    said: list[str] = []
+    job.add_output_listener(lambda index, stream, text: said.append(text))
+    await wait_until(lambda: said, timeout, "the task never started (printed nothing)")
+    return said
+
+
 class Proxy:
     """A TCP proxy on 127.0.0.1 that can cut every connection through it, to simulate a network drop."""
 

@@ -8,7 +8,7 @@ import signal
 import psutil
 import pytest
 from conftest import spawn
-from helpers import arun
+from helpers import arun, printed
 
 from crowdcompute import AuthenticationError, CrowdComputeClient
 from crowdcompute.wire import addresses
@@ -155,3 +155,49 @@ def test_a_loopback_foremans_connection_file_comes_before_the_exported_token(clu
             assert await cc.run(sum, [2, 3]) == 5
 
     arun(main())
+
+
+def _say_and_sleep(seconds):
+    import time
+
+    print("started", flush=True)
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_stopping_worker_says_what_it_waits_for_and_a_second_ctrl_c_stops_its_tasks(foreman, start_worker):
+    """Ctrl-C lets running tasks finish (up to DRAIN_TIMEOUT) in silence, and a second one did not
+    hurry it: a volunteer saw nothing for 10 s."""
+    from worker.agent import DRAIN_TIMEOUT
+
+    worker = start_worker(foreman.url, "--procs", "1")
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            job = await cc.submit(_say_and_sleep, [60])
+            await printed(job)
+            worker.popen.send_signal(signal.SIGINT)
+            worker.wait_for_line("Ctrl-C again", timeout=10)
+            worker.popen.send_signal(signal.SIGINT)
+            assert worker.popen.wait(DRAIN_TIMEOUT / 2) == 0, "the second Ctrl-C did not stop the task"
+            job.cancel()
+
+    arun(main(), timeout=60)
+
+
+def test_a_worker_stopped_while_it_dials_stops_at_once(crowd_home):
+    """Ctrl-C during a dial to an address that never answers waited for the dial's timeout (10 s)."""
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        worker = spawn("worker", f"ws://127.0.0.1:{silent.getsockname()[1]}", "--token", "x", "--procs", "1")
+        try:
+            silent.settimeout(20)
+            connection, _ = silent.accept()  # the worker is dialing
+            with connection:
+                worker.popen.send_signal(signal.SIGINT)
+                assert worker.popen.wait(5) == 0
+        finally:
+            worker.stop()

@@ -12,7 +12,7 @@ import sys
 
 import psutil
 import pytest
-from helpers import arun, wait_until
+from helpers import arun, printed, wait_until
 
 from crowdcompute import CrowdComputeClient, WorkerCrashedError
 from worker.limits import Limits, UnenforceableLimitError, check_processes_limit, format_size, parse_size
@@ -237,9 +237,7 @@ def test_a_killed_worker_takes_its_task_processes_with_it(foreman, start_worker,
     async def main():
         async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
             job = await cc.submit(sleep_long, [0])
-            said: list[str] = []
-            job.add_output_listener(lambda index, stream, text: said.append(text))
-            await wait_until(lambda: said, 20, "the task never started")
+            said = await printed(job)
             if options:
                 task_process = _sandboxed_python(agent)  # the pid it printed is its sandbox's
                 assert task_process is not None, "no sandboxed task process under the worker"

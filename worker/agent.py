@@ -19,7 +19,8 @@ import shutil
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from websockets.exceptions import ConnectionClosed
 
@@ -41,6 +42,8 @@ from .pool import Slot, SlotSettings
 __all__ = ["RECONNECT_DELAY_MAX", "WorkerAgent"]
 
 log = logging.getLogger("crowdcompute.worker")
+
+T = TypeVar("T")
 
 #: First and largest delay between attempts to reach the foreman, in seconds.
 RECONNECT_DELAY_MIN = 0.1
@@ -96,11 +99,12 @@ class WorkerAgent(SlotFeeding):
         self._idle = asyncio.Event()  # set while no slot runs a task
         self._shared: SharedFolder | None = None  # the foreman's payload folder, when this host shares it
 
-    async def run(self, stop: asyncio.Event, *, drain: bool = True) -> None:
+    async def run(self, stop: asyncio.Event, *, drain: bool = True, hurry: asyncio.Event | None = None) -> None:
         """Serve the foreman until ``stop`` is set; reconnect whenever the connection drops.
 
         ``drain``: once stopped, let running tasks finish and report first (a volunteer's
         Ctrl-C); False stops them at once (a worker of an embedded cluster whose owner is gone).
+        ``hurry``, set while draining (a second Ctrl-C), stops them then.
 
         Raises AuthenticationError when the foreman refuses the token.
         """
@@ -115,9 +119,12 @@ class WorkerAgent(SlotFeeding):
             while not stop.is_set():
                 try:
                     hello = self._hello()
-                    websocket, welcome = await dial(
-                        self.address, hello, cafile=self.cafile, ping_interval=self.heartbeat_interval
+                    dialed = await _unless_stopped(
+                        dial(self.address, hello, cafile=self.cafile, ping_interval=self.heartbeat_interval), stop
                     )
+                    if dialed is None:
+                        break  # stopped while dialing: not after the dial's own timeout
+                    websocket, welcome = dialed
                 except AuthenticationError:
                     raise
                 except ForemanUnavailableError as exc:
@@ -129,7 +136,7 @@ class WorkerAgent(SlotFeeding):
                 print(f"worker {self.name} connected to {self.address.url}", flush=True)
                 if welcome.notice:
                     print(f"worker {self.name}: {welcome.notice}", flush=True)
-                await self._serve(websocket, stop, welcome.blobs, drain)
+                await self._serve(websocket, stop, welcome.blobs, drain, hurry)
                 if not stop.is_set():
                     log.warning("lost the foreman at %s; reconnecting", self.address.url)
         finally:
@@ -169,7 +176,9 @@ class WorkerAgent(SlotFeeding):
             **runtime_fields(),
         )
 
-    async def _serve(self, websocket, stop: asyncio.Event, folder: str = "", drain: bool = True) -> None:
+    async def _serve(
+        self, websocket, stop: asyncio.Event, folder: str = "", drain: bool = True, hurry: asyncio.Event | None = None
+    ) -> None:
         """One connection's life: read assignments, run them, send outcomes.
 
         ``folder``: the foreman's payload folder (Welcome.blobs); if this host shares it, big
@@ -187,7 +196,7 @@ class WorkerAgent(SlotFeeding):
         try:
             await asyncio.wait([reader, stopper], return_when=asyncio.FIRST_COMPLETED)
             if drain and stop.is_set() and not reader.done():
-                await self._drain(reader)
+                await self._drain(reader, hurry or asyncio.Event())
         finally:
             for task in (reader, stopper, *tasks):
                 task.cancel()
@@ -195,16 +204,25 @@ class WorkerAgent(SlotFeeding):
             self._release_all()
             await websocket.close()
 
-    async def _drain(self, reader: asyncio.Task) -> None:
-        """Stopping: take nothing new, let running tasks finish and report, hand back the rest.
+    async def _drain(self, reader: asyncio.Task, hurry: asyncio.Event) -> None:
+        """Stopping: take nothing new, let running tasks finish and report (until ``hurry`` is set),
+        hand back the rest.
 
         Queued tasks go back to the foreman when the connection closes.
         """
         self._draining = True
         self._outbox.put_nowait(p.encode_parts(p.WorkerDraining()))
-        idle = asyncio.create_task(self._idle.wait())
-        await asyncio.wait([idle, reader], timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if self._running:
+            count = len(self._running)
+            print(
+                f"worker {self.name}: stopping; waiting up to {DRAIN_TIMEOUT:g} s for {count} running "
+                f"task{'' if count == 1 else 's'} to finish (Ctrl-C again to stop {'it' if count == 1 else 'them'} now)",
+                flush=True,
+            )
+        idle, hurried = asyncio.create_task(self._idle.wait()), asyncio.create_task(hurry.wait())
+        await asyncio.wait([idle, hurried, reader], timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         idle.cancel()
+        hurried.cancel()
         if not reader.done():
             flushed = asyncio.create_task(self._outbox.join())
             await asyncio.wait([flushed, reader], timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
@@ -312,6 +330,20 @@ class WorkerAgent(SlotFeeding):
             finally:
                 for _ in range(count):
                     outbox.task_done()
+
+
+async def _unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """What ``awaitable`` gives, or None (it cancelled) if ``stop`` is set first."""
+    work, stopped = asyncio.ensure_future(awaitable), asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    return None
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -249,10 +249,10 @@ def parse_pairs(text: str, option: str) -> dict[str, str]:
 
 
 async def _serve(agent: WorkerAgent, exit_with_parent: bool) -> None:
-    stop = asyncio.Event()
-    install_stop_handlers(stop)
+    stop, hurry = asyncio.Event(), asyncio.Event()
+    install_stop_handlers(stop, again=hurry)  # a second Ctrl-C stops running tasks without waiting
     if exit_with_parent:
         stop_with_parent(stop)
     # A worker of an embedded cluster stops with its owner, as its foreman does: nobody is left to
     # take what running tasks would return, so they are not waited for.
-    await agent.run(stop, drain=not exit_with_parent)
+    await agent.run(stop, drain=not exit_with_parent, hurry=hurry)
