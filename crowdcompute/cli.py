@@ -43,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The ``crowdcompute`` command; Ctrl-C of a short command ends it with 130, without a traceback."""
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] == "foreman":
         from foreman.cli import main as foreman_main
 

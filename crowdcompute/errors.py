@@ -61,14 +61,17 @@ class ForemanUnavailableError(CrowdComputeError, ConnectionError):
     ``hint`` what to do about it (by default: start a foreman).
     """
 
+    #: The hint when none is given: a client's (a worker says its own).
+    DEFAULT_HINT = (
+        "Start one with `crowdcompute foreman` (or `crowdcompute local`), "
+        "or call connect() with no address for an embedded one."
+    )
+
     def __init__(self, address: str, reason: str, hint: str = "") -> None:
         super().__init__(address, reason)
         self.address = address
         self.reason = reason
-        self.hint = hint or (
-            "Start one with `crowdcompute foreman` (or `crowdcompute local`), "
-            "or call connect() with no address for an embedded one."
-        )
+        self.hint = hint or self.DEFAULT_HINT
 
     def __str__(self) -> str:
         return f"no foreman answered at {self.address}: {self.reason}. {self.hint}"

@@ -19,7 +19,7 @@ import sys
 import weakref
 
 from .errors import CrowdComputeError
-from .wire.addresses import Address, generate_token, parse_address
+from .wire.addresses import Address, generate_token, parse_address, remove_connection_file
 from .wire.constants import FOREMAN_READY, FOREMAN_TOKEN_VARIABLE, WORKER_TOKEN_VARIABLE
 
 __all__ = ["LocalCluster", "STOP_TIMEOUT"]
@@ -129,6 +129,10 @@ class LocalCluster:
         foreman = [self.foreman] if self.foreman else []
         _close_stdin(foreman)
         _wait(foreman)
+        if foreman and self.port == 0 and self.address is not None:
+            # The connection file of a foreman on a port the system picked is never read again
+            # (they piled up): an embedded foreman removes its own, 'crowdcompute local's is here.
+            remove_connection_file(self.address.port, pid=foreman[0].pid)
         self.agents, self.foreman = [], None
         _running.discard(self)
 

@@ -201,3 +201,56 @@ def test_a_worker_stopped_while_it_dials_stops_at_once(crowd_home):
                 assert worker.popen.wait(5) == 0
         finally:
             worker.stop()
+
+
+def test_a_worker_without_a_token_for_another_host_says_so_at_once(crowd_home):
+    """It retried forever, saying no connection file was found: a file only helps on loopback."""
+    worker = spawn("worker", "ws://192.0.2.1:9000", "--procs", "1")  # exits before dialing anything
+    assert worker.popen.wait(30) == 2
+    worker.close()
+    assert any("--token" in line and "loopback" in line for line in worker.lines), worker.lines
+
+
+def test_a_workers_retry_notice_gives_a_workers_advice(crowd_home):
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        worker = spawn("worker", f"ws://127.0.0.1:{closed.getsockname()[1]}", "--token", "x", "--procs", "1")
+        try:
+            line = worker.wait_for_line("no foreman answered")
+            assert "connect()" not in line and "Check the URL" in line, line
+        finally:
+            worker.stop()
+
+
+def test_a_local_cluster_on_any_port_leaves_no_connection_file(crowd_home):
+    """The file of a foreman on a port the system picked is never read again: they piled up."""
+    proc = spawn("local", "--workers", "1", "--port", "0")
+    try:
+        url = proc.wait_for_line("foreman listening on ").rsplit(" ", 1)[1]
+        path = addresses.connection_file_path(int(url.rsplit(":", 1)[1]))
+        assert path.exists()
+        proc.popen.send_signal(signal.SIGINT)
+        assert proc.popen.wait(30) == 0
+        assert not path.exists(), "the connection file of a stopped foreman on port 0 was left behind"
+    finally:
+        proc.stop()
+
+
+def test_ctrl_c_of_a_short_command_is_one_line_not_a_traceback(crowd_home):
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        status = spawn("status", f"ws://127.0.0.1:{silent.getsockname()[1]}", "--token", "x")
+        try:
+            silent.settimeout(20)
+            connection, _ = silent.accept()  # it is connecting
+            with connection:
+                status.popen.send_signal(signal.SIGINT)
+                assert status.popen.wait(10) == 130
+        finally:
+            status.stop()
+    assert not any("Traceback" in line for line in status.lines), status.lines

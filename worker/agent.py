@@ -128,7 +128,7 @@ class WorkerAgent(SlotFeeding):
                 except AuthenticationError:
                     raise
                 except ForemanUnavailableError as exc:
-                    notices.failed(str(exc))
+                    notices.failed(_for_a_worker(exc))
                     await _wait(stop, backoff.next())
                     continue
                 backoff.reset()
@@ -330,6 +330,13 @@ class WorkerAgent(SlotFeeding):
             finally:
                 for _ in range(count):
                     outbox.task_done()
+
+
+def _for_a_worker(exc: ForemanUnavailableError) -> str:
+    """The error as a worker's operator reads it: not the client's advice to call connect()."""
+    if exc.hint != exc.DEFAULT_HINT:
+        return str(exc)
+    return f"no foreman answered at {exc.address}: {exc.reason}. Check the URL, and that the foreman runs there (`crowdcompute foreman`)."
 
 
 async def _unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:

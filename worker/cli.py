@@ -187,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.token is None and not address.loopback:  # retrying would never find one
+        print(
+            f"error: no token for {address.url}: pass the foreman's worker token with --token (or "
+            f"${WORKER_TOKEN_VARIABLE}); only a foreman on this machine's loopback address can be joined "
+            "without one (its connection file holds it)",
+            file=sys.stderr,
+        )
+        return 2
     if args.cafile is not None:
         from crowdcompute.dialing import client_ssl_context  # here: websockets loads later, with the agent
 

@@ -138,10 +138,10 @@ def read_connection_file(port: int) -> dict[str, Any] | None:
     return data
 
 
-def remove_connection_file(port: int) -> None:
-    """Remove the port's connection file if this process wrote it."""
+def remove_connection_file(port: int, pid: int | None = None) -> None:
+    """Remove the port's connection file if this process (or the process ``pid``) wrote it."""
     found = read_connection_file(port)
-    if found is not None and found.get("pid") == os.getpid():
+    if found is not None and found.get("pid") == (pid or os.getpid()):
         connection_file_path(port).unlink(missing_ok=True)
 
 
