@@ -81,6 +81,9 @@ def _run(argv: list[str]) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
+        if args.workers is not None and args.workers < 1:
+            parser.error(f"--workers must be at least 1, not {args.workers}")
+
         return asyncio.run(run_demo(args.workers, args.items))
     build_parser().print_help()
     return 2

@@ -108,7 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--certfile", help="TLS certificate (serves wss://)")
     parser.add_argument("--keyfile", help="TLS private key")
-    parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        help="debug, info, warning or error (default: info)",
+    )
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     # A listening socket inherited from the parent (the embedded cluster binds it so
     # that its workers can start at the same time as the foreman).

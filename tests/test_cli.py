@@ -254,3 +254,19 @@ def test_ctrl_c_of_a_short_command_is_one_line_not_a_traceback(crowd_home):
         finally:
             status.stop()
     assert not any("Traceback" in line for line in status.lines), status.lines
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["foreman", "--log-level", "loud"], "invalid choice: 'loud'"),
+        (["worker", "--log-level", "loud"], "invalid choice: 'loud'"),
+        (["demo", "--workers", "0"], "--workers must be at least 1"),
+    ],
+)
+def test_bad_command_line_values_are_refused_not_ignored(crowd_home, args, said):
+    """Each was taken silently: an unknown log level as 'info', --workers 0 as the CPU count."""
+    proc = spawn(*args)
+    assert proc.popen.wait(30) == 2
+    proc.close()
+    assert any(said in line for line in proc.lines), proc.lines

@@ -106,7 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--max-processes", type=_count, metavar="N", help="processes a task may run at once (default: no limit)"
     )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        help="debug, info, warning or error (default: info)",
+    )
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     return parser
 
