@@ -114,6 +114,11 @@ async def invite(args: argparse.Namespace) -> int:
     if volunteer["expires_at"]:
         terms.append("expires " + time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(volunteer["expires_at"])))
     print(f"invited volunteer {volunteer['identity']} ({'; '.join(terms)})")
+    if getattr(args, "cafile", None):  # the foreman's certificate is signed by a CA volunteers may not trust
+        print(
+            f"its certificate was checked here against {args.cafile}: send them that CA file too; "
+            "they add --cafile PATH-TO-IT to the command below"
+        )
     print("send them this command privately (it holds their credential; `crowdcompute revoke` cancels it):")
     print(f"crowdcompute worker {url} --token {credential}", flush=True)
     return 0

@@ -79,6 +79,12 @@ def test_tls_end_to_end_with_a_custom_ca(start_foreman, start_worker, tmp_path):
             await CrowdComputeClient(plain, token="tls-token", timeout=5).connect()
 
     arun(main())
+    # An invite for this foreman says that volunteers need the CA too (its join command alone failed).
+    invite = spawn("invite", "vol1", foreman.url, "--token", "tls-token", "--cafile", str(cafile))
+    assert invite.popen.wait(30) == 0, invite.lines
+    invite.close()
+    assert any("--cafile" in line and str(cafile) in line for line in invite.lines[:-1]), invite.lines
+    assert invite.lines[-1].startswith(f"crowdcompute worker {foreman.url} --token ")
 
 
 def test_non_loopback_without_tls_warns(crowd_home):
