@@ -127,6 +127,7 @@ class CrowdComputeClient(AdminRequests, FrameHandling, JobTracking):
             cafile=self.cafile,
             on_message=self._dispatch,
             on_reconnect=self._reattach,
+            on_drop=self._dropped,
             on_lost=self._connection_lost,
             busy=lambda: bool(self._jobs),
             refused=chosen.refused(self.address.url),

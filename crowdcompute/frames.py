@@ -90,8 +90,16 @@ class FrameHandling:
         job.handle(msg)  # a job cancelled elsewhere ends here
         _resolve(self._attaching.get(msg.job_id), job)
 
+    def _dropped(self) -> None:
+        """The connection dropped and is being redialed: the jobs' progress says so."""
+        budget = self._open_link.reconnect_timeout
+        for job in list(self._jobs.values()):
+            job.note_connection(f"reconnecting to the foreman (for up to {budget:g} s)")
+
     def _reattach(self) -> None:
         """Back after a drop: our jobs and their outstanding tasks again, then follow them."""
+        for job in list(self._jobs.values()):
+            job.note_connection("")
         for job_id in list(self._jobs):
             feed = self._feeds.get(job_id)
             if feed is not None:

@@ -86,6 +86,7 @@ class Job:
         self._finished = asyncio.Event()  # binds to a loop only when awaited
         self._arrivals: list[asyncio.Queue] = []
         self._listeners: list[Callable[[Job], None]] = []
+        self._connection_note = ""  # "reconnecting to the foreman ..." while the link redials
         self._output_listeners: list[Callable[[int, str, str], None]] = []
         # The submitter's context: printing remote output in it puts the text in the
         # notebook cell that started the job (ipykernel tracks the cell in a contextvar).
@@ -136,6 +137,17 @@ class Job:
     def waiting(self) -> str:
         """What the foreman says the job waits for beyond free slots ("task 12 needs 1 more distinct worker")."""
         return self._machine.waiting
+
+    @property
+    def connection(self) -> str:
+        """What the connection to the foreman is doing when it is not simply open ("reconnecting ...")."""
+        return self._connection_note
+
+    def note_connection(self, note: str) -> None:
+        """Say what the connection to the foreman is doing ("" once it is back)."""
+        if note != self._connection_note:
+            self._connection_note = note
+            self._notify()
 
     @property
     def untrusted_workers(self) -> int:

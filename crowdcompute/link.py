@@ -49,6 +49,7 @@ class Link:
         cafile: str | None,
         on_message: Callable[[p.Message], None],
         on_reconnect: Callable[[], None],
+        on_drop: Callable[[], None] = lambda: None,
         on_lost: Callable[[ConnectionLostError], None],
         busy: Callable[[], bool] = lambda: False,
         refused: str | None = None,
@@ -62,6 +63,7 @@ class Link:
         self.welcome: p.Welcome | None = None
         self._on_message = on_message
         self._on_reconnect = on_reconnect
+        self._on_drop = on_drop  # the connection dropped and is being redialed
         self._on_lost = on_lost
         self._busy = busy  # the owner follows jobs: an idle close must not leave them waiting
         self._websocket: ClientConnection | None = None
@@ -221,6 +223,7 @@ class Link:
         notices = RetryNotices(lambda text: log.warning("%s (retrying)", text))
         if not waking:
             log.warning("lost the foreman at %s; reconnecting for up to %g s", self.address.url, self.reconnect_timeout)
+            self._on_drop()
         while not self.closed:
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -67,6 +67,7 @@ class ProgressModel:
     meter: RateMeter | None = None
     untrusted: int = 0  # untrusted volunteers whose results the job used
     waiting: str = ""  # what the job waits for beyond free slots ("preparing environment on 2 workers")
+    connection: str = ""  # what the connection does when not simply open ("reconnecting to the foreman ...")
     before: int = 0  # items finished before the client attached to the job
 
     @classmethod
@@ -87,11 +88,15 @@ class ProgressModel:
         if self.meter is not None:
             self.meter.update(self.followed)
         self.waiting = getattr(job, "waiting", "")
+        self.connection = getattr(job, "connection", "")
         self.untrusted = getattr(job, "untrusted_workers", 0)
 
     def notes(self) -> list[str]:
-        """What the user should know beyond the counts: untrusted workers, what the job waits for."""
-        notes = [f"{self.untrusted} untrusted workers"] if self.untrusted else []
+        """What the user should know beyond the counts: a connection being redialed, untrusted
+        workers, what the job waits for."""
+        notes = [self.connection] if self.connection and self.state == "running" else []
+        if self.untrusted:
+            notes.append(f"{self.untrusted} untrusted workers")
         if self.waiting and self.state == "running":
             notes.append(self.waiting)
         return notes

@@ -259,16 +259,24 @@ def test_foreman_killed_and_restarted_mid_job_resumes_with_the_client_waiting(st
 
 
 def test_client_network_drop_mid_job(cluster):
+    """Every result comes back; meanwhile the job's progress says it is reconnecting (a widget sat at
+    '0.0 items/s, time left unknown' for the whole reconnect budget)."""
+    from crowdcompute.progress import ProgressModel
+
     async def main():
         proxy = Proxy(cluster.port)
         await proxy.start()
         try:
             async with CrowdComputeClient(f"ws://127.0.0.1:{proxy.port}", token=cluster.token) as cc:
                 job = await cc.submit(slow_square, range(16), chunksize=1)
+                shown: list[list[str]] = []
+                job.add_listener(lambda job: shown.append(ProgressModel.of(job).notes()))
                 await wait_until(lambda: job.completed >= 2, 20, "no results before the drop")
                 proxy.drop_all()
                 assert await job == [x * x for x in range(16)]
                 assert proxy.connections >= 2, "the client never reconnected"
+                assert any("reconnecting" in note for notes in shown for note in notes), "no reconnecting note"
+                assert not any("reconnecting" in note for note in shown[-1]), "the note outlived the reconnect"
         finally:
             await proxy.close()
 
