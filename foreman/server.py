@@ -257,6 +257,7 @@ class ForemanServer(ActionExecution):
                     max_queued_tasks=self.scheduler.max_queued_tasks,
                     max_queued_bytes=self.scheduler.max_queued_bytes,
                     notice=self._notice(peer),
+                    granted=self._granted(peer),
                     blobs=self.payloads.path if self.payloads is not None else "",
                 )
             ),
@@ -288,11 +289,17 @@ class ForemanServer(ActionExecution):
         notices = [f"{peer.mismatch}; it runs portable jobs only"] if peer.mismatch else []
         if peer.renamed:
             notices.append(peer.renamed)
-        if peer.role == Role.WORKER:
-            granted = self.scheduler.granted_slots(max(1, peer.slots), peer.volunteer)
-            if granted < peer.slots:
-                notices.append(f"the foreman grants it {granted} of its {peer.slots} slots")
+        granted = self._granted(peer)
+        if granted:
+            notices.append(f"the foreman grants it {granted} of its {peer.slots} slots")
         return "; ".join(notices)
+
+    def _granted(self, peer: Peer) -> int:
+        """A worker's slots that the foreman uses, when fewer than it claims (else 0)."""
+        if peer.role != Role.WORKER:
+            return 0
+        granted = self.scheduler.granted_slots(max(1, peer.slots), peer.volunteer)
+        return granted if granted < peer.slots else 0
 
     def _joined(self, peer: Peer) -> list[Action]:
         if peer.role == Role.WORKER:

@@ -90,6 +90,27 @@ def test_a_worker_claiming_100000_slots_is_granted_the_cap():
 # --- end to end ----------------------------------------------------------------------
 
 
+def test_a_worker_granted_fewer_slots_than_it_has_keeps_no_idle_task_processes(foreman, start_worker):
+    """An invite for 1 slot, a laptop of 2: the second task process idled for nothing (memory a
+    volunteer lends for no work)."""
+    import psutil
+
+    credential = invite(foreman, "bob", "--slots", "1")
+    bob = start_worker(foreman.url, "--token", credential, "--name", "bob-laptop", "--procs", "2")
+    agent = psutil.Process(bob.popen.pid)
+
+    def task_processes() -> int:  # the forkserver's children: the agent's grandchildren
+        return sum(1 for child in agent.children(recursive=True) if child.ppid() != agent.pid)
+
+    async def main():
+        await wait_until(lambda: task_processes() == 1, 20, "the worker kept both task processes")
+        async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
+            assert await cc.map(abs, [-1, -2, -3], chunksize=1) == [1, 2, 3]
+        assert task_processes() == 1
+
+    arun(main(), timeout=40)
+
+
 def test_invite_join_revoke_mid_job(foreman, start_worker):
     start_worker(foreman.url, "--procs", "1", "--name", "own")
     credential = invite(foreman, "alice", "--slots", "1")

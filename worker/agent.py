@@ -86,6 +86,7 @@ class WorkerAgent(SlotFeeding):
         self._keys: dict[str, str] = {}  # job id -> cache key of its environment (kept from eviction)
         self.slot_settings = slot_settings or SlotSettings()
         self.slots = [Slot(self.slot_settings, i) for i in range(procs)]
+        self._active = procs  # the slots the foreman uses (``Welcome.granted``): the first ones
         self._functions: dict[str, tuple[bytes, str]] = {}  # job id -> (function, serializer)
         self._running: dict[int, p.AssignTask] = {}  # slot index -> the task it runs
         self._cancelled: set[tuple[str, int]] = set()  # (job, task) the foreman cancelled, not yet seen here
@@ -136,7 +137,7 @@ class WorkerAgent(SlotFeeding):
                 print(f"worker {self.name} connected to {self.address.url}", flush=True)
                 if welcome.notice:
                     print(f"worker {self.name}: {welcome.notice}", flush=True)
-                await self._serve(websocket, stop, welcome.blobs, drain, hurry)
+                await self._serve(websocket, stop, welcome, drain, hurry)
                 if not stop.is_set():
                     log.warning("lost the foreman at %s; reconnecting", self.address.url)
         finally:
@@ -177,19 +178,31 @@ class WorkerAgent(SlotFeeding):
         )
 
     async def _serve(
-        self, websocket, stop: asyncio.Event, folder: str = "", drain: bool = True, hurry: asyncio.Event | None = None
+        self,
+        websocket,
+        stop: asyncio.Event,
+        welcome: p.Welcome,
+        drain: bool = True,
+        hurry: asyncio.Event | None = None,
     ) -> None:
         """One connection's life: read assignments, run them, send outcomes.
 
-        ``folder``: the foreman's payload folder (Welcome.blobs); if this host shares it, big
-        inputs and outcomes travel as files there (see crowdcompute.wire.blobs).
+        ``welcome.blobs``: the foreman's payload folder; if this host shares it, big inputs and
+        outcomes travel as files there (see crowdcompute.wire.blobs). ``welcome.granted``: the
+        slots the foreman uses, when fewer than ours: the other task processes are stopped.
         """
         self._reset()
-        joined = join_folder(folder)
+        joined = join_folder(welcome.blobs)
         self._shared = None if joined is None else joined[0]
         if joined is not None:
             self._outbox.put_nowait(p.encode_parts(p.ShareBlobs(joined[1])))
-        tasks = [asyncio.create_task(self._run_slot(slot)) for slot in self.slots]
+        used = self.slots[: welcome.granted] if 0 < welcome.granted < len(self.slots) else self.slots
+        self._active = len(used)
+        if len(used) < len(self.slots):  # a volunteer's machine should not keep idle processes
+            await asyncio.gather(self._started, return_exceptions=True)
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(None, slot.close) for slot in self.slots[len(used) :]))
+        tasks = [asyncio.create_task(self._run_slot(slot)) for slot in used]
         tasks.append(asyncio.create_task(self._send_frames(websocket)))
         reader = asyncio.create_task(self._read_frames(websocket))
         stopper = asyncio.create_task(stop.wait())

@@ -31,6 +31,7 @@ class SlotFeeding(EnvironmentPreparation):
     """``_run_slot``: a slot's loop, task after task; ``_offer``: waiting tasks to running slots."""
 
     slots: list[Slot]
+    _active: int  # the first slots, which the foreman uses
     _started: asyncio.Future
     _queue: asyncio.Queue[tuple[p.AssignTask, float]]
     _functions: dict[str, tuple[bytes, str]]  # job id -> (function, serializer)
@@ -169,7 +170,7 @@ class SlotFeeding(EnvironmentPreparation):
         beyond those idle slots are about to take, are enough for every running slot that will
         need one no later than it (``worker.claims``). With fewer (the tail of a job, or a short
         task running beside a long one), they stay here for whichever slot frees first."""
-        idle = len(self.slots) - len(self._running)
+        idle = self._active - len(self._running)
         return not self._draining and self._queue.qsize() - idle >= self._ends.sooner(index, self._running)
 
     def _claim_next(self, slot: Slot, site: str | None) -> tuple[p.AssignTask, float, bool] | None:

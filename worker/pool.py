@@ -428,5 +428,6 @@ class Slot:
                 process.join(CHILD_EXIT_GRACE)
         if self._cgroup is not None:
             self._cgroup.remove()
+            self._cgroup = None  # a later start() makes another
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)

@@ -180,6 +180,7 @@ class Welcome(Message):
     max_queued_tasks: int = 0  # tasks of one job a client may have sent without their outcome
     max_queued_bytes: int = 0  # input bytes of one job a client may have sent without their outcome
     notice: str = ""  # something the peer should tell its user (e.g. it gets only portable jobs)
+    granted: int = 0  # of a worker's slots, how many the foreman uses (0: all it claimed)
     blobs: str = ""  # the folder of payload files a peer on the foreman's host may share (see wire.blobs)
 
 
