@@ -138,33 +138,36 @@ def test_system_exit_or_keyboard_interrupt_raised_by_the_function_is_its_error(c
     arun(main(), timeout=60)
 
 
-def _stall_once(folder):
-    """Writes its pid and stalls on its first run; returns at once on the next."""
+def _wait_for_go(folder):
+    """Writes its pid, then runs until the test says go; returns its pid and how many times it ran."""
     import os
     import time
 
-    done = os.path.join(folder, "started")
-    if os.path.exists(done):
-        return "again"
+    runs = os.path.join(folder, "runs")
+    with open(runs, "a") as f:
+        f.write("x")
     with open(os.path.join(folder, "pid.tmp"), "w") as f:
         f.write(str(os.getpid()))
     os.replace(os.path.join(folder, "pid.tmp"), os.path.join(folder, "pid"))
-    open(done, "w").close()
-    time.sleep(60)
-    return "first"
+    while not os.path.exists(os.path.join(folder, "go")):
+        time.sleep(0.01)
+    return os.getpid(), len(open(runs).read())
 
 
-def test_a_real_sigint_to_the_task_process_is_a_crash_not_the_functions_error(cluster, tmp_path):
+def test_a_real_sigint_to_a_task_process_leaves_its_task_running(cluster, tmp_path):
     # Ctrl-C in the terminal of `crowdcompute worker` reaches its task processes (one process
-    # group): the task is lost and runs again, as before; it is not the function's KeyboardInterrupt.
+    # group): it is the agent's to act on (it lets running tasks finish). The task goes on in
+    # its process, once; it is neither the function's KeyboardInterrupt nor a crash.
     pid_file = tmp_path / "pid"
 
     async def main():
         async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
-            job = await cc.submit(_stall_once, [str(tmp_path)], chunksize=1)
+            job = await cc.submit(_wait_for_go, [str(tmp_path)], chunksize=1)
             await wait_until(pid_file.exists, 20, "the task never started")
-            os.kill(int(pid_file.read_text()), signal.SIGINT)
-            assert await job == ["again"]
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGINT)
+            (tmp_path / "go").touch()
+            assert await job == [(pid, 1)]
 
     arun(main(), timeout=60)
 

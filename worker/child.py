@@ -44,7 +44,7 @@ from crowdcompute.wire.blobs import BLOB_THRESHOLD, SharedFolder, payload_parts
 from crowdcompute.wire.constants import Serializer
 from crowdcompute.wire.framing import Pieces
 
-from .execution import Interrupted, module_hint, run_items, run_portable
+from .execution import module_hint, run_items, run_portable
 from .limits import LimitBroken, Limits, apply_in_task_process, limit_for_error
 from .pipes import Reader, pickled, send_together
 
@@ -141,8 +141,9 @@ def main(conn: Connection, settings: dict | None = None) -> None:
     settings = settings or {}
     limits = Limits(**settings.get("limits", {}))
     apply_in_task_process(limits, settings.get("nproc"))
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT was ignored
-        signal.signal(signal.SIGINT, _interrupt)
+    # Ctrl-C in the terminal of `crowdcompute worker` reaches its whole process group: it is the
+    # agent's to act on (it lets running tasks finish, and stops them at a second Ctrl-C).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_orphaned, args=(conn.fileno(),), daemon=True).start()
     if settings.get("site"):
         use_environment(settings["site"])
@@ -381,11 +382,6 @@ def _is_empty(folder: str) -> bool:
 def _identity(folder: os.stat_result) -> tuple[int, ...]:
     """What anything made, removed or renamed in a folder, or a chmod or chown of it, changes."""
     return (folder.st_ino, folder.st_dev, folder.st_mode, folder.st_uid, folder.st_mtime_ns, folder.st_ctime_ns)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """A real SIGINT: raise what ends this process, not what the function raised (see Interrupted)."""
-    raise Interrupted
 
 
 def _raiser(exc: BaseException) -> Callable[[Any], Any]:

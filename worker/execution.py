@@ -14,23 +14,17 @@ from typing import Any
 from crowdcompute.codecs.outcomes import describe_exception, dumps_outcomes
 from crowdcompute.wire.framing import Pieces
 
-__all__ = ["USER_ERRORS", "Interrupted", "OnItem", "module_hint", "run_items", "run_portable"]
+__all__ = ["USER_ERRORS", "OnItem", "module_hint", "run_items", "run_portable"]
 
 
 #: Called before each item with its offset and the errors so far (offset -> error dict).
 OnItem = Callable[[int, dict], None]
 
 
-class Interrupted(KeyboardInterrupt):
-    """A real SIGINT reached the task process (Ctrl-C in the terminal of ``crowdcompute worker``
-    reaches its whole process group): the process ends, as it always did, and its task runs
-    again elsewhere. It is not the function's error. A KeyboardInterrupt still, so that the
-    user's ``except KeyboardInterrupt:`` clean-up runs."""
-
-
 #: What the function raised is its item's error: any exception, and ``sys.exit()`` or
-#: ``raise KeyboardInterrupt`` too (the function raised; its process did not crash). Not a
-#: real SIGINT (Interrupted), nor worker.limits.LimitBroken: those end the task process.
+#: ``raise KeyboardInterrupt`` too (the function raised; its process did not crash). Not
+#: worker.limits.LimitBroken, which ends the task process. (A real SIGINT never reaches the
+#: function: task processes ignore it, see worker.child.main.)
 USER_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 
 
@@ -45,8 +39,6 @@ def run_items(func: Callable, items: Iterable, on_item: OnItem | None = None) ->
             on_item(offset, errors)
         try:
             append(func(item))
-        except Interrupted:
-            raise
         except USER_ERRORS as exc:  # the user's error travels back
             if os.getpid() != pid:  # a copy the function forked ends here (sys.exit() in it, say)
                 raise
@@ -90,8 +82,6 @@ def run_portable(
             value = func(item)
             json.dumps(value)  # a result that is not JSON fails here, as this item's error
             values.append(value)
-        except Interrupted:
-            raise
         except USER_ERRORS as exc:
             if os.getpid() != pid:  # a copy the function forked ends here
                 raise
