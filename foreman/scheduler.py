@@ -231,10 +231,14 @@ class Scheduler(ClientEvents, WorkerEvents, OutcomeEvents, VolunteerEvents, Time
         return job, task
 
     def _rejected(self, worker_id: str, what: str, job_id: str, task_id: int, attempt: int) -> Note:
+        """A note of an outcome dropped; routine for a job that ended (a cancelled job's runs still
+        report as they stop), a warning for a running one (a worker sending what it was not leased)."""
         worker = self.workers.get(worker_id)
         name = worker.name if worker else worker_id
+        job = self.jobs.get(job_id)
         return Note(
-            f"dropped a {what} from worker {name} for job {job_id} task {task_id} attempt {attempt}: not its lease"
+            f"dropped a {what} from worker {name} for job {job_id} task {task_id} attempt {attempt}: not its lease",
+            routine=job is None or job.state is not JobState.RUNNING,
         )
 
     def _accept(self, job: Job) -> list[Action]:

@@ -206,6 +206,17 @@ def test_late_and_duplicate_results_are_dropped():
     assert s.status()["jobs"][0]["completed"] == 1
 
 
+def test_a_dropped_result_is_a_warning_for_a_running_job_and_routine_for_an_ended_one():
+    # A cancelled job's runs still report as they stop: the operator's log should not cry wolf.
+    s = started(2)
+    submit(s, "c1", "j1", tasks=2)
+    (running,) = s.task_done("w1", done("j1", 0, attempt=9))  # not the attempt it was leased
+    assert isinstance(running, Note) and not running.routine
+    s.cancel_job("c1", "j1")
+    (ended,) = s.task_done("w1", done("j1", 1))
+    assert isinstance(ended, Note) and "not its lease" in ended.text and ended.routine
+
+
 def test_output_goes_to_the_client_only_from_the_lease_holder():
     s = started(1, 1)
     submit(s, "c1", "j1", tasks=1)
@@ -427,6 +438,20 @@ def test_acknowledged_outcomes_are_kept_within_the_budget_then_dropped_and_only_
     resumed = sent(s.attach_job("c1", "j1", resume=True))
     assert resumed == [("c1", p.JobAttached("j1", 4, 4, "running", "f", finished_items=3))]
     assert sent(s.task_done("w1", done("j1", 3))) == [("c1", result("j1", 3)), ("w1", p.ReleaseJob("j1"))]
+
+
+def test_attach_takes_the_start_of_a_job_id_as_status_views_show_it():
+    s = started(1)
+    submit(s, "c1", "j1-0123456789abcdef", tasks=2)
+    submit(s, "c1", "j2-0123456789abcdef", tasks=2)
+    s.add_client("c2")
+    [(to, attached), *_] = sent(s.attach_job("c2", "j1-012"))
+    assert (to, attached.job_id) == ("c2", "j1-0123456789abcdef")
+    [(_, several)] = sent(s.attach_job("c2", "j"))  # too short to name one: no such job
+    assert several.TYPE == "request_error" and "no such job" in several.reason
+    submit(s, "c1", "j1-012999", tasks=1)
+    [(_, several)] = sent(s.attach_job("c2", "j1-012"))
+    assert several.TYPE == "request_error" and "give more of the id" in several.reason
 
 
 def test_attach_with_a_journal_replays_from_it():
