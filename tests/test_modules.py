@@ -68,9 +68,11 @@ def test_a_function_using_a_local_module_not_sent_warns_naming_it(foreman, start
 
     async def body():
         async with CrowdComputeClient(foreman.url, token=foreman.token) as cc:
-            with pytest.warns(LocalModuleWarning, match=r"modules=\[crowdtest_helpers\]"):
+            with pytest.warns(LocalModuleWarning, match=r"modules=\[crowdtest_helpers\]") as warned:
                 job = await cc.submit(_uses(helpers_module), range(2))
             job.cancel()
+            # It points at the line that submitted (this file), not into CrowdCompute's code.
+            assert [w.filename for w in warned] == [__file__], [w.filename for w in warned]
             sent = await cc.map(_uses(helpers_module), range(2), modules=[helpers_module])  # no warning
             return sent
 

@@ -27,6 +27,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ..errors import LocalModuleWarning
@@ -215,5 +216,21 @@ def warn_local_modules(func: Callable, sent: Sequence[str]) -> None:
             f"{getattr(func, '__name__', 'the function')} uses your module(s) {names}, which workers on other "
             f"machines may not have; pass modules=[{names}] to send them with the job",
             LocalModuleWarning,
-            stacklevel=4,
+            stacklevel=_callers_level(),
         )
+
+
+#: Modules whose frames stand between the user's code and ours: a warning names neither.
+_PASSED_THROUGH = ("crowdcompute", "asyncio", "nest_asyncio", "IPython", "ipykernel")
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of the first frame of the user's code (a script's call of ``map``, a
+    notebook cell), past ours, the event loop's and IPython's (a fixed level named client.py)."""
+    frame: FrameType | None = sys._getframe(2)  # 1: warn_local_modules, which calls warnings.warn
+    level = 2
+    while frame is not None:
+        if not str(frame.f_globals.get("__name__", "")).startswith(_PASSED_THROUGH):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 2
