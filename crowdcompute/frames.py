@@ -88,7 +88,11 @@ class FrameHandling:
             if not job.done:
                 self._jobs[job.id] = job
         job.handle(msg)  # a job cancelled elsewhere ends here
-        _resolve(self._attaching.get(msg.job_id), job)
+        # attach() may have named the job by the start of its id, as status views show it.
+        waiter = self._attaching.get(msg.job_id) or next(
+            (w for start, w in self._attaching.items() if msg.job_id.startswith(start)), None
+        )
+        _resolve(waiter, job)
 
     def _dropped(self) -> None:
         """The connection dropped and is being redialed: the jobs' progress says so."""

@@ -31,7 +31,20 @@ from .state import (
     Worker,
 )
 
-__all__ = ["ClientEvents"]
+__all__ = ["MIN_JOB_ID_PREFIX", "ClientEvents"]
+
+
+#: The shortest start of a job id that attach takes for the whole id (status views show 8 or 12).
+MIN_JOB_ID_PREFIX = 6
+
+
+def _jobs_starting_with(start: str, job_ids: list[str]) -> list[str]:
+    """The job id ``start`` names: itself if a job has it, else the ids starting with it."""
+    if start in job_ids:
+        return [start]
+    if len(start) < MIN_JOB_ID_PREFIX:
+        return []
+    return [job_id for job_id in job_ids if job_id.startswith(start)]
 
 
 class ClientEvents:
@@ -163,8 +176,18 @@ class ClientEvents:
     def attach_job(self, client_id: str, job_id: str, resume: bool = False) -> list[Action]:
         """Follow a job: its size and state, then every outcome so far, then the rest.
 
-        ``resume``: the client followed it before and holds what it acknowledged.
+        ``resume``: the client followed it before and holds what it acknowledged. ``job_id`` may
+        be the start of one (as status views show it), of at least MIN_JOB_ID_PREFIX characters.
         """
+        matches = _jobs_starting_with(job_id, [*self.jobs, *self.ended])
+        if len(matches) > 1:
+            return [
+                Send(
+                    client_id,
+                    p.RequestError(job_id, f"{len(matches)} jobs have ids starting with {job_id}: give more of the id"),
+                )
+            ]
+        job_id = matches[0] if matches else job_id
         job = self.jobs.get(job_id)
         if job is not None and job.dropped and not resume:
             reason = (

@@ -153,7 +153,8 @@ def test_a_job_attached_by_another_client_still_reaches_the_one_that_submitted_i
             CrowdComputeClient(cluster.url, token=cluster.token) as second,
         ):
             job = await first.submit(_sleep, [0.2] * 6, chunksize=1)
-            attached = await second.attach(job.id)
+            attached = await second.attach(job.id[:12])  # as `crowdcompute status` shows it
+            assert attached.id == job.id
             assert await asyncio.wait_for(attached.result(), 30) == [0.2] * 6
             assert await asyncio.wait_for(job.result(), 30) == [0.2] * 6
             # Either one's cancel ends it for both.
