@@ -4,9 +4,14 @@ A job asks for ``redundancy=k`` runs of each task on distinct workers and
 ``quorum=q`` agreeing outcomes (default: a strict majority of k). An outcome
 is accepted the moment q runs returned the same bytes: with k=3 and the
 default q=2, two agreeing runs decide and the third run's outcome is only
-counted for its worker's record. When all k runs are in and no outcome has
-q votes, a fresh round of k runs starts on workers that have not run the
-task; after ROUNDS rounds the task fails with QuorumError.
+counted for its worker's record. When all k runs of a round are in and no
+outcome has q votes, a fresh round of k runs starts on workers that have not
+run the task, and its runs count with the earlier rounds' (one liar among
+k=3, q=3 no longer sinks a task that three honest workers answered alike);
+after ROUNDS rounds the task fails with QuorumError. A task that fails
+(no quorum, or its quorum_timeout) still counts its runs against the
+outcome most of them returned, when one did: a liar that keeps a quorum from
+forming is quarantined as one that is outvoted is.
 
 Runs are compared by a digest of the outcome bytes the worker sent (the
 foreman hashes them; it never decodes them). Each worker's agreements and
@@ -34,6 +39,7 @@ __all__ = [
     "missed_deadline",
     "quorum",
     "tally",
+    "tally_plurality",
     "timed_out",
     "vote",
     "waiting",
@@ -85,15 +91,30 @@ def vote(
                 if note:
                     verdict.notes.append(note)
         verdict.accepted, verdict.voter = task.ballots[ballot], task.votes[ballot][0]
-    elif sum(len(v) for v in task.votes.values()) >= redundancy:  # every run is in, no majority
+    elif sum(len(v) for v in task.votes.values()) >= redundancy * (task.rounds + 1):  # the round is in
         if task.rounds + 1 < ROUNDS:
             task.rounds += 1
-            task.votes.clear()
-            task.ballots.clear()
             verdict.rerun = True
         else:
             verdict.failure = disagreement(task, workers)
+            verdict.notes += tally_plurality(task, workers)
     return verdict
+
+
+def tally_plurality(task: Task, workers: dict[str, Worker]) -> list[Note]:
+    """A task failed without a quorum: count its runs against the outcome most of them returned,
+    if one did (no blame in a tie); the quarantines that follow."""
+    sizes = sorted((len(voters) for voters in task.votes.values()), reverse=True)
+    if not sizes or (len(sizes) > 1 and sizes[0] == sizes[1]):
+        return []
+    winner = max(task.votes, key=lambda ballot: len(task.votes[ballot]))
+    notes = []
+    for ballot, voters in task.votes.items():
+        for voter in voters:
+            note = tally(workers.get(voter), ballot == winner)
+            if note:
+                notes.append(note)
+    return notes
 
 
 def waiting(job: Job, workers: Iterable[Worker]) -> str:

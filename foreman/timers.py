@@ -53,6 +53,7 @@ class TimedEvents:
                 for task in [t for t in job.tasks.values() if t.state is not TaskState.DONE]:
                     if task.first_outcome_at is not None and now - task.first_outcome_at >= job.quorum_timeout:
                         reason = quorum.timed_out(task, job, self.workers)
+                        actions += quorum.tally_plurality(task, self.workers)
                         actions += self._fail(job, task, ErrorKind.DISAGREEMENT, reason)
             if job.state is not JobState.RUNNING:
                 continue

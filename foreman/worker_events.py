@@ -100,6 +100,8 @@ class WorkerEvents:
                 continue
             task = job.tasks[task_id]
             task.leases.pop(worker_id, None)
+            if job.redundancy > 1:
+                _forget_lost_run(task, worker, self.workers)
             if task.state is TaskState.DONE:  # a redundant run no longer needed
                 continue
             if job.redundancy == 1 and task.leases:  # a reissued or backup run of it goes on elsewhere
@@ -177,3 +179,14 @@ class WorkerEvents:
         if isinstance(msg, p.TaskProgress):
             task.progress = max(task.progress, min(msg.done, task.count))
         return [Send(follower, msg) for follower in job.followers()]
+
+
+def _forget_lost_run(task: Task, worker: Worker, workers: dict[str, Worker]) -> None:
+    """A redundant run that never reported is not a run: its worker (by key: the volunteer, whatever
+    connection it comes back on) may run the task again, unless it voted or another of its
+    connections still runs it. Else a volunteer dropped and back could never take the task, and a
+    job with quorum=redundancy waited for a distinct worker that never came."""
+    voted = any(worker.worker_id in voters for voters in task.votes.values())
+    running = any(other.key == worker.key for w, other in workers.items() if w in task.leases)
+    if not voted and not running:
+        task.tried.discard(worker.key)

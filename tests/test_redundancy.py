@@ -85,7 +85,69 @@ def test_no_majority_after_the_rounds_fails_naming_the_workers():
         failed += [a.message for a in answers if isinstance(a, Send) and isinstance(a.message, p.TaskFailed)]
         actions = answers
     (failure,) = failed
-    assert failure.error == "disagreement" and "3 different outcomes" in failure.reason
+    # Both rounds count: the reason names all six runs, each a different outcome.
+    assert failure.error == "disagreement" and "6 runs gave 6 different outcomes" in failure.reason
+
+
+def test_a_later_round_counts_with_the_earlier_ones_and_the_liar_is_blamed():
+    # redundancy=2: a liar and an honest worker split round 1; the first honest run of round 2
+    # makes two agreeing runs (the quorum). It was cleared away before: the liar was never
+    # counted against, and with quorum=k one liar sank the task.
+    s = started_with("rogue", "a", "b", "c")
+    actions = s.submit_job("c1", p.SubmitJob("j1", b"f", 1, 1, redundancy=2))
+    actions += s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"in0"))
+    round_one = {w: n for w, _, n in leases(actions)}
+    assert "rogue" in round_one, round_one
+    (honest,) = [w for w in round_one if w != "rogue"]
+    s.task_done("rogue", p.TaskDone("j1", 0, round_one["rogue"], 0, b"lies"))
+    rerun = s.task_done(honest, p.TaskDone("j1", 0, round_one[honest], 0, b"right"))
+    (worker, _, attempt), *_ = leases(rerun)
+    (accepted,) = results(s.task_done(worker, p.TaskDone("j1", 0, attempt, 0, b"right")))
+    assert accepted.payload == b"right"
+    assert s.workers["rogue"].disagreed == 1 and s.workers[honest].agreed == 1
+
+
+def test_a_task_that_fails_without_a_quorum_still_blames_the_outvoted_runs():
+    # quorum=3 of 3, two rounds on six workers: two honest runs and four different lies, so no
+    # quorum forms and the task fails; the lies still count against their workers (the two
+    # honest runs are the plurality). Before, a liar that kept a quorum from forming was never
+    # counted against, and went on to take plain jobs' tasks.
+    s = started_with("r1", "r2", "a", "r3", "r4", "b")
+    actions = s.submit_job("c1", p.SubmitJob("j1", b"f", 1, 1, redundancy=3, quorum=3))
+    actions += s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"in0"))
+    failed = []
+    for _ in range(quorum.ROUNDS):
+        answers = []
+        for worker, task_id, attempt in leases(actions):
+            payload = b"lies-" + worker.encode() if worker.startswith("r") else b"right"
+            answers += s.task_done(worker, p.TaskDone("j1", task_id, attempt, 0, payload))
+        failed += [a.message for a in answers if isinstance(a, Send) and isinstance(a.message, p.TaskFailed)]
+        actions = answers
+    (failure,) = failed
+    assert failure.error == "disagreement"
+    assert [s.workers[r].disagreed for r in ("r1", "r2", "r3", "r4")] == [1, 1, 1, 1]
+    assert [s.workers[h].agreed for h in ("a", "b")] == [1, 1]
+
+
+def test_a_volunteer_dropped_before_its_run_reported_may_run_the_task_again():
+    # quorum=3 of 3 on exactly three volunteers: one is dropped (froze, or was killed) and comes
+    # back on a new connection. Its run never reported, so it is still a distinct worker for the
+    # task; before, it was barred, and the task waited for a third volunteer that never came.
+    s = make()
+    s.add_client("c1")
+    volunteers = {name: s.volunteers.invite(name, 0.0)[1] for name in ("a", "b", "c")}
+    for name, volunteer in volunteers.items():
+        s.add_worker(name, name, 1, volunteer=volunteer)
+    actions = s.submit_job("c1", p.SubmitJob("j1", b"f", 1, 1, redundancy=3, quorum=3))
+    actions += s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"in0"))
+    attempt = {w: n for w, _, n in leases(actions)}
+    s.task_done("a", p.TaskDone("j1", 0, attempt["a"], 0, b"right"))
+    s.task_done("b", p.TaskDone("j1", 0, attempt["b"], 0, b"right"))
+    s.remove_worker("c", "went silent")
+    ((worker, _, again),) = leases(s.add_worker("c-again", "c", 1, volunteer=volunteers["c"]))
+    assert worker == "c-again"
+    (accepted,) = results(s.task_done("c-again", p.TaskDone("j1", 0, again, 0, b"right")))
+    assert accepted.payload == b"right"
 
 
 # --- end to end with a rogue built on the public protocol ----------------------------
