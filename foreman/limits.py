@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = [
     "ALLOWED_FAILURES",
+    "DROPPED_LOGGED",
+    "DROPPED_LOGGED_EVERY",
     "ENDED_JOBS_SHOWN",
     "MAX_QUEUED_BYTES",
     "MAX_QUEUED_BYTES_TOTAL",
@@ -27,6 +29,10 @@ ALLOWED_FAILURES = 3
 #: not the task's, so this is far above ALLOWED_FAILURES: only a task that keeps taking
 #: its hosts down with it (or a crowd that cannot keep any worker) reaches it.
 MAX_WORKER_LOSSES = 10
+#: Outcomes a worker sent for leases it did not hold that the log notes one by one ...
+DROPPED_LOGGED = 10
+#: ... and after those, one in this many (a forging volunteer must not fill the log).
+DROPPED_LOGGED_EVERY = 1000
 #: Seconds a finished job's outcomes are kept for ``attach`` before they are purged.
 RESULT_TTL = 24 * 3600.0
 #: How many ended jobs the status keeps showing.

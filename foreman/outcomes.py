@@ -21,7 +21,6 @@ from .state import (
     Action,
     Job,
     JobState,
-    Note,
     SaveJob,
     SaveJobState,
     SaveResult,
@@ -55,7 +54,7 @@ class OutcomeEvents:
         def _assign(self) -> list[Action]: ...
         def _enqueue(self, job: Job, task: Task, front: bool = False, replicas: int = 1) -> None: ...
         def _leased(self, worker_id: str, job_id: str, task_id: int, attempt: int) -> tuple[Job, Task] | None: ...
-        def _rejected(self, worker_id: str, what: str, job_id: str, task_id: int, attempt: int) -> Note: ...
+        def _rejected(self, worker_id: str, what: str, job_id: str, task_id: int, attempt: int) -> list[Action]: ...
         def _release(self, job: Job) -> list[Action]: ...
         def _save_records(self, worker_ids: Iterable[str]) -> list[Action]: ...
         def _save_state(self, job: Job) -> SaveJobState: ...
@@ -64,7 +63,7 @@ class OutcomeEvents:
     def task_done(self, worker_id: str, msg: p.TaskDone) -> list[Action]:
         leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if leased is None:  # a late, replayed or forged result: its task is not leased to this worker
-            return [self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)]
+            return self._rejected(worker_id, "result", msg.job_id, msg.task_id, msg.attempt)
         job, task = leased
         worker = self.workers.get(worker_id)
         deadlines.observe(job, task, worker_id, self.clock(), worker)
@@ -144,7 +143,7 @@ class OutcomeEvents:
     def task_crashed(self, worker_id: str, msg: p.TaskCrashed) -> list[Action]:
         leased = self._leased(worker_id, msg.job_id, msg.task_id, msg.attempt)
         if leased is None:
-            return [self._rejected(worker_id, "crash report", msg.job_id, msg.task_id, msg.attempt)]
+            return self._rejected(worker_id, "crash report", msg.job_id, msg.task_id, msg.attempt)
         job, task = leased
         unlease(self.workers, job, task, worker_id, self._free)
         if task.state is TaskState.DONE:  # a redundant run no longer needed

@@ -39,6 +39,8 @@ from .credentials import Registry, Volunteer
 from .free_workers import FreeWorkers
 from .limits import (
     ALLOWED_FAILURES,
+    DROPPED_LOGGED,
+    DROPPED_LOGGED_EVERY,
     ENDED_JOBS_SHOWN,
     MAX_KEPT_OUTCOME_BYTES,
     MAX_QUEUED_BYTES,
@@ -230,16 +232,30 @@ class Scheduler(ClientEvents, WorkerEvents, OutcomeEvents, VolunteerEvents, Time
             return None
         return job, task
 
-    def _rejected(self, worker_id: str, what: str, job_id: str, task_id: int, attempt: int) -> Note:
+    def _rejected(self, worker_id: str, what: str, job_id: str, task_id: int, attempt: int) -> list[Action]:
         """A note of an outcome dropped; routine for a job that ended (a cancelled job's runs still
-        report as they stop), a warning for a running one (a worker sending what it was not leased)."""
+        report as they stop), a warning for a running one (a worker sending what it was not leased).
+        A worker's first DROPPED_LOGGED are noted, then every DROPPED_LOGGED_EVERY-th: a hostile
+        volunteer sending forged results must not fill the operator's log (5,000 lines in 1.6 s)."""
         worker = self.workers.get(worker_id)
         name = worker.name if worker else worker_id
         job = self.jobs.get(job_id)
-        return Note(
-            f"dropped a {what} from worker {name} for job {job_id} task {task_id} attempt {attempt}: not its lease",
-            routine=job is None or job.state is not JobState.RUNNING,
+        count = 1
+        if worker is not None:
+            worker.dropped += 1
+            count = worker.dropped
+        if count > DROPPED_LOGGED and count % DROPPED_LOGGED_EVERY:
+            return []
+        more = (
+            f" ({count} so far; from now on one in {DROPPED_LOGGED_EVERY} is noted)" if count >= DROPPED_LOGGED else ""
         )
+        return [
+            Note(
+                f"dropped a {what} from worker {name} for job {job_id} task {task_id} attempt {attempt}: "
+                f"not its lease{more}",
+                routine=job is None or job.state is not JobState.RUNNING,
+            )
+        ]
 
     def _accept(self, job: Job) -> list[Action]:
         job.accepted = True

@@ -206,6 +206,19 @@ def test_late_and_duplicate_results_are_dropped():
     assert s.status()["jobs"][0]["completed"] == 1
 
 
+def test_a_worker_forging_results_does_not_fill_the_log():
+    # A hostile volunteer sent 5,000 results for tasks it never held: 5,003 warning lines.
+    from foreman.limits import DROPPED_LOGGED, DROPPED_LOGGED_EVERY
+
+    s = started(1)
+    submit(s, "c1", "j1", tasks=1)
+    notes = []
+    for n in range(2 * DROPPED_LOGGED_EVERY):
+        notes += s.task_done("w1", done("forged", n))
+    assert len(notes) == DROPPED_LOGGED + 2 and all(isinstance(note, Note) for note in notes)
+    assert f"from now on one in {DROPPED_LOGGED_EVERY}" in notes[DROPPED_LOGGED - 1].text
+
+
 def test_a_dropped_result_is_a_warning_for_a_running_job_and_routine_for_an_ended_one():
     # A cancelled job's runs still report as they stop: the operator's log should not cry wolf.
     s = started(2)
