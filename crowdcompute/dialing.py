@@ -193,7 +193,9 @@ def _explain(exc: BaseException, address: Address, cafile: str | None) -> tuple[
             "If the foreman printed a ws:// address it serves no TLS: use ws:// instead of wss://."
         )
     if isinstance(exc, InvalidMessage) and not address.secure:
-        return f"{where} answered no HTTP (it may serve TLS)", (
+        # A foreman serving TLS and one restarting (it closed the connection before answering)
+        # look alike from here: say both.
+        return f"{where} answered no websocket handshake (a foreman restarting, or one serving TLS)", (
             "If the foreman printed a wss:// address, use wss:// (with --cafile / cafile= for a private CA)."
         )
     if isinstance(exc, InvalidStatus):
