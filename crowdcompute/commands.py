@@ -7,7 +7,6 @@ import os
 import re
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
 from .client import CrowdComputeClient
@@ -15,7 +14,7 @@ from .errors import CrowdComputeError
 from .local import LocalCluster
 from .processes import install_stop_handlers
 from .sizes import format_amount
-from .tables import Column, counted, table_of
+from .tables import Column, console, counted, table_of
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL, FOREMAN_READY
 
 __all__ = ["job_state", "run_local", "show_status", "sorted_workers", "status_tables", "worker_offers"]
@@ -67,9 +66,9 @@ async def show_status(url: str | None, token: str | None, cafile: str | None) ->
     except CrowdComputeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    console = Console()
+    out = console()
     for table in status_tables(status, url):
-        console.print(table)
+        out.print(table)
     return 0
 
 

@@ -9,15 +9,28 @@ not reach the operator's terminal. Every cell is therefore a :class:`rich.text.T
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from rich.cells import cell_len
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["Column", "counted", "plain_markup", "printable", "table_of"]
+__all__ = ["PIPED_WIDTH", "Column", "counted", "console", "plain_markup", "printable", "table_of"]
+
+#: Columns a table may take when printed to a pipe or a file (rich assumes 80 there, and wrapped
+#: dates and headers into two lines), unless $COLUMNS says otherwise.
+PIPED_WIDTH = 240
+
+
+def console() -> Console:
+    """A console for tables: the terminal's width, or PIPED_WIDTH where there is no terminal."""
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(width=PIPED_WIDTH if wide else None)
 
 
 @dataclass(frozen=True)

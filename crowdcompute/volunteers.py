@@ -13,12 +13,11 @@ import re
 import sys
 import time
 
-from rich.console import Console
 from rich.table import Table
 
 from .client import CrowdComputeClient
 from .errors import CrowdComputeError
-from .tables import Column, counted, table_of
+from .tables import Column, console, counted, table_of
 from .wire.addresses import parse_address
 from .wire.client_messages import volunteer_name_problem
 from .wire.constants import ADDRESS_VARIABLE, DEFAULT_URL
@@ -143,7 +142,7 @@ async def show_workers(args: argparse.Namespace) -> int:
     except CrowdComputeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    Console().print(workers_table(volunteers, _url(args.url)))
+    console().print(workers_table(volunteers, _url(args.url)))
     return 0
 
 

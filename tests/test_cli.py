@@ -270,3 +270,15 @@ def test_bad_command_line_values_are_refused_not_ignored(crowd_home, args, said)
     assert proc.popen.wait(30) == 2
     proc.close()
     assert any(said in line for line in proc.lines), proc.lines
+
+
+def test_status_printed_to_a_pipe_keeps_each_row_on_one_line(cluster):
+    """Piped, rich assumed 80 columns and wrapped headers and dates over several lines."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    status = spawn("status", cluster.url, "--token", cluster.token, env=env)
+    assert status.popen.wait(30) == 0, status.lines
+    status.close()
+    (header,) = [line for line in status.lines if "worker" in line and "identity" in line]
+    assert "slots" in header and "tasks done" in header and "state" in header, "\n".join(status.lines)
