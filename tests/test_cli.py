@@ -272,12 +272,13 @@ def test_bad_command_line_values_are_refused_not_ignored(crowd_home, args, said)
     assert any(said in line for line in proc.lines), proc.lines
 
 
-def test_status_printed_to_a_pipe_keeps_each_row_on_one_line(cluster):
+def test_status_printed_to_a_pipe_keeps_each_row_on_one_line(foreman, start_worker):
     """Piped, rich assumed 80 columns and wrapped headers and dates over several lines."""
     import os
 
+    start_worker(foreman.url, "--procs", "1", "--name", "a-rather-long-volunteer-machine-name.physics-lab")
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    status = spawn("status", cluster.url, "--token", cluster.token, env=env)
+    status = spawn("status", foreman.url, "--token", foreman.token, env=env)
     assert status.popen.wait(30) == 0, status.lines
     status.close()
     (header,) = [line for line in status.lines if "worker" in line and "identity" in line]
