@@ -39,7 +39,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     invite_parser.add_argument(
         "--slots", type=int, default=None, help="most task slots it is granted (default: the foreman's maximum)"
     )
-    invite_parser.add_argument("--expires", help="how long the credential is valid: 90s, 30m, 12h, 7d, 2w")
+    invite_parser.add_argument(
+        "--expires", help="how long the credential is valid: 90 (seconds), 90s, 30m, 12h, 7d, 2w"
+    )
     invite_parser.add_argument(
         "--trusted", action="store_true", help="clients may unpickle its results (default: plain data only)"
     )
@@ -57,7 +59,9 @@ def parse_duration(text: str) -> float:
     """Seconds in ``"90"``, ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"`` or ``"2w"``; ValueError otherwise."""
     found = _DURATION.match(text or "")
     if not found or float(found.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration: write a positive number with s, m, h, d or w (e.g. 7d)")
+        raise ValueError(
+            f"{text!r} is not a duration: write a positive number of seconds, or one with s, m, h, d or w (e.g. 7d)"
+        )
     return float(found.group(1)) * _UNITS[found.group(2)]
 
 
