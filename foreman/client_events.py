@@ -84,7 +84,7 @@ class ClientEvents:
     def submit_job(self, client_id: str, msg: p.SubmitJob) -> list[Action]:
         job = self.jobs.get(msg.job_id)
         if job is not None:  # sent again after a reconnect: follow it, nothing new
-            job.client = client_id
+            self._follow(job, client_id, primary=True)
             return [Send(client_id, p.JobAccepted(job.job_id))] if job.accepted else []
         if msg.job_id in self.ended:
             return [Send(client_id, p.RequestError(msg.job_id, "a job with this id already ended"))]
@@ -215,11 +215,7 @@ class ClientEvents:
                 finished,
             )
             return [Send(client_id, attached), Replay(client_id, job_id)]
-        if job.client is not None and job.client != client_id and job.client in self.clients:
-            job.watchers.add(client_id)  # one more follower: the client following it keeps its results
-        else:
-            job.client = client_id
-            job.watchers.discard(client_id)
+        self._follow(job, client_id)
         actions: list[Action] = [
             Send(
                 client_id,
@@ -240,10 +236,27 @@ class ClientEvents:
             return actions + [Replay(client_id, job_id)]
         return actions + [Send(client_id, outcome) for outcome in job.results.values()]
 
+    def _follow(self, job: Job, client_id: str, primary: bool = False) -> None:
+        """``client_id`` follows ``job`` too. It becomes the job's client if the job has none connected,
+        or (``primary``: its submitter resending after a reconnect) in any case; a connected client
+        it replaces goes on following as a watcher: nobody following a job is dropped from it."""
+        current = job.client
+        if current is not None and current != client_id and current in self.clients:
+            if not primary:
+                job.watchers.add(client_id)
+                return
+            job.watchers.add(current)
+        job.client = client_id
+        job.watchers.discard(client_id)
+
     def collect_job(self, client_id: str, job_id: str) -> list[Action]:
-        """The client holds every outcome: free them (the journal keeps them for the TTL)."""
+        """The client holds every outcome: free them (the journal keeps them for the TTL). Only the
+        job's client collects (a watcher only when the job has none): a watcher done with the job
+        must not free outcomes its client, briefly away, still needs on resuming."""
         job = self.jobs.get(job_id)
         if job is None or job.state is JobState.RUNNING:
+            return []
+        if job.client is not None and job.client != client_id:
             return []
         return self._archive(job)
 

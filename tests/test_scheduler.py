@@ -430,6 +430,32 @@ def test_a_watcher_goes_on_hearing_a_job_whose_client_left_and_leaves_without_a_
     assert s.jobs["j1"].followers() == ["c1"]
 
 
+def test_a_submitter_resending_its_job_after_a_reconnect_keeps_the_client_that_attached_meanwhile():
+    # c1 drops; c2 attaches (and becomes the job's client); c1 is back and resends its SubmitJob:
+    # it was made the job's client and c2 was dropped from the job, waiting forever.
+    s = started(1)
+    submit(s, "c1", "j1", tasks=3)
+    s.remove_client("c1")
+    s.add_client("c2")
+    s.attach_job("c2", "j1")
+    s.add_client("c1b")
+    s.submit_job("c1b", p.SubmitJob("j1", function("j1"), 3, 3, None, 0, "f"))
+    assert sorted(s.jobs["j1"].followers()) == ["c1b", "c2"]
+    assert [to for to, _ in sent(s.task_done("w1", done("j1", 0)))[:2]] == ["c1b", "c2"]
+
+
+def test_only_the_jobs_client_collects_it_while_it_follows():
+    # A watcher done with the job must not free the outcomes its client (briefly away) still needs.
+    s = started(1)
+    submit(s, "c1", "j1", tasks=1)
+    s.add_client("c2")
+    s.attach_job("c2", "j1")
+    s.task_done("w1", done("j1", 0))
+    assert s.collect_job("c2", "j1") == [] and s.jobs["j1"].results
+    s.collect_job("c1", "j1")
+    assert "j1" not in s.jobs or not s.jobs["j1"].results
+
+
 def test_acknowledged_outcomes_are_kept_within_the_budget_then_dropped_and_only_a_resume_attaches():
     # Without a journal the foreman keeps outcomes for attach; past a budget it drops those the
     # client acknowledged, so its memory follows the window, not the job's size.
