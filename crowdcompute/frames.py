@@ -62,7 +62,7 @@ class FrameHandling:
         elif isinstance(msg, p.JobAttached):
             self._attached(msg)
         elif isinstance(msg, p.RequestError):
-            waiter = self._accepting.get(msg.job_id) or self._attaching.get(msg.job_id)
+            waiter = self._accepting.get(msg.job_id) or self._attach_waiter(msg.job_id)
             if waiter is not None and not waiter.done():
                 waiter.set_exception(refusal(msg))
             elif job is not None:
@@ -88,11 +88,14 @@ class FrameHandling:
             if not job.done:
                 self._jobs[job.id] = job
         job.handle(msg)  # a job cancelled elsewhere ends here
-        # attach() may have named the job by the start of its id, as status views show it.
-        waiter = self._attaching.get(msg.job_id) or next(
-            (w for start, w in self._attaching.items() if msg.job_id.startswith(start)), None
+        _resolve(self._attach_waiter(msg.job_id), job)
+
+    def _attach_waiter(self, job_id: str) -> asyncio.Future | None:
+        """The attach() waiting for an answer about ``job_id``: it may have named the job by the start
+        of its id, as status views show it (the foreman answers with the whole id)."""
+        return self._attaching.get(job_id) or next(
+            (waiter for start, waiter in self._attaching.items() if job_id.startswith(start)), None
         )
-        _resolve(waiter, job)
 
     def _dropped(self) -> None:
         """The connection dropped and is being redialed: the jobs' progress says so."""

@@ -201,6 +201,24 @@ def test_a_job_no_worker_can_take_says_so_where_no_progress_is_shown(cluster, ca
     arun(main(), timeout=60)
 
 
+def test_attach_by_the_start_of_an_id_gets_the_foremans_refusal_at_once(start_foreman, start_worker):
+    """The foreman answered a refusal with the whole id; the waiter, under the start the user gave,
+    missed it and attach() waited out its timeout, then raised a bare TimeoutError."""
+    foreman = start_foreman("--journal", "none")  # a collected job's results are gone
+    start_worker(foreman.url, "--procs", "1")
+
+    async def main():
+        async with CrowdComputeClient(foreman.url, token=foreman.token, timeout=30) as cc:
+            job = await cc.submit(abs, [-1])
+            assert await job == [1]
+            assert await cc.map(abs, [-2]) == [2]  # its frame carries the first job's CollectJob
+            async with CrowdComputeClient(foreman.url, token=foreman.token, timeout=30) as other:
+                with pytest.raises(crowdcompute.CrowdComputeError, match="already collected"):
+                    await asyncio.wait_for(other.attach(job.id[:12]), 10)
+
+    arun(main(), timeout=60)
+
+
 def test_an_embedded_cluster_stops_its_running_tasks_at_disconnect():
     """Its owner gone, an embedded worker stops at once (not after its stop timeout, killed):
     nobody is left to take what the running tasks would return."""
