@@ -3,11 +3,13 @@
 In this order, the first there is:
 
 1. the token the caller passed (``token=``, ``--token``);
-2. for a loopback foreman, the token in its connection file
+2. ``$CROWDCOMPUTE_TOKEN`` when ``$CROWDCOMPUTE_ADDRESS`` names this foreman
+   (exported together: CONTRACT's ``connect()`` with no host);
+3. for a loopback foreman, the token in its connection file
    (``$CROWDCOMPUTE_HOME/foreman-PORT.json``): written by this user's own
    foreman on that port, it is the right token for it;
-3. ``$CROWDCOMPUTE_TOKEN``, if the user meant it for this foreman: when
-   ``$CROWDCOMPUTE_ADDRESS`` is unset, or names this same foreman. Exported
+4. ``$CROWDCOMPUTE_TOKEN``, if the user meant it for this foreman: when
+   ``$CROWDCOMPUTE_ADDRESS`` is unset. Exported
    with an address, the token is that foreman's: it is not sent to another
    one, which could be anyone's.
 """
@@ -57,14 +59,18 @@ def choose_client_token(address: Address, token: str | None) -> ClientToken:
     """The token to offer the foreman at ``address``, ``token`` being the caller's (see the module's order)."""
     if token:
         return ClientToken(token, "token=")
+    exported = os.environ.get(TOKEN_VARIABLE)
+    meant_for = os.environ.get(ADDRESS_VARIABLE)
+    if exported and meant_for and _same_foreman(meant_for, address):
+        # Exported together for this very foreman: theirs, over any connection file a foreman
+        # once left on this port (a tunnel to a remote foreman on a local port, say).
+        return ClientToken(exported, f"${TOKEN_VARIABLE}")
     looked_for = None
     if address.loopback:
         found = read_connection_file(address.port)
         looked_for = connection_file_path(address.port)
         if found is not None:
             return ClientToken(found["token"], f"the connection file {looked_for}")
-    exported = os.environ.get(TOKEN_VARIABLE)
-    meant_for = os.environ.get(ADDRESS_VARIABLE)
     if exported and meant_for and not _same_foreman(meant_for, address):
         return ClientToken(None, "", looked_for, withheld=meant_for)
     if exported:

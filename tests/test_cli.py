@@ -102,6 +102,20 @@ def test_a_generated_token_never_reads_as_an_option(monkeypatch):
     assert addresses.generate_token() == "fine-token"
 
 
+def test_the_token_exported_with_this_foremans_address_beats_a_connection_file_left_on_its_port(monkeypatch):
+    """A tunnel to a remote foreman on a local port where a local foreman once ran: the exported
+    pair is what the user means (CONTRACT's connect() with no host); the old file's token was sent."""
+    from crowdcompute.tokens import choose_client_token
+
+    address = addresses.parse_address("ws://127.0.0.1:9123")
+    addresses.write_connection_file(9123, address.url, "old-local-token")
+    monkeypatch.setenv("CROWDCOMPUTE_ADDRESS", address.url)
+    monkeypatch.setenv("CROWDCOMPUTE_TOKEN", "exported-token")
+    assert choose_client_token(address, None).value == "exported-token"
+    monkeypatch.delenv("CROWDCOMPUTE_ADDRESS")  # not said which foreman it is for: the file's, on loopback
+    assert choose_client_token(address, None).value == "old-local-token"
+
+
 def test_the_exported_token_goes_to_a_named_foreman_only_where_the_user_meant_it(start_foreman, monkeypatch):
     foreman = start_foreman("--token", "s3cret")  # writes no connection file
     monkeypatch.setenv("CROWDCOMPUTE_TOKEN", "s3cret")
