@@ -54,6 +54,7 @@ class TimedEvents:
                     if task.first_outcome_at is not None and now - task.first_outcome_at >= job.quorum_timeout:
                         reason = quorum.timed_out(task, job, self.workers)
                         actions += quorum.tally_plurality(task, self.workers)
+                        actions += self._save_records(w for voters in task.votes.values() for w in voters)
                         actions += self._fail(job, task, ErrorKind.DISAGREEMENT, reason)
             if job.state is not JobState.RUNNING:
                 continue

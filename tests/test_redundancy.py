@@ -150,6 +150,26 @@ def test_a_volunteer_dropped_before_its_run_reported_may_run_the_task_again():
     assert accepted.payload == b"right"
 
 
+def test_blame_handed_out_at_the_quorum_timeout_is_journaled():
+    # A foreman restarting on its journal forgot a liar caught at a quorum_timeout.
+    from foreman.state import SaveVolunteer
+
+    s = make()
+    s.add_client("c1")
+    for name in ("a", "b", "r", "d"):
+        s.add_worker(name, name, 1, volunteer=s.volunteers.invite(name, 0.0)[1])
+    actions = s.submit_job("c1", p.SubmitJob("j1", b"f", 1, 1, redundancy=4, quorum=4, quorum_timeout=5))
+    actions += s.submit_task("c1", p.SubmitTask("j1", 0, 0, 1, b"in0"))
+    attempt = {w: n for w, _, n in leases(actions)}
+    for worker, payload in (("a", b"right"), ("b", b"right"), ("r", b"lie")):
+        s.task_done(worker, p.TaskDone("j1", 0, attempt[worker], 0, payload))
+    s.clock.now += 10
+    ticked = s.tick()
+    assert s.workers["r"].disagreed == 1
+    saved = {a.volunteer.name for a in ticked if isinstance(a, SaveVolunteer)}
+    assert {"a", "b", "r"} <= saved, saved
+
+
 # --- end to end with a rogue built on the public protocol ----------------------------
 
 
