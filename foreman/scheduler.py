@@ -240,8 +240,12 @@ class Scheduler(ClientEvents, WorkerEvents, OutcomeEvents, VolunteerEvents, Time
         worker = self.workers.get(worker_id)
         name = worker.name if worker else worker_id
         job = self.jobs.get(job_id)
+        routine = job is None or job.state is not JobState.RUNNING
         count = 1
-        if worker is not None:
+        if worker is not None and routine:  # counted apart: late runs of ended jobs do not mute real warnings
+            worker.dropped_late += 1
+            count = worker.dropped_late
+        elif worker is not None:
             worker.dropped += 1
             count = worker.dropped
         if count > DROPPED_LOGGED and count % DROPPED_LOGGED_EVERY:
@@ -253,7 +257,7 @@ class Scheduler(ClientEvents, WorkerEvents, OutcomeEvents, VolunteerEvents, Time
             Note(
                 f"dropped a {what} from worker {name} for job {job_id} task {task_id} attempt {attempt}: "
                 f"not its lease{more}",
-                routine=job is None or job.state is not JobState.RUNNING,
+                routine=routine,
             )
         ]
 

@@ -269,7 +269,8 @@ class Worker:
     volunteer: Volunteer | None = None  # the invite it joined with; None: the shared worker token
     record: Record = field(default_factory=Record)  # the volunteer's record, or this connection's
     claimed: int = 0  # slots it asked for
-    dropped: int = 0  # outcomes it sent for leases it did not hold (the first are logged, then fewer)
+    dropped: int = 0  # outcomes it sent for running jobs' leases it did not hold (the first are logged, then fewer)
+    dropped_late: int = 0  # the same for jobs that ended (a cancelled job's runs report as they stop)
 
     @property
     def identity(self) -> str | None:

@@ -84,7 +84,9 @@ def _probe(bwrap: str) -> None:
 
 
 def _base(bwrap: str, network: bool) -> list[str]:
-    command = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    # --clearenv here, so that the start-up probe tries it too: bubblewrap before 0.5 lacks it, and
+    # a worker must refuse to start there rather than fail every task.
+    command = [bwrap, "--clearenv", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     command += ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if network:
         command.append("--share-net")
@@ -142,10 +144,11 @@ NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/s
 
 
 #: What a sandboxed task sees of the worker's environment (besides HOME, TMPDIR and PYTHONPATH, which
-#: the sandbox sets): the command path, locale, time zone and the thread counts a volunteer may set for
+#: the sandbox sets): the command and library paths, locale, time zone and the thread counts a volunteer may set for
 #: numeric libraries. Nothing else: not the worker's credential, nor the volunteer's keys and tokens.
 SANDBOX_ENVIRONMENT = (
     "PATH",
+    "LD_LIBRARY_PATH",  # some Pythons (conda, module systems) need it to start
     "LANG",
     "LANGUAGE",
     "TZ",
@@ -193,7 +196,7 @@ def bwrap_command(bwrap: str, python: str, scratch: str, network: bool, readable
     command += ["--size", str(SHM_SIZE), "--tmpfs", "/dev/shm"]  # for multiprocessing; small
     for path in [*hidden, "/dev"]:  # not recursive: the mounts inside stay as they are
         command += ["--remount-ro", path]
-    command += ["--clearenv", *_kept_environment(), "--setenv", "HOME", scratch, "--setenv", "TMPDIR", scratch]
+    command += [*_kept_environment(), "--setenv", "HOME", scratch, "--setenv", "TMPDIR", scratch]
     # The task process imports our code from where this worker did, whatever an
     # installer's path hooks point at (an editable install elsewhere, say).
     inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]

@@ -221,7 +221,15 @@ def warn_local_modules(func: Callable, sent: Sequence[str]) -> None:
 
 
 #: Modules whose frames stand between the user's code and ours: a warning names neither.
-_PASSED_THROUGH = ("crowdcompute", "asyncio", "nest_asyncio", "IPython", "ipykernel")
+_PASSED_THROUGH = (
+    "crowdcompute",
+    "crowdcompute_jupyter",
+    "asyncio",
+    "nest_asyncio2",
+    "nest_asyncio",
+    "IPython",
+    "ipykernel",
+)
 
 
 def _callers_level() -> int:
@@ -230,7 +238,8 @@ def _callers_level() -> int:
     frame: FrameType | None = sys._getframe(2)  # 1: warn_local_modules, which calls warnings.warn
     level = 2
     while frame is not None:
-        if not str(frame.f_globals.get("__name__", "")).startswith(_PASSED_THROUGH):
+        name = str(frame.f_globals.get("__name__", ""))
+        if not any(name == prefix or name.startswith(prefix + ".") for prefix in _PASSED_THROUGH):
             return level
         frame, level = frame.f_back, level + 1
     return 2
