@@ -8,6 +8,7 @@ embedded cluster never outlive a killed client.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import functools
@@ -19,6 +20,7 @@ import threading
 
 __all__ = [
     "GC_YOUNG_THRESHOLD",
+    "add_log_level",
     "collect_garbage_less_often",
     "configure_logging",
     "install_stop_handlers",
@@ -144,6 +146,17 @@ def stop_with_parent(stop: asyncio.Event) -> None:
         loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=wait_for_eof, name="parent-watch", daemon=True).start()
+
+
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    """The ``--log-level`` option of a long-running command (an unknown level is refused, not taken as info)."""
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        help="debug, info, warning or error (default: info)",
+    )
 
 
 def configure_logging(level: str) -> None:

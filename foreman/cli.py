@@ -10,6 +10,7 @@ import socket
 import sys
 
 from crowdcompute.processes import (
+    add_log_level,
     collect_garbage_less_often,
     configure_logging,
     install_stop_handlers,
@@ -108,13 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--certfile", help="TLS certificate (serves wss://)")
     parser.add_argument("--keyfile", help="TLS private key")
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        type=str.lower,
-        choices=("debug", "info", "warning", "error"),
-        help="debug, info, warning or error (default: info)",
-    )
+    add_log_level(parser)
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     # A listening socket inherited from the parent (the embedded cluster binds it so
     # that its workers can start at the same time as the foreman).

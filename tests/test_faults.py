@@ -120,7 +120,7 @@ def _interrupt_on_one(x):
 
 
 @pytest.mark.parametrize("func, exc_type", [(_exit_on_one, "SystemExit"), (_interrupt_on_one, "KeyboardInterrupt")])
-def test_system_exit_or_keyboard_interrupt_raised_by_the_function_is_its_error(cluster, tmp_path, func, exc_type):
+def test_system_exit_or_keyboard_interrupt_raised_by_the_function_is_its_error(cluster, func, exc_type):
     async def main():
         async with CrowdComputeClient(cluster.url, token=cluster.token) as cc:
             job = await cc.submit(func, range(3), chunksize=1)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from crowdcompute.errors import AuthenticationError
 from crowdcompute.processes import (
+    add_log_level,
     configure_logging,
     install_stop_handlers,
     keep_read_buffers_off_mmap,
@@ -106,13 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--max-processes", type=_count, metavar="N", help="processes a task may run at once (default: no limit)"
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        type=str.lower,
-        choices=("debug", "info", "warning", "error"),
-        help="debug, info, warning or error (default: info)",
-    )
+    add_log_level(parser)
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     return parser
 
